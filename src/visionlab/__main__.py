@@ -1,0 +1,3 @@
+from visionlab.cli import main
+
+main()

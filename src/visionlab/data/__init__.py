@@ -1,0 +1,1 @@
+"""Data: robust image decoding, dataset layouts, caching, augmentation, synthetic data."""

@@ -1,0 +1,130 @@
+"""Robust image decoding shared by training, evaluation, prediction and the data doctor.
+
+Any format PIL can read is accepted whatever the file's extension (PNG or GIF named ``.jpg``),
+EXIF orientation is applied, and greyscale, RGBA, palette, CMYK and 16-bit images become RGB.
+The same function is used at train and predict time, so preprocessing never drifts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from visionlab.errors import VisionlabError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+    "load_image",
+    "load_mask",
+    "resize_image",
+    "resize_mask",
+    "UnreadableImage",
+]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+
+# Refuse decompression bombs but allow large aerial orthophotos (LandCover.ai is 9000 x 9500).
+Image.MAX_IMAGE_PIXELS = 300_000_000
+
+
+class UnreadableImage(VisionlabError):
+    """An image file that cannot be decoded (missing, truncated, not an image)."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the file name has an image extension (content is checked on load)."""
+    name = os.fspath(path)
+    base = os.path.basename(name)
+    return not base.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparent pixels on white, as a browser would show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() or 1.0
+        return Image.fromarray((arr / hi * 255.0).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+    """Decode an image into an RGB PIL image, EXIF-transposed.
+
+    Accepts a path, an already-open PIL image or an HxW / HxWxC uint8 array.
+    Raises :class:`UnreadableImage` with a one-line message for anything undecodable.
+    """
+    if isinstance(path, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(path) or path)
+    if isinstance(path, np.ndarray):
+        arr = path
+        if arr.dtype != np.uint8:
+            raise UnreadableImage(f"array image has dtype {arr.dtype}; pass uint8 HxWx3 RGB.")
+        return _to_rgb(Image.fromarray(arr))
+    p = Path(path)
+    if not p.exists():
+        raise UnreadableImage(f"{p}: file not found.", "Check the path.")
+    try:
+        with Image.open(p) as img:
+            img.load()  # force full decode: catches truncated files
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            out = ImageOps.exif_transpose(img) or img
+            return _to_rgb(out).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(
+            f"{p}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
+            "Remove or replace the file.",
+        ) from None
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Load a single-channel class mask (pixel value = class value) as an HxW uint8 array."""
+    p = Path(path)
+    if not p.exists():
+        raise UnreadableImage(f"{p}: mask not found.", "Every image needs a mask with the same stem in masks/.")
+    try:
+        with Image.open(p) as m:
+            m.load()
+            if m.mode in ("L", "P", "I", "I;16", "1"):
+                arr = np.asarray(m)  # palette images keep their indices
+            else:
+                # An RGB mask whose three channels are equal is treated as single-channel.
+                arr = np.asarray(m.convert("RGB"))
+                if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+                    raise UnreadableImage(
+                        f"{p}: mask is a colour image; visionlab expects pixel value = class value.",
+                        "Convert colour masks to class indices (see classes.json).",
+                    )
+                arr = arr[..., 0]
+    except UnreadableImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"{p}: cannot decode mask ({type(exc).__name__}).", "Remove or replace the file.") from None
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def resize_image(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Resize to ``size`` (square int or (width, height)) with antialiased bilinear filtering."""
+    wh = (size, size) if isinstance(size, int) else tuple(size)
+    if img.size == wh:
+        return img
+    return img.resize(wh, Image.BILINEAR, reducing_gap=None)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a class mask to (width, height) with nearest neighbour: never smooth class values."""
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
