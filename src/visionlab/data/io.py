@@ -59,10 +59,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+def load_image(path: str | os.PathLike | Image.Image | np.ndarray, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image into an RGB PIL image, EXIF-transposed.
 
-    Accepts a path, an already-open PIL image or an HxW / HxWxC uint8 array.
+    Accepts a path, an already-open PIL image or an HxW / HxWxC uint8 array. ``draft`` lets
+    JPEG decoding scale down by a power of two while staying at least that size (much faster
+    for large photos that are resized afterwards anyway).
     Raises :class:`UnreadableImage` with a one-line message for anything undecodable.
     """
     if isinstance(path, Image.Image):
@@ -77,6 +79,8 @@ def load_image(path: str | os.PathLike | Image.Image | np.ndarray) -> Image.Imag
         raise UnreadableImage(f"{p}: file not found.", "Check the path.")
     try:
         with Image.open(p) as img:
+            if draft is not None and img.format == "JPEG":
+                img.draft(img.mode, draft)
             img.load()  # force full decode: catches truncated files
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)

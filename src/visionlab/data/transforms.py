@@ -1,0 +1,139 @@
+"""Preprocessing shared by training, evaluation and prediction, and batched augmentation.
+
+``load_for_model`` is the one function that turns a file into the model's uint8 input, used
+when caching the training set, by the streaming loader and by the predictor, so serving sees
+exactly what training saw. Augmentation runs on whole batches of tensors (on the GPU when
+there is one): random affine (zoom, shift, rotation, flips) with ``grid_sample`` and colour
+jitter. Validation, test and prediction data are never augmented.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from visionlab.data.io import load_image, resize_image
+
+__all__ = ["load_for_model", "BatchAugment", "Normalize", "to_float"]
+
+
+def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
+    """File / PIL image / array -> HxWx3 uint8 array as the model expects it (before normalising).
+
+    Classification: decode, optional background removal, resize (squash) to ``image_size``.
+    Segmentation: decode and scale by ``seg_scale`` (full images are tiled later, never squashed).
+    """
+    if pre.get("kind") == "segmentation":
+        img = load_image(src)
+        scale = float(pre.get("seg_scale", 1.0))
+        if scale != 1.0:
+            img = resize_image(img, (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+        return np.asarray(img)
+    size = int(pre["image_size"])
+    img = load_image(src, draft=(size, size))
+    if pre.get("background_removal"):
+        from visionlab.data.background import remove_background
+
+        img = remove_background(img)
+    return np.asarray(resize_image(img, size))
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float32 in [0, 1]."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class Normalize(torch.nn.Module):
+    """(x - mean) / std with the mean/std that belong to the model's weights."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (to_float(x) - self.mean) / self.std
+
+
+class BatchAugment(torch.nn.Module):
+    """Per-sample random augmentation applied to a whole batch at once.
+
+    ``cfg`` holds the ``augment`` keys of the config (see ``configs/*.yaml``). Input: uint8 or
+    float NCHW in [0, 1]; output: float NCHW in [0, 1], same size.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.hflip = bool(cfg.get("hflip", False))
+        self.vflip = bool(cfg.get("vflip", False))
+        self.rot90 = bool(cfg.get("rot90", False))
+        self.rotate = float(cfg.get("rotate", 0.0))
+        scale = cfg.get("scale", [1.0, 1.0])
+        self.scale = (float(scale[0]), float(scale[1])) if isinstance(scale, (list, tuple)) else (float(scale), 1.0)
+        self.translate = float(cfg.get("translate", 0.0))
+        self.brightness = float(cfg.get("brightness", 0.0))
+        self.contrast = float(cfg.get("contrast", 0.0))
+        self.saturation = float(cfg.get("saturation", 0.0))
+        self.hue = float(cfg.get("hue", 0.0))
+
+    def _geometric(self, x: torch.Tensor) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        has_affine = self.rotate > 0 or self.scale != (1.0, 1.0) or self.translate > 0 or self.rot90
+        if not has_affine:
+            if self.hflip:
+                flip = torch.rand(n, device=dev) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+            if self.vflip:
+                flip = torch.rand(n, device=dev) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+            return x
+        u = lambda lo, hi: torch.empty(n, device=dev).uniform_(lo, hi)  # noqa: E731
+        s = u(*self.scale)  # fraction of the image kept: <1 zooms in
+        ang = u(-self.rotate, self.rotate) * (math.pi / 180.0) if self.rotate > 0 else torch.zeros(n, device=dev)
+        if self.rot90:
+            ang = ang + torch.randint(0, 4, (n,), device=dev).float() * (math.pi / 2)
+        fx = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0) if self.hflip else torch.ones(n, device=dev)
+        fy = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0) if self.vflip else torch.ones(n, device=dev)
+        t = self.translate * 2.0
+        tx, ty = (u(-t, t), u(-t, t)) if t > 0 else (torch.zeros(n, device=dev), torch.zeros(n, device=dev))
+        cos, sin = torch.cos(ang) * s, torch.sin(ang) * s
+        theta = torch.stack([
+            torch.stack([cos * fx, -sin * fy, tx], 1),
+            torch.stack([sin * fx, cos * fy, ty], 1),
+        ], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    def _colour(self, x: torch.Tensor) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        shape = (n, 1, 1, 1)
+        if self.brightness > 0:
+            x = x * torch.empty(shape, device=dev).uniform_(1 - self.brightness, 1 + self.brightness)
+        if self.contrast > 0:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * torch.empty(shape, device=dev).uniform_(1 - self.contrast, 1 + self.contrast) + mean
+        if self.saturation > 0:
+            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = (x - grey) * torch.empty(shape, device=dev).uniform_(1 - self.saturation, 1 + self.saturation) + grey
+        if self.hue > 0:  # rotate chroma in YIQ space
+            ang = torch.empty(n, device=dev).uniform_(-self.hue, self.hue) * 2 * math.pi
+            yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
+            rgb = torch.linalg.inv(yiq)
+            c, s = torch.cos(ang), torch.sin(ang)
+            rot = torch.zeros(n, 3, 3, device=dev)
+            rot[:, 0, 0] = 1
+            rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+            m = rgb @ rot @ yiq  # n x 3 x 3
+            x = torch.einsum("nij,njhw->nihw", m, x)
+        return x.clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_float(x)
+        x = self._geometric(x)
+        return self._colour(x)
