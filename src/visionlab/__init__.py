@@ -1,0 +1,49 @@
+"""visionlab: train, evaluate and serve five computer-vision tasks with one trainer.
+
+The public API is imported lazily so ``import visionlab`` (and the CLI's ``--help``) stay fast;
+torch is loaded on first use of a training or prediction function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visionlab._version import __version__
+from visionlab.errors import VisionlabError
+from visionlab.registry import TaskSpec, get_task, list_tasks, register_task
+
+__all__ = [
+    "__version__",
+    "VisionlabError",
+    "TaskSpec",
+    "get_task",
+    "list_tasks",
+    "register_task",
+    "load_config",
+    "train",
+    "evaluate",
+    "predict",
+    "load",
+    "demo",
+]
+
+_LAZY = {
+    "train": "visionlab.api",
+    "evaluate": "visionlab.api",
+    "predict": "visionlab.api",
+    "load": "visionlab.api",
+    "demo": "visionlab.api",
+    "load_config": "visionlab.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'visionlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

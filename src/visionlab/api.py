@@ -1,0 +1,279 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+>>> import visionlab
+>>> result = visionlab.train("cracks", data="synthetic", epochs=2)
+>>> model = visionlab.load(result.best_checkpoint)
+>>> model.predict(["photo.jpg"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from visionlab.errors import VisionlabError
+
+__all__ = ["train", "evaluate", "predict", "demo", "load"]
+
+
+def _console(console: Any = None) -> Any:
+    from rich.console import Console
+
+    return console or Console()
+
+
+def train(
+    task: str,
+    data: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    resume: str | os.PathLike | None = None,
+    console: Any = None,
+    **options: Any,
+):
+    """Train ``task``. ``options`` are config keys (epochs=3, lr=1e-3, ...); see configs/<task>.yaml.
+
+    Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
+    """
+    from visionlab.config import load_config, parse_overrides
+    from visionlab.engine.trainer import Trainer
+
+    layers = parse_overrides(overrides)
+    layers.update(options)
+    if data is not None:
+        layers["data"] = os.fspath(data)
+    cfg = load_config(task, config, layers)
+    return Trainer(cfg, console=_console(console)).fit(resume=resume)
+
+
+def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None):
+    """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run)."""
+    from visionlab.engine.predict import load as _load
+
+    return _load(checkpoint, device=device, task=task)
+
+
+def _resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console: Any) -> Path:
+    from visionlab.engine.runs import latest_checkpoint
+
+    if checkpoint:
+        return Path(checkpoint)
+    if task:
+        from visionlab.registry import get_task
+
+        get_task(task)  # unknown task -> list of known ones
+    path = latest_checkpoint(task)
+    console.print(f"using {'the latest ' + task + ' model' if task else 'the most recently trained model'}: {path}")
+    return path
+
+
+def evaluate(
+    checkpoint: str | os.PathLike | None = None,
+    task: str | None = None,
+    data: str | os.PathLike | None = None,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 32,
+    out: str | os.PathLike | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Evaluate a trained model on a split of its data, or on any folder in the task's layout.
+
+    With ``data`` pointing at another folder than the training data, the whole folder is the test
+    set (its own test/ split if it has one). Writes metrics.json (and the confusion matrix as CSV
+    and PNG) and returns the report.
+    """
+    from visionlab.config import config_from_dict
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.device import resolve_device, resolve_precision
+    from visionlab.engine.metrics import render_report, write_confusion_csv
+    from visionlab.engine.plots import save_confusion_matrix
+    from visionlab.models import build_model
+    from visionlab.registry import get_task
+    from visionlab.tasks.base import runner_for
+
+    console = _console(console)
+    if split not in ("test", "val", "train", "all"):
+        raise VisionlabError(f"unknown split {split!r}.", "Use test, val, train or all.")
+    path = _resolve_checkpoint(checkpoint, task, console)
+    state = load_checkpoint(path, expect_task=task)
+    spec = get_task(state["task"])
+    cfg = config_from_dict(state["config"])
+    external = data is not None and os.fspath(data) != cfg.data
+    if data is not None:
+        cfg.data = os.fspath(data)
+    if spec.kind == "classification":
+        cfg.classes = list(state["classes"])
+    cfg.cache = "none" if cfg.cache == "none" else "auto"
+    dev = resolve_device(device)
+    runner = runner_for(cfg, spec, dev)
+    runner.fixed_preprocessing = dict(state["preprocessing"])
+    runner.prepare(console)
+    if list(runner.classes) != list(state["classes"]):
+        raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.", "Evaluate on data of the same classes.")
+    import numpy as np
+
+    if split == "all" or (external and not getattr(runner.index, "has_splits", False)):
+        runner.splits["test"] = np.concatenate([runner.splits[s] for s in ("train", "val", "test")])
+        split = "test"
+    if runner.split_size(split) == 0:
+        raise VisionlabError(f"the {split} split of {cfg.data} is empty.", "Pass --split all, or --data with a held-out folder.")
+    model = build_model(state["model_name"], num_classes=len(state["classes"]), **state["model_args"])
+    model.load_state_dict(state["model"])
+    model.to(dev)
+    if cfg.channels_last:
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.precision, dev)
+    t0 = time.perf_counter()
+    result = runner.evaluate(model, split, precision.autocast, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    synthetic = bool(runner.data_info.get("synthetic"))
+    title = f"{spec.name} | {split} split of {cfg.data} | {runner.split_size(split)} images" + (" | SYNTHETIC DATA" if synthetic else "")
+    render_report(result.report, state["classes"], console=console, title=title)
+    out_dir = Path(out) if out else path.parent / f"eval-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = dict(result.report)
+    report.update({"task": spec.name, "checkpoint": str(path), "data": cfg.data, "split": split, "synthetic": synthetic,
+                   "images": runner.split_size(split), "seconds": round(seconds, 2)})
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    cm = np.asarray(report.get("confusion_matrix", []))
+    if cm.size:
+        write_confusion_csv(cm, state["classes"], out_dir / "confusion_matrix.csv")
+        save_confusion_matrix(cm, state["classes"], out_dir / "confusion_matrix.png")
+    console.print(f"wrote {out_dir / 'metrics.json'}" + (" and confusion_matrix.csv/png" if cm.size else ""))
+    return report
+
+
+def predict(
+    paths: Sequence[str | os.PathLike] | str,
+    checkpoint: str | os.PathLike | None = None,
+    task: str | None = None,
+    top_k: int = 3,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    console: Any = None,
+) -> list[dict[str, Any]]:
+    """Predict files, folders or globs; print a table; write CSV/JSON (and masks for segmentation)."""
+    from rich.table import Table
+
+    from visionlab.engine.predict import Predictor, expand_inputs
+
+    console = _console(console)
+    items = expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+    if not items:
+        raise VisionlabError("no images matched the given paths.", "Pass image files, folders or glob patterns.")
+    path = _resolve_checkpoint(checkpoint, task, console)
+    predictor = Predictor.from_checkpoint(path, device=device, task=task)
+    preds = predictor.predict(items, top_k=top_k, batch_size=batch_size)
+    rows = [p.to_dict() for p in preds]
+    title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
+    table = Table(title=title)
+    for col in ("path", "label", "confidence", f"top-{top_k}" if predictor.kind == "classification" else "class shares"):
+        table.add_column(col, overflow="fold")
+    out_path = Path(out) if out else None
+    mask_dir = (out_path.parent if out_path else path.parent / "predictions") if predictor.kind == "segmentation" else None
+    for p, row in zip(preds, rows):
+        if p.error:
+            table.add_row(p.source, "[red]error[/]", "", p.error)
+            continue
+        if predictor.kind == "segmentation":
+            row.update(_write_masks(p, predictor, mask_dir))
+            detail = ", ".join(f"{c} {s:.0%}" for c, s in sorted(p.class_shares.items(), key=lambda kv: -kv[1]) if s > 0.005)
+        else:
+            detail = ", ".join(f"{lab} {pr:.2f}" for lab, pr in p.top_k)
+        table.add_row(p.source, p.label or "", f"{p.confidence:.3f}" if p.confidence is not None else "", detail)
+    console.print(table)
+    errors = sum(1 for p in preds if p.error)
+    if errors:
+        console.print(f"[yellow]{errors} of {len(preds)} image(s) could not be read[/] (listed above); the others were predicted.")
+    if mask_dir is not None:
+        console.print(f"masks and overlays written to {mask_dir}")
+    if out_path is not None:
+        _write_rows(rows, out_path)
+        console.print(f"wrote {out_path}")
+    return rows
+
+
+def _write_masks(p: Any, predictor: Any, folder: Path) -> dict[str, str]:
+    from PIL import Image
+
+    from visionlab.data.io import load_image
+    from visionlab.engine.plots import colorize_mask, overlay_mask
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(p.source).stem
+    pre = predictor.preprocessing
+    colors = {int(v): c for v, c in zip(pre["values"], pre["colors"]) if c}
+    mask_path, overlay_path = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
+    Image.fromarray(p.mask).save(mask_path)
+    try:
+        image = load_image(p.source)
+        if image.size != (p.mask.shape[1], p.mask.shape[0]):
+            image = image.resize((p.mask.shape[1], p.mask.shape[0]))
+        overlay_mask(image, p.mask, colors, ignore_index=int(pre["ignore_index"])).save(overlay_path)
+    except Exception:
+        colorize_mask(p.mask, colors, ignore_index=int(pre["ignore_index"])).save(overlay_path)
+    return {"mask": str(mask_path), "overlay": str(overlay_path)}
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(rows, indent=2))
+        return
+    if path.suffix.lower() != ".csv":
+        raise VisionlabError(f"--out {path}: unknown format.", "Use a .csv or .json file name.")
+    import pandas as pd
+
+    flat = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k not in ("top_k", "class_shares")}
+        for i, t in enumerate(r.get("top_k", []), 1):
+            f[f"top{i}_label"], f[f"top{i}_probability"] = t["label"], t["probability"]
+        for c, s in r.get("class_shares", {}).items():
+            f[f"share_{c}"] = s
+        flat.append(f)
+    pd.DataFrame(flat).to_csv(path, index=False)
+
+
+_DEMO = {
+    "classification": {"epochs": 4, "batch_size": 16, "early_stopping": 0, "lr": 2e-3},
+    "segmentation": {"epochs": 3, "batch_size": 8, "tile_size": 128, "crops_per_image": 8, "early_stopping": 0},
+}
+
+
+def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console: Any = None) -> dict[str, Any]:
+    """Synthetic data, a short training, an evaluation and one prediction."""
+    from visionlab.engine.predict import expand_inputs
+    from visionlab.models import pretrained_arg
+    from visionlab.registry import get_task
+
+    console = _console(console)
+    spec = get_task(task)
+    console.rule(f"visionlab demo: {task} on SYNTHETIC data")
+    options: dict[str, Any] = dict(_DEMO[spec.kind])
+    options.update(data="synthetic", device=device, out=out, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    arg = pretrained_arg(spec.model)
+    if arg:  # the demo never downloads weights
+        options["model_args"] = {arg: None}
+        console.print(f"(demo: {spec.model} starts from random weights; real training uses ImageNet weights)")
+    result = train(task, console=console, **options)
+    report = evaluate(result.best_checkpoint, console=console)
+    sample = expand_inputs([Path(report["data"]) if report["data"] != "synthetic" else _synthetic_folder(task)])[:3]
+    rows = predict(sample, checkpoint=result.best_checkpoint, console=console)
+    return {"train": result, "evaluate": report, "predict": rows}
+
+
+def _synthetic_folder(task: str) -> Path:
+    from visionlab.data.synthetic import make_synthetic
+    from visionlab.registry import get_task
+
+    spec = get_task(task)
+    root = make_synthetic(spec.name, spec.kind, list(spec.default_classes), seed=0)
+    return root / "images" if spec.kind == "segmentation" else root

@@ -1,0 +1,334 @@
+"""The one training loop for every task.
+
+The task kind (:class:`visionlab.tasks.base.TaskRunner`) supplies data, the on-device
+transform, the loss and the evaluation; the trainer owns the device, mixed precision, the
+optimiser and schedule, checkpoints (best and last, atomic), early stopping, resume, logging
+(rich progress, ``metrics.csv``, curves PNG) and the final test evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionlab._version import __version__
+from visionlab.config import Config, dump_config
+from visionlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from visionlab.engine.device import configure_threads, peak_memory_mb, resolve_device, resolve_precision
+from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
+from visionlab.errors import VisionlabError
+from visionlab.registry import TaskSpec, get_task
+
+__all__ = ["Trainer", "TrainResult", "seed_everything", "build_optimizer", "build_scheduler"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_metric: float
+    monitor: str
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW (or SGD) without weight decay on biases and normalisation weights."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        t = (step - warm) / max(1, total - warm)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _py(obj: Any) -> Any:
+    """numpy scalars and paths -> plain Python, so checkpoints load with weights_only=True."""
+    if isinstance(obj, dict):
+        return {str(k): _py(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_py(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class Trainer:
+    """Fit one task with one config; see the module docstring for who owns what."""
+
+    def __init__(self, cfg: Config, spec: TaskSpec | None = None, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.spec = spec or get_task(cfg.task)
+        self.console = console or Console()
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self, resume_state: dict | None) -> None:
+        from visionlab.models import build_model
+        from visionlab.tasks.base import runner_for
+
+        cfg = self.cfg
+        configure_threads()
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.runner = runner_for(cfg, self.spec, self.device)
+        self.runner.prepare(self.console)
+        if resume_state is not None and resume_state["classes"] != self.runner.classes:
+            raise VisionlabError(
+                f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
+                "Resume with the same data, or start a new run.",
+            )
+        model_args = dict(cfg.model_args)
+        if resume_state is not None:
+            from visionlab.models import inference_args
+
+            model_args = inference_args(cfg.model, model_args)  # weights come from the checkpoint
+        self.model = build_model(cfg.model, num_classes=len(self.runner.classes), **model_args).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.steps_per_epoch = self.runner.num_train_batches()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
+
+    def _warn_data(self) -> None:
+        info = self.runner.data_info
+        if info.get("synthetic"):
+            self.console.print("[bold magenta]SYNTHETIC DATA[/]: generated patterns, not real photos; metrics say nothing about real accuracy.")
+        bad = info.get("unreadable") or []
+        if bad:
+            self.console.print(f"[yellow]warning[/]: skipped {len(bad)} unreadable image(s) (first: {bad[0]}); run 'visionlab data check' for details.")
+        if self.runner.kind == "classification" and not info.get("synthetic"):
+            try:
+                from visionlab.data.doctor import training_warnings
+
+                for msg in training_warnings(self.runner.index)[:5]:
+                    self.console.print(f"[yellow]warning[/]: {msg}")
+            except ImportError:
+                pass
+            except VisionlabError as exc:
+                self.console.print(f"[yellow]warning[/]: {exc}")
+
+    def _state(self, epoch: int, best: float, bad_epochs: int, history: list) -> dict[str, Any]:
+        from visionlab.models import inference_args
+
+        cfg = self.cfg
+        return _py({
+            "visionlab_version": __version__,
+            "task": self.spec.name,
+            "kind": self.spec.kind,
+            "model_name": cfg.model,
+            "model_args": inference_args(cfg.model, dict(cfg.model_args)),
+            "classes": list(self.runner.classes),
+            "preprocessing": self.runner.preprocessing,
+            "config": cfg.to_dict(),
+            "data": self.runner.data_info,
+            "epoch": epoch,
+            "best_metric": best,
+            "monitor": self.monitor,
+            "bad_epochs": bad_epochs,
+            "history": history,
+        }) | {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, resume: str | Path | None = None) -> TrainResult:
+        """Train; ``resume`` is a checkpoint path or 'last' (latest run of this task)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.table import Table
+
+        cfg = self.cfg
+        state = None
+        if resume is not None:
+            path = latest_checkpoint(self.spec.name, cfg.out, which="last") if str(resume) == "last" else Path(resume)
+            state = load_checkpoint(path, expect_task=self.spec.name)
+            run_dir = path.parent
+        self._setup(state)
+        self.monitor = cfg.monitor or f"val_{self.runner.primary}"
+        higher = not self.monitor.endswith("loss")
+        start_epoch, best, bad_epochs, history = 0, -math.inf if higher else math.inf, 0, []
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            start_epoch, best, bad_epochs, history = state["epoch"], state["best_metric"], state["bad_epochs"], list(state["history"])
+            self.console.print(f"resuming {run_dir} from epoch {start_epoch}")
+        else:
+            run_dir = new_run_dir(cfg.out, self.spec.name, cfg.name)
+        dump_config(cfg, run_dir / "config.yaml")
+        mark_latest(run_dir, cfg.out, self.spec.name)
+        self._warn_data()
+        info = self.runner.data_info
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.console.print(
+            f"[bold]{self.spec.name}[/] | {cfg.model} ({n_params / 1e6:.2f} M params) | {len(self.runner.classes)} classes | "
+            f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
+            f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {run_dir}"
+        )
+        best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+        csv_path = run_dir / "metrics.csv"
+        train_time, seen = 0.0, 0
+        epoch = start_epoch
+        progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
+            TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        try:
+            with progress:
+                for epoch in range(start_epoch, cfg.epochs):
+                    bar = progress.add_task("train", total=self.steps_per_epoch, epoch=f"{epoch + 1}/{cfg.epochs}", loss=0.0, metric="", ips=0.0)
+                    self.model.train()
+                    t0 = time.perf_counter()
+                    loss_sum, n_seen = 0.0, 0
+                    for x, y in self.runner.train_batches(epoch):
+                        if len(y) == 0:
+                            continue
+                        x = self.runner.on_device(x.to(self.device, non_blocking=True), train=True)
+                        y = y.to(self.device, non_blocking=True)
+                        with self.precision.autocast():
+                            out = self.forward(x)
+                        loss = self.runner.loss(out, y)
+                        if not torch.isfinite(loss):
+                            raise VisionlabError(f"loss became {loss.item()} at epoch {epoch + 1}.", "Lower lr (--set lr=...) or use precision=fp32.")
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scaler.scale(loss).backward()
+                        if cfg.grad_clip > 0:
+                            self.scaler.unscale_(self.optimizer)
+                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.scheduler.step()
+                        loss_sum += float(loss) * len(y)
+                        n_seen += len(y)
+                        dt = time.perf_counter() - t0
+                        progress.update(bar, advance=1, loss=loss_sum / n_seen, ips=n_seen / max(dt, 1e-9))
+                    epoch_time = time.perf_counter() - t0
+                    train_time += epoch_time
+                    seen += n_seen
+                    ev = self.runner.evaluate(self.model, "val", self.precision.autocast) if self.runner.split_size("val") else None
+                    row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "lr": self.optimizer.param_groups[0]["lr"],
+                           "epoch_seconds": round(epoch_time, 3), "images_per_second": round(n_seen / max(epoch_time, 1e-9), 1)}
+                    if ev is not None:
+                        row.update({f"val_{k}": v for k, v in ev.metrics.items()})
+                    history.append(row)
+                    self._append_csv(csv_path, row)
+                    current = row.get(self.monitor, -row["train_loss"] if higher else row["train_loss"])
+                    improved = current > best if higher else current < best
+                    if improved:
+                        best, bad_epochs = current, 0
+                    else:
+                        bad_epochs += 1
+                    progress.update(bar, metric=f"{self.monitor} {current:.4f}" + (" *" if improved else ""))
+                    state = self._state(epoch + 1, best, bad_epochs, history)
+                    save_checkpoint(state, last_path)
+                    if improved:
+                        save_checkpoint(state, best_path)
+                    if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
+                        self.console.print(f"early stopping: {self.monitor} did not improve for {bad_epochs} epochs")
+                        break
+        except KeyboardInterrupt:
+            self.console.print(f"[yellow]interrupted[/]: last complete epoch saved in {last_path}; continue with --resume {last_path}")
+            raise
+        result = TrainResult(run_dir, best_path, last_path, float(best), self.monitor, len(history), history,
+                             train_seconds=train_time, images_per_second=seen / max(train_time, 1e-9))
+        self._finish(result)
+        return result
+
+    @staticmethod
+    def _append_csv(path: Path, row: dict[str, Any]) -> None:
+        rows = []
+        if path.exists():
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+        rows.append({k: v for k, v in row.items()})
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(path)
+
+    def _finish(self, result: TrainResult) -> None:
+        from visionlab.engine.plots import save_training_curves
+
+        if result.history:
+            save_training_curves(result.history, result.run_dir / "curves.png")
+        if result.best_checkpoint.exists() and self.runner.split_size("test"):
+            self.model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+            ev = self.runner.evaluate(self.model, "test", self.precision.autocast)
+            result.test_metrics = ev.metrics
+        mem = peak_memory_mb(self.device)
+        summary = {
+            "task": self.spec.name, "model": self.cfg.model, "synthetic": self.cfg.is_synthetic,
+            "monitor": result.monitor, "best": result.best_metric, "epochs": result.epochs_run,
+            "train_seconds": round(result.train_seconds, 2), "images_per_second": round(result.images_per_second, 1),
+            "test": result.test_metrics, **{k: round(v, 1) for k, v in mem.items()},
+        }
+        (result.run_dir / "summary.json").write_text(json.dumps(_py(summary), indent=2))
+        test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items() if k in ("accuracy", "macro_f1", "roc_auc", "miou", "pixel_accuracy"))
+        tag = " [bold magenta](SYNTHETIC DATA)[/]" if self.cfg.is_synthetic else ""
+        self.console.print(
+            f"done{tag}: best {result.monitor} {result.best_metric:.4f} | {result.train_seconds:.1f} s training, "
+            f"{result.images_per_second:.0f} img/s | peak memory "
+            + ", ".join(f"{k.replace('peak_', '').replace('_mb', '')} {v:.0f} MB" for k, v in mem.items())
+            + (f" | test: {test}" if test else "")
+        )
+        self.console.print(f"checkpoint: {result.best_checkpoint}")

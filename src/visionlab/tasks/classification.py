@@ -1,0 +1,208 @@
+"""Image classification: folders (or a CSV) of labelled photos -> class probabilities.
+
+Training images are decoded and resized once into a uint8 cache; each batch is gathered from
+it, moved to the device and augmented there as a whole batch. Evaluation and prediction use
+the same decoding and resizing (:func:`visionlab.data.transforms.load_for_model`), without
+augmentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from visionlab.data.cache import ImageCache, build_cache
+from visionlab.data.layout import ClassificationIndex, find_classification
+from visionlab.data.transforms import BatchAugment, Normalize, load_for_model
+from visionlab.errors import VisionlabError
+from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
+
+__all__ = ["ClassificationRunner", "classification_preprocessing"]
+
+
+def classification_preprocessing(cfg: Any) -> dict[str, Any]:
+    """The preprocessing that travels with the weights and every checkpoint."""
+    from visionlab.models import model_defaults
+
+    d = model_defaults(cfg.model)
+    return {
+        "kind": "classification",
+        "image_size": int(cfg.image_size),
+        "resize": "squash",
+        "mean": [float(v) for v in d["mean"]],
+        "std": [float(v) for v in d["std"]],
+        "background_removal": bool(cfg.background_removal),
+    }
+
+
+class _StreamDataset(torch.utils.data.Dataset):
+    """Decode on the fly (datasets that are not cached); unreadable files yield None."""
+
+    def __init__(self, paths: list, labels: np.ndarray, pre: dict[str, Any]) -> None:
+        self.paths, self.labels, self.pre = paths, labels, pre
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return torch.from_numpy(load_for_model(self.paths[i], self.pre)), int(self.labels[i])
+        except Exception:
+            return None
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [it for it in items if it is not None]
+    if not items:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    x = torch.stack([it[0] for it in items]).permute(0, 3, 1, 2)
+    return x, torch.tensor([it[1] for it in items], dtype=torch.long)
+
+
+class ClassificationRunner(TaskRunner):
+    kind = "classification"
+    primary = "accuracy"
+
+    def prepare(self, console: Any = None) -> None:
+        cfg = self.cfg
+        wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
+        root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
+        self.index: ClassificationIndex = find_classification(root, wanted)
+        self.classes = list(self.index.classes)
+        self.labels = np.asarray(self.index.labels, dtype=np.int64)
+        self.splits = split_indices(len(self.index), self.labels, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        if len(self.splits["train"]) == 0:
+            raise VisionlabError(f"no training images in {root}.", "Add a train/ split or more images.")
+        self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)
+        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.augment = BatchAugment(cfg.augment)
+        self.cache: ImageCache | None = None
+        if cfg.cache != "none":
+            self.cache = self._build_cache(console)
+            bad = ~self.cache.ok
+            if bad.any():
+                for s in self.splits:
+                    self.splits[s] = self.splits[s][self.cache.ok[self.splits[s]]]
+        self.data_info = {
+            "root": str(self.index.root),
+            "synthetic": cfg.is_synthetic,
+            "images": int(len(self.index)),
+            "unreadable": [f for f, _ in (self.cache.failed if self.cache else [])],
+            "split_sizes": {k: int(len(v)) for k, v in self.splits.items()},
+            "class_counts": {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels[self.splits["train"]], minlength=len(self.classes)))},
+            "cache": self.cache.location if self.cache else "none",
+        }
+        if self.cache is not None:
+            self._images = torch.from_numpy(np.asarray(self.cache.images)) if self.cache.location == "memory" else None
+
+    def _build_cache(self, console: Any) -> ImageCache:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        paths = self.index.paths
+        with Progress(TextColumn("caching images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True, disable=console is None) as prog:
+            task = prog.add_task("cache", total=len(paths))
+            mode = {"auto": "auto", "memory": "memory", "disk": "disk"}[self.cfg.cache]
+            return build_cache(paths, self.preprocessing, mode=mode, budget_mb=self.cfg.cache_budget_mb,
+                               progress=lambda n=1: prog.advance(task, n))
+
+    # ----------------------------------------------------------------- batches
+    def _sample_order(self, epoch: int) -> np.ndarray:
+        train = self.splits["train"]
+        rng = np.random.default_rng(self.cfg.seed * 1000 + epoch)
+        if self.cfg.sampler == "balanced":
+            counts = np.bincount(self.labels[train], minlength=len(self.classes)).astype(np.float64)
+            w = 1.0 / counts[self.labels[train]]
+            return rng.choice(train, size=len(train), replace=True, p=w / w.sum())
+        return rng.permutation(train)
+
+    def num_train_batches(self) -> int:
+        n = max(1, len(self.splits["train"]) // self.cfg.batch_size)
+        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+
+    def _gather(self, idx: np.ndarray) -> torch.Tensor:
+        if self._images is not None:
+            return self._images[torch.from_numpy(idx)].permute(0, 3, 1, 2)  # NCHW view, channels_last memory
+        order = np.argsort(idx)  # memmap: read in file order
+        arr = np.empty((len(idx),) + self.cache.images.shape[1:], dtype=np.uint8)
+        arr[order] = self.cache.images[idx[order]]
+        return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+    def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._sample_order(epoch)
+        bs, steps = self.cfg.batch_size, self.num_train_batches()
+        if self.cache is None:
+            loader = torch.utils.data.DataLoader(
+                _StreamDataset([self.index.paths[i] for i in order], self.labels[order], self.preprocessing),
+                batch_size=bs, shuffle=False, drop_last=True, collate_fn=_collate,
+                num_workers=default_workers(self.cfg, self.device), pin_memory=self.device.type == "cuda")
+            for step, batch in enumerate(loader):
+                if step >= steps:
+                    break
+                yield batch
+            return
+        labels = torch.from_numpy(self.labels)
+        for step in range(steps):
+            idx = order[step * bs : (step + 1) * bs]
+            yield self._gather(idx), labels[torch.from_numpy(idx)]
+
+    # ------------------------------------------------------------------- step
+    def on_device(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        if train:
+            x = self.augment(x)
+        x = self.normalize(x)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def class_weight_tensor(self) -> torch.Tensor | None:
+        if self.cfg.class_weights != "balanced":
+            return None
+        counts = np.bincount(self.labels[self.splits["train"]], minlength=len(self.classes)).astype(np.float64)
+        w = counts.sum() / (len(counts) * np.maximum(counts, 1))
+        return torch.tensor(w, dtype=torch.float32, device=self.device)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_weights"):
+            self._weights = self.class_weight_tensor()
+        return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self.splits[split]
+        labels = torch.from_numpy(self.labels)
+        if self.cache is not None:
+            for chunk in self.iter_chunks(idx, batch_size):
+                yield self._gather(chunk), labels[torch.from_numpy(chunk)]
+            return
+        loader = torch.utils.data.DataLoader(
+            _StreamDataset([self.index.paths[i] for i in idx], self.labels[idx], self.preprocessing),
+            batch_size=batch_size, collate_fn=_collate, num_workers=default_workers(self.cfg, self.device))
+        yield from loader
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
+        from visionlab.engine.metrics import ClassificationMeter
+
+        meter = ClassificationMeter(len(self.classes))
+        model.eval()
+        total, n = 0.0, 0
+        for x, y in self.eval_batches(split, batch_size or max(self.cfg.batch_size, 64)):
+            if len(y) == 0:
+                continue
+            x = self.on_device(x.to(self.device, non_blocking=True), train=False)
+            y = y.to(self.device)
+            with autocast():
+                out = model(x)
+            total += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            n += len(y)
+            meter.update(out.float(), y)
+        if n == 0:
+            return EvalResult({}, {}, self.primary)
+        metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}
+        metrics["loss"] = total / n
+        report = meter.report(self.classes)
+        return EvalResult(metrics, report, self.primary)

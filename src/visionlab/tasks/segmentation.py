@@ -1,0 +1,281 @@
+"""Semantic segmentation of large aerial images: random crops to train, blended tiles to infer.
+
+Images are never squashed: training samples random ``tile_size`` crops of the full images
+(optionally biased towards rare classes), evaluation and prediction run sliding windows over
+the whole image (:func:`visionlab.engine.tiling.predict_tiled`). Masks are only ever resized
+with nearest neighbour; ``ignore_index`` (255) and the classes in ``ignore_classes`` count in
+neither loss nor metrics.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from visionlab.data.io import load_mask, resize_mask
+from visionlab.data.layout import SegmentationIndex, find_segmentation
+from visionlab.data.transforms import Normalize, load_for_model
+from visionlab.errors import VisionlabError
+from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
+
+__all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut", "predict_probs"]
+
+
+def value_lut(values: list[int], ignore_index: int, ignored_values: list[int] = ()) -> np.ndarray:
+    """256-entry table: mask pixel value -> channel index (ignore_index for unknown/ignored)."""
+    lut = np.full(256, ignore_index, dtype=np.uint8)
+    for ch, v in enumerate(values):
+        if v not in ignored_values:
+            lut[v] = ch
+    return lut
+
+
+def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> dict[str, Any]:
+    from visionlab.models import model_defaults
+
+    d = model_defaults(cfg.model, **({"encoder": cfg.model_args["encoder"]} if "encoder" in cfg.model_args else {}))
+    ignored = [c.value for c in index.classes if c.name in set(cfg.ignore_classes)]
+    return {
+        "kind": "segmentation",
+        "image_size": int(cfg.tile_size),
+        "tile_size": int(cfg.tile_size),
+        "tile_overlap": float(cfg.tile_overlap),
+        "seg_scale": float(cfg.seg_scale),
+        "mean": [float(v) for v in d["mean"]],
+        "std": [float(v) for v in d["std"]],
+        "values": [c.value for c in index.classes],
+        "colors": [c.color for c in index.classes],
+        "ignore_index": int(index.ignore_index),
+        "ignored_values": ignored,
+    }
+
+
+def predict_probs(
+    model: torch.nn.Module,
+    img: np.ndarray,
+    pre: dict[str, Any],
+    normalize: Normalize,
+    autocast: Any,
+    batch_size: int = 8,
+    channels_last: bool = False,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """(C, H, W) class probabilities of one preprocessed uint8 image by blended tiles,
+    resized (bilinear, on probabilities) to ``out_size`` = (H, W) of the original image."""
+    from visionlab.engine.tiling import predict_tiled
+
+    device = normalize.mean.device
+    x = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device))[0]
+    n_classes = len(pre["values"])
+
+    def forward(b: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            b = b.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            return model(b)
+
+    probs = predict_tiled(forward, x, n_classes, int(pre["tile_size"]), float(pre["tile_overlap"]), batch_size)
+    if out_size is not None and tuple(probs.shape[1:]) != tuple(out_size):
+        probs = F.interpolate(probs[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+    return probs
+
+
+class _CropDataset(torch.utils.data.Dataset):
+    """``crops_per_image`` random crops per training image, augmented with albumentations."""
+
+    def __init__(self, runner: "SegmentationRunner", indices: np.ndarray, epoch: int) -> None:
+        import albumentations as A
+        import cv2
+
+        cfg = runner.cfg
+        self.r, self.indices, self.epoch = runner, indices, epoch
+        self.tile = cfg.tile_size
+        aug = cfg.augment
+        ops = [A.PadIfNeeded(self.tile, self.tile, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=runner.ignore_index)]
+        if aug.get("hflip"):
+            ops.append(A.HorizontalFlip(p=0.5))
+        if aug.get("vflip"):
+            ops.append(A.VerticalFlip(p=0.5))
+        if aug.get("rot90"):
+            ops.append(A.RandomRotate90(p=0.5))
+        if aug.get("rotate", 0) > 0:
+            ops.append(A.Rotate(limit=aug["rotate"], border_mode=cv2.BORDER_REFLECT_101, p=0.5))
+        jitter = [aug.get(k, 0) for k in ("brightness", "contrast", "saturation", "hue")]
+        if any(jitter):
+            ops.append(A.ColorJitter(brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=min(0.5, jitter[3]), p=0.8))
+        self.transform = A.Compose(ops)
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.r.cfg.crops_per_image
+
+    def _crop_origin(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        h, w = mask.shape
+        t = self.tile
+        if self.r.cfg.sampler == "balanced" and rng.random() < 0.5:
+            present = [c for c in np.unique(mask[:: 8, :: 8]) if c != self.r.ignore_index]
+            if present:
+                c = present[int(rng.integers(len(present)))]
+                ys, xs = np.nonzero(mask[:: 8, :: 8] == c)
+                j = int(rng.integers(len(ys)))
+                cy, cx = ys[j] * 8, xs[j] * 8
+                return (int(np.clip(cy - t // 2, 0, max(0, h - t))), int(np.clip(cx - t // 2, 0, max(0, w - t))))
+        return int(rng.integers(0, max(1, h - t + 1))), int(rng.integers(0, max(1, w - t + 1)))
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.r.cfg.seed, self.epoch, i))
+        k = int(self.indices[i // self.r.cfg.crops_per_image])
+        img, mask = self.r.train_pair(k)
+        y, x = self._crop_origin(mask, rng)
+        t = self.tile
+        out = self.transform(image=img[y : y + t, x : x + t], mask=mask[y : y + t, x : x + t])
+        return torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1), torch.from_numpy(out["mask"].astype(np.int64))
+
+
+class SegmentationRunner(TaskRunner):
+    kind = "segmentation"
+    primary = "miou"
+
+    def prepare(self, console: Any = None) -> None:
+        cfg = self.cfg
+        root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
+        self.index: SegmentationIndex = find_segmentation(root)
+        self.classes = self.index.class_names
+        unknown = [c for c in cfg.ignore_classes if c not in self.classes]
+        if unknown:
+            raise VisionlabError(f"ignore_classes {unknown} are not in classes.json ({', '.join(self.classes)}).", "Fix 'ignore_classes'.")
+        self.ignore_index = self.index.ignore_index
+        self.preprocessing = self.fixed_preprocessing or segmentation_preprocessing(cfg, self.index)
+        self.lut = value_lut(self.preprocessing["values"], self.ignore_index, self.preprocessing["ignored_values"])
+        self.exclude = [i for i, c in enumerate(self.classes) if c in set(cfg.ignore_classes)]
+        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.splits = split_indices(len(self.index), None, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        if len(self.splits["train"]) == 0:
+            raise VisionlabError(f"no training images in {root}.", "Add images or lower val/test fractions.")
+        self._pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._full_masks: dict[int, np.ndarray] = {}
+        failed: set[int] = set()
+        budget = cfg.cache_budget_mb * 2**20
+        used = 0
+        todo = [int(i) for s in ("train", "val", "test") for i in self.splits[s]]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for k, pair in zip(todo, pool.map(self._load_pair, todo)):
+                if pair is None:
+                    failed.add(k)
+                    continue
+                if used + pair[0].nbytes + pair[1].nbytes <= budget and cfg.cache != "none":
+                    self._pairs[k] = pair
+                    used += pair[0].nbytes + pair[1].nbytes
+        for s in self.splits:
+            self.splits[s] = np.array([i for i in self.splits[s] if int(i) not in failed], dtype=np.int64)
+        shares = self._pixel_shares()
+        self.data_info = {
+            "root": str(self.index.root),
+            "synthetic": cfg.is_synthetic,
+            "images": len(self.index),
+            "unreadable": [str(self.index.images[k]) for k in sorted(failed)],
+            "split_sizes": {k: int(len(v)) for k, v in self.splits.items()},
+            "pixel_shares": {c: round(float(s), 4) for c, s in zip(self.classes, shares)},
+            "cache": f"memory ({used / 2**20:.0f} MB)",
+        }
+
+    def _load_pair(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            img = load_for_model(self.index.images[k], self.preprocessing)
+            mask = self.lut[load_mask(self.index.masks[k])]
+        except Exception:
+            return None
+        h, w = img.shape[:2]
+        if mask.shape != (h, w):
+            mask = resize_mask(mask, (w, h))  # nearest neighbour only
+        return img, mask
+
+    def train_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._pairs.get(k) or self._load_pair(k)
+        if pair is None:
+            raise VisionlabError(f"{self.index.images[k]} became unreadable during training.", "Restore the file.")
+        return pair
+
+    def _pixel_shares(self) -> np.ndarray:
+        counts = np.zeros(len(self.classes), dtype=np.float64)
+        for k in self.splits["train"]:
+            if int(k) in self._pairs:
+                counts += np.bincount(self._pairs[int(k)][1].ravel(), minlength=256)[: len(self.classes)]
+        return counts / max(1.0, counts.sum())
+
+    # ----------------------------------------------------------------- batches
+    def num_train_batches(self) -> int:
+        n = max(1, len(self.splits["train"]) * self.cfg.crops_per_image // self.cfg.batch_size)
+        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+
+    def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        ds = _CropDataset(self, self.splits["train"], epoch)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
+                                             num_workers=default_workers(self.cfg, self.device),
+                                             pin_memory=self.device.type == "cuda")
+        for step, batch in enumerate(loader):
+            if step >= self.num_train_batches():
+                break
+            yield batch
+
+    # ------------------------------------------------------------------- step
+    def on_device(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.cfg.class_weights != "balanced":
+            return None
+        share = self._pixel_shares()
+        w = np.where(share > 0, 1.0 / np.sqrt(np.maximum(share, 1e-6)), 0.0)
+        w = w / w[w > 0].mean()
+        return torch.tensor(w, dtype=torch.float32, device=self.device)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_loss_fns"):
+            from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+
+            parts = self.cfg.loss.split("+")
+            fns = []
+            weight = self._class_weights()
+            for p in parts:
+                if p == "ce":
+                    fns.append(lambda o, t, w=weight: F.cross_entropy(o, t, weight=w, ignore_index=self.ignore_index))
+                elif p == "focal":
+                    fns.append(FocalLoss(mode="multiclass", gamma=self.cfg.focal_gamma, ignore_index=self.ignore_index))
+                elif p == "dice":
+                    fns.append(DiceLoss(mode="multiclass", ignore_index=self.ignore_index, from_logits=True))
+            self._loss_fns = fns
+        output = output.float()
+        return sum(fn(output, target) for fn in self._loss_fns)
+
+    def _eval_mask(self, k: int, shape: tuple[int, int]) -> np.ndarray:
+        """The mask at the image's original resolution (metrics are always computed there)."""
+        if self.cfg.seg_scale == 1.0:
+            return self.train_pair(k)[1]
+        if k not in self._full_masks:
+            self._full_masks[k] = self.lut[load_mask(self.index.masks[k])]
+        return self._full_masks[k]
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
+        from visionlab.engine.metrics import SegmentationMeter
+
+        meter = SegmentationMeter(len(self.classes), ignore_index=self.ignore_index, exclude=self.exclude)
+        model.eval()
+        for k in self.splits[split]:
+            img = self.train_pair(int(k))[0]
+            mask = self._eval_mask(int(k), img.shape[:2])
+            probs = predict_probs(model, img, self.preprocessing, self.normalize, autocast, batch_size or 8,
+                                  self.cfg.channels_last, out_size=mask.shape)
+            meter.update(probs.argmax(0)[None].cpu(), torch.from_numpy(mask.astype(np.int64))[None])
+        if len(self.splits[split]) == 0:
+            return EvalResult({}, {}, self.primary)
+        metrics = {k: float(v) for k, v in meter.compute().items() if v is not None and np.isscalar(v)}
+        return EvalResult(metrics, meter.report(self.classes), self.primary)
