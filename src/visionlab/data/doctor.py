@@ -1,0 +1,749 @@
+"""The data doctor: find what is wrong with a dataset before a training run finds it.
+
+``visionlab data check PATH`` indexes the folder with :mod:`visionlab.data.layout` and decodes
+every image once with :func:`visionlab.data.io.load_image` (the decoder training uses, so
+"unreadable" here means "training would fail on it"). From that single pass it reports:
+
+* counts per class and per split, class imbalance, classes missing from a split;
+* image sizes (min/median/max, tiny images), colour modes and file formats;
+* unreadable or truncated files, and content that does not match its extension
+  (a PNG or GIF named ``.jpg``), and image files the layout does not pick up;
+* exact duplicates (hash of the file bytes) and near duplicates (64-bit perceptual hash,
+  Hamming distance), within a class, across classes (conflicting labels) and across
+  train/val/test (leakage);
+* for segmentation: missing, unreadable or wrong-size masks, pixel values that
+  ``classes.json`` does not define, and the pixel share of every class.
+
+:func:`training_warnings` is the cheap subset (byte hashes and counts, no decoding) that the
+trainer can print before it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from visionlab.data.io import UnreadableImage, is_image_file, load_image, load_mask
+from visionlab.data.layout import (
+    SPLIT_NAMES,
+    ClassificationIndex,
+    SegmentationIndex,
+    find_classification,
+    find_segmentation,
+    unwrap_root,
+)
+from visionlab.errors import VisionlabError
+
+__all__ = [
+    "Finding",
+    "Report",
+    "check_dataset",
+    "run_check",
+    "training_warnings",
+    "phash",
+    "near_duplicate_pairs",
+    "guess_kind",
+    "NEAR_DUP_THRESHOLD",
+    "NEAR_DUP_MAX_MAE",
+    "TINY_SIDE",
+    "IMBALANCE_WARN",
+    "IMBALANCE_SEVERE",
+]
+
+Severity = Literal["error", "warning", "info"]
+Kind = Literal["classification", "segmentation"]
+
+#: Default Hamming distance (of 64 bits) at or below which two perceptual hashes are near duplicates.
+#: A photo halved and re-encoded at JPEG quality 20 lands at 0-2; unrelated photos at 20-40, but
+#: objects shot on white can come within 6-8, hence the thumbnail confirmation below.
+NEAR_DUP_THRESHOLD = 8
+#: A pHash match is confirmed only when 16x16 colour thumbnails differ by at most this mean
+#: absolute value (0-255). Re-encoded copies differ by about 2; a different object of the
+#: same shape on the same background by 10 or more.
+NEAR_DUP_MAX_MAE = 6.0
+#: Images whose shorter side is below this many pixels are reported as tiny.
+TINY_SIDE = 32
+#: Largest/smallest class count above which the doctor warns.
+IMBALANCE_WARN = 5.0
+#: Largest/smallest class count above which :func:`training_warnings` speaks up.
+IMBALANCE_SEVERE = 10.0
+#: Files listed per finding in the tables (JSON lists them all).
+MAX_FILES_SHOWN = 10
+
+# Extension -> the format PIL detects for content that matches it.
+_EXPECTED_FORMAT = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
+}
+_HEADER_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+# ----------------------------------------------------------------------------- report types
+
+
+@dataclass
+class Finding:
+    """One problem (or fact) about the dataset and the files it concerns.
+
+    ``groups`` holds sets of files that belong together (duplicate clusters); ``files`` is
+    always the flat list, so scripts can act on it without knowing the finding's kind.
+    """
+
+    severity: Severity
+    code: str
+    message: str
+    files: list[str] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """Everything :func:`check_dataset` found: findings by severity plus statistics."""
+
+    root: str
+    kind: Kind
+    n_images: int
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # class -> split ('all' when unsplit) -> images
+    split_counts: dict[str, int]
+    sizes: dict[str, dict[str, float]]  # width/height/min_side -> min/median/max
+    modes: dict[str, int]
+    formats: dict[str, int]
+    imbalance_ratio: float | None = None
+    pixel_shares: dict[str, float] = field(default_factory=dict)  # segmentation only
+    near_dup_threshold: int = NEAR_DUP_THRESHOLD
+    seconds: float = 0.0
+    errors: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    info: list[Finding] = field(default_factory=list)
+
+    def add(self, finding: Finding) -> None:
+        {"error": self.errors, "warning": self.warnings, "info": self.info}[finding.severity].append(finding)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """All findings, errors first."""
+        return self.errors + self.warnings + self.info
+
+    def find(self, code: str) -> Finding | None:
+        """The finding with this code, or None."""
+        return next((f for f in self.findings if f.code == code), None)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable data (``json.dumps(report.to_dict())``)."""
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT32 = _dct_matrix(32)
+_BIT_WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)
+
+
+def phash(img: Image.Image) -> int:
+    """64-bit perceptual hash (pHash): signs of the 8x8 lowest DCT frequencies of a 32x32 grey image.
+
+    Robust to resizing, re-encoding and mild colour changes; unrelated photos differ in about
+    half of the bits. Compare two hashes with ``(a ^ b).bit_count()``.
+    """
+    grey = img.convert("L").resize((32, 32), Image.BILINEAR, reducing_gap=2.0)
+    a = np.asarray(grey, dtype=np.float64)
+    low = (_DCT32 @ a @ _DCT32.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])  # the DC term would skew the median
+    return int((bits.astype(np.uint64) * _BIT_WEIGHTS).sum())
+
+
+def near_duplicate_pairs(hashes: Sequence[int] | np.ndarray, threshold: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` whose 64-bit hashes differ in at most ``threshold`` bits.
+
+    Vectorised in row blocks (XOR + popcount), so 3,000 hashes take milliseconds and memory
+    stays at ``block x n`` words. Returns index arrays ``i``, ``j`` and the distances.
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    n = len(h)
+    out_i, out_j, out_d = [], [], []
+    for start in range(0, n, block):
+        rows = h[start:start + block]
+        d = np.bitwise_count(rows[:, None] ^ h[None, start:])  # only columns j >= start
+        ii, jj = np.nonzero(d <= threshold)
+        gi, gj = ii + start, jj + start
+        keep = gi < gj
+        out_i.append(gi[keep]); out_j.append(gj[keep]); out_d.append(d[ii[keep], jj[keep]])
+    if not out_i:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d).astype(np.int64)
+
+
+def _file_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# ----------------------------------------------------------------------------- one pass over the files
+
+
+@dataclass
+class _Scan:
+    path: Path
+    sha: str | None = None
+    fmt: str | None = None
+    mode: str | None = None
+    frames: int = 1
+    width: int = 0
+    height: int = 0
+    phash: int | None = None
+    thumb: np.ndarray | None = None  # 16x16x3 uint8, confirms pHash matches
+    error: str | None = None  # why it cannot be decoded
+    error_code: str | None = None  # missing_file | not_an_image | truncated | unreadable
+    no_jpeg_end: bool = False
+    mask_error: str | None = None
+    mask_shape: tuple[int, int] | None = None
+    mask_hist: np.ndarray | None = None
+
+
+def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Scan:
+    """Read, hash and decode one image (and its mask): everything the report needs, in one go."""
+    s = _Scan(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        s.error_code = "missing_file" if not path.exists() else "unreadable"
+        s.error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        return s
+    s.sha = _file_hash(data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            s.fmt, s.mode, s.frames = im.format, im.mode, getattr(im, "n_frames", 1)
+    except _HEADER_ERRORS as exc:
+        s.error_code = "not_an_image"
+        s.error = f"not an image ({type(exc).__name__})"
+        return s
+    try:
+        rgb = load_image(path)  # the decoder training uses; EXIF orientation applied
+    except UnreadableImage as exc:
+        text = exc.message
+        s.error_code = "truncated" if "truncated" in text.lower() else "unreadable"
+        s.error = text.split(": ", 1)[-1]
+        return s
+    s.width, s.height = rgb.size
+    # Decoded yet no end-of-image marker anywhere: truncated, and PIL's LOAD_TRUNCATED_IMAGES is on
+    # (data appended after the marker, as some phones do, is not flagged).
+    s.no_jpeg_end = s.fmt == "JPEG" and b"\xff\xd9" not in data
+    s.phash = phash(rgb)
+    s.thumb = np.asarray(rgb.resize((16, 16), Image.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
+    if want_mask and mask is not None:
+        try:
+            m = load_mask(mask)
+        except UnreadableImage as exc:
+            s.mask_error = exc.message.split(": ", 1)[-1]
+        else:
+            s.mask_shape = m.shape
+            s.mask_hist = np.bincount(m.ravel(), minlength=256)
+    return s
+
+
+def _components(pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of an undirected pair list (union-find), each sorted."""
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for x in parent:
+        groups[root(x)].append(x)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+
+
+def _summary(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"min": 0, "median": 0, "max": 0}
+    a = np.asarray(values)
+    return {"min": int(a.min()), "median": float(np.median(a)), "max": int(a.max())}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+def guess_kind(path: str | os.PathLike) -> Kind:
+    """'segmentation' when the folder has ``classes.json`` and an ``images/`` folder (maybe per split)."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return "classification"
+    p = unwrap_root(p)
+    if not (p / "classes.json").is_file():
+        return "classification"
+    candidates = [p] + [d for d in p.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES]
+    if any((d / n).is_dir() for d in candidates for n in ("images", "imgs", "image")):
+        return "segmentation"
+    return "classification"
+
+
+def check_dataset(
+    path: str | os.PathLike,
+    kind: Kind | None = None,
+    classes: list[str] | None = None,
+    near_dup_threshold: int = NEAR_DUP_THRESHOLD,
+    near_dup_max_mae: float = NEAR_DUP_MAX_MAE,
+    tiny_side: int = TINY_SIDE,
+    imbalance_warn: float = IMBALANCE_WARN,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Inspect a dataset folder (or CSV) and return a :class:`Report`; nothing is modified.
+
+    ``kind`` is guessed when None (see :func:`guess_kind`). ``classes`` restricts a
+    classification dataset to those class folders, as the config's ``classes`` does.
+    ``progress(done, total)`` is called as files are decoded.
+    """
+    t0 = time.perf_counter()
+    if kind is None:
+        kind = guess_kind(path)
+    if kind not in ("classification", "segmentation"):
+        raise VisionlabError(f"unknown dataset kind {kind!r}.", "Use 'classification' or 'segmentation'.")
+
+    masks: list[Path | None]
+    if kind == "segmentation":
+        sidx = find_segmentation(path, require_masks=False)
+        root, files, masks, splits = sidx.root, sidx.images, sidx.masks, sidx.splits
+        labels: list[int] | None = None
+        class_names = sidx.class_names
+    else:
+        cidx = find_classification(path, classes)
+        root, files, splits, labels = cidx.root, cidx.paths, cidx.splits, cidx.labels
+        masks = [None] * len(files)
+        class_names = cidx.classes
+
+    want_mask = kind == "segmentation"
+    done = 0
+    scans: list[_Scan] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+        for s in ex.map(lambda fm: _scan(fm[0], fm[1], want_mask), zip(files, masks)):
+            scans.append(s)
+            done += 1
+            if progress is not None:
+                progress(done, len(files))
+
+    split_keys = sorted({s or "all" for s in splits}, key=lambda s: ("train", "val", "test", "all").index(s))
+    report = Report(
+        root=str(root),
+        kind=kind,
+        n_images=len(files),
+        classes=list(class_names),
+        counts={},
+        split_counts=dict(Counter(s or "all" for s in splits)),
+        sizes={},
+        modes={},
+        formats={},
+        near_dup_threshold=near_dup_threshold,
+    )
+    report.split_counts = {k: report.split_counts[k] for k in split_keys}
+    if labels is not None:
+        counts = {c: {k: 0 for k in split_keys} for c in class_names}
+        for y, sp in zip(labels, splits):
+            counts[class_names[y]][sp or "all"] += 1
+        report.counts = counts
+
+    _decode_findings(report, scans, tiny_side)
+    if labels is not None:
+        _balance_findings(report, split_keys, imbalance_warn)
+    _duplicate_findings(report, scans, labels, splits, class_names, near_dup_threshold, near_dup_max_mae)
+    if kind == "segmentation":
+        _mask_findings(report, scans, masks, sidx)
+    if root.is_dir():
+        _unused_files(report, root, files, masks)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None:
+    ok = [s for s in scans if s.error is None]
+    report.modes = dict(Counter(s.mode for s in scans if s.mode).most_common())
+    report.formats = dict(Counter(s.fmt for s in scans if s.fmt).most_common())
+    report.sizes = {
+        "width": _summary([s.width for s in ok]),
+        "height": _summary([s.height for s in ok]),
+        "min_side": _summary([min(s.width, s.height) for s in ok]),
+    }
+    what_by_code = {
+        "missing_file": "listed but missing",
+        "not_an_image": "not images at all (text, HTML, empty files...)",
+        "truncated": "truncated (the file ends before the image does)",
+        "unreadable": "cannot be decoded",
+    }
+    for code, what in what_by_code.items():
+        bad = [s for s in scans if s.error_code == code]
+        if bad:
+            first = f"{bad[0].path.name}: {bad[0].error}"
+            report.add(Finding("error", code, f"{_plural(len(bad), 'file')} {what}; training would stop on them (first: {first}). Remove or replace them.", [str(s.path) for s in bad]))
+    tail = [s for s in ok if s.no_jpeg_end]
+    if tail:
+        report.add(Finding("warning", "jpeg_no_end_marker", f"{_plural(len(tail), 'JPEG')} lack the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
+
+    mismatched = [s for s in scans if s.fmt and _EXPECTED_FORMAT.get(s.path.suffix.lower(), s.fmt) != s.fmt]
+    if mismatched:
+        kinds = Counter(f"{s.fmt} named {s.path.suffix.lower()}" for s in mismatched)
+        detail = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
+        report.add(Finding("warning", "extension_mismatch", f"{_plural(len(mismatched), 'file')} hold a different format than their extension says ({detail}); visionlab reads them, other tools may not.", [str(s.path) for s in mismatched]))
+
+    tiny = [s for s in ok if min(s.width, s.height) < tiny_side]
+    if tiny:
+        smallest = min(tiny, key=lambda s: s.width * s.height)
+        report.add(Finding("warning", "tiny_image", f"{_plural(len(tiny), 'image')} have a side under {tiny_side} px (smallest {smallest.width}x{smallest.height}); upscaling them adds blur, not detail.", [str(s.path) for s in tiny]))
+
+    for mode, note in (("RGBA", "alpha is composited on white"), ("LA", "alpha is composited on white"), ("P", "palette is expanded"),
+                       ("CMYK", "colours are converted, check they look right"), ("L", "grey is copied to 3 channels"),
+                       ("1", "bilevel, grey is copied to 3 channels"), ("I;16", "16-bit, scaled to 8 bits")):
+        hit = [s for s in scans if s.mode == mode]
+        if hit:
+            report.add(Finding("info", f"mode_{mode.replace(';', '_').lower()}", f"{_plural(len(hit), 'image')} in mode {mode}: converted to RGB on load ({note}).", [str(s.path) for s in hit]))
+    animated = [s for s in ok if s.frames > 1]
+    if animated:
+        report.add(Finding("info", "animated", f"{_plural(len(animated), 'image')} have several frames; only the first is used.", [str(s.path) for s in animated]))
+
+
+def _balance_findings(report: Report, split_keys: list[str], imbalance_warn: float) -> None:
+    totals = {c: sum(v.values()) for c, v in report.counts.items()}
+    if len(totals) < 2:
+        report.add(Finding("warning", "single_class", f"only one class ({', '.join(totals)}); a classifier needs at least two."))
+        return
+    ranked = sorted(totals, key=totals.get)
+    small, big = ranked[0], ranked[-1]
+    ratio = totals[big] / max(totals[small], 1)
+    report.imbalance_ratio = round(ratio, 2)
+    if ratio > imbalance_warn:
+        report.add(Finding("warning", "class_imbalance", f"class imbalance {ratio:.1f}:1 ({big} {totals[big]} vs {small} {totals[small]}); use class weights or oversampling, and judge by per-class recall, not accuracy."))
+    else:
+        report.add(Finding("info", "class_balance", f"largest/smallest class {ratio:.1f}:1 ({big} {totals[big]}, {small} {totals[small]})."))
+    for sp in split_keys:
+        if sp == "all":
+            continue
+        empty = [c for c, v in report.counts.items() if v.get(sp, 0) == 0]
+        if empty:
+            report.add(Finding("warning", "class_missing_in_split", f"split {sp} has no images of {', '.join(empty)}; its metrics will not cover them."))
+
+
+def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | None, splits: list[str | None], class_names: list[str], threshold: int, max_mae: float) -> None:
+    def where(i: int) -> tuple[int | None, str | None]:
+        return (labels[i] if labels is not None else None), splits[i]
+
+    def category(idx: list[int]) -> str:
+        if labels is not None and len({labels[i] for i in idx}) > 1:
+            return "across_classes"
+        if len({splits[i] for i in idx}) > 1:
+            return "across_splits"
+        return "within"
+
+    def describe(i: int) -> str:
+        lab, sp = where(i)
+        parts = [class_names[lab]] if lab is not None else []
+        if sp:
+            parts.append(sp)
+        return f"{scans[i].path.name} ({'/'.join(parts)})" if parts else scans[i].path.name
+
+    def add(prefix: str, cat: str, groups: list[list[int]], what: str) -> None:
+        if not groups:
+            return
+        severity, text = {
+            "across_classes": ("error", "with different labels: at least one label is wrong; keep one copy with the right label"),
+            "across_splits": ("error", "across train/val/test: test scores are inflated by leakage; keep each in one split"),
+            "within": ("warning" if prefix == "exact" else "info", "within a class: they weigh double in training; remove the extra copies"),
+        }[cat]
+        n_files = sum(len(g) for g in groups)
+        example = " = ".join(describe(i) for i in groups[0][:3])
+        code = f"{prefix}_duplicate" + ("" if cat == "within" else f"_{cat}")
+        report.add(Finding(
+            severity, code,
+            f"{_plural(len(groups), 'group')} of {what} ({n_files} files) {text} (e.g. {example}).",
+            [str(scans[i].path) for g in groups for i in g],
+            [[str(scans[i].path) for i in g] for g in groups],
+        ))
+
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(scans):
+        if s.error is None:  # broken files are reported once, as broken
+            by_sha[s.sha].append(i)
+    exact = [g for g in by_sha.values() if len(g) > 1]
+    for cat in ("across_classes", "across_splits", "within"):
+        add("exact", cat, [g for g in exact if category(g) == cat], "identical files")
+
+    hashed = [i for i, s in enumerate(scans) if s.phash is not None]
+    if not hashed:
+        return
+    ii, jj, _ = near_duplicate_pairs([scans[i].phash for i in hashed], threshold)
+    if len(ii):
+        thumbs = np.stack([scans[i].thumb for i in hashed]).reshape(len(hashed), -1).astype(np.float32)
+        mae = np.abs(thumbs[ii] - thumbs[jj]).mean(axis=1)
+        ii, jj = ii[mae <= max_mae], jj[mae <= max_mae]
+    pairs_by_cat: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        a, b = hashed[a], hashed[b]
+        if scans[a].sha == scans[b].sha:
+            continue  # already an exact duplicate
+        pairs_by_cat[category([a, b])].append((a, b))
+    for cat in ("across_classes", "across_splits", "within"):
+        add("near", cat, _components(pairs_by_cat[cat]), f"near-identical images (perceptual hash within {threshold} bits, thumbnails within {max_mae:g})")
+
+
+def _mask_findings(report: Report, scans: list[_Scan], masks: list[Path | None], sidx: SegmentationIndex) -> None:
+    missing = [s for s, m in zip(scans, masks) if m is None]
+    if missing:
+        report.add(Finding("error", "missing_mask", f"{_plural(len(missing), 'image')} have no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
+    bad = [s for s in scans if s.mask_error]
+    if bad:
+        report.add(Finding("error", "unreadable_mask", f"{_plural(len(bad), 'mask')} cannot be used (first: {bad[0].mask_error}).", [str(m) for s, m in zip(scans, masks) if s.mask_error]))
+    wrong = [(s, m) for s, m in zip(scans, masks) if s.mask_shape is not None and s.mask_shape != (s.height, s.width)]
+    if wrong:
+        s0, _ = wrong[0]
+        report.add(Finding("error", "mask_size_mismatch", f"{_plural(len(wrong), 'mask')} differ in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
+
+    hists = [s.mask_hist for s in scans if s.mask_hist is not None]
+    if not hists:
+        return
+    known = {c.value for c in sidx.classes}
+    total = np.sum(hists, axis=0)
+    unknown_vals = [v for v in np.nonzero(total)[0].tolist() if v not in known and v != sidx.ignore_index]
+    if unknown_vals:
+        files = [str(m) for s, m in zip(scans, masks) if s.mask_hist is not None and any(s.mask_hist[v] for v in unknown_vals)]
+        report.add(Finding("error", "unknown_mask_value", f"mask pixel value(s) {', '.join(map(str, unknown_vals))} are not in classes.json (ignore_index {sidx.ignore_index}) in {_plural(len(files), 'mask')}; add the class or map them to ignore_index.", files))
+    labelled = int(sum(total[c.value] for c in sidx.classes if c.value < 256))
+    report.pixel_shares = {c.name: round(float(total[c.value]) / max(labelled, 1), 5) for c in sidx.classes if c.value < 256}
+    ignored = float(total[sidx.ignore_index]) / max(int(total.sum()), 1) if sidx.ignore_index < 256 else 0.0
+    shares = ", ".join(f"{k} {v:.1%}" for k, v in sorted(report.pixel_shares.items(), key=lambda kv: -kv[1]))
+    report.add(Finding("info", "pixel_shares", f"class pixel shares: {shares}; ignored {ignored:.1%}."))
+    absent = [c.name for c in sidx.classes if c.value < 256 and total[c.value] == 0]
+    if absent:
+        report.add(Finding("warning", "class_absent", f"class(es) {', '.join(absent)} never appear in any mask; the model cannot learn them."))
+
+
+def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Path | None]) -> None:
+    """Files under the dataset folder that the layout does not use (wrong extension, orphan masks...)."""
+    used = {os.path.abspath(p) for p in files} | {os.path.abspath(m) for m in masks if m is not None}
+    hidden_images: list[str] = []
+    stray: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if name.startswith(".") or name == "classes.json" or os.path.abspath(p) in used:
+                continue
+            if is_image_file(name):
+                stray.append(p)
+                continue
+            try:
+                with Image.open(p) as im:
+                    im.format  # noqa: B018  (header only)
+                hidden_images.append(p)
+            except _HEADER_ERRORS:
+                pass
+    if hidden_images:
+        report.add(Finding("warning", "image_without_extension", f"{_plural(len(hidden_images), 'file')} hold images but have no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))
+    if stray:
+        report.add(Finding("warning", "unused_image", f"{_plural(len(stray), 'image file')} lie outside the layout (not in a class folder, or masks without an image) and are not used.", sorted(stray)))
+
+
+# ----------------------------------------------------------------------------- cheap pre-training check
+
+
+def training_warnings(index: ClassificationIndex | SegmentationIndex, imbalance: float = IMBALANCE_SEVERE) -> list[str]:
+    """Short one-line warnings the trainer prints before training, without decoding anything.
+
+    Exact duplicates (same file bytes) across classes or splits, and class imbalance above
+    ``imbalance``. Unreadable files are the loader's business. Costs one read of every file.
+    """
+    if isinstance(index, ClassificationIndex):
+        paths, labels, names = index.paths, index.labels, index.classes
+    else:
+        paths, labels, names = index.images, None, index.class_names
+    splits = index.splits or [None] * len(paths)
+
+    def digest(p: Path) -> str | None:
+        try:
+            return _file_hash(p.read_bytes())
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        digests = list(ex.map(digest, paths))
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(digests):
+        if d is not None:
+            groups[d].append(i)
+    across_classes, across_splits = [], []
+    for g in groups.values():
+        if len(g) < 2:
+            continue
+        if labels is not None and len({labels[i] for i in g}) > 1:
+            across_classes.append(g)
+        elif len({splits[i] for i in g}) > 1:
+            across_splits.append(g)
+    out: list[str] = []
+    hint = f"run 'visionlab data check {index.root}' for the list."
+    if across_classes:
+        g = across_classes[0]
+        out.append(f"{_plural(len(across_classes), 'file')} appear in two classes (e.g. {paths[g[0]].name} in {names[labels[g[0]]]} and {names[labels[g[1]]]}): conflicting labels; {hint}")
+    if across_splits:
+        g = across_splits[0]
+        out.append(f"{_plural(len(across_splits), 'file')} appear in two splits (e.g. {paths[g[0]].name} in {splits[g[0]]} and {splits[g[1]]}): test scores will be inflated; {hint}")
+    if labels is not None and len(names) > 1:
+        counts = Counter(labels)
+        sizes = {names[k]: counts.get(k, 0) for k in range(len(names))}
+        ranked = sorted(sizes, key=sizes.get)
+        small, big = ranked[0], ranked[-1]
+        ratio = sizes[big] / max(sizes[small], 1)
+        if ratio > imbalance:
+            out.append(f"severe class imbalance {ratio:.0f}:1 ({big} {sizes[big]} vs {small} {sizes[small]}); consider class weights or oversampling.")
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI entry
+
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return path
+
+
+def _show_files(f: Finding, root: str, limit: int = MAX_FILES_SHOWN) -> str:
+    if f.groups:
+        items = [" = ".join(_rel(p, root) for p in g) for g in f.groups]
+    else:
+        items = [_rel(p, root) for p in f.files]
+    lines = items[:limit]
+    if len(items) > limit:
+        lines.append(f"... and {len(items) - limit} more")
+    return "\n".join(lines)
+
+
+def print_report(report: Report, console=None) -> None:
+    """Render a report as rich tables: counts, statistics, then findings by severity."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]{report.root}[/]: {report.kind}, {report.n_images} images, {len(report.classes)} classes")
+    splits = list(report.split_counts)
+    if report.counts:
+        t = Table(title="images")
+        t.add_column("class", overflow="fold")
+        for sp in splits:
+            t.add_column(sp, justify="right")
+        if splits != ["all"]:
+            t.add_column("total", justify="right")
+        for c, row in report.counts.items():
+            cells = [str(row.get(sp, 0)) for sp in splits]
+            if splits != ["all"]:
+                cells.append(str(sum(row.values())))
+            t.add_row(c, *cells)
+        if splits != ["all"]:
+            t.add_row("[bold]total[/]", *[str(report.split_counts[sp]) for sp in splits], str(report.n_images))
+        console.print(t)
+    else:
+        t = Table(title="class pixel shares")
+        t.add_column("class", overflow="fold")
+        t.add_column("pixel share", justify="right")
+        for name in report.classes:
+            t.add_row(name, f"{report.pixel_shares[name]:.1%}" if name in report.pixel_shares else "-")
+        console.print(t)
+        if splits != ["all"]:
+            console.print("images per split: " + ", ".join(f"{k} {v}" for k, v in report.split_counts.items()))
+
+    s = Table(title="statistics", show_header=False)
+    s.add_column("what")
+    s.add_column("value", overflow="fold")
+    for key in ("width", "height", "min_side"):
+        v = report.sizes.get(key)
+        if v:
+            s.add_row(f"{key} (px)", f"min {v['min']}  median {v['median']:g}  max {v['max']}")
+    s.add_row("modes", ", ".join(f"{k} {v}" for k, v in report.modes.items()) or "-")
+    s.add_row("formats", ", ".join(f"{k} {v}" for k, v in report.formats.items()) or "-")
+    if report.imbalance_ratio is not None:
+        s.add_row("largest/smallest class", f"{report.imbalance_ratio:.2f}")
+    s.add_row("checked in", f"{report.seconds:.1f} s")
+    console.print(s)
+
+    if report.findings:
+        f_table = Table(title="findings")
+        f_table.add_column("severity")
+        f_table.add_column("code")
+        f_table.add_column("message", overflow="fold", ratio=2)
+        f_table.add_column("files", overflow="fold", ratio=2)
+        for f in report.findings:
+            style = _STYLE[f.severity]
+            f_table.add_row(f"[{style}]{f.severity}[/]", f.code, f.message, _show_files(f, report.root))
+        console.print(f_table)
+    verdict = (f"[bold red]{_plural(len(report.errors), 'error')}[/]" if report.errors else "[green]no errors[/]")
+    console.print(f"{verdict}, {_plural(len(report.warnings), 'warning')}, {len(report.info)} info.")
+
+
+def run_check(path: str | os.PathLike, task: str | None = None, as_json: bool = False, strict: bool = False) -> int:
+    """What ``visionlab data check`` does: check, print tables or JSON, return the exit code.
+
+    The kind comes from ``task`` when given, else it is guessed. Returns 1 when ``strict``
+    and errors were found, else 0.
+    """
+    kind = None
+    if task is not None:
+        from visionlab.registry import get_task
+
+        kind = get_task(task).kind
+    if as_json or not sys.stderr.isatty():
+        report = check_dataset(path, kind=kind)
+    else:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            job = bar.add_task("checking images", total=None)
+            report = check_dataset(path, kind=kind, progress=lambda d, n: bar.update(job, completed=d, total=n))
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        print_report(report)
+    return 1 if strict and report.errors else 0
