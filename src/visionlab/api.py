@@ -251,7 +251,7 @@ _DEMO = {
 def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console: Any = None) -> dict[str, Any]:
     """Synthetic data, a short training, an evaluation and one prediction."""
     from visionlab.engine.predict import expand_inputs
-    from visionlab.models import pretrained_arg
+    from visionlab.models import no_weights_kwargs
     from visionlab.registry import get_task
 
     console = _console(console)
@@ -259,9 +259,10 @@ def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console:
     console.rule(f"visionlab demo: {task} on SYNTHETIC data")
     options: dict[str, Any] = dict(_DEMO[spec.kind])
     options.update(data="synthetic", device=device, out=out, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    arg = pretrained_arg(spec.model)
-    if arg:  # the demo never downloads weights
-        options["model_args"] = {arg: None}
+    options["model"] = spec.model  # the seed's architecture
+    no_weights = no_weights_kwargs(spec.model)
+    if no_weights:  # the demo never downloads weights
+        options["model_args"] = no_weights
         console.print(f"(demo: {spec.model} starts from random weights; real training uses ImageNet weights)")
     result = train(task, console=console, **options)
     report = evaluate(result.best_checkpoint, console=console)

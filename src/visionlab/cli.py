@@ -49,6 +49,8 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):  # typer.Exit is a RuntimeError: let it through
+            raise
         except VisionlabError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:

@@ -245,6 +245,8 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any], where: str) -> dict[str, Any]:
     valid = set(_valid_keys())
+    if "model" in layer and layer["model"] != base.get("model"):
+        base["model_args"] = {}  # another model: the previous model's arguments do not apply
     for key, value in layer.items():
         if key not in valid:
             raise _unknown_key(key, where)

@@ -119,7 +119,7 @@ def build_cache(
         if progress is not None:
             progress(len(paths))
         if fits:
-            return ImageCache(np.ascontiguousarray(mm), ok, failed, "memory", npy)
+            return ImageCache(np.array(mm), ok, failed, "memory", npy)
         return ImageCache(mm, ok, failed, "memmap", npy)
     tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -130,5 +130,5 @@ def build_cache(
     meta.write_text(json.dumps({"ok": ok.tolist(), "failed": failed, "pre": dict(pre)}, default=str))
     mm = np.load(npy, mmap_mode="r")
     if fits:
-        return ImageCache(np.ascontiguousarray(mm), ok, failed, "memory", npy)
+        return ImageCache(np.array(mm), ok, failed, "memory", npy)
     return ImageCache(mm, ok, failed, "memmap", npy)

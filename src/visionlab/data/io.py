@@ -86,7 +86,7 @@ def load_image(path: str | os.PathLike | Image.Image | np.ndarray, draft: tuple[
                 img.seek(0)
             out = ImageOps.exif_transpose(img) or img
             return _to_rgb(out).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(
             f"{p}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
             "Remove or replace the file.",

@@ -127,9 +127,9 @@ class Trainer:
             )
         model_args = dict(cfg.model_args)
         if resume_state is not None:
-            from visionlab.models import inference_args
+            from visionlab.models import no_weights_kwargs
 
-            model_args = inference_args(cfg.model, model_args)  # weights come from the checkpoint
+            model_args.update(no_weights_kwargs(cfg.model))  # weights come from the checkpoint
         self.model = build_model(cfg.model, num_classes=len(self.runner.classes), **model_args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -158,7 +158,7 @@ class Trainer:
                 self.console.print(f"[yellow]warning[/]: {exc}")
 
     def _state(self, epoch: int, best: float, bad_epochs: int, history: list) -> dict[str, Any]:
-        from visionlab.models import inference_args
+        from visionlab.models import no_weights_kwargs
 
         cfg = self.cfg
         return _py({
@@ -166,7 +166,7 @@ class Trainer:
             "task": self.spec.name,
             "kind": self.spec.kind,
             "model_name": cfg.model,
-            "model_args": inference_args(cfg.model, dict(cfg.model_args)),
+            "model_args": {**cfg.model_args, **no_weights_kwargs(cfg.model)},  # rebuilt without downloads
             "classes": list(self.runner.classes),
             "preprocessing": self.runner.preprocessing,
             "config": cfg.to_dict(),
@@ -253,7 +253,7 @@ class Trainer:
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
                         self.scheduler.step()
-                        loss_sum += float(loss) * len(y)
+                        loss_sum += float(loss.detach()) * len(y)
                         n_seen += len(y)
                         dt = time.perf_counter() - t0
                         progress.update(bar, advance=1, loss=loss_sum / n_seen, ips=n_seen / max(dt, 1e-9))

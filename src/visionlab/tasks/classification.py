@@ -27,7 +27,7 @@ def classification_preprocessing(cfg: Any) -> dict[str, Any]:
     """The preprocessing that travels with the weights and every checkpoint."""
     from visionlab.models import model_defaults
 
-    d = model_defaults(cfg.model)
+    d = model_defaults(cfg.model, **cfg.model_args)
     return {
         "kind": "classification",
         "image_size": int(cfg.image_size),

@@ -37,7 +37,7 @@ def value_lut(values: list[int], ignore_index: int, ignored_values: list[int] = 
 def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> dict[str, Any]:
     from visionlab.models import model_defaults
 
-    d = model_defaults(cfg.model, **({"encoder": cfg.model_args["encoder"]} if "encoder" in cfg.model_args else {}))
+    d = model_defaults(cfg.model, **cfg.model_args)
     ignored = [c.value for c in index.classes if c.name in set(cfg.ignore_classes)]
     return {
         "kind": "segmentation",
