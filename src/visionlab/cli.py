@@ -79,25 +79,45 @@ def _root(
         raise typer.Exit()
 
 
+def _recipe(task: str) -> dict:
+    """The task's default recipe (configs/<task>.yaml), read without importing torch."""
+    import yaml
+
+    from visionlab.config import config_path
+
+    path = config_path(task)
+    return (yaml.safe_load(path.read_text()) or {}) if path else {}
+
+
 @app.command("tasks")
 @handle_errors
-def tasks_cmd(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also build each model and count its parameters (imports torch).")) -> None:
-    """List the registered tasks."""
+def tasks_cmd(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also build the models and count their parameters (imports torch).")) -> None:
+    """List the registered tasks: kind, recipe model (and the seed's), input size, classes."""
     from rich.table import Table
 
     from visionlab.registry import list_tasks
 
     table = Table(title="visionlab tasks")
-    for col in ("task", "kind", "model", "input", "classes", "description"):
+    for col in ("task", "kind", "model (recipe / seed)", "input (recipe / seed)", "default classes", "description"):
         table.add_column(col, overflow="fold")
     if verbose:
-        table.add_column("params", justify="right")
+        table.add_column("params (recipe / seed)", justify="right")
     for spec in list_tasks():
-        row = [spec.name, spec.kind, spec.model, f"{spec.input_size} px", ", ".join(spec.default_classes), spec.description]
+        rec = _recipe(spec.name)
+        recipe = str(rec.get("model", spec.model))
+        model = recipe if recipe == spec.model else f"{recipe} / {spec.model}"
+        size = rec.get("tile_size" if spec.kind == "segmentation" else "image_size", spec.input_size)
+        size_txt = f"{size} px" if size == spec.input_size else f"{size} / {spec.input_size} px"
+        row = [spec.name, spec.kind, model, size_txt, ", ".join(spec.default_classes), spec.description]
         if verbose:
-            from visionlab.models import count_parameters
+            from visionlab.models import build_model, no_weights_kwargs
 
-            row.append(f"{count_parameters(spec.name) / 1e6:.2f} M")
+            def count(name: str) -> str:
+                args = dict(rec.get("model_args") or {}) if name == recipe else {}
+                m = build_model(name, len(spec.default_classes), **{**args, **no_weights_kwargs(name)})
+                return f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"
+
+            row.append(count(recipe) if recipe == spec.model else f"{count(recipe)} / {count(spec.model)}")
         table.add_row(*row)
     _console().print(table)
 
