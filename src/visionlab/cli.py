@@ -66,17 +66,21 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    _STATE["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager: runs before the 'missing command' check, so ``visionlab --version`` works alone."""
+    if value:
         from visionlab._version import __version__
 
         typer.echo(f"visionlab {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+) -> None:
+    _STATE["debug"] = debug
 
 
 def _recipe(task: str) -> dict:
