@@ -1,0 +1,175 @@
+"""Shared fixtures: an isolated environment for every test, tiny real image folders, shared data.
+
+Every test runs with ``VISIONLAB_CACHE``, ``VISIONLAB_RUNS`` and ``TORCH_HOME`` inside pytest's
+temporary folders, so no test reads or writes the user's caches or runs and nothing is ever
+downloaded. The synthetic datasets and the decoded-image cache live in one cache folder per
+session (they are made once and reused, as they would be for a user); runs are per test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def shared_data_root() -> Path:
+    """``../shared/data`` next to the repository, or ``$VISIONLAB_SHARED_DATA``."""
+    env = os.environ.get("VISIONLAB_SHARED_DATA")
+    return Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder per session: synthetic datasets and decoded images are made once."""
+    return tmp_path_factory.mktemp("visionlab-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, session_cache: Path) -> dict[str, Path]:
+    """Point every visionlab and torch cache into tmp; nothing can download or touch ~/.cache."""
+    runs = tmp_path / "runs"
+    env = {
+        "VISIONLAB_CACHE": session_cache,
+        "VISIONLAB_RUNS": runs,
+        "TORCH_HOME": session_cache / "torch-home",
+        "HF_HOME": session_cache / "hf-home",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: one row per line in captured output
+    return env
+
+
+@pytest.fixture
+def runs_dir(isolated_env: dict[str, Path]) -> Path:
+    """This test's runs folder (also ``$VISIONLAB_RUNS``)."""
+    return isolated_env["VISIONLAB_RUNS"]
+
+
+@pytest.fixture
+def cache_dir(isolated_env: dict[str, Path]) -> Path:
+    """The session's cache folder (``$VISIONLAB_CACHE``)."""
+    return isolated_env["VISIONLAB_CACHE"]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real image data beside the project; the test is skipped when it is absent."""
+    root = shared_data_root()
+    if not root.is_dir():
+        pytest.skip(f"shared data not found at {root} (set VISIONLAB_SHARED_DATA to its location)")
+    return root
+
+
+# --------------------------------------------------------------------------- tiny datasets
+
+_COLOURS = {"apple": (200, 30, 30), "zebra": (235, 235, 235), "kiwi": (60, 160, 40)}
+
+
+def make_class_image(name: str, i: int, size: int = 24) -> Image.Image:
+    """A small image whose colour and pattern depend on the class (learnable, deterministic)."""
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{i}".encode()))
+    base = np.array(_COLOURS.get(name, (90, 90, 200)), dtype=np.float32)
+    img = np.tile(base, (size, size, 1))
+    if name == "zebra":
+        img[:, ::4] = 20  # black stripes
+    img += rng.normal(0, 8, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def write_class_folder(root: Path, classes: tuple[str, ...] = ("zebra", "apple"), per_class: int = 8, size: int = 24) -> Path:
+    """``root/<class>/img_N.png`` for each class (folders written in the given order)."""
+    for name in classes:
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_class_image(name, i, size).save(d / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture
+def cls_folder(tmp_path: Path) -> Path:
+    """A classification folder with classes 'zebra' and 'apple', 8 PNGs of 24 px each."""
+    return write_class_folder(tmp_path / "cls")
+
+
+SEG_CLASSES = [
+    {"value": 0, "name": "ground", "color": "#A0522D"},
+    {"value": 1, "name": "water", "color": "#1E90FF"},
+    {"value": 2, "name": "roof", "color": "#DC143C"},
+]
+
+
+def write_seg_folder(root: Path, n_images: int = 4, size: tuple[int, int] = (90, 70)) -> Path:
+    """``images/``, ``masks/`` and ``classes.json``: 3 classes, a few 255 (unlabelled) pixels.
+
+    The size (90 x 70) is deliberately not a multiple of 32, so tiling pads."""
+    w, h = size
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    colours = np.array([[150, 90, 40], [30, 140, 250], [220, 20, 60]], dtype=np.float32)
+    for i in range(n_images):
+        rng = np.random.default_rng(i)
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[: h // 2, : w // 2] = 1
+        mask[h // 3 :, 2 * w // 3 :] = 2
+        mask[rng.random((h, w)) < 0.01] = 255
+        img = colours[np.minimum(mask, 2)] + rng.normal(0, 10, (h, w, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"tile_{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"tile_{i}.png")
+    (root / "classes.json").write_text(json.dumps({"ignore_index": 255, "classes": SEG_CLASSES}))
+    return root
+
+
+@pytest.fixture
+def seg_folder(tmp_path: Path) -> Path:
+    """A segmentation folder: 4 image/mask pairs of 90 x 70 px, classes ground/water/roof."""
+    return write_seg_folder(tmp_path / "seg")
+
+
+# --------------------------------------------------------------------------- fast training options
+
+
+def fast_options(task: str, out: Path, **extra: Any) -> dict[str, Any]:
+    """Config keys that make a run of ``task`` take seconds on a CPU and never download.
+
+    The task's recipe model is kept (with its pretrained weights switched off), at a tiny size.
+    """
+    from visionlab.config import load_config
+    from visionlab.models import no_weights_kwargs
+    from visionlab.registry import get_task
+
+    spec = get_task(task)
+    cfg = load_config(task)
+    opts: dict[str, Any] = {
+        "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "early_stopping": 0, "out": str(out),
+        "model_args": {**cfg.model_args, **no_weights_kwargs(cfg.model)}, "num_workers": 0,
+        "precision": "fp32", "warmup_epochs": 0.0,
+    }
+    if spec.kind == "segmentation":
+        opts.update(tile_size=64, crops_per_image=2, seg_scale=1.0)
+    else:
+        opts.update(image_size=32)
+    opts.update(extra)
+    return opts
+
+
+@pytest.fixture
+def fast(runs_dir: Path):
+    """``fast(task, **extra)`` -> the options of :func:`fast_options`, writing runs to ``runs_dir``."""
+
+    def make(task: str, **extra: Any) -> dict[str, Any]:
+        return fast_options(task, runs_dir, **extra)
+
+    return make

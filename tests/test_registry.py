@@ -1,0 +1,119 @@
+"""The task registry: five tasks, duplicates refused, unknown names listed; the CLI lists them without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+import visionlab
+from visionlab.errors import VisionlabError
+from visionlab.registry import TaskSpec, get_task, list_tasks, register_task, task_names
+
+EXPECTED = {
+    "minerals": "classification",
+    "waste": "classification",
+    "cracks": "classification",
+    "caltech": "classification",
+    "landcover": "segmentation",
+}
+
+
+def test_five_builtin_tasks_with_their_kinds():
+    specs = list_tasks()
+    assert {s.name: s.kind for s in specs} == EXPECTED
+    assert task_names() == [s.name for s in specs]
+    assert visionlab.list_tasks() == specs  # the public API is the registry
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_task_is_completely_described(name: str):
+    from visionlab.models import list_models
+
+    spec = get_task(name)
+    assert isinstance(spec, TaskSpec)
+    assert spec.name == name
+    assert spec.model in list_models(), f"{name}'s model {spec.model!r} is not registered"
+    assert spec.input_size >= 32
+    assert len(spec.default_classes) >= 2 and len(set(spec.default_classes)) == len(spec.default_classes)
+    assert spec.description and spec.dataset
+
+
+def test_duplicate_registration_is_refused_and_keeps_the_original():
+    original = get_task("cracks")
+    impostor = replace(original, description="an impostor", model="waste_cnn")
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(impostor)
+    assert get_task("cracks") is original
+    assert task_names().count("cracks") == 1
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(VisionlabError) as info:
+        get_task("crack")
+    msg = str(info.value)
+    assert "'crack'" in msg
+    for name in EXPECTED:
+        assert name in msg
+    assert "\n" not in msg
+
+
+def test_a_new_task_can_be_registered_and_found(monkeypatch: pytest.MonkeyPatch):
+    from visionlab import registry
+
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))  # undone after the test
+    spec = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+                                  default_classes=("bee", "wasp"), description="bees vs wasps"))
+    assert get_task("bees") is spec
+    assert task_names()[-1] == "bees"
+
+
+def test_tasks_command_lists_every_task():
+    from visionlab.cli import app
+
+    result = CliRunner().invoke(app, ["tasks"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for name, kind in EXPECTED.items():
+        assert name in result.stdout
+        assert kind in result.stdout
+    # the seed model appears next to the recipe model (e.g. efficientnet_lite0 / cracks_cnn)
+    assert "cracks_cnn" in result.stdout and "unet" in result.stdout
+
+
+_NO_TORCH = """
+import sys
+from typer.testing import CliRunner
+from visionlab.cli import app
+for args in (["--help"], ["tasks"], ["train", "--help"], ["--version"]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+    assert "torch" not in sys.modules, f"{args} imported torch"
+import visionlab
+visionlab.list_tasks(); visionlab.get_task("landcover")
+assert "torch" not in sys.modules, "the registry imported torch"
+print("ok")
+"""
+
+
+def test_help_and_tasks_do_not_import_torch():
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_version_flag():
+    from visionlab.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"visionlab {visionlab.__version__}"
+
+
+def test_public_api_is_lazy_and_complete():
+    for name in visionlab.__all__:
+        assert getattr(visionlab, name) is not None
+    with pytest.raises(AttributeError):
+        visionlab.no_such_function  # noqa: B018
