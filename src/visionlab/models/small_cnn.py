@@ -16,7 +16,7 @@ minerals   conv 64-128-256-512 + BN + max-pool, global avg  the same: GAP, dense
 waste      conv 32-64-128-256, flatten (12x12x256 at        flatten kept, but the 14x14 map (224 px, same
            224 px, valid padding), dense 128-64, dropout    padding) is average-pooled to 7x7 first, VGG-style:
            0.2; about 5.1 M parameters, 4.7 M of them in    2.00 M parameters (2 classes); ``flatten_grid=14``
-           the first dense layer                            gives the seed's layout (6.81 M)
+           the first dense layer                            gives the seed's layout (6.82 M)
 cracks     3 conv blocks 32-64-128, flatten (17x17x128 at   flatten kept, the 16x16 map (128 px) average-pooled
            150 px), dense 512, dropout; about 19 M          to 4x4 first: 1.14 M parameters (2 classes); the
            parameters, 99 % of them in the dense layer      seed's 19 M would be a 3-conv net bigger than ResNet18
