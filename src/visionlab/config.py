@@ -165,6 +165,37 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     return str(value)
 
 
+def _coerce_augment(key: str, value: Any) -> Any:
+    """An ``augment`` value in the type of its default: a bool, a number >= 0, or [min, max] for scale."""
+    default = AUGMENT_DEFAULTS[key]
+
+    def bad(expected: str) -> VisionlabError:
+        return VisionlabError(f"augment key {key!r} must be {expected}, got {value!r}.", "Fix the value.")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, str)) and str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
+            return str(value).lower() in ("true", "yes", "1")
+        raise bad("true or false")
+    if isinstance(default, list):  # scale: [min, max] fraction of the image kept; one number x means [x, 1]
+        values = value if isinstance(value, (list, tuple)) else [value, 1.0]
+        try:
+            lo, hi = (float(v) for v in values)
+        except (TypeError, ValueError):
+            raise bad("[min, max] with 0 < min <= max") from None
+        if isinstance(value, bool) or not 0 < lo <= hi:
+            raise bad("[min, max] with 0 < min <= max")
+        return [lo, hi]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad("a number >= 0") from None
+    if isinstance(value, bool) or not number >= 0:
+        raise bad("a number >= 0")
+    return number
+
+
 def _validate(cfg: Config) -> Config:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
@@ -174,7 +205,7 @@ def _validate(cfg: Config) -> Config:
         raise VisionlabError(
             f"unknown augment key(s) {', '.join(unknown_aug)}.", f"Valid augment keys: {', '.join(AUGMENT_DEFAULTS)}."
         )
-    cfg.augment = {**AUGMENT_DEFAULTS, **cfg.augment}
+    cfg.augment = {k: _coerce_augment(k, v) for k, v in {**AUGMENT_DEFAULTS, **cfg.augment}.items()}
     checks = [
         (cfg.epochs >= 1, "epochs must be >= 1"),
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
