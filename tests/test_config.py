@@ -1,0 +1,238 @@
+"""Typed config: every recipe loads, unknown keys and bad values fail with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visionlab.config import AUGMENT_DEFAULTS, Config, config_from_dict, config_path, dump_config, load_config, parse_overrides
+from visionlab.errors import VisionlabError
+from visionlab.registry import task_names
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted(CONFIGS.glob("*.yaml"))
+VALID_KEYS = {f for f in Config.__dataclass_fields__}
+
+
+def _task_of(path: Path) -> str:
+    """configs/<task>.yaml or configs/<task>-<variant>.yaml (or an explicit 'task:' key)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    return data.get("task") or path.stem.split("-")[0]
+
+
+def test_there_is_a_recipe_for_every_task():
+    assert RECIPES, f"no configs in {CONFIGS}"
+    for task in task_names():
+        path = config_path(task)
+        assert path is not None and path.name == f"{task}.yaml"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads_for_its_task(path: Path):
+    task = _task_of(path)
+    assert task in task_names(), f"{path.name} names no registered task"
+    raw = yaml.safe_load(path.read_text())
+    assert isinstance(raw, dict) and raw
+    assert set(raw) <= VALID_KEYS, f"{path.name}: unknown keys {sorted(set(raw) - VALID_KEYS)}"
+    assert set(raw.get("augment") or {}) <= set(AUGMENT_DEFAULTS)
+    cfg = load_config(task, config=path)
+    assert cfg.task == task
+    for key, value in raw.items():
+        got = getattr(cfg, key)
+        if key == "augment":
+            assert {k: got[k] for k in value} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items()}
+        else:
+            assert got == value or (isinstance(value, (int, float)) and got == pytest.approx(value)), (key, got, value)
+    from visionlab.models import list_models, model_defaults
+
+    assert cfg.model in list_models()
+    model_defaults(cfg.model, **cfg.model_args)  # the recipe's model_args are accepted by its builder
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_default_config_of_every_task_is_its_recipe(task: str):
+    cfg = load_config(task)
+    raw = yaml.safe_load(config_path(task).read_text())
+    assert cfg.model == raw.get("model", cfg.model)
+    assert cfg.epochs == raw.get("epochs", cfg.epochs)
+    assert cfg.data == "synthetic"  # a fresh checkout trains on synthetic data by default
+
+
+def _error(task: str = "cracks", **kwargs) -> str:
+    with pytest.raises(VisionlabError) as info:
+        load_config(task, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg, "errors are one line"
+    return msg
+
+
+def test_unknown_key_in_set_lists_valid_keys_and_suggests():
+    msg = _error(overrides=["lrr=0.1"])
+    assert "'lrr'" in msg and "--set" in msg
+    assert "Did you mean 'lr'?" in msg
+    assert "Valid keys:" in msg and "batch_size" in msg and "augment" in msg
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path: Path):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("epochs: 2\nbatch_szie: 8\n")
+    msg = _error(config=cfg)
+    assert "'batch_szie'" in msg and str(cfg) in msg
+    assert "Did you mean 'batch_size'?" in msg
+    assert "Valid keys:" in msg
+
+
+def test_unknown_key_without_a_close_match_still_lists_keys():
+    msg = _error(overrides={"zzzzqqq": 1})
+    assert "Did you mean" not in msg and "Valid keys:" in msg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("epochs=abc", "an integer"),
+        ("epochs=1.5", "an integer"),
+        ("batch_size=true", "an integer"),
+        ("lr=fast", "a number"),
+        ("channels_last=maybe", "true or false"),
+        ("augment=3", "a mapping"),
+        ("model_args=[1, 2]", "a mapping"),
+        ("monitor=[a, b]", "a string"),
+    ],
+)
+def test_bad_types_are_refused(override: str, expected: str):
+    msg = _error(overrides=[override])
+    key = override.split("=")[0]
+    assert f"'{key}'" in msg and expected in msg
+
+
+@pytest.mark.parametrize(
+    "override, choices",
+    [("optimizer=adam", "adamw, sgd"), ("schedule=step", "cosine"), ("cache=ram", "memory"), ("loss=dice", "focal+dice"),
+     ("precision=fp8", "bf16")],
+)
+def test_bad_choices_list_the_allowed_ones(override: str, choices: str):
+    msg = _error(overrides=[override])
+    assert "must be one of" in msg and choices in msg
+
+
+@pytest.mark.parametrize(
+    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_overlap=0.95"]
+)
+def test_out_of_range_values_are_refused(override: str):
+    assert "invalid config" in _error(overrides=[override])
+
+
+def test_values_are_coerced_to_their_types():
+    cfg = load_config("cracks", overrides=["epochs=3", "lr=1e-4", "channels_last=no", "batch_size=8.0", "classes=b, a"])
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.lr == pytest.approx(1e-4)
+    assert cfg.channels_last is False
+    assert cfg.batch_size == 8 and isinstance(cfg.batch_size, int)
+    assert cfg.classes == ["b", "a"]
+
+
+def test_paths_and_names_stay_verbatim():
+    cfg = load_config("cracks", overrides=["data=0012", "name=2024", "out=~/runs#1"])
+    assert cfg.data == "0012" and cfg.name == "2024" and cfg.out == "~/runs#1"
+
+
+def test_set_augment_subkey_keeps_the_other_augment_defaults():
+    base = load_config("cracks").augment
+    assert base["hflip"] is True
+    cfg = load_config("cracks", overrides=["augment.hflip=false", "augment.rotate=15"])
+    assert cfg.augment["hflip"] is False
+    assert cfg.augment["rotate"] == 15
+    assert {k: v for k, v in cfg.augment.items() if k not in ("hflip", "rotate")} == {
+        k: v for k, v in base.items() if k not in ("hflip", "rotate")
+    }
+
+
+def test_unknown_augment_key_lists_valid_ones():
+    msg = _error(overrides=["augment.flip=true"])
+    assert "flip" in msg and "hflip" in msg and "brightness" in msg
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["augment.rotate=abc", "augment.hflip=maybe", "augment.scale=big", "augment.scale=[0.9]", "augment.scale=[1, 0.5]",
+     "augment.brightness=-0.2", "augment.translate=[1]", "augment.vflip=2"],
+)
+def test_bad_augment_values_are_refused(override: str):
+    msg = _error(overrides=[override])
+    assert override.split("=")[0].split(".")[1] in msg
+
+
+def test_augment_values_are_coerced():
+    cfg = load_config("cracks", overrides=["augment.hflip=0", "augment.vflip=yes", "augment.rotate=10", "augment.scale=0.5"])
+    assert cfg.augment["hflip"] is False and cfg.augment["vflip"] is True
+    assert cfg.augment["rotate"] == 10.0 and isinstance(cfg.augment["rotate"], float)
+    assert cfg.augment["scale"] == [0.5, 1.0]
+    assert load_config("cracks", overrides=["augment.scale=[0.6, 0.9]"]).augment["scale"] == [0.6, 0.9]
+
+
+def test_overriding_the_model_resets_model_args():
+    recipe = load_config("cracks")
+    assert recipe.model == "efficientnet_lite0" and recipe.model_args == {"pretrained": True}
+    cfg = load_config("cracks", overrides=["model=cracks_cnn"])
+    assert cfg.model == "cracks_cnn" and cfg.model_args == {}
+    # the new model's own arguments, given in the same layer, are kept
+    cfg = load_config("cracks", overrides=["model=resnet18", "model_args.weights=none"])
+    assert cfg.model_args == {"weights": "none"}
+    cfg = load_config("cracks", overrides={"model_args": {"weights": None}, "model": "resnet18"})
+    assert cfg.model_args == {"weights": None}
+    # the same model keeps (and merges) its arguments
+    cfg = load_config("cracks", overrides=["model=efficientnet_lite0", "model_args.drop_rate=0.1"])
+    assert cfg.model_args == {"pretrained": True, "drop_rate": 0.1}
+
+
+def test_user_config_file_layers_over_the_recipe(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("epochs: 2\naugment: {vflip: false}\n")
+    cfg = load_config("cracks", config=path, overrides=["epochs=3"])
+    assert cfg.epochs == 3  # --set wins over the file
+    assert cfg.augment["vflip"] is False and cfg.augment["rot90"] is True  # merged, not replaced
+    assert cfg.lr == load_config("cracks").lr
+
+
+def test_config_file_of_another_task_is_refused(tmp_path: Path):
+    path = tmp_path / "w.yaml"
+    path.write_text("task: waste\nepochs: 2\n")
+    assert "'waste'" in _error(config=path)
+
+
+@pytest.mark.parametrize(
+    "text, expected", [(None, "does not exist"), ("epochs: [1\n", "not valid YAML"), ("- a\n- b\n", "mapping")]
+)
+def test_bad_config_files(tmp_path: Path, text: str | None, expected: str):
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert expected in _error(config=path)
+
+
+def test_override_without_equals_sign():
+    assert "key=value" in _error(overrides=["lr"])
+
+
+def test_unknown_task():
+    assert "Known tasks" in _error(task="nope")
+
+
+def test_parse_overrides_nested_and_typed():
+    assert parse_overrides(["lr=0.01", "augment.hflip=false", "classes=[a, b]", "monitor="]) == {
+        "lr": 0.01, "augment": {"hflip": False}, "classes": ["a", "b"], "monitor": None,
+    }
+
+
+def test_resolved_config_round_trips(tmp_path: Path):
+    cfg = load_config("landcover", overrides=["epochs=2", "augment.rot90=true"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == cfg
+    # a checkpoint from another version may hold keys this version does not know
+    assert config_from_dict({**cfg.to_dict(), "removed_key": 1}) == cfg
+    # and the dumped file is itself a valid --config
+    assert load_config("landcover", config=tmp_path / "config.yaml") == cfg
