@@ -266,7 +266,11 @@ def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console:
         console.print(f"(demo: {spec.model} starts from random weights; real training uses ImageNet weights)")
     result = train(task, console=console, **options)
     report = evaluate(result.best_checkpoint, console=console)
-    sample = expand_inputs([Path(report["data"]) if report["data"] != "synthetic" else _synthetic_folder(task)])[:3]
+    folder = _synthetic_folder(task)
+    if spec.kind == "segmentation":
+        sample = expand_inputs([folder])[:2]
+    else:  # one image of each class
+        sample = [expand_inputs([d])[0] for d in sorted(folder.iterdir()) if d.is_dir()][:6]
     rows = predict(sample, checkpoint=result.best_checkpoint, console=console)
     return {"train": result, "evaluate": report, "predict": rows}
 

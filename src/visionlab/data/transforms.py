@@ -33,14 +33,14 @@ def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
         scale = float(pre.get("seg_scale", 1.0))
         if scale != 1.0:
             img = resize_image(img, (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-        return np.asarray(img)
+        return np.array(img)  # writable copy: torch.from_numpy needs one
     size = int(pre["image_size"])
     img = load_image(src, draft=(size, size))
     if pre.get("background_removal"):
         from visionlab.data.background import remove_background
 
         img = remove_background(img)
-    return np.asarray(resize_image(img, size))
+    return np.array(resize_image(img, size))
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
