@@ -28,10 +28,9 @@ _CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("VISIONLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "visionlab"
-    )
-    return Path(base) / "images"
+    from visionlab.paths import cache_home
+
+    return cache_home() / "images"
 
 
 @dataclass

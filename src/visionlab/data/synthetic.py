@@ -24,10 +24,9 @@ _PALETTE = ["#3C1098", "#8429F6", "#6EC1E4", "#FEDD3A", "#E2A929", "#9B9B9B", "#
 
 
 def synthetic_root() -> Path:
-    base = os.environ.get("VISIONLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "visionlab"
-    )
-    return Path(base) / "synthetic"
+    from visionlab.paths import cache_home
+
+    return cache_home() / "synthetic"
 
 
 def _class_image(k: int, n_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,21 @@
+"""Where visionlab keeps things on disk (no torch import)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_home"]
+
+
+def cache_home() -> Path:
+    """``$VISIONLAB_CACHE``, else ``$XDG_CACHE_HOME/visionlab``, else ``~/.cache/visionlab``.
+
+    Holds the decoded-image cache (``images/``), synthetic datasets (``synthetic/``) and, unless
+    ``$VISIONLAB_DATA`` says otherwise, downloaded datasets (``data/``).
+    """
+    env = os.environ.get("VISIONLAB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "visionlab"
