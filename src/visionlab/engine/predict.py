@@ -161,10 +161,12 @@ class Predictor:
     def _segment(self, name: str, original: Any, img: np.ndarray) -> Prediction:
         from visionlab.tasks.segmentation import predict_probs
 
-        scale = float(self.preprocessing.get("seg_scale", 1.0))
         out_size = None
-        if scale != 1.0:
-            out_size = (round(img.shape[0] / scale), round(img.shape[1] / scale))
+        if float(self.preprocessing.get("seg_scale", 1.0)) != 1.0:  # back to the original resolution
+            from visionlab.data.io import load_image
+
+            w, h = load_image(original).size
+            out_size = (h, w)
         probs = predict_probs(self.model, img, self.preprocessing, self.normalize, self.precision.autocast,
                               channels_last=self.channels_last, out_size=out_size)
         channel = probs.argmax(0).cpu().numpy().astype(np.uint8)
