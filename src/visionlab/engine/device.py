@@ -92,7 +92,13 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def configure_threads() -> None:
-    """Use every core for intra-op work and keep inter-op threads from oversubscribing."""
+    """Use every core for intra-op work, unless ``OMP_NUM_THREADS`` sets the count.
+
+    An explicit ``OMP_NUM_THREADS`` (shared machines, CI, several runs side by side) is respected:
+    overriding it oversubscribes busy cores, where OpenMP barriers make small ops 10-100x slower.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return
     n = os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
