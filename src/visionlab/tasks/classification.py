@@ -95,8 +95,12 @@ class ClassificationRunner(TaskRunner):
             "class_counts": {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels[self.splits["train"]], minlength=len(self.classes)))},
             "cache": self.cache.location if self.cache else "none",
         }
-        if self.cache is not None:
-            self._images = torch.from_numpy(np.asarray(self.cache.images)) if self.cache.location == "memory" else None
+        self._images = None
+        if self.cache is not None and self.cache.location == "memory":
+            self._images = torch.from_numpy(np.asarray(self.cache.images))
+            if self.device.type == "cuda" and self._images.nbytes < 0.25 * torch.cuda.get_device_properties(self.device).total_memory:
+                # the whole uint8 cache on the GPU: batches are gathered there, no host copies at all
+                self._images = self._images.to(self.device)
 
     def _build_cache(self, console: Any) -> ImageCache:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -125,7 +129,8 @@ class ClassificationRunner(TaskRunner):
 
     def _gather(self, idx: np.ndarray) -> torch.Tensor:
         if self._images is not None:
-            return self._images[torch.from_numpy(idx)].permute(0, 3, 1, 2)  # NCHW view, channels_last memory
+            x = self._images[torch.from_numpy(idx).to(self._images.device)].permute(0, 3, 1, 2)  # NCHW, channels_last memory
+            return x.pin_memory() if self.device.type == "cuda" and not x.is_cuda else x
         order = np.argsort(idx)  # memmap: read in file order
         arr = np.empty((len(idx),) + self.cache.images.shape[1:], dtype=np.uint8)
         arr[order] = self.cache.images[idx[order]]
