@@ -142,7 +142,7 @@ class ClassificationRunner(TaskRunner):
         if self.cache is None:
             loader = torch.utils.data.DataLoader(
                 _StreamDataset([self.index.paths[i] for i in order], self.labels[order], self.preprocessing),
-                batch_size=bs, shuffle=False, drop_last=True, collate_fn=_collate,
+                batch_size=bs, shuffle=False, drop_last=False, collate_fn=_collate,
                 num_workers=default_workers(self.cfg, self.device), pin_memory=self.device.type == "cuda")
             for step, batch in enumerate(loader):
                 if step >= steps:

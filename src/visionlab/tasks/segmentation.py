@@ -214,7 +214,7 @@ class SegmentationRunner(TaskRunner):
     def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         ds = _CropDataset(self, self.splits["train"], epoch)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=False, generator=gen,
                                              num_workers=default_workers(self.cfg, self.device),
                                              pin_memory=self.device.type == "cuda")
         for step, batch in enumerate(loader):
