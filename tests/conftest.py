@@ -8,15 +8,21 @@ session (they are made once and reused, as they would be for a user); runs are p
 
 from __future__ import annotations
 
-import json
 import os
-import zlib
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pytest
-from PIL import Image
+# One intra-op thread: the tests use tiny tensors, and on busy shared cores OpenMP threads
+# waiting at barriers make them 10-100x slower. Set before numpy/torch are imported; an
+# explicit OMP_NUM_THREADS in the environment wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -96,6 +102,16 @@ def write_class_folder(root: Path, classes: tuple[str, ...] = ("zebra", "apple")
         for i in range(per_class):
             make_class_image(name, i, size).save(d / f"img_{i}.png")
     return root
+
+
+@pytest.fixture
+def make_cls_folder(tmp_path: Path):
+    """``make_cls_folder(name, classes=..., per_class=...)`` -> a new classification folder in tmp."""
+
+    def make(name: str, classes: tuple[str, ...] = ("zebra", "apple"), per_class: int = 8) -> Path:
+        return write_class_folder(tmp_path / name, classes, per_class)
+
+    return make
 
 
 @pytest.fixture

@@ -1,0 +1,233 @@
+"""Every registered task trains, checkpoints, reloads and predicts; resume; class names from the data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import visionlab
+from visionlab.config import config_from_dict
+from visionlab.data.synthetic import make_synthetic
+from visionlab.engine.checkpoint import FORMAT, load_checkpoint
+from visionlab.errors import VisionlabError
+
+TASKS = [spec.name for spec in visionlab.list_tasks()]
+
+
+def _synthetic_images(task: str, n: int = 2) -> list[Path]:
+    """A few files of the task's synthetic dataset (made once per session)."""
+    spec = visionlab.get_task(task)
+    root = make_synthetic(spec.name, spec.kind, list(spec.default_classes), seed=0)
+    if spec.kind == "segmentation":
+        return sorted((root / "images").iterdir())[:n]
+    return [sorted((root / c).iterdir())[0] for c in spec.default_classes[:n]]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_step_fit_checkpoint_reload_predict(task: str, fast):
+    spec = visionlab.get_task(task)
+    result = visionlab.train(task, data="synthetic", **fast(task))
+
+    # the run folder holds everything a run promises
+    run = result.run_dir
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.csv", "summary.json", "curves.png"):
+        assert (run / name).is_file(), name
+    assert result.epochs_run == 1 and len(result.history) == 1
+    assert np.isfinite(result.history[0]["train_loss"]) and result.history[0]["train_loss"] > 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == task and summary["synthetic"] is True
+
+    # a plain dict, readable with weights_only=True, that carries everything predict needs
+    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    assert state["format"] == FORMAT
+    assert state["task"] == task and state["kind"] == spec.kind
+    assert state["visionlab_version"] == visionlab.__version__
+    assert state["classes"] == list(spec.default_classes)
+    assert state["epoch"] == 1
+    pre = state["preprocessing"]
+    assert len(pre["mean"]) == 3 and len(pre["std"]) == 3 and pre["kind"] == spec.kind
+    cfg = config_from_dict(state["config"])
+    assert cfg.task == task and cfg.epochs == 1 and cfg.max_steps_per_epoch == 2
+    assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
+    assert state["data"]["synthetic"] is True
+
+    # predict from the checkpoint alone
+    predictor = visionlab.load(result.best_checkpoint, device="cpu")
+    assert predictor.task == task and predictor.classes == state["classes"]
+    images = _synthetic_images(task)
+    preds = predictor.predict(images)
+    assert [p.source for p in preds] == [str(p) for p in images]
+    for p, path in zip(preds, images):
+        assert p.error is None
+        assert p.label in state["classes"]
+        assert 0.0 <= p.confidence <= 1.0
+        if spec.kind == "segmentation":
+            w, h = Image.open(path).size
+            assert p.mask.shape == (h, w), "the mask has the image's full size"
+            assert set(np.unique(p.mask)) <= set(pre["values"])
+            assert sum(p.class_shares.values()) == pytest.approx(1.0, abs=1e-3)
+            assert set(p.class_shares) == set(state["classes"])
+        else:
+            assert p.top_k[0] == (p.label, p.confidence)
+            probs = [pr for _, pr in p.top_k]
+            assert probs == sorted(probs, reverse=True)
+            assert len(p.top_k) == min(3, len(state["classes"]))
+
+    # the same image as a path, a PIL image and an array gives the same answer
+    as_pil = predictor.predict(Image.open(images[0]))[0]
+    as_array = predictor.predict(np.asarray(Image.open(images[0]).convert("RGB")))[0]
+    assert as_pil.label == as_array.label == preds[0].label
+    assert as_pil.confidence == pytest.approx(preds[0].confidence, abs=1e-4)
+
+
+def test_resume_continues_from_the_saved_epoch(fast):
+    opts = fast("cracks", model="cracks_cnn", model_args={}, name="resumable")
+    first = visionlab.train("cracks", data="synthetic", **opts)
+    assert load_checkpoint(first.last_checkpoint)["epoch"] == 1
+    before = {k: v.clone() for k, v in load_checkpoint(first.last_checkpoint)["model"].items()}
+
+    resumed = visionlab.train("cracks", data="synthetic", resume=first.last_checkpoint, **{**opts, "epochs": 2})
+    assert resumed.run_dir == first.run_dir  # the same run continues, no new folder
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[0] == first.history[0]  # epoch 1 is not trained again
+    state = load_checkpoint(resumed.last_checkpoint)
+    assert state["epoch"] == 2
+    assert any(not torch.equal(before[k], state["model"][k]) for k in before), "epoch 2 changed the weights"
+    rows = list(csv.DictReader((first.run_dir / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+    # 'last' finds the latest run of the task by itself; nothing is left to do at epoch 2 of 2
+    again = visionlab.train("cracks", data="synthetic", resume="last", **{**opts, "epochs": 2})
+    assert again.run_dir == first.run_dir and len(again.history) == 2
+
+
+def test_resume_from_a_checkpoint_of_another_task_is_refused(fast):
+    result = visionlab.train("cracks", data="synthetic", **fast("cracks", model="cracks_cnn", model_args={}))
+    with pytest.raises(VisionlabError, match="is for task 'cracks'"):
+        visionlab.train("waste", data="synthetic", resume=result.last_checkpoint, **fast("waste"))
+
+
+def _train_easy(folder: Path, fast, **extra):
+    """Enough steps of a small CNN to separate red apples from striped zebras."""
+    opts = fast("cracks", model="cracks_cnn", model_args={}, image_size=24, epochs=6, max_steps_per_epoch=4,
+                batch_size=4, lr=3e-3, val_fraction=0.0, test_fraction=0.0, augment={"hflip": False, "scale": [1.0, 1.0],
+                "translate": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}, **extra)
+    return visionlab.train("cracks", data=folder, **opts)
+
+
+def test_class_names_come_from_the_data_sorted(cls_folder: Path, fast):
+    result = _train_easy(cls_folder, fast)
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["classes"] == ["apple", "zebra"]  # sorted folder names, not the task's defaults
+    predictor = visionlab.load(result.best_checkpoint)
+    labels = [p.label for p in predictor.predict([cls_folder / "apple" / "img_0.png", cls_folder / "zebra" / "img_0.png"])]
+    assert labels == ["apple", "zebra"]
+
+
+def test_class_order_from_the_config_is_kept(cls_folder: Path, fast):
+    result = _train_easy(cls_folder, fast, classes=["zebra", "apple"])
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["classes"] == ["zebra", "apple"]
+    predictor = visionlab.load(result.best_checkpoint)
+    assert predictor.classes == ["zebra", "apple"]
+    preds = predictor.predict([cls_folder / "apple" / "img_1.png", cls_folder / "zebra" / "img_1.png"])
+    assert [p.label for p in preds] == ["apple", "zebra"]  # names survive the round trip, indices are not swapped
+
+
+def test_config_classes_choose_a_subset(make_cls_folder, fast):
+    folder = make_cls_folder("three", classes=("apple", "kiwi", "zebra"), per_class=4)
+    result = visionlab.train("cracks", data=folder, **fast("cracks", model="cracks_cnn", model_args={}, classes=["kiwi", "apple"],
+                                                          val_fraction=0.0, test_fraction=0.0))
+    assert load_checkpoint(result.best_checkpoint)["classes"] == ["kiwi", "apple"]
+    assert result.run_dir.joinpath("config.yaml").read_text().count("kiwi") == 1
+
+
+def test_unreadable_training_image_is_skipped_and_reported(cls_folder: Path, fast):
+    (cls_folder / "apple" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    result = visionlab.train("cracks", data=cls_folder, console=console,
+                             **fast("cracks", model="cracks_cnn", model_args={}, val_fraction=0.0, test_fraction=0.0))
+    state = load_checkpoint(result.best_checkpoint)
+    assert [Path(p).name for p in state["data"]["unreadable"]] == ["broken.jpg"]
+    assert state["data"]["split_sizes"]["train"] == 16
+    assert "skipped 1 unreadable image" in console.export_text()
+
+
+def test_streaming_without_cache_trains_small_datasets(cls_folder: Path, fast):
+    """cache=none must train as many steps as the cached path, also when the data is smaller than a batch."""
+    result = visionlab.train("cracks", data=cls_folder, **fast("cracks", model="cracks_cnn", model_args={}, cache="none",
+                                                              batch_size=32, val_fraction=0.0, test_fraction=0.0))
+    assert result.history[0]["train_loss"] > 0
+    assert result.history[0]["images_per_second"] > 0
+
+
+def test_evaluate_on_another_folder_writes_metrics(cls_folder: Path, make_cls_folder, tmp_path: Path, fast):
+    result = _train_easy(cls_folder, fast)
+    held_out = make_cls_folder("held-out", classes=("apple", "zebra"), per_class=3)
+    report = visionlab.evaluate(result.best_checkpoint, data=held_out, out=tmp_path / "eval")
+    assert report["images"] == 6 and report["split"] == "test"
+    assert report["metrics"]["accuracy"] == pytest.approx(1.0)
+    assert np.asarray(report["confusion_matrix"]).sum() == 6
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["metrics"]["accuracy"] == report["metrics"]["accuracy"] and saved["task"] == "cracks"
+    assert (tmp_path / "eval" / "confusion_matrix.csv").is_file()
+    # a folder whose classes differ from the model's is refused
+    other = make_cls_folder("other", classes=("kiwi", "zebra"), per_class=2)
+    with pytest.raises(VisionlabError):
+        visionlab.evaluate(result.best_checkpoint, data=other)
+
+
+def test_segmentation_on_a_folder_ignores_unlabelled_pixels(seg_folder: Path, fast):
+    result = visionlab.train("landcover", data=seg_folder, **fast("landcover", ignore_classes=[], val_fraction=0.25,
+                                                                  test_fraction=0.0))
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["classes"] == ["ground", "water", "roof"]  # from classes.json
+    assert state["preprocessing"]["values"] == [0, 1, 2] and state["preprocessing"]["ignore_index"] == 255
+    assert 0.0 <= result.history[0]["val_miou"] <= 1.0
+    pred = visionlab.load(result.best_checkpoint).predict(seg_folder / "images" / "tile_0.png")[0]
+    assert pred.mask.shape == (70, 90) and set(np.unique(pred.mask)) <= {0, 1, 2}
+
+
+def test_caltech_with_the_seed_resnet18_and_no_weights(fast):
+    result = visionlab.train("caltech", data="synthetic", **fast("caltech", model="resnet18", model_args={"weights": None}))
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["model_name"] == "resnet18" and state["model_args"] == {"weights": None}
+    assert state["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert visionlab.load(result.best_checkpoint).predict(_synthetic_images("caltech", 1))[0].label in state["classes"]
+
+
+def test_real_cracks_photos(shared_data: Path, fast, tmp_path: Path):
+    """A few steps on the real METU/pavement photos; a real photo comes back with a real class name."""
+    root = shared_data / "cracks"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    files = {c: sorted((root / c).glob("*.jpg"))[:24] for c in ("Negative", "Positive")}
+    table = tmp_path / "subset.csv"  # references the real files, copies nothing
+    table.write_text("path,label\n" + "".join(f"{p},{c}\n" for c, ps in files.items() for p in ps))
+    result = visionlab.train("cracks", data=table, **fast("cracks", model="cracks_cnn", model_args={}, image_size=64,
+                                                           max_steps_per_epoch=3, batch_size=8))
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["classes"] == ["Negative", "Positive"]
+    assert state["data"]["unreadable"] == []
+    photo = files["Positive"][0]
+    pred = visionlab.load(result.best_checkpoint).predict(photo)[0]
+    assert pred.error is None and pred.label in ("Negative", "Positive")
+    assert {lab for lab, _ in pred.top_k} == {"Negative", "Positive"}
+
+
+def test_segmentation_with_fewer_crops_than_a_batch_still_trains(seg_folder: Path, fast):
+    """3 training images x 2 crops < batch 8: one (partial) batch, as for classification, not zero steps."""
+    result = visionlab.train("landcover", data=seg_folder, **fast("landcover", ignore_classes=[], batch_size=8,
+                                                                  val_fraction=0.25, test_fraction=0.0))
+    assert result.history[0]["train_loss"] > 0
+    assert result.history[0]["images_per_second"] > 0
