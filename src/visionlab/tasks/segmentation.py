@@ -131,6 +131,8 @@ class _CropDataset(torch.utils.data.Dataset):
         img, mask = self.r.train_pair(k)
         y, x = self._crop_origin(mask, rng)
         t = self.tile
+        if hasattr(self.transform, "set_random_seed"):  # albumentations 2: its own RNG, unseeded by default
+            self.transform.set_random_seed(int(rng.integers(2**31)))  # same seed, same crops and augmentation
         out = self.transform(image=img[y : y + t, x : x + t], mask=mask[y : y + t, x : x + t])
         return torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1), torch.from_numpy(out["mask"].astype(np.int64))
 
