@@ -231,3 +231,16 @@ def test_segmentation_with_fewer_crops_than_a_batch_still_trains(seg_folder: Pat
                                                                   val_fraction=0.25, test_fraction=0.0))
     assert result.history[0]["train_loss"] > 0
     assert result.history[0]["images_per_second"] > 0
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_same_seed_same_run(kind: str, cls_folder: Path, seg_folder: Path, fast):
+    """seed covers splits, init and augmentation: two runs with one seed train identically."""
+    if kind == "segmentation":
+        task, data, extra = "landcover", seg_folder, {"ignore_classes": [], "val_fraction": 0.25, "test_fraction": 0.0}
+    else:
+        task, data, extra = "cracks", cls_folder, {"model": "cracks_cnn", "model_args": {}}
+    runs = [visionlab.train(task, data=data, **fast(task, seed=7, **extra)) for _ in range(2)]
+    assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
+    a, b = (load_checkpoint(r.best_checkpoint)["model"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

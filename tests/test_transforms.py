@@ -1,0 +1,244 @@
+"""Preprocessing and augmentation: shapes and ranges, identity when off, no augmentation outside
+training, one decoding path for every input type, masks only ever resized with nearest neighbour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionlab.config import AUGMENT_DEFAULTS, load_config
+from visionlab.data.io import resize_mask
+from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, to_float
+from visionlab.registry import get_task
+from visionlab.tasks.base import runner_for
+
+OFF = {"hflip": False, "vflip": False, "rot90": False, "rotate": 0.0, "scale": [1.0, 1.0], "translate": 0.0,
+       "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+ALL_ON = {"hflip": True, "vflip": True, "rot90": True, "rotate": 20.0, "scale": [0.7, 1.0], "translate": 0.1,
+          "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
+
+
+def _batch(n: int = 6, h: int = 20, w: int = 20, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("cfg", [ALL_ON, AUGMENT_DEFAULTS, {**OFF, "hflip": True}, {**OFF, "hue": 0.5}], ids=["all", "defaults", "hflip", "hue"])
+@pytest.mark.parametrize("shape", [(6, 3, 20, 20), (3, 3, 17, 31)])
+def test_batch_augment_keeps_shape_dtype_and_range(cfg, shape):
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    torch.manual_seed(0)
+    y = BatchAugment(cfg)(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    # float input in [0, 1] gives the same kind of output
+    z = BatchAugment(cfg)(to_float(x))
+    assert z.shape == x.shape and z.min() >= 0.0 and z.max() <= 1.0
+
+
+def test_batch_augment_changes_the_batch_when_on():
+    x = _batch()
+    torch.manual_seed(1)
+    assert not torch.allclose(BatchAugment(ALL_ON)(x), to_float(x))
+
+
+def test_batch_augment_with_everything_off_is_the_identity():
+    x = _batch()
+    assert torch.equal(BatchAugment(OFF)(x), to_float(x))
+    assert torch.equal(BatchAugment({})(x), to_float(x))  # no keys: nothing is on
+    # the same from a resolved config
+    cfg = load_config("cracks", overrides=[f"augment.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in OFF.items()])
+    assert torch.equal(BatchAugment(cfg.augment)(x), to_float(x))
+
+
+def test_flips_only_flip():
+    x = to_float(_batch(n=32))
+    torch.manual_seed(2)
+    y = BatchAugment({**OFF, "hflip": True, "vflip": True})(x)
+    kinds = set()
+    for a, b in zip(x, y):
+        for name, t in (("id", a), ("h", a.flip(2)), ("v", a.flip(1)), ("hv", a.flip(1).flip(2))):
+            if torch.equal(b, t):
+                kinds.add(name)
+                break
+        else:
+            pytest.fail("an output is not a flip of its input")
+    assert len(kinds) >= 3  # random per sample, not one choice for the batch
+
+
+def test_rot90_through_the_affine_path_is_an_exact_rotation():
+    """rot90 (+ flips) goes through affine_grid/grid_sample: each output must be a rotation of its input."""
+    x = to_float(_batch(n=24, h=16, w=16))
+    torch.manual_seed(3)
+    y = BatchAugment({**OFF, "rot90": True, "hflip": True})(x)
+    candidates = lambda a: [torch.rot90(t, k, dims=(1, 2)) for t in (a, a.flip(2)) for k in range(4)]  # noqa: E731
+    for a, b in zip(x, y):
+        err = min(float((b - c).abs().max()) for c in candidates(a))
+        assert err < 1e-4, f"not a rotation/flip of the input (max error {err})"
+
+
+def test_colour_jitter_keeps_the_geometry():
+    x = torch.zeros(4, 3, 12, 12)
+    x[:, :, :, :6] = 0.8  # left half bright
+    torch.manual_seed(4)
+    y = BatchAugment({**OFF, "brightness": 0.3, "contrast": 0.3, "saturation": 0.3})(x)
+    assert (y[:, :, :, :6].mean(dim=(1, 2, 3)) > y[:, :, :, 6:].mean(dim=(1, 2, 3))).all()
+
+
+def test_normalize_uses_mean_and_std():
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    y = Normalize([0.5, 0.25, 0.0], [0.5, 0.25, 2.0])(x)
+    assert torch.allclose(y[0, :, 0, 0], torch.tensor([1.0, 3.0, 0.5]))
+
+
+# --------------------------------------------------------------------------- train vs eval path
+
+
+@pytest.fixture
+def cls_runner(cls_folder: Path):
+    cfg = load_config("cracks", overrides={"data": str(cls_folder), "model": "cracks_cnn", "image_size": 24, "cache": "memory",
+                                           "augment": ALL_ON})
+    runner = runner_for(cfg, get_task("cracks"), torch.device("cpu"))
+    runner.prepare()
+    return runner
+
+
+def test_validation_path_never_augments(cls_runner):
+    x = next(iter(cls_runner.eval_batches("train", 8)))[0]
+    torch.manual_seed(0)
+    a = cls_runner.on_device(x.clone(), train=False)
+    torch.manual_seed(1)
+    b = cls_runner.on_device(x.clone(), train=False)
+    assert torch.equal(a, b)
+    assert torch.allclose(a, cls_runner.normalize(to_float(x)))
+    torch.manual_seed(0)
+    assert not torch.allclose(cls_runner.on_device(x.clone(), train=True), a)
+
+
+def test_evaluation_is_deterministic(cls_runner):
+    from visionlab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cracks_cnn", num_classes=2)
+    import contextlib
+
+    first = cls_runner.evaluate(model, "train", contextlib.nullcontext).metrics
+    torch.manual_seed(123)
+    second = cls_runner.evaluate(model, "train", contextlib.nullcontext).metrics
+    assert first == second
+
+
+def test_training_batches_come_from_the_same_decoding_as_prediction(cls_runner, cls_folder: Path):
+    """The cached training input of a file equals load_for_model of that file (what predict sees)."""
+    i = 3
+    cached = cls_runner._gather(np.array([i]))[0].permute(1, 2, 0).numpy()
+    direct = load_for_model(cls_runner.index.paths[i], cls_runner.preprocessing)
+    assert np.array_equal(cached, direct)
+
+
+# --------------------------------------------------------------------------- load_for_model
+
+
+def test_load_for_model_accepts_path_pil_and_array(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(arr).save(path)
+    pre = {"kind": "classification", "image_size": 16}
+    out = [load_for_model(src, pre) for src in (path, str(path), Image.open(path), arr)]
+    for o in out:
+        assert o.shape == (16, 16, 3) and o.dtype == np.uint8
+        assert o.flags.writeable
+        assert np.array_equal(o, out[0])
+    # segmentation keeps the full size (tiled later, never squashed), or scales it by seg_scale
+    seg = load_for_model(path, {"kind": "segmentation"})
+    assert seg.shape == (30, 50, 3) and np.array_equal(seg, arr)
+    assert load_for_model(path, {"kind": "segmentation", "seg_scale": 0.5}).shape == (15, 25, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
+def test_load_for_model_turns_any_mode_into_rgb(tmp_path: Path, mode: str):
+    img = Image.new("RGB", (20, 10), (120, 60, 30)).convert(mode)
+    path = tmp_path / f"x.{'tif' if mode in ('I;16', 'CMYK') else 'png'}"
+    img.save(path)
+    out = load_for_model(path, {"kind": "classification", "image_size": 8})
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+
+
+def test_a_png_named_jpg_is_read(tmp_path: Path):
+    path = tmp_path / "really_a_png.jpg"
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(path, format="PNG")
+    assert load_for_model(path, {"kind": "classification", "image_size": 8})[0, 0].tolist() == [10, 200, 10]
+
+
+# --------------------------------------------------------------------------- masks: nearest only
+
+
+def test_resize_mask_never_invents_values():
+    rng = np.random.default_rng(0)
+    mask = rng.choice(np.array([0, 3, 7, 255], dtype=np.uint8), size=(37, 53))
+    for size in ((20, 11), (106, 74), (53, 37), (7, 99)):
+        out = resize_mask(mask, size)
+        assert out.shape == (size[1], size[0]) and out.dtype == np.uint8
+        assert set(np.unique(out)) <= {0, 3, 7, 255}
+
+
+def _seg_runner(seg_folder: Path, **overrides):
+    cfg = load_config("landcover", overrides={"data": str(seg_folder), "model_args": {"encoder_weights": None}, "tile_size": 32,
+                                              "ignore_classes": [], "crops_per_image": 4, "val_fraction": 0.0, "seg_scale": 1.0,
+                                              "test_fraction": 0.0, **overrides})
+    runner = runner_for(cfg, get_task("landcover"), torch.device("cpu"))
+    runner.prepare()
+    return runner
+
+
+@pytest.mark.parametrize("seg_scale", [1.0, 0.5, 0.37])
+def test_scaled_segmentation_masks_keep_their_values(seg_folder: Path, seg_scale: float):
+    runner = _seg_runner(seg_folder, seg_scale=seg_scale)
+    img, mask = runner.train_pair(0)
+    assert mask.shape == img.shape[:2] == (round(70 * seg_scale), round(90 * seg_scale))
+    assert set(np.unique(mask)) <= {0, 1, 2, 255}
+    full = runner._eval_mask(0, img.shape[:2])
+    assert full.shape == (70, 90), "metrics are computed at the original resolution"
+    assert set(np.unique(full)) <= {0, 1, 2, 255}
+
+
+def test_a_mask_of_another_size_is_resized_with_nearest(seg_folder: Path):
+    m = np.array(Image.open(seg_folder / "masks" / "tile_0.png"))
+    Image.fromarray(m).resize((45, 35), Image.NEAREST).save(seg_folder / "masks" / "tile_0.png")
+    img, mask = _seg_runner(seg_folder).train_pair(0)
+    assert mask.shape == img.shape[:2] == (70, 90)
+    assert set(np.unique(mask)) <= {0, 1, 2, 255}
+
+
+def test_augmented_training_crops_keep_mask_values(seg_folder: Path):
+    from visionlab.tasks.segmentation import _CropDataset
+
+    runner = _seg_runner(seg_folder, augment=ALL_ON)
+    ds = _CropDataset(runner, runner.splits["train"], epoch=0)
+    assert len(ds) == 4 * 4
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+        assert y.shape == (32, 32)
+        assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
+    # the same crop (seed, epoch, index) is the same every time: segmentation runs are reproducible
+    for i in (0, 5):
+        a, b = ds[i], ds[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not all(torch.equal(ds[i][0], ds[i + 1][0]) for i in range(0, 8, 2))  # but differ between indices
+    other_epoch = _CropDataset(runner, runner.splits["train"], epoch=1)
+    assert not all(torch.equal(ds[i][0], other_epoch[i][0]) for i in range(4))
+
+
+def test_ignored_classes_map_to_the_ignore_index(seg_folder: Path):
+    runner = _seg_runner(seg_folder, ignore_classes=["water"])
+    _, mask = runner.train_pair(0)
+    assert 1 not in np.unique(mask)  # 'water' (value 1) is ignored like 255
+    raw = np.array(Image.open(seg_folder / "masks" / "tile_0.png"))
+    assert ((mask == 255) == ((raw == 1) | (raw == 255))).all()
