@@ -1,0 +1,292 @@
+"""The command line: train/evaluate/predict/tasks/demo on synthetic data, and every user error
+as one 'error:' line with a non-zero exit and no traceback (a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from visionlab.cli import app
+
+FAST = ["--epochs", "1", "--set", "model=cracks_cnn", "--set", "image_size=32", "--set", "max_steps_per_epoch=2",
+        "--set", "num_workers=0", "--batch-size", "8"]
+SEG_FAST = ["--epochs", "1", "--set", "model_args.encoder_weights=none", "--set", "tile_size=32", "--set", "crops_per_image=2",
+            "--set", "max_steps_per_epoch=1", "--set", "num_workers=0", "--set", "seg_scale=1.0", "--set", "ignore_classes=[]",
+            "--batch-size", "4"]
+
+
+def invoke(*args: str):
+    """Run the CLI in-process; stderr is kept apart from stdout."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit code != 0, exactly one line on stderr starting with 'error:', no traceback."""
+    assert result.exit_code not in (0, None), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    err = result.stderr
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
+    """One small cracks model trained through the CLI, shared by the tests of this module."""
+    runs = tmp_path_factory.mktemp("cli-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONLAB_CACHE", str(session_cache))
+        mp.setenv("COLUMNS", "200")
+        result = invoke("train", "--task", "cracks", "--data", "synthetic", *FAST, "--out", runs, "--name", "shared")
+    assert result.exit_code == 0, result.output
+    ckpt = runs / "cracks" / "shared" / "best.pt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+@pytest.fixture
+def images(cache_dir: Path, trained: Path) -> Path:
+    """The synthetic cracks images (made when the shared model was trained)."""
+    return cache_dir / "synthetic" / "cracks-v1-s0"
+
+
+# --------------------------------------------------------------------------- commands that work
+
+
+def test_train_writes_a_run_and_says_synthetic(runs_dir: Path):
+    result = invoke("train", "--task", "cracks", "--data", "synthetic", *FAST, "--out", runs_dir, "--name", "t1", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC DATA" in result.stdout
+    run = runs_dir / "cracks" / "t1"
+    assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
+    assert "seed: 3" in (run / "config.yaml").read_text()
+    assert (runs_dir / "cracks" / "LATEST").read_text().strip() == str(run.resolve())
+    # the same name again: a new folder, nothing overwritten
+    result = invoke("train", "--task", "cracks", "--data", "synthetic", *FAST, "--out", runs_dir, "--name", "t1")
+    assert result.exit_code == 0 and (runs_dir / "cracks" / "t1-2" / "best.pt").is_file()
+
+
+def test_train_with_a_config_file_and_augment_override(runs_dir: Path, tmp_path: Path):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("model: cracks_cnn\nimage_size: 32\nlr: 0.01\n")
+    result = invoke("train", "--task", "cracks", "--config", cfg, "--set", "augment.hflip=false", "--set", "max_steps_per_epoch=1",
+                    "--epochs", "1", "--out", runs_dir, "--name", "c")
+    assert result.exit_code == 0, result.output
+    saved = (runs_dir / "cracks" / "c" / "config.yaml").read_text()
+    assert "lr: 0.01" in saved and "hflip: false" in saved and "model_args: {}" in saved
+
+
+def test_evaluate_a_checkpoint(trained: Path, tmp_path: Path):
+    result = invoke("evaluate", "--checkpoint", trained, "--out", tmp_path / "ev", "--split", "val")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["task"] == "cracks" and report["split"] == "val" and report["synthetic"] is True
+    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
+    assert (tmp_path / "ev" / "confusion_matrix.csv").is_file() and (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    assert "SYNTHETIC" in result.stdout
+
+
+def test_predict_a_folder_a_glob_and_a_missing_file(trained: Path, images: Path, tmp_path: Path):
+    missing = tmp_path / "not-there.png"
+    pattern = str(images / "Positive" / "img_00[0-2].png")
+    out = tmp_path / "preds.csv"
+    result = invoke("predict", images / "Negative", pattern, missing, "--checkpoint", trained, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    n_negative = len(list((images / "Negative").iterdir()))
+    assert len(table) == n_negative + 3 + 1  # the folder, the glob's 3 files, the missing one
+    bad = table[table["path"] == str(missing)]
+    assert len(bad) == 1 and "not found" in bad["error"].iloc[0]
+    good = table[table["path"] != str(missing)]
+    assert good["error"].isna().all()
+    assert set(good["label"]) <= {"Negative", "Positive"}
+    assert (good["top1_label"] == good["label"]).all()
+    assert "not-there.png" in result.stdout and "could not be read" in result.stdout  # reported in the table
+
+
+def test_predict_writes_json(trained: Path, images: Path, tmp_path: Path):
+    out = tmp_path / "sub" / "preds.json"
+    result = invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--out", out, "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["label"] in ("Negative", "Positive") and len(rows[0]["top_k"]) == 1
+    assert rows[0]["error"] is None
+
+
+def test_predict_and_evaluate_without_checkpoint_use_the_latest_run(trained: Path, images: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VISIONLAB_RUNS", str(trained.parents[2]))
+    result = invoke("predict", images / "Positive" / "img_001.png")
+    assert result.exit_code == 0, result.output
+    assert f"using the most recently trained model: {trained}" in result.stdout
+    result = invoke("evaluate", "--task", "cracks")
+    assert result.exit_code == 0, result.output
+    assert f"using the latest cracks model: {trained}" in result.stdout
+
+
+def test_segmentation_predict_writes_masks_next_to_out(seg_folder: Path, runs_dir: Path, tmp_path: Path):
+    result = invoke("train", "--task", "landcover", "--data", seg_folder, *SEG_FAST, "--out", runs_dir, "--name", "s")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "pred" / "masks.csv"
+    result = invoke("predict", seg_folder / "images", "--checkpoint", runs_dir / "landcover" / "s" / "best.pt", "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert len(table) == 4
+    assert {"share_ground", "share_water", "share_roof", "mask", "overlay"} <= set(table.columns)
+    from PIL import Image
+
+    for mask in table["mask"]:
+        assert Path(mask).parent == out.parent
+        assert Image.open(mask).size == (90, 70)
+
+
+def test_tasks_command():
+    result = invoke("tasks")
+    assert result.exit_code == 0
+    assert all(t in result.stdout for t in ("minerals", "waste", "cracks", "caltech", "landcover"))
+
+
+def test_demo(tmp_path: Path):
+    result = invoke("demo", "--task", "cracks", "--out", tmp_path / "demo-runs", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC" in result.stdout
+    runs = list((tmp_path / "demo-runs" / "cracks").glob("demo-*"))
+    assert len(runs) == 1 and (runs[0] / "best.pt").is_file()
+    assert list(runs[0].glob("eval-test-*/metrics.json"))
+    assert "Negative" in result.stdout and "Positive" in result.stdout  # one prediction per class
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def test_missing_data_path(runs_dir: Path):
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", "/no/such/folder", "--out", runs_dir), "/no/such/folder", "does not exist")
+
+
+def test_unknown_task():
+    assert_one_line_error(invoke("train", "--task", "crackz"), "unknown task 'crackz'", "cracks", "landcover")
+
+
+def test_unknown_task_on_predict_and_evaluate(trained: Path, images: Path):
+    assert_one_line_error(invoke("evaluate", "--task", "nope"), "unknown task")
+    assert_one_line_error(invoke("predict", images / "Positive", "--task", "nope"), "unknown task")
+
+
+def test_bad_set_key():
+    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "epoch=3"), "'epoch'", "Did you mean 'epochs'?", "Valid keys")
+
+
+def test_bad_set_values():
+    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "augment.rotate=abc"), "rotate")
+    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "optimizer=adam"), "adamw, sgd")
+    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "lr"), "key=value")
+
+
+def test_folder_with_no_images(tmp_path: Path, runs_dir: Path):
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir()
+    (empty / "a" / "notes.txt").write_text("no images here")
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", empty, "--out", runs_dir), "no images found")
+    assert_one_line_error(invoke("predict", empty, "--checkpoint", "x.pt"), "no images matched")
+
+
+def test_checkpoint_of_another_task(trained: Path, images: Path):
+    assert_one_line_error(invoke("evaluate", "--task", "waste", "--checkpoint", trained), "is for task 'cracks', not 'waste'")
+    assert_one_line_error(invoke("predict", images / "Positive", "--task", "waste", "--checkpoint", trained), "'cracks'")
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path: Path, images: Path, trained: Path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    assert_one_line_error(invoke("evaluate", "--checkpoint", bad), "not a readable checkpoint")
+    assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", bad), "not a readable checkpoint")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained.read_bytes()[:5000])
+    assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", truncated), "truncated.pt")
+    not_ours = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, not_ours)
+    assert_one_line_error(invoke("evaluate", "--checkpoint", not_ours), "not a visionlab checkpoint")
+    assert_one_line_error(invoke("evaluate", "--checkpoint", tmp_path / "nope.pt"), "does not exist")
+
+
+def test_no_trained_model_yet(runs_dir: Path, images: Path):
+    assert_one_line_error(invoke("predict", images / "Positive"), "no trained model found")
+    assert_one_line_error(invoke("evaluate", "--task", "cracks"), "no trained model found for task 'cracks'")
+
+
+def test_unknown_output_format(trained: Path, images: Path, tmp_path: Path):
+    assert_one_line_error(invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--out", tmp_path / "x.txt"),
+                          ".csv or .json")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu(runs_dir: Path, trained: Path, images: Path):
+    assert_one_line_error(invoke("train", "--task", "cracks", *FAST, "--device", "cuda", "--out", runs_dir), "no CUDA GPU")
+    assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", trained, "--device", "cuda"), "no CUDA GPU")
+
+
+def test_unknown_device(trained: Path, images: Path):
+    assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", trained, "--device", "tpu"), "unknown device 'tpu'")
+
+
+def test_corrupt_image_in_training_data_is_skipped_and_reported(cls_folder: Path, runs_dir: Path):
+    (cls_folder / "zebra" / "truncated.png").write_bytes((cls_folder / "zebra" / "img_0.png").read_bytes()[:60])
+    result = invoke("train", "--task", "cracks", "--data", cls_folder, *FAST, "--out", runs_dir)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image" in result.stdout and "truncated.png" in result.stdout
+
+
+def test_corrupt_image_given_to_predict_is_reported(trained: Path, images: Path, tmp_path: Path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "p.json"
+    result = invoke("predict", broken, images / "Positive" / "img_000.png", "--checkpoint", trained, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.stdout and "1 of 2 image(s) could not be read" in result.stdout
+    rows = json.loads(out.read_text())
+    assert "cannot decode" in rows[0]["error"] and rows[0]["label"] is None
+    assert rows[1]["error"] is None and rows[1]["label"] in ("Negative", "Positive")
+
+
+# --------------------------------------------------------------------------- the installed console script
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("visionlab")
+    found = str(script) if script.exists() else shutil.which("visionlab")
+    if not found:
+        pytest.skip("the visionlab console script is not installed (pip install -e .)")
+    return found
+
+
+def test_console_script_error_is_one_line_and_debug_shows_the_traceback(runs_dir: Path):
+    exe = _console_script()
+    proc = subprocess.run([exe, "train", "--task", "cracks", "--data", "/no/such/data", "--out", str(runs_dir)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: data path /no/such/data")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    proc = subprocess.run([exe, "--debug", "train", "--task", "cracks", "--data", "/no/such/data", "--out", str(runs_dir)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr and "VisionlabError" in proc.stderr
+
+
+def test_console_script_predicts(trained: Path, images: Path, tmp_path: Path):
+    out = tmp_path / "p.json"
+    proc = subprocess.run([_console_script(), "predict", str(images / "Negative" / "img_000.png"), "--checkpoint", str(trained),
+                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())[0]["label"] in ("Negative", "Positive")
