@@ -11,8 +11,18 @@ from visionlab.errors import VisionlabError
 __all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "runs_root"]
 
 
+DEFAULT_RUNS = "runs"
+
+
 def runs_root(out: str | os.PathLike | None = None) -> Path:
-    return Path(out or os.environ.get("VISIONLAB_RUNS", "runs")).expanduser()
+    """The runs folder: ``out``; when that is unset or the default 'runs', ``$VISIONLAB_RUNS`` if set.
+
+    Training (``out: runs`` in every recipe) and the latest-run lookup (no ``out``) must agree,
+    so the default value is treated like no value.
+    """
+    if out is None or os.fspath(out) in ("", DEFAULT_RUNS):
+        out = os.environ.get("VISIONLAB_RUNS") or DEFAULT_RUNS
+    return Path(out).expanduser()
 
 
 def new_run_dir(out: str | os.PathLike, task: str, name: str | None = None) -> Path:
