@@ -165,6 +165,9 @@ def predict(
     from visionlab.engine.predict import Predictor, expand_inputs
 
     console = _console(console)
+    out_path = Path(out) if out else None
+    if out_path is not None and out_path.suffix.lower() not in (".csv", ".json"):  # before any work is done
+        raise VisionlabError(f"--out {out_path}: unknown format.", "Use a .csv or .json file name.")
     items = expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     if not items:
         raise VisionlabError("no images matched the given paths.", "Pass image files, folders or glob patterns.")
@@ -176,7 +179,6 @@ def predict(
     table = Table(title=title)
     for col in ("path", "label", "confidence", f"top-{top_k}" if predictor.kind == "classification" else "class shares"):
         table.add_column(col, overflow="fold")
-    out_path = Path(out) if out else None
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if predictor.kind == "segmentation" else None
     for p, row in zip(preds, rows):
         if p.error:
