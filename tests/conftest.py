@@ -189,3 +189,18 @@ def fast(runs_dir: Path):
         return fast_options(task, runs_dir, **extra)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cracks_model(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
+    """best.pt of a small cracks model (cracks_cnn, synthetic data) trained once per session."""
+    import visionlab
+    from rich.console import Console
+
+    runs = tmp_path_factory.mktemp("session-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONLAB_CACHE", str(session_cache))
+        quiet = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+        result = visionlab.train("cracks", data="synthetic", console=quiet,
+                                 **fast_options("cracks", runs, model="cracks_cnn", model_args={}, name="session"))
+    return result.best_checkpoint
