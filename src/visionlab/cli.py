@@ -57,6 +57,9 @@ def handle_errors(fn: Callable) -> Callable:
             _fail("interrupted; checkpoints written so far are kept (use --resume to continue).", 130)
         except MemoryError:
             _fail("out of memory; lower --batch-size or set cache=none.")
+        except OSError as exc:  # an unwritable --out, a file where a folder should be, a full disk
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or type(exc).__name__}{where}; check the paths given (run with --debug for the traceback).")
         except RuntimeError as exc:
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "out of memory" in text.lower():
