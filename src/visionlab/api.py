@@ -56,6 +56,11 @@ def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task
     return _load(checkpoint, device=device, task=task)
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise VisionlabError(f"--batch-size must be a positive integer, got {batch_size!r}.", "Pass e.g. --batch-size 32.")
+
+
 def _resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console: Any) -> Path:
     from visionlab.engine.runs import latest_checkpoint
 
@@ -96,6 +101,7 @@ def evaluate(
     from visionlab.tasks.base import runner_for
 
     console = _console(console)
+    _check_batch_size(batch_size)
     if split not in ("test", "val", "train", "all"):
         raise VisionlabError(f"unknown split {split!r}.", "Use test, val, train or all.")
     path = _resolve_checkpoint(checkpoint, task, console)
@@ -165,6 +171,7 @@ def predict(
     from visionlab.engine.predict import Predictor, expand_inputs
 
     console = _console(console)
+    _check_batch_size(batch_size)
     out_path = Path(out) if out else None
     if out_path is not None and out_path.suffix.lower() not in (".csv", ".json"):  # before any work is done
         raise VisionlabError(f"--out {out_path}: unknown format.", "Use a .csv or .json file name.")
