@@ -290,3 +290,17 @@ def test_console_script_predicts(trained: Path, images: Path, tmp_path: Path):
                            "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())[0]["label"] in ("Negative", "Positive")
+
+
+def test_bad_batch_size(trained: Path, images: Path):
+    assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", trained, "--batch-size", "0"), "batch")
+    assert_one_line_error(invoke("evaluate", "--checkpoint", trained, "--batch-size", "-1"), "batch")
+
+
+def test_unwritable_output_locations(trained: Path, images: Path, tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder is needed")
+    assert_one_line_error(invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--out", blocker / "p.csv"),
+                          "a-file")
+    assert_one_line_error(invoke("train", "--task", "cracks", *FAST, "--out", blocker / "runs"), "a-file")
+    assert_one_line_error(invoke("evaluate", "--checkpoint", trained, "--out", blocker / "ev"), "a-file")
