@@ -187,12 +187,13 @@ def predict(
     for col in ("path", "label", "confidence", f"top-{top_k}" if predictor.kind == "classification" else "class shares"):
         table.add_column(col, overflow="fold")
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if predictor.kind == "segmentation" else None
+    taken: set[str] = set()
     for p, row in zip(preds, rows):
         if p.error:
             table.add_row(p.source, "[red]error[/]", "", p.error)
             continue
         if predictor.kind == "segmentation":
-            row.update(_write_masks(p, predictor, mask_dir))
+            row.update(_write_masks(p, predictor, mask_dir, taken))
             detail = ", ".join(f"{c} {s:.0%}" for c, s in sorted(p.class_shares.items(), key=lambda kv: -kv[1]) if s > 0.005)
         else:
             detail = ", ".join(f"{lab} {pr:.2f}" for lab, pr in p.top_k)
@@ -209,14 +210,19 @@ def predict(
     return rows
 
 
-def _write_masks(p: Any, predictor: Any, folder: Path) -> dict[str, str]:
+def _write_masks(p: Any, predictor: Any, folder: Path, taken: set[str]) -> dict[str, str]:
     from PIL import Image
 
     from visionlab.data.io import load_image
     from visionlab.engine.plots import colorize_mask, overlay_mask
 
     folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(p.source).stem
+    stem = base = Path(p.source).stem
+    n = 1
+    while stem in taken:  # same file name from another folder: a mask of its own
+        n += 1
+        stem = f"{base}-{n}"
+    taken.add(stem)
     pre = predictor.preprocessing
     colors = {int(v): c for v, c in zip(pre["values"], pre["colors"]) if c}
     mask_path, overlay_path = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
