@@ -149,6 +149,21 @@ def test_segmentation_predict_writes_masks_next_to_out(seg_folder: Path, runs_di
     for mask in table["mask"]:
         assert Path(mask).parent == out.parent
         assert Image.open(mask).size == (90, 70)
+    # two images with the same file name in different folders get a mask each
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(seg_folder / "images" / "tile_1.png").resize((45, 35)).save(other / "tile_0.png")
+    result = invoke("predict", seg_folder / "images" / "tile_0.png", other / "tile_0.png", "--checkpoint",
+                    runs_dir / "landcover" / "s" / "best.pt", "--out", tmp_path / "same" / "m.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "same" / "m.json").read_text())
+    assert len({r["mask"] for r in rows}) == 2
+    assert [Image.open(r["mask"]).size for r in rows] == [(90, 70), (45, 35)]
+    # and the segmentation model evaluates through the CLI
+    result = invoke("evaluate", "--checkpoint", runs_dir / "landcover" / "s" / "best.pt", "--split", "all", "--out", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["images"] == 4 and 0.0 <= report["metrics"]["miou"] <= 1.0
 
 
 def test_tasks_command():
