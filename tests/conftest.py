@@ -25,6 +25,8 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# Device of the training tests (timm style): cpu by default, VISIONLAB_TEST_DEVICE=cuda on a GPU machine.
+TEST_DEVICE = os.environ.get("VISIONLAB_TEST_DEVICE", "cpu")
 CONFIGS = REPO / "configs"
 
 
@@ -171,7 +173,7 @@ def fast_options(task: str, out: Path, **extra: Any) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "early_stopping": 0, "out": str(out),
         "model_args": {**cfg.model_args, **no_weights_kwargs(cfg.model)}, "num_workers": 0,
-        "precision": "fp32", "warmup_epochs": 0.0,
+        "precision": "fp32", "warmup_epochs": 0.0, "device": TEST_DEVICE,
     }
     if spec.kind == "segmentation":
         opts.update(tile_size=64, crops_per_image=2, seg_scale=1.0)

@@ -240,7 +240,10 @@ def test_same_seed_same_run(kind: str, cls_folder: Path, seg_folder: Path, fast)
         task, data, extra = "landcover", seg_folder, {"ignore_classes": [], "val_fraction": 0.25, "test_fraction": 0.0}
     else:
         task, data, extra = "cracks", cls_folder, {"model": "cracks_cnn", "model_args": {}}
-    runs = [visionlab.train(task, data=data, **fast(task, seed=7, **extra)) for _ in range(2)]
+    options = fast(task, seed=7, **extra)
+    if options["device"] != "cpu":
+        pytest.skip("bitwise reproducibility is checked on the CPU (cuDNN autotuning picks kernels per run)")
+    runs = [visionlab.train(task, data=data, **options) for _ in range(2)]
     assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
     a, b = (load_checkpoint(r.best_checkpoint)["model"] for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
