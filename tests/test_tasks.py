@@ -249,8 +249,6 @@ def test_same_seed_same_run(kind: str, cls_folder: Path, seg_folder: Path, fast)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.xfail(strict=True, reason="with cache=none the streaming loader drops unreadable images silently: "
-                   "data_info['unreadable'] is only filled from the decode cache (tasks/classification.py)")
 def test_unreadable_image_is_reported_without_cache(cls_folder: Path, fast):
     (cls_folder / "apple" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     result = visionlab.train("cracks", data=cls_folder, **fast("cracks", model="cracks_cnn", model_args={}, cache="none",

@@ -39,7 +39,7 @@ def classification_preprocessing(cfg: Any) -> dict[str, Any]:
 
 
 class _StreamDataset(torch.utils.data.Dataset):
-    """Decode on the fly (datasets that are not cached); unreadable files yield None."""
+    """Decode on the fly (datasets that are not cached); an unreadable file yields its path."""
 
     def __init__(self, paths: list, labels: np.ndarray, pre: dict[str, Any]) -> None:
         self.paths, self.labels, self.pre = paths, labels, pre
@@ -51,15 +51,17 @@ class _StreamDataset(torch.utils.data.Dataset):
         try:
             return torch.from_numpy(load_for_model(self.paths[i], self.pre)), int(self.labels[i])
         except Exception:
-            return None
+            return str(self.paths[i])
 
 
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [it for it in items if it is not None]
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the readable items; the paths of unreadable ones come back as the third element."""
+    failed = [it for it in items if isinstance(it, str)]
+    items = [it for it in items if not isinstance(it, str)]
     if not items:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failed
     x = torch.stack([it[0] for it in items]).permute(0, 3, 1, 2)
-    return x, torch.tensor([it[1] for it in items], dtype=torch.long)
+    return x, torch.tensor([it[1] for it in items], dtype=torch.long), failed
 
 
 class ClassificationRunner(TaskRunner):
@@ -82,15 +84,17 @@ class ClassificationRunner(TaskRunner):
         self.cache: ImageCache | None = None
         if cfg.cache != "none":
             self.cache = self._build_cache(console)
-            bad = ~self.cache.ok
-            if bad.any():
-                for s in self.splits:
-                    self.splits[s] = self.splits[s][self.cache.ok[self.splits[s]]]
+            ok, failed = self.cache.ok, [f for f, _ in self.cache.failed]
+        else:  # streaming: a cheap header check now, truncated files are caught as they are met
+            ok, failed = self._header_check()
+        if not ok.all():
+            for s in self.splits:
+                self.splits[s] = self.splits[s][ok[self.splits[s]]]
         self.data_info = {
             "root": str(self.index.root),
             "synthetic": cfg.is_synthetic,
             "images": int(len(self.index)),
-            "unreadable": [f for f, _ in (self.cache.failed if self.cache else [])],
+            "unreadable": failed,
             "split_sizes": {k: int(len(v)) for k, v in self.splits.items()},
             "class_counts": {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels[self.splits["train"]], minlength=len(self.classes)))},
             "cache": self.cache.location if self.cache else "none",
@@ -101,6 +105,20 @@ class ClassificationRunner(TaskRunner):
             if self.device.type == "cuda" and self._images.nbytes < 0.25 * torch.cuda.get_device_properties(self.device).total_memory:
                 # the whole uint8 cache on the GPU: batches are gathered there, no host copies at all
                 self._images = self._images.to(self.device)
+
+    def _header_check(self) -> tuple[np.ndarray, list[str]]:
+        from PIL import Image
+
+        ok = np.ones(len(self.index), dtype=bool)
+        failed = []
+        for i, p in enumerate(self.index.paths):
+            try:
+                with Image.open(p):
+                    pass
+            except Exception:
+                ok[i] = False
+                failed.append(str(p))
+        return ok, failed
 
     def _build_cache(self, console: Any) -> ImageCache:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -147,7 +165,7 @@ class ClassificationRunner(TaskRunner):
             for step, batch in enumerate(loader):
                 if step >= steps:
                     break
-                yield batch
+                yield self._note_failed(batch)
             return
         labels = torch.from_numpy(self.labels)
         for step in range(steps):
@@ -186,7 +204,15 @@ class ClassificationRunner(TaskRunner):
         loader = torch.utils.data.DataLoader(
             _StreamDataset([self.index.paths[i] for i in idx], self.labels[idx], self.preprocessing),
             batch_size=batch_size, collate_fn=_collate, num_workers=default_workers(self.cfg, self.device))
-        yield from loader
+        for batch in loader:
+            yield self._note_failed(batch)
+
+    def _note_failed(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming: record unreadable files as they are met (saved in checkpoints' data info)."""
+        x, y, failed = batch
+        known = self.data_info["unreadable"]
+        known += [f for f in failed if f not in known]
+        return x, y
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
