@@ -116,6 +116,15 @@ def test_predict_a_folder_a_glob_and_a_missing_file(trained: Path, images: Path,
     assert "not-there.png" in result.stdout and "could not be read" in result.stdout  # reported in the table
 
 
+def test_predict_fails_when_no_image_is_readable(trained: Path, tmp_path: Path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "preds.csv"
+    result = invoke("predict", broken, tmp_path / "missing.png", "--checkpoint", trained, "--out", out)
+    assert_one_line_error(result, "none of the 2 image(s) could be read")
+    assert len(pd.read_csv(out)) == 2  # the per-file errors are still written
+
+
 def test_predict_writes_json(trained: Path, images: Path, tmp_path: Path):
     out = tmp_path / "sub" / "preds.json"
     result = invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--out", out, "--top-k", "1")

@@ -119,7 +119,7 @@ def test_bad_choices_list_the_allowed_ones(override: str, choices: str):
 
 
 @pytest.mark.parametrize(
-    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_overlap=0.95"]
+    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_size=100", "tile_overlap=0.95"]
 )
 def test_out_of_range_values_are_refused(override: str):
     assert "invalid config" in _error(overrides=[override])

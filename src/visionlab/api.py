@@ -200,6 +200,10 @@ def predict(
         table.add_row(p.source, p.label or "", f"{p.confidence:.3f}" if p.confidence is not None else "", detail)
     console.print(table)
     errors = sum(1 for p in preds if p.error)
+    if errors and errors == len(preds):
+        if out_path is not None:
+            _write_rows(rows, out_path)
+        raise VisionlabError(f"none of the {errors} image(s) could be read (see the table).", "Check the paths and files.")
     if errors:
         console.print(f"[yellow]{errors} of {len(preds)} image(s) could not be read[/] (listed above); the others were predicted.")
     if mask_dir is not None:

@@ -214,7 +214,7 @@ def _validate(cfg: Config) -> Config:
          "val_fraction and test_fraction must be in [0, 1) and sum to less than 1"),
         (cfg.image_size >= 16, "image_size must be >= 16"),
         (0 <= cfg.tile_overlap < 0.9, "tile_overlap must be in [0, 0.9)"),
-        (cfg.tile_size >= 32, "tile_size must be >= 32"),
+        (cfg.tile_size >= 32 and cfg.tile_size % 32 == 0, "tile_size must be a multiple of 32 (U-Net downsamples 5 times)"),
         (0.05 <= cfg.seg_scale <= 4, "seg_scale must be in [0.05, 4]"),
     ]
     for ok, msg in checks:
