@@ -8,6 +8,7 @@ evaluated on its test split and lands in the table, the markdown and the JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -97,3 +98,19 @@ def test_wilson_interval_brackets_the_proportion() -> None:
     assert hi == pytest.approx(1.0) and 0.96 < lo < 0.97  # 104/104 correct still allows ~3.6 % error
     lo, hi = wilson_interval(90, 100)
     assert lo < 0.9 < hi and hi - lo < 0.13
+
+
+def test_new_head_on_pretrained_lite0_starts_small() -> None:
+    """The recipes fine-tune Lite0 with a new head: its first logits must be near 0 (loss ~ ln C), not +-5."""
+    import torch
+
+    from visionlab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 2).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(8, 3, 64, 64) * 2 - 1)
+    assert logits.abs().max() < 0.5
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1] * 4))
+    assert abs(float(loss) - math.log(2)) < 0.2
+    assert float(model.classifier.weight.std()) < 0.02 and not model.classifier.bias.any()

@@ -263,6 +263,10 @@ def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, pretrained: bool 
 
     model = timm.create_model(LITE0_TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     if pretrained:
-        load_weights(model, lite0_imagenet_state_dict(), head="classifier.", first_conv="conv_stem.weight",
-                     source="EfficientNet-Lite0 ImageNet weights", arch=LITE0_TIMM_NAME)
+        skipped = load_weights(model, lite0_imagenet_state_dict(), head="classifier.", first_conv="conv_stem.weight",
+                               source="EfficientNet-Lite0 ImageNet weights", arch=LITE0_TIMM_NAME)
+        if skipped:  # a new head on pretrained features starts small: timm's init (uniform +-1/sqrt(num_classes))
+            # gives logits of +-5 and a first loss of 5-10 on 2 classes, whose gradients wreck the pretrained features.
+            nn.init.normal_(model.classifier.weight, std=0.01)
+            nn.init.zeros_(model.classifier.bias)
     return model
