@@ -19,7 +19,7 @@ import torch
 from visionlab.data.io import is_image_file
 from visionlab.data.transforms import Normalize, load_for_model
 from visionlab.engine.checkpoint import load_checkpoint
-from visionlab.engine.device import resolve_device, resolve_precision
+from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
 from visionlab.errors import VisionlabError
 
 __all__ = ["Predictor", "Prediction", "load", "expand_inputs"]
@@ -99,6 +99,8 @@ class Predictor:
         self.preprocessing: dict[str, Any] = dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # batches of activations reuse heap memory instead of fresh pages
         self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
         self.model = build_model(state["model_name"], num_classes=len(self.classes), **state["model_args"])
         self.model.load_state_dict(state["model"])
