@@ -113,7 +113,6 @@ class Trainer:
         configure_threads()
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -133,6 +132,7 @@ class Trainer:
         self.model = build_model(cfg.model, num_classes=len(self.runner.classes), **model_args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.precision = resolve_precision(cfg.precision, self.device, training_model=self.model)  # per model on CPU
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.steps_per_epoch = self.runner.num_train_batches()
         self.optimizer = build_optimizer(self.model, cfg)
