@@ -59,13 +59,16 @@ def test_markdown_table_has_one_line_per_row_in_order(speed) -> None:
 
 def test_arguments_are_checked(speed, capsys) -> None:
     args = speed.parse_args(["--quick"])
-    assert args.batch_size == 8 and args.steps == 3 and args.workers == 0 and args.sections == list(speed.SECTIONS)
+    assert args.batch_size == 8 and args.steps == 3 and args.workers == [0] and args.sections == list(speed.SECTIONS)
+    assert speed.parse_args([]).workers == [1, 2] and speed.parse_args(["--workers", "2,0,2"]).workers == [0, 2]
     assert speed.parse_args(["--sections", "cli, train"]).sections == ["cli", "train"]
     with pytest.raises(SystemExit):
         speed.parse_args(["--sections", "train,bogus"])
     assert "unknown section(s) bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         speed.parse_args(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--workers", "two"])
 
 
 @pytest.mark.slow  # about 20 s on idle cores: each contender starts its own Python and imports torch
