@@ -233,7 +233,7 @@ class Trainer:
                 for epoch in range(start_epoch, cfg.epochs):
                     bar = progress.add_task("train", total=self.steps_per_epoch, epoch=f"{epoch + 1}/{cfg.epochs}", loss=0.0, metric="", ips=0.0)
                     self.model.train()
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     loss_sum, n_seen = 0.0, 0
                     for x, y in self.runner.train_batches(epoch):
                         if len(y) == 0:
@@ -257,12 +257,13 @@ class Trainer:
                         n_seen += len(y)
                         dt = time.perf_counter() - t0
                         progress.update(bar, advance=1, loss=loss_sum / n_seen, ips=n_seen / max(dt, 1e-9))
-                    epoch_time = time.perf_counter() - t0
+                    epoch_time, epoch_cpu = time.perf_counter() - t0, time.process_time() - cpu0
                     train_time += epoch_time
                     seen += n_seen
                     ev = self.runner.evaluate(self.model, "val", self.precision.autocast) if self.runner.split_size("val") else None
                     row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "lr": self.optimizer.param_groups[0]["lr"],
-                           "epoch_seconds": round(epoch_time, 3), "images_per_second": round(n_seen / max(epoch_time, 1e-9), 1)}
+                           "epoch_seconds": round(epoch_time, 3), "images_per_second": round(n_seen / max(epoch_time, 1e-9), 1),
+                           "epoch_cpu_seconds": round(epoch_cpu, 3)}  # all threads of this process: the work, whatever else runs
                     if ev is not None:
                         row.update({f"val_{k}": v for k, v in ev.metrics.items()})
                     history.append(row)
