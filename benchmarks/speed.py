@@ -119,7 +119,10 @@ class Row:
 def run_child(kind: str, **params: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its progress goes to stderr, its result comes back."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-params", json.dumps(params, default=str)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if params.get("threads"):
+        env["OMP_NUM_THREADS"] = str(params["threads"])  # read by torch at start-up; visionlab respects it
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:])
@@ -306,12 +309,13 @@ def child_accuracy(p: SimpleNamespace) -> dict[str, Any]:
     result = visionlab.train("cracks", config=p.scratch_config, console=_console(p.verbose), data=p.root, device=p.device,
                              out=str(Path(p.work) / "runs"), name="to97", **extra)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    elapsed, reached, epoch = 0.0, None, None
+    elapsed, cpu_elapsed, reached, reached_cpu, epoch = 0.0, 0.0, None, None, None
     for r in _read_metrics(result.run_dir / "metrics.csv"):
         elapsed += float(r["epoch_seconds"])
+        cpu_elapsed += float(r.get("epoch_cpu_seconds") or "nan")
         if reached is None and float(r.get("val_accuracy") or 0) >= 0.97:
-            reached, epoch = elapsed, int(r["epoch"])
-    return {"seconds": reached, "epoch": epoch, "epochs": result.epochs_run, "train_s": elapsed, "wall_s": wall, "cpu_s": cpu,
+            reached, reached_cpu, epoch = elapsed, cpu_elapsed, int(r["epoch"])
+    return {"seconds": reached, "cpu_seconds": reached_cpu, "epoch": epoch, "epochs": result.epochs_run, "train_s": elapsed, "wall_s": wall, "cpu_s": cpu,
             "test_accuracy": result.test_metrics.get("accuracy"), "best_val": result.best_metric,
             "checkpoint": str(result.best_checkpoint)}
 
@@ -344,7 +348,7 @@ def resolve_data(args: argparse.Namespace, work: Path) -> tuple[Path, bool]:
 
 
 def _common(args: argparse.Namespace, root: Path, work: Path) -> dict[str, Any]:
-    return {"root": str(root), "work": str(work), "device": args.device, "image_size": args.image_size,
+    return {"root": str(root), "work": str(work), "device": args.device, "image_size": args.image_size, "threads": args.threads,
             "batch_size": args.batch_size, "verbose": args.verbose, "quick": args.quick}
 
 
@@ -422,8 +426,8 @@ def bench_predict(ckpt: str, root: Path, args: argparse.Namespace, work: Path, r
                                          "img/s", baseline_name="per-image loop", target=f">= {TARGETS['predict']:g}x"))
     for rep in range(args.repeats):
         _say(f"[predict] repeat {rep + 1}/{args.repeats}: {len(files)} files")
-        vl = run_child("predict_visionlab", checkpoint=ckpt, files=files, device=args.device)
-        loop = run_child("predict_loop", checkpoint=ckpt, files=files, device=args.device)
+        vl = run_child("predict_visionlab", checkpoint=ckpt, files=files, device=args.device, threads=args.threads)
+        loop = run_child("predict_loop", checkpoint=ckpt, files=files, device=args.device, threads=args.threads)
         agree = sum(a == b for a, b in zip(vl["labels"], loop["labels"])) / max(1, len(files))
         _say(f"        batched {vl['ips']:.1f} img/s, per-image {loop['ips']:.1f} img/s; same label for {agree:.1%}")
         row.visionlab.append(vl["ips"])
@@ -435,7 +439,8 @@ def bench_accuracy(root: Path, synthetic: bool, args: argparse.Namespace, work: 
     _say(f"[accuracy] cracks_cnn from scratch until 97 % validation accuracy ({args.scratch_config})")
     r = run_child("accuracy", **_common(args, root, work), scratch_config=str(args.scratch_config))
     data = "SYNTHETIC data: says nothing about cracks" if synthetic else "held-out split"
-    note = f"reached in epoch {r['epoch']}" if r["seconds"] is not None else f"97 % NOT reached in {r['epochs']} epochs"
+    note = (f"reached in epoch {r['epoch']} ({r['cpu_seconds']:.0f} s of CPU time to there)" if r["seconds"] is not None
+            else f"97 % NOT reached in {r['epochs']} epochs")
     note += (f"; best val {r['best_val']:.4f}; {r['train_s']:.1f} s training in all, {r['wall_s']:.1f} s wall incl. cache, "
              f"evaluation, checkpoints ({r['cpu_s']:.0f} s of CPU)")
     if r["test_accuracy"] is not None:
@@ -545,6 +550,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--workers", default=None,
                    help="DataLoader worker counts tried for each baseline, comma-separated; the fastest counts (default: 1,2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS for every contender (default: the environment's, else all cores)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the table shows medians and (min-max)")
     p.add_argument("--amortize", type=int, default=5, help="epochs over which the one-off cache build is folded in")
     p.add_argument("--predict-images", type=int, default=None, help="files predicted (default 600)")
@@ -584,7 +591,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    for name in ("steps", "batch_size", "image_size", "repeats", "amortize", "predict_images", "cli_runs"):
+    for name in ("steps", "batch_size", "image_size", "repeats", "amortize", "predict_images", "cli_runs", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -628,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data = f"SYNTHETIC images ({n_images})" if synthetic else f"{root} ({n_images} images)"
-    threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+    threads = str(args.threads or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
     header = ("QUICK SMOKE RUN, not a measurement: " if args.quick else "") + (f"data: {data}; model cracks_cnn (2 classes); batch {args.batch_size}, {args.image_size} px; "
               f"{args.measured_steps} measured training steps per contender after warm-up; baselines' DataLoader workers tried: "
               f"{','.join(map(str, args.workers))} (fastest kept); device {args.device}; torch {torch.__version__}, {threads} threads; {machine()}; "
