@@ -42,6 +42,7 @@ _CHOICES = {
     "class_weights": ("none", "balanced"),
     "sampler": ("none", "balanced"),
     "loss": ("ce", "focal", "focal+dice", "ce+dice"),
+    "tta": ("none", "hflip", "flips", "d4"),
 }
 
 
@@ -73,6 +74,9 @@ class Config:
     class_weights: str = "none"
     sampler: str = "none"
     grad_clip: float = 0.0
+    backbone_lr_scale: float = 1.0  # lr of the pretrained body relative to lr (the new head always gets lr)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
+    tta: str = "none"  # test-time augmentation of classifiers: none | hflip | flips | d4 (saved with the weights)
     early_stopping: int = 5
     monitor: str = ""
     max_steps_per_epoch: int = 0
@@ -216,6 +220,8 @@ def _validate(cfg: Config) -> Config:
         (0 <= cfg.tile_overlap < 0.9, "tile_overlap must be in [0, 0.9)"),
         (cfg.tile_size >= 32 and cfg.tile_size % 32 == 0, "tile_size must be a multiple of 32 (U-Net downsamples 5 times)"),
         (0.05 <= cfg.seg_scale <= 4, "seg_scale must be in [0.05, 4]"),
+        (0 < cfg.backbone_lr_scale <= 10, "backbone_lr_scale must be in (0, 10]"),
+        (0 <= cfg.ema < 1, "ema must be in [0, 1) (0 = off; 0.99-0.9999 usual)"),
     ]
     for ok, msg in checks:
         if not ok:

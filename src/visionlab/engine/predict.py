@@ -20,6 +20,7 @@ from visionlab.data.io import is_image_file
 from visionlab.data.transforms import Normalize, load_for_model
 from visionlab.engine.checkpoint import load_checkpoint
 from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
+from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 
 __all__ = ["Predictor", "Prediction", "load", "expand_inputs"]
@@ -109,6 +110,7 @@ class Predictor:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.tta: str = str(self.preprocessing.get("tta", "none"))  # as validated; set another mode to change it
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None) -> "Predictor":
@@ -150,8 +152,7 @@ class Predictor:
         x = self.normalize(x.permute(0, 3, 1, 2).to(self.device))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast():
-            probs = self.model(x).float().softmax(1).cpu()
+        probs = tta_logits(self.model, x, self.tta, self.precision.autocast).softmax(1).cpu()
         k = max(1, min(top_k, len(self.classes)))
         conf, idx = probs.topk(k, dim=1)
         out = []

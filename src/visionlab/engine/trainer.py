@@ -51,23 +51,70 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def backbone_parameters(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters of a model's pretrained body: all but the head of a classifier
+    (timm ``get_classifier()``, torchvision ``fc``), the encoder of a segmentation model."""
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, torch.nn.Module):
+        return {id(p) for p in encoder.parameters()}
+    get_head = getattr(model, "get_classifier", None)
+    head = get_head() if callable(get_head) else getattr(model, "fc", None) or getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Module):
+        raise VisionlabError(f"backbone_lr_scale needs a model with a separate head; {type(model).__name__} has none.",
+                             "Remove backbone_lr_scale from the config.")
+    head_ids = {id(p) for p in head.parameters()}
+    return {id(p) for p in model.parameters() if id(p) not in head_ids}
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW (or SGD) without weight decay on biases and normalisation weights."""
-    decay, no_decay = [], []
+    """AdamW (or SGD) without weight decay on biases and normalisation weights; with
+    ``backbone_lr_scale`` != 1 the pretrained body learns at that fraction of ``lr``."""
+    body = backbone_parameters(model) if cfg.backbone_lr_scale != 1.0 else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((id(p) in body, p.ndim > 1), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                     "lr": cfg.lr * (cfg.backbone_lr_scale if in_body else 1.0)}
+                    for (in_body, decay), ps in sorted(groups.items())]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights (buffers copied), updated every step.
+
+    The decay ramps up as ``(1 + n) / (10 + n)`` until it reaches ``decay``, so the first steps
+    of short fine-tuning runs are not averaged with the random head they started from."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = float(decay), 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        avg, cur = [], []
+        for e, c in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                avg.append(e)
+                cur.append(c)
+            else:
+                e.copy_(c)
+        torch._foreach_lerp_(avg, cur, 1.0 - d)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -138,6 +185,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
+        self.ema = ModelEma(self.model, cfg.ema) if cfg.ema > 0 else None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation scores and checkpoints hold: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _warn_data(self) -> None:
         info = self.runner.data_info
@@ -177,11 +230,11 @@ class Trainer:
             "bad_epochs": bad_epochs,
             "history": history,
         }) | {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-        }
+        } | ({"train_model": self.model.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {})
 
     # ------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> TrainResult:
@@ -200,7 +253,10 @@ class Trainer:
         higher = not self.monitor.endswith("loss")
         start_epoch, best, bad_epochs, history = 0, -math.inf if higher else math.inf, 0, []
         if state is not None:
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(state.get("train_model", state["model"]))
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["model"])
+                self.ema.updates = int(state.get("ema_updates", 0))
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
@@ -253,6 +309,8 @@ class Trainer:
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
                         self.scheduler.step()
+                        if self.ema is not None:
+                            self.ema.update(self.model)
                         loss_sum += float(loss.detach()) * len(y)
                         n_seen += len(y)
                         dt = time.perf_counter() - t0
@@ -260,7 +318,7 @@ class Trainer:
                     epoch_time, epoch_cpu = time.perf_counter() - t0, time.process_time() - cpu0
                     train_time += epoch_time
                     seen += n_seen
-                    ev = self.runner.evaluate(self.model, "val", self.precision.autocast) if self.runner.split_size("val") else None
+                    ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
                     row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "lr": self.optimizer.param_groups[0]["lr"],
                            "epoch_seconds": round(epoch_time, 3), "images_per_second": round(n_seen / max(epoch_time, 1e-9), 1),
                            "epoch_cpu_seconds": round(epoch_cpu, 3)}  # all threads of this process: the work, whatever else runs

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.layout import ClassificationIndex, find_classification
 from visionlab.data.transforms import BatchAugment, Normalize, load_for_model
+from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
 
@@ -35,6 +36,7 @@ def classification_preprocessing(cfg: Any) -> dict[str, Any]:
         "mean": [float(v) for v in d["mean"]],
         "std": [float(v) for v in d["std"]],
         "background_removal": bool(cfg.background_removal),
+        "tta": str(cfg.tta),
     }
 
 
@@ -226,11 +228,10 @@ class ClassificationRunner(TaskRunner):
                 continue
             x = self.on_device(x.to(self.device, non_blocking=True), train=False)
             y = y.to(self.device)
-            with autocast():
-                out = model(x)
-            total += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            out = tta_logits(model, x, self.preprocessing.get("tta", "none"), autocast)
+            total += float(F.cross_entropy(out, y, reduction="sum"))
             n += len(y)
-            meter.update(out.float(), y)
+            meter.update(out, y)
         if n == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}

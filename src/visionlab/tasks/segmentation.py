@@ -143,6 +143,9 @@ class SegmentationRunner(TaskRunner):
 
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
+        if cfg.tta != "none":
+            raise VisionlabError(f"tta={cfg.tta} applies to classifiers; segmentation blends overlapping tiles instead.",
+                                 "Remove tta from the config, or set tta=none.")
         root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
