@@ -21,6 +21,7 @@ Usage::
     python benchmarks/accuracy.py --seeds 42,43,44 --out benchmarks/accuracy.md
     python benchmarks/accuracy.py --set epochs=3 --tasks minerals   # extra overrides for every run
     python benchmarks/accuracy.py --quick --data synthetic          # seconds: a smoke test
+    python benchmarks/accuracy.py --reuse acc.json --out acc.json   # only recipes changed since acc.json train again
 
 A task whose folder is missing is skipped with a message (the data is never in the repository;
 see ``../shared/data/SOURCES.md``); so is a variant whose weights cannot be had offline.
@@ -72,7 +73,7 @@ QUICK = {
                      "early_stopping": 0},
 }
 
-__all__ = ["Row", "run_benchmark", "run_one", "wilson_interval", "format_markdown", "print_table", "describe_model", "main"]
+__all__ = ["Row", "run_benchmark", "run_one", "run_digest", "load_reusable", "wilson_interval", "format_markdown", "print_table", "describe_model", "main"]
 
 
 def shared_data() -> Path:
@@ -108,6 +109,9 @@ class Row:
     per_seed: list[dict[str, Any]] = field(default_factory=list)
     target: tuple[str, float] | None = None
     skipped: str = ""
+    digest: str = ""  # what was run (resolved config, data, seeds): --reuse keeps a row only while it matches
+    measured: str = ""  # when it was measured
+    reused: bool = False
 
     @property
     def passed(self) -> bool | None:
@@ -153,9 +157,57 @@ def _overrides_for(kind: str, quick: bool, extra: Sequence[str]) -> list[str]:
     return sets + list(extra)
 
 
+def run_digest(task: str, config: Path | None, sets: Sequence[str], data: Path | str, seeds: Sequence[int], quick: bool) -> str:
+    """A fingerprint of one (task, variant) measurement: the resolved config, the data folder's
+    files, the seeds, the library version and the machine (training seconds depend on it).
+    Any change to a recipe changes it."""
+    import hashlib
+
+    from visionlab import __version__
+    from visionlab.config import load_config
+
+    cfg = load_config(task, config, list(sets)).to_dict()
+    for key in ("out", "name", "device", "num_workers"):
+        cfg.pop(key, None)
+    listing = ""
+    if str(data) != "synthetic" and Path(data).is_dir():
+        files = sorted(p for p in Path(data).rglob("*") if p.is_file())
+        listing = "\n".join(f"{p.relative_to(data)}:{p.stat().st_size}" for p in files)
+    blob = json.dumps({"config": cfg, "seeds": list(seeds), "quick": quick, "version": __version__, "machine": machine(),
+                       "files": hashlib.sha256(listing.encode()).hexdigest()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_reusable(paths: Sequence[Path]) -> dict[tuple[str, str, str], Row]:
+    """Measured rows of earlier JSON outputs, keyed by (task, variant, digest)."""
+    from visionlab.errors import VisionlabError
+
+    out: dict[tuple[str, str, str], Row] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            rows = data["rows"]
+        except FileNotFoundError:
+            continue  # nothing measured yet: everything runs
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise VisionlabError(f"--reuse {path}: not a JSON output of this script ({exc}).", "Pass a file written by --out X.json.") from None
+        for r in rows:
+            r = dict(r)
+            r.pop("passed", None)
+            row = Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__})
+            row.ci = tuple(row.ci) if row.ci else None
+            row.target = tuple(row.target) if row.target else None
+            if row.digest and not row.skipped:
+                out[(row.task, row.variant, row.digest)] = row
+    return out
+
+
 def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], runs: Path, quick: bool,
-            extra: Sequence[str], device: str, console: Any) -> Row:
-    """Train and evaluate one (task, variant) for every seed; a user-fixable failure becomes a skipped row."""
+            extra: Sequence[str], device: str, console: Any, reusable: dict[tuple[str, str, str], Row] | None = None) -> Row:
+    """Train and evaluate one (task, variant) for every seed; a user-fixable failure becomes a skipped row.
+
+    A row of ``reusable`` with the same digest (same resolved config, data and seeds) is returned
+    as it was measured, instead of training again."""
     import visionlab
     from visionlab.config import load_config
     from visionlab.errors import VisionlabError
@@ -171,6 +223,17 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
             row.skipped = f"no seed-faithful config {SEED_CONFIGS[task]}"
             return row
     sets = _overrides_for(spec.kind, quick, extra) + [f"device={device}"]
+    try:
+        row.digest = run_digest(task, config, sets, data, seeds, quick)
+    except VisionlabError as exc:
+        row.skipped = exc.message
+        return row
+    old = (reusable or {}).get((task, variant, row.digest))
+    if old is not None:
+        console.print(f"[cyan]reused[/] {task}/{variant}: measured {old.measured or 'earlier'} with the same config, data and seeds")
+        old.reused, old.target = True, row.target
+        return old
+    row.measured = time.strftime("%Y-%m-%d %H:%M")
     reports, seconds, epochs = [], [], []
     for seed in seeds:
         name = f"{variant}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -200,7 +263,7 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
 
 def run_benchmark(tasks: Sequence[str], variants: Sequence[str], data_root: Path | str, seeds: Sequence[int] = (42,),
                   runs: Path | str = "runs/accuracy", quick: bool = False, extra: Sequence[str] = (), device: str = "auto",
-                  console: Any = None) -> list[Row]:
+                  console: Any = None, reusable: dict[tuple[str, str, str], Row] | None = None) -> list[Row]:
     """Every (task, variant) in order; a missing data folder yields a skipped row, not an error."""
     from rich.console import Console
 
@@ -216,7 +279,7 @@ def run_benchmark(tasks: Sequence[str], variants: Sequence[str], data_root: Path
                 rows += [Row(task, v, target=TARGETS.get((task, v)), skipped=f"{data} absent") for v in variants]
                 continue
         for variant in variants:
-            rows.append(run_one(task, variant, data, seeds, Path(runs), quick, extra, device, console))
+            rows.append(run_one(task, variant, data, seeds, Path(runs), quick, extra, device, console, reusable))
     return rows
 
 
@@ -227,7 +290,7 @@ def _table_rows(rows: Sequence[Row]) -> list[list[str]]:
     out = []
     for r in rows:
         if r.skipped:
-            out.append([r.task, r.variant, r.model or "-", "-", f"skipped: {r.skipped}", "-", "-", "-", "-"])
+            out.append([r.task, r.variant, r.model or "-", "-", f"skipped: {r.skipped}", "-", "-", "-", "-", "-"])
             continue
         kind = get_task(r.task).kind
         for i, name in enumerate(m for m in METRICS[kind] if m in r.metrics):
@@ -241,11 +304,11 @@ def _table_rows(rows: Sequence[Row]) -> list[list[str]]:
             first = i == 0
             out.append([r.task if first else "", r.variant if first else "", r.model if first else "", name, value, target,
                         str(r.test_images) if first else "", f"{r.train_seconds:.0f}" if first else "",
-                        f"{r.epochs:g}" if first else ""])
+                        f"{r.epochs:g}" if first else "", (r.measured or "-") if first else ""])
     return out
 
 
-HEADER = ["task", "variant", "model", "metric", "value [95 % CI]", "target", "test images", "train s", "epochs"]
+HEADER = ["task", "variant", "model", "metric", "value [95 % CI]", "target", "test images", "train s", "epochs", "measured"]
 
 
 def format_markdown(rows: Sequence[Row], context: dict[str, Any]) -> str:
@@ -316,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="one epoch of two tiny steps per run, random weights: a smoke test, not a measurement")
     p.add_argument("--out", action="append", default=[], help="also write the table to this .md or .json file (repeatable)")
+    p.add_argument("--reuse", action="append", default=[], metavar="JSON",
+                   help="reuse the rows of an earlier --out JSON whose recipe, data and seeds are unchanged (repeatable; "
+                        "a missing file is fine): after changing one recipe, only that row trains again")
     args = p.parse_args(argv)
     console = Console()
     try:
@@ -341,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "seeds": seeds,
                    "data": str(root), "quick": args.quick}
-        rows = run_benchmark(tasks, variants, root, seeds, args.runs, args.quick, args.sets, args.device, console)
+        reusable = load_reusable([Path(p) for p in args.reuse])
+        rows = run_benchmark(tasks, variants, root, seeds, args.runs, args.quick, args.sets, args.device, console, reusable)
         print_table(rows, context, console)
         if args.quick or str(root) == "synthetic":
             console.print("[bold magenta]not a measurement[/]: --quick and/or synthetic data.")

@@ -113,4 +113,35 @@ def test_new_head_on_pretrained_lite0_starts_small() -> None:
     assert logits.abs().max() < 0.5
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1] * 4))
     assert abs(float(loss) - math.log(2)) < 0.2
-    assert float(model.classifier.weight.std()) < 0.02 and not model.classifier.bias.any()
+    assert float(model.classifier.weight.detach().std()) < 0.02 and not model.classifier.bias.detach().any()
+
+
+def test_reuse_keeps_unchanged_rows_and_reruns_changed_recipes(tmp_path: Path) -> None:
+    js = tmp_path / "acc.json"
+    base = ["--quick", "--data", "synthetic", "--tasks", "cracks", "--variants", "recipe,scratch", "--runs", str(tmp_path / "runs")]
+    first = _run(base + ["--reuse", str(js), "--out", str(js)], tmp_path)  # a missing --reuse file is fine
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows1 = {r["variant"]: r for r in json.loads(js.read_text())["rows"]}
+    assert all(len(r["digest"]) == 16 and not r["reused"] and r["measured"] for r in rows1.values())
+
+    again = _run(base + ["--reuse", str(js), "--out", str(js)], tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("reused") >= 2
+    rows2 = {r["variant"]: r for r in json.loads(js.read_text())["rows"]}
+    for v in ("recipe", "scratch"):
+        assert rows2[v]["reused"] and rows2[v]["per_seed"] == rows1[v]["per_seed"]  # the same runs, not new ones
+
+    # another setting changes every digest: both train again
+    changed = _run(base + ["--set", "lr=0.002", "--reuse", str(js), "--out", str(js)], tmp_path)
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    rows3 = {r["variant"]: r for r in json.loads(js.read_text())["rows"]}
+    assert not any(r["reused"] for r in rows3.values())
+    assert rows3["recipe"]["digest"] != rows1["recipe"]["digest"]
+
+
+def test_reuse_of_a_file_that_is_not_an_output_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    proc = _run(["--quick", "--data", "synthetic", "--tasks", "cracks", "--reuse", str(bad)], tmp_path)
+    assert proc.returncode == 2
+    assert "--reuse" in proc.stdout and "not a JSON output of this script" in proc.stdout
