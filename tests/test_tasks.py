@@ -254,3 +254,16 @@ def test_unreadable_image_is_reported_without_cache(cls_folder: Path, fast):
     result = visionlab.train("cracks", data=cls_folder, **fast("cracks", model="cracks_cnn", model_args={}, cache="none",
                                                               val_fraction=0.0, test_fraction=0.0))
     assert [Path(p).name for p in load_checkpoint(result.best_checkpoint)["data"]["unreadable"]] == ["broken.jpg"]
+
+
+def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(make_cls_folder, fast):
+    folder = make_cls_folder("ties", per_class=12)
+    opts = fast("cracks", model="cracks_cnn", model_args={}, image_size=24, epochs=8, max_steps_per_epoch=4, batch_size=4,
+                lr=3e-3, val_fraction=0.25, test_fraction=0.0, augment={"hflip": False, "scale": [1.0, 1.0], "translate": 0.0,
+                "brightness": 0.0, "contrast": 0.0, "saturation": 0.0})
+    result = visionlab.train("cracks", data=folder, **opts)
+    rows = [(h["val_accuracy"], -h["val_loss"], h["epoch"]) for h in result.history]
+    best_acc, neg_loss, epoch = max(rows)
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["epoch"] == epoch, rows
+    assert state["best_metric"] == best_acc and state["best_loss"] == pytest.approx(-neg_loss)

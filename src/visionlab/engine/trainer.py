@@ -226,6 +226,7 @@ class Trainer:
             "data": self.runner.data_info,
             "epoch": epoch,
             "best_metric": best,
+            "best_loss": self.best_loss,
             "monitor": self.monitor,
             "bad_epochs": bad_epochs,
             "history": history,
@@ -252,6 +253,7 @@ class Trainer:
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
         higher = not self.monitor.endswith("loss")
         start_epoch, best, bad_epochs, history = 0, -math.inf if higher else math.inf, 0, []
+        self.best_loss = math.inf  # validation loss of the best epoch, which breaks ties of the monitored metric
         if state is not None:
             self.model.load_state_dict(state.get("train_model", state["model"]))
             if self.ema is not None:
@@ -261,6 +263,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             start_epoch, best, bad_epochs, history = state["epoch"], state["best_metric"], state["bad_epochs"], list(state["history"])
+            self.best_loss = float(state.get("best_loss", math.inf))
             self.console.print(f"resuming {run_dir} from epoch {start_epoch}")
         else:
             run_dir = new_run_dir(cfg.out, self.spec.name, cfg.name)
@@ -328,8 +331,13 @@ class Trainer:
                     self._append_csv(csv_path, row)
                     current = row.get(self.monitor, -row["train_loss"] if higher else row["train_loss"])
                     improved = current > best if higher else current < best
+                    # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
+                    tie_loss = row.get("val_loss")
+                    if not improved and current == best and tie_loss is not None and self.monitor != "val_loss":
+                        improved = tie_loss < self.best_loss
                     if improved:
                         best, bad_epochs = current, 0
+                        self.best_loss = tie_loss if tie_loss is not None else math.inf
                     else:
                         bad_epochs += 1
                     progress.update(bar, metric=f"{self.monitor} {current:.4f}" + (" *" if improved else ""))
