@@ -380,7 +380,10 @@ class Trainer:
             save_training_curves(result.history, result.run_dir / "curves.png")
         if result.best_checkpoint.exists() and self.runner.split_size("test"):
             self.model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-            ev = self.runner.evaluate(self.model, "test", self.precision.autocast)
+            # the precision 'evaluate' and 'predict' run this checkpoint with (bf16 inference on CPUs that
+            # have it, even for models trained in fp32), so the test score printed here is the one they give
+            inference = resolve_precision(self.cfg.precision, self.device)
+            ev = self.runner.evaluate(self.model, "test", inference.autocast)
             result.test_metrics = ev.metrics
         mem = peak_memory_mb(self.device)
         summary = {
