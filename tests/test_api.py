@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
@@ -150,6 +151,41 @@ def test_evaluate_splits(cracks_model: Path, tmp_path: Path):
     assert test["images"] == sizes["test"]
     assert every["images"] == sizes["train"] + sizes["val"] + sizes["test"]
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["images"] == every["images"]
+
+
+@pytest.mark.parametrize("cache", ["auto", "none"])
+def test_evaluate_lists_every_image_mistakes_first(cracks_model: Path, tmp_path: Path, cache: str):
+    import torch
+
+    state = load_checkpoint(cracks_model)
+    if cache == "none":  # the streaming path (datasets too big to cache) gives the same rows
+        state["config"]["cache"] = "none"
+        torch.save(state, tmp_path / "stream.pt")
+        cracks_model = tmp_path / "stream.pt"
+    report = visionlab.evaluate(cracks_model, split="all", out=tmp_path / "e", console=_console())
+    rows = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    assert list(rows.columns) == ["path", "label", "predicted", "confidence", "correct"]
+    assert len(rows) == report["images"] and rows["path"].is_unique
+    assert all(Path(p).is_file() and Path(p).parent.name == label for p, label in zip(rows["path"], rows["label"]))
+    assert (rows["correct"] == (rows["label"] == rows["predicted"])).all()
+    assert rows["correct"].mean() == pytest.approx(report["metrics"]["accuracy"])
+    wrong = rows[~rows["correct"]]
+    assert list(wrong.index) == list(range(len(wrong))), "mistakes come first"
+    assert wrong["confidence"].is_monotonic_decreasing
+    assert rows["confidence"].between(0.5, 1.0).all()  # two classes: the top probability
+    assert report["tta"] == state["preprocessing"].get("tta", "none")
+
+
+def test_evaluate_with_another_tta(cracks_model: Path, tmp_path: Path):
+    plain = visionlab.evaluate(cracks_model, split="all", out=tmp_path / "a", console=_console(), tta="none")
+    flips = visionlab.evaluate(cracks_model, split="all", out=tmp_path / "b", console=_console(), tta="flips")
+    assert (plain["tta"], flips["tta"]) == ("none", "flips")
+    assert plain["images"] == flips["images"]
+    a = pd.read_csv(tmp_path / "a" / "predictions.csv").set_index("path")["confidence"]
+    b = pd.read_csv(tmp_path / "b" / "predictions.csv").set_index("path")["confidence"]
+    assert not np.allclose(a.sort_index().to_numpy(), b.sort_index().to_numpy()), "averaging 4 flips changes the scores"
+    with pytest.raises(VisionlabError, match="unknown tta mode 'spin'"):
+        visionlab.evaluate(cracks_model, tta="spin", console=_console())
 
 
 def test_evaluate_checks_the_task(cracks_model: Path):

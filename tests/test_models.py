@@ -206,6 +206,20 @@ def test_small_cnn_seed_layout_and_init():
     assert float(w.detach().std()) == pytest.approx((2.0 / (32 * 9)) ** 0.5, rel=0.15)
 
 
+def test_maxflatten_keeps_a_small_strong_response():
+    """Max-pooling to the grid passes a one-cell peak on at full strength; averaging dilutes it."""
+    avg = build_model("cracks_cnn", 2, pool="flatten").eval()
+    mx = build_model("cracks_cnn", 2, pool="maxflatten").eval()
+    assert isinstance(mx.pool, torch.nn.AdaptiveMaxPool2d) and mx.pool.output_size == 4
+    assert sum(p.numel() for p in mx.parameters()) == sum(p.numel() for p in avg.parameters())
+    fmap = torch.zeros(1, 128, 16, 16)
+    fmap[0, 5, 3, 3] = 1.0  # a hairline: one active cell of one channel
+    assert float(mx.pool(fmap).max()) == 1.0
+    assert float(avg.pool(fmap).max()) == pytest.approx(1 / 16)
+    with torch.no_grad():
+        assert mx(torch.randn(2, 3, 160, 160)).shape == (2, 2)
+
+
 # --------------------------------------------------------------------------- ResNet18 weights
 
 

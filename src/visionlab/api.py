@@ -84,11 +84,13 @@ def evaluate(
     batch_size: int = 32,
     out: str | os.PathLike | None = None,
     console: Any = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on a split of its data, or on any folder in the task's layout.
 
     With ``data`` pointing at another folder than the training data, the whole folder is the test
-    set (its own test/ split if it has one). Writes metrics.json (and the confusion matrix as CSV
+    set (its own test/ split if it has one). ``tta`` overrides the test-time augmentation saved
+    with the model (none, hflip, flips, d4). Writes metrics.json (and the confusion matrix as CSV
     and PNG) and returns the report.
     """
     from visionlab.config import config_from_dict
@@ -96,6 +98,7 @@ def evaluate(
     from visionlab.engine.device import resolve_device, resolve_precision
     from visionlab.engine.metrics import render_report, write_confusion_csv
     from visionlab.engine.plots import save_confusion_matrix
+    from visionlab.engine.tta import TTA_MODES
     from visionlab.models import build_model
     from visionlab.registry import get_task
     from visionlab.tasks.base import runner_for
@@ -104,6 +107,8 @@ def evaluate(
     _check_batch_size(batch_size)
     if split not in ("test", "val", "train", "all"):
         raise VisionlabError(f"unknown split {split!r}.", "Use test, val, train or all.")
+    if tta is not None and tta not in TTA_MODES:
+        raise VisionlabError(f"unknown tta mode {tta!r}.", f"Use one of {', '.join(TTA_MODES)}.")
     path = _resolve_checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = get_task(state["task"])
@@ -117,6 +122,8 @@ def evaluate(
     dev = resolve_device(device)
     runner = runner_for(cfg, spec, dev)
     runner.fixed_preprocessing = dict(state["preprocessing"])
+    if tta is not None:
+        runner.fixed_preprocessing["tta"] = tta
     runner.prepare(console)
     if list(runner.classes) != list(state["classes"]):
         raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.", "Evaluate on data of the same classes.")
@@ -145,13 +152,23 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(result.report)
     report.update({"task": spec.name, "checkpoint": str(path), "data": cfg.data, "split": split, "synthetic": synthetic,
-                   "images": runner.split_size(split), "seconds": round(seconds, 2)})
+                   "images": runner.split_size(split), "seconds": round(seconds, 2),
+                   "tta": str(runner.preprocessing.get("tta", "none"))})
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
     cm = np.asarray(report.get("confusion_matrix", []))
     if cm.size:
         write_confusion_csv(cm, state["classes"], out_dir / "confusion_matrix.csv")
         save_confusion_matrix(cm, state["classes"], out_dir / "confusion_matrix.png")
-    console.print(f"wrote {out_dir / 'metrics.json'}" + (" and confusion_matrix.csv/png" if cm.size else ""))
+    written = ["metrics.json"] + (["confusion_matrix.csv/png"] if cm.size else [])
+    if result.files:
+        import pandas as pd
+
+        # the mistakes first, most confident first: the photos worth looking at
+        rows = sorted(result.files, key=lambda r: (r["correct"], -r["confidence"]))
+        pd.DataFrame(rows).to_csv(out_dir / "predictions.csv", index=False)
+        wrong = sum(not r["correct"] for r in rows)
+        written.append(f"predictions.csv ({wrong} of {len(rows)} images wrong, listed first)")
+    console.print(f"wrote to {out_dir}: " + ", ".join(written))
     return report
 
 

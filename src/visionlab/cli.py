@@ -166,11 +166,12 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and confusion matrix (default: next to the checkpoint)."),
+    tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip, flips or d4 (default: as saved with the model)."),
 ) -> None:
     """Evaluate a trained model: accuracy, P/R/F1, confusion matrix, ROC AUC; IoU for segmentation."""
     from visionlab.api import evaluate
 
-    evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out)
+    evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out, tta=tta)
 
 
 @app.command("predict")

@@ -76,7 +76,7 @@ class Config:
     grad_clip: float = 0.0
     backbone_lr_scale: float = 1.0  # lr of the pretrained body relative to lr (the new head always gets lr)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
-    tta: str = "none"  # test-time augmentation of classifiers: none | hflip | flips | d4 (saved with the weights)
+    tta: str = "none"  # test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)
     early_stopping: int = 5
     monitor: str = ""
     max_steps_per_epoch: int = 0

@@ -171,7 +171,7 @@ class Predictor:
             w, h = load_image(original).size
             out_size = (h, w)
         probs = predict_probs(self.model, img, self.preprocessing, self.normalize, self.precision.autocast,
-                              channels_last=self.channels_last, out_size=out_size)
+                              channels_last=self.channels_last, out_size=out_size, tta=self.tta)
         channel = probs.argmax(0).cpu().numpy().astype(np.uint8)
         values = np.asarray(self.preprocessing["values"], dtype=np.uint8)
         mask = values[channel]

@@ -39,7 +39,7 @@ from visionlab.models import HALF, register_model
 
 __all__ = ["SmallCNN", "minerals_cnn", "waste_cnn", "cracks_cnn"]
 
-Pool = Literal["gap", "flatten"]
+Pool = Literal["gap", "flatten", "maxflatten"]
 
 
 class SmallCNN(nn.Module):
@@ -51,8 +51,10 @@ class SmallCNN(nn.Module):
         dense: widths of the hidden dense layers (each ReLU + dropout).
         dropout: dropout probability after each hidden dense layer (before the output
             layer when there is none).
-        pool: ``'gap'`` (global average pooling) or ``'flatten'`` (adaptive average pooling to
-            ``flatten_grid`` then flatten, keeping coarse spatial layout).
+        pool: ``'gap'`` (global average pooling), ``'flatten'`` (adaptive average pooling to
+            ``flatten_grid`` then flatten, keeping coarse spatial layout) or ``'maxflatten'``
+            (the same with max-pooling: a small strong response, a hairline crack, is not
+            averaged away).
         input_size: the input size the network is designed for; sets the default
             ``flatten_grid`` and is reported by :func:`visionlab.models.model_defaults`.
         num_classes: outputs of the last layer (logits).
@@ -78,8 +80,8 @@ class SmallCNN(nn.Module):
             raise VisionlabError("SmallCNN needs at least one conv block (channels is empty).")
         if convs_per_block not in (1, 2):
             raise VisionlabError(f"convs_per_block must be 1 or 2, got {convs_per_block!r}.")
-        if pool not in ("gap", "flatten"):
-            raise VisionlabError(f"pool must be 'gap' or 'flatten', got {pool!r}.")
+        if pool not in ("gap", "flatten", "maxflatten"):
+            raise VisionlabError(f"pool must be 'gap', 'flatten' or 'maxflatten', got {pool!r}.")
         if not 0.0 <= dropout < 1.0:
             raise VisionlabError(f"dropout must be in [0, 1), got {dropout!r}.")
         self.input_size = int(input_size)
@@ -99,7 +101,7 @@ class SmallCNN(nn.Module):
             flat = prev
         else:
             grid = flatten_grid or max(1, self.input_size // 2 ** len(channels))
-            self.pool = nn.AdaptiveAvgPool2d(grid)
+            self.pool = nn.AdaptiveAvgPool2d(grid) if pool == "flatten" else nn.AdaptiveMaxPool2d(grid)
             flat = prev * grid * grid
 
         head: list[nn.Module] = [nn.Flatten()]

@@ -30,6 +30,7 @@ class EvalResult:
     metrics: dict[str, float]
     report: dict[str, Any]
     primary: str
+    files: list[dict[str, Any]] | None = None  # one row per image (path, label, predicted, ...)
 
 
 def resolve_data_path(cfg: Config, spec: TaskSpec, classes: list[str]) -> Path:

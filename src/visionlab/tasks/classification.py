@@ -51,19 +51,19 @@ class _StreamDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return torch.from_numpy(load_for_model(self.paths[i], self.pre)), int(self.labels[i])
+            return torch.from_numpy(load_for_model(self.paths[i], self.pre)), int(self.labels[i]), str(self.paths[i])
         except Exception:
             return str(self.paths[i])
 
 
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack the readable items; the paths of unreadable ones come back as the third element."""
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Stack the readable items: (images, labels, paths of unreadable files, paths of the images)."""
     failed = [it for it in items if isinstance(it, str)]
     items = [it for it in items if not isinstance(it, str)]
     if not items:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failed
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failed, []
     x = torch.stack([it[0] for it in items]).permute(0, 3, 1, 2)
-    return x, torch.tensor([it[1] for it in items], dtype=torch.long), failed
+    return x, torch.tensor([it[1] for it in items], dtype=torch.long), failed, [it[2] for it in items]
 
 
 class ClassificationRunner(TaskRunner):
@@ -196,22 +196,24 @@ class ClassificationRunner(TaskRunner):
             self._weights = self.class_weight_tensor()
         return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, split: str, batch_size: int, with_paths: bool = False) -> Iterator[tuple]:
+        """(images, labels) batches of a split, in order; ``with_paths`` adds the files' paths."""
         idx = self.splits[split]
         labels = torch.from_numpy(self.labels)
         if self.cache is not None:
             for chunk in self.iter_chunks(idx, batch_size):
-                yield self._gather(chunk), labels[torch.from_numpy(chunk)]
+                batch = (self._gather(chunk), labels[torch.from_numpy(chunk)])
+                yield batch + ([str(self.index.paths[i]) for i in chunk],) if with_paths else batch
             return
         loader = torch.utils.data.DataLoader(
             _StreamDataset([self.index.paths[i] for i in idx], self.labels[idx], self.preprocessing),
             batch_size=batch_size, collate_fn=_collate, num_workers=default_workers(self.cfg, self.device))
         for batch in loader:
-            yield self._note_failed(batch)
+            yield self._note_failed(batch) + ((batch[3],) if with_paths else ())
 
     def _note_failed(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Streaming: record unreadable files as they are met (saved in checkpoints' data info)."""
-        x, y, failed = batch
+        x, y, failed = batch[:3]
         known = self.data_info["unreadable"]
         known += [f for f in failed if f not in known]
         return x, y
@@ -223,7 +225,8 @@ class ClassificationRunner(TaskRunner):
         meter = ClassificationMeter(len(self.classes))
         model.eval()
         total, n = 0.0, 0
-        for x, y in self.eval_batches(split, batch_size or max(self.cfg.batch_size, 64)):
+        rows: list[dict[str, Any]] = []
+        for x, y, paths in self.eval_batches(split, batch_size or max(self.cfg.batch_size, 64), with_paths=True):
             if len(y) == 0:
                 continue
             x = self.on_device(x.to(self.device, non_blocking=True), train=False)
@@ -232,9 +235,13 @@ class ClassificationRunner(TaskRunner):
             total += float(F.cross_entropy(out, y, reduction="sum"))
             n += len(y)
             meter.update(out, y)
+            conf, pred = out.softmax(1).max(1)
+            for path, t, p, c in zip(paths, y.tolist(), pred.tolist(), conf.tolist()):
+                rows.append({"path": path, "label": self.classes[t], "predicted": self.classes[p],
+                             "confidence": round(float(c), 4), "correct": t == p})
         if n == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}
         metrics["loss"] = total / n
         report = meter.report(self.classes)
-        return EvalResult(metrics, report, self.primary)
+        return EvalResult(metrics, report, self.primary, rows)

@@ -51,6 +51,7 @@ def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> dict[str, 
         "colors": [c.color for c in index.classes],
         "ignore_index": int(index.ignore_index),
         "ignored_values": ignored,
+        "tta": str(cfg.tta),
     }
 
 
@@ -63,20 +64,24 @@ def predict_probs(
     batch_size: int = 8,
     channels_last: bool = False,
     out_size: tuple[int, int] | None = None,
+    tta: str | None = None,
 ) -> torch.Tensor:
     """(C, H, W) class probabilities of one preprocessed uint8 image by blended tiles,
-    resized (bilinear, on probabilities) to ``out_size`` = (H, W) of the original image."""
+    resized (bilinear, on probabilities) to ``out_size`` = (H, W) of the original image.
+    ``tta`` (default: the preprocessing's) averages flipped/rotated views of every tile."""
     from visionlab.engine.tiling import predict_tiled
+    from visionlab.engine.tta import tta_dense_logits
 
     device = normalize.mean.device
     x = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device))[0]
     n_classes = len(pre["values"])
 
+    mode = str(pre.get("tta", "none")) if tta is None else tta
+
     def forward(b: torch.Tensor) -> torch.Tensor:
         if channels_last:
             b = b.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            return model(b)
+        return tta_dense_logits(model, b, mode, autocast)
 
     probs = predict_tiled(forward, x, n_classes, int(pre["tile_size"]), float(pre["tile_overlap"]), batch_size)
     if out_size is not None and tuple(probs.shape[1:]) != tuple(out_size):
@@ -143,9 +148,6 @@ class SegmentationRunner(TaskRunner):
 
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        if cfg.tta != "none":
-            raise VisionlabError(f"tta={cfg.tta} applies to classifiers; segmentation blends overlapping tiles instead.",
-                                 "Remove tta from the config, or set tta=none.")
         root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
