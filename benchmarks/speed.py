@@ -20,7 +20,7 @@ when present, else synthetic images made by :mod:`visionlab.data.synthetic`), wi
 2. prediction over a folder: ``visionlab.load(ckpt).predict(files)`` (batched) against a loop that
    opens, transforms and runs one image at a time (fp32, as a notebook would);
 3. time to reach 97 % held-out (validation) accuracy on cracks from scratch with
-   ``configs/cracks-scratch.yaml`` (training seconds read from the run's ``metrics.csv``), and the
+   ``configs/cracks-scratch-fast.yaml`` (training seconds read from the run's ``metrics.csv``), and the
    test accuracy of that run;
 4. CLI start-up: ``visionlab --help`` against ``python -c "import torch"``.
 
@@ -559,8 +559,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--config", type=Path, default=None,
                    help="recipe of section 1 (default: configs/cracks.yaml, the task's own, with model cracks_cnn)")
-    p.add_argument("--scratch-config", type=Path, default=REPO / "configs" / "cracks-scratch.yaml",
-                   help="recipe of section 3 (default: configs/cracks-scratch.yaml)")
+    p.add_argument("--scratch-config", type=Path, default=REPO / "configs" / "cracks-scratch-fast.yaml",
+                   help="recipe of section 3 (default: configs/cracks-scratch-fast.yaml)")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data, few steps: a smoke test, not a measurement")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
