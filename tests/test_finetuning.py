@@ -11,7 +11,7 @@ import visionlab
 from visionlab.config import load_config
 from visionlab.engine.checkpoint import load_checkpoint
 from visionlab.engine.trainer import ModelEma, backbone_parameters, build_optimizer
-from visionlab.engine.tta import tta_dense_logits, tta_logits, tta_views
+from visionlab.engine.tta import tta_logits, tta_views
 from visionlab.errors import VisionlabError
 from visionlab.models import build_model
 
@@ -48,19 +48,27 @@ def test_tta_logits_average_probabilities_of_the_views():
     assert torch.allclose(got.sum(1), torch.ones(3))
 
 
-def test_tta_travels_with_the_checkpoint_and_changes_scores(cls_folder: Path, fast):
-    opts = fast("cracks", model="cracks_cnn", model_args={}, image_size=24, val_fraction=0.0, test_fraction=0.0, tta="flips")
-    result = visionlab.train("cracks", data=cls_folder, **opts)
-    state = load_checkpoint(result.best_checkpoint)
-    assert state["preprocessing"]["tta"] == "flips"
+@pytest.mark.parametrize("task,mode", [("cracks", "flips"), ("landcover", "d4")])
+def test_tta_travels_with_the_checkpoint_and_changes_scores(task: str, mode: str, cls_folder: Path, seg_folder: Path, fast):
+    if task == "cracks":
+        data, image = cls_folder, next((cls_folder / "zebra").iterdir())
+        opts = fast(task, model="cracks_cnn", model_args={}, image_size=24, val_fraction=0.0, test_fraction=0.0, tta=mode)
+    else:
+        data, image = seg_folder, next((seg_folder / "images").iterdir())
+        opts = fast(task, ignore_classes=[], tta=mode)
+    result = visionlab.train(task, data=data, **opts)
+    assert load_checkpoint(result.best_checkpoint)["preprocessing"]["tta"] == mode
     predictor = visionlab.load(result.best_checkpoint)
-    assert predictor.tta == "flips"
-    image = next((cls_folder / "zebra").iterdir())
+    assert predictor.tta == mode
     with_tta = predictor.predict(image)[0]
     predictor.tta = "none"
     without = predictor.predict(image)[0]
     # the mean over flips of a (not flip-invariant) CNN is not its plain output
-    assert with_tta.confidence != pytest.approx(without.confidence, abs=1e-7)
+    if task == "cracks":
+        assert with_tta.confidence != pytest.approx(without.confidence, abs=1e-7)
+    else:
+        assert with_tta.mask.shape == without.mask.shape
+        assert with_tta.class_shares != without.class_shares or not (with_tta.mask == without.mask).all()
 
 
 @pytest.mark.parametrize("mode,count", [("hflip", 2), ("flips", 4), ("d4", 8)])
@@ -69,14 +77,14 @@ def test_dense_tta_maps_every_view_back_onto_the_input(mode: str, count: int):
     model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()  # equivariant only to translations
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(tta_dense_logits(model, x, "none"), model(x))
-        got = tta_dense_logits(model, x, mode).softmax(1)
+        assert torch.allclose(tta_logits(model, x, "none", dense=True), model(x))
+        got = tta_logits(model, x, mode, dense=True).softmax(1)
         views = tta_views(x, mode)
         assert len(views) == count
     # a per-pixel model (1x1 conv) commutes with every flip and rotation: TTA changes nothing
     pointwise = torch.nn.Conv2d(3, 4, 1).eval()
     with torch.no_grad():
-        assert torch.allclose(tta_dense_logits(pointwise, x, mode).softmax(1), pointwise(x).softmax(1), atol=1e-5)
+        assert torch.allclose(tta_logits(pointwise, x, mode, dense=True).softmax(1), pointwise(x).softmax(1), atol=1e-5)
     assert got.shape == (2, 4, 8, 8)
     assert torch.allclose(got.sum(1), torch.ones(2, 8, 8), atol=1e-5)
     # hflip by hand: the mirrored view's map is mirrored back before averaging
@@ -84,20 +92,6 @@ def test_dense_tta_maps_every_view_back_onto_the_input(mode: str, count: int):
         with torch.no_grad():
             expected = (model(x).softmax(1) + model(x.flip(3)).softmax(1).flip(3)) / 2
         assert torch.allclose(got, expected, atol=1e-6)
-
-
-def test_segmentation_tta_travels_with_the_checkpoint(seg_folder: Path, fast):
-    result = visionlab.train("landcover", data=seg_folder, **fast("landcover", ignore_classes=[], tta="d4"))
-    state = load_checkpoint(result.best_checkpoint)
-    assert state["preprocessing"]["tta"] == "d4"
-    predictor = visionlab.load(result.best_checkpoint)
-    assert predictor.tta == "d4"
-    image = next((seg_folder / "images").iterdir())
-    with_tta = predictor.predict(image)[0]
-    predictor.tta = "none"
-    without = predictor.predict(image)[0]
-    assert with_tta.mask.shape == without.mask.shape
-    assert with_tta.class_shares != without.class_shares or not (with_tta.mask == without.mask).all()
 
 
 def test_unknown_tta_mode_is_a_config_error():

@@ -4,7 +4,7 @@
 and both flips (4 views); ``d4`` all 8 rotations and reflections of the square (for photos with
 no up or down: minerals, textures, aerial views). The mode is saved in a checkpoint's
 preprocessing, so ``evaluate`` and ``predict`` score exactly what validation scored.
-Segmentation (:func:`tta_dense_logits`) maps each view's per-pixel probabilities back onto the
+Segmentation (``tta_logits(..., dense=True)``) maps each view's per-pixel probabilities back onto the
 input before averaging; it runs per tile, inside the blended sliding window.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["TTA_MODES", "tta_views", "tta_logits", "tta_dense_logits"]
+__all__ = ["TTA_MODES", "tta_views", "tta_logits"]
 
 TTA_MODES = ("none", "hflip", "flips", "d4")
 
@@ -54,29 +54,13 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "none",
-               autocast: Callable[[], Any] | None = None) -> torch.Tensor:
+               autocast: Callable[[], Any] | None = None, dense: bool = False) -> torch.Tensor:
     """Float32 scores of ``x``: the model's logits for ``none``, otherwise the log of the views'
-    mean softmax, so ``softmax``/``argmax``/cross-entropy of the result mean what they say."""
-    from contextlib import nullcontext
+    mean softmax, so ``softmax``/``argmax``/cross-entropy of the result mean what they say.
 
-    ctx = autocast or nullcontext
-    if mode == "none":
-        with ctx():
-            return model(x).float()
-    views = tta_views(x, mode)
-    probs = None
-    for v in views:
-        with ctx():
-            p = model(v).float().softmax(1)
-        probs = p if probs is None else probs.add_(p)
-    return probs.div_(len(views)).clamp_min_(1e-12).log_()
-
-
-def tta_dense_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "none",
-                     autocast: Callable[[], Any] | None = None) -> torch.Tensor:
-    """Float32 per-pixel scores of ``x`` (B, C, H, W) for segmentation: each view's softmax is
-    mapped back to the input's geometry before averaging; the log of the mean is returned
-    (the model's logits for ``none``)."""
+    ``dense=True`` is for per-pixel outputs (B, C, H, W): each view's probabilities are mapped
+    back onto the input's geometry before averaging.
+    """
     from contextlib import nullcontext
 
     ctx = autocast or nullcontext
@@ -87,6 +71,8 @@ def tta_dense_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     probs = None
     for fwd, inv in ops:
         with ctx():
-            p = inv(model(_like(fwd(x), x)).float().softmax(1))
+            p = model(_like(fwd(x), x)).float().softmax(1)
+        if dense:
+            p = inv(p)
         probs = p if probs is None else probs.add_(p)
     return probs.div_(len(ops)).clamp_min_(1e-12).log_()

@@ -70,7 +70,7 @@ def predict_probs(
     resized (bilinear, on probabilities) to ``out_size`` = (H, W) of the original image.
     ``tta`` (default: the preprocessing's) averages flipped/rotated views of every tile."""
     from visionlab.engine.tiling import predict_tiled
-    from visionlab.engine.tta import tta_dense_logits
+    from visionlab.engine.tta import tta_logits
 
     device = normalize.mean.device
     x = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device))[0]
@@ -81,7 +81,7 @@ def predict_probs(
     def forward(b: torch.Tensor) -> torch.Tensor:
         if channels_last:
             b = b.contiguous(memory_format=torch.channels_last)
-        return tta_dense_logits(model, b, mode, autocast)
+        return tta_logits(model, b, mode, autocast, dense=True)
 
     probs = predict_tiled(forward, x, n_classes, int(pre["tile_size"]), float(pre["tile_overlap"]), batch_size)
     if out_size is not None and tuple(probs.shape[1:]) != tuple(out_size):
