@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from visionlab.config import AUGMENT_DEFAULTS, load_config
@@ -236,9 +237,43 @@ def test_augmented_training_crops_keep_mask_values(seg_folder: Path):
     assert not all(torch.equal(ds[i][0], other_epoch[i][0]) for i in range(4))
 
 
+def test_segmentation_zoom_resamples_image_and_mask_together(seg_folder: Path):
+    from visionlab.tasks.segmentation import _CropDataset
+
+    plain = {k: (False if isinstance(v, bool) else 0.0) for k, v in AUGMENT_DEFAULTS.items() if k != "scale"}
+    runner = _seg_runner(seg_folder, augment={**plain, "scale": [0.5, 0.5]})
+    zoom_in = _CropDataset(runner, runner.splits["train"], epoch=0)
+    for i in range(len(zoom_in)):
+        x, y = zoom_in[i]
+        assert x.shape == (3, 32, 32) and y.shape == (32, 32)
+        # a 16 px region enlarged to 32 px: the mask is nearest-neighbour, made of 2x2 blocks
+        assert torch.equal(y, y[::2, ::2].repeat_interleave(2, 0).repeat_interleave(2, 1))
+    runner = _seg_runner(seg_folder, augment={**plain, "scale": [2.0, 2.0]})
+    zoom_out = _CropDataset(runner, runner.splits["train"], epoch=0)
+    for i in range(len(zoom_out)):
+        x, y = zoom_out[i]
+        assert x.shape == (3, 32, 32) and y.shape == (32, 32)  # a 64 px region shrunk to the tile
+        assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
+
+
 def test_ignored_classes_map_to_the_ignore_index(seg_folder: Path):
     runner = _seg_runner(seg_folder, ignore_classes=["water"])
     _, mask = runner.train_pair(0)
     assert 1 not in np.unique(mask)  # 'water' (value 1) is ignored like 255
     raw = np.array(Image.open(seg_folder / "masks" / "tile_0.png"))
     assert ((mask == 255) == ((raw == 1) | (raw == 255))).all()
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal", "focal+dice", "ce+dice", "focal+lovasz", "ce+lovasz"])
+def test_segmentation_losses_ignore_unlabelled_pixels_and_reward_the_truth(seg_folder: Path, loss: str):
+    runner = _seg_runner(seg_folder, loss=loss)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (2, 16, 16), generator=g)
+    target[:, :4] = runner.ignore_index  # a band of unlabelled pixels
+    noise = torch.randn(2, 3, 16, 16, generator=g)
+    right = F.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 8.0
+    random_loss, right_loss = float(runner.loss(noise, target)), float(runner.loss(right, target))
+    assert np.isfinite(random_loss) and right_loss < 0.5 * random_loss
+    changed = noise.clone()
+    changed[:, :, :4] = torch.randn(2, 3, 4, 16, generator=g) * 10  # only where the mask says 'unlabelled'
+    assert float(runner.loss(changed, target)) == pytest.approx(random_loss, rel=1e-5)

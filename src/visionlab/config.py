@@ -26,7 +26,8 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "vflip": False,       # random vertical flip
     "rot90": False,       # random multiples of 90 degrees (aerial / texture data)
     "rotate": 0.0,        # max random rotation, degrees
-    "scale": [0.85, 1.0],  # random zoom: fraction of the image kept (1.0 = none)
+    "scale": [0.85, 1.0],  # random zoom: fraction of the side kept (1.0 = none); segmentation: side of the
+                           # region that fills a crop, relative to tile_size (> 1 zooms out)
     "translate": 0.05,    # max random shift, fraction of the size
     "brightness": 0.2,    # colour jitter strengths (0 = off)
     "contrast": 0.2,
@@ -41,7 +42,7 @@ _CHOICES = {
     "cache": ("auto", "memory", "disk", "none"),
     "class_weights": ("none", "balanced"),
     "sampler": ("none", "balanced"),
-    "loss": ("ce", "focal", "focal+dice", "ce+dice"),
+    "loss": ("ce", "focal", "focal+dice", "ce+dice", "focal+lovasz", "ce+lovasz"),
     "tta": ("none", "hflip", "flips", "d4"),
 }
 

@@ -113,13 +113,14 @@ class _CropDataset(torch.utils.data.Dataset):
         if any(jitter):
             ops.append(A.ColorJitter(brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=min(0.5, jitter[3]), p=0.8))
         self.transform = A.Compose(ops)
+        lo_hi = aug.get("scale", [1.0, 1.0])
+        self.zoom = (float(lo_hi[0]), float(lo_hi[1])) if isinstance(lo_hi, (list, tuple)) else (float(lo_hi), 1.0)
 
     def __len__(self) -> int:
         return len(self.indices) * self.r.cfg.crops_per_image
 
-    def _crop_origin(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    def _crop_origin(self, mask: np.ndarray, rng: np.random.Generator, t: int) -> tuple[int, int]:
         h, w = mask.shape
-        t = self.tile
         if self.r.cfg.sampler == "balanced" and rng.random() < 0.5:
             present = [c for c in np.unique(mask[:: 8, :: 8]) if c != self.r.ignore_index]
             if present:
@@ -134,11 +135,21 @@ class _CropDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.r.cfg.seed, self.epoch, i))
         k = int(self.indices[i // self.r.cfg.crops_per_image])
         img, mask = self.r.train_pair(k)
-        y, x = self._crop_origin(mask, rng)
         t = self.tile
+        # augment 'scale': the side of the region that fills the crop, relative to tile_size
+        # (< 1 zooms in, > 1 zooms out); the mask is resized with nearest neighbour only.
+        c = t if self.zoom == (1.0, 1.0) else max(8, round(t * rng.uniform(*self.zoom)))
+        y, x = self._crop_origin(mask, rng, c)
+        img, mask = img[y : y + c, x : x + c], mask[y : y + c, x : x + c]
+        if c != t:
+            import cv2
+
+            size = (max(1, round(img.shape[1] * t / c)), max(1, round(img.shape[0] * t / c)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if c > t else cv2.INTER_LINEAR)
+            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         if hasattr(self.transform, "set_random_seed"):  # albumentations 2: its own RNG, unseeded by default
             self.transform.set_random_seed(int(rng.integers(2**31)))  # same seed, same crops and augmentation
-        out = self.transform(image=img[y : y + t, x : x + t], mask=mask[y : y + t, x : x + t])
+        out = self.transform(image=img, mask=mask)
         return torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1), torch.from_numpy(out["mask"].astype(np.int64))
 
 
@@ -246,7 +257,7 @@ class SegmentationRunner(TaskRunner):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "_loss_fns"):
-            from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+            from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 
             parts = self.cfg.loss.split("+")
             fns = []
@@ -258,6 +269,8 @@ class SegmentationRunner(TaskRunner):
                     fns.append(FocalLoss(mode="multiclass", gamma=self.cfg.focal_gamma, ignore_index=self.ignore_index))
                 elif p == "dice":
                     fns.append(DiceLoss(mode="multiclass", ignore_index=self.ignore_index, from_logits=True))
+                elif p == "lovasz":  # Lovasz-softmax: a convex surrogate of per-class IoU (Berman et al. 2018)
+                    fns.append(LovaszLoss(mode="multiclass", ignore_index=self.ignore_index, from_logits=True))
             self._loss_fns = fns
         output = output.float()
         return sum(fn(output, target) for fn in self._loss_fns)
