@@ -211,10 +211,13 @@ def test_bad_set_key():
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "epoch=3"), "'epoch'", "Did you mean 'epochs'?", "Valid keys")
 
 
-def test_bad_set_values():
+def test_bad_set_values(runs_dir: Path):
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "augment.rotate=abc"), "rotate")
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "optimizer=adam"), "adamw, sgd")
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "lr"), "key=value")
+    # a segmentation loss on a classifier is refused, not silently ignored
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", "synthetic", "--out", runs_dir, "--set", "loss=focal"),
+                          "loss='focal' is a segmentation loss", "label_smoothing")
 
 
 def test_folder_with_no_images(tmp_path: Path, runs_dir: Path):

@@ -72,6 +72,11 @@ class ClassificationRunner(TaskRunner):
 
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
+        if cfg.loss != "ce" and self.fixed_preprocessing is None:  # training (evaluating a saved model never trains)
+            raise VisionlabError(
+                f"loss={cfg.loss!r} is a segmentation loss; {self.spec.name} is a classifier and trains with cross-entropy.",
+                "Remove 'loss' (or set loss=ce); use label_smoothing and class_weights to shape the classifier's loss.",
+            )
         wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
         root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
         self.index: ClassificationIndex = find_classification(root, wanted)
