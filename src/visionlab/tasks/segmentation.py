@@ -113,8 +113,7 @@ class _CropDataset(torch.utils.data.Dataset):
         if any(jitter):
             ops.append(A.ColorJitter(brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=min(0.5, jitter[3]), p=0.8))
         self.transform = A.Compose(ops)
-        lo_hi = aug.get("scale", [1.0, 1.0])
-        self.zoom = (float(lo_hi[0]), float(lo_hi[1])) if isinstance(lo_hi, (list, tuple)) else (float(lo_hi), 1.0)
+        self.zoom = tuple(float(v) for v in aug.get("scale", (1.0, 1.0)))  # [min, max], validated by the config
 
     def __len__(self) -> int:
         return len(self.indices) * self.r.cfg.crops_per_image
@@ -146,7 +145,7 @@ class _CropDataset(torch.utils.data.Dataset):
 
             size = (max(1, round(img.shape[1] * t / c)), max(1, round(img.shape[0] * t / c)))
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if c > t else cv2.INTER_LINEAR)
-            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+            mask = resize_mask(mask, size)
         if hasattr(self.transform, "set_random_seed"):  # albumentations 2: its own RNG, unseeded by default
             self.transform.set_random_seed(int(rng.integers(2**31)))  # same seed, same crops and augmentation
         out = self.transform(image=img, mask=mask)
