@@ -88,6 +88,19 @@ def test_train_with_a_config_file_and_augment_override(runs_dir: Path, tmp_path:
     assert "lr: 0.01" in saved and "hflip: false" in saved and "model_args: {}" in saved
 
 
+def test_train_with_mixup_and_cutmix(runs_dir: Path):
+    result = invoke("train", "--task", "cracks", "--data", "synthetic", *FAST, "--set", "mixup=0.4", "--set", "cutmix=1.0",
+                    "--out", runs_dir, "--name", "mix")
+    assert result.exit_code == 0, result.output
+    rows = (runs_dir / "cracks" / "mix" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "nan" not in rows[1]
+    assert "mixup: 0.4" in (runs_dir / "cracks" / "mix" / "config.yaml").read_text()
+    # segmentation has no image-level label to mix: refused in one line
+    assert_one_line_error(invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "cutmix=1"),
+                          "apply to classifiers", "cutmix")
+    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "mixup=-1"), "mixup and cutmix")
+
+
 def test_evaluate_a_checkpoint(trained: Path, tmp_path: Path):
     result = invoke("evaluate", "--checkpoint", trained, "--out", tmp_path / "ev", "--split", "val")
     assert result.exit_code == 0, result.output

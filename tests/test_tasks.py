@@ -267,3 +267,26 @@ def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(make_cls_f
     state = load_checkpoint(result.best_checkpoint)
     assert state["epoch"] == epoch, rows
     assert state["best_metric"] == best_acc and state["best_loss"] == pytest.approx(-neg_loss)
+
+
+def test_without_a_validation_split_best_is_the_lowest_training_loss(make_cls_folder, fast):
+    folder = make_cls_folder("noval", per_class=8)
+    opts = fast("cracks", model="cracks_cnn", model_args={}, image_size=24, epochs=3, max_steps_per_epoch=2, batch_size=4,
+                val_fraction=0.0, test_fraction=0.0)
+    result = visionlab.train("cracks", data=folder, **opts)
+    assert result.monitor == "train_loss"
+    assert all("val_accuracy" not in h for h in result.history)
+    losses = [h["train_loss"] for h in result.history]
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["epoch"] == 1 + losses.index(min(losses)) and state["best_metric"] == pytest.approx(min(losses))
+
+
+def test_a_monitor_that_is_not_measured_stops_with_the_epoch_saved(make_cls_folder, fast):
+    folder = make_cls_folder("badmon", per_class=8)
+    opts = fast("cracks", model="cracks_cnn", model_args={}, image_size=24, epochs=3, max_steps_per_epoch=1, batch_size=4,
+                val_fraction=0.25, test_fraction=0.0, monitor="val_acc", name="badmon")
+    with pytest.raises(VisionlabError, match="monitor='val_acc' is not measured") as err:
+        visionlab.train("cracks", data=folder, **opts)
+    assert "val_accuracy" in err.value.hint
+    last = Path(opts["out"]) / "cracks" / "badmon" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1

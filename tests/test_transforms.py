@@ -13,7 +13,7 @@ from PIL import Image
 
 from visionlab.config import AUGMENT_DEFAULTS, load_config
 from visionlab.data.io import resize_mask
-from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, to_float
+from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch, to_float
 from visionlab.registry import get_task
 from visionlab.tasks.base import runner_for
 
@@ -89,6 +89,55 @@ def test_colour_jitter_keeps_the_geometry():
     torch.manual_seed(4)
     y = BatchAugment({**OFF, "brightness": 0.3, "contrast": 0.3, "saturation": 0.3})(x)
     assert (y[:, :, :, :6].mean(dim=(1, 2, 3)) > y[:, :, :, 6:].mean(dim=(1, 2, 3))).all()
+
+
+def _labelled_constant_images(n: int = 8, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i is filled with the value i and labelled class i: a mixed pixel tells whose it is."""
+    y = torch.arange(n)
+    return y.float().view(-1, 1, 1, 1).expand(n, 3, size, size).contiguous(), y
+
+
+def test_mix_batch_off_gives_the_batch_and_one_hot_targets():
+    x, y = _labelled_constant_images()
+    out, t = mix_batch(x, y, 8)
+    assert torch.equal(out, x) and torch.equal(t, F.one_hot(y, 8).float())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mixup_weights_images_and_labels_alike(seed: int):
+    x, y = _labelled_constant_images()
+    torch.manual_seed(seed)
+    out, t = mix_batch(x, y, 8, mixup=0.4)
+    assert torch.allclose(t.sum(1), torch.ones(8))
+    assert (t.max(1).values < 1).any(), "nothing was mixed"
+    # every pixel of image i is the label-weighted average of the two images' values
+    expected = (t * torch.arange(8.0)).sum(1)
+    assert torch.allclose(out, expected.view(-1, 1, 1, 1).expand_as(out), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cutmix_label_weights_are_the_pasted_areas(seed: int):
+    x, y = _labelled_constant_images(size=24)
+    torch.manual_seed(seed)
+    out, t = mix_batch(x, y, 8, cutmix=1.0)
+    assert torch.allclose(t.sum(1), torch.ones(8))
+    for i in range(8):
+        values, counts = out[i, 0].unique(return_counts=True)
+        share = dict(zip(values.long().tolist(), (counts.float() / out[i, 0].numel()).tolist()))
+        assert set(share) <= set(torch.nonzero(t[i]).flatten().tolist()) | {i}  # only this image and its partner
+        for c, frac in share.items():
+            assert abs(t[i, c].item() - frac) < 1e-6, (i, c, frac, t[i])
+        assert torch.equal(out[i, 0], out[i, 1]) and torch.equal(out[i, 0], out[i, 2])  # one box for all channels
+
+
+def test_mixup_and_cutmix_together_use_both():
+    x, y = _labelled_constant_images()
+    kinds = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out, _ = mix_batch(x, y, 8, mixup=0.4, cutmix=1.0)
+        kinds.add("cutmix" if torch.equal(out, out.round()) else "mixup")  # CutMix only moves whole pixels
+    assert kinds == {"mixup", "cutmix"}
 
 
 def test_normalize_uses_mean_and_std():

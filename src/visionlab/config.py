@@ -72,6 +72,8 @@ class Config:
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup between pairs of training images (0 = off; classifiers)
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0 = off); with mixup too, each batch takes one of the two
     class_weights: str = "none"
     sampler: str = "none"
     grad_clip: float = 0.0
@@ -223,6 +225,7 @@ def _validate(cfg: Config) -> Config:
         (0.05 <= cfg.seg_scale <= 4, "seg_scale must be in [0.05, 4]"),
         (0 < cfg.backbone_lr_scale <= 10, "backbone_lr_scale must be in (0, 10]"),
         (0 <= cfg.ema < 1, "ema must be in [0, 1) (0 = off; 0.99-0.9999 usual)"),
+        (0 <= cfg.mixup <= 10 and 0 <= cfg.cutmix <= 10, "mixup and cutmix are Beta alphas in [0, 10] (0 = off; 0.2-1 usual)"),
     ]
     for ok, msg in checks:
         if not ok:

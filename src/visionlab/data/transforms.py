@@ -175,3 +175,36 @@ class BatchAugment(torch.nn.Module):
         x = to_float(x)
         x = self._geometric(x)
         return self._colour(x)
+
+
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix of a training batch with a shuffled copy of itself (Zhang et al. 2018; Yun et al. 2019).
+
+    ``mixup``/``cutmix`` are the alphas of the Beta distribution the mixing weight is drawn from
+    (0 = off). With both on, each batch uses one of them, chosen by a coin flip (as timm does).
+    CutMix pastes one rectangle of the partner image and weights the labels by the area actually
+    pasted (after clipping at the border). Returns the mixed batch and soft targets
+    ``(N, num_classes)`` that sum to 1, for ``F.cross_entropy`` with probability targets.
+    """
+    target = F.one_hot(y.long(), num_classes).to(torch.float32)
+    if (mixup <= 0 and cutmix <= 0) or x.shape[0] < 2:
+        return x, target
+    use_cut = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
+    alpha = cutmix if use_cut else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if use_cut:
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(round(h * cut)), int(round(w * cut))
+        cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+    else:
+        x = x.mul(lam).add_(x[perm], alpha=1.0 - lam)
+    return x, target.mul(lam).add_(target[perm], alpha=1.0 - lam)

@@ -251,6 +251,11 @@ class Trainer:
             run_dir = path.parent
         self._setup(state)
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
+        if self.monitor.startswith("val_") and not self.runner.split_size("val"):
+            # nothing to validate on (val_fraction 0 and no val/ folder): say what picks best.pt instead
+            self.console.print(f"[yellow]no validation split[/]: {self.monitor} cannot be measured; best.pt is the epoch "
+                               "with the lowest training loss (with EMA and a cosine schedule, usually the last)")
+            self.monitor = "train_loss"
         higher = not self.monitor.endswith("loss")
         start_epoch, best, bad_epochs, history = 0, -math.inf if higher else math.inf, 0, []
         self.best_loss = math.inf  # validation loss of the best epoch, which breaks ties of the monitored metric
@@ -299,6 +304,7 @@ class Trainer:
                             continue
                         x = self.runner.on_device(x.to(self.device, non_blocking=True), train=True)
                         y = y.to(self.device, non_blocking=True)
+                        x, y = self.runner.mix(x, y)
                         with self.precision.autocast():
                             out = self.forward(x)
                         loss = self.runner.loss(out, y)
@@ -329,7 +335,13 @@ class Trainer:
                         row.update({f"val_{k}": v for k, v in ev.metrics.items()})
                     history.append(row)
                     self._append_csv(csv_path, row)
-                    current = row.get(self.monitor, -row["train_loss"] if higher else row["train_loss"])
+                    if self.monitor not in row:
+                        save_checkpoint(self._state(epoch + 1, best, bad_epochs, history), last_path)
+                        raise VisionlabError(
+                            f"monitor={self.monitor!r} is not measured by {self.spec.name}; epoch {epoch + 1} is saved in {last_path}.",
+                            f"Use one of {', '.join(k for k in row if k.startswith(('val_', 'train_loss')))} "
+                            f"(--set monitor=...), and --resume {last_path} to go on.")
+                    current = row[self.monitor]
                     improved = current > best if higher else current < best
                     # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
                     tie_loss = row.get("val_loss")

@@ -115,6 +115,10 @@ class TaskRunner(ABC):
     def on_device(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 batch already on the device -> normalised float input (augmented when train)."""
 
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch-level mixing of a normalised training batch (mixup/CutMix); identity by default."""
+        return x, y
+
     @abstractmethod
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.layout import ClassificationIndex, find_classification
-from visionlab.data.transforms import BatchAugment, Normalize, load_for_model
+from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
@@ -189,6 +189,11 @@ class ClassificationRunner(TaskRunner):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.mixup <= 0 and self.cfg.cutmix <= 0:
+            return x, y
+        return mix_batch(x, y, len(self.classes), self.cfg.mixup, self.cfg.cutmix)
+
     def class_weight_tensor(self) -> torch.Tensor | None:
         if self.cfg.class_weights != "balanced":
             return None
@@ -197,6 +202,7 @@ class ClassificationRunner(TaskRunner):
         return torch.tensor(w, dtype=torch.float32, device=self.device)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy; ``target`` holds class indices, or class probabilities after mixup/CutMix."""
         if not hasattr(self, "_weights"):
             self._weights = self.class_weight_tensor()
         return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)

@@ -158,6 +158,11 @@ class SegmentationRunner(TaskRunner):
 
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
+        if (cfg.mixup > 0 or cfg.cutmix > 0) and self.fixed_preprocessing is None:
+            raise VisionlabError(
+                "mixup and cutmix mix the labels of whole images; they apply to classifiers, not segmentation.",
+                "Remove 'mixup'/'cutmix' (or set them to 0) for a segmentation task.",
+            )
         root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
