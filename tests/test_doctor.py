@@ -177,8 +177,10 @@ def test_planted_classification_faults_are_found(faulty):
     assert f.severity == "error" and f.files == [s("truncated")]
     f = _only(r, "not_an_image")
     assert f.severity == "error" and f.files == [s("text")]
+    assert f.message.startswith("1 file is not an image") and "training skips them" in f.message  # what training does
     f = _only(r, "extension_mismatch")
     assert f.severity == "warning" and f.files == [s("png_as_jpg")] and "PNG named .jpg" in f.message
+    assert f.message.startswith("1 file holds ")
     f = _only(r, "tiny_image")
     assert f.severity == "warning" and f.files == [s("tiny")] and "20x16" in f.message
     assert _only(r, "mode_rgba").files == [s("rgba")]

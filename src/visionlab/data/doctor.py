@@ -302,6 +302,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _says(n: int, word: str, verb: str) -> str:
+    """'1 file holds' / '2 files hold': a count, its noun and a verb that agrees (``verb`` in plural form)."""
+    if n != 1:
+        return f"{_plural(n, word)} {verb}"
+    return f"{_plural(n, word)} {'has' if verb == 'have' else verb + 's'}"
+
+
 # ----------------------------------------------------------------------------- the check
 
 
@@ -405,31 +412,32 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
         "height": _summary([s.height for s in ok]),
         "min_side": _summary([min(s.width, s.height) for s in ok]),
     }
-    what_by_code = {
-        "missing_file": "listed but missing",
-        "not_an_image": "not images at all (text, HTML, empty files...)",
-        "truncated": "truncated (the file ends before the image does)",
-        "unreadable": "cannot be decoded",
+    what_by_code = {  # (one file, several files)
+        "missing_file": ("is listed but missing", "are listed but missing"),
+        "not_an_image": ("is not an image at all (text, HTML, empty...)", "are not images at all (text, HTML, empty...)"),
+        "truncated": ("is truncated (the file ends before the image does)", "are truncated (the files end before the images do)"),
+        "unreadable": ("cannot be decoded", "cannot be decoded"),
     }
-    for code, what in what_by_code.items():
+    for code, (one, several) in what_by_code.items():
         bad = [s for s in scans if s.error_code == code]
         if bad:
             first = f"{bad[0].path.name}: {bad[0].error}"
-            report.add(Finding("error", code, f"{_plural(len(bad), 'file')} {what}; training would stop on them (first: {first}). Remove or replace them.", [str(s.path) for s in bad]))
+            what = one if len(bad) == 1 else several
+            report.add(Finding("error", code, f"{_plural(len(bad), 'file')} {what}; training skips them and says how many (first: {first}). Remove or replace them.", [str(s.path) for s in bad]))
     tail = [s for s in ok if s.no_jpeg_end]
     if tail:
-        report.add(Finding("warning", "jpeg_no_end_marker", f"{_plural(len(tail), 'JPEG')} lack the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
+        report.add(Finding("warning", "jpeg_no_end_marker", f"{_says(len(tail), 'JPEG', 'lack')} the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
 
     mismatched = [s for s in scans if s.fmt and _EXPECTED_FORMAT.get(s.path.suffix.lower(), s.fmt) != s.fmt]
     if mismatched:
         kinds = Counter(f"{s.fmt} named {s.path.suffix.lower()}" for s in mismatched)
         detail = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
-        report.add(Finding("warning", "extension_mismatch", f"{_plural(len(mismatched), 'file')} hold a different format than their extension says ({detail}); visionlab reads them, other tools may not.", [str(s.path) for s in mismatched]))
+        report.add(Finding("warning", "extension_mismatch", f"{_says(len(mismatched), 'file', 'hold')} another format than the extension says ({detail}); visionlab reads them, other tools may not.", [str(s.path) for s in mismatched]))
 
     tiny = [s for s in ok if min(s.width, s.height) < tiny_side]
     if tiny:
         smallest = min(tiny, key=lambda s: s.width * s.height)
-        report.add(Finding("warning", "tiny_image", f"{_plural(len(tiny), 'image')} have a side under {tiny_side} px (smallest {smallest.width}x{smallest.height}); upscaling them adds blur, not detail.", [str(s.path) for s in tiny]))
+        report.add(Finding("warning", "tiny_image", f"{_says(len(tiny), 'image', 'have')} a side under {tiny_side} px (smallest {smallest.width}x{smallest.height}); upscaling them adds blur, not detail.", [str(s.path) for s in tiny]))
 
     for mode, note in (("RGBA", "alpha is composited on white"), ("LA", "alpha is composited on white"), ("P", "palette is expanded"),
                        ("CMYK", "colours are converted, check they look right"), ("L", "grey is copied to 3 channels"),
@@ -439,7 +447,7 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
             report.add(Finding("info", f"mode_{mode.replace(';', '_').lower()}", f"{_plural(len(hit), 'image')} in mode {mode}: converted to RGB on load ({note}).", [str(s.path) for s in hit]))
     animated = [s for s in ok if s.frames > 1]
     if animated:
-        report.add(Finding("info", "animated", f"{_plural(len(animated), 'image')} have several frames; only the first is used.", [str(s.path) for s in animated]))
+        report.add(Finding("info", "animated", f"{_says(len(animated), 'image', 'have')} several frames; only the first is used.", [str(s.path) for s in animated]))
 
 
 def _balance_findings(report: Report, split_keys: list[str], imbalance_warn: float) -> None:
@@ -528,14 +536,14 @@ def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | 
 def _mask_findings(report: Report, scans: list[_Scan], masks: list[Path | None], sidx: SegmentationIndex) -> None:
     missing = [s for s, m in zip(scans, masks) if m is None]
     if missing:
-        report.add(Finding("error", "missing_mask", f"{_plural(len(missing), 'image')} have no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
+        report.add(Finding("error", "missing_mask", f"{_says(len(missing), 'image', 'have')} no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
     bad = [s for s in scans if s.mask_error]
     if bad:
         report.add(Finding("error", "unreadable_mask", f"{_plural(len(bad), 'mask')} cannot be used (first: {bad[0].mask_error}).", [str(m) for s, m in zip(scans, masks) if s.mask_error]))
     wrong = [(s, m) for s, m in zip(scans, masks) if s.mask_shape is not None and s.mask_shape != (s.height, s.width)]
     if wrong:
         s0, _ = wrong[0]
-        report.add(Finding("error", "mask_size_mismatch", f"{_plural(len(wrong), 'mask')} differ in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
+        report.add(Finding("error", "mask_size_mismatch", f"{_says(len(wrong), 'mask', 'differ')} in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
 
     hists = [s.mask_hist for s in scans if s.mask_hist is not None]
     if not hists:
@@ -577,9 +585,9 @@ def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Pat
             except _HEADER_ERRORS:
                 pass
     if hidden_images:
-        report.add(Finding("warning", "image_without_extension", f"{_plural(len(hidden_images), 'file')} hold images but have no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))
+        report.add(Finding("warning", "image_without_extension", f"{_says(len(hidden_images), 'file', 'hold')} an image but no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))
     if stray:
-        report.add(Finding("warning", "unused_image", f"{_plural(len(stray), 'image file')} lie outside the layout (not in a class folder, or masks without an image) and are not used.", sorted(stray)))
+        report.add(Finding("warning", "unused_image", f"{_says(len(stray), 'image file', 'lie')} outside the layout (not in a class folder, or masks without an image) and are not used.", sorted(stray)))
 
 
 # ----------------------------------------------------------------------------- cheap pre-training check
@@ -621,10 +629,10 @@ def training_warnings(index: ClassificationIndex | SegmentationIndex, imbalance:
     hint = f"run 'visionlab data check {index.root}' for the list."
     if across_classes:
         g = across_classes[0]
-        out.append(f"{_plural(len(across_classes), 'file')} appear in two classes (e.g. {paths[g[0]].name} in {names[labels[g[0]]]} and {names[labels[g[1]]]}): conflicting labels; {hint}")
+        out.append(f"{_says(len(across_classes), 'file', 'appear')} in two classes (e.g. {paths[g[0]].name} in {names[labels[g[0]]]} and {names[labels[g[1]]]}): conflicting labels; {hint}")
     if across_splits:
         g = across_splits[0]
-        out.append(f"{_plural(len(across_splits), 'file')} appear in two splits (e.g. {paths[g[0]].name} in {splits[g[0]]} and {splits[g[1]]}): test scores will be inflated; {hint}")
+        out.append(f"{_says(len(across_splits), 'file', 'appear')} in two splits (e.g. {paths[g[0]].name} in {splits[g[0]]} and {splits[g[1]]}): test scores will be inflated; {hint}")
     if labels is not None and len(names) > 1:
         counts = Counter(labels)
         sizes = {names[k]: counts.get(k, 0) for k in range(len(names))}
