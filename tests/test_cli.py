@@ -95,9 +95,11 @@ def test_train_with_mixup_and_cutmix(runs_dir: Path):
     rows = (runs_dir / "cracks" / "mix" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and "nan" not in rows[1]
     assert "mixup: 0.4" in (runs_dir / "cracks" / "mix" / "config.yaml").read_text()
-    # segmentation has no image-level label to mix: refused in one line
-    assert_one_line_error(invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "cutmix=1"),
-                          "apply to classifiers", "cutmix")
+    # masks cannot be blended: mixup is refused for segmentation in one line, CutMix trains
+    assert_one_line_error(invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "mixup=0.4"),
+                          "mixup blends the labels", "'cutmix' works for segmentation")
+    result = invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "cutmix=1", "--name", "segmix")
+    assert result.exit_code == 0, result.output
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "mixup=-1"), "mixup and cutmix")
 
 

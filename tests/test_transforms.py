@@ -13,7 +13,7 @@ from PIL import Image
 
 from visionlab.config import AUGMENT_DEFAULTS, load_config
 from visionlab.data.io import resize_mask
-from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch, to_float
+from visionlab.data.transforms import BatchAugment, Normalize, cutmix_pairs, load_for_model, mix_batch, to_float
 from visionlab.registry import get_task
 from visionlab.tasks.base import runner_for
 
@@ -138,6 +138,18 @@ def test_mixup_and_cutmix_together_use_both():
         out, _ = mix_batch(x, y, 8, mixup=0.4, cutmix=1.0)
         kinds.add("cutmix" if torch.equal(out, out.round()) else "mixup")  # CutMix only moves whole pixels
     assert kinds == {"mixup", "cutmix"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_segmentation_cutmix_pastes_the_same_box_into_image_and_mask(seed: int):
+    x, y = _labelled_constant_images(size=24)
+    mask = y.view(-1, 1, 1).expand(8, 24, 24).clone()  # the mask of image i is all i, like its pixels
+    torch.manual_seed(seed)
+    out, out_mask = cutmix_pairs(x, mask, 1.0)
+    assert out_mask.dtype == mask.dtype and out_mask.shape == mask.shape
+    assert torch.equal(out[:, 0].long(), out_mask)  # every pixel still carries its own label
+    assert not torch.equal(out_mask, mask), "nothing was pasted"
+    assert torch.equal(cutmix_pairs(x, mask, 0.0)[1], mask)
 
 
 def test_normalize_uses_mean_and_std():

@@ -72,8 +72,8 @@ class Config:
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup between pairs of training images (0 = off; classifiers)
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0 = off); with mixup too, each batch takes one of the two
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup between pairs of training images (0 = off; classifiers only)
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0 = off; segmentation pastes mask and image); with mixup, one per batch
     class_weights: str = "none"
     sampler: str = "none"
     grad_clip: float = 0.0

@@ -177,6 +177,14 @@ class BatchAugment(torch.nn.Module):
         return self._colour(x)
 
 
+def _cutmix_box(h: int, w: int, lam: float) -> tuple[int, int, int, int]:
+    """A random box of about (1 - lam) of an h x w image, clipped at the border: y0, y1, x0, x1."""
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(round(h * cut)), int(round(w * cut))
+    cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
+    return max(cy - ch // 2, 0), min(cy + ch - ch // 2, h), max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+
+
 def mix_batch(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,14 +205,24 @@ def mix_batch(
     perm = torch.randperm(x.shape[0], device=x.device)
     if use_cut:
         h, w = x.shape[-2:]
-        cut = math.sqrt(1.0 - lam)
-        ch, cw = int(round(h * cut)), int(round(w * cut))
-        cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
-        y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
-        x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+        y0, y1, x0, x1 = _cutmix_box(h, w, lam)
         x = x.clone()
         x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
         lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
     else:
         x = x.mul(lam).add_(x[perm], alpha=1.0 - lam)
     return x, target.mul(lam).add_(target[perm], alpha=1.0 - lam)
+
+
+def cutmix_pairs(x: torch.Tensor, mask: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix for segmentation: one box of a shuffled partner is pasted into image and mask alike,
+    so every pixel keeps its own label (no soft targets). ``mask`` is (N, H, W)."""
+    if alpha <= 0 or x.shape[0] < 2:
+        return x, mask
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    y0, y1, x0, x1 = _cutmix_box(x.shape[-2], x.shape[-1], lam)
+    x, mask = x.clone(), mask.clone()
+    x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    mask[..., y0:y1, x0:x1] = mask[perm][..., y0:y1, x0:x1]
+    return x, mask

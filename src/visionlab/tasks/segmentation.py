@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from visionlab.data.io import load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
-from visionlab.data.transforms import Normalize, load_for_model
+from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
 
@@ -158,10 +158,10 @@ class SegmentationRunner(TaskRunner):
 
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        if (cfg.mixup > 0 or cfg.cutmix > 0) and self.fixed_preprocessing is None:
+        if cfg.mixup > 0 and self.fixed_preprocessing is None:
             raise VisionlabError(
-                "mixup and cutmix mix the labels of whole images; they apply to classifiers, not segmentation.",
-                "Remove 'mixup'/'cutmix' (or set them to 0) for a segmentation task.",
+                "mixup blends the labels of whole images; segmentation masks cannot be blended.",
+                "Remove 'mixup' (or set it to 0); 'cutmix' works for segmentation (a box of image and mask is pasted).",
             )
         root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
         self.index: SegmentationIndex = find_segmentation(root)
@@ -250,6 +250,9 @@ class SegmentationRunner(TaskRunner):
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cutmix_pairs(x, y, self.cfg.cutmix) if self.cfg.cutmix > 0 else (x, y)
 
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.class_weights != "balanced":
