@@ -185,6 +185,14 @@ def _cutmix_box(h: int, w: int, lam: float) -> tuple[int, int, int, int]:
     return max(cy - ch // 2, 0), min(cy + ch - ch // 2, h), max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
 
 
+def _paste(t: torch.Tensor, perm: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """A copy of ``t`` whose ``box`` (y0, y1, x0, x1 of the last two dims) comes from ``t[perm]``."""
+    y0, y1, x0, x1 = box
+    t = t.clone()
+    t[..., y0:y1, x0:x1] = t[perm][..., y0:y1, x0:x1]
+    return t
+
+
 def mix_batch(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,9 +213,8 @@ def mix_batch(
     perm = torch.randperm(x.shape[0], device=x.device)
     if use_cut:
         h, w = x.shape[-2:]
-        y0, y1, x0, x1 = _cutmix_box(h, w, lam)
-        x = x.clone()
-        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        y0, y1, x0, x1 = box = _cutmix_box(h, w, lam)
+        x = _paste(x, perm, box)
         lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
     else:
         x = x.mul(lam).add_(x[perm], alpha=1.0 - lam)
@@ -221,8 +228,5 @@ def cutmix_pairs(x: torch.Tensor, mask: torch.Tensor, alpha: float) -> tuple[tor
         return x, mask
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(x.shape[0], device=x.device)
-    y0, y1, x0, x1 = _cutmix_box(x.shape[-2], x.shape[-1], lam)
-    x, mask = x.clone(), mask.clone()
-    x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
-    mask[..., y0:y1, x0:x1] = mask[perm][..., y0:y1, x0:x1]
-    return x, mask
+    box = _cutmix_box(x.shape[-2], x.shape[-1], lam)
+    return _paste(x, perm, box), _paste(mask, perm, box)
