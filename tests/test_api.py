@@ -52,14 +52,30 @@ def test_latest_checkpoint_lookup(tmp_path: Path):
         latest_checkpoint("waste", tmp_path)
     run = new_run_dir(tmp_path, "waste", "r")
     mark_latest(run, tmp_path, "waste")
-    with pytest.raises(VisionlabError, match="has no checkpoint"):
-        latest_checkpoint("waste", tmp_path)
+    with pytest.raises(VisionlabError, match="no trained model found for task 'waste'"):
+        latest_checkpoint("waste", tmp_path)  # the pointer names a run without a checkpoint, and there is no other
     (run / "last.pt").write_bytes(b"")
     assert latest_checkpoint("waste", tmp_path) == run / "last.pt"  # best.pt missing: last.pt
     (run / "best.pt").write_bytes(b"")
     assert latest_checkpoint("waste", tmp_path) == run / "best.pt"
     assert latest_checkpoint("waste", tmp_path, which="last") == run / "last.pt"
     assert latest_checkpoint(None, tmp_path) == run / "best.pt"  # the latest of any task
+
+
+def test_latest_pointer_at_a_run_without_checkpoint_falls_back_to_the_newest_run_with_one(tmp_path: Path):
+    """A run stopped before its first checkpoint (Ctrl-C in epoch 1, an older visionlab that marked
+    LATEST at the start) must not hide the good run beside it."""
+    good = new_run_dir(tmp_path, "waste", "good")
+    (good / "best.pt").write_bytes(b"")
+    (good / "last.pt").write_bytes(b"")
+    older = new_run_dir(tmp_path, "waste", "older")
+    (older / "last.pt").write_bytes(b"")
+    os.utime(older / "last.pt", (1, 1))  # written long ago
+    empty = new_run_dir(tmp_path, "waste", "empty")
+    mark_latest(empty, tmp_path, "waste")
+    assert latest_checkpoint("waste", tmp_path) == good / "best.pt"
+    assert latest_checkpoint("waste", tmp_path, which="last") == good / "last.pt"
+    assert latest_checkpoint(None, tmp_path) == good / "best.pt"
 
 
 # --------------------------------------------------------------------------- train options

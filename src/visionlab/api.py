@@ -36,16 +36,27 @@ def train(
 ):
     """Train ``task``. ``options`` are config keys (epochs=3, lr=1e-3, ...); see configs/<task>.yaml.
 
+    ``resume`` (a last.pt, or 'last' for the latest run of ``task``) continues that run with its own
+    saved config: ``config``, ``overrides`` and ``options`` may then change only the keys in
+    :data:`visionlab.config.RESUME_SAFE_KEYS` (epochs, device, ...); anything else is an error.
+
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
-    from visionlab.config import load_config, parse_overrides
-    from visionlab.engine.trainer import Trainer
+    from visionlab.config import load_config, parse_overrides, resume_config
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.trainer import Trainer, resolve_resume
+    from visionlab.registry import get_task
 
     layers = parse_overrides(overrides)
     layers.update(options)
     if data is not None:
         layers["data"] = os.fspath(data)
-    cfg = load_config(task, config, layers)
+    if resume is None:
+        cfg = load_config(task, config, layers)
+    else:
+        path = resolve_resume(resume, get_task(task).name, layers.get("out"))
+        cfg, _ = resume_config(load_checkpoint(path, expect_task=task)["config"], config, layers)
+        resume = path
     return Trainer(cfg, console=_console(console)).fit(resume=resume)
 
 

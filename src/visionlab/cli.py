@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from visionlab.errors import VisionlabError
+from visionlab.errors import TrainingInterrupted, VisionlabError
 
 app = typer.Typer(
     name="visionlab",
@@ -51,10 +51,12 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):  # typer.Exit is a RuntimeError: let it through
             raise
+        except TrainingInterrupted as exc:
+            _fail(str(exc), 130)
         except VisionlabError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted; checkpoints written so far are kept (use --resume to continue).", 130)
+            _fail("interrupted.", 130)
         except MemoryError:
             _fail("out of memory; lower --batch-size or set cache=none.")
         except OSError as exc:  # an unwritable --out, a file where a folder should be, a full disk
@@ -141,11 +143,18 @@ def train_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Runs folder (default: runs)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: a timestamp)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Checkpoint to resume from, or 'last' for the latest run."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="last.pt to resume from, or 'last' for the latest run; continues it with its own config (only --epochs, --device and a few runtime keys may change)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set lr=0.001 (repeatable)."),
 ) -> None:
     """Train a task; writes checkpoints, metrics.csv and curves to runs/<task>/<name>/."""
+    import signal
+
     from visionlab.api import train
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM (a scheduler, kill, docker stop) stops like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
     overrides = list(set_)
     for key, val in (("epochs", epochs), ("batch_size", batch_size), ("device", device), ("out", out), ("name", name), ("seed", seed)):

@@ -18,8 +18,16 @@ import yaml
 from visionlab.errors import VisionlabError
 
 __all__ = [
-    "Config", "AUGMENT_DEFAULTS", "load_config", "config_path", "parse_overrides", "config_from_dict", "dump_config",
+    "Config", "AUGMENT_DEFAULTS", "RESUME_SAFE_KEYS", "load_config", "config_path", "parse_overrides", "config_from_dict",
+    "dump_config", "resume_config", "resume_differences", "check_resume",
 ]
+
+# Keys a resumed run may change: how long and where it runs, not what it learns from or what it is.
+# ``out`` only says where to look for the run.
+RESUME_SAFE_KEYS = frozenset({
+    "epochs", "early_stopping", "device", "num_workers", "cache", "cache_budget_mb", "compile",
+    "checkpoint_every_steps", "checkpoint_every_minutes", "out",
+})
 
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "hflip": True,        # random horizontal flip
@@ -83,6 +91,8 @@ class Config:
     early_stopping: int = 5
     monitor: str = ""
     max_steps_per_epoch: int = 0
+    checkpoint_every_steps: int = 0  # also write last.pt every N optimiser steps, resumable mid-epoch (0 = epoch ends only)
+    checkpoint_every_minutes: float = 0.0  # ... or every M minutes of training (0 = off)
     augment: dict = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
     # segmentation
     loss: str = "ce"
@@ -226,6 +236,8 @@ def _validate(cfg: Config) -> Config:
         (0 < cfg.backbone_lr_scale <= 10, "backbone_lr_scale must be in (0, 10]"),
         (0 <= cfg.ema < 1, "ema must be in [0, 1) (0 = off; 0.99-0.9999 usual)"),
         (0 <= cfg.mixup <= 10 and 0 <= cfg.cutmix <= 10, "mixup and cutmix are Beta alphas in [0, 10] (0 = off; 0.2-1 usual)"),
+        (cfg.checkpoint_every_steps >= 0 and cfg.checkpoint_every_minutes >= 0,
+         "checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = off)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -320,6 +332,51 @@ def load_config(
     _merge(values, parse_overrides(overrides), "--set")
     values["task"] = spec.name
     return _validate(Config(**values))
+
+
+def resume_differences(saved: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value differs between a run's saved config and a requested one: {key: (saved, requested)}."""
+    a, b = saved.to_dict(), requested.to_dict()
+    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    if "data" in diff and not saved.is_synthetic and not requested.is_synthetic:
+        same = Path(str(a["data"])).expanduser().resolve() == Path(str(b["data"])).expanduser().resolve()
+        if same:  # the same folder, spelt another way
+            del diff["data"]
+    return diff
+
+
+def resume_config(
+    saved: Mapping[str, Any] | Config,
+    config: str | os.PathLike | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+) -> tuple[Config, dict[str, tuple[Any, Any]]]:
+    """The config a resumed run continues with: the run's own resolved config, with only the
+    resume-safe keys (:data:`RESUME_SAFE_KEYS`) changed by ``config``/``overrides``.
+
+    A layer that would change anything else (data, model, image size, classes, lr, ...) is an
+    error that names the differences. Returns the config and the keys it changed."""
+    base = saved if isinstance(saved, Config) else config_from_dict(saved)
+    values = base.to_dict()
+    if config is not None:
+        _merge(values, _read_yaml(Path(config)), str(config))
+    _merge(values, parse_overrides(overrides), "--set")
+    values["task"] = base.task
+    cfg = _validate(Config(**values))
+    return cfg, check_resume(base, cfg)
+
+
+def check_resume(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """The resume-safe keys ``cfg`` changes from a run's ``saved`` config; any other change is an error."""
+    changed = resume_differences(saved, cfg)
+    unsafe = {k: v for k, v in changed.items() if k not in RESUME_SAFE_KEYS}
+    if unsafe:
+        what = "; ".join(f"{k}: run {a!r}, asked {b!r}" for k, (a, b) in unsafe.items())
+        raise VisionlabError(
+            f"cannot resume with a different {', '.join(unsafe)} ({what}).",
+            f"Resume continues the run as it was (only {', '.join(sorted(RESUME_SAFE_KEYS - {'out'}))} may change); "
+            "drop those options, or start a new run without --resume.",
+        )
+    return {k: v for k, v in changed.items() if k != "out"}
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["VisionlabError"]
+__all__ = ["VisionlabError", "TrainingInterrupted"]
 
 
 class VisionlabError(Exception):
@@ -16,3 +16,7 @@ class VisionlabError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message} {hint}" if hint else message)
+
+
+class TrainingInterrupted(VisionlabError):
+    """Training stopped by Ctrl-C or SIGTERM; the message says what was saved (the CLI exits 130)."""

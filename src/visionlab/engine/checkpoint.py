@@ -5,7 +5,9 @@ from a checkpoint alone."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,60 @@ import torch
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "state_nbytes"]
 
 FORMAT = "visionlab-checkpoint/1"
 
 
+class CheckpointWriteError(VisionlabError):
+    """A checkpoint could not be written (full disk, read-only folder); the partial file is removed."""
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: about the size of its file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` via a temporary file and an atomic rename."""
+    """Write ``state`` to ``path`` via a temporary file and an atomic rename.
+
+    On failure the partial temporary file is removed and :class:`CheckpointWriteError` says why
+    (torch reports a full disk as an internal ``enforce fail``); ``path`` itself is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    tmp = _temporary(path)
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        needed = state_nbytes(state)
+        free = shutil.disk_usage(path.parent).free
+        if getattr(exc, "errno", None) == errno.ENOSPC or free < needed + (1 << 20):
+            raise CheckpointWriteError(f"no space left on device writing {path} ({needed / 2**20:.0f} MB needed, "
+                                       f"{free / 2**20:.0f} MB free).") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise CheckpointWriteError(f"could not write {path} ({reason}).") from None
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the partial checkpoints (``.NAME.PID.tmp``) that a killed run left in ``folder``."""
+    removed = []
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None) -> dict[str, Any]:

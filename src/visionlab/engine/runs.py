@@ -1,4 +1,9 @@
-"""Run folders: ``<out>/<task>/<name>/`` and a ``LATEST`` pointer per task and overall."""
+"""Run folders: ``<out>/<task>/<name>/`` and a ``LATEST`` pointer per task and overall.
+
+A pointer is written when a run saves its first checkpoint, so a run that stopped before that
+(Ctrl-C or divergence in epoch 1) never hides the good run beside it; the lookup also falls back
+to the newest run that holds a checkpoint when the pointer names one that has none.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from pathlib import Path
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "runs_root"]
+__all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "runs_root", "CHECKPOINT_NAMES"]
 
 
 DEFAULT_RUNS = "runs"
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
 
 
 def runs_root(out: str | os.PathLike | None = None) -> Path:
@@ -46,15 +52,36 @@ def mark_latest(run_dir: Path, out: str | os.PathLike, task: str) -> None:
         os.replace(tmp, pointer)
 
 
+def _checkpoint_in(run: Path, which: str) -> Path | None:
+    for name in (f"{which}.pt", *CHECKPOINT_NAMES):
+        if (run / name).is_file():
+            return run / name
+    return None
+
+
+def _newest_run_with_checkpoint(root: Path, task: str | None) -> Path | None:
+    """The run folder whose checkpoint was written last, of ``task`` or of any task."""
+    runs = (root / task).glob("*") if task else root.glob("*/*")
+    best: tuple[float, Path] | None = None
+    for run in runs:
+        if not run.is_dir():
+            continue
+        times = [(run / n).stat().st_mtime for n in CHECKPOINT_NAMES if (run / n).is_file()]
+        if times and (best is None or max(times) > best[0]):
+            best = (max(times), run)
+    return best[1] if best else None
+
+
 def latest_checkpoint(task: str | None = None, out: str | os.PathLike | None = None, which: str = "best") -> Path:
-    """The best (or last) checkpoint of the most recent run of ``task`` (or of any task)."""
+    """The best (or last) checkpoint of the most recent run of ``task`` (or of any task) that has one."""
     root = runs_root(out)
     pointer = root / task / "LATEST" if task else root / "LATEST"
     what = f"task {task!r}" if task else "any task"
-    if not pointer.exists():
+    if pointer.exists():
+        found = _checkpoint_in(Path(pointer.read_text().strip()), which)
+        if found is not None:
+            return found
+    run = _newest_run_with_checkpoint(root, task)
+    if run is None:
         raise VisionlabError(f"no trained model found for {what} under {root}/.", "Train one (visionlab train --task T) or pass --checkpoint PATH.")
-    run = Path(pointer.read_text().strip())
-    for name in (f"{which}.pt", "best.pt", "last.pt"):
-        if (run / name).exists():
-            return run / name
-    raise VisionlabError(f"latest run {run} of {what} has no checkpoint.", "Train again or pass --checkpoint PATH.")
+    return _checkpoint_in(run, which)  # type: ignore[return-value]

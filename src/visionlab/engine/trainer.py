@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from visionlab._version import __version__
-from visionlab.config import Config, dump_config
-from visionlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from visionlab.config import Config, check_resume, config_from_dict, dump_config
+from visionlab.engine.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from visionlab.engine.device import configure_threads, peak_memory_mb, resolve_device, resolve_precision
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
-from visionlab.errors import VisionlabError
+from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
 
-__all__ = ["Trainer", "TrainResult", "seed_everything", "build_optimizer", "build_scheduler"]
+__all__ = ["Trainer", "TrainResult", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
 
 
 @dataclass
@@ -49,6 +49,70 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random number generator training draws from (augmentation, mixing, dropout...)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_resume(resume: str | Path, task: str, out: str | None = None) -> Path:
+    """The checkpoint a resume continues from: a path, or 'last' (the latest run of ``task``)."""
+    if str(resume) == "last":
+        return latest_checkpoint(task, out, which="last")
+    path = Path(resume).expanduser()
+    if path.name == "best.pt" and (path.parent / "last.pt").exists():
+        raise VisionlabError(f"{path} is the best epoch, not where the run stopped.",
+                             f"Resume from {path.parent / 'last.pt'} (or --resume last).")
+    return path
+
+
+@dataclass
+class LoopState:
+    """Where the loop is, saved in last.pt so a resumed run goes on exactly where it stopped."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps done in the current epoch (a checkpoint written mid-epoch)
+    best: float = math.nan
+    best_loss: float = math.inf  # validation loss of the best epoch, which breaks ties of the monitored metric
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    loss_sum: float = 0.0  # of the current epoch so far
+    n_seen: int = 0
+    epoch_seconds: float = 0.0
+    epoch_cpu_seconds: float = 0.0
+    train_seconds: float = 0.0  # of the completed epochs
+    images_seen: int = 0
+    first_loss: float | None = None  # the divergence check compares with it
+    first_weight_norm: float | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Diverged(VisionlabError):
+    """The loss, the gradients or the weights blew up; nothing after the last good checkpoint is saved."""
+
+
+# A loss this many times the first step's (and above _LOSS_FLOOR), or weights whose norm grew this
+# many times, means the run has blown up: healthy runs stay far below both (a cross-entropy starts near
+# ln(classes) and falls; weight decay keeps weights near their initial norm).
+_LOSS_GROWTH, _LOSS_FLOOR, _WEIGHT_GROWTH = 100.0, 100.0, 1000.0
 
 
 def backbone_parameters(model: torch.nn.Module) -> set[int]:
@@ -186,6 +250,23 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
         self.ema = ModelEma(self.model, cfg.ema) if cfg.ema > 0 else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state.get("train_model", state["model"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["model"])
+            self.ema.updates = int(state.get("ema_updates", 0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if "loop" in state:
+            self.loop = LoopState(**state["loop"])
+        else:  # a checkpoint of visionlab < 0.2: epoch boundaries only, no random states
+            self.loop = LoopState(epoch=state["epoch"], best=state["best_metric"], bad_epochs=state["bad_epochs"],
+                                  history=list(state["history"]), best_loss=float(state.get("best_loss", math.inf)))
+        if "rng" in state:
+            set_rng_state(state["rng"])
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -210,10 +291,12 @@ class Trainer:
             except VisionlabError as exc:
                 self.console.print(f"[yellow]warning[/]: {exc}")
 
-    def _state(self, epoch: int, best: float, bad_epochs: int, history: list) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
         from visionlab.models import no_weights_kwargs
 
-        cfg = self.cfg
+        cfg, loop = self.cfg, self.loop
         return _py({
             "visionlab_version": __version__,
             "task": self.spec.name,
@@ -224,31 +307,60 @@ class Trainer:
             "preprocessing": self.runner.preprocessing,
             "config": cfg.to_dict(),
             "data": self.runner.data_info,
-            "epoch": epoch,
-            "best_metric": best,
-            "best_loss": self.best_loss,
+            "epoch": loop.epoch,
+            "step": loop.step,
+            "best_metric": loop.best,
+            "best_loss": loop.best_loss,
             "monitor": self.monitor,
-            "bad_epochs": bad_epochs,
-            "history": history,
+            "bad_epochs": loop.bad_epochs,
+            "history": loop.history,
+            "loop": asdict(loop),
         }) | {
             "model": self.eval_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
         } | ({"train_model": self.model.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {})
+
+    def _save(self, *paths: Path) -> None:
+        state = self._state()
+        for path in paths:
+            try:
+                save_checkpoint(state, path)
+            except CheckpointWriteError as exc:
+                raise CheckpointWriteError(f"{exc.message[:-1]}; {self._saved_note()}.",
+                                           "Free some space (or pass --out elsewhere), then --resume "
+                                           f"{self.run_dir / 'last.pt'}." if self._saved else "Free some space and train again.") from None
+            self._saved[path.name] = (self.loop.epoch, self.loop.step)
+        if not self._marked:  # the latest-run pointer only ever names a run that has a checkpoint
+            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+            self._marked = True
+
+    def _saved_note(self) -> str:
+        """What the run has on disk now, in words (for interrupts and errors)."""
+        if not self._saved:
+            return f"no checkpoint was saved (run folder {self.run_dir})"
+
+        def where(epoch: int, step: int) -> str:
+            return f"step {step} of epoch {epoch + 1}" if step else f"epoch {epoch}"
+
+        files = " and ".join(f"{name} ({where(*at)})" for name, at in sorted(self._saved.items()))
+        return f"{files} {'are' if len(self._saved) > 1 else 'is'} intact in {self.run_dir}"
 
     # ------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> TrainResult:
-        """Train; ``resume`` is a checkpoint path or 'last' (latest run of this task)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-        from rich.table import Table
-
+        """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
         cfg = self.cfg
         state = None
+        self.loop = LoopState()
         if resume is not None:
-            path = latest_checkpoint(self.spec.name, cfg.out, which="last") if str(resume) == "last" else Path(resume)
+            path = resolve_resume(resume, self.spec.name, cfg.out)
             state = load_checkpoint(path, expect_task=self.spec.name)
-            run_dir = path.parent
+            changed = check_resume(config_from_dict(state["config"]), cfg)
+            self.run_dir = path.parent
+        else:
+            self.run_dir = new_run_dir(cfg.out, self.spec.name, cfg.name)
         self._setup(state)
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
         if self.monitor.startswith("val_") and not self.runner.split_size("val"):
@@ -256,129 +368,194 @@ class Trainer:
             self.console.print(f"[yellow]no validation split[/]: {self.monitor} cannot be measured; best.pt is the epoch "
                                "with the lowest training loss (with EMA and a cosine schedule, usually the last)")
             self.monitor = "train_loss"
-        higher = not self.monitor.endswith("loss")
-        start_epoch, best, bad_epochs, history = 0, -math.inf if higher else math.inf, 0, []
-        self.best_loss = math.inf  # validation loss of the best epoch, which breaks ties of the monitored metric
+        self.higher = not self.monitor.endswith("loss")
+        self._marked, self._saved = False, {}
         if state is not None:
-            self.model.load_state_dict(state.get("train_model", state["model"]))
-            if self.ema is not None:
-                self.ema.module.load_state_dict(state["model"])
-                self.ema.updates = int(state.get("ema_updates", 0))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            start_epoch, best, bad_epochs, history = state["epoch"], state["best_metric"], state["bad_epochs"], list(state["history"])
-            self.best_loss = float(state.get("best_loss", math.inf))
-            self.console.print(f"resuming {run_dir} from epoch {start_epoch}")
-        else:
-            run_dir = new_run_dir(cfg.out, self.spec.name, cfg.name)
-        dump_config(cfg, run_dir / "config.yaml")
-        mark_latest(run_dir, cfg.out, self.spec.name)
+            self._restore(state)
+            self._resumed(path, changed)
+        if math.isnan(self.loop.best):
+            self.loop.best = -math.inf if self.higher else math.inf
+        dump_config(cfg, self.run_dir / "config.yaml")
         self._warn_data()
         info = self.runner.data_info
         n_params = sum(p.numel() for p in self.model.parameters())
         self.console.print(
             f"[bold]{self.spec.name}[/] | {cfg.model} ({n_params / 1e6:.2f} M params) | {len(self.runner.classes)} classes | "
             f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
-            f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {run_dir}"
+            f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {self.run_dir}"
         )
-        best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
-        csv_path = run_dir / "metrics.csv"
-        train_time, seen = 0.0, 0
-        epoch = start_epoch
-        progress = Progress(
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted: {self._saved_note()}.",
+                                      f"Continue with --resume {self.run_dir / 'last.pt'}." if (self.run_dir / "last.pt").exists()
+                                      else "Nothing to resume; train again.") from None
+        loop = self.loop
+        result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
+                             len(loop.history), loop.history, train_seconds=loop.train_seconds,
+                             images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
+        self._finish(result)
+        return result
+
+    def _resumed(self, path: Path, changed: dict[str, tuple[Any, Any]]) -> None:
+        """Put the run folder back in the state of the checkpoint it resumes from."""
+        loop = self.loop
+        removed = remove_stale_temporaries(self.run_dir)
+        # metrics.csv holds exactly the checkpoint's epochs (a crash after a row, before its checkpoint, wrote one more)
+        self._write_csv(self.run_dir / "metrics.csv", loop.history)
+        loop.resumes.append({"epoch": loop.epoch, "step": loop.step, "changed": {k: list(v) for k, v in changed.items()}})
+        mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+        self._marked = True
+        self._saved = {"last.pt": (loop.epoch, loop.step)}
+        if (self.run_dir / "best.pt").exists():
+            self._saved["best.pt"] = (int(load_checkpoint(self.run_dir / "best.pt")["epoch"]), 0)
+        where = f"epoch {loop.epoch}" + (f", step {loop.step}/{self.steps_per_epoch} of epoch {loop.epoch + 1}" if loop.step else "")
+        notes = [f"{k} {a} -> {b}" for k, (a, b) in changed.items()]
+        if removed:
+            notes.append(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write")
+        self.console.print(f"resuming {self.run_dir} from {where}" + (f" ({'; '.join(notes)})" if notes else ""))
+
+    def _loop(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        cfg, loop = self.cfg, self.loop
+        self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
             TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
-        try:
-            with progress:
-                for epoch in range(start_epoch, cfg.epochs):
-                    bar = progress.add_task("train", total=self.steps_per_epoch, epoch=f"{epoch + 1}/{cfg.epochs}", loss=0.0, metric="", ips=0.0)
-                    self.model.train()
-                    t0, cpu0 = time.perf_counter(), time.process_time()
-                    loss_sum, n_seen = 0.0, 0
-                    for x, y in self.runner.train_batches(epoch):
-                        if len(y) == 0:
-                            continue
-                        x = self.runner.on_device(x.to(self.device, non_blocking=True), train=True)
-                        y = y.to(self.device, non_blocking=True)
-                        x, y = self.runner.mix(x, y)
-                        with self.precision.autocast():
-                            out = self.forward(x)
-                        loss = self.runner.loss(out, y)
-                        if not torch.isfinite(loss):
-                            raise VisionlabError(f"loss became {loss.item()} at epoch {epoch + 1}.", "Lower lr (--set lr=...) or use precision=fp32.")
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.scaler.scale(loss).backward()
-                        if cfg.grad_clip > 0:
-                            self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        self.scheduler.step()
-                        if self.ema is not None:
-                            self.ema.update(self.model)
-                        loss_sum += float(loss.detach()) * len(y)
-                        n_seen += len(y)
-                        dt = time.perf_counter() - t0
-                        progress.update(bar, advance=1, loss=loss_sum / n_seen, ips=n_seen / max(dt, 1e-9))
-                    epoch_time, epoch_cpu = time.perf_counter() - t0, time.process_time() - cpu0
-                    train_time += epoch_time
-                    seen += n_seen
-                    ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
-                    row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "lr": self.optimizer.param_groups[0]["lr"],
-                           "epoch_seconds": round(epoch_time, 3), "images_per_second": round(n_seen / max(epoch_time, 1e-9), 1),
-                           "epoch_cpu_seconds": round(epoch_cpu, 3)}  # all threads of this process: the work, whatever else runs
-                    if ev is not None:
-                        row.update({f"val_{k}": v for k, v in ev.metrics.items()})
-                    history.append(row)
-                    self._append_csv(csv_path, row)
-                    if self.monitor not in row:
-                        save_checkpoint(self._state(epoch + 1, best, bad_epochs, history), last_path)
-                        raise VisionlabError(
-                            f"monitor={self.monitor!r} is not measured by {self.spec.name}; epoch {epoch + 1} is saved in {last_path}.",
-                            f"Use one of {', '.join(k for k in row if k.startswith(('val_', 'train_loss')))} "
-                            f"(--set monitor=...), and --resume {last_path} to go on.")
-                    current = row[self.monitor]
-                    improved = current > best if higher else current < best
-                    # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
-                    tie_loss = row.get("val_loss")
-                    if not improved and current == best and tie_loss is not None and self.monitor != "val_loss":
-                        improved = tie_loss < self.best_loss
-                    if improved:
-                        best, bad_epochs = current, 0
-                        self.best_loss = tie_loss if tie_loss is not None else math.inf
-                    else:
-                        bad_epochs += 1
-                    progress.update(bar, metric=f"{self.monitor} {current:.4f}" + (" *" if improved else ""))
-                    state = self._state(epoch + 1, best, bad_epochs, history)
-                    save_checkpoint(state, last_path)
-                    if improved:
-                        save_checkpoint(state, best_path)
-                    if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
-                        self.console.print(f"early stopping: {self.monitor} did not improve for {bad_epochs} epochs")
-                        break
-        except KeyboardInterrupt:
-            self.console.print(f"[yellow]interrupted[/]: last complete epoch saved in {last_path}; continue with --resume {last_path}")
-            raise
-        result = TrainResult(run_dir, best_path, last_path, float(best), self.monitor, len(history), history,
-                             train_seconds=train_time, images_per_second=seen / max(train_time, 1e-9))
-        self._finish(result)
-        return result
+        with self.progress:
+            for epoch in range(loop.epoch, cfg.epochs):
+                self._train_epoch(epoch)
+                if self._end_epoch(epoch):
+                    break
+
+    def _checkpoint_due(self, last_save: float) -> bool:
+        cfg = self.cfg
+        if self.loop.step >= self.steps_per_epoch:
+            return False  # the epoch's end writes one anyway
+        every_steps = cfg.checkpoint_every_steps and self.loop.step % cfg.checkpoint_every_steps == 0
+        every_minutes = cfg.checkpoint_every_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
+        return bool(every_steps or every_minutes)
+
+    def _train_epoch(self, epoch: int) -> None:
+        loop = self.loop
+        self.bar = self.progress.add_task("train", total=self.steps_per_epoch, completed=loop.step, epoch=f"{epoch + 1}/{self.cfg.epochs}",
+                                          loss=loop.loss_sum / max(1, loop.n_seen), metric="", ips=0.0)
+        self.model.train()
+        t0, cpu0, last_save = time.perf_counter(), time.process_time(), time.monotonic()
+        seconds0, cpu_seconds0, n0 = loop.epoch_seconds, loop.epoch_cpu_seconds, loop.n_seen
+        for x, y in self.runner.train_batches(epoch, start_step=loop.step):
+            loop.step += 1
+            if len(y) == 0:
+                continue
+            loss = self._step(x, y, epoch)
+            loop.loss_sum += loss * len(y)
+            loop.n_seen += len(y)
+            loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
+            self.progress.update(self.bar, advance=1, loss=loop.loss_sum / loop.n_seen,
+                                 ips=(loop.n_seen - n0) / max(time.perf_counter() - t0, 1e-9))
+            if self._checkpoint_due(last_save):
+                self._save(self.run_dir / "last.pt")
+                last_save = time.monotonic()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
+        """One optimiser step; returns the batch's loss. Stops the run if it has blown up."""
+        cfg, loop = self.cfg, self.loop
+        x = self.runner.on_device(x.to(self.device, non_blocking=True), train=True)
+        y = y.to(self.device, non_blocking=True)
+        x, y = self.runner.mix(x, y)
+        with self.precision.autocast():
+            out = self.forward(x)
+        loss = self.runner.loss(out, y)
+        value = float(loss.detach())
+        if loop.first_loss is None and math.isfinite(value):
+            loop.first_loss = value
+            loop.first_weight_norm = self._weight_norm()
+        if not math.isfinite(value):
+            self._diverged(epoch, f"the loss became {value}")
+        if value > max(_LOSS_GROWTH * loop.first_loss, _LOSS_FLOOR):
+            self._diverged(epoch, f"the loss exploded to {value:.3g} (first step: {loop.first_loss:.3g})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+            if not math.isfinite(grad_norm) and not self.precision.use_scaler:  # with fp16 the scaler skips such steps
+                self._diverged(epoch, f"the gradient norm became {grad_norm}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        norm = self._weight_norm()
+        if not math.isfinite(norm) or norm > _WEIGHT_GROWTH * max(loop.first_weight_norm, 1.0):
+            self._diverged(epoch, f"the weights blew up (norm {norm:.3g}, at the start {loop.first_weight_norm:.3g})")
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return value
+
+    def _weight_norm(self) -> float:
+        with torch.no_grad():
+            return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params, 2.0)).float()))
+
+    def _diverged(self, epoch: int, what: str) -> None:
+        cfg = self.cfg
+        tips = [f"lower lr (it is {cfg.lr:g}; try {cfg.lr / 10:g})"]
+        if cfg.grad_clip <= 0:
+            tips.append("set grad_clip=1.0")
+        if self.precision.name != "fp32":
+            tips.append("use precision=fp32")
+        raise Diverged(f"training diverged at epoch {epoch + 1}, step {self.loop.step}: {what}; "
+                       f"{self._saved_note()}.", "To fix it: " + ", or ".join(tips) + " (--set key=value).")
+
+    def _end_epoch(self, epoch: int) -> bool:
+        """Validate, log, checkpoint; True when early stopping ends the run."""
+        cfg, loop = self.cfg, self.loop
+        ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
+        row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
+               "epoch_seconds": round(loop.epoch_seconds, 3), "images_per_second": round(loop.n_seen / max(loop.epoch_seconds, 1e-9), 1),
+               "epoch_cpu_seconds": round(loop.epoch_cpu_seconds, 3)}  # all threads of this process: the work, whatever else runs
+        if ev is not None:
+            row.update({f"val_{k}": v for k, v in ev.metrics.items()})
+        loop.history.append(row)
+        loop.train_seconds += loop.epoch_seconds
+        loop.images_seen += loop.n_seen
+        loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
+        self._write_csv(self.run_dir / "metrics.csv", loop.history)
+        last_path = self.run_dir / "last.pt"
+        if self.monitor not in row:
+            self._save(last_path)
+            raise VisionlabError(
+                f"monitor={self.monitor!r} is not measured by {self.spec.name}; epoch {epoch + 1} is saved in {last_path}.",
+                f"Use one of {', '.join(k for k in row if k.startswith(('val_', 'train_loss')))} "
+                f"(--set monitor=...), and --resume {last_path} to go on.")
+        current = row[self.monitor]
+        improved = current > loop.best if self.higher else current < loop.best
+        # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
+        tie_loss = row.get("val_loss")
+        if not improved and current == loop.best and tie_loss is not None and self.monitor != "val_loss":
+            improved = tie_loss < loop.best_loss
+        if improved:
+            loop.best, loop.bad_epochs = current, 0
+            loop.best_loss = tie_loss if tie_loss is not None else math.inf
+        else:
+            loop.bad_epochs += 1
+        self.progress.update(self.bar, metric=f"{self.monitor} {current:.4f}" + (" *" if improved else ""))
+        self._save(last_path, *([self.run_dir / "best.pt"] if improved else []))
+        if cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping:
+            self.console.print(f"early stopping: {self.monitor} did not improve for {loop.bad_epochs} epochs")
+            return True
+        return False
 
     @staticmethod
-    def _append_csv(path: Path, row: dict[str, Any]) -> None:
-        rows = []
-        if path.exists():
-            with path.open() as f:
-                rows = list(csv.DictReader(f))
-        rows.append({k: v for k, v in row.items()})
+    def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()

@@ -20,7 +20,7 @@ from visionlab.config import Config
 from visionlab.errors import VisionlabError
 from visionlab.registry import TaskSpec
 
-__all__ = ["TaskRunner", "EvalResult", "split_indices", "resolve_data_path", "runner_for"]
+__all__ = ["TaskRunner", "EvalResult", "split_indices", "resolve_data_path", "runner_for", "loader_generator"]
 
 
 @dataclass
@@ -79,6 +79,12 @@ def split_indices(
     return {"train": train, "val": val, "test": test}
 
 
+def loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator a DataLoader of one epoch draws its worker seeds from, so that making a loader
+    never consumes the global RNG (augmentation draws from it: a resumed run must see the same numbers)."""
+    return torch.Generator().manual_seed(int(seed) * 1000 + int(epoch))
+
+
 def default_workers(cfg: Config, device: torch.device) -> int:
     if cfg.num_workers >= 0:
         return cfg.num_workers
@@ -105,8 +111,9 @@ class TaskRunner(ABC):
         """Index the data, split it, cache it; fills classes, preprocessing, data_info."""
 
     @abstractmethod
-    def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """CPU batches (uint8 images, targets) for one epoch."""
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """CPU batches (uint8 images, targets) of one epoch, from batch ``start_step`` on (a resumed
+        epoch): the same batches, in the same order, as the uninterrupted epoch's from there."""
 
     @abstractmethod
     def num_train_batches(self) -> int: ...

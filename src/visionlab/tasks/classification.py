@@ -19,7 +19,7 @@ from visionlab.data.layout import ClassificationIndex, find_classification
 from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
-from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
+from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices
 
 __all__ = ["ClassificationRunner", "classification_preprocessing"]
 
@@ -161,21 +161,22 @@ class ClassificationRunner(TaskRunner):
         arr[order] = self.cache.images[idx[order]]
         return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
-    def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         order = self._sample_order(epoch)
         bs, steps = self.cfg.batch_size, self.num_train_batches()
         if self.cache is None:
             loader = torch.utils.data.DataLoader(
-                _StreamDataset([self.index.paths[i] for i in order], self.labels[order], self.preprocessing),
-                batch_size=bs, shuffle=False, drop_last=False, collate_fn=_collate,
+                _StreamDataset([self.index.paths[i] for i in order[start_step * bs :]], self.labels[order[start_step * bs :]],
+                               self.preprocessing),
+                batch_size=bs, shuffle=False, drop_last=False, collate_fn=_collate, generator=loader_generator(self.cfg.seed, epoch),
                 num_workers=default_workers(self.cfg, self.device), pin_memory=self.device.type == "cuda")
-            for step, batch in enumerate(loader):
+            for step, batch in enumerate(loader, start=start_step):
                 if step >= steps:
                     break
                 yield self._note_failed(batch)
             return
         labels = torch.from_numpy(self.labels)
-        for step in range(steps):
+        for step in range(start_step, steps):
             idx = order[step * bs : (step + 1) * bs]
             yield self._gather(idx), labels[torch.from_numpy(idx)]
 
@@ -218,7 +219,8 @@ class ClassificationRunner(TaskRunner):
             return
         loader = torch.utils.data.DataLoader(
             _StreamDataset([self.index.paths[i] for i in idx], self.labels[idx], self.preprocessing),
-            batch_size=batch_size, collate_fn=_collate, num_workers=default_workers(self.cfg, self.device))
+            batch_size=batch_size, collate_fn=_collate, num_workers=default_workers(self.cfg, self.device),
+            generator=loader_generator(self.cfg.seed, -1))
         for batch in loader:
             yield self._note_failed(batch) + ((batch[3],) if with_paths else ())
 

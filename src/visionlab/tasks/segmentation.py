@@ -20,7 +20,7 @@ from visionlab.data.io import load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.errors import VisionlabError
-from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, resolve_data_path, split_indices
+from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices
 
 __all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut", "predict_probs"]
 
@@ -233,13 +233,18 @@ class SegmentationRunner(TaskRunner):
         n = max(1, len(self.splits["train"]) * self.cfg.crops_per_image // self.cfg.batch_size)
         return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
 
-    def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         ds = _CropDataset(self, self.splits["train"], epoch)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=False, generator=gen,
+        # the crop order of a shuffled DataLoader with this generator (a worker-seed draw, then randperm), written
+        # out so that a resumed epoch can start at any batch
+        gen = loader_generator(self.cfg.seed, epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+        order = torch.randperm(len(ds), generator=gen).tolist()[start_step * self.cfg.batch_size :]
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, sampler=order, drop_last=False,
+                                             generator=loader_generator(self.cfg.seed, epoch),
                                              num_workers=default_workers(self.cfg, self.device),
                                              pin_memory=self.device.type == "cuda")
-        for step, batch in enumerate(loader):
+        for step, batch in enumerate(loader, start=start_step):
             if step >= self.num_train_batches():
                 break
             yield batch
