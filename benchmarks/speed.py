@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("train", "accuracy", "predict", "cli")
-TARGETS = {"plain": 2.0, "timm": 1.3, "predict": 3.0, "cli": 0.3, "to97": 90.0}
+TARGETS = {"plain": 2.0, "timm": 1.3, "predict": 3.0, "predict_tta": 3.0, "cli": 0.3, "to97": 90.0}
 _MARK = "@@speed-result@@ "
 
 
@@ -108,7 +108,7 @@ class Row:
 
     def met(self) -> str:
         """'yes' / 'NO' against the issue's target, '' where there is none."""
-        if self.key in ("plain", "timm", "predict"):
+        if self.key in ("plain", "timm", "predict", "predict_tta"):
             return "" if self.ratio is None else ("yes" if self.ratio >= TARGETS[self.key] else "NO")
         if self.key in ("cli", "to97"):
             return "yes" if self.visionlab and statistics.median(self.visionlab) < TARGETS[self.key] else "NO"
@@ -259,10 +259,11 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
 
 
 def child_predict_visionlab(p: SimpleNamespace) -> dict[str, Any]:
-    """``visionlab.load(ckpt).predict(files)``: batched, the checkpoint's own preprocessing."""
+    """``visionlab.load(ckpt).predict(files)``: batched, the checkpoint's own preprocessing, TTA ``p.tta``."""
     import visionlab
 
     predictor = visionlab.load(p.checkpoint, device=p.device)
+    predictor.tta = p.tta
     predictor.predict(p.files[:8])  # warm-up
     t0 = time.perf_counter()
     preds = predictor.predict(p.files)
@@ -270,12 +271,14 @@ def child_predict_visionlab(p: SimpleNamespace) -> dict[str, Any]:
 
 
 def child_predict_loop(p: SimpleNamespace) -> dict[str, Any]:
-    """Open, transform and run one image at a time (fp32), as a notebook would."""
+    """Open, transform and run one image at a time (fp32), as a notebook would; with ``p.tta``, the same
+    flipped views averaged, one forward pass per view."""
     import torch
     from PIL import Image
     from torchvision import transforms
 
     from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.tta import tta_views
     from visionlab.models import build_model
 
     state = load_checkpoint(p.checkpoint)
@@ -288,9 +291,10 @@ def child_predict_loop(p: SimpleNamespace) -> dict[str, Any]:
                              transforms.Normalize(pre["mean"], pre["std"])])
 
     def one(path: str) -> str:
-        x = tf(Image.open(path).convert("RGB")).to(device)
+        x = tf(Image.open(path).convert("RGB")).to(device)[None]
         with torch.no_grad():
-            return classes[int(model(x[None]).softmax(1).argmax(1).item())]
+            probs = sum(model(v).softmax(1) for v in tta_views(x, p.tta))
+            return classes[int(probs.argmax(1).item())]
 
     for f in p.files[:8]:  # warm-up
         one(f)
@@ -418,21 +422,26 @@ def _predict_files(root: Path, count: int) -> list[str]:
 
 
 def bench_predict(ckpt: str, root: Path, args: argparse.Namespace, work: Path, rows: dict[str, Row]) -> None:
+    """Like for like: both sides without test-time augmentation, then both with the checkpoint's own."""
     files = _predict_files(root, args.predict_images)
     from visionlab.engine.checkpoint import load_checkpoint
 
-    size = load_checkpoint(ckpt)["preprocessing"]["image_size"]
-    row = rows.setdefault("predict", Row("predict", f"2. prediction over a folder ({len(files)} files), batched vs per-image loop",
-                                         "img/s", baseline_name="per-image loop", target=f">= {TARGETS['predict']:g}x"))
-    for rep in range(args.repeats):
-        _say(f"[predict] repeat {rep + 1}/{args.repeats}: {len(files)} files")
-        vl = run_child("predict_visionlab", checkpoint=ckpt, files=files, device=args.device, threads=args.threads)
-        loop = run_child("predict_loop", checkpoint=ckpt, files=files, device=args.device, threads=args.threads)
-        agree = sum(a == b for a, b in zip(vl["labels"], loop["labels"])) / max(1, len(files))
-        _say(f"        batched {vl['ips']:.1f} img/s, per-image {loop['ips']:.1f} img/s; same label for {agree:.1%}")
-        row.visionlab.append(vl["ips"])
-        row.baseline.append(loop["ips"])
-        row.note = f"{size} px model; same label for {agree:.1%} of the files"
+    pre = load_checkpoint(ckpt)["preprocessing"]
+    modes = ["none"] + ([pre["tta"]] if pre.get("tta", "none") != "none" else [])
+    for mode in modes:
+        key = "predict" if mode == "none" else "predict_tta"
+        what = "no TTA on either side" if mode == "none" else f"TTA {mode} on both sides"
+        row = rows.setdefault(key, Row(key, f"2. prediction over a folder ({len(files)} files), batched vs per-image loop, {what}",
+                                       "img/s", baseline_name="per-image loop", target=f">= {TARGETS['predict']:g}x"))
+        for rep in range(args.repeats):
+            _say(f"[predict] {what}, repeat {rep + 1}/{args.repeats}: {len(files)} files")
+            vl = run_child("predict_visionlab", checkpoint=ckpt, files=files, device=args.device, threads=args.threads, tta=mode)
+            loop = run_child("predict_loop", checkpoint=ckpt, files=files, device=args.device, threads=args.threads, tta=mode)
+            agree = sum(a == b for a, b in zip(vl["labels"], loop["labels"])) / max(1, len(files))
+            _say(f"        batched {vl['ips']:.1f} img/s, per-image {loop['ips']:.1f} img/s; same label for {agree:.1%}")
+            row.visionlab.append(vl["ips"])
+            row.baseline.append(loop["ips"])
+            row.note = f"{pre['image_size']} px model; same label for {agree:.1%} of the files"
 
 
 def bench_accuracy(root: Path, synthetic: bool, args: argparse.Namespace, work: Path, rows: dict[str, Row]) -> str:
@@ -487,7 +496,7 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} CPU(s)"
 
 
-_ORDER = ["plain", "timm", "cache", "am_plain", "am_timm", "predict", "to97", "cli"]
+_ORDER = ["plain", "timm", "cache", "am_plain", "am_timm", "predict", "predict_tta", "to97", "cli"]
 _COLS = ["measurement", "visionlab", "baseline", "ratio", "target", "note"]
 
 

@@ -85,13 +85,15 @@ def test_quick_run_prints_the_table(tmp_path: Path) -> None:
         assert label in out, label
 
     rows = {r["key"]: r for r in json.loads(js.read_text())["rows"]}
-    assert set(rows) == {"plain", "timm", "cache", "am_plain", "am_timm", "predict", "to97", "cli"}
-    for key in ("plain", "timm", "am_plain", "am_timm", "predict", "cli"):
+    # the trained checkpoint carries the cracks recipe's TTA (flips): prediction is measured without and with it
+    assert set(rows) == {"plain", "timm", "cache", "am_plain", "am_timm", "predict", "predict_tta", "to97", "cli"}
+    for key in ("plain", "timm", "am_plain", "am_timm", "predict", "predict_tta", "cli"):
         r = rows[key]
         assert len(r["visionlab"]) == len(r["baseline"]) == 1, key
         assert r["visionlab"][0] > 0 and r["baseline"][0] > 0 and r["ratio"] > 0, key
     assert rows["cache"]["visionlab"][0] > 0
     assert "SYNTHETIC" in rows["to97"]["note"] and "test accuracy" in rows["to97"]["note"]
-    assert "same label for" in rows["predict"]["note"]
+    assert "same label for" in rows["predict"]["note"] and "same label for" in rows["predict_tta"]["note"]
+    assert "no TTA on either side" in out and "TTA flips on both sides" in out
     table = [ln for ln in md.read_text().splitlines() if ln.startswith("| ")]
-    assert len(table) == 1 + 8  # the column names and one line per row
+    assert len(table) == 1 + 9  # the column names and one line per row
