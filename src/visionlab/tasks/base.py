@@ -7,11 +7,12 @@ on-device transform, the loss and the evaluation. The trainer owns everything el
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from visionlab.config import Config
 from visionlab.errors import VisionlabError
 from visionlab.registry import TaskSpec
 
-__all__ = ["TaskRunner", "EvalResult", "split_indices", "resolve_data_path", "runner_for"]
+__all__ = ["TaskRunner", "EvalResult", "split_indices", "split_keys", "split_unit", "resolve_data_path", "runner_for"]
 
 
 @dataclass
@@ -42,41 +43,89 @@ def resolve_data_path(cfg: Config, spec: TaskSpec, classes: list[str]) -> Path:
     return Path(cfg.data).expanduser()
 
 
+def split_keys(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> list[str]:
+    """Each path relative to the dataset ``root``, with ``/`` separators: the names the split hashes.
+
+    A path outside ``root`` (an absolute path in a CSV) keeps its own spelling."""
+    base = os.path.abspath(root)
+    out = []
+    for p in paths:
+        full = os.path.abspath(p)
+        try:
+            rel = os.path.relpath(full, base)
+        except ValueError:  # another drive (Windows)
+            rel = full
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            rel = os.fspath(p)
+        out.append(rel.replace(os.sep, "/"))
+    return out
+
+
+def split_unit(seed: int, key: str) -> float:
+    """A file's place in [0, 1): a 64-bit BLAKE2b hash of the seed and its dataset-relative name."""
+    digest = hashlib.blake2b(f"{int(seed)}\0{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 def split_indices(
-    n: int,
+    keys: Sequence[str],
     labels: np.ndarray | None,
-    folder_splits: list[str | None],
+    folder_splits: Sequence[str | None],
     val_fraction: float,
     test_fraction: float,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Indices of train/val/test: the dataset's own split folders when present, otherwise a
-    stratified (for labels) split with a fixed seed. Missing val is carved from train."""
-    from sklearn.model_selection import train_test_split
+    """Indices of train/val/test. The dataset's own split folders (or a CSV ``split`` column)
+    win; otherwise each file's split is decided by hashing its dataset-relative name.
 
+    ``keys[i]`` is sample i's path relative to the dataset root (:func:`split_keys`). With
+    ``u = split_unit(seed, key)`` uniform in [0, 1), a file is test when ``u < test_fraction``,
+    val when ``u < test_fraction + val_fraction`` and train otherwise. With split folders but no
+    val folder, val is carved from train the same way (``u < val_fraction``).
+
+    Why a per-file threshold. The split must be stable as a dataset grows: adding photos must
+    never move a photo already there between train, val and test, or continued training would
+    see its own test set. Any rule with that property decides each file from that file alone
+    (take the earlier dataset to be the single file), so no stable rule can give exact counts:
+    ranking by hash within a class gives exact counts but shifts the cut-off, and so moves old
+    files, whenever files are added. The threshold is the stable rule; it is also independent of
+    the order files are listed in and of where the dataset folder lives.
+
+    What it guarantees. Stratification is per class: the files of each class are split by the
+    fractions on their own, so a class's test count is binomial, mean ``n * test_fraction`` and
+    standard deviation ``sqrt(n * f * (1 - f))``: 225 +- 13.8 for a class of 1,500 files at 15 %,
+    within +-3 sd (+-42) for 99.7 % of seeds or namings. Small classes stay sane: a class
+    (or, without labels, the whole pool) whose files all hash to val/test gets its file with the
+    largest ``u`` back in train; that is the one exception to stability, and it can only undo
+    itself when files are added to such a class (a class of n files needs it with probability
+    ``(f_val + f_test) ** n``: 0.24 % for 5 files at 15 % + 15 %).
+    """
+    n = len(keys)
     idx = np.arange(n)
-    fs = np.array([s or "" for s in folder_splits]) if folder_splits else np.array([""] * n)
+    u = np.fromiter((split_unit(seed, k) for k in keys), dtype=np.float64, count=n)
+    fs = np.array([s or "" for s in folder_splits], dtype=object) if len(folder_splits) else np.full(n, "", dtype=object)
+    groups = np.asarray(labels, dtype=np.int64) if labels is not None else np.zeros(n, dtype=np.int64)
 
-    def carve(pool: np.ndarray, frac: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
-        if frac <= 0 or len(pool) < 2:
-            return pool, pool[:0]
-        strat = labels[pool] if labels is not None else None
-        if strat is not None and (np.bincount(strat).min(initial=0) < 2 or len(pool) * frac < len(np.unique(strat))):
-            strat = None  # too few samples per class to stratify
-        try:
-            a, b = train_test_split(pool, test_size=frac, random_state=seed + salt, stratify=strat)
-        except ValueError:
-            a, b = train_test_split(pool, test_size=frac, random_state=seed + salt)
-        return np.sort(a), np.sort(b)
+    def keep_one_in_train(pool: np.ndarray, train_mask: np.ndarray) -> np.ndarray:
+        """``train_mask`` over ``pool`` with every group present in the pool holding a training file."""
+        for g in np.unique(groups[pool]):
+            members = np.flatnonzero(groups[pool] == g)
+            if not train_mask[members].any():
+                train_mask[members[np.argmax(u[pool][members])]] = True
+        return train_mask
 
     if (fs != "").any():
         train, val, test = idx[fs == "train"], idx[fs == "val"], idx[fs == "test"]
-        if len(val) == 0 and len(train):
-            train, val = carve(train, val_fraction, 1)
+        if len(val) == 0 and len(train) and val_fraction > 0:
+            to_train = keep_one_in_train(train, u[train] >= val_fraction)
+            train, val = train[to_train], train[~to_train]
         return {"train": train, "val": val, "test": test}
-    rest, test = carve(idx, test_fraction, 0)
-    train, val = carve(rest, val_fraction / max(1e-9, 1 - test_fraction), 1)
-    return {"train": train, "val": val, "test": test}
+    in_test = u < test_fraction
+    in_val = ~in_test & (u < test_fraction + val_fraction)
+    to_train = keep_one_in_train(idx, ~(in_test | in_val))
+    in_test &= ~to_train
+    in_val &= ~to_train
+    return {"train": idx[to_train], "val": idx[in_val], "test": idx[in_test]}
 
 
 def default_workers(cfg: Config, device: torch.device) -> int:
