@@ -346,3 +346,104 @@ def test_unwritable_output_locations(trained: Path, images: Path, tmp_path: Path
                           "a-file")
     assert_one_line_error(invoke("train", "--task", "cracks", *FAST, "--out", blocker / "runs"), "a-file")
     assert_one_line_error(invoke("evaluate", "--checkpoint", trained, "--out", blocker / "ev"), "a-file")
+
+
+# --------------------------------------------------------------------------- every entry named gets a row
+
+
+def _mixed_folder(tmp_path: Path, images: Path) -> Path:
+    """Photos with odd names, and the things a photo folder also holds."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "x.jpg").mkdir()  # a directory with an image's name
+    shutil.copy(images / "Positive" / "img_000.png", folder / "a.png")
+    shutil.copy(images / "Negative" / "img_000.png", folder / "sub" / "b.png")
+    photo = Image.open(images / "Positive" / "img_001.png").convert("RGB")
+    photo.save(folder / "noext", format="JPEG")  # a real JPEG without an extension
+    photo.save(folder / "x.dat", format="JPEG")
+    photo.save(folder / ".hidden.png")  # dotfiles are passed over silently (README)
+    (folder / "README.txt").write_text("photos of the north wall\n")
+    (folder / "broken.jpg").symlink_to(folder / "gone.jpg")
+    return folder
+
+
+def test_predict_lists_every_entry_of_a_folder_and_a_glob(trained: Path, images: Path, tmp_path: Path):
+    folder = _mixed_folder(tmp_path, images)
+    out = tmp_path / "p.csv"
+    result = invoke("predict", folder, str(folder / "*.jpg"), "--checkpoint", trained, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    rows = {(Path(p).relative_to(folder).as_posix(), s if isinstance(s, str) else None) for p, s in zip(table["path"], table["skipped"])}
+    assert rows == {
+        ("a.png", None), ("noext", None), ("x.dat", None), ("sub/b.png", None),
+        ("README.txt", "not an image"), ("broken.jpg", "broken symbolic link"), ("x.jpg", "empty folder"),  # the folder
+        ("broken.jpg", "broken symbolic link"), ("x.jpg", "is a directory"),  # the glob
+    }
+    assert len(table) == 9 and table["error"].isna().all()
+    predicted = table[table["skipped"].isna()]
+    assert set(predicted["label"]) <= {"Negative", "Positive"} and predicted["confidence"].notna().all()
+    assert table[table["skipped"].notna()]["label"].isna().all()
+    assert "4 predicted, 5 skipped (listed above)." in result.stdout
+    assert "README.txt" in result.stdout and "not an image" in result.stdout and ".hidden" not in result.stdout
+
+
+def test_predict_api_returns_the_skipped_rows_too(trained: Path, images: Path, tmp_path: Path):
+    import visionlab
+
+    folder = _mixed_folder(tmp_path, images)
+    rows = visionlab.predict([folder / "README.txt", folder / "broken.jpg", folder / "noext"], checkpoint=trained, device="cpu")
+    assert [(Path(r["path"]).name, r["skipped"]) for r in rows] == [("README.txt", None), ("broken.jpg", "broken symbolic link"), ("noext", None)]
+    assert rows[0]["error"] and "cannot decode" in rows[0]["error"]  # named directly: tried, and its error reported
+    assert rows[2]["label"] in ("Negative", "Positive") and rows[2]["error"] is None
+
+
+def test_predict_with_nothing_but_skipped_entries_says_so(tmp_path: Path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("nothing to see")
+    out = tmp_path / "p.csv"
+    result = invoke("predict", tmp_path / "notes", "--checkpoint", tmp_path / "none.pt", "--out", out)
+    assert_one_line_error(result, "no images matched the given paths: 1 entry was skipped")  # before the model is looked for
+    assert "todo.txt" in result.stdout and "not an image" in result.stdout
+    assert pd.read_csv(out)["skipped"].tolist() == ["not an image"]
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_top_k_below_one_is_refused(trained: Path, images: Path, k: str):
+    assert_one_line_error(invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--top-k", k),
+                          "--top-k must be an integer >= 1", f"got {k}")
+
+
+def test_top_k_above_the_number_of_classes_is_clipped_and_said(trained: Path, images: Path, tmp_path: Path):
+    out = tmp_path / "p.json"
+    result = invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--top-k", "5", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "top-2" in result.stdout and "top-5" not in result.stdout
+    assert "--top-k 5 is more than the model's 2 classes: all 2 are shown." in result.stdout
+    assert len(json.loads(out.read_text())[0]["top_k"]) == 2
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores permissions; /sys refuses even root
+        folder = Path("/sys")
+        if os.access(folder, os.W_OK) and not Path("/sys/fs").is_dir():
+            pytest.skip("no unwritable folder on this machine")
+    return folder
+
+
+def test_read_only_out_is_refused_before_the_model_is_loaded(images: Path, tmp_path: Path):
+    folder = _unwritable_folder(tmp_path)
+    try:
+        # the checkpoint does not even exist: the --out check comes first
+        line = assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", tmp_path / "none.pt",
+                                            "--out", folder / "p.csv"), "cannot write to", str(folder))
+        assert "none.pt" not in line
+        assert not (folder / "p.csv").exists()
+    finally:
+        (tmp_path / "read-only").chmod(0o755)

@@ -180,7 +180,7 @@ def predict_cmd(
     paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k"),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
-    top_k: int = typer.Option(3, "--top-k"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Classes to list per image, >= 1 (default 3; at most the model's classes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json; segmentation masks go next to it."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
