@@ -447,3 +447,49 @@ def test_read_only_out_is_refused_before_the_model_is_loaded(images: Path, tmp_p
         assert not (folder / "p.csv").exists()
     finally:
         (tmp_path / "read-only").chmod(0o755)
+
+
+# --------------------------------------------------------------------------- checkpoints that are not quite ours
+
+
+def test_checkpoint_with_missing_fields_names_them(trained: Path, images: Path, tmp_path: Path):
+    from visionlab.engine.checkpoint import FORMAT
+
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in state.items() if k not in ("classes", "preprocessing")}, partial)
+    for cmd in (["predict", images / "Positive" / "img_000.png"], ["evaluate"]):
+        assert_one_line_error(invoke(*cmd, "--checkpoint", partial), "partial.pt is incomplete (missing classes, preprocessing)")
+    bare = tmp_path / "bare.pt"
+    torch.save({"format": FORMAT, "task": "cracks", "model": "not a state dict"}, bare)
+    line = assert_one_line_error(invoke("evaluate", "--checkpoint", bare), "missing kind, model_name, model_args, classes, preprocessing, config")
+    assert "wrong type of model" in line
+
+
+class _NotAllowed:  # a class the weights-only unpickler refuses
+    pass
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch ran-code-from-a-pickle",))
+
+
+def test_plain_pickles_give_one_line_and_never_run_code(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    files = {"object.pt": _NotAllowed(), "evil.pt": _RunsCode()}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"format": "visionlab-checkpoint/1", "obj": _NotAllowed()}, f, protocol=4)  # torch warns on protocol 4
+    for name in (*files, "plain.pkl"):
+        proc = subprocess.run([sys.executable, "-m", "visionlab", "predict", str(images / "Positive"), "--checkpoint", name],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)  # a fresh process: warnings are not deduplicated
+        assert proc.returncode != 0
+        assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr  # no UserWarning lines before it
+        assert proc.stderr.startswith(f"error: {name} is not a readable checkpoint")
+    assert not (tmp_path / "ran-code-from-a-pickle").exists()
