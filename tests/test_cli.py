@@ -493,3 +493,37 @@ def test_plain_pickles_give_one_line_and_never_run_code(images: Path, tmp_path: 
         assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr  # no UserWarning lines before it
         assert proc.stderr.startswith(f"error: {name} is not a readable checkpoint")
     assert not (tmp_path / "ran-code-from-a-pickle").exists()
+
+
+# --------------------------------------------------------------------------- --debug anywhere
+
+
+_FAILING = {
+    "train": ["train", "--task", "cracks", "--data", "/no/such/data"],
+    "evaluate": ["evaluate", "--checkpoint", "/no/such.pt"],
+    "predict": ["predict", "x.png", "--checkpoint", "/no/such.pt"],
+    "demo": ["demo", "--task", "no-such-task"],
+    "data check": ["data", "check", "/no/such/data"],
+    "data download": ["data", "download", "no-such-task"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_FAILING))
+def test_debug_after_the_command_and_from_the_environment_shows_the_traceback(command: str, monkeypatch: pytest.MonkeyPatch):
+    from visionlab.errors import VisionlabError
+
+    args = _FAILING[command]
+    assert_one_line_error(invoke(*args))  # without it: one line
+    for result in (invoke(*args, "--debug"), invoke("--debug", *args)):
+        assert isinstance(result.exception, VisionlabError), (args, result.output)  # raised: the traceback is shown
+    monkeypatch.setenv("VISIONLAB_DEBUG", "1")
+    assert isinstance(invoke(*args).exception, VisionlabError)
+    monkeypatch.setenv("VISIONLAB_DEBUG", "0")
+    assert_one_line_error(invoke(*args))
+
+
+def test_console_script_debug_after_the_command(runs_dir: Path):
+    proc = subprocess.run([_console_script(), "train", "--task", "cracks", "--data", "/no/such/data", "--out", str(runs_dir), "--debug"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr and "VisionlabError: data path /no/such/data" in proc.stderr
