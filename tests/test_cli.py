@@ -244,6 +244,18 @@ def test_folder_with_no_images(tmp_path: Path, runs_dir: Path):
     assert_one_line_error(invoke("predict", empty, "--checkpoint", "x.pt"), "no images matched")
 
 
+def test_a_dataset_of_one_class_says_two_are_needed(make_cls_folder, tmp_path: Path, runs_dir: Path):
+    only = make_cls_folder("only-apples", classes=("apple",), per_class=3)
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", only, "--out", runs_dir),
+                          "holds one class folder (apple); training needs at least two classes")
+    shutil.copy(only / "apple" / "img_0.png", only / "loose.png")  # not a wrapper now: apple/ is not descended into
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", only, "--out", runs_dir),
+                          "only one class (apple) found", "at least two classes")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nonly-apples/apple/img_0.png,apple\nonly-apples/apple/img_1.png,apple\n")
+    assert_one_line_error(invoke("data", "check", csv), "only one class (apple) found")
+
+
 def test_checkpoint_of_another_task(trained: Path, images: Path):
     assert_one_line_error(invoke("evaluate", "--task", "waste", "--checkpoint", trained), "is for task 'cracks', not 'waste'")
     assert_one_line_error(invoke("predict", images / "Positive", "--task", "waste", "--checkpoint", trained), "'cracks'")
