@@ -117,3 +117,44 @@ def test_public_api_is_lazy_and_complete():
         assert getattr(visionlab, name) is not None
     with pytest.raises(AttributeError):
         visionlab.no_such_function  # noqa: B018
+
+
+_USER_TASK_FIRST = """
+import sys
+from visionlab.registry import TaskSpec, get_task, list_tasks, register_task
+bees = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+                              default_classes=("bee", "wasp"), description="bees vs wasps"))
+names = [s.name for s in list_tasks()]
+assert names == ["minerals", "waste", "cracks", "caltech", "landcover", "bees"], names
+assert get_task("bees") is bees and get_task("landcover").kind == "segmentation"
+try:
+    register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+                           default_classes=("a", "b"), description="again"))
+except ValueError as exc:
+    assert "already registered" in str(exc)
+else:
+    raise AssertionError("a duplicate was accepted")
+assert "torch" not in sys.modules
+print("ok")
+"""
+
+_BUILTIN_NAME_FIRST = """
+from visionlab.registry import TaskSpec, get_task, register_task
+try:
+    register_task(TaskSpec(name="cracks", kind="classification", model="waste_cnn", input_size=64,
+                           default_classes=("a", "b"), description="an impostor registered before anything else"))
+except ValueError as exc:
+    assert "already registered" in str(exc)
+else:
+    raise AssertionError("a built-in name was taken over")
+assert get_task("cracks").model == "cracks_cnn"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("script", [_USER_TASK_FIRST, _BUILTIN_NAME_FIRST], ids=["user-task-first", "builtin-name-first"])
+def test_registering_first_keeps_the_builtin_tasks(script: str):
+    # a fresh interpreter: in this one the built-ins are loaded already
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
