@@ -390,3 +390,16 @@ def test_moving_the_dataset_folder_keeps_every_split(kind: str, make_cls_folder,
     shutil.move(str(first), str(moved))
     assert splits(moved) == before
     assert sum(map(len, before.values())) == (24 if kind == "classification" else 12)
+
+
+def test_small_pools_get_a_test_and_val_file_and_never_gain_an_old_training_file():
+    keys = [f"tiles/tile_{i}.png" for i in range(12)]  # the synthetic landcover set: 1.8 test images expected
+    for seed in range(60):
+        s = split_indices(keys, None, [None] * 12, 0.15, 0.15, seed=seed)
+        assert len(s["test"]) >= 1 and len(s["val"]) >= 1 and len(s["train"]) >= 1, (seed, s)
+        grown_keys = keys + [f"tiles/new_{i}.png" for i in range(6)]
+        grown = split_indices(grown_keys, None, [None] * 18, 0.15, 0.15, seed=seed)
+        old_train = set(s["train"].tolist())
+        assert not old_train & (set(grown["val"].tolist()) | set(grown["test"].tolist())), seed
+    tiny = split_indices(["a.png", "b.png"], None, [None, None], 0.15, 0.15, seed=0)
+    assert len(tiny["train"]) == 2  # 0.3 expected test/val files: nothing is forced out of training
