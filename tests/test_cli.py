@@ -244,6 +244,18 @@ def test_folder_with_no_images(tmp_path: Path, runs_dir: Path):
     assert_one_line_error(invoke("predict", empty, "--checkpoint", "x.pt"), "no images matched")
 
 
+def test_a_dataset_of_one_class_says_two_are_needed(make_cls_folder, tmp_path: Path, runs_dir: Path):
+    only = make_cls_folder("only-apples", classes=("apple",), per_class=3)
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", only, "--out", runs_dir),
+                          "holds one class folder (apple); training needs at least two classes")
+    shutil.copy(only / "apple" / "img_0.png", only / "loose.png")  # not a wrapper now: apple/ is not descended into
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", only, "--out", runs_dir),
+                          "only one class (apple) found", "at least two classes")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nonly-apples/apple/img_0.png,apple\nonly-apples/apple/img_1.png,apple\n")
+    assert_one_line_error(invoke("data", "check", csv), "only one class (apple) found")
+
+
 def test_checkpoint_of_another_task(trained: Path, images: Path):
     assert_one_line_error(invoke("evaluate", "--task", "waste", "--checkpoint", trained), "is for task 'cracks', not 'waste'")
     assert_one_line_error(invoke("predict", images / "Positive", "--task", "waste", "--checkpoint", trained), "'cracks'")
@@ -346,3 +358,184 @@ def test_unwritable_output_locations(trained: Path, images: Path, tmp_path: Path
                           "a-file")
     assert_one_line_error(invoke("train", "--task", "cracks", *FAST, "--out", blocker / "runs"), "a-file")
     assert_one_line_error(invoke("evaluate", "--checkpoint", trained, "--out", blocker / "ev"), "a-file")
+
+
+# --------------------------------------------------------------------------- every entry named gets a row
+
+
+def _mixed_folder(tmp_path: Path, images: Path) -> Path:
+    """Photos with odd names, and the things a photo folder also holds."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "x.jpg").mkdir()  # a directory with an image's name
+    shutil.copy(images / "Positive" / "img_000.png", folder / "a.png")
+    shutil.copy(images / "Negative" / "img_000.png", folder / "sub" / "b.png")
+    photo = Image.open(images / "Positive" / "img_001.png").convert("RGB")
+    photo.save(folder / "noext", format="JPEG")  # a real JPEG without an extension
+    photo.save(folder / "x.dat", format="JPEG")
+    photo.save(folder / ".hidden.png")  # dotfiles are passed over silently (README)
+    (folder / "README.txt").write_text("photos of the north wall\n")
+    (folder / "broken.jpg").symlink_to(folder / "gone.jpg")
+    return folder
+
+
+def test_predict_lists_every_entry_of_a_folder_and_a_glob(trained: Path, images: Path, tmp_path: Path):
+    folder = _mixed_folder(tmp_path, images)
+    out = tmp_path / "p.csv"
+    result = invoke("predict", folder, str(folder / "*.jpg"), "--checkpoint", trained, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    rows = {(Path(p).relative_to(folder).as_posix(), s if isinstance(s, str) else None) for p, s in zip(table["path"], table["skipped"])}
+    assert rows == {
+        ("a.png", None), ("noext", None), ("x.dat", None), ("sub/b.png", None),
+        ("README.txt", "not an image"), ("broken.jpg", "broken symbolic link"), ("x.jpg", "empty folder"),  # the folder
+        ("broken.jpg", "broken symbolic link"), ("x.jpg", "is a directory"),  # the glob
+    }
+    assert len(table) == 9 and table["error"].isna().all()
+    predicted = table[table["skipped"].isna()]
+    assert set(predicted["label"]) <= {"Negative", "Positive"} and predicted["confidence"].notna().all()
+    assert table[table["skipped"].notna()]["label"].isna().all()
+    assert "4 predicted, 5 skipped (listed above)." in result.stdout
+    assert "README.txt" in result.stdout and "not an image" in result.stdout and ".hidden" not in result.stdout
+
+
+def test_predict_api_returns_the_skipped_rows_too(trained: Path, images: Path, tmp_path: Path):
+    import visionlab
+
+    folder = _mixed_folder(tmp_path, images)
+    rows = visionlab.predict([folder / "README.txt", folder / "broken.jpg", folder / "noext"], checkpoint=trained, device="cpu")
+    assert [(Path(r["path"]).name, r["skipped"]) for r in rows] == [("README.txt", None), ("broken.jpg", "broken symbolic link"), ("noext", None)]
+    assert rows[0]["error"] and "cannot decode" in rows[0]["error"]  # named directly: tried, and its error reported
+    assert rows[2]["label"] in ("Negative", "Positive") and rows[2]["error"] is None
+
+
+def test_predict_with_nothing_but_skipped_entries_says_so(tmp_path: Path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("nothing to see")
+    out = tmp_path / "p.csv"
+    result = invoke("predict", tmp_path / "notes", "--checkpoint", tmp_path / "none.pt", "--out", out)
+    assert_one_line_error(result, "no images matched the given paths: 1 entry was skipped")  # before the model is looked for
+    assert "todo.txt" in result.stdout and "not an image" in result.stdout
+    assert pd.read_csv(out)["skipped"].tolist() == ["not an image"]
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_top_k_below_one_is_refused(trained: Path, images: Path, k: str):
+    assert_one_line_error(invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--top-k", k),
+                          "--top-k must be an integer >= 1", f"got {k}")
+
+
+def test_top_k_above_the_number_of_classes_is_clipped_and_said(trained: Path, images: Path, tmp_path: Path):
+    out = tmp_path / "p.json"
+    result = invoke("predict", images / "Positive" / "img_000.png", "--checkpoint", trained, "--top-k", "5", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "top-2" in result.stdout and "top-5" not in result.stdout
+    assert "--top-k 5 is more than the model's 2 classes: all 2 are shown." in result.stdout
+    assert len(json.loads(out.read_text())[0]["top_k"]) == 2
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores permissions; /sys refuses even root
+        folder = Path("/sys")
+        if os.access(folder, os.W_OK) and not Path("/sys/fs").is_dir():
+            pytest.skip("no unwritable folder on this machine")
+    return folder
+
+
+def test_read_only_out_is_refused_before_the_model_is_loaded(images: Path, tmp_path: Path):
+    folder = _unwritable_folder(tmp_path)
+    try:
+        # the checkpoint does not even exist: the --out check comes first
+        line = assert_one_line_error(invoke("predict", images / "Positive", "--checkpoint", tmp_path / "none.pt",
+                                            "--out", folder / "p.csv"), "cannot write to", str(folder))
+        assert "none.pt" not in line
+        assert not (folder / "p.csv").exists()
+    finally:
+        (tmp_path / "read-only").chmod(0o755)
+
+
+# --------------------------------------------------------------------------- checkpoints that are not quite ours
+
+
+def test_checkpoint_with_missing_fields_names_them(trained: Path, images: Path, tmp_path: Path):
+    from visionlab.engine.checkpoint import FORMAT
+
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in state.items() if k not in ("classes", "preprocessing")}, partial)
+    for cmd in (["predict", images / "Positive" / "img_000.png"], ["evaluate"]):
+        assert_one_line_error(invoke(*cmd, "--checkpoint", partial), "partial.pt is incomplete (missing classes, preprocessing)")
+    bare = tmp_path / "bare.pt"
+    torch.save({"format": FORMAT, "task": "cracks", "model": "not a state dict"}, bare)
+    line = assert_one_line_error(invoke("evaluate", "--checkpoint", bare), "missing kind, model_name, model_args, classes, preprocessing, config")
+    assert "wrong type of model" in line
+
+
+class _NotAllowed:  # a class the weights-only unpickler refuses
+    pass
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch ran-code-from-a-pickle",))
+
+
+def test_plain_pickles_give_one_line_and_never_run_code(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    files = {"object.pt": _NotAllowed(), "evil.pt": _RunsCode()}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"format": "visionlab-checkpoint/1", "obj": _NotAllowed()}, f, protocol=4)  # torch warns on protocol 4
+    for name in (*files, "plain.pkl"):
+        proc = subprocess.run([sys.executable, "-m", "visionlab", "predict", str(images / "Positive"), "--checkpoint", name],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)  # a fresh process: warnings are not deduplicated
+        assert proc.returncode != 0
+        assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr  # no UserWarning lines before it
+        assert proc.stderr.startswith(f"error: {name} is not a readable checkpoint")
+    assert not (tmp_path / "ran-code-from-a-pickle").exists()
+
+
+# --------------------------------------------------------------------------- --debug anywhere
+
+
+_FAILING = {
+    "train": ["train", "--task", "cracks", "--data", "/no/such/data"],
+    "evaluate": ["evaluate", "--checkpoint", "/no/such.pt"],
+    "predict": ["predict", "x.png", "--checkpoint", "/no/such.pt"],
+    "demo": ["demo", "--task", "no-such-task"],
+    "data check": ["data", "check", "/no/such/data"],
+    "data download": ["data", "download", "no-such-task"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_FAILING))
+def test_debug_after_the_command_and_from_the_environment_shows_the_traceback(command: str, monkeypatch: pytest.MonkeyPatch):
+    from visionlab.errors import VisionlabError
+
+    args = _FAILING[command]
+    assert_one_line_error(invoke(*args))  # without it: one line
+    for result in (invoke(*args, "--debug"), invoke("--debug", *args)):
+        assert isinstance(result.exception, VisionlabError), (args, result.output)  # raised: the traceback is shown
+    monkeypatch.setenv("VISIONLAB_DEBUG", "1")
+    assert isinstance(invoke(*args).exception, VisionlabError)
+    monkeypatch.setenv("VISIONLAB_DEBUG", "0")
+    assert_one_line_error(invoke(*args))
+
+
+def test_console_script_debug_after_the_command(runs_dir: Path):
+    proc = subprocess.run([_console_script(), "train", "--task", "cracks", "--data", "/no/such/data", "--out", str(runs_dir), "--debug"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr and "VisionlabError: data path /no/such/data" in proc.stderr

@@ -321,11 +321,33 @@ def test_download_landcover_writes_classes_json(server, tmp_path, quiet):
     out = download_dataset(_src("landcover", server.add("/landcover.ai.v1.zip", data), data), tmp_path)
     spec = json.loads((out / "classes.json").read_text())
     assert spec["ignore_index"] == 255
-    assert [(c["value"], c["name"]) for c in spec["classes"]] == [(0, "background"), (1, "building"), (2, "woodland"), (3, "water"), (4, "road")]
+    assert [(c["value"], c["name"]) for c in spec["classes"]] == [
+        (0, "background"), (1, "building"), (2, "woodland"), (3, "water"), (4, "road"), (5, "unlabeled")]
     assert all(len(c["color"]) == 7 and c["color"].startswith("#") for c in spec["classes"])
     idx = find_segmentation(out)
     assert len(idx) == 2 and all(m is not None for m in idx.masks)
-    assert idx.class_names == ["background", "building", "woodland", "water", "road"]
+    assert idx.class_names == ["background", "building", "woodland", "water", "road", "unlabeled"]
+    _landcover_recipe_accepts(out)
+
+
+def _landcover_recipe_accepts(folder: Path) -> None:
+    """The landcover recipe (its ignore_classes included) prepares ``folder`` for training, as
+    the command 'visionlab data download landcover' prints would."""
+    import torch
+
+    from visionlab.config import load_config
+    from visionlab.registry import get_task
+    from visionlab.tasks.base import runner_for
+
+    cfg = load_config("landcover", overrides={"data": str(folder), "model_args": {"encoder_weights": None}, "tile_size": 32})
+    assert cfg.ignore_classes == ["unlabeled"]  # the recipe as shipped
+    runner = runner_for(cfg, get_task("landcover"), torch.device("cpu"))
+    runner.prepare()
+    assert runner.classes[-1] == "unlabeled" and runner.exclude == [5]
+    assert runner.split_size("train") >= 1
+    for k in runner.splits["train"]:  # every real class value is learned; nothing else is dropped
+        _, mask = runner.train_pair(int(k))
+        assert set(np.unique(mask)) <= {0, 1, 2, 3, 4}
 
 
 def test_download_archive_tofu_recorded_and_checked(server, tmp_path, quiet):

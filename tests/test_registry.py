@@ -117,3 +117,43 @@ def test_public_api_is_lazy_and_complete():
         assert getattr(visionlab, name) is not None
     with pytest.raises(AttributeError):
         visionlab.no_such_function  # noqa: B018
+
+
+_FRESH = """
+import sys
+from visionlab.registry import TaskSpec, get_task, list_tasks, register_task
+
+
+def refused(name):
+    try:
+        register_task(TaskSpec(name=name, kind="classification", model="waste_cnn", input_size=64,
+                               default_classes=("a", "b"), description="a second task of that name"))
+    except ValueError as exc:
+        return "already registered" in str(exc)
+    return False
+"""
+
+_USER_TASK_FIRST = _FRESH + """
+bees = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+                              default_classes=("bee", "wasp"), description="bees vs wasps"))
+names = [s.name for s in list_tasks()]
+assert names == ["minerals", "waste", "cracks", "caltech", "landcover", "bees"], names
+assert get_task("bees") is bees and get_task("landcover").kind == "segmentation"
+assert refused("bees"), "a duplicate was accepted"
+assert "torch" not in sys.modules
+print("ok")
+"""
+
+_BUILTIN_NAME_FIRST = _FRESH + """
+assert refused("cracks"), "a built-in name was taken over by a task registered before anything else"
+assert get_task("cracks").model == "cracks_cnn"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("script", [_USER_TASK_FIRST, _BUILTIN_NAME_FIRST], ids=["user-task-first", "builtin-name-first"])
+def test_registering_first_keeps_the_builtin_tasks(script: str):
+    # a fresh interpreter: in this one the built-ins are loaded already
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -290,3 +290,116 @@ def test_a_monitor_that_is_not_measured_stops_with_the_epoch_saved(make_cls_fold
     assert "val_accuracy" in err.value.hint
     last = Path(opts["out"]) / "cracks" / "badmon" / "last.pt"
     assert load_checkpoint(last)["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- splits
+
+from visionlab.tasks.base import split_indices, split_keys  # noqa: E402
+
+
+def _cracks_like(n: int = 1500, start: int = 0) -> tuple[list[str], np.ndarray]:
+    """Dataset-relative names of a two-class folder of n photos each (METU-style numbered JPEGs)."""
+    keys = [f"{c}/{i:05d}.jpg" for c in ("Negative", "Positive") for i in range(start, start + n)]
+    return keys, np.repeat([0, 1], n)
+
+
+def _split_of(keys: list[str], splits: dict[str, np.ndarray]) -> dict[str, str]:
+    return {keys[i]: name for name, idx in splits.items() for i in idx}
+
+
+def test_split_is_stratified_per_class_within_the_documented_bound():
+    keys, labels = _cracks_like()
+    splits = split_indices(keys, labels, [None] * len(keys), 0.15, 0.15, seed=42)
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(len(keys)))  # a partition
+    # Binomial per class: 225 +- 3 sd, sd = sqrt(1500 * 0.15 * 0.85) = 13.8 (the docstring's guarantee).
+    for name in ("val", "test"):
+        per_class = np.bincount(labels[splits[name]], minlength=2)
+        assert all(abs(int(c) - 225) <= 42 for c in per_class), (name, per_class)
+    # ... and exact in expectation: over 40 seeds the mean test count of a class is 225 +- 2.5 (> 3 sd of the mean).
+    counts = [np.bincount(labels[split_indices(keys, labels, [None] * len(keys), 0.15, 0.15, seed=s)["test"]], minlength=2)
+              for s in range(40)]
+    assert np.abs(np.mean(counts, axis=0) - 225).max() < 2.5
+
+
+def test_adding_files_never_moves_a_file_between_splits():
+    keys, labels = _cracks_like(300)
+    before = _split_of(keys, split_indices(keys, labels, [None] * len(keys), 0.15, 0.15, seed=7))
+    new_keys, new_labels = _cracks_like(200, start=300)
+    grown = keys + new_keys + ["Positive/zzz_new_photo.jpg"]
+    grown_labels = np.concatenate([labels, new_labels, [1]])
+    order = np.random.default_rng(0).permutation(len(grown))  # listed in another order, too
+    shuffled = [grown[i] for i in order]
+    after = _split_of(shuffled, split_indices(shuffled, grown_labels[order], [None] * len(grown), 0.15, 0.15, seed=7))
+    assert {k: after[k] for k in keys} == before
+    assert split_indices(keys, labels, [None] * len(keys), 0.15, 0.15, seed=8)["test"].tolist() != \
+        split_indices(keys, labels, [None] * len(keys), 0.15, 0.15, seed=7)["test"].tolist()  # the seed matters
+
+
+def test_small_classes_keep_a_training_image_and_val_fraction_zero_works():
+    keys = ["big/" + f"{i}.png" for i in range(40)] + ["one/a.png", "two/a.png", "two/b.png"]
+    labels = np.array([0] * 40 + [1] + [2, 2])
+    for seed in range(30):
+        s = split_indices(keys, labels, [None] * len(keys), 0.3, 0.3, seed=seed)
+        assert set(labels[s["train"]].tolist()) == {0, 1, 2}, seed
+        none = split_indices(keys, labels, [None] * len(keys), 0.0, 0.15, seed=seed)
+        assert len(none["val"]) == 0 and len(none["train"]) + len(none["test"]) == len(keys)
+    assert {k: len(v) for k, v in split_indices([], np.array([], dtype=np.int64), [], 0.15, 0.15, 0).items()} == \
+        {"train": 0, "val": 0, "test": 0}
+
+
+def test_split_folders_win_and_a_missing_val_is_carved_stably_from_train():
+    keys = [f"{s}/c{c}/{i}.png" for s in ("train", "test") for c in (0, 1) for i in range(50)]
+    labels = np.tile(np.repeat([0, 1], 50), 2)
+    folders = ["train"] * 100 + ["test"] * 100
+    s = split_indices(keys, labels, folders, 0.2, 0.15, seed=1)
+    assert s["test"].tolist() == list(range(100, 200))  # the dataset's test folder, untouched
+    assert 0 < len(s["val"]) < 45 and set(s["val"].tolist()) | set(s["train"].tolist()) == set(range(100))
+    grown = split_indices(keys + ["train/c0/new.png"], np.append(labels, 0), folders + ["train"], 0.2, 0.15, seed=1)
+    assert grown["val"].tolist()[: len(s["val"])] == s["val"].tolist()
+
+
+def test_split_keys_do_not_depend_on_where_the_dataset_lives(tmp_path: Path):
+    a = [tmp_path / "one" / "data" / "x" / "1.png", tmp_path / "one" / "data" / "y" / "2.png"]
+    b = [tmp_path / "elsewhere" / "deeper" / "data" / "x" / "1.png", tmp_path / "elsewhere" / "deeper" / "data" / "y" / "2.png"]
+    assert split_keys(a, tmp_path / "one" / "data") == split_keys(b, tmp_path / "elsewhere" / "deeper" / "data") == ["x/1.png", "y/2.png"]
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_moving_the_dataset_folder_keeps_every_split(kind: str, make_cls_folder, tmp_path: Path):
+    import shutil
+
+    from conftest import write_seg_folder
+    from visionlab.config import load_config
+    from visionlab.registry import get_task
+    from visionlab.tasks.base import runner_for
+
+    task = "cracks" if kind == "classification" else "landcover"
+    first = make_cls_folder("first", per_class=12) if kind == "classification" else write_seg_folder(tmp_path / "first", n_images=12)
+
+    def splits(root: Path) -> dict[str, list[str]]:
+        extra = {"ignore_classes": [], "model_args": {"encoder_weights": None}} if kind == "segmentation" else {}
+        cfg = load_config(task, overrides={"data": str(root), "cache": "none", **extra})
+        runner = runner_for(cfg, get_task(task), torch.device("cpu"))
+        runner.prepare()
+        files = runner.index.paths if kind == "classification" else runner.index.images
+        return {s: sorted(Path(files[i]).relative_to(root).as_posix() for i in idx) for s, idx in runner.splits.items()}
+
+    before = splits(first)
+    moved = tmp_path / "moved" / "below"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    assert splits(moved) == before
+    assert sum(map(len, before.values())) == (24 if kind == "classification" else 12)
+
+
+def test_small_pools_get_a_test_and_val_file_and_never_gain_an_old_training_file():
+    keys = [f"tiles/tile_{i}.png" for i in range(12)]  # the synthetic landcover set: 1.8 test images expected
+    for seed in range(60):
+        s = split_indices(keys, None, [None] * 12, 0.15, 0.15, seed=seed)
+        assert len(s["test"]) >= 1 and len(s["val"]) >= 1 and len(s["train"]) >= 1, (seed, s)
+        grown_keys = keys + [f"tiles/new_{i}.png" for i in range(6)]
+        grown = split_indices(grown_keys, None, [None] * 18, 0.15, 0.15, seed=seed)
+        old_train = set(s["train"].tolist())
+        assert not old_train & (set(grown["val"].tolist()) | set(grown["test"].tolist())), seed
+    tiny = split_indices(["a.png", "b.png"], None, [None, None], 0.15, 0.15, seed=0)
+    assert len(tiny["train"]) == 2  # 0.3 expected test/val files: nothing is forced out of training

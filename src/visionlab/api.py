@@ -183,57 +183,122 @@ def evaluate(
     return report
 
 
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is None:
+        return
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise VisionlabError(f"--top-k must be an integer >= 1, got {top_k!r}.",
+                             "Pass e.g. --top-k 3 (a value above the number of classes shows them all).")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Fail now, not after every prediction, when ``folder`` cannot be created or written to."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".visionlab-write-check-"):
+            pass
+    except OSError as exc:
+        where = exc.filename or folder
+        raise VisionlabError(f"{what}: cannot write to {folder} ({exc.strerror or type(exc).__name__}: {where}).",
+                             "Pass an --out in a folder you can write to.") from None
+
+
 def predict(
     paths: Sequence[str | os.PathLike] | str,
     checkpoint: str | os.PathLike | None = None,
     task: str | None = None,
-    top_k: int = 3,
+    top_k: int | None = None,
     out: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int = 32,
     console: Any = None,
 ) -> list[dict[str, Any]]:
-    """Predict files, folders or globs; print a table; write CSV/JSON (and masks for segmentation)."""
+    """Predict files, folders or globs; print a table; write CSV/JSON (and masks for segmentation).
+
+    Returns one row per entry named (see :func:`visionlab.engine.predict.scan_inputs`): a
+    prediction, an ``error`` (a file that could not be read) or ``skipped`` (why an entry was not
+    predicted: not an image, a broken link, a directory...), in the order they were named.
+    ``top_k`` (>= 1; default 3) is clipped to the number of classes; an explicit value above it
+    is said so."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from visionlab.engine.predict import Predictor, expand_inputs
+    from visionlab.engine.predict import Prediction, Predictor, scan_inputs
 
     console = _console(console)
     _check_batch_size(batch_size)
+    _check_top_k(top_k)
     out_path = Path(out) if out else None
-    if out_path is not None and out_path.suffix.lower() not in (".csv", ".json"):  # before any work is done
-        raise VisionlabError(f"--out {out_path}: unknown format.", "Use a .csv or .json file name.")
-    items = expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
-    if not items:
+    if out_path is not None:  # before any work is done
+        if out_path.suffix.lower() not in (".csv", ".json"):
+            raise VisionlabError(f"--out {out_path}: unknown format.", "Use a .csv or .json file name.")
+        if out_path.is_dir():
+            raise VisionlabError(f"--out {out_path} is a folder.", "Pass a file name ending in .csv or .json.")
+        _check_writable(out_path.parent, f"--out {out_path}")
+    entries = scan_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+    if not entries:
         raise VisionlabError("no images matched the given paths.", "Pass image files, folders or glob patterns.")
+    if all(e.skipped for e in entries):  # nothing to predict: say why, before loading a model
+        rows = [Prediction(e.path, skipped=e.skipped).to_dict() for e in entries]
+        table = Table(title="skipped")
+        table.add_column("path", overflow="fold")
+        table.add_column("why", overflow="fold")
+        for e in entries:
+            table.add_row(escape(e.path), escape(e.skipped or ""))
+        console.print(table)
+        if out_path is not None:
+            _write_rows(rows, out_path)
+        n = len(entries)
+        raise VisionlabError(f"no images matched the given paths: {n} entr{'y was' if n == 1 else 'ies were'} skipped (see the table).",
+                             "Pass image files, or folders and glob patterns that hold images.")
     path = _resolve_checkpoint(checkpoint, task, console)
     predictor = Predictor.from_checkpoint(path, device=device, task=task)
-    preds = predictor.predict(items, top_k=top_k, batch_size=batch_size)
+    mask_dir = (out_path.parent if out_path else path.parent / "predictions") if predictor.kind == "segmentation" else None
+    if mask_dir is not None and out_path is None:
+        _check_writable(mask_dir, "segmentation masks")
+    asked, top_k = top_k, 3 if top_k is None else top_k
+    todo = [e.path for e in entries if e.skipped is None]
+    done = iter(predictor.predict(todo, top_k=top_k, batch_size=batch_size) if todo else [])
+    preds = [Prediction(e.path, skipped=e.skipped) if e.skipped else next(done) for e in entries]
     rows = [p.to_dict() for p in preds]
+    k = min(top_k, len(predictor.classes))
     title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
     table = Table(title=title)
-    for col in ("path", "label", "confidence", f"top-{top_k}" if predictor.kind == "classification" else "class shares"):
+    for col in ("path", "label", "confidence", f"top-{k}" if predictor.kind == "classification" else "class shares"):
         table.add_column(col, overflow="fold")
-    mask_dir = (out_path.parent if out_path else path.parent / "predictions") if predictor.kind == "segmentation" else None
     taken: set[str] = set()
     for p, row in zip(preds, rows):
+        if p.skipped:
+            table.add_row(escape(p.source), "[yellow]skipped[/]", "", escape(p.skipped))
+            continue
         if p.error:
-            table.add_row(p.source, "[red]error[/]", "", p.error)
+            table.add_row(escape(p.source), "[red]error[/]", "", escape(p.error))
             continue
         if predictor.kind == "segmentation":
             row.update(_write_masks(p, predictor, mask_dir, taken))
             detail = ", ".join(f"{c} {s:.0%}" for c, s in sorted(p.class_shares.items(), key=lambda kv: -kv[1]) if s > 0.005)
         else:
             detail = ", ".join(f"{lab} {pr:.2f}" for lab, pr in p.top_k)
-        table.add_row(p.source, p.label or "", f"{p.confidence:.3f}" if p.confidence is not None else "", detail)
+        table.add_row(escape(p.source), p.label or "", f"{p.confidence:.3f}" if p.confidence is not None else "", detail)
     console.print(table)
+    if predictor.kind == "classification" and asked is not None and asked > k:
+        console.print(f"--top-k {top_k} is more than the model's {k} classes: all {k} are shown.")
     errors = sum(1 for p in preds if p.error)
-    if errors and errors == len(preds):
+    skipped = sum(1 for p in preds if p.skipped)
+    predicted = len(preds) - errors - skipped
+    if not predicted:
         if out_path is not None:
             _write_rows(rows, out_path)
-        raise VisionlabError(f"none of the {errors} image(s) could be read (see the table).", "Check the paths and files.")
+        extra = f"; {skipped} other entr{'y was' if skipped == 1 else 'ies were'} skipped" if skipped else ""
+        raise VisionlabError(f"none of the {errors} image(s) could be read{extra} (see the table).", "Check the paths and files.")
+    closing = [f"{predicted} predicted"]
     if errors:
-        console.print(f"[yellow]{errors} of {len(preds)} image(s) could not be read[/] (listed above); the others were predicted.")
+        closing.append(f"[yellow]{errors} of {predicted + errors} image(s) could not be read[/]")
+    if skipped:
+        closing.append(f"[yellow]{skipped} skipped[/]")
+    console.print(", ".join(closing) + (" (listed above)." if errors or skipped else "."))
     if mask_dir is not None:
         console.print(f"masks and overlays written to {mask_dir}")
     if out_path is not None:

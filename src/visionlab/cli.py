@@ -7,6 +7,8 @@ lazily inside commands, so ``visionlab --help`` and ``visionlab tasks`` answer f
 from __future__ import annotations
 
 import functools
+import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -40,12 +42,25 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _debug_from_env() -> bool:
+    return os.environ.get("VISIONLAB_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_DEBUG_PARAM = inspect.Parameter(
+    "debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--debug", help="Show full tracebacks on errors (also: visionlab --debug CMD, VISIONLAB_DEBUG=1)."),
+)
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn user errors into one line on stderr and a non-zero exit (traceback with --debug)."""
+    """Turn user errors into one line on stderr and a non-zero exit (traceback with --debug).
+
+    The command also gets its own ``--debug`` option, so ``visionlab CMD ... --debug`` works as
+    well as ``visionlab --debug CMD ...`` and ``VISIONLAB_DEBUG=1``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if _STATE["debug"]:
+        if kwargs.pop("debug", False) or _STATE["debug"] or _debug_from_env():
             return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
@@ -68,6 +83,8 @@ def handle_errors(fn: Callable) -> Callable:
                 _fail(f"out of memory ({text[:120]}); lower --batch-size or image size.")
             _fail(f"{text} (run with --debug for the traceback).")
 
+    sig = inspect.signature(fn)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), _DEBUG_PARAM])  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -189,7 +206,7 @@ def predict_cmd(
     paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k"),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
-    top_k: int = typer.Option(3, "--top-k"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Classes to list per image, >= 1 (default 3; at most the model's classes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json; segmentation masks go next to it."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),

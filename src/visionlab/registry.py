@@ -37,10 +37,12 @@ class TaskSpec:
 
 
 _TASKS: dict[str, TaskSpec] = {}
+_BUILTIN = {"state": "absent"}  # absent -> loading -> loaded
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
-    """Add a task; a duplicate name is an error."""
+    """Add a task; a duplicate name (of a built-in task too) is an error."""
+    _ensure_builtin()
     if spec.name in _TASKS:
         raise ValueError(f"task {spec.name!r} is already registered")
     _TASKS[spec.name] = spec
@@ -48,8 +50,20 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def _ensure_builtin() -> None:
-    if not _TASKS:
+    """Register the five built-in tasks once, first, whatever is registered or looked up first.
+
+    ``visionlab.tasks`` registers them through :func:`register_task`, which calls back here:
+    the 'loading' state makes that a no-op. The import is lazy (and torch-free), so importing
+    this module stays cheap and there is no import cycle."""
+    if _BUILTIN["state"] != "absent":
+        return
+    _BUILTIN["state"] = "loading"
+    try:
         import visionlab.tasks  # noqa: F401  (registers the built-in tasks)
+    except BaseException:
+        _BUILTIN["state"] = "absent"
+        raise
+    _BUILTIN["state"] = "loaded"
 
 
 def task_names() -> list[str]:

@@ -155,12 +155,17 @@ def _prepare_caltech(extracted: Path, out: Path) -> None:
 
 
 # LandCover.ai v1 mask values (Boguszewski et al., arXiv:2005.02264); colours as in torchgeo.
+# The last entry is not a LandCover.ai class: no mask pixel has value 5. It is listed because
+# the landcover recipe (configs/landcover.yaml) ignores a class named 'unlabeled' (the sixth
+# class of the aerial dataset it was measured on), and refuses data that has no such class; with
+# it, the command 'visionlab data download landcover' prints trains as it is, and drops nothing.
 LANDCOVER_CLASSES = (
     (0, "background", "#000000"),
     (1, "building", "#614A4A"),
     (2, "woodland", "#267300"),
     (3, "water", "#00C5FF"),
     (4, "road", "#CFCFCF"),
+    (5, "unlabeled", "#9B9B9B"),
 )
 
 

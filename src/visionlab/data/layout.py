@@ -183,7 +183,12 @@ def find_classification(root: str | os.PathLike, classes: list[str] | None = Non
         else:
             raise VisionlabError(f"{p} is a file; classification data is a folder of class folders or a CSV.", "Pass the folder.")
     else:
-        p = unwrap_root(p)
+        given, p = p, unwrap_root(p)
+        if p != given and not _subdirs(p) and list_images(p):  # descended into the one folder there is
+            raise VisionlabError(
+                f"{given} holds one class folder ({p.relative_to(given).as_posix()}); training needs at least two classes.",
+                f"Add a folder of images for each other class next to {p.name}/ (e.g. {given}/<class>/*.jpg).",
+            )
         splits = _split_dirs(p)
         if splits:
             names = sorted({d.name for s in splits.values() for d in _subdirs(s)})
@@ -209,6 +214,11 @@ def find_classification(root: str | os.PathLike, classes: list[str] | None = Non
         raise VisionlabError(
             f"no images found in {p}.",
             "Expected one sub-folder of images per class (e.g. data/cat/*.jpg), split folders train/val/test, or a CSV with path,label.",
+        )
+    if len(idx.classes) < 2:
+        raise VisionlabError(
+            f"only one class ({idx.classes[0]}) found in {p}; training needs at least two classes.",
+            "Add a folder of images for each other class (or, in a CSV, rows with other labels).",
         )
     empty = [c for c, n in idx.counts().items() if n == 0]
     if empty:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,14 @@ import torch
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["FORMAT", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "state_nbytes"]
+__all__ = ["FORMAT", "REQUIRED", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "state_nbytes"]
 
 FORMAT = "visionlab-checkpoint/1"
+# What evaluate/predict need to rebuild the model, and the type each must have.
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "task": str, "kind": str, "model_name": str, "model_args": dict, "classes": (list, tuple),
+    "preprocessing": dict, "config": dict, "model": dict,
+}
 
 
 class CheckpointWriteError(VisionlabError):
@@ -77,11 +83,19 @@ def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None) -> 
     if not p.exists():
         raise VisionlabError(f"checkpoint {p} does not exist.", "Train first (visionlab train --task T) or pass --checkpoint PATH.")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)  # never runs code from the file
     except Exception as exc:
         raise VisionlabError(f"{p} is not a readable checkpoint ({type(exc).__name__}).", "Pass a best.pt/last.pt written by visionlab train.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise VisionlabError(f"{p} is not a visionlab checkpoint.", "Pass a best.pt/last.pt written by visionlab train.")
+    missing = [k for k in REQUIRED if k not in state]
+    wrong = [k for k, t in REQUIRED.items() if k in state and not isinstance(state[k], t)]
+    if missing or wrong:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"wrong type of {', '.join(wrong)}"] if wrong else [])
+        raise VisionlabError(f"checkpoint {p} is incomplete ({'; '.join(parts)}).",
+                             "It is damaged or was not written by visionlab train: pass the run's best.pt or last.pt.")
     if expect_task and state.get("task") != expect_task:
         raise VisionlabError(
             f"checkpoint {p} is for task {state.get('task')!r}, not {expect_task!r}.",

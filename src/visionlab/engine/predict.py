@@ -23,7 +23,7 @@ from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 
-__all__ = ["Predictor", "Prediction", "load", "expand_inputs"]
+__all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]
 
 
 @dataclass
@@ -38,9 +38,10 @@ class Prediction:
     mask: np.ndarray | None = None
     class_shares: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    skipped: str | None = None  # why an entry was not predicted (not an image, a broken link, ...)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"path": self.source, "label": self.label, "confidence": self.confidence, "error": self.error}
+        d = {"path": self.source, "label": self.label, "confidence": self.confidence, "error": self.error, "skipped": self.skipped}
         if self.top_k:
             d["top_k"] = [{"label": lab, "probability": p} for lab, p in self.top_k]
         if self.class_shares:
@@ -48,24 +49,101 @@ class Prediction:
         return d
 
 
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Files, folders (recursively, image files only) and glob patterns -> list of paths.
+# Files a folder walk passes over without a word (README, "Predict"): OS and editor junk.
+_JUNK = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 
-    A path that does not exist stays in the list, so it is reported as an error result."""
-    out: list[str] = []
+
+@dataclass(frozen=True)
+class InputEntry:
+    """One entry the user named (directly, in a folder or through a glob): a file to predict,
+    or, with ``skipped`` set, why it is not predicted ("not an image", "broken symbolic link",
+    "is a directory", ...)."""
+
+    path: str
+    skipped: str | None = None
+
+
+def _looks_like_an_image(path: str) -> bool:
+    """An image extension, or else content PIL can identify (a JPEG named ``photo`` or ``x.dat``)."""
+    if is_image_file(path):
+        return True
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _classify(path: str, named: bool) -> InputEntry:
+    """What to do with one path found in a folder or a glob (``named=False``) or given as is."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        return InputEntry(path, "broken symbolic link")
+    if p.is_dir():
+        return InputEntry(path, "is a directory")
+    if not p.exists():
+        return InputEntry(path)  # reported as 'file not found' by the prediction itself
+    if not p.is_file():
+        return InputEntry(path, "not a regular file")
+    if named:
+        return InputEntry(path)  # asked for by name: decoding says what is wrong with it
+    return InputEntry(path) if _looks_like_an_image(path) else InputEntry(path, "not an image")
+
+
+def _walk(folder: Path) -> list[InputEntry]:
+    """Every entry below ``folder`` (links to folders followed once); hidden names (``.*``) and
+    OS junk are passed over silently."""
+    out: list[InputEntry] = []
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        base = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(base / d)
+            if real in seen:  # a link back up the tree, or to a folder listed already
+                out.append(InputEntry(str(base / d), "link to a folder already listed"))
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        names = sorted(f for f in filenames if not f.startswith(".") and f.lower() not in _JUNK)
+        if base != folder and not names and not keep:
+            out.append(InputEntry(str(base), "empty folder"))
+        out += [_classify(str(base / n), named=False) for n in names]
+    return out
+
+
+def scan_inputs(items: Iterable[str | os.PathLike]) -> list[InputEntry]:
+    """Files, folders (recursively) and glob patterns -> one entry for everything they name.
+
+    Every file below a folder, and every glob match, is an entry: a file whose extension is
+    an image's, or whose content PIL can identify, is to be predicted; anything else (a
+    README, a broken link, a directory matched by a glob, an empty sub-folder) is listed with
+    why it is skipped. In folders, hidden files and folders (names starting with ``.``) and OS
+    junk (``Thumbs.db``, ``desktop.ini``) are passed over silently. A named path that does not
+    exist, or a glob that matches nothing, stays an entry to predict, which reports it as an
+    error."""
+    out: list[InputEntry] = []
     for item in items:
         s = os.fspath(item)
         p = Path(s).expanduser()
         if p.is_dir():
-            out += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
-        elif any(ch in s for ch in "*?[") and not p.exists():
+            out += _walk(p)
+        elif any(ch in s for ch in "*?[") and not os.path.lexists(p):
             matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
-            out += [m for m in matches if Path(m).is_file()]
-            if not matches:
-                out.append(s)
+            out += [_classify(m, named=False) for m in matches] or [InputEntry(s)]
         else:
-            out.append(str(p))
+            out.append(_classify(str(p), named=True))
     return out
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
+    """The paths of :func:`scan_inputs` that are to be predicted (skipped entries left out)."""
+    return [e.path for e in scan_inputs(items) if e.skipped is None]
 
 
 class _Images(torch.utils.data.Dataset):
@@ -121,7 +199,11 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(self, images: Any, top_k: int = 3, batch_size: int = 32, num_workers: int | None = None) -> list[Prediction]:
-        """Predict one image or a list of them (paths, PIL images or HxWx3 uint8 arrays)."""
+        """Predict one image or a list of them (paths, PIL images or HxWx3 uint8 arrays).
+
+        ``top_k`` (>= 1) is clipped to the number of classes."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise VisionlabError(f"top_k must be an integer >= 1, got {top_k!r}.", "Pass e.g. top_k=3.")
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
         images = list(images)
@@ -153,7 +235,7 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         probs = tta_logits(self.model, x, self.tta, self.precision.autocast).softmax(1).cpu()
-        k = max(1, min(top_k, len(self.classes)))
+        k = min(top_k, len(self.classes))
         conf, idx = probs.topk(k, dim=1)
         out = []
         for c_row, i_row in zip(conf.tolist(), idx.tolist()):

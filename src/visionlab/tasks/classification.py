@@ -19,7 +19,8 @@ from visionlab.data.layout import ClassificationIndex, find_classification
 from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
-from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices
+from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
+                                  split_keys)
 
 __all__ = ["ClassificationRunner", "classification_preprocessing"]
 
@@ -82,7 +83,9 @@ class ClassificationRunner(TaskRunner):
         self.index: ClassificationIndex = find_classification(root, wanted)
         self.classes = list(self.index.classes)
         self.labels = np.asarray(self.index.labels, dtype=np.int64)
-        self.splits = split_indices(len(self.index), self.labels, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        base = self.index.root if self.index.root.is_dir() else self.index.root.parent  # a CSV: its folder
+        keys = split_keys(self.index.paths, base)
+        self.splits = split_indices(keys, self.labels, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
             raise VisionlabError(f"no training images in {root}.", "Add a train/ split or more images.")
         self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)

@@ -20,7 +20,8 @@ from visionlab.data.io import load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.errors import VisionlabError
-from visionlab.tasks.base import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices
+from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
+                                  split_keys)
 
 __all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut", "predict_probs"]
 
@@ -174,7 +175,8 @@ class SegmentationRunner(TaskRunner):
         self.lut = value_lut(self.preprocessing["values"], self.ignore_index, self.preprocessing["ignored_values"])
         self.exclude = [i for i, c in enumerate(self.classes) if c in set(cfg.ignore_classes)]
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
-        self.splits = split_indices(len(self.index), None, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        keys = split_keys(self.index.images, self.index.root)
+        self.splits = split_indices(keys, None, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
             raise VisionlabError(f"no training images in {root}.", "Add images or lower val/test fractions.")
         self._pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
