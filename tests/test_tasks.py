@@ -403,3 +403,46 @@ def test_small_pools_get_a_test_and_val_file_and_never_gain_an_old_training_file
         assert not old_train & (set(grown["val"].tolist()) | set(grown["test"].tolist())), seed
     tiny = split_indices(["a.png", "b.png"], None, [None, None], 0.15, 0.15, seed=0)
     assert len(tiny["train"]) == 2  # 0.3 expected test/val files: nothing is forced out of training
+
+
+def test_callbacks_see_every_epoch_checkpoint_and_the_end(fast):
+    from visionlab.engine.trainer import Callback
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def on_fit_start(self, trainer):
+            self.calls.append(("start", trainer.run_dir.name, list(trainer.runner.classes)))
+
+        def on_epoch_end(self, trainer, row):
+            self.calls.append(("epoch", row["epoch"], row["train_loss"]))
+
+        def on_checkpoint(self, trainer, path):
+            self.calls.append(("checkpoint", path.name))
+
+        def on_fit_end(self, trainer, result):
+            self.calls.append(("end", result.epochs_run, bool(result.test_report)))
+
+    rec = Record()
+    result = visionlab.train("cracks", data="synthetic", callbacks=[rec], name="cb", **fast("cracks", epochs=2, model="cracks_cnn", model_args={}))
+    assert rec.calls[0] == ("start", "cb", ["Negative", "Positive"])
+    epochs = [c for c in rec.calls if c[0] == "epoch"]
+    assert epochs == [("epoch", h["epoch"], h["train_loss"]) for h in result.history]
+    assert ("checkpoint", "last.pt") in rec.calls and ("checkpoint", "best.pt") in rec.calls
+    assert rec.calls.index(("checkpoint", "last.pt")) > rec.calls.index(epochs[0])  # written after the epoch's row
+    assert rec.calls[-1] == ("end", 2, True)
+
+
+def test_callbacks_hear_of_an_error(fast):
+    from visionlab.engine.trainer import Callback
+
+    seen = []
+
+    class Record(Callback):
+        def on_exception(self, trainer, exc):
+            seen.append(type(exc).__name__)
+
+    with pytest.raises(VisionlabError, match="training diverged"):
+        visionlab.train("cracks", data="synthetic", callbacks=[Record()], **fast("cracks", model="cracks_cnn", model_args={}, lr=1e6))
+    assert seen == ["Diverged"]

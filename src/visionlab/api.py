@@ -32,6 +32,7 @@ def train(
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
     resume: str | os.PathLike | None = None,
     console: Any = None,
+    callbacks: Sequence[Any] = (),
     **options: Any,
 ):
     """Train ``task``. ``options`` are config keys (epochs=3, lr=1e-3, ...); see configs/<task>.yaml.
@@ -40,6 +41,7 @@ def train(
     saved config: ``config``, ``overrides`` and ``options`` may then change only the keys in
     :data:`visionlab.config.RESUME_SAFE_KEYS` (epochs, device, ...); anything else is an error.
 
+    ``callbacks`` are :class:`visionlab.engine.trainer.Callback` objects (trackers, reports...).
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
     from visionlab.config import load_config, parse_overrides, resume_config
@@ -57,7 +59,7 @@ def train(
         path = resolve_resume(resume, get_task(task).name, layers.get("out"))
         cfg, _ = resume_config(load_checkpoint(path, expect_task=task)["config"], config, layers)
         resume = path
-    return Trainer(cfg, console=_console(console)).fit(resume=resume)
+    return Trainer(cfg, console=_console(console), callbacks=list(callbacks)).fit(resume=resume)
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None):

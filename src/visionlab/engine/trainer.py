@@ -28,7 +28,7 @@ from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
 
-__all__ = ["Trainer", "TrainResult", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
+__all__ = ["Trainer", "TrainResult", "Callback", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
 
 
 @dataclass
@@ -41,8 +41,31 @@ class TrainResult:
     epochs_run: int
     history: list[dict[str, Any]] = field(default_factory=list)
     test_metrics: dict[str, float] = field(default_factory=dict)
+    test_report: dict[str, Any] = field(default_factory=dict)  # per-class detail and confusion matrix of the test split
     train_seconds: float = 0.0
     images_per_second: float = 0.0
+
+
+class Callback:
+    """A hook into training (experiment trackers, reports, ...). Every method is optional.
+
+    The trainer calls them in the order the callbacks were given, on the process that writes
+    files (rank 0 under torchrun). ``trainer`` exposes ``cfg``, ``spec``, ``run_dir``,
+    ``runner`` (classes, data info) and ``loop`` (epoch, step, history)."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+        """After validation: ``row`` is the epoch's line of metrics.csv."""
+
+    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None:
+        """A checkpoint (best.pt or last.pt) was written."""
+
+    def on_fit_end(self, trainer: "Trainer", result: TrainResult) -> None:
+        """Training ended normally: curves, summary and the test score are written."""
+
+    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+        """Training stopped with an error or an interrupt (re-raised after the callbacks)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -208,12 +231,18 @@ def _py(obj: Any) -> Any:
 class Trainer:
     """Fit one task with one config; see the module docstring for who owns what."""
 
-    def __init__(self, cfg: Config, spec: TaskSpec | None = None, console: Any = None) -> None:
+    def __init__(self, cfg: Config, spec: TaskSpec | None = None, console: Any = None,
+                 callbacks: list[Callback] | None = None) -> None:
         from rich.console import Console
 
         self.cfg = cfg
         self.spec = spec or get_task(cfg.task)
         self.console = console or Console()
+        self.callbacks: list[Callback] = list(callbacks or [])
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
 
     # ------------------------------------------------------------------ setup
     def _setup(self, resume_state: dict | None) -> None:
@@ -328,6 +357,7 @@ class Trainer:
         for path in paths:
             try:
                 save_checkpoint(state, path)
+                self._emit("on_checkpoint", path)
             except CheckpointWriteError as exc:
                 raise CheckpointWriteError(f"{exc.message[:-1]}; {self._saved_note()}.",
                                            "Free some space (or pass --out elsewhere), then --resume "
@@ -384,17 +414,24 @@ class Trainer:
             f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
             f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {self.run_dir}"
         )
+        self._emit("on_fit_start")
         try:
             self._loop()
         except KeyboardInterrupt:
-            raise TrainingInterrupted(f"interrupted: {self._saved_note()}.",
+            exc = TrainingInterrupted(f"interrupted: {self._saved_note()}.",
                                       f"Continue with --resume {self.run_dir / 'last.pt'}." if (self.run_dir / "last.pt").exists()
-                                      else "Nothing to resume; train again.") from None
+                                      else "Nothing to resume; train again.")
+            self._emit("on_exception", exc)
+            raise exc from None
+        except Exception as exc:
+            self._emit("on_exception", exc)
+            raise
         loop = self.loop
         result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
                              len(loop.history), loop.history, train_seconds=loop.train_seconds,
                              images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
         self._finish(result)
+        self._emit("on_fit_end", result)
         return result
 
     def _resumed(self, path: Path, changed: dict[str, tuple[Any, Any]]) -> None:
@@ -518,6 +555,7 @@ class Trainer:
         if ev is not None:
             row.update({f"val_{k}": v for k, v in ev.metrics.items()})
         loop.history.append(row)
+        self._emit("on_epoch_end", row)
         loop.train_seconds += loop.epoch_seconds
         loop.images_seen += loop.n_seen
         loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
@@ -573,7 +611,7 @@ class Trainer:
             # have it, even for models trained in fp32), so the test score printed here is the one they give
             inference = resolve_precision(self.cfg.precision, self.device)
             ev = self.runner.evaluate(self.model, "test", inference.autocast)
-            result.test_metrics = ev.metrics
+            result.test_metrics, result.test_report = ev.metrics, ev.report
         mem = peak_memory_mb(self.device)
         summary = {
             "task": self.spec.name, "model": self.cfg.model, "synthetic": self.cfg.is_synthetic,
