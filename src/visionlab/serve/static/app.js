@@ -173,6 +173,9 @@ async function startCamera() {
   const video = $("video");
   video.srcObject = state.stream;
   await video.play().catch(() => {});
+  if (video.readyState < 2) { // the shutter appears with the first frame
+    await new Promise((res) => { video.addEventListener("loadeddata", res, { once: true }); setTimeout(res, 5000); });
+  }
   video.hidden = false;
   $("preview").hidden = true;
   $("drop-empty").hidden = true;
