@@ -206,3 +206,75 @@ def cracks_model(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) 
         result = visionlab.train("cracks", data="synthetic", console=quiet,
                                  **fast_options("cracks", runs, model="cracks_cnn", model_args={}, name="session"))
     return result.best_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> dict[str, Path]:
+    """best.pt of a tiny cracks classifier and a tiny landcover U-Net (synthetic data, seconds each),
+    trained once per session; their run folders are the checkpoints' parents."""
+    import visionlab
+    from rich.console import Console
+
+    runs = tmp_path_factory.mktemp("tiny-runs")
+    out: dict[str, Path] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONLAB_CACHE", str(session_cache))
+        mp.setenv("VISIONLAB_RUNS", str(runs))
+        quiet = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+        out["cracks"] = visionlab.train("cracks", data="synthetic", console=quiet, **fast_options(
+            "cracks", runs, model="cracks_cnn", model_args={}, name="tiny", epochs=2)).best_checkpoint
+        out["landcover"] = visionlab.train("landcover", data="synthetic", console=quiet, **fast_options(
+            "landcover", runs, name="tiny", epochs=2)).best_checkpoint
+    return out
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+SHOTS = Path("/tmp/serve-shots")  # copies of the screenshots, for a person to look at
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright (skipped when either is missing), fake camera on."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def offline_page(browser: Any, origin: str | None, **context: Any) -> tuple[Any, list[str]]:
+    """A new page whose requests to anywhere but ``origin`` (None: anywhere but data:) are aborted
+    and recorded in the returned list."""
+    ctx = browser.new_context(**context)
+    leaked: list[str] = []
+
+    def route(r: Any) -> None:
+        url = r.request.url
+        if (origin and (url == origin or url.startswith(origin + "/"))) or url.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            leaked.append(url)
+            r.abort()
+
+    ctx.route("**/*", route)
+    return ctx.new_page(), leaked
+
+
+def save_shot(page: Any, folder: Path, name: str) -> Path:
+    """Full-page screenshot in ``folder`` (tmp) and a copy in /tmp/serve-shots/."""
+    import shutil
+
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SHOTS / name)
+    return path

@@ -180,7 +180,9 @@ def test_evaluate_lists_every_image_mistakes_first(cracks_model: Path, tmp_path:
         cracks_model = tmp_path / "stream.pt"
     report = visionlab.evaluate(cracks_model, split="all", out=tmp_path / "e", console=_console())
     rows = pd.read_csv(tmp_path / "e" / "predictions.csv")
-    assert list(rows.columns) == ["path", "label", "predicted", "confidence", "correct"]
+    assert list(rows.columns) == ["path", "label", "predicted", "confidence", "correct",
+                                  "top1_label", "top1_probability", "top2_label", "top2_probability"]
+    assert (rows["top1_label"] == rows["predicted"]).all()
     assert len(rows) == report["images"] and rows["path"].is_unique
     assert all(Path(p).is_file() and Path(p).parent.name == label for p, label in zip(rows["path"], rows["label"]))
     assert (rows["correct"] == (rows["label"] == rows["predicted"])).all()

@@ -98,13 +98,16 @@ def evaluate(
     out: str | os.PathLike | None = None,
     console: Any = None,
     tta: str | None = None,
+    examples: int = 12,
+    report_html: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained model on a split of its data, or on any folder in the task's layout.
 
     With ``data`` pointing at another folder than the training data, the whole folder is the test
     set (its own test/ split if it has one). ``tta`` overrides the test-time augmentation saved
     with the model (none, hflip, flips, d4). Writes metrics.json (and the confusion matrix as CSV
-    and PNG) and returns the report.
+    and PNG), predictions.csv, thumbnails of the ``examples`` images most worth a look, and with
+    ``report_html`` the run's HTML report (:func:`visionlab.report.write_report`); returns the report.
     """
     from visionlab.config import config_from_dict
     from visionlab.engine.checkpoint import load_checkpoint
@@ -137,6 +140,7 @@ def evaluate(
     runner.fixed_preprocessing = dict(state["preprocessing"])
     if tta is not None:
         runner.fixed_preprocessing["tta"] = tta
+    runner.examples = examples
     runner.prepare(console)
     if list(runner.classes) != list(state["classes"]):
         raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.", "Evaluate on data of the same classes.")
@@ -176,12 +180,17 @@ def evaluate(
     if result.files:
         import pandas as pd
 
-        # the mistakes first, most confident first: the photos worth looking at
-        rows = sorted(result.files, key=lambda r: (r["correct"], -r["confidence"]))
-        pd.DataFrame(rows).to_csv(out_dir / "predictions.csv", index=False)
-        wrong = sum(not r["correct"] for r in rows)
-        written.append(f"predictions.csv ({wrong} of {len(rows)} images wrong, listed first)")
+        # in the runner's order: the images worth looking at first
+        pd.DataFrame([_flat_row(r) for r in result.files]).to_csv(out_dir / "predictions.csv", index=False)
+        written.append(f"predictions.csv ({result.files_note})" if result.files_note else "predictions.csv")
+    if result.examples:
+        _write_examples(result.examples, out_dir / "examples")
+        written.append(f"examples/ ({len(result.examples)} images worth a look)")
     console.print(f"wrote to {out_dir}: " + ", ".join(written))
+    if report_html:
+        from visionlab.report import write_report
+
+        console.print(f"report: {write_report(path.parent, eval_dir=out_dir)}")
     return report
 
 
@@ -205,6 +214,20 @@ def _check_writable(folder: Path, what: str) -> None:
         where = exc.filename or folder
         raise VisionlabError(f"{what}: cannot write to {folder} ({exc.strerror or type(exc).__name__}: {where}).",
                              "Pass an --out in a folder you can write to.") from None
+
+
+def _write_examples(examples: list[dict[str, Any]], folder: Path) -> None:
+    """Each example's images as JPEG files, and examples.json that lists them with the fields."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = []
+    for n, ex in enumerate(examples, 1):
+        files = {}
+        for caption, image in ex["images"].items():
+            name = f"{n:02d}-{caption}.jpg"
+            image.convert("RGB").save(folder / name, quality=85)
+            files[caption] = name
+        listing.append({"title": ex["title"], "images": files, "fields": ex["fields"]})
+    (folder / "examples.json").write_text(json.dumps(listing, indent=2))
 
 
 def predict(
@@ -279,7 +302,7 @@ def predict(
             table.add_row(escape(p.source), "[red]error[/]", "", escape(p.error))
             continue
         if predictor.kind == "segmentation":
-            row.update(_write_masks(p, predictor, mask_dir, taken))
+            row.update(_write_masks(p, mask_dir, taken))
             detail = ", ".join(f"{c} {s:.0%}" for c, s in sorted(p.class_shares.items(), key=lambda kv: -kv[1]) if s > 0.005)
         else:
             detail = ", ".join(f"{lab} {pr:.2f}" for lab, pr in p.top_k)
@@ -309,11 +332,8 @@ def predict(
     return rows
 
 
-def _write_masks(p: Any, predictor: Any, folder: Path, taken: set[str]) -> dict[str, str]:
+def _write_masks(p: Any, folder: Path, taken: set[str]) -> dict[str, str]:
     from PIL import Image
-
-    from visionlab.data.io import load_image
-    from visionlab.engine.plots import colorize_mask, overlay_mask
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = base = Path(p.source).stem
@@ -322,17 +342,13 @@ def _write_masks(p: Any, predictor: Any, folder: Path, taken: set[str]) -> dict[
         n += 1
         stem = f"{base}-{n}"
     taken.add(stem)
-    pre = predictor.preprocessing
-    colors = {int(v): c for v, c in zip(pre["values"], pre["colors"]) if c}
     mask_path, overlay_path = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
     Image.fromarray(p.mask).save(mask_path)
     try:
-        image = load_image(p.source)
-        if image.size != (p.mask.shape[1], p.mask.shape[0]):
-            image = image.resize((p.mask.shape[1], p.mask.shape[0]))
-        overlay_mask(image, p.mask, colors, ignore_index=int(pre["ignore_index"])).save(overlay_path)
-    except Exception:
-        colorize_mask(p.mask, colors, ignore_index=int(pre["ignore_index"])).save(overlay_path)
+        overlay = p.overlay(p.source)
+    except Exception:  # the photo is unreadable now: the mask alone, in colour
+        overlay = p.overlay()
+    overlay.save(overlay_path)
     return {"mask": str(mask_path), "overlay": str(overlay_path)}
 
 
@@ -345,15 +361,17 @@ def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
         raise VisionlabError(f"--out {path}: unknown format.", "Use a .csv or .json file name.")
     import pandas as pd
 
-    flat = []
-    for r in rows:
-        f = {k: v for k, v in r.items() if k not in ("top_k", "class_shares")}
-        for i, t in enumerate(r.get("top_k", []), 1):
-            f[f"top{i}_label"], f[f"top{i}_probability"] = t["label"], t["probability"]
-        for c, s in r.get("class_shares", {}).items():
-            f[f"share_{c}"] = s
-        flat.append(f)
-    pd.DataFrame(flat).to_csv(path, index=False)
+    pd.DataFrame([_flat_row(r) for r in rows]).to_csv(path, index=False)
+
+
+def _flat_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """One CSV row: top_k as top1_label, top1_probability, ...; class_shares as share_<class>."""
+    f = {k: v for k, v in r.items() if k not in ("top_k", "class_shares")}
+    for i, t in enumerate(r.get("top_k", []), 1):
+        f[f"top{i}_label"], f[f"top{i}_probability"] = t["label"], t["probability"]
+    for c, s in r.get("class_shares", {}).items():
+        f[f"share_{c}"] = s
+    return f
 
 
 _DEMO = {

@@ -193,11 +193,72 @@ def evaluate_cmd(
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and confusion matrix (default: next to the checkpoint)."),
     tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip, flips or d4 (default: as saved with the model)."),
+    report: bool = typer.Option(False, "--report", help="Also write the run's HTML report (report.html in the output folder)."),
 ) -> None:
     """Evaluate a trained model: accuracy, P/R/F1, confusion matrix, ROC AUC; IoU for segmentation."""
     from visionlab.api import evaluate
 
-    evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out, tta=tta)
+    evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out, tta=tta,
+             report_html=report)
+
+
+@app.command("report")
+@handle_errors
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder (runs/<task>/<name>) or one of its eval-* folders."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: report.html in the evaluation folder)."),
+    device: str = typer.Option("auto", "--device", help="Device for the evaluation, when the run has none yet."),
+) -> None:
+    """One self-contained HTML page of a run: curves, metrics, confusion matrix, the images worth a look."""
+    from visionlab.report import write_report
+
+    typer.echo(f"wrote {write_report(run_dir, out=out, device=device, console=_console())}")
+
+
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    checkpoint: List[Path] = typer.Option([], "--checkpoint", "-k", help="Checkpoint to serve (repeat for several tasks)."),
+    task: List[str] = typer.Option([], "--task", "-t", help="Serve the latest run of this task (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; another than localhost needs --api-key."),
+    port: int = typer.Option(8000, "--port", "-p", help="Port (0: a free one, printed at start)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this key on every request but /health (default: $VISIONLAB_API_KEY)."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Most images in one forward pass."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long the first image of a batch waits for others."),
+    max_queue: int = typer.Option(128, "--max-queue", help="Images admitted at once; beyond, 503 with Retry-After."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body; larger ones get 413."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Largest decoded image; larger ones (bombs) get 413."),
+    device: str = typer.Option("auto", "--device"),
+    drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
+) -> None:
+    """Serve models over HTTP: a JSON API with batching, metrics, and a camera/upload page at /."""
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise VisionlabError(f"visionlab serve needs {exc.name}, which is not installed.", 'pip install "visionlab[serve]"') from None
+    from visionlab.engine.runs import latest_checkpoint
+    from visionlab.registry import get_task
+    from visionlab.serve.app import Settings, run
+
+    for name, value in (("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
+        if value < 1:
+            raise VisionlabError(f"{name} must be at least 1, got {value}.")
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels)):
+        if value <= 0:
+            raise VisionlabError(f"{name} must be positive, got {value:g}.")
+    if max_wait_ms < 0 or drain_seconds < 0:
+        raise VisionlabError("--max-wait-ms and --drain-seconds cannot be negative.")
+    paths = list(checkpoint)
+    for t in task:
+        get_task(t)  # unknown task -> the list of known ones
+        paths.append(latest_checkpoint(t))
+    if not paths:
+        raise VisionlabError("nothing to serve.", "Pass --checkpoint CKPT or --task T (repeatable), e.g. --task cracks.")
+    run(paths, Settings(host=host, port=port, api_key=api_key, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, device=device,
+                        drain_seconds=drain_seconds))
 
 
 @app.command("predict")

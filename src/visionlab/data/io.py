@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,6 +29,8 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 )
+
+IN_MEMORY = "<in-memory image>"  # how a file object without a name is called in errors
 
 # Refuse decompression bombs but allow large aerial orthophotos (LandCover.ai is 9000 x 9500).
 Image.MAX_IMAGE_PIXELS = 300_000_000
@@ -59,10 +62,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike | Image.Image | np.ndarray, draft: tuple[int, int] | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike | BinaryIO | Image.Image | np.ndarray, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image into an RGB PIL image, EXIF-transposed.
 
-    Accepts a path, an already-open PIL image or an HxW / HxWxC uint8 array. ``draft`` lets
+    Accepts a path, a binary file object, an already-open PIL image or an HxW / HxWxC uint8 array. ``draft`` lets
     JPEG decoding scale down by a power of two while staying at least that size (much faster
     for large photos that are resized afterwards anyway).
     Raises :class:`UnreadableImage` with a one-line message for anything undecodable.
@@ -74,11 +77,15 @@ def load_image(path: str | os.PathLike | Image.Image | np.ndarray, draft: tuple[
         if arr.dtype != np.uint8:
             raise UnreadableImage(f"array image has dtype {arr.dtype}; pass uint8 HxWx3 RGB.")
         return _to_rgb(Image.fromarray(arr))
-    p = Path(path)
-    if not p.exists():
-        raise UnreadableImage(f"{p}: file not found.", "Check the path.")
+    if hasattr(path, "read"):  # a file object (an upload held in memory), read from its start
+        path.seek(0)
+        p, src = getattr(path, "name", IN_MEMORY), path
+    else:
+        p = src = Path(path)
+        if not p.exists():
+            raise UnreadableImage(f"{p}: file not found.", "Check the path.")
     try:
-        with Image.open(p) as img:
+        with Image.open(src) as img:
             if draft is not None and img.format == "JPEG":
                 img.draft(img.mode, draft)
             img.load()  # force full decode: catches truncated files

@@ -7,7 +7,9 @@ unreadable file becomes a result with an ``error`` and does not stop the batch.
 
 from __future__ import annotations
 
+import base64
 import glob
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,8 @@ __all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expa
 @dataclass
 class Prediction:
     """One image's result. Classification: label, confidence, top_k. Segmentation: mask
-    (H x W array of the dataset's pixel values) and class_shares."""
+    (H x W array of the dataset's pixel values), class_shares and the legend that colours it
+    (one ``{"name", "value", "color"}`` per class)."""
 
     source: str
     label: str | None = None
@@ -39,6 +42,8 @@ class Prediction:
     class_shares: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     skipped: str | None = None  # why an entry was not predicted (not an image, a broken link, ...)
+    legend: list[dict[str, Any]] = field(default_factory=list)
+    ignore_index: int = 255
 
     def to_dict(self) -> dict[str, Any]:
         d = {"path": self.source, "label": self.label, "confidence": self.confidence, "error": self.error, "skipped": self.skipped}
@@ -47,6 +52,41 @@ class Prediction:
         if self.class_shares:
             d["class_shares"] = self.class_shares
         return d
+
+    def overlay(self, image: Any = None) -> Any:
+        """The mask in its legend's colours, blended over ``image`` when given (anything
+        :func:`~visionlab.data.io.load_image` reads: a path, a file object, a PIL image)."""
+        from visionlab.data.io import load_image
+        from visionlab.engine.plots import colorize_mask, overlay_mask
+
+        if self.mask is None:
+            raise ValueError(f"{self.source}: this prediction has no mask")
+        colors = {int(c["value"]): c["color"] for c in self.legend}
+        if image is None:
+            return colorize_mask(self.mask, colors, ignore_index=self.ignore_index)
+        image = load_image(image)
+        if image.size != (self.mask.shape[1], self.mask.shape[0]):
+            image = image.resize((self.mask.shape[1], self.mask.shape[0]))
+        return overlay_mask(image, self.mask, colors, ignore_index=self.ignore_index)
+
+    def to_json(self, image: Any = None) -> dict[str, Any]:
+        """JSON-ready result for an HTTP answer: whatever fields this result has, images as base64
+        (``mask_png``: pixel value = class value; ``overlay_jpeg``: the mask blended over ``image``,
+        which is only read when the result has a mask)."""
+        d = {k: v for k, v in self.to_dict().items() if k != "path" and v is not None}
+        if self.mask is not None:
+            from PIL import Image
+
+            d["mask_png"] = _base64(Image.fromarray(self.mask), "PNG")
+            d["overlay_jpeg"] = _base64(self.overlay(image).convert("RGB"), "JPEG", quality=88)
+            d["legend"] = self.legend
+        return d
+
+
+def _base64(image: Any, fmt: str, **options: Any) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # Files a folder walk passes over without a word (README, "Predict"): OS and editor junk.
@@ -189,6 +229,7 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
         self.tta: str = str(self.preprocessing.get("tta", "none"))  # as validated; set another mode to change it
+        self.input_size = int(self.preprocessing["image_size"])  # classifier input, or segmentation tile
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None) -> "Predictor":
@@ -221,14 +262,40 @@ class Predictor:
                     results[i] = Prediction(names[i], error=err)
             if not ok:
                 continue
-            if self.kind == "segmentation":
-                for i, x in ok:
-                    results[i] = self._segment(names[i], images[i], x.numpy())
-            else:
-                for i, pred in zip([i for i, _ in ok], self._classify(torch.stack([x for _, x in ok]), top_k)):
-                    pred.source = names[i]
-                    results[i] = pred
+            idx = [i for i, _ in ok]
+            preds = self.predict_arrays([x.numpy() for _, x in ok], top_k, [names[i] for i in idx], [images[i] for i in idx])
+            for i, pred in zip(idx, preds):
+                results[i] = pred
         return [r for r in results if r is not None]
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """One image (path, file object, PIL image or array) -> the HxWx3 uint8 array
+        :meth:`predict_arrays` takes; decoded exactly as :meth:`predict` decodes a file."""
+        return np.ascontiguousarray(load_for_model(image, self.preprocessing))
+
+    @torch.inference_mode()
+    def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int = 3, sources: Sequence[str] | None = None,
+                       originals: Sequence[Any] | None = None) -> list[Prediction]:
+        """The model step on images already :meth:`preprocess`-ed, one result per image, in order.
+
+        ``originals`` are the images before preprocessing (needed to map a scaled segmentation
+        back to the original resolution); ``sources`` name the results."""
+        if not len(arrays):
+            return []
+        sources = list(sources) if sources is not None else [f"<image {i}>" for i in range(len(arrays))]
+        originals = list(originals) if originals is not None else list(arrays)
+        if self.kind == "segmentation":
+            return [self._segment(s, o, a) for s, o, a in zip(sources, originals, arrays)]
+        preds = self._classify(torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]), top_k)
+        for pred, s in zip(preds, sources):
+            pred.source = s
+        return preds
+
+    def warmup(self) -> None:
+        """One forward pass on a blank image of the input size (first-call allocations, lazy inits)."""
+        from PIL import Image
+
+        self.predict(Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128)), top_k=1)
 
     def _classify(self, x: torch.Tensor, top_k: int) -> list[Prediction]:
         x = self.normalize(x.permute(0, 3, 1, 2).to(self.device))
@@ -259,7 +326,17 @@ class Predictor:
         mask = values[channel]
         shares = np.bincount(channel.ravel(), minlength=len(self.classes)) / channel.size
         return Prediction(name, mask=mask, class_shares={c: round(float(s), 4) for c, s in zip(self.classes, shares)},
-                          label=self.classes[int(shares.argmax())], confidence=float(shares.max()))
+                          label=self.classes[int(shares.argmax())], confidence=float(shares.max()),
+                          legend=self.legend(), ignore_index=int(self.preprocessing["ignore_index"]))
+
+    def legend(self) -> list[dict[str, Any]]:
+        """Segmentation: each class's name, pixel value and the colour its masks are drawn in."""
+        from visionlab.engine.plots import default_colors
+
+        pre = self.preprocessing
+        fallback = default_colors(256)
+        return [{"name": c, "value": int(v), "color": col or fallback[int(v)]}
+                for c, v, col in zip(self.classes, pre["values"], pre["colors"])]
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None) -> Predictor:

@@ -22,7 +22,7 @@ from visionlab.errors import VisionlabError
 from visionlab.registry import TaskSpec
 
 __all__ = ["TaskRunner", "EvalResult", "split_indices", "split_keys", "split_unit", "resolve_data_path", "runner_for",
-           "loader_generator"]
+           "loader_generator", "thumbnail"]
 
 
 @dataclass
@@ -32,7 +32,17 @@ class EvalResult:
     metrics: dict[str, float]
     report: dict[str, Any]
     primary: str
-    files: list[dict[str, Any]] | None = None  # one row per image (path, label, predicted, ...)
+    files: list[dict[str, Any]] | None = None  # one row per image (path, label, predicted, ...), worth-a-look first
+    files_note: str = ""  # what the order of ``files`` means, for the user
+    # the images worth a look (most confident mistakes, worst IoU): {"title", "images": {caption: PIL image}, "fields"}
+    examples: list[dict[str, Any]] | None = None
+
+
+def thumbnail(image: Any, max_side: int = 320) -> Any:
+    """A copy of a PIL image no larger than ``max_side`` on either side."""
+    out = image.copy()
+    out.thumbnail((max_side, max_side))
+    return out
 
 
 def resolve_data_path(cfg: Config, spec: TaskSpec, classes: list[str]) -> Path:
@@ -165,6 +175,8 @@ class TaskRunner(ABC):
         self.data_info: dict[str, Any] = {}
         # Set by evaluate: the checkpoint's preprocessing wins over one recomputed from config.
         self.fixed_preprocessing: dict[str, Any] | None = None
+        # Set by evaluate: how many examples worth a look (with thumbnails) ``evaluate`` returns.
+        self.examples: int = 0
 
     @abstractmethod
     def prepare(self, console: Any = None) -> None:

@@ -20,7 +20,7 @@ from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, m
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
-                                  split_keys)
+                                  split_keys, thumbnail)
 
 __all__ = ["ClassificationRunner", "classification_preprocessing"]
 
@@ -251,13 +251,32 @@ class ClassificationRunner(TaskRunner):
             total += float(F.cross_entropy(out, y, reduction="sum"))
             n += len(y)
             meter.update(out, y)
-            conf, pred = out.softmax(1).max(1)
-            for path, t, p, c in zip(paths, y.tolist(), pred.tolist(), conf.tolist()):
-                rows.append({"path": path, "label": self.classes[t], "predicted": self.classes[p],
-                             "confidence": round(float(c), 4), "correct": t == p})
+            probs, top = out.softmax(1).topk(min(3, len(self.classes)), dim=1)
+            for path, t, ps, ks in zip(paths, y.tolist(), probs.tolist(), top.tolist()):
+                rows.append({"path": path, "label": self.classes[t], "predicted": self.classes[ks[0]],
+                             "confidence": round(float(ps[0]), 4), "correct": t == ks[0],
+                             "top_k": [{"label": self.classes[k], "probability": round(float(p), 4)} for k, p in zip(ks, ps)]})
         if n == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}
         metrics["loss"] = total / n
         report = meter.report(self.classes)
-        return EvalResult(metrics, report, self.primary, rows)
+        rows.sort(key=lambda r: (r["correct"], -r["confidence"]))  # the mistakes first, most confident first
+        wrong = sum(not r["correct"] for r in rows)
+        return EvalResult(metrics, report, self.primary, rows, f"{wrong} of {len(rows)} images wrong, listed first",
+                          self._mistakes(rows[: min(wrong, self.examples)]))
+
+    def _mistakes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Thumbnails of the given (mistaken) rows, with the true and predicted labels and top-k."""
+        from visionlab.data.io import load_image
+
+        out = []
+        for r in rows:
+            try:
+                images = {"photo": thumbnail(load_image(r["path"]), 240)}
+            except Exception:  # a file gone since: the labels alone
+                images = {}
+            out.append({"title": r["path"], "images": images,
+                        "fields": {"true": r["label"], "predicted": f"{r['predicted']} ({r['confidence']:.0%})",
+                                   "top-k": ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"])}})
+        return out

@@ -21,7 +21,7 @@ from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
-                                  split_keys)
+                                  split_keys, thumbnail)
 
 __all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut", "predict_probs"]
 
@@ -303,13 +303,52 @@ class SegmentationRunner(TaskRunner):
 
         meter = SegmentationMeter(len(self.classes), ignore_index=self.ignore_index, exclude=self.exclude)
         model.eval()
+        rows: list[dict[str, Any]] = []
+        worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # (mIoU, k, truth, prediction), the lowest kept
         for k in self.splits[split]:
             img = self.train_pair(int(k))[0]
             mask = self._eval_mask(int(k), img.shape[:2])
             probs = predict_probs(model, img, self.preprocessing, self.normalize, autocast, batch_size or 8,
                                   self.cfg.channels_last, out_size=mask.shape)
-            meter.update(probs.argmax(0)[None].cpu(), torch.from_numpy(mask.astype(np.int64))[None])
+            pred = probs.argmax(0).cpu()
+            meter.update(pred[None], torch.from_numpy(mask.astype(np.int64))[None])
+            if self.examples:  # evaluate only: per-image scores, and the worst images kept as thumbnails
+                row = self._image_scores(mask, pred.numpy().astype(np.uint8))
+                rows.append({"path": str(self.index.images[int(k)]), **row})
+                if row["miou"] is not None:
+                    worst = sorted(worst + [(row["miou"], int(k), *self._small_masks(mask, pred.numpy()))])[: self.examples]
         if len(self.splits[split]) == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None and np.isscalar(v)}
-        return EvalResult(metrics, meter.report(self.classes), self.primary)
+        rows.sort(key=lambda r: (r["miou"] is None, r["miou"] or 0.0))
+        return EvalResult(metrics, meter.report(self.classes), self.primary, rows or None, "lowest IoU first",
+                          [self._example(*w) for w in worst])
+
+    def _image_scores(self, truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+        """One image's mIoU (over the classes in its truth or prediction) and pixel accuracy."""
+        n = len(self.classes)
+        valid = truth != self.ignore_index
+        cm = np.bincount(truth[valid].astype(np.int64) * n + pred[valid], minlength=n * n).reshape(n, n)
+        tp, gt, pr = np.diag(cm), cm.sum(1), cm.sum(0)
+        keep = np.array([c not in self.exclude and (gt[c] + pr[c]) > 0 for c in range(n)], dtype=bool)
+        iou = tp[keep] / np.maximum(gt[keep] + pr[keep] - tp[keep], 1)
+        return {"miou": round(float(iou.mean()), 4) if keep.any() else None,
+                "pixel_accuracy": round(float(tp.sum() / max(1, cm.sum())), 4)}
+
+    def _small_masks(self, truth: np.ndarray, pred: np.ndarray, side: int = 320) -> tuple[np.ndarray, np.ndarray]:
+        h, w = truth.shape
+        size = (max(1, round(w * min(1.0, side / max(h, w)))), max(1, round(h * min(1.0, side / max(h, w)))))
+        return resize_mask(truth, size), resize_mask(pred.astype(np.uint8), size)
+
+    def _example(self, miou: float, k: int, truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+        """Photo, truth and prediction of one image, side by side, in the dataset's class colours."""
+        from PIL import Image
+
+        from visionlab.engine.plots import overlay_mask
+
+        photo = Image.fromarray(self.train_pair(k)[0]).resize((truth.shape[1], truth.shape[0]), Image.BILINEAR)
+        colors = {i: c for i, c in enumerate(self.preprocessing["colors"]) if c}
+        layers = {name: overlay_mask(photo, m, colors, alpha=0.55, ignore_index=self.ignore_index)
+                  for name, m in (("truth", truth), ("prediction", pred))}
+        return {"title": str(self.index.images[k]), "images": {"photo": thumbnail(photo), **layers},
+                "fields": {"mIoU": f"{miou:.3f}"}}

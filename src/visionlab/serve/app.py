@@ -1,0 +1,400 @@
+"""The FastAPI app of ``visionlab serve``: several models, one per task, batched.
+
+Each request flows decode -> predict -> encode (LitServe's split): the body is read and decoded
+in a thread pool, the forward pass runs in a batch with other requests' images in the model's
+own thread (:class:`~visionlab.serve.batching.Batcher`), and each result serialises itself
+(:meth:`visionlab.engine.predict.Prediction.to_json`). Nothing here knows what a task kind
+is: classes, input size and what a result holds all come from the checkpoint and the result.
+
+``/health`` says the process is up, ``/ready`` that every model is loaded and warmed up
+(Triton's live/ready split); a full queue answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from visionlab._version import __version__
+from visionlab.errors import VisionlabError
+from visionlab.serve.batching import Batcher
+from visionlab.serve.metrics import Metrics
+from visionlab.serve.uploads import Problem, check_image, decode_failure, parse_uploads, read_body
+
+__all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
+
+log = logging.getLogger("visionlab.serve")
+KEY_ENV = "VISIONLAB_API_KEY"
+COOKIE = "visionlab_api_key"
+STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+# The page may load nothing that is not served by this process.
+CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+       "style-src 'self'; script-src 'self'; connect-src 'self'; font-src 'self'; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    max_queue: int = 128  # images admitted and not yet answered; more -> 503 + Retry-After
+    max_upload_mb: float = 20.0
+    max_megapixels: float = 100.0  # LandCover.ai orthophotos are 85 MP
+    top_k: int = 3
+    device: str = "auto"
+    drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish
+    decode_threads: int = max(1, min(4, os.cpu_count() or 1))
+
+
+class ServedModel:
+    """One checkpoint: its description (available at once) and, once loaded, its predictor."""
+
+    def __init__(self, path: Path, state: dict[str, Any]) -> None:
+        self.path, self.state = path, state
+        self.task: str = state["task"]
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        self.sha256 = digest.hexdigest()
+        self.predictor: Any = None
+        self.batcher: Batcher | None = None
+
+    def info(self) -> dict[str, Any]:
+        pre = self.state["preprocessing"]
+        return {"task": self.task, "kind": self.state["kind"], "classes": list(self.state["classes"]),
+                "input_size": int(pre["image_size"]), "preprocessing": pre, "model": self.state["model_name"],
+                "checkpoint": str(self.path), "checkpoint_sha256": self.sha256,
+                "trained_with_visionlab": self.state.get("visionlab_version"), "visionlab_version": __version__,
+                "synthetic_data": bool(self.state.get("data", {}).get("synthetic", False)),
+                "loaded": self.predictor is not None}
+
+    def load(self, device: str) -> None:
+        from visionlab.engine.predict import Predictor
+
+        predictor = Predictor(self.state, device=device, source=str(self.path))
+        predictor.warmup()
+        self.predictor = predictor
+
+    def run(self, items: list[tuple[Any, str, Any, int]]) -> list[Any]:
+        """The batch step: items are (preprocessed array, name, decoded image, top_k)."""
+        arrays, names, images, ks = zip(*items)
+        preds = self.predictor.predict_arrays(list(arrays), max(ks), list(names), list(images))
+        for pred, k in zip(preds, ks):
+            pred.top_k = pred.top_k[:k]
+        return preds
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:
+    """Read and check the checkpoints (before the server starts): one model per task."""
+    from visionlab.engine.checkpoint import load_checkpoint
+
+    models: dict[str, ServedModel] = {}
+    for p in paths:
+        path = Path(p).expanduser()
+        model = ServedModel(path, load_checkpoint(path))
+        if model.task in models:
+            raise VisionlabError(f"two checkpoints of task {model.task!r}: {models[model.task].path} and {path}.",
+                                 "Serve one model per task.")
+        models[model.task] = model
+    if not models:
+        raise VisionlabError("no model to serve.", "Pass --checkpoint CKPT or --task T (its latest run).")
+    return list(models.values())
+
+
+def _static(name: str) -> bytes:
+    return resources.files("visionlab.serve").joinpath("static", name).read_bytes()
+
+
+def _route(path: str) -> str:
+    """The metrics label of a path (unknown paths share one label)."""
+    if path in ("/", "/health", "/ready", "/models", "/metrics", "/predict"):
+        return path
+    if path.startswith("/predict/"):
+        return "/predict/{task}"
+    return "/static" if path.startswith("/static/") else "other"
+
+
+def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+class _Gate:
+    """ASGI middleware: API key check (all but /health) and request metrics."""
+
+    def __init__(self, app: Any, key: str | None, metrics: Metrics, state: dict[str, Any]) -> None:
+        self.app, self.key, self.metrics, self.state = app, key, metrics, state
+
+    def _given_key(self, scope: dict[str, Any]) -> str | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if "x-api-key" in headers:
+            return headers["x-api-key"]
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE:
+                return value
+        if scope["path"] == "/":  # the page: open /?key=KEY once, a cookie keeps it
+            from urllib.parse import parse_qs
+
+            keys = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
+            return keys[0] if keys else None
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.key and scope["path"] != "/health":
+                given = self._given_key(scope)
+                if given is None or not hmac.compare_digest(given.encode(), self.key.encode()):
+                    msg = ("this server needs an API key: send it as the X-API-Key header (or Authorization: Bearer KEY); "
+                           "in a browser, open /?key=KEY once") if given is None else "wrong API key"
+                    await _problem(401 if given is None else 403, msg)(scope, receive, send_status)
+                    return
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.request(_route(scope["path"]), status[0], time.perf_counter() - t0)
+
+
+def create_app(models: Sequence[ServedModel], settings: Settings | None = None) -> FastAPI:
+    """The app; models load and warm up in the background once it starts (see ``/ready``)."""
+    settings = settings or Settings()
+    by_task = {m.task: m for m in models}
+    metrics = Metrics(settings.max_batch_size)
+    state: dict[str, Any] = {"pending": 0, "in_flight": 0, "ready": False, "error": None, "loaded_in": None}
+    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
+    page = _static("index.html")
+    static = {name: _static(name) for name in STATIC}
+
+    def load_all() -> None:
+        t0 = time.perf_counter()
+        for m in models:
+            m.load(settings.device)
+        state["loaded_in"] = round(time.perf_counter() - t0, 2)
+
+    async def loading() -> None:
+        try:
+            await asyncio.to_thread(load_all)
+            state["ready"] = True
+            log.warning("ready: %d model(s) loaded and warmed up in %.1f s", len(models), state["loaded_in"])
+        except Exception as exc:  # /ready stays 503 and says why
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            log.error("loading the models failed: %s", state["error"])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for m in models:
+            m.batcher = Batcher(m.run, settings.max_batch_size, settings.max_wait_ms, name=m.task,
+                                on_batch=lambda n, s, task=m.task: metrics.batch(task, n, s))
+            m.batcher.start()
+        loader = asyncio.get_running_loop().create_task(loading())
+        yield
+        # uvicorn has already waited for the requests in flight (SIGTERM drains them)
+        loader.cancel()
+        for m in models:
+            await m.batcher.close()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="visionlab", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    metrics.gauge("visionlab_queue_depth", "Images waiting for a forward pass, per model.",
+                  lambda: {f'model="{m.task}"': m.batcher.depth if m.batcher else 0 for m in models})
+    metrics.gauge("visionlab_pending_images", "Images admitted and not yet answered (bounded by --max-queue).",
+                  lambda: {"": state["pending"]})
+    metrics.gauge("visionlab_requests_in_flight", "Predict requests being answered.", lambda: {"": state["in_flight"]})
+    metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.", lambda: {"": float(state["ready"])})
+
+    @app.exception_handler(Problem)
+    async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+        return _problem(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("error answering %s", request.url.path)
+        return _problem(500, f"internal error ({type(exc).__name__}); see the server log.")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "visionlab_version": __version__}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        body = {"ready": state["ready"], "models": {m.task: m.predictor is not None for m in models}}
+        if state["error"]:
+            body["error"] = state["error"]
+        elif state["ready"]:
+            body["loaded_in_seconds"] = state["loaded_in"]
+        return JSONResponse(body, status_code=200 if state["ready"] else 503)
+
+    @app.get("/models")
+    async def list_models() -> dict[str, Any]:
+        return {"models": [m.info() for m in models], "visionlab_version": __version__,
+                "max_upload_mb": settings.max_upload_mb, "max_batch_size": settings.max_batch_size}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/")
+    async def index(request: Request) -> Response:
+        response = Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": CSP})
+        key = request.query_params.get("key")
+        if settings.api_key and key:  # already checked by the gate
+            response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/static/{name}")
+    async def asset(name: str) -> Response:
+        if name not in static:
+            return _problem(404, f"no static file {name!r}")
+        return Response(static[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    def prepare(model: ServedModel, upload: Any) -> tuple[Any, Any]:
+        """decode: header checks, then the very decoding `visionlab predict` gives a file."""
+        image = check_image(upload, int(settings.max_megapixels * 1e6))
+        try:
+            return model.predictor.preprocess(image), image
+        except Exception as exc:
+            raise decode_failure(upload, exc) from None
+
+    async def answer(request: Request, task: str | None) -> JSONResponse:
+        if task is None:
+            if len(by_task) > 1:
+                raise Problem(422, f"{len(by_task)} models are served ({', '.join(by_task)}); POST to /predict/{{task}}.")
+            task = next(iter(by_task))
+        if task not in by_task:
+            raise Problem(404, f"no model for task {task!r}; served: {', '.join(by_task)}.")
+        model = by_task[task]
+        if not state["ready"]:
+            raise Problem(503, "the models are still loading; retry when /ready answers 200.", {"Retry-After": "2"})
+        try:
+            top_k = int(request.query_params.get("top_k", settings.top_k))
+        except ValueError:
+            raise Problem(422, f"top_k={request.query_params['top_k']!r} is not an integer.") from None
+        if not 1 <= top_k <= 1000:
+            raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
+        if state["pending"] >= settings.max_queue:
+            raise Problem(503, f"the server is busy ({state['pending']} images queued, --max-queue {settings.max_queue}); "
+                               "retry shortly.", {"Retry-After": "1"})
+        reserved = 1
+        state["pending"] += 1
+        state["in_flight"] += 1
+        t0 = time.perf_counter()
+        try:
+            body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20))
+            uploads, extra = parse_uploads(request.headers.get("content-type", ""), body)
+            del body
+            more = len(uploads) - 1
+            if more and state["pending"] + more > settings.max_queue:
+                raise Problem(503, f"the server is busy ({state['pending']} images queued, --max-queue {settings.max_queue}); "
+                                   "retry shortly.", {"Retry-After": "1"})
+            state["pending"] += more
+            reserved += more
+            loop = asyncio.get_running_loop()
+            prepared = await asyncio.gather(*(loop.run_in_executor(decode_pool, prepare, model, u) for u in uploads))
+            preds = await model.batcher.submit([(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)])
+            encoded = await asyncio.gather(*(loop.run_in_executor(decode_pool, p.to_json, img)
+                                             for p, (_, img) in zip(preds, prepared)))
+        finally:
+            state["pending"] -= reserved
+            state["in_flight"] -= 1
+        out: dict[str, Any] = {"task": task}
+        if "id" in extra:
+            out["id"] = extra["id"]
+        out["results"] = [{"index": i, "name": u.name, **r} for i, (u, r) in enumerate(zip(uploads, encoded))]
+        out["seconds"] = round(time.perf_counter() - t0, 4)
+        headers = {"X-Request-ID": request.headers["x-request-id"]} if "x-request-id" in request.headers else None
+        return JSONResponse(out, headers=headers)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        return await answer(request, None)
+
+    @app.post("/predict/{task}")
+    async def predict_task(task: str, request: Request) -> JSONResponse:
+        return await answer(request, task)
+
+    return _Gate(app, settings.api_key, metrics, state)  # type: ignore[return-value]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise VisionlabError(f"cannot listen on {host}:{port} ({exc.strerror}).",
+                             "Pass another --port (0 picks a free one) or --host.") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
+    """Check the checkpoints, bind, and serve until SIGINT/SIGTERM (requests in flight finish first)."""
+    import uvicorn
+
+    models = load_models(checkpoints)
+    if not settings.api_key:
+        settings.api_key = os.environ.get(KEY_ENV) or None
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        sys.stderr.write(f"warning: listening on {settings.host} without an API key: anyone who can reach this machine "
+                         f"can use the models. Pass --api-key KEY or set {KEY_ENV}.\n")
+    sock = _bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    for m in models:
+        print(f"model {m.task}: {m.path} (sha256 {m.sha256[:12]})", flush=True)
+    print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
+          + (f"/{{task}}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
+          + (" | API key required" if settings.api_key else ""), flush=True)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    app = create_app(models, settings)
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")
+    server = uvicorn.Server(config)
+    stopped: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the signal after its graceful shutdown; then this handler ends the run quietly
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, f: stopped.append(s))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    left = app.state["in_flight"]
+    print("stopped" + (f" with {left} request(s) unanswered after --drain-seconds {settings.drain_seconds:g}"
+                       if left else ", every request in flight answered") + ".", flush=True)
+    if not server.started:
+        raise VisionlabError("the server did not start (see the messages above).")

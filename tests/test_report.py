@@ -1,0 +1,131 @@
+"""visionlab report / evaluate --report: one self-contained HTML file, opened offline in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from rich.console import Console
+from typer.testing import CliRunner
+
+import visionlab
+from conftest import offline_page, save_shot
+from visionlab.cli import app
+from visionlab.report import render_report, write_report
+
+
+def _quiet() -> Console:
+    return Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+
+
+@pytest.fixture(scope="module")
+def cracks_eval(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cracks-eval")
+    visionlab.evaluate(tiny_models["cracks"], out=out, console=_quiet(), report_html=True, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="module")
+def landcover_eval(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("landcover-eval")
+    visionlab.evaluate(tiny_models["landcover"], out=out, console=_quiet(), report_html=True, device="cpu", examples=3)
+    return out
+
+
+def _no_outside_refs(text: str) -> None:
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)""", text)
+    assert all(r.startswith("data:") for r in refs), [r for r in refs if not r.startswith("data:")]
+    assert "@import" not in text and "url(http" not in text
+
+
+def test_evaluate_report_of_a_classifier(cracks_eval: Path):
+    rows = pd.read_csv(cracks_eval / "predictions.csv")
+    assert {"top1_label", "top1_probability", "top2_label", "top2_probability"} <= set(rows.columns)
+    assert (rows["top1_label"] == rows["predicted"]).all()
+    wrong = rows[~rows["correct"]]
+    assert list(wrong.index) == list(range(len(wrong))) and wrong["confidence"].is_monotonic_decreasing
+    listing = json.loads((cracks_eval / "examples" / "examples.json").read_text())
+    assert len(listing) == min(12, len(wrong))
+    for ex, (_, row) in zip(listing, wrong.iterrows()):  # the most confident mistakes, in order
+        assert ex["title"] == row["path"] and ex["fields"]["true"] == row["label"]
+        assert (cracks_eval / "examples" / ex["images"]["photo"]).is_file()
+    text = (cracks_eval / "report.html").read_text()
+    _no_outside_refs(text)
+    for needle in ("Test metrics", "Training curves", "<svg", "Per class", "Confusion matrix", "true ↓", "predicted →",
+                   "Negative", "Positive", "precision", "recall", "f1", "SYNTHETIC"):
+        assert needle in text, needle
+    metrics = json.loads((cracks_eval / "metrics.json").read_text())
+    assert f"{metrics['metrics']['accuracy']:.4f}" in text
+    cm = metrics["confusion_matrix"]
+    assert f"<b>{cm[0][0]:,}</b>" in text and f"<b>{cm[1][0]:,}</b>" in text
+    if listing:
+        assert "Most confident mistakes" in text and text.count("data:image/jpeg;base64,") == len(listing)
+
+
+def test_evaluate_report_of_a_segmenter_shows_worst_images(landcover_eval: Path):
+    rows = pd.read_csv(landcover_eval / "predictions.csv")
+    assert {"path", "miou", "pixel_accuracy"} <= set(rows.columns) and rows["miou"].is_monotonic_increasing
+    listing = json.loads((landcover_eval / "examples" / "examples.json").read_text())
+    assert len(listing) == min(3, len(rows))
+    assert [ex["title"] for ex in listing] == list(rows["path"][: len(listing)])
+    for ex in listing:
+        assert list(ex["images"]) == ["photo", "truth", "prediction"]
+        sizes = {Image.open(landcover_eval / "examples" / f).size for f in ex["images"].values()}
+        assert len(sizes) == 1  # side by side at one size
+    text = (landcover_eval / "report.html").read_text()
+    _no_outside_refs(text)
+    assert "Worst images by IoU" in text and "counts of pixels" in text and "iou" in text
+    assert text.count("data:image/jpeg;base64,") == 3 * len(listing)
+
+
+def test_labels_and_file_names_are_escaped(tmp_path: Path):
+    run = tmp_path / "run"
+    ev = run / "eval-test"
+    (ev / "examples").mkdir(parents=True)
+    evil = "<script>alert(1)</script>"
+    (ev / "metrics.json").write_text(json.dumps({
+        "kind": "classification", "task": "cracks", "class_names": [evil, "a&b"], "primary": "accuracy",
+        "metrics": {"accuracy": 0.5}, "confusion_matrix": [[1, 1], [1, 1]],
+        "per_class": {evil: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}, "a&b": {"precision": 0.5}}}))
+    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    (ev / "examples" / "examples.json").write_text(json.dumps([
+        {"title": f"/data/{evil}.jpg", "images": {"photo": "01-photo.jpg"}, "fields": {"true": evil, "predicted": "a&b"}}]))
+    (run / "metrics.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,0.9,0.8,0.5\n2,0.7,0.75,0.5\n")
+    text = render_report(run, ev)
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "a&amp;b" in text
+
+
+def test_report_command_evaluates_a_run_that_has_no_evaluation(tiny_models: dict[str, Path], tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_models["cracks"].parent, run, ignore=shutil.ignore_patterns("eval-*"))
+    r = CliRunner().invoke(app, ["report", str(run), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    evals = list(run.glob("eval-*/report.html"))
+    assert len(evals) == 1 and f"wrote {evals[0]}" in r.output.replace("\n", "")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "is not a folder" in r.output
+    assert write_report(evals[0].parent, out=tmp_path / "again.html") == tmp_path / "again.html"
+
+
+def test_reports_open_offline_in_a_browser(cracks_eval: Path, landcover_eval: Path, chromium, tmp_path: Path):
+    for name, folder in (("report-cracks.png", cracks_eval), ("report-landcover.png", landcover_eval)):
+        url = (folder / "report.html").as_uri()
+        page, leaked = offline_page(chromium, "file://", viewport={"width": 1200, "height": 900})
+        requests: list[str] = []
+        page.on("request", lambda req: requests.append(req.url))
+        page.goto(url)
+        page.wait_for_load_state("load")
+        assert page.locator("svg polyline").count() >= 2  # the curves drew
+        assert page.locator("table.cm td").count() >= 4
+        broken = page.locator("img").evaluate_all("imgs => imgs.filter(i => !i.complete || i.naturalWidth === 0).length")
+        assert broken == 0
+        save_shot(page, tmp_path, name)
+        assert leaked == [] and [r for r in requests if not r.startswith("data:")] == [url]
+        page.context.close()

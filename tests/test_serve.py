@@ -1,0 +1,531 @@
+"""visionlab serve: a real uvicorn on 127.0.0.1 (a free port), real photos and synthetic ones.
+
+Most tests share one server (in a thread of this process) that serves a tiny cracks classifier
+and a tiny landcover U-Net; the SIGTERM test runs ``visionlab serve`` as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("python_multipart")
+httpx = pytest.importorskip("httpx")
+
+from conftest import REPO, make_class_image, offline_page, save_shot  # noqa: E402
+
+from visionlab.engine.predict import Predictor  # noqa: E402
+
+MAX_UPLOAD_MB = 2  # small, so the oversized bodies of the tests are quick to send
+
+
+class Server:
+    """uvicorn serving ``create_app(...)`` in a daemon thread, on a socket bound to a free port."""
+
+    def __init__(self, checkpoints: list[Path], **settings: Any) -> None:
+        import uvicorn
+
+        from visionlab.serve.app import Settings, _bind, create_app, load_models
+
+        self.settings = Settings(port=0, **settings)
+        self.sock = _bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        app = create_app(load_models(checkpoints), self.settings)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+
+    def wait_ready(self, timeout: float = 60.0, **kw: Any) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2, **kw).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url} was not ready after {timeout} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: dict[str, Path]) -> Iterator[Server]:
+    s = Server([tiny_models["cracks"], tiny_models["landcover"]], max_upload_mb=MAX_UPLOAD_MB, max_wait_ms=25.0,
+               max_megapixels=20.0, device="cpu")
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_models: dict[str, Path]) -> dict[str, Predictor]:
+    return {task: Predictor.from_checkpoint(path, device="cpu") for task, path in tiny_models.items()}
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def _cracks_photos(shared_data: Path, n: int) -> list[Path]:
+    pos = sorted((shared_data / "cracks" / "Positive").iterdir())[: (n + 1) // 2]
+    neg = sorted((shared_data / "cracks" / "Negative").iterdir())[: n // 2]
+    return [p for pair in zip(pos, neg) for p in pair][:n] or (pos + neg)[:n]
+
+
+def _raw_http(url: str, head: bytes, body_chunks: Iterator[bytes] = iter(()), read_timeout: float = 20.0) -> tuple[int, dict, bytes]:
+    """Send a hand-made request over a socket (bodies that lie), then read the answer.
+
+    The body is sent from another thread while this one reads, so an early answer (413 before
+    the body is all read) is seen even when the server closes the connection afterwards."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=read_timeout)
+
+    def send_all() -> None:
+        try:
+            sock.sendall(head)
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except OSError:  # the server answered and closed: expected for refused bodies
+            pass
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or len(data) < _expected_len(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    finally:
+        sock.close()
+        sender.join(timeout=10)
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def _expected_len(data: bytes) -> int:
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if not sep:
+        return 1 << 62
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        if line.lower().startswith("content-length:"):
+            return len(head) + 4 + int(line.split(":", 1)[1])
+    return len(data)
+
+
+# --------------------------------------------------------------------------- health, ready, models
+
+
+def test_health_ready_and_models_describe_every_model(server: Server, tiny_models: dict[str, Path]):
+    import hashlib
+
+    from visionlab import __version__
+
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    ready = httpx.get(server.url + "/ready")
+    assert ready.status_code == 200 and ready.json()["models"] == {"cracks": True, "landcover": True}
+    models = {m["task"]: m for m in httpx.get(server.url + "/models").json()["models"]}
+    assert set(models) == {"cracks", "landcover"}
+    cracks = models["cracks"]
+    assert cracks["kind"] == "classification" and cracks["classes"] == ["Negative", "Positive"]
+    assert cracks["input_size"] == 32 and cracks["preprocessing"]["image_size"] == 32
+    assert cracks["checkpoint_sha256"] == hashlib.sha256(tiny_models["cracks"].read_bytes()).hexdigest()
+    assert cracks["visionlab_version"] == __version__ and cracks["trained_with_visionlab"] == __version__
+    assert models["landcover"]["kind"] == "segmentation" and models["landcover"]["input_size"] == 64
+
+
+def test_ready_is_503_until_the_models_are_warm(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+    """/health answers at once; /ready and /predict say 503 while a model is still loading."""
+    from visionlab.serve import app as serve_app
+
+    gate = threading.Event()
+    real_load = serve_app.ServedModel.load
+
+    def slow_load(self, device):
+        gate.wait(30)
+        real_load(self, device)
+
+    monkeypatch.setattr(serve_app.ServedModel, "load", slow_load)
+    s = Server([tiny_models["cracks"]], device="cpu")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(s.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        r = httpx.get(s.url + "/ready")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        p = httpx.post(s.url + "/predict", content=_jpeg(make_class_image("apple", 0, 32)), headers={"content-type": "image/jpeg"})
+        assert p.status_code == 503 and "loading" in p.json()["error"] and p.headers["retry-after"]
+        gate.set()
+        s.wait_ready()
+    finally:
+        gate.set()
+        s.stop()
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def test_real_photos_multipart_and_base64_json_match_offline_predict(server: Server, offline, shared_data: Path):
+    photos = _cracks_photos(shared_data, 4)
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    r = httpx.post(server.url + "/predict/cracks?top_k=2", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "cracks" and [x["name"] for x in body["results"]] == [p.name for p in photos]
+    expected = offline["cracks"].predict([str(p) for p in photos], top_k=2)
+    for got, want in zip(body["results"], expected):
+        assert got["label"] == want.label and got["confidence"] == pytest.approx(want.confidence, abs=1e-4)
+        assert [t["label"] for t in got["top_k"]] == [lab for lab, _ in want.top_k]
+        assert sum(t["probability"] for t in got["top_k"]) == pytest.approx(1.0, abs=1e-4)
+    # the minerals API's way: JSON with base64, one image or several
+    one = httpx.post(server.url + "/predict/cracks", json={"image": base64.b64encode(photos[0].read_bytes()).decode(), "id": "x1"})
+    assert one.status_code == 200 and one.json()["id"] == "x1"
+    assert one.json()["results"][0]["label"] == expected[0].label
+    many = httpx.post(server.url + "/predict/cracks", json={"images": [
+        "data:image/jpeg;base64," + base64.b64encode(p.read_bytes()).decode() for p in photos[:2]]})
+    assert [x["label"] for x in many.json()["results"]] == [e.label for e in expected[:2]]
+
+
+def test_raw_image_body_and_single_model_route(tiny_models: dict[str, Path]):
+    """With one model, POST /predict needs no task; an image/* body is one image."""
+    s = Server([tiny_models["cracks"]], device="cpu")
+    try:
+        s.wait_ready()
+        r = httpx.post(s.url + "/predict", content=_jpeg(make_class_image("zebra", 1, 48)), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200 and r.json()["results"][0]["label"] in ("Negative", "Positive")
+    finally:
+        s.stop()
+
+
+def test_landcover_answers_mask_png_overlay_legend_and_shares(server: Server, offline, shared_data: Path):
+    photo = sorted((shared_data / "landcover" / "images").iterdir())[0]
+    with Image.open(photo) as im:
+        size = im.size
+    r = httpx.post(server.url + "/predict/landcover", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(res["mask_png"]))))
+    assert mask.shape == (size[1], size[0])
+    want = offline["landcover"].predict(str(photo))[0]
+    assert np.mean(mask == want.mask) > 0.99  # same model, same tiles
+    overlay = Image.open(io.BytesIO(base64.b64decode(res["overlay_jpeg"])))
+    assert overlay.format == "JPEG" and overlay.size == size
+    assert [c["name"] for c in res["legend"]] == offline["landcover"].classes
+    assert all(c["color"].startswith("#") for c in res["legend"])
+    assert sum(res["class_shares"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert res["label"] == max(res["class_shares"], key=res["class_shares"].get)
+    assert "top_k" not in res
+
+
+def test_concurrent_requests_are_batched_and_each_answer_is_its_own(server: Server, offline):
+    """24 clients at once, each with its own image and id: every answer carries its id and the
+    offline prediction of its image; the metrics show that images shared forward passes."""
+    images = [make_class_image(("apple", "zebra", "kiwi")[i % 3], i, 40) for i in range(24)]
+    expected = offline["cracks"].predict(images, top_k=1)
+
+    def call(i: int) -> dict:
+        payload = {"id": f"req-{i}", "image": base64.b64encode(_jpeg(images[i], 100)).decode()}
+        return httpx.post(server.url + "/predict/cracks?top_k=1", json=payload, headers={"x-request-id": f"h{i}"}, timeout=60)
+
+    before = _metric(server, "visionlab_batch_size_count", 'model="cracks"')
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(call, range(24)))
+    assert [a.status_code for a in answers] == [200] * 24
+    assert [a.json()["id"] for a in answers] == [f"req-{i}" for i in range(24)]
+    assert [a.headers["x-request-id"] for a in answers] == [f"h{i}" for i in range(24)]
+    for a, want in zip(answers, expected):
+        res = a.json()["results"][0]
+        assert res["label"] == want.label and len(res["top_k"]) == 1
+        # JPEG at quality 100 vs the original pixels: a hair apart
+        assert res["confidence"] == pytest.approx(want.confidence, abs=0.05)
+    batches = _metric(server, "visionlab_batch_size_count", 'model="cracks"') - before
+    assert 1 <= batches < 24, f"24 concurrent images ran in {batches} forward passes: nothing was batched"
+
+
+def _metric(server: Server, name: str, labels: str = "") -> float:
+    text = httpx.get(server.url + "/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + labels + "}" if labels else "")) or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_are_prometheus_text(server: Server):
+    httpx.post(server.url + "/predict/cracks", content=b"not an image", headers={"content-type": "image/jpeg"})
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for needle in ("# TYPE visionlab_requests_total counter", 'visionlab_requests_total{path="/predict/{task}",status="415"}',
+                   "# TYPE visionlab_request_seconds histogram", 'visionlab_request_seconds_bucket{path="/predict/{task}",le="+Inf"}',
+                   "# TYPE visionlab_batch_size histogram", 'visionlab_queue_depth{model="cracks"} 0',
+                   "visionlab_pending_images 0", "visionlab_ready 1"):
+        assert needle in text, needle
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_every_bad_input_gets_a_json_error_and_the_server_lives_on(server: Server, shared_data: Path):
+    url = server.url + "/predict/cracks"
+    photo = _cracks_photos(shared_data, 1)[0].read_bytes()
+    big = os.urandom(MAX_UPLOAD_MB * 2**20 + 10)
+
+    def check(r: httpx.Response, status: int, words: str) -> None:
+        assert r.status_code == status, (r.status_code, r.text)
+        assert words in r.json()["error"], r.json()
+
+    check(httpx.post(url, content=b"hello", headers={"content-type": "text/plain"}), 415, "unsupported Content-Type 'text/plain'")
+    check(httpx.post(url, files={"image": ("notes.txt", b"just some text\n" * 20, "text/plain")}), 415, "notes.txt: not an image")
+    check(httpx.post(url, files={"image": ("cut.jpg", photo[: len(photo) // 2], "image/jpeg")}), 422, "cut.jpg: cannot decode image (OSError: image file is truncated")
+    check(httpx.post(url, files={"image": ("bomb.png", _png_header_only(100_000, 100_000), "image/png")}), 413, "decompression bomb")
+    check(httpx.post(url, content=b"", headers={"content-type": "image/jpeg"}), 400, "the request body is empty")
+    check(httpx.post(url, files={"photo": ("a.jpg", photo, "image/jpeg")}), 422, "unknown form field 'photo'")
+    check(httpx.post(url, json={"picture": "abc"}), 422, 'JSON needs "image"')
+    check(httpx.post(url, json={"image": "%%% not base64 %%%"}), 422, "image is not valid base64")
+    check(httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON")
+    check(httpx.post(url, content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}), 400, "malformed multipart")
+    check(httpx.post(url, files={"image": ("big.jpg", big, "image/jpeg")}), 413, "over the upload limit of 2 MB")
+    check(httpx.post(server.url + "/predict/minerals", content=photo, headers={"content-type": "image/jpeg"}), 404, "no model for task 'minerals'")
+    check(httpx.post(server.url + "/predict", content=photo, headers={"content-type": "image/jpeg"}), 422, "POST to /predict/{task}")
+    check(httpx.post(url + "?top_k=zero", content=photo, headers={"content-type": "image/jpeg"}), 422, "top_k='zero'")
+
+    # an honest Content-Length over the limit: refused before a byte of the body is sent
+    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                                           b"Content-Length: 999999999\r\n\r\n")
+    assert status == 413 and b"999999999 bytes" in body
+    # no Content-Length (chunked): counted as it streams, refused once past the limit
+    chunks = (b"%x\r\n%s\r\n" % (2**18, b"\0" * 2**18) for _ in range(40))  # 10 MB offered
+    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                                           b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+    assert status == 413 and b"over the upload limit" in body
+    # a Content-Length that lies low: only that much is read (a truncated image), the rest is not a request
+    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                                           b"Content-Length: 300\r\n\r\n", iter([photo, big]))
+    assert status == 422 and b"corrupt image header" in body
+
+    # the server still answers, and nothing is left admitted or queued
+    r = httpx.post(url, content=photo, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and r.json()["results"][0]["label"] in ("Negative", "Positive")
+    assert _metric(server, "visionlab_pending_images") == 0
+    assert _metric(server, "visionlab_requests_in_flight") == 0
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_models: dict[str, Path]):
+    """max_queue=1 and a batch that waits 1.5 s for company: a second request finds the queue full."""
+    s = Server([tiny_models["cracks"]], device="cpu", max_queue=1, max_wait_ms=1500.0)
+    try:
+        s.wait_ready()
+        img = _jpeg(make_class_image("apple", 3, 32))
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, s.url + "/predict", content=img, headers={"content-type": "image/jpeg"}, timeout=30)
+            deadline = time.monotonic() + 10
+            while _metric(s, "visionlab_pending_images") < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            second = httpx.post(s.url + "/predict", content=img, headers={"content-type": "image/jpeg"})
+            assert second.status_code == 503 and second.headers["retry-after"] == "1"
+            assert "busy" in second.json()["error"]
+            assert first.result().status_code == 200
+    finally:
+        s.stop()
+
+
+def test_api_key_guards_everything_but_health(tiny_models: dict[str, Path]):
+    s = Server([tiny_models["cracks"]], device="cpu", api_key="s3cret")
+    try:
+        s.wait_ready(headers={"x-api-key": "s3cret"})
+        assert httpx.get(s.url + "/health").status_code == 200
+        for path in ("/ready", "/models", "/metrics", "/"):
+            r = httpx.get(s.url + path)
+            assert r.status_code == 401 and "X-API-Key" in r.json()["error"], path
+        img = _jpeg(make_class_image("apple", 4, 32))
+        assert httpx.post(s.url + "/predict", content=img, headers={"content-type": "image/jpeg"}).status_code == 401
+        wrong = httpx.get(s.url + "/models", headers={"x-api-key": "guess"})
+        assert wrong.status_code == 403 and wrong.json()["error"] == "wrong API key"
+        assert httpx.get(s.url + "/models", headers={"x-api-key": "s3cret"}).status_code == 200
+        ok = httpx.post(s.url + "/predict", content=img, headers={"content-type": "image/jpeg", "authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        page = httpx.get(s.url + "/?key=s3cret")  # a browser: the key once in the address, then a cookie
+        assert page.status_code == 200 and "visionlab_api_key=s3cret" in page.headers["set-cookie"]
+        assert httpx.get(s.url + "/models", cookies={"visionlab_api_key": "s3cret"}).status_code == 200
+        assert httpx.get(s.url + "/models?key=s3cret").status_code == 401  # the address works for the page only
+    finally:
+        s.stop()
+
+
+# --------------------------------------------------------------------------- the command, SIGTERM
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "visionlab", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_sigterm_drains_requests_in_flight_then_exits(tiny_models: dict[str, Path]):
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu",
+                                 "--max-wait-ms", "1500"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        lines: list[str] = []
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("serving "):
+                url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        assert url, "".join(lines)
+        while httpx.get(url + "/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        imgs = [_jpeg(make_class_image("kiwi", i, 32)) for i in range(3)]
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(httpx.post, url + "/predict", content=b, headers={"content-type": "image/jpeg"}, timeout=30)
+                       for b in imgs]
+            while float(_metric_at(url, "visionlab_pending_images")) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)  # the batch is still waiting out its 1.5 s
+            answers = [f.result() for f in futures]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "every request in flight answered" in out
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _metric_at(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_cli_errors_are_one_line_and_help_does_not_import_fastapi(tiny_models: dict[str, Path], tmp_path: Path):
+    r = subprocess.run(_cli("serve"), capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: nothing to serve.") and len(r.stderr.splitlines()) == 1
+    r = subprocess.run(_cli("serve", "--task", "nope"), capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2 and "unknown task 'nope'" in r.stderr
+    ck = str(tiny_models["cracks"])
+    r = subprocess.run(_cli("serve", "-k", ck, "-k", ck), capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2 and "two checkpoints of task 'cracks'" in r.stderr
+    with socket.socket() as taken:  # a port in use: the bind fails after the warning about 0.0.0.0
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        env = {k: v for k, v in _env().items() if k != "VISIONLAB_API_KEY"}
+        r = subprocess.run(_cli("serve", "-k", ck, "--host", "0.0.0.0", "--port", port), capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2
+    assert "warning: listening on 0.0.0.0 without an API key" in r.stderr
+    assert f"error: cannot listen on 0.0.0.0:{port}" in r.stderr
+    code = ("import sys; from typer.testing import CliRunner; from visionlab.cli import app; "
+            "r = CliRunner().invoke(app, ['serve', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--max-batch-size' in r.output; "
+            "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_static_files_ship_in_the_wheel_config():
+    """hatch packages src/visionlab whole (non-.py files too): the page is inside the package."""
+    from importlib import resources
+
+    for name in ("index.html", "app.css", "app.js"):
+        assert resources.files("visionlab.serve").joinpath("static", name).is_file()
+
+
+# --------------------------------------------------------------------------- the page, in Chromium
+
+
+def test_page_upload_and_camera_in_a_browser_with_the_network_blocked(server: Server, chromium, shared_data: Path, tmp_path: Path):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)  # busy shared cores: a tiny U-Net may take seconds
+    page, leaked = offline_page(chromium, server.url, viewport={"width": 1280, "height": 860}, permissions=["camera"])
+    page.goto(server.url + "/")
+    page.wait_for_selector("#models button[data-task='cracks']")
+    assert page.locator("#models").is_visible(), "two models are served: a selector"
+    photo = _cracks_photos(shared_data, 1)[0]
+    page.set_input_files("#file", str(photo))
+    expect(page.locator("#bars .bar-row")).to_have_count(2)  # a bar per class (locators: the page's CSP forbids eval)
+    label = page.inner_text("#label")
+    assert label in ("Negative", "Positive")
+    assert page.locator("#preview").is_visible()
+    save_shot(page, tmp_path, "serve-upload.png")
+
+    # the fake camera: a live preview, then a still sent to the model
+    page.click("#camera")
+    expect(page.locator("#shutter")).to_be_visible()  # shown with the camera's first frame
+    before = page.inner_text("#timing")
+    page.click("#shutter")
+    expect(page.locator("#timing")).not_to_have_text(before)
+    expect(page.locator("#video")).to_be_hidden()  # the still replaces the live view
+    assert page.inner_text("#label") in ("Negative", "Positive")
+    assert page.inner_text("#error") == ""
+
+    # landcover: the overlay, its legend and the class shares
+    crop = tmp_path / "aerial.jpg"
+    with Image.open(sorted((shared_data / "landcover" / "images").iterdir())[0]) as im:
+        im.crop((0, 0, 320, 240)).save(crop)
+    page.click("#models button[data-task='landcover']")
+    page.set_input_files("#file", str(crop))
+    expect(page.locator("#legend .swatch")).to_have_count(6)
+    expect(page.locator("#figure")).to_be_visible()
+    expect(page.locator("#bars .bar-row")).to_have_count(6)
+    save_shot(page, tmp_path, "serve-landcover.png")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    save_shot(page, tmp_path, "serve-phone.png")
+    assert page.get_attribute("#capture", "capture") == "environment"
+    assert leaked == [], f"the page tried to reach {leaked}"
+    page.context.close()
