@@ -183,7 +183,7 @@ def evaluate(
         # in the runner's order: the images worth looking at first
         pd.DataFrame([_flat_row(r) for r in result.files]).to_csv(out_dir / "predictions.csv", index=False)
         written.append(f"predictions.csv ({result.files_note})" if result.files_note else "predictions.csv")
-    if result.examples:
+    if result.examples is not None:  # also when there is none (no mistakes): examples.json says so
         _write_examples(result.examples, out_dir / "examples")
         written.append(f"examples/ ({len(result.examples)} images worth a look)")
     console.print(f"wrote to {out_dir}: " + ", ".join(written))
