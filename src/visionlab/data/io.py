@@ -2,13 +2,16 @@
 
 Any format PIL can read is accepted whatever the file's extension (PNG or GIF named ``.jpg``),
 EXIF orientation is applied, and greyscale, RGBA, palette, CMYK and 16-bit images become RGB.
-The same function is used at train and predict time, so preprocessing never drifts.
+The same function is used at train and predict time, so preprocessing never drifts. This module
+imports no torch: the ONNX runtime (:mod:`visionlab.runtime`) decodes with it too.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,6 +26,8 @@ __all__ = [
     "resize_image",
     "resize_mask",
     "UnreadableImage",
+    "load_for_model",
+    "expand_inputs",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -132,3 +137,44 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (mask.shape[1], mask.shape[0]) == tuple(size):
         return mask
     return np.asarray(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
+
+
+def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
+    """File / PIL image / array -> HxWx3 uint8 array as the model expects it (before normalising).
+
+    Classification: decode, optional background removal, resize (squash) to ``image_size``.
+    Segmentation: decode and scale by ``seg_scale`` (full images are tiled later, never squashed).
+    """
+    if pre.get("kind") == "segmentation":
+        img = load_image(src)
+        scale = float(pre.get("seg_scale", 1.0))
+        if scale != 1.0:
+            img = resize_image(img, (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+        return np.array(img)  # writable copy: torch.from_numpy needs one
+    size = int(pre["image_size"])
+    img = load_image(src, draft=(size, size))
+    if pre.get("background_removal"):
+        from visionlab.data.background import remove_background
+
+        img = remove_background(img)
+    return np.array(resize_image(img, size))
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
+    """Files, folders (recursively, image files only) and glob patterns -> list of paths.
+
+    A path that does not exist stays in the list, so it is reported as an error result."""
+    out: list[str] = []
+    for item in items:
+        s = os.fspath(item)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            out += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
+        elif any(ch in s for ch in "*?[") and not p.exists():
+            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
+            out += [m for m in matches if Path(m).is_file()]
+            if not matches:
+                out.append(s)
+        else:
+            out.append(str(p))
+    return out

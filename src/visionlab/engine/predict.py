@@ -7,23 +7,22 @@ unreadable file becomes a result with an ``error`` and does not stop the batch.
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from visionlab.data.io import is_image_file
-from visionlab.data.transforms import Normalize, load_for_model
+from visionlab.data.io import expand_inputs, load_for_model
+from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint
 from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 
-__all__ = ["Predictor", "Prediction", "load", "expand_inputs"]
+__all__ = ["Predictor", "Prediction", "load", "expand_inputs"]  # expand_inputs lives in data.io (torch-free)
 
 
 @dataclass
@@ -46,26 +45,6 @@ class Prediction:
         if self.class_shares:
             d["class_shares"] = self.class_shares
         return d
-
-
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Files, folders (recursively, image files only) and glob patterns -> list of paths.
-
-    A path that does not exist stays in the list, so it is reported as an error result."""
-    out: list[str] = []
-    for item in items:
-        s = os.fspath(item)
-        p = Path(s).expanduser()
-        if p.is_dir():
-            out += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
-        elif any(ch in s for ch in "*?[") and not p.exists():
-            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
-            out += [m for m in matches if Path(m).is_file()]
-            if not matches:
-                out.append(s)
-        else:
-            out.append(str(p))
-    return out
 
 
 class _Images(torch.utils.data.Dataset):
