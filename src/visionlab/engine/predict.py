@@ -17,7 +17,7 @@ import torch
 
 from visionlab.data.io import expand_inputs, load_for_model
 from visionlab.data.transforms import Normalize
-from visionlab.engine.checkpoint import load_checkpoint
+from visionlab.engine.checkpoint import load_checkpoint, model_from_state
 from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
@@ -69,8 +69,6 @@ class Predictor:
     """A trained model with its classes and preprocessing, ready to predict."""
 
     def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None) -> None:
-        from visionlab.models import build_model
-
         self.state = state
         self.source = source
         self.task: str = state["task"]
@@ -82,9 +80,7 @@ class Predictor:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # batches of activations reuse heap memory instead of fresh pages
         self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
-        self.model = build_model(state["model_name"], num_classes=len(self.classes), **state["model_args"])
-        self.model.load_state_dict(state["model"])
-        self.model.to(self.device).eval()
+        self.model = model_from_state(state).to(self.device).eval()
         self.channels_last = bool(state["config"].get("channels_last", False))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
