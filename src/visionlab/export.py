@@ -191,6 +191,8 @@ class ExportResult:
     parity: Parity
     seconds: float
     size_bytes: int
+    exporter: str  # "torchscript" or "dynamo" (the fallback)
+    opset: int
     files: list[Path] = field(default_factory=list)  # the .onnx, and its .data when weights are external
 
 
@@ -202,7 +204,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _metadata(state: dict[str, Any], checkpoint: Path, opset: int, size: int) -> dict[str, str]:
+def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int) -> dict[str, str]:
     data = {k: v for k, v in (state.get("data") or {}).items() if k != "unreadable"}  # the list can be long
     values: dict[str, Any] = {
         "visionlab_format": FORMAT,
@@ -222,20 +224,44 @@ def _metadata(state: dict[str, Any], checkpoint: Path, opset: int, size: int) ->
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256_file(checkpoint),
         "trained_from_visionlab": str(state.get("visionlab_version", "")),
-        "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=False), opset {opset}",
+        "exporter": f"torch {torch.__version__} torch.onnx.export, {exporter} exporter",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return {k: json.dumps(v, default=str) if k in JSON_FIELDS else str(v) for k, v in values.items()}
 
 
-def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dense: bool) -> None:
-    """The TorchScript-based exporter, traced with a batch of 2 (see the module docstring for why)."""
+def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dense: bool) -> str:
+    """Trace with a batch of 2 (batch 1 would be baked in); returns the exporter used.
+
+    The TorchScript-based exporter first (see the module docstring for why). Where it cannot
+    express an operator (e.g. an adaptive pooling whose output size does not divide its input,
+    as in waste_cnn at small image sizes), the dynamo exporter is tried; parity judges either."""
+    import contextlib
+    import io
+
     axes = {0: "batch", 2: "height", 3: "width"} if dense else {0: "batch"}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings: parity is the judge
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                          do_constant_folding=True)
+        warnings.simplefilter("ignore")  # the deprecation notice and tracer warnings: parity is the judge
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                              do_constant_folding=True)
+            return "torchscript"
+        except Exception as legacy_error:  # noqa: BLE001 (an operator it cannot express)
+            from torch.export import Dim
+
+            spatial = {2: 32 * Dim("h32", min=1, max=1024), 3: 32 * Dim("w32", min=1, max=1024)} if dense else {}
+            shapes = ({0: Dim("batch", min=1, max=4096), **spatial},)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+                    torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=max(opset, 18),
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+                                      verbose=False)
+            except Exception as exc:  # noqa: BLE001
+                first = lambda e: (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # noqa: E731
+                raise VisionlabError(f"neither ONNX exporter could export this model (TorchScript: {first(legacy_error)}; "
+                                     f"dynamo: {first(exc)}).", "Run with --debug for the traceback, or report the model.") from exc
+            return "dynamo"
 
 
 def _finalize(proto: Any, metadata: dict[str, str]) -> Any:
@@ -306,8 +332,8 @@ def export_onnx(
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        _export_graph(model, batches[1], work / "graph.onnx", opset, dense)
-        proto = _finalize(onnx.load(str(work / "graph.onnx")), _metadata(state, src, opset, size))
+        exporter = _export_graph(model, batches[1], work / "graph.onnx", opset, dense)
+        proto = _finalize(onnx.load(str(work / "graph.onnx")), _metadata(state, src, exporter, size))
         staged = work / dest.name
         data_name = f"{dest.name}.data"
         onnx.save_model(proto, str(staged), save_as_external_data=external_data, all_tensors_to_one_file=True,
@@ -325,8 +351,9 @@ def export_onnx(
         os.replace(staged, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), files)
-    console.print(f"exported {src} -> {', '.join(map(str, files))} ({result.size_bytes / 2**20:.1f} MB, opset {opset}, "
-                  f"{result.seconds:.1f} s)")
+    opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+    result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), exporter, opset_used, files)
+    console.print(f"exported {src} -> {', '.join(map(str, files))} ({result.size_bytes / 2**20:.1f} MB, {exporter} exporter, "
+                  f"opset {opset_used}, {result.seconds:.1f} s)")
     console.print(parity.line() + ": passed")
     return result

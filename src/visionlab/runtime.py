@@ -292,6 +292,7 @@ def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None
     from PIL import Image
 
     rows = list(rows)
+    taken: set[str] = set()
     for r in rows:
         if r["error"]:
             print(f"{r['path']}\terror\t{r['error']}")
@@ -300,7 +301,11 @@ def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None
         print(f"{r['path']}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
         if masks is not None and r.get("mask") is not None:
             masks.mkdir(parents=True, exist_ok=True)
-            r["mask_file"] = str(masks / f"{Path(r['path']).stem}_mask.png")
+            stem = base = Path(r["path"]).stem
+            while stem in taken:  # the same name from another folder: a mask of its own
+                stem = f"{base}-{len(taken)}"
+            taken.add(stem)
+            r["mask_file"] = str(masks / f"{stem}_mask.png")
             Image.fromarray(r["mask"]).save(r["mask_file"])
     if out is not None:
         out.write_text(json.dumps([{k: v for k, v in r.items() if k != "mask"} for r in rows], indent=2))
