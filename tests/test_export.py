@@ -288,3 +288,19 @@ def test_importing_visionlab_and_help_load_no_onnx() -> None:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_export_speed_benchmark_runs_and_reports_parity(tmp_path: Path) -> None:
+    """A smoke run (numbers meaningless): the table, the JSON rows at both batches, parity passed."""
+    out = tmp_path / "speed.json"
+    # no photos there: random uint8 inputs, so the run takes seconds (decoding photos is not what is tested)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "VISIONLAB_SHARED_DATA": str(tmp_path / "none")}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "export_speed.py"), "--quick", "--models", "cracks_cnn",
+                           "--threads", "1", "--json", str(out), "--strict"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "QUICK SMOKE RUN, not a measurement" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch"] for r in rows] == [1, 32]
+    for r in rows:
+        assert all(v[0] > 0 for v in r["ips"].values()) and r["ratio_fp32"] > 0
+        assert "passed" in r["parity"]
