@@ -86,7 +86,7 @@ def onnx_state(path: str | os.PathLike) -> dict[str, Any]:
     ``state["onnx"]`` holds the path; :func:`visionlab.engine.checkpoint.model_from_state` turns it
     into an :class:`OnnxModule`. The config is the training run's, with fp32 and the default
     memory format, as the file runs in onnxruntime's fp32."""
-    meta = read_metadata(open_session(path, threads=1), path)
+    meta = read_metadata(open_session(path, threads=1, optimize=False), path)
     config = dict(meta["config"], precision="fp32", channels_last=False)
     return {"task": meta["task"], "kind": meta["kind"], "classes": list(meta["classes"]),
             "preprocessing": dict(meta["preprocessing"]), "config": config, "model_name": meta.get("model_name", ""),
@@ -218,8 +218,8 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int)
         "model_name": state["model_name"],
         "model_args": state["model_args"],
         "data": data,
-        "input": f"{INPUT_NAME}: float32 N x 3 x H x W, RGB, (pixel / 255 - mean) / std; H = W = {size} "
-                 + ("(or any multiples of 32)" if state["preprocessing"].get("tile_size") else ""),
+        "input": f"{INPUT_NAME}: float32 N x 3 x H x W, RGB, (pixel / 255 - mean) / std; H = W = {size}"
+                 + (" (or any multiples of 32)" if state["preprocessing"].get("tile_size") else ""),
         "output": f"{OUTPUT_NAME}: float32, before softmax, class axis 1",
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256_file(checkpoint),

@@ -60,8 +60,9 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread.
+def open_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread
+    (``optimize=False``: no graph optimisation, for reading the metadata only).
 
     Weights stored as external data are found beside the file (onnxruntime resolves the
     relative location against the model's folder)."""
@@ -77,6 +78,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None) -> Any:
     opts.intra_op_num_threads = int(threads or default_threads())
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's concern
     try:
         return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
