@@ -25,6 +25,7 @@ __all__ = [
     "predict",
     "load",
     "demo",
+    "export_onnx",
 ]
 
 _LAZY = {
@@ -34,6 +35,7 @@ _LAZY = {
     "load": "visionlab.api",
     "demo": "visionlab.api",
     "load_config": "visionlab.config",
+    "export_onnx": "visionlab.export",
 }
 
 

@@ -110,12 +110,11 @@ def evaluate(
     ``report_html`` the run's HTML report (:func:`visionlab.report.write_report`); returns the report.
     """
     from visionlab.config import config_from_dict
-    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.checkpoint import load_checkpoint, model_from_state
     from visionlab.engine.device import resolve_device, resolve_precision
     from visionlab.engine.metrics import render_report, write_confusion_csv
     from visionlab.engine.plots import save_confusion_matrix
     from visionlab.engine.tta import TTA_MODES
-    from visionlab.models import build_model
     from visionlab.registry import get_task
     from visionlab.tasks.base import runner_for
 
@@ -151,9 +150,7 @@ def evaluate(
         split = "test"
     if runner.split_size(split) == 0:
         raise VisionlabError(f"the {split} split of {cfg.data} is empty.", "Pass --split all, or --data with a held-out folder.")
-    model = build_model(state["model_name"], num_classes=len(state["classes"]), **state["model_args"])
-    model.load_state_dict(state["model"])
-    model.to(dev)
+    model = model_from_state(state).to(dev)
     if cfg.channels_last:
         import torch
 

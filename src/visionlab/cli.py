@@ -185,7 +185,7 @@ def train_cmd(
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k", help="Checkpoint (.pt). Default: latest run of --task, or latest run overall."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k", help="Checkpoint (.pt) or exported model (.onnx). Default: latest run of --task, or latest run overall."),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Folder in the task's layout (default: the training data's held-out split)."),
     split: str = typer.Option("test", "--split", help="test, val, train or all."),
@@ -265,7 +265,7 @@ def serve_cmd(
 @handle_errors
 def predict_cmd(
     paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k", help="Checkpoint (.pt) or exported model (.onnx)."),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Classes to list per image, >= 1 (default 3; at most the model's classes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json; segmentation masks go next to it."),
@@ -276,6 +276,24 @@ def predict_cmd(
     from visionlab.api import predict
 
     predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size)
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt). Default: latest run of --task, or latest run overall."),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file (default: the checkpoint's name with .onnx)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (11-20)."),
+    atol: float = typer.Option(1e-4, "--atol", help="Parity: largest allowed |logit difference| (plus --rtol x |logit|)."),
+    rtol: float = typer.Option(1e-3, "--rtol", help="Parity: relative part of the allowed logit difference."),
+    external_data: bool = typer.Option(False, "--external-data", help="Store the weights in FILE.data beside the model."),
+) -> None:
+    """Export a trained model to ONNX; fails unless onnxruntime's answers match PyTorch's (parity)."""
+    from visionlab.export import export_onnx
+
+    export_onnx(checkpoint, task=task, out=out, format=fmt, opset=opset, atol=atol, rtol=rtol, external_data=external_data)
 
 
 @app.command("demo")

@@ -2,14 +2,17 @@
 
 Any format PIL can read is accepted whatever the file's extension (PNG or GIF named ``.jpg``),
 EXIF orientation is applied, and greyscale, RGBA, palette, CMYK and 16-bit images become RGB.
-The same function is used at train and predict time, so preprocessing never drifts.
+The same function is used at train and predict time, so preprocessing never drifts. This module
+imports no torch: the ONNX runtime (:mod:`visionlab.runtime`) decodes with it too.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Iterable, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,6 +27,10 @@ __all__ = [
     "resize_image",
     "resize_mask",
     "UnreadableImage",
+    "load_for_model",
+    "InputEntry",
+    "scan_inputs",
+    "expand_inputs",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -139,3 +146,121 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (mask.shape[1], mask.shape[0]) == tuple(size):
         return mask
     return np.asarray(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
+
+
+def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
+    """File / PIL image / array -> HxWx3 uint8 array as the model expects it (before normalising).
+
+    Classification: decode, optional background removal, resize (squash) to ``image_size``.
+    Segmentation: decode and scale by ``seg_scale`` (full images are tiled later, never squashed).
+    """
+    if pre.get("kind") == "segmentation":
+        img = load_image(src)
+        scale = float(pre.get("seg_scale", 1.0))
+        if scale != 1.0:
+            img = resize_image(img, (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+        return np.array(img)  # writable copy: torch.from_numpy needs one
+    size = int(pre["image_size"])
+    img = load_image(src, draft=(size, size))
+    if pre.get("background_removal"):
+        from visionlab.data.background import remove_background
+
+        img = remove_background(img)
+    return np.array(resize_image(img, size))
+
+
+# Files a folder walk passes over without a word (README, "Predict"): OS and editor junk.
+_JUNK = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+
+
+@dataclass(frozen=True)
+class InputEntry:
+    """One entry the user named (directly, in a folder or through a glob): a file to predict,
+    or, with ``skipped`` set, why it is not predicted ("not an image", "broken symbolic link",
+    "is a directory", ...)."""
+
+    path: str
+    skipped: str | None = None
+
+
+def _looks_like_an_image(path: str) -> bool:
+    """An image extension, or else content PIL can identify (a JPEG named ``photo`` or ``x.dat``)."""
+    if is_image_file(path):
+        return True
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _classify(path: str, named: bool) -> InputEntry:
+    """What to do with one path found in a folder or a glob (``named=False``) or given as is."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        return InputEntry(path, "broken symbolic link")
+    if p.is_dir():
+        return InputEntry(path, "is a directory")
+    if not p.exists():
+        return InputEntry(path)  # reported as 'file not found' by the prediction itself
+    if not p.is_file():
+        return InputEntry(path, "not a regular file")
+    if named:
+        return InputEntry(path)  # asked for by name: decoding says what is wrong with it
+    return InputEntry(path) if _looks_like_an_image(path) else InputEntry(path, "not an image")
+
+
+def _walk(folder: Path) -> list[InputEntry]:
+    """Every entry below ``folder`` (links to folders followed once); hidden names (``.*``) and
+    OS junk are passed over silently."""
+    out: list[InputEntry] = []
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        base = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(base / d)
+            if real in seen:  # a link back up the tree, or to a folder listed already
+                out.append(InputEntry(str(base / d), "link to a folder already listed"))
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        names = sorted(f for f in filenames if not f.startswith(".") and f.lower() not in _JUNK)
+        if base != folder and not names and not keep:
+            out.append(InputEntry(str(base), "empty folder"))
+        out += [_classify(str(base / n), named=False) for n in names]
+    return out
+
+
+def scan_inputs(items: Iterable[str | os.PathLike]) -> list[InputEntry]:
+    """Files, folders (recursively) and glob patterns -> one entry for everything they name.
+
+    Every file below a folder, and every glob match, is an entry: a file whose extension is
+    an image's, or whose content PIL can identify, is to be predicted; anything else (a
+    README, a broken link, a directory matched by a glob, an empty sub-folder) is listed with
+    why it is skipped. In folders, hidden files and folders (names starting with ``.``) and OS
+    junk (``Thumbs.db``, ``desktop.ini``) are passed over silently. A named path that does not
+    exist, or a glob that matches nothing, stays an entry to predict, which reports it as an
+    error."""
+    out: list[InputEntry] = []
+    for item in items:
+        s = os.fspath(item)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            out += _walk(p)
+        elif any(ch in s for ch in "*?[") and not os.path.lexists(p):
+            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
+            out += [_classify(m, named=False) for m in matches] or [InputEntry(s)]
+        else:
+            out.append(_classify(str(p), named=True))
+    return out
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
+    """The paths of :func:`scan_inputs` that are to be predicted (skipped entries left out)."""
+    return [e.path for e in scan_inputs(items) if e.skipped is None]

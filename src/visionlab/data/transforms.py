@@ -1,8 +1,9 @@
 """Preprocessing shared by training, evaluation and prediction, and batched augmentation.
 
-``load_for_model`` is the one function that turns a file into the model's uint8 input, used
-when caching the training set, by the streaming loader and by the predictor, so serving sees
-exactly what training saw. Augmentation runs on whole batches of tensors (on the GPU when
+``load_for_model`` (in :mod:`visionlab.data.io`, torch-free, re-exported here) is the one function
+that turns a file into the model's uint8 input, used when caching the training set, by the
+streaming loader, by the predictor and by the torch-free ONNX runtime, so serving sees exactly
+what training saw. Augmentation runs on whole batches of tensors (on the GPU when
 there is one): random affine (zoom, shift, rotation, flips) with ``grid_sample`` and colour
 jitter. Validation, test and prediction data are never augmented.
 """
@@ -15,32 +16,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from visionlab.data.io import load_image, resize_image
+from visionlab.data.io import load_for_model
 
 __all__ = ["load_for_model", "BatchAugment", "Normalize", "to_float", "affine_grid"]
-
-
-def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
-    """File / PIL image / array -> HxWx3 uint8 array as the model expects it (before normalising).
-
-    Classification: decode, optional background removal, resize (squash) to ``image_size``.
-    Segmentation: decode and scale by ``seg_scale`` (full images are tiled later, never squashed).
-    """
-    if pre.get("kind") == "segmentation":
-        img = load_image(src)
-        scale = float(pre.get("seg_scale", 1.0))
-        if scale != 1.0:
-            img = resize_image(img, (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-        return np.array(img)  # writable copy: torch.from_numpy needs one
-    size = int(pre["image_size"])
-    img = load_image(src, draft=(size, size))
-    if pre.get("background_removal"):
-        from visionlab.data.background import remove_background
-
-        img = remove_background(img)
-    return np.array(resize_image(img, size))
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

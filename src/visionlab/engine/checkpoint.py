@@ -1,7 +1,12 @@
 """Checkpoints are plain dicts of tensors and Python values, written atomically and read with
 ``torch.load(weights_only=True)``: weights, optimiser, scheduler, epoch, task, class names,
 preprocessing, the resolved config and the visionlab version. ``predict`` rebuilds the model
-from a checkpoint alone."""
+from a checkpoint alone.
+
+An exported ``.onnx`` file (``visionlab export``) loads through the same :func:`load_checkpoint`:
+its metadata becomes the same checkpoint-like dict (without weights), and :func:`model_from_state`
+returns an onnxruntime-backed module in place of the PyTorch model, so evaluation, prediction,
+test-time augmentation and tiling run unchanged on it."""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import torch
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["FORMAT", "REQUIRED", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "state_nbytes"]
+__all__ = ["FORMAT", "REQUIRED", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "model_from_state",
+           "remove_stale_temporaries", "state_nbytes"]
 
 FORMAT = "visionlab-checkpoint/1"
 # What evaluate/predict need to rebuild the model, and the type each must have.
@@ -78,10 +84,26 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None) -> dict[str, Any]:
-    """Load a visionlab checkpoint safely (weights_only) and check it is one."""
+    """Load a visionlab checkpoint safely (weights_only) and check it is one; an exported .onnx
+    file gives the same dict, rebuilt from its metadata."""
     p = Path(path).expanduser()
     if not p.exists():
         raise VisionlabError(f"checkpoint {p} does not exist.", "Train first (visionlab train --task T) or pass --checkpoint PATH.")
+    if p.suffix.lower() == ".onnx":
+        from visionlab.export import onnx_state
+
+        state = onnx_state(p)
+    else:
+        state = _load_torch(p)
+    if expect_task and state.get("task") != expect_task:
+        raise VisionlabError(
+            f"checkpoint {p} is for task {state.get('task')!r}, not {expect_task!r}.",
+            f"Use --task {state.get('task')} or a checkpoint of {expect_task}.",
+        )
+    return state
+
+
+def _load_torch(p: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
             warnings.simplefilter("ignore")
@@ -96,9 +118,17 @@ def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None) -> 
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"wrong type of {', '.join(wrong)}"] if wrong else [])
         raise VisionlabError(f"checkpoint {p} is incomplete ({'; '.join(parts)}).",
                              "It is damaged or was not written by visionlab train: pass the run's best.pt or last.pt.")
-    if expect_task and state.get("task") != expect_task:
-        raise VisionlabError(
-            f"checkpoint {p} is for task {state.get('task')!r}, not {expect_task!r}.",
-            f"Use --task {state.get('task')} or a checkpoint of {expect_task}.",
-        )
     return state
+
+
+def model_from_state(state: dict[str, Any]) -> torch.nn.Module:
+    """The model of a loaded checkpoint with its weights (an onnxruntime-backed module for .onnx)."""
+    if state.get("onnx"):
+        from visionlab.export import OnnxModule
+
+        return OnnxModule(state["onnx"])
+    from visionlab.models import build_model
+
+    model = build_model(state["model_name"], num_classes=len(state["classes"]), **state["model_args"])
+    model.load_state_dict(state["model"])
+    return model

@@ -8,24 +8,23 @@ unreadable file becomes a result with an ``error`` and does not stop the batch.
 from __future__ import annotations
 
 import base64
-import glob
 import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from visionlab.data.io import is_image_file
-from visionlab.data.transforms import Normalize, load_for_model
-from visionlab.engine.checkpoint import load_checkpoint
+from visionlab.data.io import InputEntry, expand_inputs, load_for_model, scan_inputs
+from visionlab.data.transforms import Normalize
+from visionlab.engine.checkpoint import load_checkpoint, model_from_state
 from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 
-__all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]
+__all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
 
 @dataclass
@@ -89,103 +88,6 @@ def _base64(image: Any, fmt: str, **options: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-# Files a folder walk passes over without a word (README, "Predict"): OS and editor junk.
-_JUNK = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
-
-
-@dataclass(frozen=True)
-class InputEntry:
-    """One entry the user named (directly, in a folder or through a glob): a file to predict,
-    or, with ``skipped`` set, why it is not predicted ("not an image", "broken symbolic link",
-    "is a directory", ...)."""
-
-    path: str
-    skipped: str | None = None
-
-
-def _looks_like_an_image(path: str) -> bool:
-    """An image extension, or else content PIL can identify (a JPEG named ``photo`` or ``x.dat``)."""
-    if is_image_file(path):
-        return True
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path):
-            return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
-
-
-def _classify(path: str, named: bool) -> InputEntry:
-    """What to do with one path found in a folder or a glob (``named=False``) or given as is."""
-    p = Path(path)
-    if p.is_symlink() and not p.exists():
-        return InputEntry(path, "broken symbolic link")
-    if p.is_dir():
-        return InputEntry(path, "is a directory")
-    if not p.exists():
-        return InputEntry(path)  # reported as 'file not found' by the prediction itself
-    if not p.is_file():
-        return InputEntry(path, "not a regular file")
-    if named:
-        return InputEntry(path)  # asked for by name: decoding says what is wrong with it
-    return InputEntry(path) if _looks_like_an_image(path) else InputEntry(path, "not an image")
-
-
-def _walk(folder: Path) -> list[InputEntry]:
-    """Every entry below ``folder`` (links to folders followed once); hidden names (``.*``) and
-    OS junk are passed over silently."""
-    out: list[InputEntry] = []
-    seen = {os.path.realpath(folder)}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        base = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            real = os.path.realpath(base / d)
-            if real in seen:  # a link back up the tree, or to a folder listed already
-                out.append(InputEntry(str(base / d), "link to a folder already listed"))
-                continue
-            seen.add(real)
-            keep.append(d)
-        dirnames[:] = keep
-        names = sorted(f for f in filenames if not f.startswith(".") and f.lower() not in _JUNK)
-        if base != folder and not names and not keep:
-            out.append(InputEntry(str(base), "empty folder"))
-        out += [_classify(str(base / n), named=False) for n in names]
-    return out
-
-
-def scan_inputs(items: Iterable[str | os.PathLike]) -> list[InputEntry]:
-    """Files, folders (recursively) and glob patterns -> one entry for everything they name.
-
-    Every file below a folder, and every glob match, is an entry: a file whose extension is
-    an image's, or whose content PIL can identify, is to be predicted; anything else (a
-    README, a broken link, a directory matched by a glob, an empty sub-folder) is listed with
-    why it is skipped. In folders, hidden files and folders (names starting with ``.``) and OS
-    junk (``Thumbs.db``, ``desktop.ini``) are passed over silently. A named path that does not
-    exist, or a glob that matches nothing, stays an entry to predict, which reports it as an
-    error."""
-    out: list[InputEntry] = []
-    for item in items:
-        s = os.fspath(item)
-        p = Path(s).expanduser()
-        if p.is_dir():
-            out += _walk(p)
-        elif any(ch in s for ch in "*?[") and not os.path.lexists(p):
-            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
-            out += [_classify(m, named=False) for m in matches] or [InputEntry(s)]
-        else:
-            out.append(_classify(str(p), named=True))
-    return out
-
-
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
-    """The paths of :func:`scan_inputs` that are to be predicted (skipped entries left out)."""
-    return [e.path for e in scan_inputs(items) if e.skipped is None]
-
-
 class _Images(torch.utils.data.Dataset):
     def __init__(self, items: Sequence[Any], pre: dict[str, Any]) -> None:
         self.items, self.pre = items, pre
@@ -208,8 +110,6 @@ class Predictor:
     """A trained model with its classes and preprocessing, ready to predict."""
 
     def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None) -> None:
-        from visionlab.models import build_model
-
         self.state = state
         self.source = source
         self.task: str = state["task"]
@@ -221,9 +121,7 @@ class Predictor:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # batches of activations reuse heap memory instead of fresh pages
         self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
-        self.model = build_model(state["model_name"], num_classes=len(self.classes), **state["model_args"])
-        self.model.load_state_dict(state["model"])
-        self.model.to(self.device).eval()
+        self.model = model_from_state(state).to(self.device).eval()
         self.channels_last = bool(state["config"].get("channels_last", False))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -10,40 +10,57 @@ input before averaging; it runs per tile, inside the blended sliding window.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-__all__ = ["TTA_MODES", "tta_views", "tta_logits"]
+__all__ = ["TTA_MODES", "view_plan", "tta_views", "tta_logits"]
 
 TTA_MODES = ("none", "hflip", "flips", "d4")
 
 
-Op = Callable[[torch.Tensor], torch.Tensor]
+def view_plan(mode: str, square: bool) -> list[tuple[int, bool]]:
+    """The views of ``mode`` as (quarter turns on the last two dims, then a horizontal flip),
+    identity first. A view's inverse is the flip, then the turns back.
+
+    Plain data, free of torch, so the numpy runtime (:mod:`visionlab.runtime`) averages exactly
+    the views, in the same order, that PyTorch does here.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown tta mode {mode!r}; choose from {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return [(0, False)]
+    if mode == "hflip":
+        return [(0, False), (0, True)]
+    if mode == "flips" or not square:  # quarter turns of a non-square input change its shape
+        return [(0, False), (0, True), (2, True), (2, False)]  # identity, h, v (= half turn + h), h + v
+    return [(k, f) for k in range(4) for f in (False, True)]
+
+
+Op = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def _ops(mode: str, square: bool) -> list[tuple[Op, Op]]:
     """(transform, inverse) pairs on the last two dims, identity first."""
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown tta mode {mode!r}; choose from {', '.join(TTA_MODES)}")
-    ident = (lambda t: t, lambda t: t)
-    h = (lambda t: t.flip(-1), lambda t: t.flip(-1))
-    v = (lambda t: t.flip(-2), lambda t: t.flip(-2))
-    hv = (lambda t: t.flip(-2, -1), lambda t: t.flip(-2, -1))
-    if mode == "none":
-        return [ident]
-    if mode == "hflip":
-        return [ident, h]
-    if mode == "flips" or not square:  # quarter turns of a non-square input change its shape
-        return [ident, h, v, hv]
-    ops = [ident, h]
-    for k in (1, 2, 3):
-        ops.append((lambda t, k=k: t.rot90(k, (-2, -1)), lambda t, k=k: t.rot90(-k, (-2, -1))))
-        ops.append((lambda t, k=k: t.rot90(k, (-2, -1)).flip(-1), lambda t, k=k: t.flip(-1).rot90(-k, (-2, -1))))
-    return ops
+
+    def pair(k: int, flip: bool) -> tuple[Op, Op]:
+        def fwd(t: torch.Tensor) -> torch.Tensor:
+            t = t.rot90(k, (-2, -1)) if k else t
+            return t.flip(-1) if flip else t
+
+        def inv(t: torch.Tensor) -> torch.Tensor:
+            t = t.flip(-1) if flip else t
+            return t.rot90(-k, (-2, -1)) if k else t
+
+        return fwd, inv
+
+    return [pair(k, f) for k, f in view_plan(mode, square)]
 
 
 def _like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    import torch  # here, not at the top: view_plan stays importable without torch
+
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return v.contiguous(memory_format=torch.channels_last) if channels_last else v
 

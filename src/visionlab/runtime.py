@@ -1,0 +1,318 @@
+"""Run an exported visionlab model with numpy, Pillow and onnxruntime only: no torch, no torchvision.
+
+A file written by ``visionlab export`` carries everything inference needs in its ONNX metadata
+(task, class names in order, the preprocessing, the test-time augmentation). This module reads
+it and predicts images and folders exactly as :class:`visionlab.engine.predict.Predictor` does:
+the same decoding (:func:`visionlab.data.io.load_for_model`: EXIF orientation, RGB conversion,
+the same resize), the same normalisation, the same flipped/rotated views averaged on
+probabilities (:func:`visionlab.engine.tta.view_plan`) and, for segmentation, the same blended
+sliding-window tiles (:func:`visionlab.engine.tiling.tile_plan`), here in numpy.
+
+Install on a machine without torch::
+
+    pip install onnxruntime pillow numpy
+    pip install --no-deps visionlab
+
+Use::
+
+    >>> from visionlab.runtime import load
+    >>> model = load("best.onnx")
+    >>> for p in model.predict(["wall.jpg", "photos/"], top_k=2):
+    ...     print(p["path"], p["label"], p["confidence"])
+
+    $ python -m visionlab.runtime best.onnx photos/ --top-k 2 --json preds.json
+
+onnxruntime's threads are set on purpose: ``intra_op_num_threads`` from ``threads`` (default:
+``OMP_NUM_THREADS`` when set, else the CPUs this process may use) and one inter-op thread, so
+several workers, each given its share of the cores, do not oversubscribe them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from visionlab.data.io import expand_inputs, load_for_model, load_image
+from visionlab.engine.tiling import tile_plan
+from visionlab.engine.tta import view_plan
+from visionlab.errors import VisionlabError
+
+__all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]
+
+FORMAT = "visionlab-onnx/1"
+# metadata_props holding JSON (all others are plain strings)
+JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data")
+
+
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set, else the number of CPUs this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread
+    (``optimize=False``: no graph optimisation, for reading the metadata only).
+
+    Weights stored as external data are found beside the file (onnxruntime resolves the
+    relative location against the model's folder)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise VisionlabError("running an .onnx model needs onnxruntime, which is not installed.",
+                             "pip install onnxruntime (or pip install 'visionlab[export]').") from None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise VisionlabError(f"model {p} does not exist.", "Pass the .onnx file written by visionlab export.")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or default_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's concern
+    try:
+        return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # InvalidProtobuf, Fail, missing external data, ...
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise VisionlabError(f"{p} is not a readable ONNX model ({text}).", "Export it again with visionlab export.") from None
+
+
+def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """The visionlab metadata of an open session, JSON fields decoded; a foreign model is refused."""
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    fmt = meta.get("visionlab_format")
+    if fmt is None:
+        raise VisionlabError(f"{path} is an ONNX model without visionlab metadata (not written by visionlab export).",
+                             "Export a visionlab checkpoint with: visionlab export CKPT --format onnx.")
+    if fmt != FORMAT:
+        raise VisionlabError(f"{path} has metadata format {fmt!r}; this visionlab reads {FORMAT!r}.",
+                             "Export the checkpoint again with this version of visionlab.")
+    try:
+        for key in JSON_FIELDS:
+            meta[key] = json.loads(meta[key])
+        for key in ("task", "kind"):
+            meta[key] = str(meta[key])
+    except (KeyError, ValueError) as exc:
+        raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged ({type(exc).__name__}: {exc}).",
+                             "Export the checkpoint again.") from None
+    return meta
+
+
+def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _view(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    x = np.rot90(x, k, axes=(-2, -1)) if k else x
+    return x[..., ::-1] if flip else x
+
+
+def _unview(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    x = x[..., ::-1] if flip else x
+    return np.rot90(x, -k, axes=(-2, -1)) if k else x
+
+
+def _hann(n: int) -> np.ndarray:
+    """``torch.hann_window(n, periodic=False).clamp_min(1e-3)``."""
+    return np.maximum(np.hanning(n), 1e-3).astype(np.float32)
+
+
+def _pad(x: np.ndarray, pad_h: int, pad_w: int, mode: str) -> np.ndarray:
+    """``F.pad(..., mode='reflect' | 'replicate')`` on the bottom and right of a (C, H, W) array."""
+    return np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect" if mode == "reflect" else "edge")
+
+
+def _resize_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+
+def resize_bilinear(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``F.interpolate(p[None], size, mode='bilinear', align_corners=False)[0]`` for (C, H, W)."""
+    y0, y1, ly = _resize_axis(p.shape[1], size[0])
+    x0, x1, lx = _resize_axis(p.shape[2], size[1])
+    rows = p[:, y0] * (1 - ly)[None, :, None] + p[:, y1] * ly[None, :, None]
+    return rows[:, :, x0] * (1 - lx) + rows[:, :, x1] * lx
+
+
+class Runtime:
+    """An exported model with its classes and preprocessing, run by onnxruntime on the CPU."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        self.path = str(path)
+        self.session = open_session(path, threads)
+        self.metadata = read_metadata(self.session, path)
+        self.task: str = self.metadata["task"]
+        self.kind: str = self.metadata["kind"]
+        self.classes: list[str] = list(self.metadata["classes"])
+        self.preprocessing: dict[str, Any] = dict(self.metadata["preprocessing"])
+        self.tta: str = str(self.preprocessing.get("tta", "none"))  # as validated; set another mode to change it
+        mean = np.asarray(self.preprocessing["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.preprocessing["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+        self._scale, self._shift = np.float32(1.0) / std, -mean / std  # as visionlab's Normalize
+        self._input = self.session.get_inputs()[0].name
+        self.tiled = "tile_size" in self.preprocessing  # per-pixel models run by blended tiles
+
+    def __repr__(self) -> str:
+        return f"Runtime(task={self.task!r}, classes={self.classes}, file={self.path!r})"
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """uint8 NCHW -> float32 NCHW, normalised with the file's mean and std."""
+        return x.astype(np.float32) / np.float32(255.0) * self._scale + self._shift
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The model's raw output for a normalised float32 NCHW batch."""
+        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def probs(self, x: np.ndarray, dense: bool = False) -> np.ndarray:
+        """Class probabilities, averaged over the test-time augmentation's views (as
+        :func:`visionlab.engine.tta.tta_logits`); ``dense``: each view is mapped back first."""
+        views = view_plan(self.tta, x.shape[-1] == x.shape[-2])
+        total = None
+        for k, flip in views:
+            p = softmax(self.logits(_view(x, k, flip)).astype(np.float32), 1)
+            p = _unview(p, k, flip) if dense else p
+            total = p if total is None else total + p
+        return total / np.float32(len(views))
+
+    def predict_tiled(self, image: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """(C, H, W) probabilities of a normalised (3, H, W) image by blended tiles
+        (:func:`visionlab.engine.tiling.predict_tiled`)."""
+        _, h, w = image.shape
+        plan = tile_plan(h, w, int(self.preprocessing["tile_size"]), float(self.preprocessing["tile_overlap"]))
+        th, tw = plan.tile_h, plan.tile_w
+        if plan.pad_h or plan.pad_w:
+            image = _pad(image, plan.pad_h, plan.pad_w, plan.pad_mode)
+        win = _hann(th)[:, None] * _hann(tw)[None, :]
+        probs = np.zeros((len(self.classes),) + image.shape[1:], dtype=np.float32)
+        weight = np.zeros((1,) + image.shape[1:], dtype=np.float32)
+        for i in range(0, len(plan.coords), batch_size):
+            chunk = plan.coords[i : i + batch_size]
+            out = self.probs(np.stack([image[:, y : y + th, x : x + tw] for y, x in chunk]), dense=True)
+            for (y, x), p in zip(chunk, out):
+                probs[:, y : y + th, x : x + tw] += p * win
+                weight[:, y : y + th, x : x + tw] += win
+        return (probs / weight)[:, :h, :w]
+
+    def predict(self, images: Any, top_k: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
+        """Predict one image or several (paths, folders, globs, PIL images or HxWx3 uint8 arrays).
+
+        Each result is a dict like :meth:`visionlab.engine.predict.Prediction.to_dict`
+        (path, label, confidence, error, top_k or class_shares), plus ``mask`` (an HxW uint8
+        array of the dataset's pixel values) for segmentation. A file that cannot be read gets
+        an ``error`` and does not stop the others."""
+        if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
+            images = [images]
+        items: list[Any] = []
+        for x in images:
+            items += expand_inputs([x]) if isinstance(x, (str, os.PathLike)) else [x]
+        names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        pending: list[tuple[int, np.ndarray]] = []
+        step = 1 if self.tiled else max(1, int(batch_size))
+        for i, item in enumerate(items):
+            try:
+                pending.append((i, load_for_model(item, self.preprocessing)))
+            except Exception as exc:  # reported per image, never fatal
+                results[i] = {"path": names[i], "label": None, "confidence": None, "error": _first_line(exc)}
+            if pending and (len(pending) == step or i == len(items) - 1):
+                for (j, _), row in zip(pending, self._run([(items[j], a) for j, a in pending], top_k)):
+                    results[j] = {"path": names[j], **row}
+                pending = []
+        return [r for r in results if r is not None]
+
+    def _run(self, batch: list[tuple[Any, np.ndarray]], top_k: int) -> list[dict[str, Any]]:
+        if self.tiled:
+            return [self._segment(src, arr) for src, arr in batch]
+        x = self.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2))
+        probs = self.probs(x)
+        k = max(1, min(top_k, len(self.classes)))
+        out = []
+        for row in probs:
+            idx = np.argsort(-row, kind="stable")[:k]
+            top = [{"label": self.classes[j], "probability": float(row[j])} for j in idx]
+            out.append({"label": top[0]["label"], "confidence": top[0]["probability"], "error": None, "top_k": top})
+        return out
+
+    def _segment(self, src: Any, img: np.ndarray) -> dict[str, Any]:
+        probs = self.predict_tiled(self.normalize(img.transpose(2, 0, 1)[None])[0])
+        if float(self.preprocessing.get("seg_scale", 1.0)) != 1.0:  # back to the original resolution
+            w, h = load_image(src).size
+            probs = resize_bilinear(probs, (h, w))
+        channel = probs.argmax(0)
+        mask = np.asarray(self.preprocessing["values"], dtype=np.uint8)[channel]
+        shares = np.bincount(channel.ravel(), minlength=len(self.classes)) / channel.size
+        return {"label": self.classes[int(shares.argmax())], "confidence": float(shares.max()), "error": None,
+                "class_shares": {c: round(float(s), 4) for c, s in zip(self.classes, shares)}, "mask": mask}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def load(path: str | os.PathLike, threads: int | None = None) -> Runtime:
+    """Open an exported ``.onnx`` model for prediction (see :class:`Runtime`)."""
+    return Runtime(path, threads=threads)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m visionlab.runtime MODEL.onnx IMAGES...``: labels (or class shares) per image."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m visionlab.runtime", description=main.__doc__)
+    ap.add_argument("model", help="an .onnx file written by visionlab export")
+    ap.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the CPU count)")
+    ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png files here")
+    ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    try:
+        model = load(args.model, threads=args.threads)
+        rows = model.predict(list(args.paths), top_k=args.top_k, batch_size=args.batch_size)
+    except VisionlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _report(rows, args.masks, args.json)
+    return 0 if any(r["error"] is None for r in rows) else 1
+
+
+def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None) -> None:
+    from PIL import Image
+
+    rows = list(rows)
+    taken: set[str] = set()
+    for r in rows:
+        if r["error"]:
+            print(f"{r['path']}\terror\t{r['error']}")
+            continue
+        detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in r.get("class_shares", {}).items() if s > 0.005]
+        print(f"{r['path']}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
+        if masks is not None and r.get("mask") is not None:
+            masks.mkdir(parents=True, exist_ok=True)
+            stem = base = Path(r["path"]).stem
+            while stem in taken:  # the same name from another folder: a mask of its own
+                stem = f"{base}-{len(taken)}"
+            taken.add(stem)
+            r["mask_file"] = str(masks / f"{stem}_mask.png")
+            Image.fromarray(r["mask"]).save(r["mask_file"])
+    if out is not None:
+        out.write_text(json.dumps([{k: v for k, v in r.items() if k != "mask"} for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
