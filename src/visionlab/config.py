@@ -85,6 +85,7 @@ class Config:
     class_weights: str = "none"
     sampler: str = "none"
     grad_clip: float = 0.0
+    accumulate: int = 1  # gradient accumulation: one optimiser step every K batches (global batch = batch_size x processes x K)
     backbone_lr_scale: float = 1.0  # lr of the pretrained body relative to lr (the new head always gets lr)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
     tta: str = "none"  # test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)
@@ -107,6 +108,7 @@ class Config:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    sync_batchnorm: bool = False  # under torchrun on CUDA: batch-norm statistics over the global batch
     cache: str = "auto"
     cache_budget_mb: int = 4096
     num_workers: int = -1
@@ -236,6 +238,7 @@ def _validate(cfg: Config) -> Config:
         (0 < cfg.backbone_lr_scale <= 10, "backbone_lr_scale must be in (0, 10]"),
         (0 <= cfg.ema < 1, "ema must be in [0, 1) (0 = off; 0.99-0.9999 usual)"),
         (0 <= cfg.mixup <= 10 and 0 <= cfg.cutmix <= 10, "mixup and cutmix are Beta alphas in [0, 10] (0 = off; 0.2-1 usual)"),
+        (cfg.accumulate >= 1, "accumulate must be >= 1 (1 = a step per batch)"),
         (cfg.checkpoint_every_steps >= 0 and cfg.checkpoint_every_minutes >= 0,
          "checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = off)"),
     ]

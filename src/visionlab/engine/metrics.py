@@ -102,6 +102,13 @@ class ClassificationMeter:
         self._probs.append(probs)
         self._targets.append(target)
 
+    def merge(self, *others: "ClassificationMeter") -> "ClassificationMeter":
+        """This meter with the samples of ``others`` added (the parts of a sharded evaluation)."""
+        for o in others:
+            self._probs += o._probs
+            self._targets += o._targets
+        return self
+
     @property
     def probs(self) -> np.ndarray:
         """All softmax probabilities seen so far, (N, C) float32."""
@@ -307,6 +314,13 @@ class SegmentationMeter:
         counts = torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2)
         counts = counts.reshape(self.num_classes, self.num_classes)
         self._cm = counts if self._cm is None else self._cm + counts
+
+    def merge(self, *others: "SegmentationMeter") -> "SegmentationMeter":
+        """This meter with the pixel counts of ``others`` added (the parts of a sharded evaluation)."""
+        for o in others:
+            if o._cm is not None:
+                self._cm = o._cm.to(self._cm.device) if self._cm is None else self._cm + o._cm.to(self._cm.device)
+        return self
 
     def confusion_matrix(self) -> np.ndarray:
         """(C, C) int64 pixel counts, rows = true class, columns = predicted class."""

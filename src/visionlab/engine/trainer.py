@@ -241,6 +241,8 @@ class Trainer:
         self.callbacks: list[Callback] = list(callbacks or [])
 
     def _emit(self, hook: str, *args: Any) -> None:
+        if not self.dist.is_main:
+            return
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
@@ -253,12 +255,19 @@ class Trainer:
         configure_threads()
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.runner = runner_for(cfg, self.spec, self.device)
+        self.runner.dist = self.dist
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 decodes the cache first; the others then read it, not decode it again
         self.runner.prepare(self.console)
+        if self.dist.is_main:
+            self.dist.barrier()
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
@@ -273,10 +282,21 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.precision = resolve_precision(cfg.precision, self.device, training_model=self.model)  # per model on CPU
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:
+            if cfg.sync_batchnorm and self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # DDP broadcasts rank 0's weights now and averages gradients in backward; self.model stays the
+            # plain module, so checkpoints load without DDP
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            seed_everything(cfg.seed + 1_000_003 * self.dist.rank)  # each process its own augmentation
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.steps_per_epoch = self.runner.num_train_batches()
+        self.optimizer_steps = math.ceil(self.steps_per_epoch / cfg.accumulate)  # per epoch
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.optimizer_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
         self.ema = ModelEma(self.model, cfg.ema) if cfg.ema > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -294,8 +314,20 @@ class Trainer:
         else:  # a checkpoint of visionlab < 0.2: epoch boundaries only, no random states
             self.loop = LoopState(epoch=state["epoch"], best=state["best_metric"], bad_epochs=state["bad_epochs"],
                                   history=list(state["history"]), best_loss=float(state.get("best_loss", math.inf)))
-        if "rng" in state:
-            set_rng_state(state["rng"])
+        saved_world = int(state.get("world", 1))
+        rngs = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
+        if saved_world == self.dist.world and len(rngs) == self.dist.world:
+            set_rng_state(rngs[self.dist.rank])
+        elif rngs:  # another number of processes: fresh random streams (bit-exact needs the same number)
+            seed_everything(self.cfg.seed + 1_000_003 * self.dist.rank + 7919 * self.loop.epoch + self.loop.step)
+        if saved_world != self.dist.world and self.loop.step:
+            # the same items in the same order: map the position in the epoch onto the new global batch
+            items = self.loop.step * self.cfg.batch_size * saved_world
+            self.loop.step = items // (self.cfg.batch_size * self.dist.world)
+            self.loop.step -= self.loop.step % self.cfg.accumulate
+        if saved_world != self.dist.world:  # the schedule counts optimiser steps, which are now of another size
+            self.scheduler.last_epoch = self.loop.epoch * self.optimizer_steps + self.loop.step // self.cfg.accumulate - 1
+            self.scheduler.step()
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -350,10 +382,14 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
-        } | ({"train_model": self.model.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {})
+            "world": self.dist.world,
+        } | ({"rng_ranks": self.dist.gather(rng_state())} if self.dist.enabled else {}) | ({"train_model": self.model.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {})
 
     def _save(self, *paths: Path) -> None:
+        """Write the checkpoint(s); called on every process (the random states are gathered), rank 0 writes."""
         state = self._state()
+        if not self.dist.is_main:
+            return
         for path in paths:
             try:
                 save_checkpoint(state, path)
@@ -381,16 +417,23 @@ class Trainer:
     # ------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> TrainResult:
         """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
+        from rich.console import Console
+
+        from visionlab.engine.distributed import from_env
+
         cfg = self.cfg
         state = None
         self.loop = LoopState()
+        self.dist = from_env(cfg.device)
+        if not self.dist.is_main:  # one process talks and writes files
+            self.console = Console(quiet=True)
         if resume is not None:
             path = resolve_resume(resume, self.spec.name, cfg.out)
             state = load_checkpoint(path, expect_task=self.spec.name)
             changed = check_resume(config_from_dict(state["config"]), cfg)
             self.run_dir = path.parent
         else:
-            self.run_dir = new_run_dir(cfg.out, self.spec.name, cfg.name)
+            self.run_dir = self.dist.broadcast(new_run_dir(cfg.out, self.spec.name, cfg.name) if self.dist.is_main else None)
         self._setup(state)
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
         if self.monitor.startswith("val_") and not self.runner.split_size("val"):
@@ -405,7 +448,8 @@ class Trainer:
             self._resumed(path, changed)
         if math.isnan(self.loop.best):
             self.loop.best = -math.inf if self.higher else math.inf
-        dump_config(cfg, self.run_dir / "config.yaml")
+        if self.dist.is_main:
+            dump_config(cfg, self.run_dir / "config.yaml")
         self._warn_data()
         info = self.runner.data_info
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -413,6 +457,8 @@ class Trainer:
             f"[bold]{self.spec.name}[/] | {cfg.model} ({n_params / 1e6:.2f} M params) | {len(self.runner.classes)} classes | "
             f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
             f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {self.run_dir}"
+            + (f" | {self.dist.world} processes x batch {cfg.batch_size}" if self.dist.enabled else "")
+            + (f" | accumulate {cfg.accumulate}" if cfg.accumulate > 1 else "")
         )
         self._emit("on_fit_start")
         try:
@@ -437,11 +483,13 @@ class Trainer:
     def _resumed(self, path: Path, changed: dict[str, tuple[Any, Any]]) -> None:
         """Put the run folder back in the state of the checkpoint it resumes from."""
         loop = self.loop
-        removed = remove_stale_temporaries(self.run_dir)
-        # metrics.csv holds exactly the checkpoint's epochs (a crash after a row, before its checkpoint, wrote one more)
-        self._write_csv(self.run_dir / "metrics.csv", loop.history)
         loop.resumes.append({"epoch": loop.epoch, "step": loop.step, "changed": {k: list(v) for k, v in changed.items()}})
-        mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+        removed = []
+        if self.dist.is_main:
+            removed = remove_stale_temporaries(self.run_dir)
+            # metrics.csv holds exactly the checkpoint's epochs (a crash after a row, before its checkpoint, wrote one more)
+            self._write_csv(self.run_dir / "metrics.csv", loop.history)
+            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
         self._marked = True
         self._saved = {"last.pt": (loop.epoch, loop.step)}
         if (self.run_dir / "best.pt").exists():
@@ -469,53 +517,67 @@ class Trainer:
                     break
 
     def _checkpoint_due(self, last_save: float) -> bool:
+        """Rank 0's decision (minutes differ between processes): the step's all-reduce carries it."""
         cfg = self.cfg
         if self.loop.step >= self.steps_per_epoch:
             return False  # the epoch's end writes one anyway
         every_steps = cfg.checkpoint_every_steps and self.loop.step % cfg.checkpoint_every_steps == 0
         every_minutes = cfg.checkpoint_every_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
-        return bool(every_steps or every_minutes)
+        return bool(every_steps or every_minutes) and self.dist.is_main
 
     def _train_epoch(self, epoch: int) -> None:
-        loop = self.loop
+        loop, k = self.loop, self.cfg.accumulate
         self.bar = self.progress.add_task("train", total=self.steps_per_epoch, completed=loop.step, epoch=f"{epoch + 1}/{self.cfg.epochs}",
                                           loss=loop.loss_sum / max(1, loop.n_seen), metric="", ips=0.0)
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
         t0, cpu0, last_save = time.perf_counter(), time.process_time(), time.monotonic()
         seconds0, cpu_seconds0, n0 = loop.epoch_seconds, loop.epoch_cpu_seconds, loop.n_seen
         for x, y in self.runner.train_batches(epoch, start_step=loop.step):
+            group = loop.step - loop.step % k  # first batch of this optimiser step's group
+            size = min(k, self.steps_per_epoch - group)  # the epoch's last group may be shorter
             loop.step += 1
-            if len(y) == 0:
-                continue
-            loss = self._step(x, y, epoch)
+            last = loop.step - group == size
+            loss, due = self._step(x, y, epoch, 1.0 / size, last, last and self._checkpoint_due(last_save))
             loop.loss_sum += loss * len(y)
             loop.n_seen += len(y)
             loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
-            self.progress.update(self.bar, advance=1, loss=loop.loss_sum / loop.n_seen,
-                                 ips=(loop.n_seen - n0) / max(time.perf_counter() - t0, 1e-9))
-            if self._checkpoint_due(last_save):
+            self.progress.update(self.bar, advance=1, loss=loop.loss_sum / max(1, loop.n_seen),
+                                 ips=(loop.n_seen - n0) * self.dist.world / max(time.perf_counter() - t0, 1e-9))
+            if due:
                 self._save(self.run_dir / "last.pt")
                 last_save = time.monotonic()
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
-        """One optimiser step; returns the batch's loss. Stops the run if it has blown up."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, scale: float, sync: bool, due: bool) -> tuple[float, bool]:
+        """One batch: forward, backward (gradients scaled by ``scale`` for accumulation) and, when
+        ``sync``, the optimiser step. Returns the batch's loss (the mean over processes) and whether
+        a checkpoint is due on every process. Stops the run if it has blown up."""
+        from contextlib import nullcontext
+
         cfg, loop = self.cfg, self.loop
         x = self.runner.on_device(x.to(self.device, non_blocking=True), train=True)
         y = y.to(self.device, non_blocking=True)
         x, y = self.runner.mix(x, y)
-        with self.precision.autocast():
-            out = self.forward(x)
-        loss = self.runner.loss(out, y)
-        value = float(loss.detach())
-        if loop.first_loss is None and math.isfinite(value):
-            loop.first_loss = value
-            loop.first_weight_norm = self._weight_norm()
-        if not math.isfinite(value):
-            self._diverged(epoch, f"the loss became {value}")
-        if value > max(_LOSS_GROWTH * loop.first_loss, _LOSS_FLOOR):
-            self._diverged(epoch, f"the loss exploded to {value:.3g} (first step: {loop.first_loss:.3g})")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        no_sync = self.forward.no_sync if self.dist.enabled and not sync and hasattr(self.forward, "no_sync") else nullcontext
+        with no_sync():
+            with self.precision.autocast():
+                out = self.forward(x)
+            loss = self.runner.loss(out, y)
+            value = float(loss.detach())
+            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere) and rank 0's checkpoint call
+                both = torch.tensor([value, float(due)], dtype=torch.float64, device=self.device)
+                torch.distributed.all_reduce(both)
+                value, due = float(both[0]) / self.dist.world, bool(both[1] > 0)
+            if loop.first_loss is None and math.isfinite(value):
+                loop.first_loss = value
+                loop.first_weight_norm = self._weight_norm()
+            if not math.isfinite(value):
+                self._diverged(epoch, f"the loss became {value}")
+            if value > max(_LOSS_GROWTH * loop.first_loss, _LOSS_FLOOR):
+                self._diverged(epoch, f"the loss exploded to {value:.3g} (first step: {loop.first_loss:.3g})")
+            self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+        if not sync:
+            return value, False
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
@@ -524,12 +586,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        norm = self._weight_norm()
+        self.optimizer.zero_grad(set_to_none=True)
+        norm = self._weight_norm()  # the same on every process: DDP keeps the weights equal
         if not math.isfinite(norm) or norm > _WEIGHT_GROWTH * max(loop.first_weight_norm, 1.0):
             self._diverged(epoch, f"the weights blew up (norm {norm:.3g}, at the start {loop.first_weight_norm:.3g})")
         if self.ema is not None:
             self.ema.update(self.model)
-        return value
+        return value, due
 
     def _weight_norm(self) -> float:
         with torch.no_grad():
@@ -550,16 +613,18 @@ class Trainer:
         cfg, loop = self.cfg, self.loop
         ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
         row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
-               "epoch_seconds": round(loop.epoch_seconds, 3), "images_per_second": round(loop.n_seen / max(loop.epoch_seconds, 1e-9), 1),
+               "epoch_seconds": round(loop.epoch_seconds, 3),
+               "images_per_second": round(loop.n_seen * self.dist.world / max(loop.epoch_seconds, 1e-9), 1),
                "epoch_cpu_seconds": round(loop.epoch_cpu_seconds, 3)}  # all threads of this process: the work, whatever else runs
         if ev is not None:
             row.update({f"val_{k}": v for k, v in ev.metrics.items()})
         loop.history.append(row)
         self._emit("on_epoch_end", row)
         loop.train_seconds += loop.epoch_seconds
-        loop.images_seen += loop.n_seen
+        loop.images_seen += loop.n_seen * self.dist.world
         loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
-        self._write_csv(self.run_dir / "metrics.csv", loop.history)
+        if self.dist.is_main:
+            self._write_csv(self.run_dir / "metrics.csv", loop.history)
         last_path = self.run_dir / "last.pt"
         if self.monitor not in row:
             self._save(last_path)
@@ -603,15 +668,20 @@ class Trainer:
     def _finish(self, result: TrainResult) -> None:
         from visionlab.engine.plots import save_training_curves
 
-        if result.history:
+        main = self.dist.is_main
+        if result.history and main:
             save_training_curves(result.history, result.run_dir / "curves.png")
-        if result.best_checkpoint.exists() and self.runner.split_size("test"):
-            self.model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+        self.dist.barrier()
+        if self.dist.broadcast(result.best_checkpoint.exists() if main else None) and self.runner.split_size("test"):
+            # rank 0 reads best.pt (other nodes may not see its folder) and hands the weights on
+            self.model.load_state_dict(self.dist.broadcast(load_checkpoint(result.best_checkpoint)["model"] if main else None))
             # the precision 'evaluate' and 'predict' run this checkpoint with (bf16 inference on CPUs that
             # have it, even for models trained in fp32), so the test score printed here is the one they give
             inference = resolve_precision(self.cfg.precision, self.device)
             ev = self.runner.evaluate(self.model, "test", inference.autocast)
             result.test_metrics, result.test_report = ev.metrics, ev.report
+        if not main:
+            return
         mem = peak_memory_mb(self.device)
         summary = {
             "task": self.spec.name, "model": self.cfg.model, "synthetic": self.cfg.is_synthetic,

@@ -177,6 +177,31 @@ class TaskRunner(ABC):
         self.fixed_preprocessing: dict[str, Any] | None = None
         # Set by evaluate: how many examples worth a look (with thumbnails) ``evaluate`` returns.
         self.examples: int = 0
+        # Set by the trainer under torchrun: this process's rank and the number of processes.
+        from visionlab.engine.distributed import Dist
+
+        self.dist = Dist()
+
+    def shard(self, indices: np.ndarray) -> np.ndarray:
+        """This process's disjoint part of ``indices`` (all of them in a single process)."""
+        return indices[self.dist.rank :: self.dist.world]
+
+    def merge_shards(self, part: dict[str, Any]) -> dict[str, Any]:
+        """The parts every process evaluated, merged into what one process would have (see
+        :func:`visionlab.engine.distributed.merge_parts`); ``part`` itself in a single process."""
+        from visionlab.engine.distributed import merge_parts
+
+        return merge_parts(self.dist.gather(part)) if self.dist.enabled else part
+
+    def global_batches(self, n_items: int) -> int:
+        """Batches per process in an epoch of ``n_items`` (at least one): full global batches only, so
+        that every process takes the same number of steps."""
+        per_step = self.cfg.batch_size * self.dist.world
+        if self.dist.enabled and n_items < per_step:  # every process must take the same number of steps
+            raise VisionlabError(f"{n_items} training items are fewer than one batch of {self.cfg.batch_size} for each of "
+                                 f"{self.dist.world} processes.", "Lower batch_size or the number of processes.")
+        n = max(1, n_items // per_step)
+        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
 
     @abstractmethod
     def prepare(self, console: Any = None) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.layout import ClassificationIndex, find_classification
 from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
+from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
@@ -152,8 +153,7 @@ class ClassificationRunner(TaskRunner):
         return rng.permutation(train)
 
     def num_train_batches(self) -> int:
-        n = max(1, len(self.splits["train"]) // self.cfg.batch_size)
-        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+        return self.global_batches(len(self.splits["train"]))
 
     def _gather(self, idx: np.ndarray) -> torch.Tensor:
         if self._images is not None:
@@ -167,20 +167,18 @@ class ClassificationRunner(TaskRunner):
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         order = self._sample_order(epoch)
         bs, steps = self.cfg.batch_size, self.num_train_batches()
+        mine = [shard_batch(order, step, bs, self.dist) for step in range(start_step, steps)]  # this process's batches
         if self.cache is None:
+            idx = np.concatenate(mine) if mine else order[:0]
             loader = torch.utils.data.DataLoader(
-                _StreamDataset([self.index.paths[i] for i in order[start_step * bs :]], self.labels[order[start_step * bs :]],
-                               self.preprocessing),
+                _StreamDataset([self.index.paths[i] for i in idx], self.labels[idx], self.preprocessing),
                 batch_size=bs, shuffle=False, drop_last=False, collate_fn=_collate, generator=loader_generator(self.cfg.seed, epoch),
                 num_workers=default_workers(self.cfg, self.device), pin_memory=self.device.type == "cuda")
-            for step, batch in enumerate(loader, start=start_step):
-                if step >= steps:
-                    break
+            for batch in loader:
                 yield self._note_failed(batch)
             return
         labels = torch.from_numpy(self.labels)
-        for step in range(start_step, steps):
-            idx = order[step * bs : (step + 1) * bs]
+        for idx in mine:
             yield self._gather(idx), labels[torch.from_numpy(idx)]
 
     # ------------------------------------------------------------------- step
@@ -213,7 +211,7 @@ class ClassificationRunner(TaskRunner):
 
     def eval_batches(self, split: str, batch_size: int, with_paths: bool = False) -> Iterator[tuple]:
         """(images, labels) batches of a split, in order; ``with_paths`` adds the files' paths."""
-        idx = self.splits[split]
+        idx = self.shard(self.splits[split])
         labels = torch.from_numpy(self.labels)
         if self.cache is not None:
             for chunk in self.iter_chunks(idx, batch_size):
@@ -256,6 +254,8 @@ class ClassificationRunner(TaskRunner):
                 rows.append({"path": path, "label": self.classes[t], "predicted": self.classes[ks[0]],
                              "confidence": round(float(ps[0]), 4), "correct": t == ks[0],
                              "top_k": [{"label": self.classes[k], "probability": round(float(p), 4)} for k, p in zip(ks, ps)]})
+        merged = self.merge_shards({"meter": meter, "loss": total, "n": n, "rows": rows})
+        meter, total, n, rows = merged["meter"], merged["loss"], merged["n"], merged["rows"]
         if n == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}

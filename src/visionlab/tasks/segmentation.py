@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from visionlab.data.io import load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
+from visionlab.engine.distributed import shard_batch
 from visionlab.errors import VisionlabError
 from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
                                   split_keys, thumbnail)
@@ -232,8 +233,7 @@ class SegmentationRunner(TaskRunner):
 
     # ----------------------------------------------------------------- batches
     def num_train_batches(self) -> int:
-        n = max(1, len(self.splits["train"]) * self.cfg.crops_per_image // self.cfg.batch_size)
-        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+        return self.global_batches(len(self.splits["train"]) * self.cfg.crops_per_image)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         ds = _CropDataset(self, self.splits["train"], epoch)
@@ -241,15 +241,14 @@ class SegmentationRunner(TaskRunner):
         # out so that a resumed epoch can start at any batch
         gen = loader_generator(self.cfg.seed, epoch)
         torch.empty((), dtype=torch.int64).random_(generator=gen)
-        order = torch.randperm(len(ds), generator=gen).tolist()[start_step * self.cfg.batch_size :]
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, sampler=order, drop_last=False,
+        order = torch.randperm(len(ds), generator=gen).tolist()
+        bs = self.cfg.batch_size
+        mine = [i for step in range(start_step, self.num_train_batches()) for i in shard_batch(order, step, bs, self.dist)]
+        loader = torch.utils.data.DataLoader(ds, batch_size=bs, sampler=mine, drop_last=False,
                                              generator=loader_generator(self.cfg.seed, epoch),
                                              num_workers=default_workers(self.cfg, self.device),
                                              pin_memory=self.device.type == "cuda")
-        for step, batch in enumerate(loader, start=start_step):
-            if step >= self.num_train_batches():
-                break
-            yield batch
+        yield from loader
 
     # ------------------------------------------------------------------- step
     def on_device(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -305,7 +304,7 @@ class SegmentationRunner(TaskRunner):
         model.eval()
         rows: list[dict[str, Any]] = []
         worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # (mIoU, k, truth, prediction), the lowest kept
-        for k in self.splits[split]:
+        for k in self.shard(self.splits[split]):
             img = self.train_pair(int(k))[0]
             mask = self._eval_mask(int(k), img.shape[:2])
             probs = predict_probs(model, img, self.preprocessing, self.normalize, autocast, batch_size or 8,
@@ -317,6 +316,8 @@ class SegmentationRunner(TaskRunner):
                 rows.append({"path": str(self.index.images[int(k)]), **row})
                 if row["miou"] is not None:
                     worst = sorted(worst + [(row["miou"], int(k), *self._small_masks(mask, pred.numpy()))])[: self.examples]
+        merged = self.merge_shards({"meter": meter, "rows": rows, "worst": worst})
+        meter, rows, worst = merged["meter"], merged["rows"], sorted(merged["worst"], key=lambda w: (w[0], w[1]))[: self.examples]
         if len(self.splits[split]) == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None and np.isscalar(v)}

@@ -1,0 +1,109 @@
+"""Distributed data parallel training under ``torchrun`` (or ``visionlab train --devices N``).
+
+One job, N processes: torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; visionlab joins
+the process group (NCCL on CUDA, gloo on CPU), wraps the model in DDP, gives every rank a
+disjoint shard of each epoch's order, evaluates sharded and exactly (every image counted once,
+the parts merged), and lets rank 0 alone write files and talk. ``batch_size`` is per process: the
+global batch is ``batch_size x processes x accumulate``; the learning rate is not rescaled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionlab.errors import VisionlabError
+
+__all__ = ["Dist", "from_env", "merge_parts", "shard_batch"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def all_true(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on every rank (one rank's problem stops them all)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([0 if flag else 1], dtype=torch.int64)
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t)
+        return int(t.item()) == 0
+
+
+def from_env(device: str) -> Dist:
+    """The job torchrun started this process in; joins its process group (once)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and not str(device).startswith("cpu")
+    if not torch.distributed.is_available():
+        raise VisionlabError("this torch build has no torch.distributed.", "Install a torch with distributed support.")
+    if not torch.distributed.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return Dist(rank, world, local)
+
+
+def shard_batch(order: np.ndarray | list, step: int, batch_size: int, dist: Dist) -> Any:
+    """This rank's part of global batch ``step`` of an epoch's ``order``: the global batch is
+    ``batch_size x world`` consecutive items, rank r takes the r-th slice of it. Any number of
+    processes therefore walks the same sequence of items, so a sample offset means the same
+    thing after a resume on another number of processes."""
+    start = (step * dist.world + dist.rank) * batch_size
+    return order[start : start + batch_size]
+
+
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge per-rank evaluation parts key by key: objects with ``merge`` (metric meters) are
+    merged, numbers summed, lists concatenated. The result is what one process would have."""
+    out: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if hasattr(first, "merge"):
+            out[key] = first.merge(*values[1:])
+        elif isinstance(first, list):
+            out[key] = [x for v in values for x in v]
+        else:
+            out[key] = sum(values)
+    return out
