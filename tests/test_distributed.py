@@ -1,0 +1,213 @@
+"""Distributed data parallel on the CPU: gloo, 2 processes (torch.multiprocessing and torchrun).
+
+The processes train one job: the weights are identical on every rank after every step; 2
+processes with batch b make the same update as 1 process with batch 2b; sharded evaluation
+counts every image once and equals a single-process evaluation; only rank 0 writes files; a
+rank killed mid-run ends the job with an error, and the run resumes (also on another number of
+processes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from visionlab.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+
+
+def _register_plain_net() -> None:
+    """A classifier without batch norm: with BN each process normalises by its own half batch, so
+    the 2 x b = 2b equality below would not hold (on CUDA, ``sync_batchnorm`` makes it hold)."""
+    from torch import nn
+
+    from visionlab.models import list_models, register_model
+
+    if "plain_net" in list_models():
+        return
+
+    @register_model(name="plain_net")
+    def plain_net(num_classes: int, in_chans: int = 3) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                             nn.Linear(128, num_classes))
+
+
+def _options(out: str, **extra) -> dict:
+    return {"epochs": 2, "batch_size": 4, "device": "cpu", "precision": "fp32", "num_workers": 0, "early_stopping": 0,
+            "image_size": 32, "warmup_epochs": 0.0, "out": out, "model_args": {}, **extra}
+
+
+class _Quiet:
+    def print(self, *a, **k) -> None: ...
+
+
+def _train_worker(rank: int, world: int, port: int, out: str, options: dict, check_every_step: bool, result: dict) -> None:
+    """One process of a job: trains with the real Trainer, optionally checking after every
+    optimiser step that all ranks hold the same weights."""
+    _join(rank, world, port)
+    _register_plain_net()
+    from rich.console import Console
+
+    from visionlab.config import load_config
+    from visionlab.engine.trainer import Trainer
+
+    class Checked(Trainer):
+        steps_checked = 0
+
+        def _step(self, *args, **kwargs):
+            out = super()._step(*args, **kwargs)
+            if check_every_step and args[4]:  # an optimiser step was taken
+                flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+                every = self.dist.gather(flat)
+                assert all(torch.equal(every[0], f) for f in every[1:]), "ranks hold different weights"
+                Checked.steps_checked += 1
+            return out
+
+    cfg = load_config("cracks", None, {"data": "synthetic", **options})
+    res = Checked(cfg, console=Console(quiet=True)).fit()
+    if rank == 0:
+        result.update(run_dir=str(res.run_dir), steps_checked=Checked.steps_checked,
+                      history=res.history, test=res.test_metrics)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _spawn(world: int, out: Path, options: dict, check_every_step: bool = False) -> dict:
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_train_worker, args=(world, _free_port(), str(out), options, check_every_step, result), nprocs=world, join=True)
+        return dict(result)
+
+
+def test_two_processes_keep_identical_weights_and_write_one_run(tmp_path: Path):
+    res = _spawn(2, tmp_path, _options(str(tmp_path), model="cracks_cnn", name="ddp", ema=0.9), check_every_step=True)
+    assert res["steps_checked"] >= 2
+    runs = [p for p in (tmp_path / "cracks").iterdir() if p.is_dir()]
+    assert [p.name for p in runs] == ["ddp"]  # one job, one run folder: not two copies
+    files = sorted(p.name for p in runs[0].iterdir())
+    assert files == ["best.pt", "config.yaml", "curves.png", "last.pt", "metrics.csv", "summary.json"]
+    state = load_checkpoint(runs[0] / "last.pt")
+    assert state["world"] == 2 and len(state["rng_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in state["model"])  # the plain model, loadable without DDP
+    assert len((runs[0] / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+def test_two_processes_with_batch_b_make_the_update_of_one_with_batch_2b(tmp_path: Path):
+    """No augmentation, no dropout, no batch norm: the gradient of 2 x b averaged by DDP is the gradient
+    of the 2b batch; the weights after 2 epochs agree to float rounding (atol 1e-6)."""
+    no_aug = {"augment": {"hflip": False, "vflip": False, "rot90": False, "rotate": 0.0, "scale": [1.0, 1.0], "translate": 0.0, "brightness": 0.0, "contrast": 0.0,
+                          "saturation": 0.0}, "model": "plain_net", "val_fraction": 0.0, "test_fraction": 0.0}
+    two = _spawn(2, tmp_path / "two", _options(str(tmp_path / "two"), batch_size=4, name="two", **no_aug))
+    one = _spawn(1, tmp_path / "one", _options(str(tmp_path / "one"), batch_size=8, name="one", **no_aug))
+    a = load_checkpoint(Path(two["run_dir"]) / "last.pt")["model"]
+    b = load_checkpoint(Path(one["run_dir"]) / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]], abs=1e-6)
+
+
+def _eval_worker(rank: int, world: int, port: int, ckpt: str, result: dict) -> None:
+    _join(rank, world, port)
+    from visionlab.config import config_from_dict
+    from visionlab.engine.checkpoint import model_from_state
+    from visionlab.engine.distributed import from_env
+    from visionlab.registry import get_task
+    from visionlab.tasks.base import runner_for
+
+    state = load_checkpoint(ckpt)
+    cfg = config_from_dict(state["config"])
+    runner = runner_for(cfg, get_task(state["task"]), torch.device("cpu"))
+    runner.dist = from_env("cpu")
+    runner.fixed_preprocessing = dict(state["preprocessing"])
+    runner.prepare()
+    runner.splits["test"] = runner.splits["train"]  # a larger split: 31 images do not divide by 2
+    ev = runner.evaluate(model_from_state(state), "test", None)
+    if rank == 0:
+        result.update(metrics=ev.metrics, cm=ev.report["confusion_matrix"], n=len(ev.files), paths=sorted(r["path"] for r in ev.files))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_sharded_evaluation_counts_every_image_once_and_equals_one_process(cracks_model: Path):
+    with mp.Manager() as manager:
+        results = []
+        for world in (1, 2):
+            r = manager.dict()
+            mp.spawn(_eval_worker, args=(world, _free_port(), str(cracks_model), r), nprocs=world, join=True)
+            results.append(dict(r))
+    one, two = results
+    assert two["n"] == one["n"] and two["paths"] == one["paths"] and len(set(two["paths"])) == two["n"]  # no padding duplicates
+    assert two["cm"] == one["cm"]
+    for k, v in one["metrics"].items():
+        assert two["metrics"][k] == pytest.approx(v, abs=1e-9), k
+
+
+# --------------------------------------------------------------------------- torchrun, the real launcher
+
+
+def _torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "visionlab", *args]
+
+
+ARGS = ["train", "--task", "cracks", "--data", "synthetic", "--epochs", "3", "--batch-size", "2", "--device", "cpu",
+        "--set", "model=cracks_cnn", "--set", "image_size=64", "--set", "precision=fp32", "--set", "num_workers=0",
+        "--set", "early_stopping=0", "--set", "checkpoint_every_steps=1"]
+
+
+def test_torchrun_trains_one_job_whose_checkpoint_evaluates_in_one_process(tmp_path: Path):
+    out = subprocess.run(_torchrun(*ARGS, "--out", str(tmp_path), "--name", "tr"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("done (SYNTHETIC DATA)") == 1  # rank 0 alone talks
+    assert "2 processes x batch 2" in " ".join(out.stdout.split())  # (rich wraps long lines)
+    assert [p.name for p in (tmp_path / "cracks").iterdir() if p.is_dir()] == ["tr"]
+    ev = subprocess.run([sys.executable, "-m", "visionlab", "evaluate", "--checkpoint", str(tmp_path / "cracks" / "tr" / "best.pt"),
+                         "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=120)
+    assert ev.returncode == 0, ev.stderr
+
+
+def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_number_of_processes(tmp_path: Path):
+    run = tmp_path / "cracks" / "killed"
+    proc = subprocess.Popen(_torchrun(*ARGS, "--out", str(tmp_path), "--name", "killed"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    end = time.monotonic() + 120
+    while not ((run / "last.pt").exists() and load_checkpoint(run / "last.pt")["step"] >= 2):
+        assert proc.poll() is None and time.monotonic() < end, "the job ended before a rank could be killed"
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "visionlab"], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(sorted(workers, key=int)[-1]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # the job ends: no rank trains on alone
+    assert "FAILED" in err or "failed" in err
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["world"] == 2
+    # resume in one process: the position in the epoch maps onto the new global batch
+    again = subprocess.run([sys.executable, "-m", "visionlab", "train", "--task", "cracks", "--resume", str(run / "last.pt"),
+                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    final = load_checkpoint(run / "last.pt")
+    assert final["epoch"] == 3 and final["world"] == 1
+    assert [h["epoch"] for h in final["history"]] == [1, 2, 3]
