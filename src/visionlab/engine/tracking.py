@@ -153,7 +153,7 @@ class TensorBoardTracker(Tracker):
         self.writer = self._writer_class(str(folder), purge_step=None if fresh else 1)
         flat = flatten_config(trainer.cfg.to_dict())
         self.writer.add_text("config", "\n".join(f"    {k}: {param_text(v)}" for k, v in flat.items()), trainer.loop.epoch)
-        if fresh:  # the HParams dashboard takes one set of values per run
+        if fresh:  # HParams: written once, by the session that made the folder (the config of the run's start)
             values = {k: v if isinstance(v, (bool, int, float, str)) else param_text(v) for k, v in flat.items()}
             for summary in hparams(values, {trainer.monitor: None}):
                 self.writer.file_writer.add_summary(summary)
@@ -177,7 +177,8 @@ class TensorBoardTracker(Tracker):
         with tempfile.TemporaryDirectory() as tmp:
             for path in write_test_figures(result.test_report, Path(tmp)):
                 if path.suffix == ".png":
-                    image = np.asarray(Image.open(path).convert("RGB"))
+                    with Image.open(path) as png:
+                        image = np.asarray(png.convert("RGB"))
                     self.writer.add_image(path.stem, image, step, dataformats="HWC")
                 else:
                     self.writer.add_text(path.stem, _markdown_table(per_class_rows(result.test_report)), step)
