@@ -41,11 +41,13 @@ def train(
     saved config: ``config``, ``overrides`` and ``options`` may then change only the keys in
     :data:`visionlab.config.RESUME_SAFE_KEYS` (epochs, device, ...); anything else is an error.
 
-    ``callbacks`` are :class:`visionlab.engine.trainer.Callback` objects (trackers, reports...).
+    ``callbacks`` are :class:`visionlab.engine.trainer.Callback` objects (reports...); the experiment
+    trackers of the config key ``track`` (:mod:`visionlab.engine.tracking`) are added after them.
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
     from visionlab.config import load_config, parse_overrides, resume_config
     from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.tracking import build_trackers
     from visionlab.engine.trainer import Trainer, resolve_resume
     from visionlab.registry import get_task
 
@@ -59,7 +61,16 @@ def train(
         path = resolve_resume(resume, get_task(task).name, layers.get("out"))
         cfg, _ = resume_config(load_checkpoint(path, expect_task=task)["config"], config, layers)
         resume = path
-    return Trainer(cfg, console=_console(console), callbacks=list(callbacks)).fit(resume=resume)
+    trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
+    trainer = Trainer(cfg, console=_console(console), callbacks=[*callbacks, *trackers])
+    try:
+        return trainer.fit(resume=resume)
+    except BaseException as exc:
+        # the trainer tells callbacks of errors in its loop; this also ends a tracked run that failed
+        # after it (test evaluation, another callback's on_fit_end). A tracker ends its run once.
+        for tracker in trackers:
+            tracker.on_exception(trainer, exc)
+        raise
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None):

@@ -162,6 +162,8 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: Optional[str] = typer.Option(None, "--resume", help="last.pt to resume from, or 'last' for the latest run; continues it with its own config (only --epochs, --device and a few runtime keys may change)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set lr=0.001 (repeatable)."),
+    track: List[str] = typer.Option([], "--track", help="Also log to an experiment tracker: tensorboard, mlflow (repeatable or comma-separated; "
+                                    "'none' stops it on --resume). Needs pip install 'visionlab[tracking]'."),
 ) -> None:
     """Train a task; writes checkpoints, metrics.csv and curves to runs/<task>/<name>/."""
     import signal
@@ -179,6 +181,8 @@ def train_cmd(
             overrides.append(f"{key}={val}")
     if data is not None:
         overrides.append(f"data={data}")
+    if track:
+        overrides.append("track=" + ",".join(track))
     train(task, config=config, overrides=overrides, resume=resume)
 
 

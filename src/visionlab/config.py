@@ -18,16 +18,19 @@ import yaml
 from visionlab.errors import VisionlabError
 
 __all__ = [
-    "Config", "AUGMENT_DEFAULTS", "RESUME_SAFE_KEYS", "load_config", "config_path", "parse_overrides", "config_from_dict",
+    "Config", "AUGMENT_DEFAULTS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "load_config", "config_path", "parse_overrides", "config_from_dict",
     "dump_config", "resume_config", "resume_differences", "check_resume",
 ]
 
 # Keys a resumed run may change: how long and where it runs, not what it learns from or what it is.
-# ``out`` only says where to look for the run.
+# ``out`` only says where to look for the run; ``track`` only where else it is logged.
 RESUME_SAFE_KEYS = frozenset({
     "epochs", "early_stopping", "device", "num_workers", "cache", "cache_budget_mb", "compile",
-    "checkpoint_every_steps", "checkpoint_every_minutes", "out",
+    "checkpoint_every_steps", "checkpoint_every_minutes", "out", "track",
 })
+
+# Experiment trackers the config key ``track`` may name (visionlab.engine.tracking implements them).
+TRACKER_NAMES = ("tensorboard", "mlflow")
 
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "hflip": True,        # random horizontal flip
@@ -114,6 +117,7 @@ class Config:
     num_workers: int = -1
     out: str = "runs"
     name: str | None = None
+    track: list[str] = field(default_factory=list)  # experiment trackers besides metrics.csv: tensorboard, mlflow
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +229,7 @@ def _validate(cfg: Config) -> Config:
             f"unknown augment key(s) {', '.join(unknown_aug)}.", f"Valid augment keys: {', '.join(AUGMENT_DEFAULTS)}."
         )
     cfg.augment = {k: _coerce_augment(k, v) for k, v in {**AUGMENT_DEFAULTS, **cfg.augment}.items()}
+    cfg.track = _trackers(cfg.track)
     checks = [
         (cfg.epochs >= 1, "epochs must be >= 1"),
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
@@ -246,6 +251,20 @@ def _validate(cfg: Config) -> Config:
         if not ok:
             raise VisionlabError(f"invalid config: {msg}.", "Fix the value in the config or --set.")
     return cfg
+
+
+def _trackers(names: list[str]) -> list[str]:
+    """``track`` in a canonical form: lower case, each tracker once, 'none' dropped."""
+    out: list[str] = []
+    for name in (str(n).strip().lower() for n in names):
+        if name in ("", "none") or name in out:
+            continue
+        if name not in TRACKER_NAMES:
+            close = difflib.get_close_matches(name, TRACKER_NAMES, n=1)
+            hint = f"Did you mean {close[0]!r}? " if close else ""
+            raise VisionlabError(f"unknown tracker {name!r} in track.", f"{hint}Use {', '.join(TRACKER_NAMES)} or none.")
+        out.append(name)
+    return out
 
 
 def config_path(task: str) -> Path | None:
