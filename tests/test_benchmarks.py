@@ -97,3 +97,14 @@ def test_quick_run_prints_the_table(tmp_path: Path) -> None:
     assert "no TTA on either side" in out and "TTA flips on both sides" in out
     table = [ln for ln in md.read_text().splitlines() if ln.startswith("| ")]
     assert len(table) == 1 + 9  # the column names and one line per row
+
+
+def test_gpu_check_says_it_needs_a_gpu_here() -> None:
+    """benchmarks/gpu_check.py is ready for a CUDA machine; on this one it stops at once, saying why."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run the check itself")
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: no CUDA device here; this check is for a machine with a GPU."

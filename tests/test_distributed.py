@@ -211,3 +211,11 @@ def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_numbe
     final = load_checkpoint(run / "last.pt")
     assert final["epoch"] == 3 and final["world"] == 1
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3]
+
+
+def test_devices_starts_the_processes_itself(tmp_path: Path):
+    out = subprocess.run([sys.executable, "-m", "visionlab", *ARGS, "--epochs", "1", "--devices", "2", "--out", str(tmp_path),
+                          "--name", "dev"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 processes x batch 2" in " ".join(out.stdout.split())
+    assert load_checkpoint(tmp_path / "cracks" / "dev" / "last.pt")["world"] == 2

@@ -164,11 +164,17 @@ def train_cmd(
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set lr=0.001 (repeatable)."),
     track: List[str] = typer.Option([], "--track", help="Also log to an experiment tracker: tensorboard, mlflow (repeatable or comma-separated; "
                                     "'none' stops it on --resume). Needs pip install 'visionlab[tracking]'."),
+    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Train as one job of N processes on this machine "
+                                          "(torchrun --standalone --nproc_per_node N; one per GPU, or gloo on CPU)."),
 ) -> None:
     """Train a task; writes checkpoints, metrics.csv and curves to runs/<task>/<name>/."""
+    import os
     import signal
 
     from visionlab.api import train
+
+    if devices and devices > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch(devices))
 
     def stop(signum: int, frame: object) -> None:  # SIGTERM (a scheduler, kill, docker stop) stops like Ctrl-C
         raise KeyboardInterrupt
@@ -184,6 +190,22 @@ def train_cmd(
     if track:
         overrides.append("track=" + ",".join(track))
     train(task, config=config, overrides=overrides, resume=resume)
+
+
+def _launch(processes: int) -> int:
+    """``visionlab train ... --devices N``: the same command under torchrun with N processes on this machine."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            argv.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "visionlab", *argv]
+    return subprocess.run(cmd).returncode
 
 
 @app.command("evaluate")
