@@ -193,6 +193,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     metrics = Metrics(settings.max_batch_size)
     state: dict[str, Any] = {"pending": 0, "in_flight": 0, "ready": False, "error": None, "loaded_in": None}
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
+    # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model")
     page = _static("index.html")
     static = {name: _static(name) for name in STATIC}
 
@@ -204,7 +206,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
 
     async def loading() -> None:
         try:
-            await asyncio.to_thread(load_all)
+            await asyncio.get_running_loop().run_in_executor(model_thread, load_all)
             state["ready"] = True
             log.warning("ready: %d model(s) loaded and warmed up in %.1f s", len(models), state["loaded_in"])
         except Exception as exc:  # /ready stays 503 and says why
@@ -215,7 +217,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     async def lifespan(app: FastAPI):
         for m in models:
             m.batcher = Batcher(m.run, settings.max_batch_size, settings.max_wait_ms, name=m.task,
-                                on_batch=lambda n, s, task=m.task: metrics.batch(task, n, s))
+                                on_batch=lambda n, s, task=m.task: metrics.batch(task, n, s), executor=model_thread)
             m.batcher.start()
         loader = asyncio.get_running_loop().create_task(loading())
         yield
@@ -223,6 +225,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
         loader.cancel()
         for m in models:
             await m.batcher.close()
+        model_thread.shutdown(wait=True)
         decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="visionlab", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
