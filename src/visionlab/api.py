@@ -193,7 +193,8 @@ def evaluate(
         written.append(f"predictions.csv ({result.files_note})" if result.files_note else "predictions.csv")
     if result.examples is not None:  # also when there is none (no mistakes): examples.json says so
         _write_examples(result.examples, out_dir / "examples")
-        written.append(f"examples/ ({len(result.examples)} images worth a look)")
+        n = len(result.examples)
+        written.append(f"examples/ ({n} image{'' if n == 1 else 's'} worth a look)")
     console.print(f"wrote to {out_dir}: " + ", ".join(written))
     if report_html:
         from visionlab.report import write_report

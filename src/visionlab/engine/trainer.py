@@ -433,6 +433,8 @@ class Trainer:
             changed = check_resume(config_from_dict(state["config"]), cfg)
             self.run_dir = path.parent
         else:
+            if not cfg.is_synthetic:  # saved absolute: evaluate, export and resume find the data from any folder
+                cfg.data = str(Path(cfg.data).expanduser().resolve())
             self.run_dir = self.dist.broadcast(new_run_dir(cfg.out, self.spec.name, cfg.name) if self.dist.is_main else None)
         self._setup(state)
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
