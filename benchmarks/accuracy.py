@@ -158,9 +158,9 @@ def _overrides_for(kind: str, quick: bool, extra: Sequence[str]) -> list[str]:
 
 
 def run_digest(task: str, config: Path | None, sets: Sequence[str], data: Path | str, seeds: Sequence[int], quick: bool) -> str:
-    """A fingerprint of one (task, variant) measurement: the resolved config, the data folder's
-    files, the seeds, the library version and the machine (training seconds depend on it).
-    Any change to a recipe changes it."""
+    """A fingerprint of one (task, variant, seed) measurement (``seeds`` holds that one seed): the
+    resolved config, the data folder's files, the seed, the library version and the machine
+    (training seconds depend on it). Any change to a recipe changes it."""
     import hashlib
 
     from visionlab import __version__
@@ -178,11 +178,12 @@ def run_digest(task: str, config: Path | None, sets: Sequence[str], data: Path |
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_reusable(paths: Sequence[Path]) -> dict[tuple[str, str, str], Row]:
-    """Measured rows of earlier JSON outputs, keyed by (task, variant, digest)."""
+def load_reusable(paths: Sequence[Path]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The measured seeds of earlier JSON outputs, keyed by (task, variant, the seed's digest): a
+    later run with more seeds trains only the seeds it does not have yet."""
     from visionlab.errors import VisionlabError
 
-    out: dict[tuple[str, str, str], Row] = {}
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -192,22 +193,20 @@ def load_reusable(paths: Sequence[Path]) -> dict[tuple[str, str, str], Row]:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise VisionlabError(f"--reuse {path}: not a JSON output of this script ({exc}).", "Pass a file written by --out X.json.") from None
         for r in rows:
-            r = dict(r)
-            r.pop("passed", None)
-            row = Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__})
-            row.ci = tuple(row.ci) if row.ci else None
-            row.target = tuple(row.target) if row.target else None
-            if row.digest and not row.skipped:
-                out[(row.task, row.variant, row.digest)] = row
+            if r.get("skipped"):
+                continue
+            for entry in r.get("per_seed", []):
+                if entry.get("digest"):  # outputs older than per-seed digests are not reused
+                    out[(r["task"], r["variant"], entry["digest"])] = entry
     return out
 
 
 def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], runs: Path, quick: bool,
-            extra: Sequence[str], device: str, console: Any, reusable: dict[tuple[str, str, str], Row] | None = None) -> Row:
+            extra: Sequence[str], device: str, console: Any, reusable: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> Row:
     """Train and evaluate one (task, variant) for every seed; a user-fixable failure becomes a skipped row.
 
-    A row of ``reusable`` with the same digest (same resolved config, data and seeds) is returned
-    as it was measured, instead of training again."""
+    A seed of ``reusable`` with the same digest (same resolved config, data and seed) is taken as it
+    was measured, instead of training again; the row pools the seeds, reused or new."""
     import visionlab
     from visionlab.config import load_config
     from visionlab.errors import VisionlabError
@@ -224,18 +223,27 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
             return row
     sets = _overrides_for(spec.kind, quick, extra) + [f"device={device}"]
     try:
-        row.digest = run_digest(task, config, sets, data, seeds, quick)
+        digests = [run_digest(task, config, sets, data, [seed], quick) for seed in seeds]
     except VisionlabError as exc:
         row.skipped = exc.message
         return row
-    old = (reusable or {}).get((task, variant, row.digest))
-    if old is not None:
-        console.print(f"[cyan]reused[/] {task}/{variant}: measured {old.measured or 'earlier'} with the same config, data and seeds")
-        old.reused, old.target = True, row.target
-        return old
+    import hashlib
+
+    row.digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
     row.measured = time.strftime("%Y-%m-%d %H:%M")
-    reports, seconds, epochs = [], [], []
-    for seed in seeds:
+    reports, seconds, epochs, reused = [], [], [], 0
+    for seed, digest in zip(seeds, digests):
+        old = (reusable or {}).get((task, variant, digest))
+        if old is not None:
+            console.print(f"[cyan]reused[/] {task}/{variant}, seed {seed}: measured {old.get('measured') or 'earlier'} "
+                          "with the same config, data and seed")
+            row.model = row.model or old.get("model", "")
+            row.per_seed.append(old)
+            reports.append({"images": old["images"], "metrics": {k: old.get(k) for k in METRICS[spec.kind]}})
+            seconds.append(old["train_seconds"])
+            epochs.append(old["epochs"])
+            reused += 1
+            continue
         name = f"{variant}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         console.rule(f"{task} | {variant} | seed {seed}")
         try:
@@ -253,8 +261,10 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
         reports.append(report)
         seconds.append(result.train_seconds)
         epochs.append(result.epochs_run)
-        row.per_seed.append({"seed": seed, "run_dir": str(result.run_dir), "images": report["images"], "train_seconds": round(result.train_seconds, 1),
+        row.per_seed.append({"seed": seed, "digest": digest, "measured": time.strftime("%Y-%m-%d %H:%M"), "model": row.model,
+                             "run_dir": str(result.run_dir), "images": report["images"], "train_seconds": round(result.train_seconds, 1),
                              "epochs": result.epochs_run, **{k: report["metrics"].get(k) for k in METRICS[spec.kind]}})
+    row.reused = reused == len(seeds)
     row.metrics, row.ci, row.test_images = _pool(spec.kind, reports)
     row.train_seconds = sum(seconds) / len(seconds)
     row.epochs = sum(epochs) / len(epochs)
@@ -263,7 +273,7 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
 
 def run_benchmark(tasks: Sequence[str], variants: Sequence[str], data_root: Path | str, seeds: Sequence[int] = (42,),
                   runs: Path | str = "runs/accuracy", quick: bool = False, extra: Sequence[str] = (), device: str = "auto",
-                  console: Any = None, reusable: dict[tuple[str, str, str], Row] | None = None) -> list[Row]:
+                  console: Any = None, reusable: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> list[Row]:
     """Every (task, variant) in order; a missing data folder yields a skipped row, not an error."""
     from rich.console import Console
 

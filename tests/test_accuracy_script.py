@@ -131,6 +131,16 @@ def test_reuse_keeps_unchanged_rows_and_reruns_changed_recipes(tmp_path: Path) -
     for v in ("recipe", "scratch"):
         assert rows2[v]["reused"] and rows2[v]["per_seed"] == rows1[v]["per_seed"]  # the same runs, not new ones
 
+    # one more seed: the seed measured before is reused, only the new one trains
+    more = _run([a if a != "recipe,scratch" else "recipe" for a in base] + ["--seeds", "42,43", "--reuse", str(js), "--out", str(js)],
+                tmp_path)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "reused cracks/recipe, seed 42" in " ".join(more.stdout.split()) and "seed 43" in more.stdout
+    row = json.loads(js.read_text())["rows"][0]
+    assert [s["seed"] for s in row["per_seed"]] == [42, 43] and row["per_seed"][0] == rows1["recipe"]["per_seed"][0]
+    assert not row["reused"] and row["test_images"] == sum(s["images"] for s in row["per_seed"])
+    _run(base + ["--out", str(js)], tmp_path)  # back to the two variants on seed 42 for what follows
+
     # another setting changes every digest: both train again
     changed = _run(base + ["--set", "lr=0.002", "--reuse", str(js), "--out", str(js)], tmp_path)
     assert changed.returncode == 0, changed.stdout + changed.stderr
