@@ -540,6 +540,8 @@ class Trainer:
             size = min(k, self.steps_per_epoch - group)  # the epoch's last group may be shorter
             loop.step += 1
             last = loop.step - group == size
+            if len(y) == 0 and not self.dist.enabled:  # every file of this streamed batch was unreadable
+                continue
             loss, due = self._step(x, y, epoch, 1.0 / size, last, last and self._checkpoint_due(last_save))
             loop.loss_sum += loss * len(y)
             loop.n_seen += len(y)
