@@ -202,6 +202,7 @@ def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_numbe
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0  # the job ends: no rank trains on alone
     assert "FAILED" in err or "failed" in err
+    assert "no checkpoint was saved" not in err  # rank 0 had saved one; rank 1 never claims otherwise
     saved = load_checkpoint(run / "last.pt")
     assert saved["world"] == 2
     # resume in one process: the position in the epoch maps onto the new global batch
@@ -219,3 +220,16 @@ def test_devices_starts_the_processes_itself(tmp_path: Path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 processes x batch 2" in " ".join(out.stdout.split())
     assert load_checkpoint(tmp_path / "cracks" / "dev" / "last.pt")["world"] == 2
+
+
+def test_under_torchrun_each_rank_says_only_what_it_knows(tmp_path: Path):
+    """A run that blows up stops on every rank at the same step; rank 0 reports what is saved, the
+    other ranks (which write nothing) say so instead of claiming that nothing was saved."""
+    out = subprocess.run(_torchrun(*ARGS, "--set", "lr=1e6", "--out", str(tmp_path), "--name", "boom"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: training diverged at epoch 1")]
+    assert len(errors) == 2, out.stderr[-3000:]
+    assert sum("no checkpoint was saved" in ln for ln in errors) == 1  # rank 0
+    assert sum("rank 1 of 2 writes nothing; rank 0 says what is saved" in ln for ln in errors) == 1
+    assert not (tmp_path / "cracks" / "boom" / "last.pt").exists()

@@ -58,16 +58,6 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def all_true(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is True on every rank (one rank's problem stops them all)."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([0 if flag else 1], dtype=torch.int64)
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t)
-        return int(t.item()) == 0
-
 
 def from_env(device: str) -> Dist:
     """The job torchrun started this process in; joins its process group (once)."""

@@ -405,6 +405,8 @@ class Trainer:
 
     def _saved_note(self) -> str:
         """What the run has on disk now, in words (for interrupts and errors)."""
+        if not self.dist.is_main:  # only rank 0 writes, so only rank 0 knows
+            return f"rank {self.dist.rank} of {self.dist.world} writes nothing; rank 0 says what is saved in {self.run_dir}"
         if not self._saved:
             return f"no checkpoint was saved (run folder {self.run_dir})"
 
@@ -467,8 +469,8 @@ class Trainer:
             self._loop()
         except KeyboardInterrupt:
             exc = TrainingInterrupted(f"interrupted: {self._saved_note()}.",
-                                      f"Continue with --resume {self.run_dir / 'last.pt'}." if (self.run_dir / "last.pt").exists()
-                                      else "Nothing to resume; train again.")
+                                      None if not self.dist.is_main else f"Continue with --resume {self.run_dir / 'last.pt'}."
+                                      if self._saved else "Nothing to resume; train again.")
             self._emit("on_exception", exc)
             raise exc from None
         except Exception as exc:

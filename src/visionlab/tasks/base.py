@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from visionlab.config import Config
+from visionlab.engine.distributed import Dist
 from visionlab.errors import VisionlabError
 from visionlab.registry import TaskSpec
 
@@ -178,8 +179,6 @@ class TaskRunner(ABC):
         # Set by evaluate: how many examples worth a look (with thumbnails) ``evaluate`` returns.
         self.examples: int = 0
         # Set by the trainer under torchrun: this process's rank and the number of processes.
-        from visionlab.engine.distributed import Dist
-
         self.dist = Dist()
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
