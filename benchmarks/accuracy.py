@@ -19,6 +19,7 @@ Usage::
     python benchmarks/accuracy.py                                   # every task, both variants
     python benchmarks/accuracy.py --tasks cracks,waste --variants recipe
     python benchmarks/accuracy.py --seeds 42,43,44 --out benchmarks/accuracy.md
+    python benchmarks/accuracy.py --seeds 42,43,44 --scratch-seeds 42  # recipes on three seeds, variants on one
     python benchmarks/accuracy.py --set epochs=3 --tasks minerals   # extra overrides for every run
     python benchmarks/accuracy.py --quick --data synthetic          # seconds: a smoke test
     python benchmarks/accuracy.py --reuse acc.json --out acc.json   # only recipes changed since acc.json train again
@@ -273,8 +274,10 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
 
 def run_benchmark(tasks: Sequence[str], variants: Sequence[str], data_root: Path | str, seeds: Sequence[int] = (42,),
                   runs: Path | str = "runs/accuracy", quick: bool = False, extra: Sequence[str] = (), device: str = "auto",
-                  console: Any = None, reusable: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> list[Row]:
-    """Every (task, variant) in order; a missing data folder yields a skipped row, not an error."""
+                  console: Any = None, reusable: dict[tuple[str, str, str], dict[str, Any]] | None = None,
+                  scratch_seeds: Sequence[int] | None = None) -> list[Row]:
+    """Every (task, variant) in order; a missing data folder yields a skipped row, not an error. The
+    seed-faithful variants run on ``scratch_seeds`` (default: ``seeds``)."""
     from rich.console import Console
 
     console = console or Console()
@@ -289,7 +292,8 @@ def run_benchmark(tasks: Sequence[str], variants: Sequence[str], data_root: Path
                 rows += [Row(task, v, target=TARGETS.get((task, v)), skipped=f"{data} absent") for v in variants]
                 continue
         for variant in variants:
-            rows.append(run_one(task, variant, data, seeds, Path(runs), quick, extra, device, console, reusable))
+            variant_seeds = scratch_seeds if variant == "scratch" and scratch_seeds else seeds
+            rows.append(run_one(task, variant, data, variant_seeds, Path(runs), quick, extra, device, console, reusable))
     return rows
 
 
@@ -324,7 +328,8 @@ HEADER = ["task", "variant", "model", "metric", "value [95 % CI]", "target", "te
 def format_markdown(rows: Sequence[Row], context: dict[str, Any]) -> str:
     """The table as markdown, preceded by the command, machine and date it came from."""
     lines = [f"- command: `{context['command']}`", f"- machine: {context['machine']}", f"- date: {context['date']}",
-             f"- seeds: {', '.join(map(str, context['seeds']))}", ""]
+             f"- seeds: {', '.join(map(str, context['seeds']))} (seed-faithful variants: "
+             f"{', '.join(map(str, context.get('scratch_seeds') or context['seeds']))})", ""]
     lines.append("| " + " | ".join(HEADER) + " |")
     lines.append("|" + "---|" * len(HEADER))
     for cells in _table_rows(rows):
@@ -373,6 +378,18 @@ def _write(path: Path, rows: Sequence[Row], context: dict[str, Any]) -> None:
         raise VisionlabError(f"--out {path}: unknown format.", "Use a .md or .json file name.")
 
 
+def _seeds(flag: str, text: str) -> list[int]:
+    from visionlab.errors import VisionlabError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise VisionlabError(f"{flag} {text!r} must be comma-separated integers.", f"E.g. {flag} 42,43,44.")
+    return seeds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
@@ -384,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tasks", default=",".join(FOLDERS), help="comma-separated tasks (default: all five)")
     p.add_argument("--variants", default="recipe,scratch", help="recipe (configs/<task>.yaml) and/or scratch (the seed-faithful config)")
     p.add_argument("--seeds", default="42", help="comma-separated seeds; each changes the split and the initialisation")
+    p.add_argument("--scratch-seeds", default=None, help="seeds of the seed-faithful variants (default: --seeds), e.g. 42 "
+                                                         "while the recipes run on 42,43,44")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override for every run (repeatable)")
     p.add_argument("--runs", default=str(REPO / "runs" / "accuracy"), help="where the training runs go")
     p.add_argument("--device", default="auto")
@@ -402,10 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         if not variants or any(v not in ("recipe", "scratch") for v in variants):
             raise VisionlabError(f"--variants {args.variants!r} must name recipe and/or scratch.", "E.g. --variants recipe,scratch.")
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise VisionlabError(f"--seeds {args.seeds!r} must be comma-separated integers.", "E.g. --seeds 42,43,44.") from None
+        seeds = _seeds("--seeds", args.seeds)
+        scratch_seeds = _seeds("--scratch-seeds", args.scratch_seeds) if args.scratch_seeds else seeds
         for out in args.out:
             if Path(out).suffix.lower() not in (".md", ".json"):
                 raise VisionlabError(f"--out {out}: unknown format.", "Use a .md or .json file name.")
@@ -415,10 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "(pass --data PATH, set VISIONLAB_SHARED_DATA, or --data synthetic for a smoke run).")
             return 0
         context = {"command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                   "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "seeds": seeds,
+                   "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "seeds": seeds, "scratch_seeds": scratch_seeds,
                    "data": str(root), "quick": args.quick}
         reusable = load_reusable([Path(p) for p in args.reuse])
-        rows = run_benchmark(tasks, variants, root, seeds, args.runs, args.quick, args.sets, args.device, console, reusable)
+        rows = run_benchmark(tasks, variants, root, seeds, args.runs, args.quick, args.sets, args.device, console, reusable,
+                             scratch_seeds)
         print_table(rows, context, console)
         if args.quick or str(root) == "synthetic":
             console.print("[bold magenta]not a measurement[/]: --quick and/or synthetic data.")
