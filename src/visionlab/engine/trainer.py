@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from timm.optim import create_optimizer_v2
+from timm.utils.model_ema import ModelEmaV3
+
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
 from visionlab.engine.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -161,44 +164,39 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     for p in model.parameters():
         if p.requires_grad:
             groups.setdefault((id(p) in body, p.ndim > 1), []).append(p)
+    # our groups, not timm's param_groups_weight_decay: that has no backbone split and also exempts model.no_weight_decay()
     param_groups = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
                      "lr": cfg.lr * (cfg.backbone_lr_scale if in_body else 1.0)}
                     for (in_body, decay), ps in sorted(groups.items())]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+    return create_optimizer_v2(param_groups, opt=cfg.optimizer, lr=cfg.lr, momentum=0.9)  # timm's sgd is nesterov
 
 
-class ModelEma:
-    """Exponential moving average of a model's weights (buffers copied), updated every step.
+class ModelEma(ModelEmaV3):
+    """timm's exponential moving average of a model's weights (buffers copied), updated every step.
 
-    The decay ramps up as ``(1 + n) / (10 + n)`` until it reaches ``decay``, so the first steps
-    of short fine-tuning runs are not averaged with the random head they started from."""
+    The decay ramps up as ``(1 + n) / (10 + n)`` over the ``n`` updates so far until it reaches
+    ``decay``, so the first steps of short fine-tuning runs are not averaged with the random head
+    they started from (timm's own warmup is another curve)."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        import copy
-
-        self.module = copy.deepcopy(model).eval()
+        super().__init__(model, decay=float(decay))
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self.decay, self.updates = float(decay), 0
+        self.updates = 0
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def get_decay(self, step: int | None = None) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    def update(self, model: torch.nn.Module, step: int | None = None) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        avg, cur = [], []
-        for e, c in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                avg.append(e)
-                cur.append(c)
-            else:
-                e.copy_(c)
-        torch._foreach_lerp_(avg, cur, 1.0 - d)
+        super().update(model)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant."""
+    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant.
+
+    Not timm's CosineLRScheduler: its warmup starts at warmup_lr_init rather than lr / warm, its floor
+    is one lr_min for every group (ours is 1 % of each group's lr), and it is no torch LRScheduler."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))

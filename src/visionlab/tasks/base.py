@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -227,6 +227,26 @@ class TaskRunner(ABC):
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult: ...
+
+    # The step contract: the trainer calls only these for the batch maths, the metric direction and data warnings.
+    def training_step(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      autocast: Callable[[], ContextManager[Any]]) -> tuple[torch.Tensor, int]:
+        """One CPU training batch -> (its loss, its size): to the device, the training transform,
+        mixing, ``forward`` under ``autocast()``, the loss (outside autocast, in fp32)."""
+        x = self.on_device(x.to(self.device, non_blocking=True), train=True)
+        y = y.to(self.device, non_blocking=True)
+        x, y = self.mix(x, y)
+        with autocast():
+            out = forward(x)
+        return self.loss(out, y), len(y)
+
+    def higher_is_better(self, metric: str) -> bool:
+        """Whether a larger value of ``metric`` (a logged name without ``val_``) is better."""
+        return not metric.endswith("loss")
+
+    def data_warnings(self) -> list[str]:
+        """Warnings about the prepared data that the trainer prints before training."""
+        return []
 
     def split_size(self, split: str) -> int:
         return len(self.splits.get(split, ()))  # type: ignore[attr-defined]

@@ -209,6 +209,19 @@ class ClassificationRunner(TaskRunner):
             self._weights = self.class_weight_tensor()
         return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
 
+    def data_warnings(self) -> list[str]:
+        """The data doctor's warnings about the training data (tiny classes, imbalance, ...); none for synthetic data."""
+        if self.data_info.get("synthetic"):
+            return []
+        try:
+            from visionlab.data.doctor import training_warnings
+
+            return list(training_warnings(self.index))
+        except ImportError:
+            return []
+        except VisionlabError as exc:
+            return [str(exc)]
+
     def eval_batches(self, split: str, batch_size: int, with_paths: bool = False) -> Iterator[tuple]:
         """(images, labels) batches of a split, in order; ``with_paths`` adds the files' paths."""
         idx = self.shard(self.splits[split])
