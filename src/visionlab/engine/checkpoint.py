@@ -1,7 +1,9 @@
 """Checkpoints are plain dicts of tensors and Python values, written atomically and read with
-``torch.load(weights_only=True)``: weights, optimiser, scheduler, epoch, task, class names,
-preprocessing, the resolved config and the visionlab version. ``predict`` rebuilds the model
-from a checkpoint alone.
+``torch.load(weights_only=True)``. ``best.pt`` holds what inference needs (:data:`REQUIRED`: the
+weights, the EMA weights when EMA is on, task, class names, preprocessing, the resolved config,
+plus data info, history and the best metric); ``last.pt`` adds what resume needs
+(:data:`TRAINING_STATE`: optimiser, scheduler, scaler, random states, the loop's position).
+``predict`` rebuilds the model from a checkpoint alone.
 
 An exported ``.onnx`` file (``visionlab export``) loads through the same :func:`load_checkpoint`:
 its metadata becomes the same checkpoint-like dict (without weights), and :func:`model_from_state`
@@ -21,8 +23,8 @@ import torch
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["FORMAT", "REQUIRED", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "model_from_state",
-           "remove_stale_temporaries", "state_nbytes"]
+__all__ = ["FORMAT", "REQUIRED", "RESUME_REQUIRED", "TRAINING_STATE", "CheckpointWriteError", "save_checkpoint",
+           "load_checkpoint", "inference_state", "model_from_state", "remove_stale_temporaries", "state_nbytes"]
 
 FORMAT = "visionlab-checkpoint/1"
 # What evaluate/predict need to rebuild the model, and the type each must have.
@@ -30,6 +32,11 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "task": str, "kind": str, "model_name": str, "model_args": dict, "classes": (list, tuple),
     "preprocessing": dict, "config": dict, "model": dict,
 }
+# What only last.pt holds: the state a resumed run continues from, which inference never loads.
+TRAINING_STATE = frozenset({"optimizer", "scheduler", "scaler", "rng", "rng_ranks", "world", "train_model", "ema_updates",
+                            "loop", "step", "bad_epochs"})
+# What resume cannot do without (checkpoints of visionlab < 0.2 have these, but no loop or random states).
+RESUME_REQUIRED: dict[str, type] = {"optimizer": dict, "scheduler": dict, "scaler": dict}
 
 
 class CheckpointWriteError(VisionlabError):
@@ -74,6 +81,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def inference_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a full (last.pt) state that inference needs: what best.pt holds."""
+    return {k: v for k, v in state.items() if k not in TRAINING_STATE}
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the partial checkpoints (``.NAME.PID.tmp``) that a killed run left in ``folder``."""
     removed = []
@@ -83,9 +95,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Load a visionlab checkpoint safely (weights_only) and check it is one; an exported .onnx
-    file gives the same dict, rebuilt from its metadata."""
+    file gives the same dict, rebuilt from its metadata. ``resume`` also requires the training
+    state (:data:`RESUME_REQUIRED`), which a best.pt does not hold."""
     p = Path(path).expanduser()
     if not p.exists():
         raise VisionlabError(f"checkpoint {p} does not exist.", "Train first (visionlab train --task T) or pass --checkpoint PATH.")
@@ -100,6 +113,11 @@ def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None) -> 
             f"checkpoint {p} is for task {state.get('task')!r}, not {expect_task!r}.",
             f"Use --task {state.get('task')} or a checkpoint of {expect_task}.",
         )
+    if resume and not all(isinstance(state.get(k), t) for k, t in RESUME_REQUIRED.items()):
+        last = p.parent / "last.pt"
+        raise VisionlabError(f"cannot resume from {p}: it holds only what inference needs (no optimizer, scheduler or scaler "
+                             "state), like every best.pt.",
+                             f"Resume from {last}." if last.exists() and last != p else "Resume from the run's last.pt.")
     return state
 
 

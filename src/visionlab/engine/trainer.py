@@ -1,14 +1,15 @@
 """The one training loop for every task.
 
-The task kind (:class:`visionlab.tasks.base.TaskRunner`) supplies data, the on-device
-transform, the loss and the evaluation; the trainer owns the device, mixed precision, the
-optimiser and schedule, checkpoints (best and last, atomic), early stopping, resume, logging
-(rich progress, ``metrics.csv``, curves PNG) and the final test evaluation.
+The task kind (:class:`visionlab.tasks.base.TaskRunner`) supplies data and the step
+(``training_step``: batch in, loss out), the metric directions and the evaluation; the trainer
+owns the loop, the device, mixed precision, the optimiser and schedule, resume, divergence checks
+and the final test evaluation. Checkpoints (best and last, atomic), early stopping, logging
+(``metrics.csv``, curves PNG, rich progress) are callbacks with named hooks
+(:mod:`visionlab.engine.callbacks`), installed by default beside the user's.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -25,7 +26,9 @@ from timm.utils.model_ema import ModelEmaV3
 
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
-from visionlab.engine.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar, TrainingCurves
+from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, remove_stale_temporaries,
+                                         save_checkpoint)
 from visionlab.engine.device import configure_threads, peak_memory_mb, resolve_device, resolve_precision
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
@@ -47,28 +50,6 @@ class TrainResult:
     test_report: dict[str, Any] = field(default_factory=dict)  # per-class detail and confusion matrix of the test split
     train_seconds: float = 0.0
     images_per_second: float = 0.0
-
-
-class Callback:
-    """A hook into training (experiment trackers, reports, ...). Every method is optional.
-
-    The trainer calls them in the order the callbacks were given, on the process that writes
-    files (rank 0 under torchrun). ``trainer`` exposes ``cfg``, ``spec``, ``run_dir``,
-    ``runner`` (classes, data info) and ``loop`` (epoch, step, history)."""
-
-    def on_fit_start(self, trainer: "Trainer") -> None: ...
-
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
-        """After validation: ``row`` is the epoch's line of metrics.csv."""
-
-    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None:
-        """A checkpoint (best.pt or last.pt) was written."""
-
-    def on_fit_end(self, trainer: "Trainer", result: TrainResult) -> None:
-        """Training ended normally: curves, summary and the test score are written."""
-
-    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
-        """Training stopped with an error or an interrupt (re-raised after the callbacks)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -129,6 +110,21 @@ class LoopState:
     first_loss: float | None = None  # the divergence check compares with it
     first_weight_norm: float | None = None
     resumes: list[dict[str, Any]] = field(default_factory=list)
+
+    def judge(self, monitor: str, row: dict[str, Any], higher: bool) -> bool:
+        """Record an epoch's ``row[monitor]``; True when it is the best so far (best.pt is then rewritten)."""
+        current = row[monitor]
+        improved = current > self.best if higher else current < self.best
+        # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
+        tie_loss = row.get("val_loss")
+        if not improved and current == self.best and tie_loss is not None and monitor != "val_loss":
+            improved = tie_loss < self.best_loss
+        if improved:
+            self.best, self.bad_epochs = current, 0
+            self.best_loss = tie_loss if tie_loss is not None else math.inf
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
 class Diverged(VisionlabError):
@@ -227,7 +223,11 @@ def _py(obj: Any) -> Any:
 
 
 class Trainer:
-    """Fit one task with one config; see the module docstring for who owns what."""
+    """Fit one task with one config; see the module docstring for who owns what.
+
+    ``callbacks`` run after the default :class:`CSVLogger` and :class:`TrainingCurves` and before
+    :class:`ModelCheckpoint`, :class:`EarlyStopping` and :class:`ProgressBar` (see
+    :mod:`visionlab.engine.callbacks`); ``self.callbacks`` is the whole list."""
 
     def __init__(self, cfg: Config, spec: TaskSpec | None = None, console: Any = None,
                  callbacks: list[Callback] | None = None) -> None:
@@ -236,15 +236,193 @@ class Trainer:
         self.cfg = cfg
         self.spec = spec or get_task(cfg.task)
         self.console = console or Console()
-        self.callbacks: list[Callback] = list(callbacks or [])
+        self.callbacks: list[Callback] = [
+            CSVLogger(), TrainingCurves(), *(callbacks or []),
+            ModelCheckpoint(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes), EarlyStopping(cfg.early_stopping),
+            ProgressBar(),
+        ]
+        self.should_save = False  # set by a callback before a batch: write last.pt after it
+        self.should_stop = False  # set by a callback at an epoch's end: end the run
 
     def _emit(self, hook: str, *args: Any) -> None:
-        if not self.dist.is_main:
-            return
         for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+            if cb.all_ranks or self.dist.is_main:
+                getattr(cb, hook)(self, *args)
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, resume: str | Path | None = None) -> TrainResult:
+        """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
+        self._start(resume)
+        self._emit("on_fit_start")
+        try:
+            for epoch in range(self.loop.epoch, self.cfg.epochs):
+                self._emit("on_train_epoch_start", epoch)
+                self._train_epoch(epoch)
+                self._emit("on_epoch_end", self._validate(epoch))
+                if self.should_stop:
+                    break
+            self._emit("on_train_end")
+        except KeyboardInterrupt:
+            exc = TrainingInterrupted(f"interrupted: {self._saved_note()}.",
+                                      None if not self.dist.is_main else f"Continue with --resume {self.run_dir / 'last.pt'}."
+                                      if self._saved else "Nothing to resume; train again.")
+            self._emit("on_exception", exc)
+            raise exc from None
+        except Exception as exc:
+            self._emit("on_exception", exc)
+            raise
+        loop = self.loop
+        result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
+                             len(loop.history), loop.history, train_seconds=loop.train_seconds,
+                             images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
+        self._finish(result)
+        self._emit("on_fit_end", result)
+        return result
+
+    def _train_epoch(self, epoch: int) -> None:
+        loop, k = self.loop, self.cfg.accumulate
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        seconds0, cpu_seconds0 = loop.epoch_seconds, loop.epoch_cpu_seconds
+        for x, y in self.runner.train_batches(epoch, start_step=loop.step):
+            group = loop.step - loop.step % k  # first batch of this optimiser step's group
+            size = min(k, self.steps_per_epoch - group)  # the epoch's last group may be shorter
+            loop.step += 1
+            last = loop.step - group == size
+            if len(y) == 0 and not self.dist.enabled:  # every file of this streamed batch was unreadable
+                continue
+            self.should_save = False
+            self._emit("on_train_batch_start")
+            self.should_save = self.should_save and last  # a checkpoint holds no half-accumulated gradients
+            loss, n = self._step(x, y, epoch, 1.0 / size, last)
+            loop.loss_sum += loss * n
+            loop.n_seen += n
+            loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
+            self._emit("on_train_batch_end", loss)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, scale: float, sync: bool) -> tuple[float, int]:
+        """One batch: the runner's training step, backward (gradients scaled by ``scale`` for
+        accumulation) and, when ``sync``, the optimiser step. Returns the batch's loss (the mean over
+        processes) and size, and agrees ``should_save`` between processes. Stops the run if it has blown up."""
+        from contextlib import nullcontext
+
+        cfg, loop = self.cfg, self.loop
+        no_sync = self.forward.no_sync if self.dist.enabled and not sync and hasattr(self.forward, "no_sync") else nullcontext
+        with no_sync():
+            loss, n = self.runner.training_step(self.forward, x, y, self.precision.autocast)
+            value = float(loss.detach())
+            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere) and rank 0's checkpoint call
+                both = torch.tensor([value, float(self.should_save)], dtype=torch.float64, device=self.device)
+                torch.distributed.all_reduce(both)
+                value, self.should_save = float(both[0]) / self.dist.world, bool(both[1] > 0)
+            if loop.first_loss is None and math.isfinite(value):
+                loop.first_loss = value
+                loop.first_weight_norm = self._weight_norm()
+            if not math.isfinite(value):
+                self._diverged(epoch, f"the loss became {value}")
+            if value > max(_LOSS_GROWTH * loop.first_loss, _LOSS_FLOOR):
+                self._diverged(epoch, f"the loss exploded to {value:.3g} (first step: {loop.first_loss:.3g})")
+            self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+        if not sync:
+            return value, n
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+            if not math.isfinite(grad_norm) and not self.precision.use_scaler:  # with fp16 the scaler skips such steps
+                self._diverged(epoch, f"the gradient norm became {grad_norm}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        norm = self._weight_norm()  # the same on every process: DDP keeps the weights equal
+        if not math.isfinite(norm) or norm > _WEIGHT_GROWTH * max(loop.first_weight_norm, 1.0):
+            self._diverged(epoch, f"the weights blew up (norm {norm:.3g}, at the start {loop.first_weight_norm:.3g})")
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return value, n
+
+    def _validate(self, epoch: int) -> dict[str, Any]:
+        """Score the finished epoch on the validation split; returns its row of metrics.csv, with the
+        loop moved on to the next epoch."""
+        loop = self.loop
+        ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
+        row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
+               "epoch_seconds": round(loop.epoch_seconds, 3),
+               "images_per_second": round(loop.n_seen * self.dist.world / max(loop.epoch_seconds, 1e-9), 1),
+               "epoch_cpu_seconds": round(loop.epoch_cpu_seconds, 3)}  # all threads of this process: the work, whatever else runs
+        if ev is not None:
+            row.update({f"val_{k}": v for k, v in ev.metrics.items()})
+        loop.history.append(row)
+        loop.train_seconds += loop.epoch_seconds
+        loop.images_seen += loop.n_seen * self.dist.world
+        loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
+        return row
+
+    def _weight_norm(self) -> float:
+        with torch.no_grad():
+            return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params, 2.0)).float()))
+
+    def _diverged(self, epoch: int, what: str) -> None:
+        cfg = self.cfg
+        tips = [f"lower lr (it is {cfg.lr:g}; try {cfg.lr / 10:g})"]
+        if cfg.grad_clip <= 0:
+            tips.append("set grad_clip=1.0")
+        if self.precision.name != "fp32":
+            tips.append("use precision=fp32")
+        raise Diverged(f"training diverged at epoch {epoch + 1}, step {self.loop.step}: {what}; "
+                       f"{self._saved_note()}.", "To fix it: " + ", or ".join(tips) + " (--set key=value).")
 
     # ------------------------------------------------------------------ setup
+    def _start(self, resume: str | Path | None) -> None:
+        """Everything before the first step: processes, run folder, data, model, a resumed state."""
+        from rich.console import Console
+
+        from visionlab.engine.distributed import from_env
+
+        cfg = self.cfg
+        state = None
+        self.loop = LoopState()
+        self.dist = from_env(cfg.device)
+        if not self.dist.is_main:  # one process talks and writes files
+            self.console = Console(quiet=True)
+        if resume is not None:
+            path = resolve_resume(resume, self.spec.name, cfg.out)
+            state = load_checkpoint(path, expect_task=self.spec.name, resume=True)
+            changed = check_resume(config_from_dict(state["config"]), cfg)
+            self.run_dir = path.parent
+        else:
+            if not cfg.is_synthetic:  # saved absolute: evaluate, export and resume find the data from any folder
+                cfg.data = str(Path(cfg.data).expanduser().resolve())
+            self.run_dir = self.dist.broadcast(new_run_dir(cfg.out, self.spec.name, cfg.name) if self.dist.is_main else None)
+        self._setup(state)
+        self.monitor = cfg.monitor or f"val_{self.runner.primary}"
+        if self.monitor.startswith("val_") and not self.runner.split_size("val"):
+            # nothing to validate on (val_fraction 0 and no val/ folder): say what picks best.pt instead
+            self.console.print(f"[yellow]no validation split[/]: {self.monitor} cannot be measured; best.pt is the epoch "
+                               "with the lowest training loss (with EMA and a cosine schedule, usually the last)")
+            self.monitor = "train_loss"
+        # the kind knows its metrics' directions; the training loss is the trainer's own
+        self.higher = self.monitor != "train_loss" and self.runner.higher_is_better(self.monitor.removeprefix("val_"))
+        self._marked, self._saved = False, {}
+        if state is not None:
+            self._restore(state)
+            self._resumed(changed)
+        if math.isnan(self.loop.best):
+            self.loop.best = -math.inf if self.higher else math.inf
+        if self.dist.is_main:
+            dump_config(cfg, self.run_dir / "config.yaml")
+        self._warn_data()
+        info = self.runner.data_info
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.console.print(
+            f"[bold]{self.spec.name}[/] | {cfg.model} ({n_params / 1e6:.2f} M params) | {len(self.runner.classes)} classes | "
+            f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
+            f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {self.run_dir}"
+            + (f" | {self.dist.world} processes x batch {cfg.batch_size}" if self.dist.enabled else "")
+            + (f" | accumulate {cfg.accumulate}" if cfg.accumulate > 1 else "")
+        )
+
     def _setup(self, resume_state: dict | None) -> None:
         from visionlab.models import build_model
         from visionlab.tasks.base import runner_for
@@ -339,16 +517,26 @@ class Trainer:
         bad = info.get("unreadable") or []
         if bad:
             self.console.print(f"[yellow]warning[/]: skipped {len(bad)} unreadable image(s) (first: {bad[0]}); run 'visionlab data check' for details.")
-        if self.runner.kind == "classification" and not info.get("synthetic"):
-            try:
-                from visionlab.data.doctor import training_warnings
+        for msg in self.runner.data_warnings()[:5]:
+            self.console.print(f"[yellow]warning[/]: {msg}")
 
-                for msg in training_warnings(self.runner.index)[:5]:
-                    self.console.print(f"[yellow]warning[/]: {msg}")
-            except ImportError:
-                pass
-            except VisionlabError as exc:
-                self.console.print(f"[yellow]warning[/]: {exc}")
+    def _resumed(self, changed: dict[str, tuple[Any, Any]]) -> None:
+        """Put the run folder back in the state of the checkpoint it resumes from (metrics.csv: :class:`CSVLogger`)."""
+        loop = self.loop
+        loop.resumes.append({"epoch": loop.epoch, "step": loop.step, "changed": {k: list(v) for k, v in changed.items()}})
+        removed = []
+        if self.dist.is_main:
+            removed = remove_stale_temporaries(self.run_dir)
+            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+        self._marked = True
+        self._saved = {"last.pt": (loop.epoch, loop.step)}
+        if (self.run_dir / "best.pt").exists():
+            self._saved["best.pt"] = (int(load_checkpoint(self.run_dir / "best.pt")["epoch"]), 0)
+        where = f"epoch {loop.epoch}" + (f", step {loop.step}/{self.steps_per_epoch} of epoch {loop.epoch + 1}" if loop.step else "")
+        notes = [f"{k} {a} -> {b}" for k, (a, b) in changed.items()]
+        if removed:
+            notes.append(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write")
+        self.console.print(f"resuming {self.run_dir} from {where}" + (f" ({'; '.join(notes)})" if notes else ""))
 
     def _state(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -383,20 +571,23 @@ class Trainer:
             "world": self.dist.world,
         } | ({"rng_ranks": self.dist.gather(rng_state())} if self.dist.enabled else {}) | ({"train_model": self.model.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {})
 
-    def _save(self, *paths: Path) -> None:
-        """Write the checkpoint(s); called on every process (the random states are gathered), rank 0 writes."""
+    def save_checkpoint(self, best: bool = False) -> None:
+        """Write last.pt (everything resume needs) and, when ``best``, best.pt (what inference needs:
+        no optimiser, scheduler, scaler or random states). Called on every process (the random states
+        are gathered); rank 0 writes."""
         state = self._state()
         if not self.dist.is_main:
             return
-        for path in paths:
+        files = [(self.run_dir / "last.pt", state)] + ([(self.run_dir / "best.pt", inference_state(state))] if best else [])
+        for path, content in files:
             try:
-                save_checkpoint(state, path)
-                self._emit("on_checkpoint", path)
+                save_checkpoint(content, path)
             except CheckpointWriteError as exc:
                 raise CheckpointWriteError(f"{exc.message[:-1]}; {self._saved_note()}.",
                                            "Free some space (or pass --out elsewhere), then --resume "
                                            f"{self.run_dir / 'last.pt'}." if self._saved else "Free some space and train again.") from None
             self._saved[path.name] = (self.loop.epoch, self.loop.step)
+            self._emit("on_checkpoint", path)
         if not self._marked:  # the latest-run pointer only ever names a run that has a checkpoint
             mark_latest(self.run_dir, self.cfg.out, self.spec.name)
             self._marked = True
@@ -414,267 +605,9 @@ class Trainer:
         files = " and ".join(f"{name} ({where(*at)})" for name, at in sorted(self._saved.items()))
         return f"{files} {'are' if len(self._saved) > 1 else 'is'} intact in {self.run_dir}"
 
-    # ------------------------------------------------------------------- fit
-    def fit(self, resume: str | Path | None = None) -> TrainResult:
-        """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
-        from rich.console import Console
-
-        from visionlab.engine.distributed import from_env
-
-        cfg = self.cfg
-        state = None
-        self.loop = LoopState()
-        self.dist = from_env(cfg.device)
-        if not self.dist.is_main:  # one process talks and writes files
-            self.console = Console(quiet=True)
-        if resume is not None:
-            path = resolve_resume(resume, self.spec.name, cfg.out)
-            state = load_checkpoint(path, expect_task=self.spec.name)
-            changed = check_resume(config_from_dict(state["config"]), cfg)
-            self.run_dir = path.parent
-        else:
-            if not cfg.is_synthetic:  # saved absolute: evaluate, export and resume find the data from any folder
-                cfg.data = str(Path(cfg.data).expanduser().resolve())
-            self.run_dir = self.dist.broadcast(new_run_dir(cfg.out, self.spec.name, cfg.name) if self.dist.is_main else None)
-        self._setup(state)
-        self.monitor = cfg.monitor or f"val_{self.runner.primary}"
-        if self.monitor.startswith("val_") and not self.runner.split_size("val"):
-            # nothing to validate on (val_fraction 0 and no val/ folder): say what picks best.pt instead
-            self.console.print(f"[yellow]no validation split[/]: {self.monitor} cannot be measured; best.pt is the epoch "
-                               "with the lowest training loss (with EMA and a cosine schedule, usually the last)")
-            self.monitor = "train_loss"
-        self.higher = not self.monitor.endswith("loss")
-        self._marked, self._saved = False, {}
-        if state is not None:
-            self._restore(state)
-            self._resumed(path, changed)
-        if math.isnan(self.loop.best):
-            self.loop.best = -math.inf if self.higher else math.inf
-        if self.dist.is_main:
-            dump_config(cfg, self.run_dir / "config.yaml")
-        self._warn_data()
-        info = self.runner.data_info
-        n_params = sum(p.numel() for p in self.model.parameters())
-        self.console.print(
-            f"[bold]{self.spec.name}[/] | {cfg.model} ({n_params / 1e6:.2f} M params) | {len(self.runner.classes)} classes | "
-            f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
-            f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {self.run_dir}"
-            + (f" | {self.dist.world} processes x batch {cfg.batch_size}" if self.dist.enabled else "")
-            + (f" | accumulate {cfg.accumulate}" if cfg.accumulate > 1 else "")
-        )
-        self._emit("on_fit_start")
-        try:
-            self._loop()
-        except KeyboardInterrupt:
-            exc = TrainingInterrupted(f"interrupted: {self._saved_note()}.",
-                                      None if not self.dist.is_main else f"Continue with --resume {self.run_dir / 'last.pt'}."
-                                      if self._saved else "Nothing to resume; train again.")
-            self._emit("on_exception", exc)
-            raise exc from None
-        except Exception as exc:
-            self._emit("on_exception", exc)
-            raise
-        loop = self.loop
-        result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
-                             len(loop.history), loop.history, train_seconds=loop.train_seconds,
-                             images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
-        self._finish(result)
-        self._emit("on_fit_end", result)
-        return result
-
-    def _resumed(self, path: Path, changed: dict[str, tuple[Any, Any]]) -> None:
-        """Put the run folder back in the state of the checkpoint it resumes from."""
-        loop = self.loop
-        loop.resumes.append({"epoch": loop.epoch, "step": loop.step, "changed": {k: list(v) for k, v in changed.items()}})
-        removed = []
-        if self.dist.is_main:
-            removed = remove_stale_temporaries(self.run_dir)
-            # metrics.csv holds exactly the checkpoint's epochs (a crash after a row, before its checkpoint, wrote one more)
-            self._write_csv(self.run_dir / "metrics.csv", loop.history)
-            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
-        self._marked = True
-        self._saved = {"last.pt": (loop.epoch, loop.step)}
-        if (self.run_dir / "best.pt").exists():
-            self._saved["best.pt"] = (int(load_checkpoint(self.run_dir / "best.pt")["epoch"]), 0)
-        where = f"epoch {loop.epoch}" + (f", step {loop.step}/{self.steps_per_epoch} of epoch {loop.epoch + 1}" if loop.step else "")
-        notes = [f"{k} {a} -> {b}" for k, (a, b) in changed.items()]
-        if removed:
-            notes.append(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write")
-        self.console.print(f"resuming {self.run_dir} from {where}" + (f" ({'; '.join(notes)})" if notes else ""))
-
-    def _loop(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        cfg, loop = self.cfg, self.loop
-        self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
-            TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
-        with self.progress:
-            for epoch in range(loop.epoch, cfg.epochs):
-                self._train_epoch(epoch)
-                if self._end_epoch(epoch):
-                    break
-
-    def _checkpoint_due(self, last_save: float) -> bool:
-        """Rank 0's decision (minutes differ between processes): the step's all-reduce carries it."""
-        cfg = self.cfg
-        if self.loop.step >= self.steps_per_epoch:
-            return False  # the epoch's end writes one anyway
-        every_steps = cfg.checkpoint_every_steps and self.loop.step % cfg.checkpoint_every_steps == 0
-        every_minutes = cfg.checkpoint_every_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
-        return bool(every_steps or every_minutes) and self.dist.is_main
-
-    def _train_epoch(self, epoch: int) -> None:
-        loop, k = self.loop, self.cfg.accumulate
-        self.bar = self.progress.add_task("train", total=self.steps_per_epoch, completed=loop.step, epoch=f"{epoch + 1}/{self.cfg.epochs}",
-                                          loss=loop.loss_sum / max(1, loop.n_seen), metric="", ips=0.0)
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        t0, cpu0, last_save = time.perf_counter(), time.process_time(), time.monotonic()
-        seconds0, cpu_seconds0, n0 = loop.epoch_seconds, loop.epoch_cpu_seconds, loop.n_seen
-        for x, y in self.runner.train_batches(epoch, start_step=loop.step):
-            group = loop.step - loop.step % k  # first batch of this optimiser step's group
-            size = min(k, self.steps_per_epoch - group)  # the epoch's last group may be shorter
-            loop.step += 1
-            last = loop.step - group == size
-            if len(y) == 0 and not self.dist.enabled:  # every file of this streamed batch was unreadable
-                continue
-            loss, due = self._step(x, y, epoch, 1.0 / size, last, last and self._checkpoint_due(last_save))
-            loop.loss_sum += loss * len(y)
-            loop.n_seen += len(y)
-            loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
-            self.progress.update(self.bar, advance=1, loss=loop.loss_sum / max(1, loop.n_seen),
-                                 ips=(loop.n_seen - n0) * self.dist.world / max(time.perf_counter() - t0, 1e-9))
-            if due:
-                self._save(self.run_dir / "last.pt")
-                last_save = time.monotonic()
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, scale: float, sync: bool, due: bool) -> tuple[float, bool]:
-        """One batch: forward, backward (gradients scaled by ``scale`` for accumulation) and, when
-        ``sync``, the optimiser step. Returns the batch's loss (the mean over processes) and whether
-        a checkpoint is due on every process. Stops the run if it has blown up."""
-        from contextlib import nullcontext
-
-        cfg, loop = self.cfg, self.loop
-        x = self.runner.on_device(x.to(self.device, non_blocking=True), train=True)
-        y = y.to(self.device, non_blocking=True)
-        x, y = self.runner.mix(x, y)
-        no_sync = self.forward.no_sync if self.dist.enabled and not sync and hasattr(self.forward, "no_sync") else nullcontext
-        with no_sync():
-            with self.precision.autocast():
-                out = self.forward(x)
-            loss = self.runner.loss(out, y)
-            value = float(loss.detach())
-            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere) and rank 0's checkpoint call
-                both = torch.tensor([value, float(due)], dtype=torch.float64, device=self.device)
-                torch.distributed.all_reduce(both)
-                value, due = float(both[0]) / self.dist.world, bool(both[1] > 0)
-            if loop.first_loss is None and math.isfinite(value):
-                loop.first_loss = value
-                loop.first_weight_norm = self._weight_norm()
-            if not math.isfinite(value):
-                self._diverged(epoch, f"the loss became {value}")
-            if value > max(_LOSS_GROWTH * loop.first_loss, _LOSS_FLOOR):
-                self._diverged(epoch, f"the loss exploded to {value:.3g} (first step: {loop.first_loss:.3g})")
-            self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
-        if not sync:
-            return value, False
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
-            if not math.isfinite(grad_norm) and not self.precision.use_scaler:  # with fp16 the scaler skips such steps
-                self._diverged(epoch, f"the gradient norm became {grad_norm}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        norm = self._weight_norm()  # the same on every process: DDP keeps the weights equal
-        if not math.isfinite(norm) or norm > _WEIGHT_GROWTH * max(loop.first_weight_norm, 1.0):
-            self._diverged(epoch, f"the weights blew up (norm {norm:.3g}, at the start {loop.first_weight_norm:.3g})")
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return value, due
-
-    def _weight_norm(self) -> float:
-        with torch.no_grad():
-            return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params, 2.0)).float()))
-
-    def _diverged(self, epoch: int, what: str) -> None:
-        cfg = self.cfg
-        tips = [f"lower lr (it is {cfg.lr:g}; try {cfg.lr / 10:g})"]
-        if cfg.grad_clip <= 0:
-            tips.append("set grad_clip=1.0")
-        if self.precision.name != "fp32":
-            tips.append("use precision=fp32")
-        raise Diverged(f"training diverged at epoch {epoch + 1}, step {self.loop.step}: {what}; "
-                       f"{self._saved_note()}.", "To fix it: " + ", or ".join(tips) + " (--set key=value).")
-
-    def _end_epoch(self, epoch: int) -> bool:
-        """Validate, log, checkpoint; True when early stopping ends the run."""
-        cfg, loop = self.cfg, self.loop
-        ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
-        row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
-               "epoch_seconds": round(loop.epoch_seconds, 3),
-               "images_per_second": round(loop.n_seen * self.dist.world / max(loop.epoch_seconds, 1e-9), 1),
-               "epoch_cpu_seconds": round(loop.epoch_cpu_seconds, 3)}  # all threads of this process: the work, whatever else runs
-        if ev is not None:
-            row.update({f"val_{k}": v for k, v in ev.metrics.items()})
-        loop.history.append(row)
-        self._emit("on_epoch_end", row)
-        loop.train_seconds += loop.epoch_seconds
-        loop.images_seen += loop.n_seen * self.dist.world
-        loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
-        if self.dist.is_main:
-            self._write_csv(self.run_dir / "metrics.csv", loop.history)
-        last_path = self.run_dir / "last.pt"
-        if self.monitor not in row:
-            self._save(last_path)
-            raise VisionlabError(
-                f"monitor={self.monitor!r} is not measured by {self.spec.name}; epoch {epoch + 1} is saved in {last_path}.",
-                f"Use one of {', '.join(k for k in row if k.startswith(('val_', 'train_loss')))} "
-                f"(--set monitor=...), and --resume {last_path} to go on.")
-        current = row[self.monitor]
-        improved = current > loop.best if self.higher else current < loop.best
-        # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
-        tie_loss = row.get("val_loss")
-        if not improved and current == loop.best and tie_loss is not None and self.monitor != "val_loss":
-            improved = tie_loss < loop.best_loss
-        if improved:
-            loop.best, loop.bad_epochs = current, 0
-            loop.best_loss = tie_loss if tie_loss is not None else math.inf
-        else:
-            loop.bad_epochs += 1
-        self.progress.update(self.bar, metric=f"{self.monitor} {current:.4f}" + (" *" if improved else ""))
-        self._save(last_path, *([self.run_dir / "best.pt"] if improved else []))
-        if cfg.early_stopping and loop.bad_epochs >= cfg.early_stopping:
-            self.console.print(f"early stopping: {self.monitor} did not improve for {loop.bad_epochs} epochs")
-            return True
-        return False
-
-    @staticmethod
-    def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            path.unlink(missing_ok=True)
-            return
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
-
     def _finish(self, result: TrainResult) -> None:
-        from visionlab.engine.plots import save_training_curves
-
+        """The test split's score with best.pt's weights, summary.json and the closing lines."""
         main = self.dist.is_main
-        if result.history and main:
-            save_training_curves(result.history, result.run_dir / "curves.png")
         self.dist.barrier()
         if self.dist.broadcast(result.best_checkpoint.exists() if main else None) and self.runner.split_size("test"):
             # rank 0 reads best.pt (other nodes may not see its folder) and hands the weights on
