@@ -1,0 +1,154 @@
+"""The trainer's hooks and default callbacks, the step contract, and what best.pt / last.pt hold."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+
+import visionlab
+from visionlab.engine.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar,
+                                        TrainingCurves)
+from visionlab.engine.checkpoint import RESUME_REQUIRED, TRAINING_STATE, load_checkpoint
+from visionlab.engine.trainer import LoopState, Trainer
+from visionlab.errors import VisionlabError
+from visionlab.tasks.classification import ClassificationRunner
+
+HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
+
+
+class Record(Callback):
+    """Every hook call, in order, with what identifies it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        for hook in HOOKS:
+            setattr(self, hook, self._recorder(hook))
+
+    def _recorder(self, hook: str):
+        def record(trainer, *args):
+            arg = args[0] if args else None
+            detail = arg.name if isinstance(arg, Path) else arg["epoch"] if isinstance(arg, dict) else \
+                arg if isinstance(arg, int) else None
+            self.calls.append((hook, detail) if detail is not None else (hook,))
+
+        return record
+
+
+def _quiet() -> Console:
+    return Console(quiet=True)
+
+
+def test_a_callback_sees_the_hooks_in_order(fast):
+    rec = Record()
+    steps = 3
+    result = visionlab.train("cracks", data="synthetic", callbacks=[rec], console=_quiet(), **fast(
+        "cracks", epochs=2, model="cracks_cnn", model_args={}, max_steps_per_epoch=steps, checkpoint_every_steps=2))
+    best_epoch = load_checkpoint(result.best_checkpoint)["epoch"]  # best.pt is rewritten only when an epoch improves
+    expected = [("on_fit_start",)]
+    for e in range(2):
+        expected += [("on_train_epoch_start", e)]
+        for s in range(steps):
+            expected += [("on_train_batch_start",), ("on_train_batch_end",)]
+            if s == 1:  # checkpoint_every_steps=2: a last.pt after step 2 (the epoch's end writes the one after step 3)
+                expected += [("on_checkpoint", "last.pt")]
+        expected += [("on_epoch_end", e + 1), ("on_checkpoint", "last.pt")]
+        expected += [("on_checkpoint", "best.pt")] if e == 0 or best_epoch == 2 else []
+    assert rec.calls == expected + [("on_train_end",), ("on_fit_end",)]
+
+
+def test_the_defaults_are_installed_around_the_users_callbacks():
+    from visionlab.config import load_config
+
+    mine = Callback()
+    trainer = Trainer(load_config("cracks"), console=_quiet(), callbacks=[mine])
+    assert [type(cb) for cb in trainer.callbacks] == [CSVLogger, TrainingCurves, Callback, ModelCheckpoint, EarlyStopping, ProgressBar]
+    assert trainer.callbacks[2] is mine
+
+
+def _judged(values: list[float], patience: int) -> tuple[int, list[bool]]:
+    """Feed val_loss values through ModelCheckpoint's verdict and EarlyStopping; (epoch it stopped, verdicts)."""
+    loop = LoopState(best=float("inf"))
+    trainer = SimpleNamespace(loop=loop, monitor="val_loss", higher=False, should_stop=False, console=_quiet())
+    stop, verdicts = EarlyStopping(patience), []
+    for epoch, v in enumerate(values, 1):
+        row = {"epoch": epoch, "val_loss": v}
+        verdicts.append(loop.judge("val_loss", row, higher=False))
+        stop.on_epoch_end(trainer, row)
+        if trainer.should_stop:
+            return epoch, verdicts
+    return 0, verdicts
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement():
+    assert _judged([1.0, 0.9, 0.95, 0.8, 0.85, 0.86], patience=2) == (6, [True, True, False, True, False, False])
+    assert _judged([1.0, 1.1, 1.2, 1.3], patience=0) == (0, [True, False, False, False])  # 0: never
+
+
+def test_a_callback_that_sets_should_stop_ends_the_run_cleanly(fast):
+    class StopAfterOne(Callback):
+        def on_epoch_end(self, trainer, row):
+            trainer.should_stop = True
+
+    rec = Record()
+    result = visionlab.train("cracks", data="synthetic", callbacks=[StopAfterOne(), rec], console=_quiet(),
+                             **fast("cracks", epochs=3, model="cracks_cnn", model_args={}))
+    assert result.epochs_run == 1 and len((result.run_dir / "metrics.csv").read_text().splitlines()) == 2
+    assert rec.calls[-2:] == [("on_train_end",), ("on_fit_end",)]
+    assert (result.run_dir / "curves.png").is_file()
+
+
+def test_the_trainer_asks_the_kind_for_the_step_and_the_metric_direction(fast, monkeypatch):
+    steps, asked = [], []
+    step = ClassificationRunner.training_step
+
+    def counted(self, *args):
+        steps.append(1)
+        return step(self, *args)
+
+    def direction(self, metric):
+        asked.append(metric)
+        return True
+
+    monkeypatch.setattr(ClassificationRunner, "training_step", counted)
+    monkeypatch.setattr(ClassificationRunner, "higher_is_better", direction)
+    result = visionlab.train("cracks", data="synthetic", console=_quiet(), **fast(
+        "cracks", epochs=2, model="cracks_cnn", model_args={}, max_steps_per_epoch=3, monitor="val_loss"))
+    assert len(steps) == 6 and asked == ["loss"]  # without its val_ prefix
+    losses = [h["val_loss"] for h in result.history]
+    assert load_checkpoint(result.best_checkpoint)["best_metric"] == max(losses)  # the kind said: higher is better
+
+
+def test_best_pt_holds_what_inference_needs_and_last_pt_what_resume_needs(fast, tmp_path: Path, cls_folder: Path):
+    result = visionlab.train("cracks", data="synthetic", console=_quiet(), **fast(
+        "cracks", epochs=1, model="cracks_cnn", model_args={}, ema=0.9, name="split"))
+    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
+    assert not TRAINING_STATE & best.keys()
+    assert set(RESUME_REQUIRED) | {"rng", "loop", "train_model", "ema_updates"} <= last.keys()
+    for key in ("classes", "preprocessing", "config", "task", "kind", "model_name", "model_args", "data", "history",
+                "best_metric", "monitor", "epoch"):
+        assert best[key] == last[key], key
+    # with EMA on, best.pt's weights are the average, not the raw training weights
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+    assert result.best_checkpoint.stat().st_size < result.last_checkpoint.stat().st_size / 2
+
+    # inference loads it: evaluate and predict
+    report = visionlab.evaluate(result.best_checkpoint, split="test", console=_quiet())
+    assert report["images"] == best["data"]["split_sizes"]["test"]
+    preds = visionlab.load(result.best_checkpoint, device="cpu").predict(sorted(cls_folder.rglob("*.png"))[:2])
+    assert len(preds) == 2 and all(p.label in best["classes"] for p in preds)
+
+    # resume does not: a best.pt-like file alone gives a one-line error naming what to pass
+    alone = tmp_path / "alone" / "model.pt"
+    alone.parent.mkdir()
+    shutil.copy(result.best_checkpoint, alone)
+    with pytest.raises(VisionlabError, match="cannot resume from .*model.pt: it holds only what inference needs") as err:
+        visionlab.train("cracks", resume=alone, console=_quiet())
+    assert "\n" not in str(err.value) and "last.pt" in err.value.hint
+    with pytest.raises(VisionlabError, match="is the best epoch"):  # beside its last.pt: the run's own resume file named
+        visionlab.train("cracks", resume=result.best_checkpoint, console=_quiet())
