@@ -241,8 +241,6 @@ class Trainer:
             ModelCheckpoint(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes), EarlyStopping(cfg.early_stopping),
             ProgressBar(),
         ]
-        self.should_save = False  # set by a callback before a batch: write last.pt after it
-        self.should_stop = False  # set by a callback at an epoch's end: end the run
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -383,6 +381,8 @@ class Trainer:
         cfg = self.cfg
         state = None
         self.loop = LoopState()
+        self.should_save = False  # set by a callback before a batch: write last.pt after it
+        self.should_stop = False  # set by a callback at an epoch's end: end the run
         self.dist = from_env(cfg.device)
         if not self.dist.is_main:  # one process talks and writes files
             self.console = Console(quiet=True)
@@ -539,6 +539,7 @@ class Trainer:
         self.console.print(f"resuming {self.run_dir} from {where}" + (f" ({'; '.join(notes)})" if notes else ""))
 
     def _state(self) -> dict[str, Any]:
+        """Everything last.pt holds; best.pt holds its :func:`inference_state`."""
         from dataclasses import asdict
 
         from visionlab.models import no_weights_kwargs
