@@ -69,7 +69,8 @@ class Config:
     task: str = _key("", "registered task name (set by load_config)")
     data: str = _key("synthetic", "dataset folder or CSV, or 'synthetic' for generated images")
     classes: list[str] | None = _key(None, "null = every class folder, sorted; or a list to choose and order them")
-    val_fraction: float = _key(0.15, "held out for validation when the data has no val/ split (stratified, fixed seed)")
+    val_fraction: float = _key(0.15, "held out for validation when the data has no val/ split (fixed seed; classes stratified; "
+                               "segmentation: whole images)")
     test_fraction: float = _key(0.15, "held out for testing when the data has no test/ split")
     seed: int = _key(42, "seed of the splits, initialisation and augmentation")
     # --- model and preprocessing
