@@ -118,12 +118,12 @@ def test_every_task_exports_with_parity_and_predicts_as_its_checkpoint(models, t
 def test_exported_file_has_a_dynamic_batch(models) -> None:
     import torch
 
-    from visionlab.engine.checkpoint import load_checkpoint, model_from_state
+    from visionlab.engine.checkpoint import load_checkpoint, load_model
     from visionlab.runtime import open_session
 
     ckpt, exported, _ = models("minerals")
     state = load_checkpoint(ckpt)
-    model = model_from_state(state).eval()
+    model = load_model(state, channels_last=False)
     session = open_session(exported.path, threads=1)
     name = session.get_inputs()[0].name
     x = torch.randn(7, 3, 32, 32)

@@ -44,7 +44,7 @@ def test_every_task_is_completely_described(name: str):
 
 def test_duplicate_registration_is_refused_and_keeps_the_original():
     original = get_task("cracks")
-    impostor = replace(original, description="an impostor", model="waste_cnn")
+    impostor = replace(original, description="an impostor", seed_model="waste_cnn")
     with pytest.raises(ValueError, match="already registered"):
         register_task(impostor)
     assert get_task("cracks") is original
@@ -65,7 +65,7 @@ def test_a_new_task_can_be_registered_and_found(monkeypatch: pytest.MonkeyPatch)
     from visionlab import registry
 
     monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))  # undone after the test
-    spec = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+    spec = register_task(TaskSpec(name="bees", kind="classification", seed_model="cracks_cnn",
                                   default_classes=("bee", "wasp"), description="bees vs wasps"))
     assert get_task("bees") is spec
     assert task_names()[-1] == "bees"
@@ -126,7 +126,7 @@ from visionlab.registry import TaskSpec, get_task, list_tasks, register_task
 
 def refused(name):
     try:
-        register_task(TaskSpec(name=name, kind="classification", model="waste_cnn", input_size=64,
+        register_task(TaskSpec(name=name, kind="classification", seed_model="waste_cnn",
                                default_classes=("a", "b"), description="a second task of that name"))
     except ValueError as exc:
         return "already registered" in str(exc)
@@ -134,7 +134,7 @@ def refused(name):
 """
 
 _USER_TASK_FIRST = _FRESH + """
-bees = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+bees = register_task(TaskSpec(name="bees", kind="classification", seed_model="cracks_cnn",
                               default_classes=("bee", "wasp"), description="bees vs wasps"))
 names = [s.name for s in list_tasks()]
 assert names == ["minerals", "waste", "cracks", "caltech", "landcover", "bees"], names
@@ -146,7 +146,7 @@ print("ok")
 
 _BUILTIN_NAME_FIRST = _FRESH + """
 assert refused("cracks"), "a built-in name was taken over by a task registered before anything else"
-assert get_task("cracks").model == "cracks_cnn"
+assert get_task("cracks").seed_model == "cracks_cnn"
 print("ok")
 """
 
