@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import visionlab
@@ -37,9 +38,16 @@ def test_every_task_is_completely_described(name: str):
     assert isinstance(spec, TaskSpec)
     assert spec.name == name
     assert spec.model in list_models(), f"{name}'s model {spec.model!r} is not registered"
+    assert spec.seed_model in list_models(), f"{name}'s seed model {spec.seed_model!r} is not registered"
     assert spec.input_size >= 32
     assert len(spec.default_classes) >= 2 and len(set(spec.default_classes)) == len(spec.default_classes)
     assert spec.description and spec.dataset
+    # the spec says what the recipe trains, and the description names it
+    recipe = yaml.safe_load(spec.recipe_path.read_text())
+    assert spec.model == recipe["model"] and spec.input_size == recipe.get("image_size", recipe.get("tile_size"))
+    if recipe["model"] == "efficientnet_lite0" or recipe.get("model_args", {}).get("encoder") == "efficientnet_lite0":
+        assert "EfficientNet-Lite0" in spec.description, spec.description
+    assert spec.seed_model in spec.description or spec.seed_model == spec.model
 
 
 def test_duplicate_registration_is_refused_and_keeps_the_original():
