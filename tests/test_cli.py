@@ -405,7 +405,8 @@ def test_predict_api_returns_the_skipped_rows_too(trained: Path, images: Path, t
     import visionlab
 
     folder = _mixed_folder(tmp_path, images)
-    rows = visionlab.predict([folder / "README.txt", folder / "broken.jpg", folder / "noext"], checkpoint=trained, device="cpu")
+    preds = visionlab.predict([folder / "README.txt", folder / "broken.jpg", folder / "noext"], checkpoint=trained, device="cpu")
+    rows = [p.to_dict() for p in preds]
     assert [(Path(r["path"]).name, r["skipped"]) for r in rows] == [("README.txt", None), ("broken.jpg", "broken symbolic link"), ("noext", None)]
     assert rows[0]["error"] and "cannot decode" in rows[0]["error"]  # named directly: tried, and its error reported
     assert rows[2]["label"] in ("Negative", "Positive") and rows[2]["error"] is None

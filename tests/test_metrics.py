@@ -13,10 +13,8 @@ from rich.console import Console
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from visionlab.engine.metrics import (
-    PRIMARY_METRIC,
     ClassificationMeter,
     SegmentationMeter,
-    build_meter,
     render_report,
     write_confusion_csv,
 )
@@ -234,14 +232,16 @@ def test_segmentation_errors():
         SegmentationMeter(3, exclude=[3])
 
 
-def test_build_meter_and_primary():
-    assert isinstance(build_meter("classification", 3), ClassificationMeter)
-    seg = build_meter("segmentation", 6, exclude=[5])
-    assert isinstance(seg, SegmentationMeter) and seg.exclude == (5,)
-    assert seg.primary == PRIMARY_METRIC["segmentation"] == "miou"
-    assert ClassificationMeter.primary == "accuracy" and seg.higher_is_better
-    with pytest.raises(ValueError, match="unknown task kind"):
-        build_meter("detection", 3)
+def test_each_meter_reports_its_kinds_primary_metric():
+    from visionlab.errors import VisionlabError
+    from visionlab.kinds import get_kind
+
+    for meter in (ClassificationMeter, SegmentationMeter):
+        kind = get_kind(meter.kind)
+        assert meter.primary == kind.primary and kind.higher_is_better(meter.primary)
+        assert not kind.higher_is_better("loss")
+    with pytest.raises(VisionlabError, match="unknown task kind 'detection'"):
+        get_kind("detection")
 
 
 # --------------------------------------------------------------------------- reports

@@ -15,7 +15,7 @@ from visionlab.config import AUGMENT_DEFAULTS, load_config
 from visionlab.data.io import resize_mask
 from visionlab.data.transforms import BatchAugment, Normalize, cutmix_pairs, load_for_model, mix_batch, to_float
 from visionlab.registry import get_task
-from visionlab.tasks.base import runner_for
+from visionlab.kinds import runner_for
 
 OFF = {"hflip": False, "vflip": False, "rot90": False, "rotate": 0.0, "scale": [1.0, 1.0], "translate": 0.0,
        "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
@@ -211,7 +211,7 @@ def test_load_for_model_accepts_path_pil_and_array(tmp_path: Path):
     arr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     path = tmp_path / "x.png"
     Image.fromarray(arr).save(path)
-    pre = {"kind": "classification", "image_size": 16}
+    pre = {"kind": "classification", "resize": "squash", "image_size": 16}
     out = [load_for_model(src, pre) for src in (path, str(path), Image.open(path), arr)]
     for o in out:
         assert o.shape == (16, 16, 3) and o.dtype == np.uint8
@@ -228,14 +228,14 @@ def test_load_for_model_turns_any_mode_into_rgb(tmp_path: Path, mode: str):
     img = Image.new("RGB", (20, 10), (120, 60, 30)).convert(mode)
     path = tmp_path / f"x.{'tif' if mode in ('I;16', 'CMYK') else 'png'}"
     img.save(path)
-    out = load_for_model(path, {"kind": "classification", "image_size": 8})
+    out = load_for_model(path, {"kind": "classification", "resize": "squash", "image_size": 8})
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
 
 
 def test_a_png_named_jpg_is_read(tmp_path: Path):
     path = tmp_path / "really_a_png.jpg"
     Image.new("RGB", (8, 8), (10, 200, 10)).save(path, format="PNG")
-    assert load_for_model(path, {"kind": "classification", "image_size": 8})[0, 0].tolist() == [10, 200, 10]
+    assert load_for_model(path, {"kind": "classification", "resize": "squash", "image_size": 8})[0, 0].tolist() == [10, 200, 10]
 
 
 # --------------------------------------------------------------------------- masks: nearest only

@@ -313,12 +313,10 @@ def _trackers(names: list[str]) -> list[str]:
 
 
 def config_path(task: str) -> Path | None:
-    """The packaged default recipe for ``task`` (``configs/<task>.yaml``), if any."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "configs" / f"{task}.yaml", here.parents[1] / "configs" / f"{task}.yaml"):
-        if cand.exists():
-            return cand
-    return None
+    """The recipe of ``task`` (its :attr:`~visionlab.registry.TaskSpec.recipe_path`), if any."""
+    from visionlab.registry import get_task
+
+    return get_task(task).recipe_path
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -388,7 +386,7 @@ def load_config(
     spec = get_task(task)
     values: dict[str, Any] = asdict(Config())
     values.update(task=spec.name, model=spec.model, image_size=spec.input_size)
-    default = config_path(spec.name)
+    default = spec.recipe_path
     if default is not None:
         _merge(values, _read_yaml(default), str(default))
     if config is not None:

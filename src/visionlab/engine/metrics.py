@@ -1,8 +1,8 @@
 """Evaluation metrics for classification and segmentation, and their reports.
 
 Two accumulating meters share one small interface (``update``, ``reset``, ``compute``,
-``report``, ``primary``, ``higher_is_better``) so the trainer, ``visionlab evaluate`` and the
-benchmarks treat both task kinds alike. The maths comes from scikit-learn for classification
+``report``, ``primary``); each task kind's runner builds its own, and the kind
+(:mod:`visionlab.kinds`) says which metrics are better higher. The maths comes from scikit-learn for classification
 and from a ``torch.bincount`` confusion matrix for segmentation (it stays on the GPU until
 ``compute``). Undefined values (a class that never occurs, a ROC AUC with one class in the
 targets) are left out of ``compute`` and reported as ``None``, never averaged in as 0.
@@ -27,14 +27,9 @@ __all__ = [
     "ClassificationMeter",
     "SegmentationMeter",
     "Meter",
-    "PRIMARY_METRIC",
-    "build_meter",
     "render_report",
     "write_confusion_csv",
 ]
-
-#: The metric that selects the best checkpoint, per task kind (higher is better for both).
-PRIMARY_METRIC: dict[str, str] = {"classification": "accuracy", "segmentation": "miou"}
 
 _TOP_K = (3, 5)
 
@@ -69,8 +64,7 @@ class ClassificationMeter:
     """
 
     kind = "classification"
-    primary = PRIMARY_METRIC["classification"]
-    higher_is_better = True
+    primary = "accuracy"  # the summary metric of its report (as visionlab.kinds.classification says)
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
@@ -261,8 +255,7 @@ class SegmentationMeter:
     """
 
     kind = "segmentation"
-    primary = PRIMARY_METRIC["segmentation"]
-    higher_is_better = True
+    primary = "miou"  # the summary metric of its report (as visionlab.kinds.segmentation says)
 
     def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Sequence[int] = ()) -> None:
         if num_classes < 2:
@@ -410,15 +403,6 @@ class SegmentationMeter:
 Meter = Union[ClassificationMeter, SegmentationMeter]
 
 
-def build_meter(kind: str, num_classes: int, ignore_index: int = 255, exclude: Sequence[int] = ()) -> Meter:
-    """The meter for a task kind (``"classification"`` or ``"segmentation"``)."""
-    if kind == "classification":
-        return ClassificationMeter(num_classes)
-    if kind == "segmentation":
-        return SegmentationMeter(num_classes, ignore_index=ignore_index, exclude=exclude)
-    raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(PRIMARY_METRIC)}")
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -434,25 +418,21 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-_PER_CLASS_COLUMNS = {
-    "classification": ("precision", "recall", "f1", "support", "roc_auc"),
-    "segmentation": ("iou", "dice", "precision", "recall", "pixel_share", "support"),
-}
-
-
 def render_report(
     report: dict[str, Any],
     class_names: Sequence[str] | None = None,
     console: Any = None,
     title: str = "Evaluation",
+    columns: Sequence[str] | None = None,
 ) -> None:
-    """Print a report as rich tables: summary metrics, per-class scores, confusion matrix."""
+    """Print a report as rich tables: summary metrics, per-class scores, confusion matrix.
+
+    ``columns`` are the per-class columns, in order (default: those the report's kind lists)."""
     from rich.console import Console
     from rich.table import Table
 
     console = console if console is not None else Console()
     names = list(class_names) if class_names is not None else list(report["class_names"])
-    kind = report.get("kind", "classification")
     primary = report.get("primary")
 
     summary = Table(title=f"{title}: summary", show_header=True, header_style="bold")
@@ -468,7 +448,10 @@ def render_report(
 
     per_class = report.get("per_class", {})
     if per_class:
-        columns = _PER_CLASS_COLUMNS.get(kind, tuple(next(iter(per_class.values()))))
+        if columns is None:
+            from visionlab.kinds import get_kind
+
+            columns = get_kind(report["kind"]).per_class_columns
         table = Table(title=f"{title}: per class", header_style="bold")
         table.add_column("class")
         for col in columns:

@@ -249,7 +249,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self, resume_state: dict | None) -> None:
         from visionlab.models import build_model
-        from visionlab.tasks.base import runner_for
+        from visionlab.kinds import runner_for
 
         cfg = self.cfg
         configure_threads()

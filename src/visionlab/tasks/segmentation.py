@@ -43,6 +43,7 @@ def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> dict[str, 
     ignored = [c.value for c in index.classes if c.name in set(cfg.ignore_classes)]
     return {
         "kind": "segmentation",
+        "resize": "scale",  # by seg_scale; never squashed (tiled instead)
         "image_size": int(cfg.tile_size),
         "tile_size": int(cfg.tile_size),
         "tile_overlap": float(cfg.tile_overlap),
@@ -155,9 +156,6 @@ class _CropDataset(torch.utils.data.Dataset):
 
 
 class SegmentationRunner(TaskRunner):
-    kind = "segmentation"
-    primary = "miou"
-
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
         if cfg.mixup > 0 and self.fixed_preprocessing is None:
@@ -165,7 +163,7 @@ class SegmentationRunner(TaskRunner):
                 "mixup blends the labels of whole images; segmentation masks cannot be blended.",
                 "Remove 'mixup' (or set it to 0); 'cutmix' works for segmentation (a box of image and mask is pasted).",
             )
-        root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
+        root = resolve_data_path(cfg, self.spec)
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
         unknown = [c for c in cfg.ignore_classes if c not in self.classes]
