@@ -9,14 +9,14 @@ neither loss nor metrics.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visionlab.data.io import load_mask, resize_mask
+from visionlab.data.cache import RecordCache, build_record_cache, decode_each
+from visionlab.data.io import UnreadableImage, load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
@@ -180,56 +180,61 @@ class SegmentationRunner(TaskRunner):
         self.splits = split_indices(keys, None, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
             raise VisionlabError(f"no training images in {root}.", "Add images or lower val/test fractions.")
-        self._pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._full_masks: dict[int, np.ndarray] = {}
-        failed: set[int] = set()
-        budget = cfg.cache_budget_mb * 2**20
-        used = 0
-        todo = [int(i) for s in ("train", "val", "test") for i in self.splits[s]]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for k, pair in zip(todo, pool.map(self._load_pair, todo)):
-                if pair is None:
-                    failed.add(k)
-                    continue
-                if used + pair[0].nbytes + pair[1].nbytes <= budget and cfg.cache != "none":
-                    self._pairs[k] = pair
-                    used += pair[0].nbytes + pair[1].nbytes
+        counts = np.zeros(len(self.classes), dtype=np.float64)  # the training masks' pixels per class
+        train = set(self.splits["train"].tolist())
+
+        def count(k: int, pair: tuple[np.ndarray, np.ndarray]) -> None:
+            if k in train:
+                counts[:] += np.bincount(pair[1].ravel(), minlength=256)[: len(self.classes)]
+
+        self.cache: RecordCache | None = None
+        if cfg.cache == "none":  # decode every pair once to find the unreadable ones; decoded again when used
+            ok, _ = decode_each(self.index.images, self._decode_pair, count)
+        else:
+            self.cache = build_record_cache(self.index.images, self._decode_pair, self._decoding(), mode=cfg.cache,
+                                            budget_mb=cfg.cache_budget_mb, depends=self.index.masks)
+            ok = self.cache.ok
+            for k in sorted(train):
+                if ok[k]:
+                    count(k, self.cache[k])
         for s in self.splits:
-            self.splits[s] = np.array([i for i in self.splits[s] if int(i) not in failed], dtype=np.int64)
-        shares = self._pixel_shares()
+            self.splits[s] = self.splits[s][ok[self.splits[s]]]
+        self._shares = counts / max(1.0, counts.sum())
         self.data_info = {
             "root": str(self.index.root),
             "synthetic": cfg.is_synthetic,
             "images": len(self.index),
-            "unreadable": [str(self.index.images[k]) for k in sorted(failed)],
+            "unreadable": [str(self.index.images[k]) for k in np.flatnonzero(~ok)],
             "split_sizes": {k: int(len(v)) for k, v in self.splits.items()},
-            "pixel_shares": {c: round(float(s), 4) for c, s in zip(self.classes, shares)},
-            "cache": f"memory ({used / 2**20:.0f} MB)",
+            "pixel_shares": {c: round(float(s), 4) for c, s in zip(self.classes, self._shares)},
+            "cache": f"{self.cache.location} ({self.cache.nbytes / 2**20:.0f} MB)" if self.cache else "none",
         }
 
-    def _load_pair(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        try:
-            img = load_for_model(self.index.images[k], self.preprocessing)
-            mask = self.lut[load_mask(self.index.masks[k])]
-        except Exception:
-            return None
+    def _decoding(self) -> dict[str, Any]:
+        """What a decoded pair depends on besides its two files (the decode cache's key)."""
+        return {"kind": "segmentation", "seg_scale": float(self.preprocessing.get("seg_scale", 1.0)), "mask_lut": self.lut.tolist()}
+
+    def _decode_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``k`` as the model sees it and its mask of class indices at the same size (nearest neighbour only)."""
+        img = load_for_model(self.index.images[k], self.preprocessing)
+        mask = self.lut[load_mask(self.index.masks[k])]
         h, w = img.shape[:2]
         if mask.shape != (h, w):
-            mask = resize_mask(mask, (w, h))  # nearest neighbour only
+            mask = resize_mask(mask, (w, h))
         return img, mask
 
     def train_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        pair = self._pairs.get(k) or self._load_pair(k)
-        if pair is None:
-            raise VisionlabError(f"{self.index.images[k]} became unreadable during training.", "Restore the file.")
-        return pair
+        if self.cache is not None:
+            return self.cache[k]
+        try:
+            return self._decode_pair(k)
+        except UnreadableImage:
+            raise VisionlabError(f"{self.index.images[k]} became unreadable during training.", "Restore the file.") from None
 
     def _pixel_shares(self) -> np.ndarray:
-        counts = np.zeros(len(self.classes), dtype=np.float64)
-        for k in self.splits["train"]:
-            if int(k) in self._pairs:
-                counts += np.bincount(self._pairs[int(k)][1].ravel(), minlength=256)[: len(self.classes)]
-        return counts / max(1.0, counts.sum())
+        """Each class's share of the labelled pixels of the training masks."""
+        return self._shares
 
     # ----------------------------------------------------------------- batches
     def num_train_batches(self) -> int:
