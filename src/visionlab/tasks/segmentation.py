@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from visionlab.data.augment import Augment
 from visionlab.data.cache import RecordCache, build_record_cache, decode_each
 from visionlab.data.io import UnreadableImage, load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
@@ -92,7 +93,8 @@ def predict_probs(
 
 
 class _CropDataset(torch.utils.data.Dataset):
-    """``crops_per_image`` random crops per training image, augmented with albumentations."""
+    """``crops_per_image`` random crops per training image, augmented as :class:`Augment` describes:
+    zoom and shift move the crop window, the rest is albumentations on the crop and its mask."""
 
     def __init__(self, runner: "SegmentationRunner", indices: np.ndarray, epoch: int) -> None:
         import albumentations as A
@@ -101,21 +103,20 @@ class _CropDataset(torch.utils.data.Dataset):
         cfg = runner.cfg
         self.r, self.indices, self.epoch = runner, indices, epoch
         self.tile = cfg.tile_size
-        aug = cfg.augment
+        self.aug = aug = Augment.from_config(cfg.augment)
         ops = [A.PadIfNeeded(self.tile, self.tile, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=runner.ignore_index)]
-        if aug.get("hflip"):
+        if aug.hflip:
             ops.append(A.HorizontalFlip(p=0.5))
-        if aug.get("vflip"):
+        if aug.vflip:
             ops.append(A.VerticalFlip(p=0.5))
-        if aug.get("rot90"):
+        if aug.rot90:
             ops.append(A.RandomRotate90(p=0.5))
-        if aug.get("rotate", 0) > 0:
-            ops.append(A.Rotate(limit=aug["rotate"], border_mode=cv2.BORDER_REFLECT_101, p=0.5))
-        jitter = [aug.get(k, 0) for k in ("brightness", "contrast", "saturation", "hue")]
-        if any(jitter):
-            ops.append(A.ColorJitter(brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=min(0.5, jitter[3]), p=0.8))
+        if aug.rotate > 0:
+            ops.append(A.Rotate(limit=aug.rotate, border_mode=cv2.BORDER_REFLECT_101, p=0.5))
+        if aug.brightness or aug.contrast or aug.saturation or aug.hue:
+            ops.append(A.ColorJitter(brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation,
+                                     hue=min(0.5, aug.hue), p=0.8))
         self.transform = A.Compose(ops)
-        self.zoom = tuple(float(v) for v in aug.get("scale", (1.0, 1.0)))  # [min, max], validated by the config
 
     def __len__(self) -> int:
         return len(self.indices) * self.r.cfg.crops_per_image
@@ -137,10 +138,13 @@ class _CropDataset(torch.utils.data.Dataset):
         k = int(self.indices[i // self.r.cfg.crops_per_image])
         img, mask = self.r.train_pair(k)
         t = self.tile
-        # augment 'scale': the side of the region that fills the crop, relative to tile_size
-        # (< 1 zooms in, > 1 zooms out); the mask is resized with nearest neighbour only.
-        c = t if self.zoom == (1.0, 1.0) else max(8, round(t * rng.uniform(*self.zoom)))
+        # 'scale': the side of the region that fills the crop, relative to tile_size; 'translate': the
+        # window moves by up to that fraction of tile_size (clipped to the image). Masks: nearest only.
+        c = t if self.aug.scale == (1.0, 1.0) else max(8, round(t * rng.uniform(*self.aug.scale)))
         y, x = self._crop_origin(mask, rng, c)
+        if self.aug.translate > 0:
+            dy, dx = np.rint(rng.uniform(-1.0, 1.0, 2) * self.aug.translate * t).astype(int)
+            y, x = int(np.clip(y + dy, 0, max(0, mask.shape[0] - c))), int(np.clip(x + dx, 0, max(0, mask.shape[1] - c)))
         img, mask = img[y : y + c, x : x + c], mask[y : y + c, x : x + c]
         if c != t:
             import cv2
