@@ -68,15 +68,23 @@ def test_default_config_of_every_task_is_its_recipe(task: str):
     assert cfg.data == "synthetic"  # a fresh checkout trains on synthetic data by default
 
 
+#: Segmentation ignored augment.translate (0.05 by default) until it meant the same for both kinds;
+#: the landcover recipes keep training as measured by turning it off.
+CHANGED_SINCE_MAIN = {"landcover.yaml": {"augment": {"translate": 0.0}}, "landcover-scratch.yaml": {"augment": {"translate": 0.0}}}
+
+
 def test_every_recipe_has_its_resolved_config_on_main():
     assert sorted(RESOLVED_ON_MAIN) == [p.name for p in RECIPES]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_recipe_resolves_exactly_as_on_main(path: Path):
-    """Every key, value and JSON type (10 is not 10.0 in a digest) as main resolved it."""
+    """Every key, value and JSON type (10 is not 10.0 in a digest) as main resolved it, apart from
+    the deliberate changes in CHANGED_SINCE_MAIN."""
     got = json.loads(json.dumps(load_config(_task_of(path), config=path).to_dict()))
-    expected = RESOLVED_ON_MAIN[path.name]
+    expected = json.loads(json.dumps(RESOLVED_ON_MAIN[path.name]))
+    for key, value in CHANGED_SINCE_MAIN.get(path.name, {}).items():
+        expected[key] = {**expected[key], **value} if isinstance(value, dict) else value
     assert sorted(got) == sorted(expected)
     changed = {k: (expected[k], got[k]) for k in expected if json.dumps(got[k], sort_keys=True) != json.dumps(expected[k], sort_keys=True)}
     assert not changed, f"{path.name}: (main, now) {changed}"

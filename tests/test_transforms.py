@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from visionlab.config import AUGMENT_DEFAULTS, load_config
+from visionlab.data.augment import Augment
 from visionlab.data.io import resize_mask
 from visionlab.data.transforms import BatchAugment, Normalize, cutmix_pairs, load_for_model, mix_batch, to_float
+from visionlab.errors import VisionlabError
 from visionlab.registry import get_task
 from visionlab.kinds import runner_for
 
@@ -51,7 +53,7 @@ def test_batch_augment_changes_the_batch_when_on():
 def test_batch_augment_with_everything_off_is_the_identity():
     x = _batch()
     assert torch.equal(BatchAugment(OFF)(x), to_float(x))
-    assert torch.equal(BatchAugment({})(x), to_float(x))  # no keys: nothing is on
+    assert torch.equal(BatchAugment(Augment.from_config(OFF))(x), to_float(x))
     # the same from a resolved config
     cfg = load_config("cracks", overrides=[f"augment.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in OFF.items()])
     assert torch.equal(BatchAugment(cfg.augment)(x), to_float(x))
@@ -315,6 +317,43 @@ def test_segmentation_zoom_resamples_image_and_mask_together(seg_folder: Path):
         x, y = zoom_out[i]
         assert x.shape == (3, 32, 32) and y.shape == (32, 32)  # a 64 px region shrunk to the tile
         assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
+
+
+def test_one_augmentation_description_for_both_kinds():
+    """The config's defaults are Augment's; a mapping's missing keys take them, one number x for scale means [x, 1]."""
+    assert AUGMENT_DEFAULTS == Augment().as_config()
+    assert Augment.from_config({"hflip": False, "scale": 0.5}) == Augment(hflip=False, scale=(0.5, 1.0))
+    assert Augment.from_config(load_config("landcover").augment).as_config() == load_config("landcover").augment
+    with pytest.raises(VisionlabError, match="unknown augment key"):
+        Augment.from_config({"zoom": 1.0})
+
+
+def _window(full: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
+    """Every (y, x) where ``part`` lies in ``full`` unchanged."""
+    h, w = part.shape[:2]
+    return [(y, x) for y in range(full.shape[0] - h + 1) for x in range(full.shape[1] - w + 1)
+            if np.array_equal(full[y : y + h, x : x + w], part)]
+
+
+def test_segmentation_translate_moves_the_crop_window_over_image_and_mask(seg_folder: Path):
+    """'translate' shifts what a crop shows by up to that fraction of tile_size, image and mask together."""
+    from visionlab.tasks.segmentation import _CropDataset
+
+    plain = {**OFF, "translate": 0.0}
+    origins = {}
+    for translate in (0.0, 0.4):
+        runner = _seg_runner(seg_folder, augment={**plain, "translate": translate}, sampler="none")
+        ds = _CropDataset(runner, runner.splits["train"], epoch=0)
+        found = []
+        for i in range(len(ds)):
+            x, y = ds[i]
+            img, mask = runner.train_pair(int(ds.indices[i // runner.cfg.crops_per_image]))
+            where = _window(img, x.permute(1, 2, 0).numpy())
+            assert where and any(np.array_equal(mask[a : a + 32, b : b + 32], y.numpy()) for a, b in where)
+            found.append(where[0])
+        origins[translate] = found
+    moved = [(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(origins[0.0], origins[0.4])]
+    assert any(m != (0, 0) for m in moved) and all(dy <= round(0.4 * 32) and dx <= round(0.4 * 32) for dy, dx in moved)
 
 
 def test_ignored_classes_map_to_the_ignore_index(seg_folder: Path):

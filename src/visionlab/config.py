@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, get_type_hints
 
 import yaml
 
+from visionlab.data.augment import Augment
 from visionlab.errors import VisionlabError
 
 __all__ = [
@@ -29,19 +30,8 @@ __all__ = [
 # Experiment trackers the config key ``track`` may name (visionlab.engine.tracking implements them).
 TRACKER_NAMES = ("tensorboard", "mlflow")
 
-AUGMENT_DEFAULTS: dict[str, Any] = {
-    "hflip": True,        # random horizontal flip
-    "vflip": False,       # random vertical flip
-    "rot90": False,       # random multiples of 90 degrees (aerial / texture data)
-    "rotate": 0.0,        # max random rotation, degrees
-    "scale": [0.85, 1.0],  # random zoom: fraction of the side kept (1.0 = none); segmentation: side of the
-                           # region that fills a crop, relative to tile_size (> 1 zooms out)
-    "translate": 0.05,    # max random shift, fraction of the size
-    "brightness": 0.2,    # colour jitter strengths (0 = off)
-    "contrast": 0.2,
-    "saturation": 0.2,
-    "hue": 0.0,
-}
+# The ``augment`` keys, their defaults and their meaning: visionlab.data.augment.Augment (one for both kinds).
+AUGMENT_DEFAULTS: dict[str, Any] = Augment().as_config()
 
 
 def _key(default: Any, doc: str, *, kind: str = "", choices: tuple[str, ...] = (), resume_safe: bool = False,
@@ -246,7 +236,7 @@ def _coerce_augment(key: str, value: Any) -> Any:
         if isinstance(value, (int, str)) and str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
             return str(value).lower() in ("true", "yes", "1")
         raise bad("true or false")
-    if isinstance(default, list):  # scale: [min, max] fraction of the image kept; one number x means [x, 1]
+    if isinstance(default, list):  # scale: [min, max]; one number x means [x, 1]
         values = value if isinstance(value, (list, tuple)) else [value, 1.0]
         try:
             lo, hi = (float(v) for v in values)

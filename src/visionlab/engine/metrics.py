@@ -321,28 +321,31 @@ class SegmentationMeter:
             return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         return self._cm.cpu().numpy().astype(np.int64)
 
-    def _per_class(self) -> dict[str, np.ndarray]:
-        cm = self.confusion_matrix().astype(np.float64)
+    def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(1, C) float64 tp, fp, fn, tn: what ``smp.metrics.get_stats`` counts over every pixel seen
+        (ignored ones left out), read off the matrix, which is what the meter accumulates and merges."""
+        cm = torch.from_numpy(self.confusion_matrix()).to(torch.float64)
         total = cm.sum()
         if total == 0:
             raise VisionlabError(
                 "no labelled pixels were evaluated.",
                 "Check that the evaluation split is not empty and masks are not all ignore_index.",
             )
-        tp = np.diag(cm)
-        gt = cm.sum(axis=1)
-        predicted = cm.sum(axis=0)
-        union = gt + predicted - tp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return {
-                "iou": np.where(union > 0, tp / union, np.nan),
-                "dice": np.where(gt + predicted > 0, 2 * tp / (gt + predicted), np.nan),
-                "precision": np.where(predicted > 0, tp / predicted, np.nan),
-                "recall": np.where(gt > 0, tp / gt, np.nan),
-                "gt": gt,
-                "tp": tp,
-                "total": np.asarray(total),
-            }
+        tp = cm.diagonal()
+        fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+        return tp[None], fp[None], fn[None], (total - tp - fp - fn)[None]
+
+    def _per_class(self, stats: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict[str, np.ndarray]:
+        """Per-class scores of ``stats`` from smp (NaN where undefined: a class absent from target and prediction)."""
+        import segmentation_models_pytorch.metrics as smp_metrics  # imported late: smp loads all its models
+
+        scores = {name: fn(*stats, reduction="none", zero_division=math.nan)[0].numpy()
+                  for name, fn in (("iou", smp_metrics.iou_score), ("dice", smp_metrics.f1_score),
+                                   ("precision", smp_metrics.precision), ("recall", smp_metrics.recall))}
+        tp, _, fn, _ = stats
+        pixel_accuracy = smp_metrics.recall(*stats, reduction="micro")  # micro recall: correct / labelled pixels
+        return {**scores, "gt": (tp + fn)[0].numpy(), "tp": tp[0].numpy(), "total": (tp + fn).sum().numpy(),
+                "pixel_accuracy": pixel_accuracy.numpy()}
 
     def _averaged(self) -> np.ndarray:
         mask = np.ones(self.num_classes, dtype=bool)
@@ -354,18 +357,21 @@ class SegmentationMeter:
 
         ``miou`` and ``mean_dice`` are NaN only when no averaged class occurs at all.
         """
-        s = self._per_class()
+        s = self._per_class(self._stats())
         keep = self._averaged()
         iou, dice = s["iou"][keep], s["dice"][keep]
         present = np.isfinite(iou)
+        # smp's 'macro' reduction over the present classes is this mean, but summed by torch in another
+        # order (miou moves in the 17th digit), so the per-class scores are averaged here
         out = {
             "miou": float(iou[present].mean()) if present.any() else math.nan,
-            "pixel_accuracy": float(s["tp"].sum() / s["total"]),
+            "pixel_accuracy": float(s["pixel_accuracy"]),
             "mean_dice": float(dice[present].mean()) if present.any() else math.nan,
         }
         gt = s["gt"][keep]
         if gt.sum() > 0:
-            # Frequency-weighted IoU: IoU weighted by each class's share of true pixels.
+            # Frequency-weighted IoU: IoU weighted by each class's share of true pixels (smp's 'weighted'
+            # reduction would turn the weights into float32 and move it in the 8th digit).
             out["fw_iou"] = float((gt * np.nan_to_num(iou)).sum() / gt.sum())
         return out
 
@@ -375,7 +381,7 @@ class SegmentationMeter:
         Per-class values are ``None`` where undefined (class absent from target and prediction).
         """
         names = _check_class_names(class_names, self.num_classes)
-        s = self._per_class()
+        s = self._per_class(self._stats())
         per_class = {}
         for c, name in enumerate(names):
             per_class[name] = {
