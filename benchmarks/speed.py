@@ -22,7 +22,13 @@ when present, else synthetic images made by :mod:`visionlab.data.synthetic`), wi
 3. time to reach 97 % held-out (validation) accuracy on cracks from scratch with
    ``configs/cracks-scratch-fast.yaml`` (training seconds read from the run's ``metrics.csv``), and the
    test accuracy of that run;
-4. CLI start-up: ``visionlab --help`` against ``python -c "import torch"``.
+4. CLI start-up: ``visionlab --help`` against ``python -c "import torch"``;
+5. how close training is to its limit, for the seed-faithful ``cracks_cnn`` (``configs/cracks-scratch.yaml``)
+   and the EfficientNet-Lite0 recipe (``configs/cracks.yaml``), each with its own image size and
+   batch: visionlab's whole training (decode cache, augmentation, EMA, callbacks; the figure of 1a)
+   against the same model, batch, precision, channels_last and image size doing only forward,
+   backward and the optimiser step on one batch already in memory (no data pipeline at all),
+   timed like the baselines of 1. The ratio is visionlab's throughput as a fraction of that limit.
 
 Every contender runs in a fresh Python process of its own, so no setting of one (threads, the
 allocator tuning visionlab applies, warm caches of the page allocator) leaks into another. Ratios
@@ -59,8 +65,13 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("train", "accuracy", "predict", "cli")
-TARGETS = {"plain": 2.0, "timm": 1.3, "predict": 3.0, "predict_tta": 3.0, "cli": 0.3, "to97": 90.0}
+SECTIONS = ("train", "accuracy", "predict", "cli", "limit")
+TARGETS = {"plain": 2.0, "timm": 1.3, "predict": 3.0, "predict_tta": 3.0, "cli": 0.3, "to97": 90.0, "limit_cnn": 0.9, "limit_lite0": 0.9}
+#: Section 5: row key -> (what, the recipe visionlab trains with its own model, image size and batch).
+LIMIT_RECIPES = {
+    "limit_cnn": ("cracks_cnn, seed-faithful", REPO / "configs" / "cracks-scratch.yaml"),
+    "limit_lite0": ("EfficientNet-Lite0 recipe", REPO / "configs" / "cracks.yaml"),
+}
 _MARK = "@@speed-result@@ "
 
 
@@ -108,7 +119,7 @@ class Row:
 
     def met(self) -> str:
         """'yes' / 'NO' against the issue's target, '' where there is none."""
-        if self.key in ("plain", "timm", "predict", "predict_tta"):
+        if self.key in ("plain", "timm", "predict", "predict_tta", "limit_cnn", "limit_lite0"):
             return "" if self.ratio is None else ("yes" if self.ratio >= TARGETS[self.key] else "NO")
         if self.key in ("cli", "to97"):
             return "yes" if self.visionlab and statistics.median(self.visionlab) < TARGETS[self.key] else "NO"
@@ -228,6 +239,15 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _train_options(p: SimpleNamespace) -> dict[str, Any]:
+    """The options visionlab trains with in a measurement (and its limit is built from): all the
+    data in the training split, ``p.epochs`` epochs of ``p.steps_per_epoch`` steps, and
+    ``p.model_options`` (model, image size, batch size) over the recipe ``p.config``."""
+    return {"data": p.root, "device": p.device, "out": str(Path(p.work) / "runs"), **p.model_options,
+            "epochs": p.epochs, "max_steps_per_epoch": p.steps_per_epoch, "val_fraction": 0.0, "test_fraction": 0.0,
+            "early_stopping": 0}
+
+
 def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     """visionlab's trainer on all the data: steady-state images/s, the cache build time, a checkpoint.
 
@@ -242,10 +262,7 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     from visionlab.data.layout import find_classification
     from visionlab.tasks.classification import classification_preprocessing
 
-    options = {"data": p.root, "device": p.device, "out": str(Path(p.work) / "runs"), "model": "cracks_cnn",
-               "model_args": {}, "image_size": p.image_size,
-               "batch_size": p.batch_size, "epochs": p.epochs, "max_steps_per_epoch": p.steps_per_epoch,
-               "val_fraction": 0.0, "test_fraction": 0.0, "early_stopping": 0}
+    options = _train_options(p)
     cfg = load_config("cracks", p.config, options)
     index = find_classification(p.root)
     t0 = time.perf_counter()
@@ -256,6 +273,56 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     images = sum(float(r["images_per_second"]) * float(r["epoch_seconds"]) for r in rows)
     seconds = sum(float(r["epoch_seconds"]) for r in rows)
     return {"ips": images / seconds, "cache_s": cache_s, "checkpoint": str(result.last_checkpoint)}
+
+
+def child_limit(p: SimpleNamespace) -> dict[str, Any]:
+    """The limit of visionlab's training of ``p.config``: its model, batch size, precision, channels_last
+    and image size, the trainer's thread and device settings, and only forward, loss, backward and
+    an AdamW step on one fixed batch already on the device (random, as if normalised): no decoding,
+    caching, augmentation, EMA or callbacks. Like the trainer, it reads every step's loss."""
+    import itertools
+
+    import torch
+    import torch.nn.functional as F
+
+    from visionlab.config import load_config
+    from visionlab.data.layout import find_classification
+    from visionlab.engine.device import configure_threads, resolve_device, resolve_precision
+    from visionlab.models import build_model, no_weights_kwargs
+
+    cfg = load_config("cracks", p.config, _train_options(p))
+    configure_threads()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":  # as the trainer sets them
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    classes = len(find_classification(p.root).classes)
+    model = build_model(cfg.model, classes, **{**cfg.model_args, **no_weights_kwargs(cfg.model)}).to(device)  # weights do not change speed
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    precision = resolve_precision(cfg.precision, device, training_model=model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.use_scaler)
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, classes, (cfg.batch_size,), device=device)
+    model.train()
+
+    def step(batch: tuple[Any, Any]) -> int:
+        x, y = batch
+        with precision.autocast():
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss.item()
+        return len(y)
+
+    return {"ips": _timed_steps(itertools.repeat((x, y)), step, p.warmup, p.steps), "model": cfg.model,
+            "image_size": cfg.image_size, "batch_size": cfg.batch_size, "precision": precision.name, "channels_last": cfg.channels_last}
 
 
 def child_predict_visionlab(p: SimpleNamespace) -> dict[str, Any]:
@@ -326,7 +393,7 @@ def child_accuracy(p: SimpleNamespace) -> dict[str, Any]:
 
 CHILDREN: dict[str, Callable[[SimpleNamespace], dict[str, Any]]] = {
     "plain": child_plain, "timm": child_timm, "visionlab": child_visionlab, "predict_visionlab": child_predict_visionlab,
-    "predict_loop": child_predict_loop, "accuracy": child_accuracy,
+    "predict_loop": child_predict_loop, "accuracy": child_accuracy, "limit": child_limit,
 }
 
 
@@ -356,12 +423,24 @@ def _common(args: argparse.Namespace, root: Path, work: Path) -> dict[str, Any]:
             "batch_size": args.batch_size, "verbose": args.verbose, "quick": args.quick}
 
 
+def _section1_model(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options of sections 1 and 2: cracks_cnn at the table's batch size and image size."""
+    return {"model": "cracks_cnn", "model_args": {}, "image_size": args.image_size, "batch_size": args.batch_size}
+
+
+def _visionlab_steps(n_images: int, batch_size: int, args: argparse.Namespace) -> tuple[int, int, int]:
+    """(steps per epoch, epochs, measured steps) of a visionlab run: its first epoch is the warm-up,
+    and the contenders it is compared with measure exactly as many steps as the epochs after it."""
+    per_epoch = max(1, n_images // batch_size)
+    vl_epoch_steps = min(per_epoch, args.steps)
+    vl_epochs = 1 + math.ceil(args.steps / vl_epoch_steps)
+    return vl_epoch_steps, vl_epochs, (vl_epochs - 1) * vl_epoch_steps
+
+
 def bench_training(root: Path, n_images: int, args: argparse.Namespace, work: Path, rows: dict[str, Row]) -> str:
     """Section 1; returns a checkpoint trained on the data (used by section 2 when 3 is skipped)."""
     per_epoch = max(1, n_images // args.batch_size)
-    vl_epoch_steps = min(per_epoch, args.steps)
-    vl_epochs = 1 + math.ceil(args.steps / vl_epoch_steps)  # the first epoch is visionlab's warm-up
-    steps = (vl_epochs - 1) * vl_epoch_steps  # the baselines measure exactly as many steps
+    vl_epoch_steps, vl_epochs, steps = _visionlab_steps(n_images, args.batch_size, args)
     args.measured_steps = steps
     r_plain = rows.setdefault("plain", Row("plain", "1. training, vs plain PyTorch loop (ImageFolder, fp32)", "img/s",
                                            baseline_name="plain loop", target=f">= {TARGETS['plain']:g}x"))
@@ -380,7 +459,7 @@ def bench_training(root: Path, n_images: int, args: argparse.Namespace, work: Pa
         _say(f"[train] repeat {rep + 1}/{args.repeats}: {steps} measured steps x {args.batch_size} images at {args.image_size} px "
              f"({n_images} images, {per_epoch} steps per epoch)")
         vl = run_child("visionlab", **common, config=str(args.config) if args.config else None, steps_per_epoch=vl_epoch_steps,
-                       epochs=vl_epochs)
+                       epochs=vl_epochs, model_options=_section1_model(args))
         ckpt = vl["checkpoint"]
         _say(f"        visionlab {vl['ips']:.1f} img/s; cache built in {vl['cache_s']:.2f} s")
         plain = _best_over_workers("plain", args, common, steps)
@@ -409,6 +488,33 @@ def _best_over_workers(kind: str, args: argparse.Namespace, common: dict[str, An
         if not best or r["ips"] > best["ips"]:
             best = {**r, "workers": w}
     return best
+
+
+def bench_limit(root: Path, n_images: int, args: argparse.Namespace, work: Path, rows: dict[str, Row]) -> None:
+    """Section 5: visionlab's whole training of each recipe in :data:`LIMIT_RECIPES` against its limit
+    (:func:`child_limit`). Each recipe keeps its own model, image size and batch size (under
+    ``--quick`` the table's small ones, on both sides)."""
+    from visionlab.config import load_config
+
+    common = _common(args, root, work)
+    small = {"image_size": args.image_size, "batch_size": args.batch_size} if args.quick else {}
+    for key, (what, recipe) in LIMIT_RECIPES.items():
+        cfg = load_config("cracks", recipe, small)
+        epoch_steps, epochs, steps = _visionlab_steps(n_images, cfg.batch_size, args)
+        row = rows.setdefault(key, Row(key, f"5. training vs its limit: {what} ({recipe.relative_to(REPO)}), whole pipeline "
+                                            "vs forward+backward+step on a batch in memory", "img/s",
+                                       baseline_name="limit", target=f">= {TARGETS[key]:g}x"))
+        for rep in range(args.repeats):
+            _say(f"[limit] {what}, repeat {rep + 1}/{args.repeats}: {steps} measured steps x {cfg.batch_size} images at "
+                 f"{cfg.image_size} px")
+            shared = {**common, "config": str(recipe), "model_options": small, "steps_per_epoch": epoch_steps, "epochs": epochs}
+            vl = run_child("visionlab", **shared)
+            limit = run_child("limit", **shared, warmup=args.warmup, steps=steps)
+            _say(f"        visionlab {vl['ips']:.1f} img/s, limit {limit['ips']:.1f} img/s: {vl['ips'] / limit['ips']:.2f} of it")
+            row.visionlab.append(vl["ips"])
+            row.baseline.append(limit["ips"])
+            row.note = (f"{limit['model']}, {limit['image_size']} px, batch {limit['batch_size']}, {limit['precision']}, "
+                        f"channels_last {str(limit['channels_last']).lower()}, {steps} measured steps; ratio = visionlab / limit")
 
 
 def _predict_files(root: Path, count: int) -> list[str]:
@@ -496,7 +602,7 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} CPU(s)"
 
 
-_ORDER = ["plain", "timm", "cache", "am_plain", "am_timm", "predict", "predict_tta", "to97", "cli"]
+_ORDER = ["plain", "timm", "cache", "am_plain", "am_timm", "predict", "predict_tta", "to97", "cli", "limit_cnn", "limit_lite0"]
 _COLS = ["measurement", "visionlab", "baseline", "ratio", "target", "note"]
 
 
@@ -637,10 +743,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "predict" in args.sections:
             if not ckpt:  # a few steps of training, only to have weights to predict with
                 ckpt = run_child("visionlab", **_common(args, root, work), config=str(args.config) if args.config else None,
-                                 steps_per_epoch=1, epochs=2)["checkpoint"]
+                                 steps_per_epoch=1, epochs=2, model_options=_section1_model(args))["checkpoint"]
             bench_predict(ckpt, root, args, work, rows)
         if "cli" in args.sections:
             bench_cli(args, rows)
+        if "limit" in args.sections:
+            bench_limit(root, n_images, args, work, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data = f"SYNTHETIC images ({n_images})" if synthetic else f"{root} ({n_images} images)"

@@ -101,7 +101,7 @@ def test_train_accepts_a_path_and_overrides(cls_folder: Path, fast):
 def test_predict_api_rows_csv_and_json(cracks_model: Path, cache_dir: Path, tmp_path: Path):
     images = _images(cache_dir)
     paths = [images / "Negative" / "img_000.png", str(images / "Positive" / "img_00[0-1].png"), tmp_path / "missing.jpg"]
-    rows = visionlab.predict(paths, checkpoint=cracks_model, out=tmp_path / "p.csv", top_k=2, console=_console())
+    rows = [p.to_dict() for p in visionlab.predict(paths, checkpoint=cracks_model, out=tmp_path / "p.csv", top_k=2, console=_console())]
     assert [Path(r["path"]).name for r in rows] == ["img_000.png", "img_000.png", "img_001.png", "missing.jpg"]
     assert rows[-1]["error"] and rows[-1]["label"] is None
     for r in rows[:3]:

@@ -2,7 +2,8 @@
 
 No timing assertions: ``--quick`` runs a handful of steps on 32 synthetic images, so its numbers
 mean nothing. What is checked is that every contender (visionlab's trainer, the plain PyTorch
-loop, timm's loader, batched and per-image prediction, the from-scratch recipe, the CLI) runs in
+loop, timm's loader, batched and per-image prediction, the from-scratch recipe, the CLI, and
+each recipe's training against its limit: the same model on a batch in memory) runs in
 its own process and lands in the one table, the Markdown and the JSON with positive figures.
 """
 
@@ -81,13 +82,14 @@ def test_quick_run_prints_the_table(tmp_path: Path) -> None:
     out = proc.stdout
     assert "visionlab speed" in out and "QUICK SMOKE RUN" in out
     for label in ("vs plain PyTorch loop", "vs timm create_loader", "cache build", "prediction over a folder",
-                  "to 97 % val accuracy", "visionlab --help", "SYNTHETIC"):
+                  "to 97 % val accuracy", "visionlab --help", "vs its limit", "SYNTHETIC"):
         assert label in out, label
 
     rows = {r["key"]: r for r in json.loads(js.read_text())["rows"]}
     # the trained checkpoint carries the cracks recipe's TTA (flips): prediction is measured without and with it
-    assert set(rows) == {"plain", "timm", "cache", "am_plain", "am_timm", "predict", "predict_tta", "to97", "cli"}
-    for key in ("plain", "timm", "am_plain", "am_timm", "predict", "predict_tta", "cli"):
+    assert set(rows) == {"plain", "timm", "cache", "am_plain", "am_timm", "predict", "predict_tta", "to97", "cli",
+                         "limit_cnn", "limit_lite0"}
+    for key in ("plain", "timm", "am_plain", "am_timm", "predict", "predict_tta", "cli", "limit_cnn", "limit_lite0"):
         r = rows[key]
         assert len(r["visionlab"]) == len(r["baseline"]) == 1, key
         assert r["visionlab"][0] > 0 and r["baseline"][0] > 0 and r["ratio"] > 0, key
@@ -96,7 +98,10 @@ def test_quick_run_prints_the_table(tmp_path: Path) -> None:
     assert "same label for" in rows["predict"]["note"] and "same label for" in rows["predict_tta"]["note"]
     assert "no TTA on either side" in out and "TTA flips on both sides" in out
     table = [ln for ln in md.read_text().splitlines() if ln.startswith("| ")]
-    assert len(table) == 1 + 9  # the column names and one line per row
+    # the limit rows train each recipe's own model, on both sides at the quick run's size and batch
+    assert rows["limit_cnn"]["note"].startswith("cracks_cnn, 32 px, batch 8,")
+    assert rows["limit_lite0"]["note"].startswith("efficientnet_lite0, 32 px, batch 8,")
+    assert len(table) == 1 + 11  # the column names and one line per row
 
 
 def test_gpu_check_says_it_needs_a_gpu_here() -> None:

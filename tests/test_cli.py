@@ -97,7 +97,7 @@ def test_train_with_mixup_and_cutmix(runs_dir: Path):
     assert "mixup: 0.4" in (runs_dir / "cracks" / "mix" / "config.yaml").read_text()
     # masks cannot be blended: mixup is refused for segmentation in one line, CutMix trains
     assert_one_line_error(invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "mixup=0.4"),
-                          "mixup blends the labels", "'cutmix' works for segmentation")
+                          "mixup=0.4 is a classification key", "masks cannot be blended", "'cutmix' works for segmentation")
     result = invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "cutmix=1", "--name", "segmix")
     assert result.exit_code == 0, result.output
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "mixup=-1"), "mixup and cutmix")
@@ -232,7 +232,7 @@ def test_bad_set_values(runs_dir: Path):
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "lr"), "key=value")
     # a segmentation loss on a classifier is refused, not silently ignored
     assert_one_line_error(invoke("train", "--task", "cracks", "--data", "synthetic", "--out", runs_dir, "--set", "loss=focal"),
-                          "loss='focal' is a segmentation loss", "label_smoothing")
+                          "loss='focal' is a segmentation key", "label_smoothing")
 
 
 def test_folder_with_no_images(tmp_path: Path, runs_dir: Path):
@@ -405,7 +405,8 @@ def test_predict_api_returns_the_skipped_rows_too(trained: Path, images: Path, t
     import visionlab
 
     folder = _mixed_folder(tmp_path, images)
-    rows = visionlab.predict([folder / "README.txt", folder / "broken.jpg", folder / "noext"], checkpoint=trained, device="cpu")
+    preds = visionlab.predict([folder / "README.txt", folder / "broken.jpg", folder / "noext"], checkpoint=trained, device="cpu")
+    rows = [p.to_dict() for p in preds]
     assert [(Path(r["path"]).name, r["skipped"]) for r in rows] == [("README.txt", None), ("broken.jpg", "broken symbolic link"), ("noext", None)]
     assert rows[0]["error"] and "cannot decode" in rows[0]["error"]  # named directly: tried, and its error reported
     assert rows[2]["label"] in ("Negative", "Positive") and rows[2]["error"] is None

@@ -132,10 +132,10 @@ def test_two_processes_with_batch_b_make_the_update_of_one_with_batch_2b(tmp_pat
 def _eval_worker(rank: int, world: int, port: int, ckpt: str, result: dict) -> None:
     _join(rank, world, port)
     from visionlab.config import config_from_dict
-    from visionlab.engine.checkpoint import model_from_state
+    from visionlab.engine.checkpoint import load_model
     from visionlab.engine.distributed import from_env
     from visionlab.registry import get_task
-    from visionlab.tasks.base import runner_for
+    from visionlab.kinds import runner_for
 
     state = load_checkpoint(ckpt)
     cfg = config_from_dict(state["config"])
@@ -144,7 +144,7 @@ def _eval_worker(rank: int, world: int, port: int, ckpt: str, result: dict) -> N
     runner.fixed_preprocessing = dict(state["preprocessing"])
     runner.prepare()
     runner.splits["test"] = runner.splits["train"]  # a larger split: 31 images do not divide by 2
-    ev = runner.evaluate(model_from_state(state), "test", None)
+    ev = runner.evaluate(load_model(state, channels_last=False), "test", None)
     if rank == 0:
         result.update(metrics=ev.metrics, cm=ev.report["confusion_matrix"], n=len(ev.files), paths=sorted(r["path"] for r in ev.files))
     if torch.distributed.is_initialized():

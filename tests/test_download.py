@@ -337,7 +337,7 @@ def _landcover_recipe_accepts(folder: Path) -> None:
 
     from visionlab.config import load_config
     from visionlab.registry import get_task
-    from visionlab.tasks.base import runner_for
+    from visionlab.kinds import runner_for
 
     cfg = load_config("landcover", overrides={"data": str(folder), "model_args": {"encoder_weights": None}, "tile_size": 32})
     assert cfg.ignore_classes == ["unlabeled"]  # the recipe as shipped

@@ -130,10 +130,10 @@ def test_training_with_ema_saves_the_average_and_resumes(fast):
 
 
 def _cracks_images():
-    from visionlab.data.synthetic import make_synthetic
+    from visionlab.kinds import get_kind
 
     spec = visionlab.get_task("cracks")
-    root = make_synthetic(spec.name, spec.kind, list(spec.default_classes), seed=0)
+    root = get_kind(spec.kind).synthetic_data(spec)
     return sorted((root / spec.default_classes[0]).iterdir())
 
 

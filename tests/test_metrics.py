@@ -13,10 +13,8 @@ from rich.console import Console
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from visionlab.engine.metrics import (
-    PRIMARY_METRIC,
     ClassificationMeter,
     SegmentationMeter,
-    build_meter,
     render_report,
     write_confusion_csv,
 )
@@ -209,6 +207,54 @@ def test_segmentation_matches_sklearn_confusion_matrix_on_random_data():
     assert meter.compute()["mean_dice"] == pytest.approx(f1_score(y[keep], p[keep], average="macro"))
 
 
+def _scores_before_smp(target: np.ndarray, pred: np.ndarray, c: int, exclude: list[int]) -> dict:
+    """The meter's numbers as main computed them before smp (numpy on the confusion matrix)."""
+    keep = target != 255
+    cm = np.bincount(target[keep] * c + pred[keep], minlength=c * c).reshape(c, c).astype(np.float64)
+    tp, gt, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    union = gt + predicted - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = {"iou": np.where(union > 0, tp / union, np.nan), "dice": np.where(gt + predicted > 0, 2 * tp / (gt + predicted), np.nan),
+               "precision": np.where(predicted > 0, tp / predicted, np.nan), "recall": np.where(gt > 0, tp / gt, np.nan)}
+    averaged = np.ones(c, dtype=bool)
+    averaged[exclude] = False
+    iou, dice = per["iou"][averaged], per["dice"][averaged]
+    present = np.isfinite(iou)
+    out = {"miou": float(iou[present].mean()) if present.any() else float("nan"), "pixel_accuracy": float(tp.sum() / cm.sum()),
+           "mean_dice": float(dice[present].mean()) if present.any() else float("nan")}
+    if gt[averaged].sum() > 0:
+        out["fw_iou"] = float((gt[averaged] * np.nan_to_num(iou)).sum() / gt[averaged].sum())
+    return {"metrics": out, "per_class": {k: [None if np.isnan(v) else float(v) for v in vs] for k, vs in per.items()}}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_segmentation_scores_from_smp_equal_the_numbers_before_it(seed: int):
+    """smp's per-class IoU/F1/precision/recall on the meter's counts: the same floats as before, with an
+    ignore index, excluded classes and classes that never occur; the counts are smp's get_stats."""
+    import segmentation_models_pytorch as smp
+
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(2, 8))
+    occurring = rng.choice(c, size=int(rng.integers(1, c + 1)), replace=False)
+    target, pred = rng.choice(occurring, size=(2, 3, 9, 11))
+    target[rng.random(target.shape) < 0.3] = 255
+    target[0, 0, 0] = occurring[0]  # at least one labelled pixel
+    exclude = sorted(rng.choice(c, size=int(rng.integers(0, c)), replace=False).tolist())
+    meter = SegmentationMeter(c, ignore_index=255, exclude=exclude)
+    for i in range(3):
+        meter.update(torch.from_numpy(pred[i : i + 1]), torch.from_numpy(target[i : i + 1]))
+    want = _scores_before_smp(target.ravel(), pred.ravel(), c, exclude)
+    got = meter.compute()
+    assert got.keys() == want["metrics"].keys()
+    for k, v in want["metrics"].items():
+        assert got[k] == v or (np.isnan(v) and np.isnan(got[k])), k
+    report = meter.report([f"c{i}" for i in range(c)])["per_class"]
+    for k, values in want["per_class"].items():
+        assert [report[f"c{i}"][k] for i in range(c)] == values, k
+    stats = smp.metrics.get_stats(torch.from_numpy(pred), torch.from_numpy(target), mode="multiclass", num_classes=c, ignore_index=255)
+    assert all(torch.equal(a.sum(0, keepdim=True).double(), b) for a, b in zip(stats, meter._stats()))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_segmentation_meter_on_cuda_matches_cpu():
     gen = torch.Generator().manual_seed(3)
@@ -234,14 +280,16 @@ def test_segmentation_errors():
         SegmentationMeter(3, exclude=[3])
 
 
-def test_build_meter_and_primary():
-    assert isinstance(build_meter("classification", 3), ClassificationMeter)
-    seg = build_meter("segmentation", 6, exclude=[5])
-    assert isinstance(seg, SegmentationMeter) and seg.exclude == (5,)
-    assert seg.primary == PRIMARY_METRIC["segmentation"] == "miou"
-    assert ClassificationMeter.primary == "accuracy" and seg.higher_is_better
-    with pytest.raises(ValueError, match="unknown task kind"):
-        build_meter("detection", 3)
+def test_each_meter_reports_its_kinds_primary_metric():
+    from visionlab.errors import VisionlabError
+    from visionlab.kinds import get_kind
+
+    for meter in (ClassificationMeter, SegmentationMeter):
+        kind = get_kind(meter.kind)
+        assert meter.primary == kind.primary and kind.higher_is_better(meter.primary)
+        assert not kind.higher_is_better("loss")
+    with pytest.raises(VisionlabError, match="unknown task kind 'detection'"):
+        get_kind("detection")
 
 
 # --------------------------------------------------------------------------- reports

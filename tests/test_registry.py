@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import visionlab
@@ -37,14 +38,21 @@ def test_every_task_is_completely_described(name: str):
     assert isinstance(spec, TaskSpec)
     assert spec.name == name
     assert spec.model in list_models(), f"{name}'s model {spec.model!r} is not registered"
+    assert spec.seed_model in list_models(), f"{name}'s seed model {spec.seed_model!r} is not registered"
     assert spec.input_size >= 32
     assert len(spec.default_classes) >= 2 and len(set(spec.default_classes)) == len(spec.default_classes)
     assert spec.description and spec.dataset
+    # the spec says what the recipe trains, and the description names it
+    recipe = yaml.safe_load(spec.recipe_path.read_text())
+    assert spec.model == recipe["model"] and spec.input_size == recipe.get("image_size", recipe.get("tile_size"))
+    if recipe["model"] == "efficientnet_lite0" or recipe.get("model_args", {}).get("encoder") == "efficientnet_lite0":
+        assert "EfficientNet-Lite0" in spec.description, spec.description
+    assert spec.seed_model in spec.description or spec.seed_model == spec.model
 
 
 def test_duplicate_registration_is_refused_and_keeps_the_original():
     original = get_task("cracks")
-    impostor = replace(original, description="an impostor", model="waste_cnn")
+    impostor = replace(original, description="an impostor", seed_model="waste_cnn")
     with pytest.raises(ValueError, match="already registered"):
         register_task(impostor)
     assert get_task("cracks") is original
@@ -65,7 +73,7 @@ def test_a_new_task_can_be_registered_and_found(monkeypatch: pytest.MonkeyPatch)
     from visionlab import registry
 
     monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))  # undone after the test
-    spec = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+    spec = register_task(TaskSpec(name="bees", kind="classification", seed_model="cracks_cnn",
                                   default_classes=("bee", "wasp"), description="bees vs wasps"))
     assert get_task("bees") is spec
     assert task_names()[-1] == "bees"
@@ -126,7 +134,7 @@ from visionlab.registry import TaskSpec, get_task, list_tasks, register_task
 
 def refused(name):
     try:
-        register_task(TaskSpec(name=name, kind="classification", model="waste_cnn", input_size=64,
+        register_task(TaskSpec(name=name, kind="classification", seed_model="waste_cnn",
                                default_classes=("a", "b"), description="a second task of that name"))
     except ValueError as exc:
         return "already registered" in str(exc)
@@ -134,7 +142,7 @@ def refused(name):
 """
 
 _USER_TASK_FIRST = _FRESH + """
-bees = register_task(TaskSpec(name="bees", kind="classification", model="cracks_cnn", input_size=64,
+bees = register_task(TaskSpec(name="bees", kind="classification", seed_model="cracks_cnn",
                               default_classes=("bee", "wasp"), description="bees vs wasps"))
 names = [s.name for s in list_tasks()]
 assert names == ["minerals", "waste", "cracks", "caltech", "landcover", "bees"], names
@@ -146,7 +154,7 @@ print("ok")
 
 _BUILTIN_NAME_FIRST = _FRESH + """
 assert refused("cracks"), "a built-in name was taken over by a task registered before anything else"
-assert get_task("cracks").model == "cracks_cnn"
+assert get_task("cracks").seed_model == "cracks_cnn"
 print("ok")
 """
 

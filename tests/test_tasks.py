@@ -13,7 +13,7 @@ from PIL import Image
 
 import visionlab
 from visionlab.config import config_from_dict
-from visionlab.data.synthetic import make_synthetic
+from visionlab.kinds import get_kind
 from visionlab.engine.checkpoint import FORMAT, load_checkpoint
 from visionlab.errors import VisionlabError
 
@@ -23,7 +23,7 @@ TASKS = [spec.name for spec in visionlab.list_tasks()]
 def _synthetic_images(task: str, n: int = 2) -> list[Path]:
     """A few files of the task's synthetic dataset (made once per session)."""
     spec = visionlab.get_task(task)
-    root = make_synthetic(spec.name, spec.kind, list(spec.default_classes), seed=0)
+    root = get_kind(spec.kind).synthetic_data(spec)
     if spec.kind == "segmentation":
         return sorted((root / "images").iterdir())[:n]
     return [sorted((root / c).iterdir())[0] for c in spec.default_classes[:n]]
@@ -371,7 +371,7 @@ def test_moving_the_dataset_folder_keeps_every_split(kind: str, make_cls_folder,
     from conftest import write_seg_folder
     from visionlab.config import load_config
     from visionlab.registry import get_task
-    from visionlab.tasks.base import runner_for
+    from visionlab.kinds import runner_for
 
     task = "cracks" if kind == "classification" else "landcover"
     first = make_cls_folder("first", per_class=12) if kind == "classification" else write_seg_folder(tmp_path / "first", n_images=12)

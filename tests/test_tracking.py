@@ -297,9 +297,9 @@ def test_long_parameters_are_cut_to_mlflows_limit():
 def test_segmentation_logs_a_per_class_iou_table(tmp_path: Path):
     import torch
 
-    from visionlab.engine.metrics import build_meter
+    from visionlab.engine.metrics import SegmentationMeter
 
-    meter = build_meter("segmentation", 3)
+    meter = SegmentationMeter(3)
     target = torch.tensor([[[0, 0, 1, 1], [2, 2, 1, 0]]])
     meter.update(torch.tensor([[[0, 1, 1, 1], [2, 2, 1, 0]]]), target)  # predicted indices
     report = meter.report(["ground", "water", "roof"])

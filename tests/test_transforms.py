@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from visionlab.config import AUGMENT_DEFAULTS, load_config
+from visionlab.data.augment import Augment
 from visionlab.data.io import resize_mask
 from visionlab.data.transforms import BatchAugment, Normalize, cutmix_pairs, load_for_model, mix_batch, to_float
+from visionlab.errors import VisionlabError
 from visionlab.registry import get_task
-from visionlab.tasks.base import runner_for
+from visionlab.kinds import runner_for
 
 OFF = {"hflip": False, "vflip": False, "rot90": False, "rotate": 0.0, "scale": [1.0, 1.0], "translate": 0.0,
        "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
@@ -51,7 +53,7 @@ def test_batch_augment_changes_the_batch_when_on():
 def test_batch_augment_with_everything_off_is_the_identity():
     x = _batch()
     assert torch.equal(BatchAugment(OFF)(x), to_float(x))
-    assert torch.equal(BatchAugment({})(x), to_float(x))  # no keys: nothing is on
+    assert torch.equal(BatchAugment(Augment.from_config(OFF))(x), to_float(x))
     # the same from a resolved config
     cfg = load_config("cracks", overrides=[f"augment.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in OFF.items()])
     assert torch.equal(BatchAugment(cfg.augment)(x), to_float(x))
@@ -211,7 +213,7 @@ def test_load_for_model_accepts_path_pil_and_array(tmp_path: Path):
     arr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     path = tmp_path / "x.png"
     Image.fromarray(arr).save(path)
-    pre = {"kind": "classification", "image_size": 16}
+    pre = {"kind": "classification", "resize": "squash", "image_size": 16}
     out = [load_for_model(src, pre) for src in (path, str(path), Image.open(path), arr)]
     for o in out:
         assert o.shape == (16, 16, 3) and o.dtype == np.uint8
@@ -228,14 +230,14 @@ def test_load_for_model_turns_any_mode_into_rgb(tmp_path: Path, mode: str):
     img = Image.new("RGB", (20, 10), (120, 60, 30)).convert(mode)
     path = tmp_path / f"x.{'tif' if mode in ('I;16', 'CMYK') else 'png'}"
     img.save(path)
-    out = load_for_model(path, {"kind": "classification", "image_size": 8})
+    out = load_for_model(path, {"kind": "classification", "resize": "squash", "image_size": 8})
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
 
 
 def test_a_png_named_jpg_is_read(tmp_path: Path):
     path = tmp_path / "really_a_png.jpg"
     Image.new("RGB", (8, 8), (10, 200, 10)).save(path, format="PNG")
-    assert load_for_model(path, {"kind": "classification", "image_size": 8})[0, 0].tolist() == [10, 200, 10]
+    assert load_for_model(path, {"kind": "classification", "resize": "squash", "image_size": 8})[0, 0].tolist() == [10, 200, 10]
 
 
 # --------------------------------------------------------------------------- masks: nearest only
@@ -315,6 +317,43 @@ def test_segmentation_zoom_resamples_image_and_mask_together(seg_folder: Path):
         x, y = zoom_out[i]
         assert x.shape == (3, 32, 32) and y.shape == (32, 32)  # a 64 px region shrunk to the tile
         assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
+
+
+def test_one_augmentation_description_for_both_kinds():
+    """The config's defaults are Augment's; a mapping's missing keys take them, one number x for scale means [x, 1]."""
+    assert AUGMENT_DEFAULTS == Augment().as_config()
+    assert Augment.from_config({"hflip": False, "scale": 0.5}) == Augment(hflip=False, scale=(0.5, 1.0))
+    assert Augment.from_config(load_config("landcover").augment).as_config() == load_config("landcover").augment
+    with pytest.raises(VisionlabError, match="unknown augment key"):
+        Augment.from_config({"zoom": 1.0})
+
+
+def _window(full: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
+    """Every (y, x) where ``part`` lies in ``full`` unchanged."""
+    h, w = part.shape[:2]
+    return [(y, x) for y in range(full.shape[0] - h + 1) for x in range(full.shape[1] - w + 1)
+            if np.array_equal(full[y : y + h, x : x + w], part)]
+
+
+def test_segmentation_translate_moves_the_crop_window_over_image_and_mask(seg_folder: Path):
+    """'translate' shifts what a crop shows by up to that fraction of tile_size, image and mask together."""
+    from visionlab.tasks.segmentation import _CropDataset
+
+    plain = {**OFF, "translate": 0.0}
+    origins = {}
+    for translate in (0.0, 0.4):
+        runner = _seg_runner(seg_folder, augment={**plain, "translate": translate}, sampler="none")
+        ds = _CropDataset(runner, runner.splits["train"], epoch=0)
+        found = []
+        for i in range(len(ds)):
+            x, y = ds[i]
+            img, mask = runner.train_pair(int(ds.indices[i // runner.cfg.crops_per_image]))
+            where = _window(img, x.permute(1, 2, 0).numpy())
+            assert where and any(np.array_equal(mask[a : a + 32, b : b + 32], y.numpy()) for a, b in where)
+            found.append(where[0])
+        origins[translate] = found
+    moved = [(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(origins[0.0], origins[0.4])]
+    assert any(m != (0, 0) for m in moved) and all(dy <= round(0.4 * 32) and dx <= round(0.4 * 32) for dy, dx in moved)
 
 
 def test_ignored_classes_map_to_the_ignore_index(seg_folder: Path):

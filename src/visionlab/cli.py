@@ -105,45 +105,32 @@ def _root(
     _STATE["debug"] = debug
 
 
-def _recipe(task: str) -> dict:
-    """The task's default recipe (configs/<task>.yaml), read without importing torch."""
-    import yaml
-
-    from visionlab.config import config_path
-
-    path = config_path(task)
-    return (yaml.safe_load(path.read_text()) or {}) if path else {}
-
-
 @app.command("tasks")
 @handle_errors
 def tasks_cmd(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also build the models and count their parameters (imports torch).")) -> None:
-    """List the registered tasks: kind, recipe model (and the seed's), input size, classes."""
+    """List the registered tasks: kind, the model its recipe trains (and the seed's), input size, classes."""
     from rich.table import Table
 
     from visionlab.registry import list_tasks
 
     table = Table(title="visionlab tasks")
-    for col in ("task", "kind", "model (recipe / seed)", "input (recipe / seed)", "default classes", "description"):
+    for col in ("task", "kind", "model (recipe / seed)", "input", "default classes", "description"):
         table.add_column(col, overflow="fold")
     if verbose:
         table.add_column("params (recipe / seed)", justify="right")
     for spec in list_tasks():
-        rec = _recipe(spec.name)
-        recipe = str(rec.get("model", spec.model))
-        model = recipe if recipe == spec.model else f"{recipe} / {spec.model}"
-        size = rec.get("tile_size" if spec.kind == "segmentation" else "image_size", spec.input_size)
-        size_txt = f"{size} px" if size == spec.input_size else f"{size} / {spec.input_size} px"
-        row = [spec.name, spec.kind, model, size_txt, ", ".join(spec.default_classes), spec.description]
+        seed = spec.seed_model or spec.model
+        model = spec.model if seed == spec.model else f"{spec.model} / {seed}"
+        row = [spec.name, spec.kind, model, f"{spec.input_size} px", ", ".join(spec.default_classes), spec.description]
         if verbose:
             from visionlab.models import build_model, no_weights_kwargs
 
             def count(name: str) -> str:
-                args = dict(rec.get("model_args") or {}) if name == recipe else {}
+                args = dict(spec.recipe_values().get("model_args") or {}) if name == spec.model else {}
                 m = build_model(name, len(spec.default_classes), **{**args, **no_weights_kwargs(name)})
                 return f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"
 
-            row.append(count(recipe) if recipe == spec.model else f"{count(recipe)} / {count(spec.model)}")
+            row.append(count(spec.model) if seed == spec.model else f"{count(spec.model)} / {count(seed)}")
         table.add_row(*row)
     _console().print(table)
 
@@ -236,9 +223,9 @@ def report_cmd(
     device: str = typer.Option("auto", "--device", help="Device for the evaluation, when the run has none yet."),
 ) -> None:
     """One self-contained HTML page of a run: curves, metrics, confusion matrix, the images worth a look."""
-    from visionlab.report import write_report
+    from visionlab.api import run_report
 
-    typer.echo(f"wrote {write_report(run_dir, out=out, device=device, console=_console())}")
+    typer.echo(f"wrote {run_report(run_dir, out=out, device=device, console=_console())}")
 
 
 @app.command("serve")

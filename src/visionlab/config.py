@@ -1,123 +1,131 @@
 """Typed training configuration: defaults <- configs/<task>.yaml <- --config FILE <- --set key=value.
 
-Every key is a field of :class:`Config`; an unknown key is an error that lists the valid ones,
-values are coerced to the field's type and checked against the allowed choices. The resolved
-config is written into every run folder and saved in every checkpoint. No torch import here.
+:class:`Config` is the one place where every key, its default and its meaning are written; a
+recipe (``configs/<task>.yaml``) lists only what it chooses, and the resolved config, complete, is
+written into every run folder and saved in every checkpoint. An unknown key is an error that lists
+the valid ones, values are coerced to the field's type and checked against the allowed choices,
+and a key of one kind of task (segmentation's ``tile_size``, a classifier's ``mixup``) set on a
+task of another kind is refused. No torch import here.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
 import yaml
 
+from visionlab.data.augment import Augment
 from visionlab.errors import VisionlabError
 
 __all__ = [
-    "Config", "AUGMENT_DEFAULTS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "load_config", "config_path", "parse_overrides", "config_from_dict",
+    "Config", "AUGMENT_DEFAULTS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "kind_keys", "check_kind_keys", "load_config", "config_path", "parse_overrides", "config_from_dict",
     "dump_config", "resume_config", "resume_differences", "check_resume",
 ]
-
-# Keys a resumed run may change: how long and where it runs, not what it learns from or what it is.
-# ``out`` only says where to look for the run; ``track`` only where else it is logged.
-RESUME_SAFE_KEYS = frozenset({
-    "epochs", "early_stopping", "device", "num_workers", "cache", "cache_budget_mb", "compile",
-    "checkpoint_every_steps", "checkpoint_every_minutes", "out", "track",
-})
 
 # Experiment trackers the config key ``track`` may name (visionlab.engine.tracking implements them).
 TRACKER_NAMES = ("tensorboard", "mlflow")
 
-AUGMENT_DEFAULTS: dict[str, Any] = {
-    "hflip": True,        # random horizontal flip
-    "vflip": False,       # random vertical flip
-    "rot90": False,       # random multiples of 90 degrees (aerial / texture data)
-    "rotate": 0.0,        # max random rotation, degrees
-    "scale": [0.85, 1.0],  # random zoom: fraction of the side kept (1.0 = none); segmentation: side of the
-                           # region that fills a crop, relative to tile_size (> 1 zooms out)
-    "translate": 0.05,    # max random shift, fraction of the size
-    "brightness": 0.2,    # colour jitter strengths (0 = off)
-    "contrast": 0.2,
-    "saturation": 0.2,
-    "hue": 0.0,
-}
+# The ``augment`` keys, their defaults and their meaning: visionlab.data.augment.Augment (one for both kinds).
+AUGMENT_DEFAULTS: dict[str, Any] = Augment().as_config()
 
-_CHOICES = {
-    "optimizer": ("adamw", "sgd"),
-    "schedule": ("cosine", "onecycle", "constant"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "cache": ("auto", "memory", "disk", "none"),
-    "class_weights": ("none", "balanced"),
-    "sampler": ("none", "balanced"),
-    "loss": ("ce", "focal", "focal+dice", "ce+dice", "focal+lovasz", "ce+lovasz"),
-    "tta": ("none", "hflip", "flips", "d4"),
-}
+
+def _key(default: Any, doc: str, *, kind: str = "", choices: tuple[str, ...] = (), resume_safe: bool = False,
+         instead: str = "") -> Any:
+    """One field of :class:`Config`: its default and one-line meaning, written here and nowhere else.
+
+    ``kind``: the one kind of task that reads the key ('' = every kind); ``choices``: its allowed
+    values; ``resume_safe``: a resumed run may change it; ``instead``: what to use on the other kind.
+    """
+    meta = {"doc": doc, "kind": kind, "choices": choices, "resume_safe": resume_safe, "instead": instead}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Config:
-    """All knobs of one training run. ``configs/<task>.yaml`` documents each key."""
+    """All knobs of one training run, each with its default and meaning; recipes set only what they choose.
 
-    task: str = ""
-    # data
-    data: str = "synthetic"
-    classes: list[str] | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
-    # model and preprocessing
-    model: str = ""
-    model_args: dict = field(default_factory=dict)
-    image_size: int = 0
-    background_removal: bool = False
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup between pairs of training images (0 = off; classifiers only)
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0 = off; segmentation pastes mask and image); with mixup, one per batch
-    class_weights: str = "none"
-    sampler: str = "none"
-    grad_clip: float = 0.0
-    accumulate: int = 1  # gradient accumulation: one optimiser step every K batches (global batch = batch_size x processes x K)
-    backbone_lr_scale: float = 1.0  # lr of the pretrained body relative to lr (the new head always gets lr)
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and saved
-    tta: str = "none"  # test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)
-    early_stopping: int = 5
-    monitor: str = ""
-    max_steps_per_epoch: int = 0
-    checkpoint_every_steps: int = 0  # also write last.pt every N optimiser steps, resumable mid-epoch (0 = epoch ends only)
-    checkpoint_every_minutes: float = 0.0  # ... or every M minutes of training (0 = off)
-    augment: dict = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
-    # segmentation
-    loss: str = "ce"
-    focal_gamma: float = 2.0
-    tile_size: int = 256
-    tile_overlap: float = 0.25
-    crops_per_image: int = 16
-    seg_scale: float = 1.0
-    ignore_classes: list[str] = field(default_factory=list)
-    # runtime
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    sync_batchnorm: bool = False  # under torchrun on CUDA: batch-norm statistics over the global batch
-    cache: str = "auto"
-    cache_budget_mb: int = 4096
-    num_workers: int = -1
-    out: str = "runs"
-    name: str | None = None
-    track: list[str] = field(default_factory=list)  # experiment trackers besides metrics.csv: tensorboard, mlflow
+    Keys marked ``kind=`` belong to one kind of task (:func:`kind_keys`); :func:`check_kind_keys`
+    refuses them, set away from their default, on a task of another kind.
+    """
+
+    # --- task and data
+    task: str = _key("", "registered task name (set by load_config)")
+    data: str = _key("synthetic", "dataset folder or CSV, or 'synthetic' for generated images")
+    classes: list[str] | None = _key(None, "null = every class folder, sorted; or a list to choose and order them")
+    val_fraction: float = _key(0.15, "held out for validation when the data has no val/ split (fixed seed; classes stratified; "
+                               "segmentation: whole images)")
+    test_fraction: float = _key(0.15, "held out for testing when the data has no test/ split")
+    seed: int = _key(42, "seed of the splits, initialisation and augmentation")
+    # --- model and preprocessing
+    model: str = _key("", "any name from visionlab.models.list_models() (default: the task's model)")
+    model_args: dict = _key({}, "arguments of the model builder, e.g. {pretrained: true}; reset when the model changes")
+    image_size: int = _key(0, "images are decoded once and resized (squashed) to this size, px (default: the task's)")
+    # --- optimisation
+    epochs: int = _key(10, "training epochs", resume_safe=True)
+    batch_size: int = _key(32, "images (segmentation: crops) per batch and process")
+    lr: float = _key(1e-3, "peak learning rate")
+    weight_decay: float = _key(0.05, "decoupled weight decay")
+    optimizer: str = _key("adamw", "adamw | sgd", choices=("adamw", "sgd"))
+    schedule: str = _key("cosine", "cosine (after linear warmup) | onecycle | constant", choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float = _key(1.0, "epochs of linear learning-rate warmup")
+    cutmix: float = _key(0.0, "Beta(alpha, alpha) of CutMix (0 = off; segmentation pastes mask and image); with mixup, one per batch")
+    class_weights: str = _key("none", "none | balanced: inverse class frequency in the loss (segmentation: pixel frequency, "
+                              "on the ce term)", choices=("none", "balanced"))
+    sampler: str = _key("none", "none | balanced: oversample rare classes (segmentation: half the crops are centred on a "
+                        "random class present)", choices=("none", "balanced"))
+    grad_clip: float = _key(0.0, "clip the gradient norm to this (0 = off)")
+    accumulate: int = _key(1, "gradient accumulation: one optimiser step every K batches (global batch = batch_size x processes x K)")
+    backbone_lr_scale: float = _key(1.0, "lr of the pretrained body relative to lr (the new head always gets lr)")
+    ema: float = _key(0.0, "decay of an exponential moving average of the weights (0 = off); evaluated and saved")
+    tta: str = _key("none", "test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)",
+                    choices=("none", "hflip", "flips", "d4"))
+    early_stopping: int = _key(5, "epochs without improvement of 'monitor' before stopping (0 = off)", resume_safe=True)
+    monitor: str = _key("", "metric that picks best.pt, e.g. val_accuracy (default: val_ plus the kind's primary metric)")
+    max_steps_per_epoch: int = _key(0, "cap on the training steps of an epoch (0 = a full pass)")
+    checkpoint_every_steps: int = _key(0, "also write last.pt every N optimiser steps, resumable mid-epoch (0 = epoch ends only)",
+                                       resume_safe=True)
+    checkpoint_every_minutes: float = _key(10.0, "... or every M minutes of training, so long epochs on big data resume "
+                                           "mid-epoch (0 = off)", resume_safe=True)
+    augment: dict = _key(AUGMENT_DEFAULTS, "training-batch augmentation, keys of AUGMENT_DEFAULTS (validation and test are never augmented)")
+    # --- classification only
+    background_removal: bool = _key(False, "remove the background before resizing (the minerals seed's edges and contours; "
+                                    "at train and predict time)", kind="classification")
+    label_smoothing: float = _key(0.0, "label smoothing of the cross-entropy", kind="classification")
+    mixup: float = _key(0.0, "Beta(alpha, alpha) of mixup between pairs of training images (0 = off)", kind="classification",
+                        instead="masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)")
+    # --- segmentation only
+    loss: str = _key("ce", "ce | focal | focal+dice | ce+dice | focal+lovasz | ce+lovasz (smp losses)", kind="segmentation",
+                     choices=("ce", "focal", "focal+dice", "ce+dice", "focal+lovasz", "ce+lovasz"),
+                     instead="a classifier trains with cross-entropy; shape it with label_smoothing and class_weights")
+    focal_gamma: float = _key(2.0, "focusing exponent of the focal loss", kind="segmentation")
+    tile_size: int = _key(256, "training crop and inference tile, px (a multiple of 32)", kind="segmentation")
+    tile_overlap: float = _key(0.25, "inference tiles overlap by this fraction and are blended", kind="segmentation")
+    crops_per_image: int = _key(16, "random training crops per image per epoch", kind="segmentation")
+    seg_scale: float = _key(1.0, "images are scaled by this before cropping and tiling (masks: nearest); predictions come "
+                            "back at the original size", kind="segmentation")
+    ignore_classes: list[str] = _key([], "classes treated like 255: neither learned nor scored", kind="segmentation")
+    # --- runtime
+    device: str = _key("auto", "auto | cpu | cuda | cuda:N", resume_safe=True)
+    precision: str = _key("auto", "auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16 (CUDA)",
+                          choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = _key(True, "channels-last memory format for the model and batches")
+    compile: bool = _key(False, "torch.compile the model", resume_safe=True)
+    sync_batchnorm: bool = _key(False, "under torchrun on CUDA: batch-norm statistics over the global batch")
+    cache: str = _key("auto", "decode cache: auto (RAM + reusable memory-mapped file) | memory | disk | none (stream)",
+                      choices=("auto", "memory", "disk", "none"), resume_safe=True)
+    cache_budget_mb: int = _key(4096, "the in-memory cache never holds more than this, MiB", resume_safe=True)
+    num_workers: int = _key(-1, "data-loading worker processes (-1 = auto)", resume_safe=True)
+    out: str = _key("runs", "runs go to <out>/<task>/<name>/ (on resume: only where to look for the run)", resume_safe=True)
+    name: str | None = _key(None, "run folder name (default: a timestamp)")
+    track: list[str] = _key([], "experiment trackers besides metrics.csv: tensorboard, mlflow (on resume: only where else "
+                            "it is logged)", resume_safe=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +133,33 @@ class Config:
     @property
     def is_synthetic(self) -> bool:
         return str(self.data).lower() == "synthetic"
+
+
+# Keys a resumed run may change: how long and where it runs, not what it learns from or what it is.
+RESUME_SAFE_KEYS = frozenset(f.name for f in fields(Config) if f.metadata["resume_safe"])
+
+_CHOICES = {f.name: f.metadata["choices"] for f in fields(Config) if f.metadata["choices"]}
+
+
+def kind_keys(kind: str) -> list[str]:
+    """The config keys only tasks of ``kind`` read (e.g. tile_size for segmentation)."""
+    return [f.name for f in fields(Config) if f.metadata["kind"] == kind]
+
+
+def check_kind_keys(cfg: Config, kind: str) -> None:
+    """Refuse a key of another kind set away from its default: a classifier has no tile_size to use.
+
+    Every key stays in the resolved config (complete for every kind), at its default where unused.
+    """
+    for f in fields(Config):
+        owner, value = f.metadata["kind"], getattr(cfg, f.name)
+        default = f.default_factory() if f.default is MISSING else f.default
+        if owner and owner != kind and value != default:
+            instead = f.metadata["instead"]
+            raise VisionlabError(
+                f"{f.name}={value!r} is a {owner} key; {cfg.task} is a {kind} task and does not use it.",
+                f"Remove {f.name!r} (or set it to {default!r}){'; ' + instead if instead else ''}.",
+            )
 
 
 def _valid_keys() -> list[str]:
@@ -201,7 +236,7 @@ def _coerce_augment(key: str, value: Any) -> Any:
         if isinstance(value, (int, str)) and str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
             return str(value).lower() in ("true", "yes", "1")
         raise bad("true or false")
-    if isinstance(default, list):  # scale: [min, max] fraction of the image kept; one number x means [x, 1]
+    if isinstance(default, list):  # scale: [min, max]; one number x means [x, 1]
         values = value if isinstance(value, (list, tuple)) else [value, 1.0]
         try:
             lo, hi = (float(v) for v in values)
@@ -268,12 +303,10 @@ def _trackers(names: list[str]) -> list[str]:
 
 
 def config_path(task: str) -> Path | None:
-    """The packaged default recipe for ``task`` (``configs/<task>.yaml``), if any."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "configs" / f"{task}.yaml", here.parents[1] / "configs" / f"{task}.yaml"):
-        if cand.exists():
-            return cand
-    return None
+    """The recipe of ``task`` (its :attr:`~visionlab.registry.TaskSpec.recipe_path`), if any."""
+    from visionlab.registry import get_task
+
+    return get_task(task).recipe_path
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -343,7 +376,7 @@ def load_config(
     spec = get_task(task)
     values: dict[str, Any] = asdict(Config())
     values.update(task=spec.name, model=spec.model, image_size=spec.input_size)
-    default = config_path(spec.name)
+    default = spec.recipe_path
     if default is not None:
         _merge(values, _read_yaml(default), str(default))
     if config is not None:
@@ -353,7 +386,9 @@ def load_config(
         _merge(values, user, str(config))
     _merge(values, parse_overrides(overrides), "--set")
     values["task"] = spec.name
-    return _validate(Config(**values))
+    cfg = _validate(Config(**values))
+    check_kind_keys(cfg, spec.kind)
+    return cfg
 
 
 def resume_differences(saved: Config, requested: Config) -> dict[str, tuple[Any, Any]]:

@@ -50,49 +50,14 @@ import torch
 
 from visionlab._version import __version__
 from visionlab.errors import VisionlabError
-from visionlab.runtime import FORMAT, JSON_FIELDS, open_session, read_metadata
+from visionlab.engine.onnx_model import OnnxModule, onnx_state
+from visionlab.runtime import FORMAT, JSON_FIELDS, open_session
 
 __all__ = ["export_onnx", "ExportResult", "Parity", "OnnxModule", "onnx_state", "check_parity", "DEFAULT_OPSET", "PARITY_BATCHES"]
 
 DEFAULT_OPSET = 17
 PARITY_BATCHES = (1, 2, 5)  # batch 1, a batch of 2 (the traced size) and an odd one
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-
-
-# ------------------------------------------------------------------ running exported files from torch code
-class OnnxModule(torch.nn.Module):
-    """An exported file behaving like the PyTorch model inside visionlab's own code paths:
-    a float NCHW tensor in (any device; run on the CPU by onnxruntime), float32 logits out on
-    the input's device. Test-time augmentation, tiling and metrics are reused unchanged."""
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        super().__init__()
-        self.path = str(path)
-        # as many threads as torch would use here (OMP_NUM_THREADS / torch.set_num_threads), one inter-op
-        self.session = open_session(path, threads or torch.get_num_threads())
-        self._input = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self._input: arr})[0]).to(x.device)
-
-    def extra_repr(self) -> str:
-        return f"path={self.path!r}"
-
-
-def onnx_state(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint-like dict (no weights) rebuilt from an exported file's metadata.
-
-    ``state["onnx"]`` holds the path; :func:`visionlab.engine.checkpoint.model_from_state` turns it
-    into an :class:`OnnxModule`. The config is the training run's, with fp32 and the default
-    memory format, as the file runs in onnxruntime's fp32."""
-    meta = read_metadata(open_session(path, threads=1, optimize=False), path)
-    config = dict(meta["config"], precision="fp32", channels_last=False)
-    return {"task": meta["task"], "kind": meta["kind"], "classes": list(meta["classes"]),
-            "preprocessing": dict(meta["preprocessing"]), "config": config, "model_name": meta.get("model_name", ""),
-            "model_args": dict(meta["model_args"]), "data": dict(meta["data"]),
-            "visionlab_version": meta.get("visionlab_version", ""), "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
-            "onnx": str(path)}
 
 
 # ------------------------------------------------------------------ parity
@@ -304,7 +269,7 @@ def export_onnx(
     ``min_labels`` (``min_pixels`` for masks) of the top-1 labels agree.
     """
     from visionlab.api import _console, _resolve_checkpoint
-    from visionlab.engine.checkpoint import load_checkpoint, model_from_state
+    from visionlab.engine.checkpoint import load_checkpoint, load_model
 
     console = _console(console)
     if str(format).lower() != "onnx":
@@ -322,7 +287,7 @@ def export_onnx(
     dest = Path(out).expanduser() if out else src.with_suffix(".onnx")
     if dest.suffix.lower() != ".onnx":
         raise VisionlabError(f"--out {dest}: an exported model's name must end in .onnx.", "Pass e.g. --out model.onnx.")
-    model = model_from_state(state).float().eval()
+    model = load_model(state, channels_last=False).float()
     pre = state["preprocessing"]
     size = int(pre["image_size"])
     images, source = _sample_images(state, sum(PARITY_BATCHES), size)

@@ -20,37 +20,45 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from visionlab.errors import VisionlabError
+from visionlab.kinds import get_kind
 
-__all__ = ["write_report", "render_report"]
+__all__ = ["write_report", "render_report", "find_evaluation", "run_checkpoint"]
 
 _PALETTE = ("#3b5bfd", "#f08c00", "#0f9d58", "#d6336c", "#7048e8", "#1098ad", "#5c940d", "#e8590c")
 esc = html.escape
 
 
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, eval_dir: str | os.PathLike | None = None,
-                 device: str = "auto", console: Any = None) -> Path:
-    """Write the report of ``run_dir`` (or of one of its ``eval-*`` folders) and return its path.
-
-    Without an evaluation in the run folder, the best checkpoint is evaluated on its test split first."""
+def find_evaluation(run_dir: str | os.PathLike) -> tuple[Path, Path | None]:
+    """The run folder and its latest evaluation (an ``eval-*`` folder with metrics.json), or None;
+    ``run_dir`` may be the run folder or one of its evaluation folders."""
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise VisionlabError(f"{run} is not a folder.", "Pass a run folder, e.g. runs/cracks/<name>.")
-    if eval_dir is None and (run / "metrics.json").exists() and not (run / "metrics.csv").exists():
-        run, eval_dir = run.parent, run  # an eval-* folder was given
-    if eval_dir is None:
-        evals = sorted((d for d in run.glob("eval-*") if (d / "metrics.json").exists()), key=lambda d: d.stat().st_mtime)
-        if evals:
-            eval_dir = evals[-1]
-        else:
-            ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"
-            if not ckpt.exists():
-                raise VisionlabError(f"{run} has neither an evaluation nor a checkpoint.", "Pass a run folder written by visionlab train.")
-            from visionlab.api import _console, evaluate
+    if (run / "metrics.json").exists() and not (run / "metrics.csv").exists():
+        return run.parent, run  # an eval-* folder was given
+    evals = sorted((d for d in run.glob("eval-*") if (d / "metrics.json").exists()), key=lambda d: d.stat().st_mtime)
+    return run, (evals[-1] if evals else None)
 
-            console = _console(console)
-            console.print(f"{run} has no evaluation yet: evaluating {ckpt.name} on its test split first")
-            evaluate(ckpt, device=device, console=console)
-            return write_report(run, out=out, device=device, console=console)
+
+def run_checkpoint(run: Path) -> Path:
+    """The run's best.pt (else its last.pt)."""
+    ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"
+    if not ckpt.exists():
+        raise VisionlabError(f"{run} has neither an evaluation nor a checkpoint.", "Pass a run folder written by visionlab train.")
+    return ckpt
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, eval_dir: str | os.PathLike | None = None) -> Path:
+    """Write the report of ``run_dir`` (or of one of its ``eval-*`` folders) and return its path.
+
+    ``eval_dir`` defaults to the run's latest evaluation; :func:`visionlab.api.run_report` evaluates
+    a run that has none first."""
+    if eval_dir is None:
+        run, eval_dir = find_evaluation(run_dir)
+        if eval_dir is None:
+            raise VisionlabError(f"{run} has no evaluation yet.", f"Run 'visionlab report {run}' (it evaluates first) or 'visionlab evaluate'.")
+    else:
+        run = Path(run_dir).expanduser()
     eval_dir = Path(eval_dir)
     page = render_report(run, eval_dir)
     path = Path(out) if out else eval_dir / "report.html"
@@ -84,6 +92,7 @@ def render_report(run: Path, eval_dir: Path) -> str:
     examples = json.loads(examples_file.read_text()) if examples_file.exists() else []
     classes = [str(c) for c in rep.get("class_names", [])]
     kind = rep.get("kind", "")
+    task_kind = get_kind(kind)
     task = rep.get("task", summary.get("task", run.parent.name))
     title = f"{task} · {run.name}"
     facts = [("task", task), ("kind", kind), ("model", summary.get("model", "")), ("data", rep.get("data", "")),
@@ -99,13 +108,10 @@ def render_report(run: Path, eval_dir: Path) -> str:
     if rep.get("per_class"):
         parts.append(_section("Per class", _per_class(rep["per_class"])))
     if rep.get("confusion_matrix"):
-        what = "pixels" if kind == "segmentation" else "images"
-        parts.append(_section("Confusion matrix", _confusion(rep["confusion_matrix"], classes, what)))
+        parts.append(_section("Confusion matrix", _confusion(rep["confusion_matrix"], classes, task_kind.confusion_unit)))
     if examples:
-        heading = "Worst images by IoU" if kind == "segmentation" else "Most confident mistakes"
-        note = ("photo, true mask and predicted mask, lowest mIoU first" if kind == "segmentation"
-                else "the wrong answers the model was surest of, most confident first")
-        parts.append(_section(heading, f"<p class='note'>{esc(note)}</p>" + _examples(examples, eval_dir / "examples")))
+        parts.append(_section(task_kind.examples_heading, f"<p class='note'>{esc(task_kind.examples_note)}</p>"
+                              + _examples(examples, eval_dir / "examples")))
     made = time.strftime("%Y-%m-%d %H:%M")
     from visionlab._version import __version__
 

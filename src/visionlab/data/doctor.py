@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -50,6 +50,8 @@ __all__ = [
     "Finding",
     "Report",
     "check_dataset",
+    "check_classification",
+    "check_segmentation",
     "run_check",
     "training_warnings",
     "phash",
@@ -63,7 +65,6 @@ __all__ = [
 ]
 
 Severity = Literal["error", "warning", "info"]
-Kind = Literal["classification", "segmentation"]
 
 #: Default Hamming distance (of 64 bits) at or below which two perceptual hashes are near duplicates.
 #: A photo halved and re-encoded at JPEG quality 20 lands at 0-2; unrelated photos at 20-40, but
@@ -114,7 +115,7 @@ class Report:
     """Everything :func:`check_dataset` found: findings by severity plus statistics."""
 
     root: str
-    kind: Kind
+    kind: str  # the task kind whose checks ran
     n_images: int
     classes: list[str]
     counts: dict[str, dict[str, int]]  # class -> split ('all' when unsplit) -> images
@@ -312,7 +313,7 @@ def _says(n: int, word: str, verb: str) -> str:
 # ----------------------------------------------------------------------------- the check
 
 
-def guess_kind(path: str | os.PathLike) -> Kind:
+def guess_kind(path: str | os.PathLike) -> str:
     """'segmentation' when the folder has ``classes.json`` and an ``images/`` folder (maybe per split)."""
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -328,8 +329,44 @@ def guess_kind(path: str | os.PathLike) -> Kind:
 
 def check_dataset(
     path: str | os.PathLike,
-    kind: Kind | None = None,
+    kind: str | None = None,
     classes: list[str] | None = None,
+    **options: Any,
+) -> Report:
+    """Inspect a dataset folder (or CSV) and return a :class:`Report`; nothing is modified.
+
+    ``kind`` (a task kind's name) is guessed when None (see :func:`guess_kind`); the kind runs
+    its checks (:func:`check_classification`, :func:`check_segmentation`). ``classes`` restricts
+    a classification dataset to those class folders, as the config's ``classes`` does. The
+    ``options`` are those of :func:`check_classification`.
+    """
+    from visionlab.kinds import get_kind
+
+    return get_kind(kind or guess_kind(path)).check_data(path, classes=classes, **options)
+
+
+def check_classification(path: str | os.PathLike, classes: list[str] | None = None, **options: Any) -> Report:
+    """The checks of a classification dataset (class folders or a CSV); see :func:`_check` for ``options``."""
+    cidx = find_classification(path, classes)
+    return _check("classification", cidx.root, cidx.paths, [None] * len(cidx.paths), cidx.splits, cidx.labels, cidx.classes,
+                  None, **options)
+
+
+def check_segmentation(path: str | os.PathLike, **options: Any) -> Report:
+    """The checks of a segmentation dataset (images, masks, classes.json), masks included."""
+    sidx = find_segmentation(path, require_masks=False)
+    return _check("segmentation", sidx.root, sidx.images, sidx.masks, sidx.splits, None, sidx.class_names, sidx, **options)
+
+
+def _check(
+    kind: str,
+    root: Path,
+    files: list[Path],
+    masks: list[Path | None],
+    splits: list[str | None],
+    labels: list[int] | None,
+    class_names: list[str],
+    sidx: SegmentationIndex | None,
     near_dup_threshold: int = NEAR_DUP_THRESHOLD,
     near_dup_max_mae: float = NEAR_DUP_MAX_MAE,
     tiny_side: int = TINY_SIDE,
@@ -337,31 +374,10 @@ def check_dataset(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Inspect a dataset folder (or CSV) and return a :class:`Report`; nothing is modified.
-
-    ``kind`` is guessed when None (see :func:`guess_kind`). ``classes`` restricts a
-    classification dataset to those class folders, as the config's ``classes`` does.
-    ``progress(done, total)`` is called as files are decoded.
-    """
+    """The checks every dataset gets; ``labels`` (per image) add the balance checks, ``sidx`` the
+    mask checks. ``progress(done, total)`` is called as files are decoded."""
     t0 = time.perf_counter()
-    if kind is None:
-        kind = guess_kind(path)
-    if kind not in ("classification", "segmentation"):
-        raise VisionlabError(f"unknown dataset kind {kind!r}.", "Use 'classification' or 'segmentation'.")
-
-    masks: list[Path | None]
-    if kind == "segmentation":
-        sidx = find_segmentation(path, require_masks=False)
-        root, files, masks, splits = sidx.root, sidx.images, sidx.masks, sidx.splits
-        labels: list[int] | None = None
-        class_names = sidx.class_names
-    else:
-        cidx = find_classification(path, classes)
-        root, files, splits, labels = cidx.root, cidx.paths, cidx.splits, cidx.labels
-        masks = [None] * len(files)
-        class_names = cidx.classes
-
-    want_mask = kind == "segmentation"
+    want_mask = sidx is not None
     done = 0
     scans: list[_Scan] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
@@ -395,7 +411,7 @@ def check_dataset(
     if labels is not None:
         _balance_findings(report, split_keys, imbalance_warn)
     _duplicate_findings(report, scans, labels, splits, class_names, near_dup_threshold, near_dup_max_mae)
-    if kind == "segmentation":
+    if sidx is not None:
         _mask_findings(report, scans, masks, sidx)
     if root.is_dir():
         _unused_files(report, root, files, masks)

@@ -151,10 +151,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
     """File / PIL image / array -> HxWx3 uint8 array as the model expects it (before normalising).
 
-    Classification: decode, optional background removal, resize (squash) to ``image_size``.
-    Segmentation: decode and scale by ``seg_scale`` (full images are tiled later, never squashed).
-    """
-    if pre.get("kind") == "segmentation":
+    The preprocessing record says how: ``resize: squash`` decodes, optionally removes the
+    background and resizes (squashes) to ``image_size`` (whole-image models); otherwise the image
+    is decoded and scaled by ``seg_scale`` (dense models: full images are tiled later, never
+    squashed; records written before the ``resize`` key have none)."""
+    if pre.get("resize") != "squash":
         img = load_image(src)
         scale = float(pre.get("seg_scale", 1.0))
         if scale != 1.0:

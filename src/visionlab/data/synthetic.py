@@ -13,6 +13,7 @@ import colorsys
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -50,7 +51,6 @@ def make_classification(root: Path, classes: list[str], per_class: int = 24, siz
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             Image.fromarray(_class_image(k, len(classes), size, rng)).save(d / f"img_{i:03d}.png")
-    (root / SYNTHETIC_MARKER).write_text("synthetic data made by visionlab\n")
     return root
 
 
@@ -88,20 +88,21 @@ def make_segmentation(root: Path, classes: list[str], n_images: int = 12, size: 
         Image.fromarray(mask).save(root / "masks" / f"tile_{i:03d}.png")
     spec = {"ignore_index": 255, "classes": [{"value": k, "name": c, "color": _PALETTE[k % len(_PALETTE)]} for k, c in enumerate(classes)]}
     (root / "classes.json").write_text(json.dumps(spec, indent=2))
-    (root / SYNTHETIC_MARKER).write_text("synthetic data made by visionlab\n")
     return root
 
 
-def make_synthetic(task: str, kind: str, classes: list[str], seed: int = 0, root: Path | None = None) -> Path:
-    """Make (once, then reuse) the synthetic dataset of a task and return its folder."""
+def make_synthetic(task: str, write: Callable[[Path], None], seed: int = 0, root: Path | None = None) -> Path:
+    """Make (once, then reuse) the synthetic dataset of a task and return its folder.
+
+    ``write(folder)`` writes the dataset into an empty folder (the task kind's maker, e.g.
+    :func:`make_classification`); the folder is renamed into place when complete."""
     folder = (root or synthetic_root()) / f"{task}-v1-s{seed}"
     if (folder / SYNTHETIC_MARKER).exists():
         return folder
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    if kind == "segmentation":
-        make_segmentation(tmp, classes, seed=seed)
-    else:
-        make_classification(tmp, classes, seed=seed)
+    tmp.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    (tmp / SYNTHETIC_MARKER).write_text("synthetic data made by visionlab\n")
     try:
         tmp.rename(folder)
     except OSError:  # made concurrently by another process: keep theirs

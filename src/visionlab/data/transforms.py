@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from visionlab.data.augment import Augment
 from visionlab.data.io import load_for_model
 
 __all__ = ["load_for_model", "BatchAugment", "Normalize", "to_float", "affine_grid"]
@@ -62,23 +63,16 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class BatchAugment(torch.nn.Module):
     """Per-sample random augmentation applied to a whole batch at once.
 
-    ``cfg`` holds the ``augment`` keys of the config (see ``configs/*.yaml``). Input: uint8 or
-    float NCHW in [0, 1]; output: float NCHW in [0, 1], same size.
+    ``cfg`` is an :class:`~visionlab.data.augment.Augment` or a config's ``augment`` mapping (each
+    key's meaning is there). Input: uint8 or float NCHW in [0, 1]; output: float NCHW in [0, 1], same size.
     """
 
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: Augment | Mapping[str, Any]) -> None:
         super().__init__()
-        self.hflip = bool(cfg.get("hflip", False))
-        self.vflip = bool(cfg.get("vflip", False))
-        self.rot90 = bool(cfg.get("rot90", False))
-        self.rotate = float(cfg.get("rotate", 0.0))
-        scale = cfg.get("scale", [1.0, 1.0])
-        self.scale = (float(scale[0]), float(scale[1])) if isinstance(scale, (list, tuple)) else (float(scale), 1.0)
-        self.translate = float(cfg.get("translate", 0.0))
-        self.brightness = float(cfg.get("brightness", 0.0))
-        self.contrast = float(cfg.get("contrast", 0.0))
-        self.saturation = float(cfg.get("saturation", 0.0))
-        self.hue = float(cfg.get("hue", 0.0))
+        aug = cfg if isinstance(cfg, Augment) else Augment.from_config(cfg)
+        self.hflip, self.vflip, self.rot90, self.rotate = aug.hflip, aug.vflip, aug.rot90, aug.rotate
+        self.scale, self.translate = aug.scale, aug.translate
+        self.brightness, self.contrast, self.saturation, self.hue = aug.brightness, aug.contrast, aug.saturation, aug.hue
 
     def _geometric(self, x: torch.Tensor) -> torch.Tensor:
         n, dev = x.shape[0], x.device
@@ -92,7 +86,7 @@ class BatchAugment(torch.nn.Module):
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
             return x
         u = lambda lo, hi: torch.empty(n, device=dev).uniform_(lo, hi)  # noqa: E731
-        s = u(*self.scale)  # fraction of the image kept: <1 zooms in
+        s = u(*self.scale)  # side of the region shown, relative to the image's: <1 zooms in
         ang = u(-self.rotate, self.rotate) * (math.pi / 180.0) if self.rotate > 0 else torch.zeros(n, device=dev)
         if self.rot90:
             ang = ang + torch.randint(0, 4, (n,), device=dev).float() * (math.pi / 2)

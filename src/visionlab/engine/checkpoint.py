@@ -6,7 +6,7 @@ plus data info, history and the best metric); ``last.pt`` adds what resume needs
 ``predict`` rebuilds the model from a checkpoint alone.
 
 An exported ``.onnx`` file (``visionlab export``) loads through the same :func:`load_checkpoint`:
-its metadata becomes the same checkpoint-like dict (without weights), and :func:`model_from_state`
+its metadata becomes the same checkpoint-like dict (without weights), and :func:`load_model`
 returns an onnxruntime-backed module in place of the PyTorch model, so evaluation, prediction,
 test-time augmentation and tiling run unchanged on it."""
 
@@ -24,7 +24,7 @@ import torch
 from visionlab.errors import VisionlabError
 
 __all__ = ["FORMAT", "REQUIRED", "RESUME_REQUIRED", "TRAINING_STATE", "CheckpointWriteError", "save_checkpoint",
-           "load_checkpoint", "inference_state", "model_from_state", "remove_stale_temporaries", "state_nbytes"]
+           "load_checkpoint", "inference_state", "load_model", "remove_stale_temporaries", "state_nbytes"]
 
 FORMAT = "visionlab-checkpoint/1"
 # What evaluate/predict need to rebuild the model, and the type each must have.
@@ -103,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None, res
     if not p.exists():
         raise VisionlabError(f"checkpoint {p} does not exist.", "Train first (visionlab train --task T) or pass --checkpoint PATH.")
     if p.suffix.lower() == ".onnx":
-        from visionlab.export import onnx_state
+        from visionlab.engine.onnx_model import onnx_state
 
         state = onnx_state(p)
     else:
@@ -139,14 +139,23 @@ def _load_torch(p: Path) -> dict[str, Any]:
     return state
 
 
-def model_from_state(state: dict[str, Any]) -> torch.nn.Module:
-    """The model of a loaded checkpoint with its weights (an onnxruntime-backed module for .onnx)."""
+def load_model(checkpoint: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu",
+               channels_last: bool | None = None) -> torch.nn.Module:
+    """The model of a checkpoint (a path, or a state :func:`load_checkpoint` returned) with its
+    weights, on ``device``, in eval mode; an onnxruntime-backed module for an exported .onnx file.
+
+    ``channels_last`` (default: as the run's config says) sets the memory format the model was
+    trained in. The one place a model is rebuilt from a checkpoint (predict, evaluate, export, resume)."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     if state.get("onnx"):
-        from visionlab.export import OnnxModule
+        from visionlab.engine.onnx_model import OnnxModule
 
         return OnnxModule(state["onnx"])
     from visionlab.models import build_model
 
     model = build_model(state["model_name"], num_classes=len(state["classes"]), **state["model_args"])
     model.load_state_dict(state["model"])
-    return model
+    model = model.to(device).eval()
+    if channels_last is None:
+        channels_last = bool(state.get("config", {}).get("channels_last", False))
+    return model.to(memory_format=torch.channels_last) if channels_last else model

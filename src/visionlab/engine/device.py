@@ -94,12 +94,10 @@ def resolve_precision(precision: str, device: torch.device, training_model: torc
     """'auto': bf16 on CUDA GPUs that have it (else fp16 + scaler), bf16 on CPUs with bf16 units.
 
     On CPU, training a ``training_model`` made of depthwise and pointwise convolutions stays in fp32
-    under 'auto': oneDNN's bf16 backward of depthwise convolutions is slower than fp32 (measured on
-    this project's EPYC, channels_last, batch 32 at 128 px: efficientnet_lite0 1.10 s a step in bf16
-    vs 0.81 s in fp32, while cracks_cnn, minerals_cnn, waste_cnn, resnet18 and unet are 1.6-2x
-    faster in bf16). A U-Net on a Lite0 encoder is dominated by its decoder's dense 3x3
-    convolutions and trains 1.46x faster in bf16 (7.6 vs 5.2 crops/s at 256 px), so the rule is
-    :func:`bf16_training_is_slow`, not the mere presence of a depthwise layer.
+    under 'auto': oneDNN's bf16 backward of depthwise convolutions is slower than fp32, while models
+    whose dense 3x3 convolutions carry the work (the small CNNs, resnet18, a U-Net on a Lite0
+    encoder) train faster in bf16; the rule is :func:`bf16_training_is_slow`, not the mere presence
+    of a depthwise layer (measurements: benchmarks/EXPERIMENTS.md, "Training speed on CPU").
     Inference (no ``training_model``) keeps bf16, which is faster for all of them.
     """
     p = precision.lower()
@@ -157,9 +155,9 @@ def tune_cpu_allocator() -> bool:
     PyTorch allocates CPU tensors with plain ``malloc``. glibc serves blocks above its mmap
     threshold (at most 32 MiB, adapting) with ``mmap`` and unmaps them on ``free``, so each large
     activation of each training step page-faults and is zeroed by the kernel again. Raising the
-    mmap and trim thresholds keeps freed blocks in the heap for the next step: cracks_cnn's bf16
-    step (batch 64, 128 px) drops from about 830 to 500 ms of CPU time on this project's 2-core
-    EPYC. Once per process, glibc only; ``VISIONLAB_MALLOC_TUNING=0`` leaves the allocator alone.
+    mmap and trim thresholds keeps freed blocks in the heap for the next step, which saves a large
+    share of a small CNN's CPU step time (benchmarks/EXPERIMENTS.md, "glibc malloc tuning").
+    Once per process, glibc only; ``VISIONLAB_MALLOC_TUNING=0`` leaves the allocator alone.
     Returns whether the settings are in place.
     """
     global _ALLOCATOR_TUNED

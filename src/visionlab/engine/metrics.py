@@ -1,8 +1,8 @@
 """Evaluation metrics for classification and segmentation, and their reports.
 
 Two accumulating meters share one small interface (``update``, ``reset``, ``compute``,
-``report``, ``primary``, ``higher_is_better``) so the trainer, ``visionlab evaluate`` and the
-benchmarks treat both task kinds alike. The maths comes from scikit-learn for classification
+``report``, ``primary``); each task kind's runner builds its own, and the kind
+(:mod:`visionlab.kinds`) says which metrics are better higher. The maths comes from scikit-learn for classification
 and from a ``torch.bincount`` confusion matrix for segmentation (it stays on the GPU until
 ``compute``). Undefined values (a class that never occurs, a ROC AUC with one class in the
 targets) are left out of ``compute`` and reported as ``None``, never averaged in as 0.
@@ -27,14 +27,9 @@ __all__ = [
     "ClassificationMeter",
     "SegmentationMeter",
     "Meter",
-    "PRIMARY_METRIC",
-    "build_meter",
     "render_report",
     "write_confusion_csv",
 ]
-
-#: The metric that selects the best checkpoint, per task kind (higher is better for both).
-PRIMARY_METRIC: dict[str, str] = {"classification": "accuracy", "segmentation": "miou"}
 
 _TOP_K = (3, 5)
 
@@ -69,8 +64,7 @@ class ClassificationMeter:
     """
 
     kind = "classification"
-    primary = PRIMARY_METRIC["classification"]
-    higher_is_better = True
+    primary = "accuracy"  # the summary metric of its report (as visionlab.kinds.classification says)
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
@@ -261,8 +255,7 @@ class SegmentationMeter:
     """
 
     kind = "segmentation"
-    primary = PRIMARY_METRIC["segmentation"]
-    higher_is_better = True
+    primary = "miou"  # the summary metric of its report (as visionlab.kinds.segmentation says)
 
     def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Sequence[int] = ()) -> None:
         if num_classes < 2:
@@ -328,28 +321,31 @@ class SegmentationMeter:
             return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         return self._cm.cpu().numpy().astype(np.int64)
 
-    def _per_class(self) -> dict[str, np.ndarray]:
-        cm = self.confusion_matrix().astype(np.float64)
+    def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(1, C) float64 tp, fp, fn, tn: what ``smp.metrics.get_stats`` counts over every pixel seen
+        (ignored ones left out), read off the matrix, which is what the meter accumulates and merges."""
+        cm = torch.from_numpy(self.confusion_matrix()).to(torch.float64)
         total = cm.sum()
         if total == 0:
             raise VisionlabError(
                 "no labelled pixels were evaluated.",
                 "Check that the evaluation split is not empty and masks are not all ignore_index.",
             )
-        tp = np.diag(cm)
-        gt = cm.sum(axis=1)
-        predicted = cm.sum(axis=0)
-        union = gt + predicted - tp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return {
-                "iou": np.where(union > 0, tp / union, np.nan),
-                "dice": np.where(gt + predicted > 0, 2 * tp / (gt + predicted), np.nan),
-                "precision": np.where(predicted > 0, tp / predicted, np.nan),
-                "recall": np.where(gt > 0, tp / gt, np.nan),
-                "gt": gt,
-                "tp": tp,
-                "total": np.asarray(total),
-            }
+        tp = cm.diagonal()
+        fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+        return tp[None], fp[None], fn[None], (total - tp - fp - fn)[None]
+
+    def _per_class(self, stats: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict[str, np.ndarray]:
+        """Per-class scores of ``stats`` from smp (NaN where undefined: a class absent from target and prediction)."""
+        import segmentation_models_pytorch.metrics as smp_metrics  # imported late: smp loads all its models
+
+        scores = {name: fn(*stats, reduction="none", zero_division=math.nan)[0].numpy()
+                  for name, fn in (("iou", smp_metrics.iou_score), ("dice", smp_metrics.f1_score),
+                                   ("precision", smp_metrics.precision), ("recall", smp_metrics.recall))}
+        tp, _, fn, _ = stats
+        pixel_accuracy = smp_metrics.recall(*stats, reduction="micro")  # micro recall: correct / labelled pixels
+        return {**scores, "gt": (tp + fn)[0].numpy(), "tp": tp[0].numpy(), "total": (tp + fn).sum().numpy(),
+                "pixel_accuracy": pixel_accuracy.numpy()}
 
     def _averaged(self) -> np.ndarray:
         mask = np.ones(self.num_classes, dtype=bool)
@@ -361,18 +357,21 @@ class SegmentationMeter:
 
         ``miou`` and ``mean_dice`` are NaN only when no averaged class occurs at all.
         """
-        s = self._per_class()
+        s = self._per_class(self._stats())
         keep = self._averaged()
         iou, dice = s["iou"][keep], s["dice"][keep]
         present = np.isfinite(iou)
+        # smp's 'macro' reduction over the present classes is this mean, but summed by torch in another
+        # order (miou moves in the 17th digit), so the per-class scores are averaged here
         out = {
             "miou": float(iou[present].mean()) if present.any() else math.nan,
-            "pixel_accuracy": float(s["tp"].sum() / s["total"]),
+            "pixel_accuracy": float(s["pixel_accuracy"]),
             "mean_dice": float(dice[present].mean()) if present.any() else math.nan,
         }
         gt = s["gt"][keep]
         if gt.sum() > 0:
-            # Frequency-weighted IoU: IoU weighted by each class's share of true pixels.
+            # Frequency-weighted IoU: IoU weighted by each class's share of true pixels (smp's 'weighted'
+            # reduction would turn the weights into float32 and move it in the 8th digit).
             out["fw_iou"] = float((gt * np.nan_to_num(iou)).sum() / gt.sum())
         return out
 
@@ -382,7 +381,7 @@ class SegmentationMeter:
         Per-class values are ``None`` where undefined (class absent from target and prediction).
         """
         names = _check_class_names(class_names, self.num_classes)
-        s = self._per_class()
+        s = self._per_class(self._stats())
         per_class = {}
         for c, name in enumerate(names):
             per_class[name] = {
@@ -410,15 +409,6 @@ class SegmentationMeter:
 Meter = Union[ClassificationMeter, SegmentationMeter]
 
 
-def build_meter(kind: str, num_classes: int, ignore_index: int = 255, exclude: Sequence[int] = ()) -> Meter:
-    """The meter for a task kind (``"classification"`` or ``"segmentation"``)."""
-    if kind == "classification":
-        return ClassificationMeter(num_classes)
-    if kind == "segmentation":
-        return SegmentationMeter(num_classes, ignore_index=ignore_index, exclude=exclude)
-    raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(PRIMARY_METRIC)}")
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -434,25 +424,21 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-_PER_CLASS_COLUMNS = {
-    "classification": ("precision", "recall", "f1", "support", "roc_auc"),
-    "segmentation": ("iou", "dice", "precision", "recall", "pixel_share", "support"),
-}
-
-
 def render_report(
     report: dict[str, Any],
     class_names: Sequence[str] | None = None,
     console: Any = None,
     title: str = "Evaluation",
+    columns: Sequence[str] | None = None,
 ) -> None:
-    """Print a report as rich tables: summary metrics, per-class scores, confusion matrix."""
+    """Print a report as rich tables: summary metrics, per-class scores, confusion matrix.
+
+    ``columns`` are the per-class columns, in order (default: those the report's kind lists)."""
     from rich.console import Console
     from rich.table import Table
 
     console = console if console is not None else Console()
     names = list(class_names) if class_names is not None else list(report["class_names"])
-    kind = report.get("kind", "classification")
     primary = report.get("primary")
 
     summary = Table(title=f"{title}: summary", show_header=True, header_style="bold")
@@ -468,7 +454,10 @@ def render_report(
 
     per_class = report.get("per_class", {})
     if per_class:
-        columns = _PER_CLASS_COLUMNS.get(kind, tuple(next(iter(per_class.values()))))
+        if columns is None:
+            from visionlab.kinds import get_kind
+
+            columns = get_kind(report["kind"]).per_class_columns
         table = Table(title=f"{title}: per class", header_style="bold")
         table.add_column("class")
         for col in columns:

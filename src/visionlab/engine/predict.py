@@ -1,16 +1,15 @@
 """Inference from a checkpoint alone: :func:`load` returns a :class:`Predictor`.
 
 Images are decoded by a DataLoader with the exact preprocessing saved in the checkpoint and run
-in batches under ``inference_mode``; segmentation runs blended tiles per image, batched. An
-unreadable file becomes a result with an ``error`` and does not stop the batch.
+in batches under ``inference_mode``; how a batch is run, and what a result holds, is the task
+kind's (:meth:`visionlab.kinds.Kind.predict_arrays`): classifiers batch images, segmentation
+runs blended tiles per image. An unreadable file becomes a result with an ``error`` and does
+not stop the batch.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,73 +18,12 @@ import torch
 
 from visionlab.data.io import InputEntry, expand_inputs, load_for_model, scan_inputs
 from visionlab.data.transforms import Normalize
-from visionlab.engine.checkpoint import load_checkpoint, model_from_state
+from visionlab.engine.checkpoint import load_checkpoint, load_model
 from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
-from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
+from visionlab.kinds import Kind, Prediction, get_kind
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
-
-
-@dataclass
-class Prediction:
-    """One image's result. Classification: label, confidence, top_k. Segmentation: mask
-    (H x W array of the dataset's pixel values), class_shares and the legend that colours it
-    (one ``{"name", "value", "color"}`` per class)."""
-
-    source: str
-    label: str | None = None
-    confidence: float | None = None
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    mask: np.ndarray | None = None
-    class_shares: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    skipped: str | None = None  # why an entry was not predicted (not an image, a broken link, ...)
-    legend: list[dict[str, Any]] = field(default_factory=list)
-    ignore_index: int = 255
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {"path": self.source, "label": self.label, "confidence": self.confidence, "error": self.error, "skipped": self.skipped}
-        if self.top_k:
-            d["top_k"] = [{"label": lab, "probability": p} for lab, p in self.top_k]
-        if self.class_shares:
-            d["class_shares"] = self.class_shares
-        return d
-
-    def overlay(self, image: Any = None) -> Any:
-        """The mask in its legend's colours, blended over ``image`` when given (anything
-        :func:`~visionlab.data.io.load_image` reads: a path, a file object, a PIL image)."""
-        from visionlab.data.io import load_image
-        from visionlab.engine.plots import colorize_mask, overlay_mask
-
-        if self.mask is None:
-            raise ValueError(f"{self.source}: this prediction has no mask")
-        colors = {int(c["value"]): c["color"] for c in self.legend}
-        if image is None:
-            return colorize_mask(self.mask, colors, ignore_index=self.ignore_index)
-        image = load_image(image)
-        if image.size != (self.mask.shape[1], self.mask.shape[0]):
-            image = image.resize((self.mask.shape[1], self.mask.shape[0]))
-        return overlay_mask(image, self.mask, colors, ignore_index=self.ignore_index)
-
-    def to_json(self, image: Any = None) -> dict[str, Any]:
-        """JSON-ready result for an HTTP answer: whatever fields this result has, images as base64
-        (``mask_png``: pixel value = class value; ``overlay_jpeg``: the mask blended over ``image``,
-        which is only read when the result has a mask)."""
-        d = {k: v for k, v in self.to_dict().items() if k != "path" and v is not None}
-        if self.mask is not None:
-            from PIL import Image
-
-            d["mask_png"] = _base64(Image.fromarray(self.mask), "PNG")
-            d["overlay_jpeg"] = _base64(self.overlay(image).convert("RGB"), "JPEG", quality=88)
-            d["legend"] = self.legend
-        return d
-
-
-def _base64(image: Any, fmt: str, **options: Any) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **options)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 class _Images(torch.utils.data.Dataset):
@@ -113,7 +51,7 @@ class Predictor:
         self.state = state
         self.source = source
         self.task: str = state["task"]
-        self.kind: str = state["kind"]
+        self.kind: Kind = get_kind(state["kind"])
         self.classes: list[str] = list(state["classes"])
         self.preprocessing: dict[str, Any] = dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
@@ -121,10 +59,8 @@ class Predictor:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # batches of activations reuse heap memory instead of fresh pages
         self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
-        self.model = model_from_state(state).to(self.device).eval()
         self.channels_last = bool(state["config"].get("channels_last", False))
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = load_model(state, device=self.device, channels_last=self.channels_last)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
         self.tta: str = str(self.preprocessing.get("tta", "none"))  # as validated; set another mode to change it
         self.input_size = int(self.preprocessing["image_size"])  # classifier input, or segmentation tile
@@ -150,7 +86,7 @@ class Predictor:
         if num_workers is None:
             num_workers = 0 if len(images) < 64 or (os.cpu_count() or 1) <= 2 else 2
         loader = torch.utils.data.DataLoader(
-            _Images(images, self.preprocessing), batch_size=batch_size if self.kind == "classification" else 1,
+            _Images(images, self.preprocessing), batch_size=self.kind.loader_batch_size(batch_size),
             collate_fn=_collate, num_workers=num_workers)
         results: list[Prediction | None] = [None] * len(images)
         for batch in loader:
@@ -182,59 +118,13 @@ class Predictor:
             return []
         sources = list(sources) if sources is not None else [f"<image {i}>" for i in range(len(arrays))]
         originals = list(originals) if originals is not None else list(arrays)
-        if self.kind == "segmentation":
-            return [self._segment(s, o, a) for s, o, a in zip(sources, originals, arrays)]
-        preds = self._classify(torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]), top_k)
-        for pred, s in zip(preds, sources):
-            pred.source = s
-        return preds
+        return self.kind.predict_arrays(self, arrays, top_k, sources, originals)
 
     def warmup(self) -> None:
         """One forward pass on a blank image of the input size (first-call allocations, lazy inits)."""
         from PIL import Image
 
         self.predict(Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128)), top_k=1)
-
-    def _classify(self, x: torch.Tensor, top_k: int) -> list[Prediction]:
-        x = self.normalize(x.permute(0, 3, 1, 2).to(self.device))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        probs = tta_logits(self.model, x, self.tta, self.precision.autocast).softmax(1).cpu()
-        k = min(top_k, len(self.classes))
-        conf, idx = probs.topk(k, dim=1)
-        out = []
-        for c_row, i_row in zip(conf.tolist(), idx.tolist()):
-            top = [(self.classes[j], float(c)) for c, j in zip(c_row, i_row)]
-            out.append(Prediction("", label=top[0][0], confidence=top[0][1], top_k=top))
-        return out
-
-    def _segment(self, name: str, original: Any, img: np.ndarray) -> Prediction:
-        from visionlab.tasks.segmentation import predict_probs
-
-        out_size = None
-        if float(self.preprocessing.get("seg_scale", 1.0)) != 1.0:  # back to the original resolution
-            from visionlab.data.io import load_image
-
-            w, h = load_image(original).size
-            out_size = (h, w)
-        probs = predict_probs(self.model, img, self.preprocessing, self.normalize, self.precision.autocast,
-                              channels_last=self.channels_last, out_size=out_size, tta=self.tta)
-        channel = probs.argmax(0).cpu().numpy().astype(np.uint8)
-        values = np.asarray(self.preprocessing["values"], dtype=np.uint8)
-        mask = values[channel]
-        shares = np.bincount(channel.ravel(), minlength=len(self.classes)) / channel.size
-        return Prediction(name, mask=mask, class_shares={c: round(float(s), 4) for c, s in zip(self.classes, shares)},
-                          label=self.classes[int(shares.argmax())], confidence=float(shares.max()),
-                          legend=self.legend(), ignore_index=int(self.preprocessing["ignore_index"]))
-
-    def legend(self) -> list[dict[str, Any]]:
-        """Segmentation: each class's name, pixel value and the colour its masks are drawn in."""
-        from visionlab.engine.plots import default_colors
-
-        pre = self.preprocessing
-        fallback = default_colors(256)
-        return [{"name": c, "value": int(v), "color": col or fallback[int(v)]}
-                for c, v, col in zip(self.classes, pre["values"], pre["colors"])]
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None) -> Predictor:

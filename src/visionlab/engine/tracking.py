@@ -85,9 +85,11 @@ def write_test_figures(report: dict[str, Any], folder: Path) -> list[Path]:
     written = []
     cm, names = report.get("confusion_matrix"), report.get("class_names") or list(report.get("per_class") or {})
     if cm is not None and len(cm) and names:
-        pixels = report.get("kind") == "segmentation"
+        from visionlab.kinds import get_kind
+
+        unit = get_kind(report["kind"]).confusion_unit
         written.append(save_confusion_matrix(cm, names, folder / "test_confusion_matrix.png",
-                                             title="Test confusion matrix (pixels)" if pixels else "Test confusion matrix"))
+                                             title="Test confusion matrix" + ("" if unit == "images" else f" ({unit})")))
     rows = per_class_rows(report)
     if rows:
         path = folder / "test_per_class.csv"

@@ -27,8 +27,8 @@ from timm.utils.model_ema import ModelEmaV3
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
 from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar, TrainingCurves
-from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, remove_stale_temporaries,
-                                         save_checkpoint)
+from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
+                                         remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import configure_threads, peak_memory_mb, resolve_device, resolve_precision
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
@@ -424,8 +424,8 @@ class Trainer:
         )
 
     def _setup(self, resume_state: dict | None) -> None:
+        from visionlab.kinds import runner_for
         from visionlab.models import build_model
-        from visionlab.tasks.base import runner_for
 
         cfg = self.cfg
         configure_threads()
@@ -449,14 +449,11 @@ class Trainer:
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
                 "Resume with the same data, or start a new run.",
             )
-        model_args = dict(cfg.model_args)
-        if resume_state is not None:
-            from visionlab.models import no_weights_kwargs
-
-            model_args.update(no_weights_kwargs(cfg.model))  # weights come from the checkpoint
-        self.model = build_model(cfg.model, num_classes=len(self.runner.classes), **model_args).to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if resume_state is not None:  # rebuilt as every checkpoint is (no downloads); _restore loads the training weights
+            self.model = load_model(resume_state, self.device, channels_last=cfg.channels_last)
+        else:
+            model = build_model(cfg.model, num_classes=len(self.runner.classes), **cfg.model_args).to(self.device)
+            self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
         self.precision = resolve_precision(cfg.precision, self.device, training_model=self.model)  # per model on CPU
         self.forward = self.model
         if self.dist.enabled:

@@ -164,9 +164,11 @@ def no_weights_kwargs(name: str) -> dict[str, Any]:
 
 
 def count_parameters(task_name: str) -> int:
-    """Parameters of a task's default model (built with random init: nothing is downloaded)."""
+    """Parameters of a task's seed-faithful model with its default arguments (built with random
+    init: nothing is downloaded)."""
     from visionlab.registry import get_task
 
     spec = get_task(task_name)
-    model = build_model(spec.model, len(spec.default_classes), **no_weights_kwargs(spec.model))
+    name = spec.seed_model or spec.model
+    model = build_model(name, len(spec.default_classes), **no_weights_kwargs(name))
     return sum(p.numel() for p in model.parameters())

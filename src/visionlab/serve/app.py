@@ -3,7 +3,7 @@
 Each request flows decode -> predict -> encode (LitServe's split): the body is read and decoded
 in a thread pool, the forward pass runs in a batch with other requests' images in the model's
 own thread (:class:`~visionlab.serve.batching.Batcher`), and each result serialises itself
-(:meth:`visionlab.engine.predict.Prediction.to_json`). Nothing here knows what a task kind
+(:meth:`visionlab.kinds.Prediction.to_json`). Nothing here knows what a task kind
 is: classes, input size and what a result holds all come from the checkpoint and the result.
 
 ``/health`` says the process is up, ``/ready`` that every model is loaded and warmed up
@@ -100,9 +100,7 @@ class ServedModel:
         """The batch step: items are (preprocessed array, name, decoded image, top_k)."""
         arrays, names, images, ks = zip(*items)
         preds = self.predictor.predict_arrays(list(arrays), max(ks), list(names), list(images))
-        for pred, k in zip(preds, ks):
-            pred.top_k = pred.top_k[:k]
-        return preds
+        return [pred.with_top_k(k) for pred, k in zip(preds, ks)]
 
 
 def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,13 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from visionlab.config import Config
+from visionlab.config import Config, config_from_dict
 from visionlab.engine.distributed import Dist
 from visionlab.errors import VisionlabError
+from visionlab.kinds import EvaluationReport, Kind, get_kind
 from visionlab.registry import TaskSpec
 
-__all__ = ["TaskRunner", "EvalResult", "split_indices", "split_keys", "split_unit", "resolve_data_path", "runner_for",
+__all__ = ["TaskRunner", "EvalResult", "evaluate_checkpoint", "split_indices", "split_keys", "split_unit", "resolve_data_path",
            "loader_generator", "thumbnail"]
 
 
@@ -46,12 +48,10 @@ def thumbnail(image: Any, max_side: int = 320) -> Any:
     return out
 
 
-def resolve_data_path(cfg: Config, spec: TaskSpec, classes: list[str]) -> Path:
+def resolve_data_path(cfg: Config, spec: TaskSpec) -> Path:
     """``cfg.data`` as a folder; 'synthetic' makes (once) the task's synthetic dataset."""
     if cfg.is_synthetic:
-        from visionlab.data.synthetic import make_synthetic
-
-        return make_synthetic(spec.name, spec.kind, classes, seed=0)
+        return get_kind(spec.kind).synthetic_data(spec)
     return Path(cfg.data).expanduser()
 
 
@@ -166,11 +166,10 @@ def default_workers(cfg: Config, device: torch.device) -> int:
 class TaskRunner(ABC):
     """One run's data and step for a task kind (see module docstring)."""
 
-    kind: str = ""
-    primary: str = ""  # validation metric to monitor, without the 'val_' prefix
-
     def __init__(self, cfg: Config, spec: TaskSpec, device: torch.device) -> None:
         self.cfg, self.spec, self.device = cfg, spec, device
+        self.task_kind: Kind = get_kind(spec.kind)
+        self.kind: str = spec.kind
         self.classes: list[str] = []
         self.preprocessing: dict[str, Any] = {}
         self.data_info: dict[str, Any] = {}
@@ -180,6 +179,39 @@ class TaskRunner(ABC):
         self.examples: int = 0
         # Set by the trainer under torchrun: this process's rank and the number of processes.
         self.dist = Dist()
+
+    @property
+    def primary(self) -> str:
+        """The validation metric that selects best.pt (without the 'val_' prefix): the kind's."""
+        return self.task_kind.primary
+
+    def higher_is_better(self, metric: str) -> bool:
+        """The direction of a logged metric (without the 'val_' prefix), from the kind's table."""
+        return self.task_kind.higher_is_better(metric)
+
+    def data_warnings(self) -> list[str]:
+        """Warnings the trainer prints before training (none by default)."""
+        return []
+
+    # ------------------------------------------------------------ a saved model
+    def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
+        """Evaluate the model saved in ``state``: its preprocessing (``tta`` replaced when given)
+        wins over one recomputed from the config. Call before :meth:`prepare`."""
+        self.fixed_preprocessing = dict(state["preprocessing"])
+        if tta is not None:
+            self.fixed_preprocessing["tta"] = tta
+
+    def has_split_folders(self) -> bool:
+        """Whether the dataset brings its own train/val/test split."""
+        return bool(self.index.has_splits)  # type: ignore[attr-defined]
+
+    def evaluation_split(self, split: str, whole_folder: bool) -> str:
+        """The split to evaluate: ``split``, or 'test' holding every image for split 'all' and for
+        a folder other than the training data (``whole_folder``) without split folders of its own."""
+        if split == "all" or (whole_folder and not self.has_split_folders()):
+            self.splits["test"] = np.concatenate([self.splits[s] for s in ("train", "val", "test")])  # type: ignore[attr-defined]
+            return "test"
+        return split
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
         """This process's disjoint part of ``indices`` (all of them in a single process)."""
@@ -228,7 +260,7 @@ class TaskRunner(ABC):
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult: ...
 
-    # The step contract: the trainer calls only these for the batch maths, the metric direction and data warnings.
+    # The step contract: the trainer calls only this for the batch maths (and higher_is_better, data_warnings above).
     def training_step(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                       autocast: Callable[[], ContextManager[Any]]) -> tuple[torch.Tensor, int]:
         """One CPU training batch -> (its loss, its size): to the device, the training transform,
@@ -240,14 +272,6 @@ class TaskRunner(ABC):
             out = forward(x)
         return self.loss(out, y), len(y)
 
-    def higher_is_better(self, metric: str) -> bool:
-        """Whether a larger value of ``metric`` (a logged name without ``val_``) is better."""
-        return not metric.endswith("loss")
-
-    def data_warnings(self) -> list[str]:
-        """Warnings about the prepared data that the trainer prints before training."""
-        return []
-
     def split_size(self, split: str) -> int:
         return len(self.splits.get(split, ()))  # type: ignore[attr-defined]
 
@@ -256,11 +280,39 @@ class TaskRunner(ABC):
             yield indices[i : i + batch_size]
 
 
-def runner_for(cfg: Config, spec: TaskSpec, device: torch.device) -> TaskRunner:
-    from visionlab.tasks.classification import ClassificationRunner
-    from visionlab.tasks.segmentation import SegmentationRunner
+def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
+                        split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
+                        examples: int = 0, console: Any = None) -> EvaluationReport:
+    """Evaluate the model saved in ``state`` (read from ``path``) on a split of its data or, with
+    ``data`` another folder than the training data's, on that whole folder (its own test/ split
+    if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
+    augmentation; ``examples`` images worth a look come back as thumbnails."""
+    from visionlab.engine.checkpoint import load_model
+    from visionlab.engine.device import resolve_device, resolve_precision
 
-    kinds = {"classification": ClassificationRunner, "segmentation": SegmentationRunner}
-    if spec.kind not in kinds:
-        raise VisionlabError(f"task kind {spec.kind!r} has no runner.", f"Known kinds: {', '.join(kinds)}.")
-    return kinds[spec.kind](cfg, spec, device)
+    kind = get_kind(spec.kind)
+    cfg = config_from_dict(state["config"])
+    whole_folder = data is not None and os.fspath(data) != cfg.data
+    if data is not None:
+        cfg.data = os.fspath(data)
+    cfg.cache = "none" if cfg.cache == "none" else "auto"
+    dev = resolve_device(device)
+    runner = kind.runner(cfg, spec, dev)
+    runner.use_saved(state, tta)
+    runner.examples = examples
+    runner.prepare(console)
+    if list(runner.classes) != list(state["classes"]):
+        raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.",
+                             "Evaluate on data of the same classes.")
+    split = runner.evaluation_split(split, whole_folder)
+    if runner.split_size(split) == 0:
+        raise VisionlabError(f"the {split} split of {cfg.data} is empty.", "Pass --split all, or --data with a held-out folder.")
+    model = load_model(state, device=dev, channels_last=cfg.channels_last)
+    precision = resolve_precision(cfg.precision, dev)
+    t0 = time.perf_counter()
+    result = runner.evaluate(model, split, precision.autocast, batch_size=batch_size)
+    return EvaluationReport(
+        task=spec.name, kind=kind.name, checkpoint=str(path), data=cfg.data, split=split,
+        synthetic=bool(runner.data_info.get("synthetic")), images=runner.split_size(split),
+        seconds=time.perf_counter() - t0, tta=str(runner.preprocessing.get("tta", "none")), classes=list(state["classes"]),
+        detail=dict(result.report), files=result.files, files_note=result.files_note, examples=result.examples)

@@ -69,9 +69,6 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list[s
 
 
 class ClassificationRunner(TaskRunner):
-    kind = "classification"
-    primary = "accuracy"
-
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
         if cfg.loss != "ce" and self.fixed_preprocessing is None:  # training (evaluating a saved model never trains)
@@ -80,7 +77,7 @@ class ClassificationRunner(TaskRunner):
                 "Remove 'loss' (or set loss=ce); use label_smoothing and class_weights to shape the classifier's loss.",
             )
         wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
-        root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
+        root = resolve_data_path(cfg, self.spec)
         self.index: ClassificationIndex = find_classification(root, wanted)
         self.classes = list(self.index.classes)
         self.labels = np.asarray(self.index.labels, dtype=np.int64)
@@ -116,6 +113,22 @@ class ClassificationRunner(TaskRunner):
             if self.device.type == "cuda" and self._images.nbytes < 0.25 * torch.cuda.get_device_properties(self.device).total_memory:
                 # the whole uint8 cache on the GPU: batches are gathered there, no host copies at all
                 self._images = self._images.to(self.device)
+
+    def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
+        """Also the saved model's classes, in its order (an evaluation folder may hold others too)."""
+        super().use_saved(state, tta)
+        self.cfg.classes = list(state["classes"])
+
+    def data_warnings(self) -> list[str]:
+        """The data doctor's cheap pre-training checks (duplicates across classes or splits, imbalance)."""
+        if self.data_info.get("synthetic"):
+            return []
+        from visionlab.data.doctor import training_warnings
+
+        try:
+            return training_warnings(self.index)
+        except VisionlabError as exc:
+            return [str(exc)]
 
     def _header_check(self) -> tuple[np.ndarray, list[str]]:
         from PIL import Image
@@ -208,19 +221,6 @@ class ClassificationRunner(TaskRunner):
         if not hasattr(self, "_weights"):
             self._weights = self.class_weight_tensor()
         return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
-
-    def data_warnings(self) -> list[str]:
-        """The data doctor's warnings about the training data (tiny classes, imbalance, ...); none for synthetic data."""
-        if self.data_info.get("synthetic"):
-            return []
-        try:
-            from visionlab.data.doctor import training_warnings
-
-            return list(training_warnings(self.index))
-        except ImportError:
-            return []
-        except VisionlabError as exc:
-            return [str(exc)]
 
     def eval_batches(self, split: str, batch_size: int, with_paths: bool = False) -> Iterator[tuple]:
         """(images, labels) batches of a split, in order; ``with_paths`` adds the files' paths."""

@@ -9,14 +9,15 @@ neither loss nor metrics.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visionlab.data.io import load_mask, resize_mask
+from visionlab.data.augment import Augment
+from visionlab.data.cache import RecordCache, build_record_cache, decode_each
+from visionlab.data.io import UnreadableImage, load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
@@ -43,6 +44,7 @@ def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> dict[str, 
     ignored = [c.value for c in index.classes if c.name in set(cfg.ignore_classes)]
     return {
         "kind": "segmentation",
+        "resize": "scale",  # by seg_scale; never squashed (tiled instead)
         "image_size": int(cfg.tile_size),
         "tile_size": int(cfg.tile_size),
         "tile_overlap": float(cfg.tile_overlap),
@@ -92,7 +94,8 @@ def predict_probs(
 
 
 class _CropDataset(torch.utils.data.Dataset):
-    """``crops_per_image`` random crops per training image, augmented with albumentations."""
+    """``crops_per_image`` random crops per training image, augmented as :class:`Augment` describes:
+    zoom and shift move the crop window, the rest is albumentations on the crop and its mask."""
 
     def __init__(self, runner: "SegmentationRunner", indices: np.ndarray, epoch: int) -> None:
         import albumentations as A
@@ -101,21 +104,20 @@ class _CropDataset(torch.utils.data.Dataset):
         cfg = runner.cfg
         self.r, self.indices, self.epoch = runner, indices, epoch
         self.tile = cfg.tile_size
-        aug = cfg.augment
+        self.aug = aug = Augment.from_config(cfg.augment)
         ops = [A.PadIfNeeded(self.tile, self.tile, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=runner.ignore_index)]
-        if aug.get("hflip"):
+        if aug.hflip:
             ops.append(A.HorizontalFlip(p=0.5))
-        if aug.get("vflip"):
+        if aug.vflip:
             ops.append(A.VerticalFlip(p=0.5))
-        if aug.get("rot90"):
+        if aug.rot90:
             ops.append(A.RandomRotate90(p=0.5))
-        if aug.get("rotate", 0) > 0:
-            ops.append(A.Rotate(limit=aug["rotate"], border_mode=cv2.BORDER_REFLECT_101, p=0.5))
-        jitter = [aug.get(k, 0) for k in ("brightness", "contrast", "saturation", "hue")]
-        if any(jitter):
-            ops.append(A.ColorJitter(brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=min(0.5, jitter[3]), p=0.8))
+        if aug.rotate > 0:
+            ops.append(A.Rotate(limit=aug.rotate, border_mode=cv2.BORDER_REFLECT_101, p=0.5))
+        if aug.brightness or aug.contrast or aug.saturation or aug.hue:
+            ops.append(A.ColorJitter(brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation,
+                                     hue=min(0.5, aug.hue), p=0.8))
         self.transform = A.Compose(ops)
-        self.zoom = tuple(float(v) for v in aug.get("scale", (1.0, 1.0)))  # [min, max], validated by the config
 
     def __len__(self) -> int:
         return len(self.indices) * self.r.cfg.crops_per_image
@@ -137,10 +139,13 @@ class _CropDataset(torch.utils.data.Dataset):
         k = int(self.indices[i // self.r.cfg.crops_per_image])
         img, mask = self.r.train_pair(k)
         t = self.tile
-        # augment 'scale': the side of the region that fills the crop, relative to tile_size
-        # (< 1 zooms in, > 1 zooms out); the mask is resized with nearest neighbour only.
-        c = t if self.zoom == (1.0, 1.0) else max(8, round(t * rng.uniform(*self.zoom)))
+        # 'scale': the side of the region that fills the crop, relative to tile_size; 'translate': the
+        # window moves by up to that fraction of tile_size (clipped to the image). Masks: nearest only.
+        c = t if self.aug.scale == (1.0, 1.0) else max(8, round(t * rng.uniform(*self.aug.scale)))
         y, x = self._crop_origin(mask, rng, c)
+        if self.aug.translate > 0:
+            dy, dx = np.rint(rng.uniform(-1.0, 1.0, 2) * self.aug.translate * t).astype(int)
+            y, x = int(np.clip(y + dy, 0, max(0, mask.shape[0] - c))), int(np.clip(x + dx, 0, max(0, mask.shape[1] - c)))
         img, mask = img[y : y + c, x : x + c], mask[y : y + c, x : x + c]
         if c != t:
             import cv2
@@ -155,9 +160,6 @@ class _CropDataset(torch.utils.data.Dataset):
 
 
 class SegmentationRunner(TaskRunner):
-    kind = "segmentation"
-    primary = "miou"
-
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
         if cfg.mixup > 0 and self.fixed_preprocessing is None:
@@ -165,7 +167,7 @@ class SegmentationRunner(TaskRunner):
                 "mixup blends the labels of whole images; segmentation masks cannot be blended.",
                 "Remove 'mixup' (or set it to 0); 'cutmix' works for segmentation (a box of image and mask is pasted).",
             )
-        root = resolve_data_path(cfg, self.spec, list(self.spec.default_classes))
+        root = resolve_data_path(cfg, self.spec)
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
         unknown = [c for c in cfg.ignore_classes if c not in self.classes]
@@ -180,56 +182,61 @@ class SegmentationRunner(TaskRunner):
         self.splits = split_indices(keys, None, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
             raise VisionlabError(f"no training images in {root}.", "Add images or lower val/test fractions.")
-        self._pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._full_masks: dict[int, np.ndarray] = {}
-        failed: set[int] = set()
-        budget = cfg.cache_budget_mb * 2**20
-        used = 0
-        todo = [int(i) for s in ("train", "val", "test") for i in self.splits[s]]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for k, pair in zip(todo, pool.map(self._load_pair, todo)):
-                if pair is None:
-                    failed.add(k)
-                    continue
-                if used + pair[0].nbytes + pair[1].nbytes <= budget and cfg.cache != "none":
-                    self._pairs[k] = pair
-                    used += pair[0].nbytes + pair[1].nbytes
+        counts = np.zeros(len(self.classes), dtype=np.float64)  # the training masks' pixels per class
+        train = set(self.splits["train"].tolist())
+
+        def count(k: int, pair: tuple[np.ndarray, np.ndarray]) -> None:
+            if k in train:
+                counts[:] += np.bincount(pair[1].ravel(), minlength=256)[: len(self.classes)]
+
+        self.cache: RecordCache | None = None
+        if cfg.cache == "none":  # decode every pair once to find the unreadable ones; decoded again when used
+            ok, _ = decode_each(self.index.images, self._decode_pair, count)
+        else:
+            self.cache = build_record_cache(self.index.images, self._decode_pair, self._decoding(), mode=cfg.cache,
+                                            budget_mb=cfg.cache_budget_mb, depends=self.index.masks)
+            ok = self.cache.ok
+            for k in sorted(train):
+                if ok[k]:
+                    count(k, self.cache[k])
         for s in self.splits:
-            self.splits[s] = np.array([i for i in self.splits[s] if int(i) not in failed], dtype=np.int64)
-        shares = self._pixel_shares()
+            self.splits[s] = self.splits[s][ok[self.splits[s]]]
+        self._shares = counts / max(1.0, counts.sum())
         self.data_info = {
             "root": str(self.index.root),
             "synthetic": cfg.is_synthetic,
             "images": len(self.index),
-            "unreadable": [str(self.index.images[k]) for k in sorted(failed)],
+            "unreadable": [str(self.index.images[k]) for k in np.flatnonzero(~ok)],
             "split_sizes": {k: int(len(v)) for k, v in self.splits.items()},
-            "pixel_shares": {c: round(float(s), 4) for c, s in zip(self.classes, shares)},
-            "cache": f"memory ({used / 2**20:.0f} MB)",
+            "pixel_shares": {c: round(float(s), 4) for c, s in zip(self.classes, self._shares)},
+            "cache": f"{self.cache.location} ({self.cache.nbytes / 2**20:.0f} MB)" if self.cache else "none",
         }
 
-    def _load_pair(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        try:
-            img = load_for_model(self.index.images[k], self.preprocessing)
-            mask = self.lut[load_mask(self.index.masks[k])]
-        except Exception:
-            return None
+    def _decoding(self) -> dict[str, Any]:
+        """What a decoded pair depends on besides its two files (the decode cache's key)."""
+        return {"kind": "segmentation", "seg_scale": float(self.preprocessing.get("seg_scale", 1.0)), "mask_lut": self.lut.tolist()}
+
+    def _decode_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``k`` as the model sees it and its mask of class indices at the same size (nearest neighbour only)."""
+        img = load_for_model(self.index.images[k], self.preprocessing)
+        mask = self.lut[load_mask(self.index.masks[k])]
         h, w = img.shape[:2]
         if mask.shape != (h, w):
-            mask = resize_mask(mask, (w, h))  # nearest neighbour only
+            mask = resize_mask(mask, (w, h))
         return img, mask
 
     def train_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        pair = self._pairs.get(k) or self._load_pair(k)
-        if pair is None:
-            raise VisionlabError(f"{self.index.images[k]} became unreadable during training.", "Restore the file.")
-        return pair
+        if self.cache is not None:
+            return self.cache[k]
+        try:
+            return self._decode_pair(k)
+        except UnreadableImage:
+            raise VisionlabError(f"{self.index.images[k]} became unreadable during training.", "Restore the file.") from None
 
     def _pixel_shares(self) -> np.ndarray:
-        counts = np.zeros(len(self.classes), dtype=np.float64)
-        for k in self.splits["train"]:
-            if int(k) in self._pairs:
-                counts += np.bincount(self._pairs[int(k)][1].ravel(), minlength=256)[: len(self.classes)]
-        return counts / max(1.0, counts.sum())
+        """Each class's share of the labelled pixels of the training masks."""
+        return self._shares
 
     # ----------------------------------------------------------------- batches
     def num_train_batches(self) -> int:

@@ -1,0 +1,195 @@
+"""A sixth task of a new kind, written outside visionlab: image regression (a number per photo).
+
+The kind ``regression`` reads a folder with ``targets.csv`` (``file,target``: an image path
+relative to the folder, and its number) and trains any visionlab model with one output on the
+mean squared error; it reports MAE and RMSE (lower is better). The task ``brightness`` predicts
+the brightness of a disc on a dark photo with a small CNN the plugin registers (``disc_cnn``);
+its synthetic data know the answer.
+
+Use it by naming this module as a plugin (see :mod:`visionlab.plugins`)::
+
+    PYTHONPATH=examples VISIONLAB_PLUGINS=regression_kind visionlab train --task brightness --data synthetic
+    PYTHONPATH=examples VISIONLAB_PLUGINS=regression_kind visionlab predict photo.png --task brightness
+
+Importing this module is torch-free (``visionlab tasks`` stays fast); the runner's module parts
+that need torch are imported when a run starts.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from visionlab.errors import VisionlabError
+from visionlab.kinds import Kind, Prediction, register_kind
+from visionlab.models import HALF, register_model
+from visionlab.registry import TaskSpec, register_task
+
+TARGETS = "targets.csv"
+
+
+@dataclass
+class ValuePrediction(Prediction):
+    """The predicted number of one photo."""
+
+    value: float | None = None
+
+    def extra(self) -> dict[str, Any]:
+        return {"value": self.value} if self.value is not None else {}
+
+    def detail(self) -> str:
+        return f"{self.value:.4f}" if self.value is not None else ""
+
+
+@register_model(defaults={"mean": HALF, "std": HALF, "input_size": 32, "pretrained": None})
+def disc_cnn(num_classes: int, in_chans: int = 3, width: int = 16) -> Any:
+    """Two convolutions and a global average: enough to read a grey level (a few thousand weights)."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+
+def read_targets(root: Path) -> tuple[list[Path], list[float]]:
+    """The images and numbers listed in ``root/targets.csv``."""
+    table = root / TARGETS
+    if not table.is_file():
+        raise VisionlabError(f"{root} has no {TARGETS}.", f"Write {TARGETS} with the columns file,target.")
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"file", "target"} <= set(rows[0]):
+        raise VisionlabError(f"{table} needs the columns file and target.", "Fix its header line.")
+    return [root / r["file"] for r in rows], [float(r["target"]) for r in rows]
+
+
+def make_discs(root: Path, n: int = 160, size: int = 32, seed: int = 0) -> None:
+    """Discs of random size and place, whose grey level (0..1) is the target, on a dark noisy ground."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    lines = ["file,target"]
+    for i in range(n):
+        target = float(rng.uniform(0.0, 1.0))
+        r = rng.uniform(size * 0.25, size * 0.45)
+        cy, cx = rng.uniform(r, size - r, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img = rng.normal(0.08, 0.03, (size, size, 3))
+        img[disc] = target
+        name = f"images/disc_{i:03d}.png"
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / name)
+        lines.append(f"{name},{target:.5f}")
+    (root / TARGETS).write_text("\n".join(lines) + "\n")
+
+
+class RegressionKind(Kind):
+    name = "regression"
+    primary = "mae"
+    lower_is_better = frozenset({"mae", "rmse"})
+    demo_options = {"epochs": 2, "batch_size": 16, "early_stopping": 0}
+    detail_column = "value"
+
+    def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
+        return _runner_class()(cfg, spec, device)
+
+    def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
+        make_discs(root, seed=seed)
+
+    def demo_inputs(self, root: Path) -> list[Path]:
+        return read_targets(root)[0][:4]
+
+    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+                       originals: Sequence[Any]) -> list[Prediction]:
+        import numpy as np
+        import torch
+
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).permute(0, 3, 1, 2)
+        x = predictor.normalize(x.to(predictor.device))
+        with predictor.precision.autocast():
+            values = predictor.model(x).float()[:, 0].cpu().tolist()
+        return [ValuePrediction(s, value=round(v, 5)) for s, v in zip(sources, values)]
+
+
+def _runner_class() -> type:
+    """The runner, built on visionlab's TaskRunner (imports torch: only when a run starts)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from visionlab.data.io import load_for_model
+    from visionlab.data.transforms import Normalize
+    from visionlab.models import model_defaults
+    from visionlab.tasks.base import EvalResult, TaskRunner, resolve_data_path, split_indices, split_keys
+
+    class RegressionRunner(TaskRunner):
+        """Every image decoded once into memory; batches in a seeded random order; MSE loss."""
+
+        def prepare(self, console: Any = None) -> None:
+            cfg = self.cfg
+            root = resolve_data_path(cfg, self.spec)
+            self.paths, targets = read_targets(root)
+            self.targets = np.asarray(targets, dtype=np.float32)
+            self.classes = list(self.spec.default_classes)  # one output: the quantity's name
+            d = model_defaults(cfg.model, **cfg.model_args)
+            self.preprocessing = self.fixed_preprocessing or {
+                "kind": self.spec.kind, "resize": "squash", "image_size": int(cfg.image_size),
+                "mean": [float(v) for v in d["mean"]], "std": [float(v) for v in d["std"]], "tta": "none"}
+            self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+            self.images = torch.from_numpy(np.stack([load_for_model(p, self.preprocessing) for p in self.paths])).permute(0, 3, 1, 2)
+            self.splits = split_indices(split_keys(self.paths, root), None, [], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+            self.data_info = {"root": str(root), "synthetic": cfg.is_synthetic, "images": len(self.paths), "unreadable": [],
+                              "split_sizes": {k: int(len(v)) for k, v in self.splits.items()}, "cache": "memory"}
+
+        def has_split_folders(self) -> bool:
+            return False
+
+        def num_train_batches(self) -> int:
+            return self.global_batches(len(self.splits["train"]))
+
+        def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+            order = np.random.default_rng(self.cfg.seed * 1000 + epoch).permutation(self.splits["train"])
+            bs = self.cfg.batch_size
+            for step in range(start_step, self.num_train_batches()):
+                idx = torch.from_numpy(order[step * bs : (step + 1) * bs])
+                yield self.images[idx], torch.from_numpy(self.targets)[idx]
+
+        def on_device(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+            return self.normalize(x.float().div_(255.0))
+
+        def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(output.float()[:, 0], target.float())
+
+        @torch.inference_mode()
+        def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
+            model.eval()
+            idx = self.splits[split]
+            preds = []
+            for chunk in self.iter_chunks(idx, batch_size or 64):
+                x = self.on_device(self.images[torch.from_numpy(chunk)].to(self.device), train=False)
+                with autocast():
+                    preds.append(model(x).float()[:, 0].cpu())
+            if not len(idx):
+                return EvalResult({}, {}, self.primary)
+            pred, true = torch.cat(preds).numpy(), self.targets[idx]
+            err = pred - true
+            metrics = {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())), "loss": float((err**2).mean())}
+            rows = sorted(({"path": str(self.paths[i]), "target": float(t), "predicted": round(float(p), 5),
+                            "abs_error": round(abs(float(p - t)), 5)} for i, t, p in zip(idx, true, pred)),
+                          key=lambda r: -r["abs_error"])
+            report = {"kind": self.spec.kind, "primary": self.primary, "class_names": self.classes, "num_samples": int(len(idx)),
+                      "metrics": metrics}
+            return EvalResult(metrics, report, self.primary, rows, "largest error first")
+
+    return RegressionRunner
+
+
+register_kind(RegressionKind())
+register_task(TaskSpec(
+    name="brightness", kind="regression", default_classes=("brightness",), seed_model="disc_cnn",
+    recipe=str(Path(__file__).with_name("brightness.yaml")),
+    description="The grey level (0..1) of a disc on a dark photo, regressed by a small CNN (an example plugin).",
+))

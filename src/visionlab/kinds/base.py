@@ -1,0 +1,189 @@
+"""What a task kind is: the one object every surface (trainer, evaluate, predict, serve, report,
+data doctor, demo) asks how to index, batch, run, score and show a task of that kind.
+
+This module is torch-free; a kind's heavy parts (its runner, the model step of the predictor)
+are imported inside its methods, so ``visionlab tasks`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from visionlab.errors import VisionlabError
+
+__all__ = ["Kind", "Prediction", "EvaluationReport"]
+
+
+@dataclass
+class Prediction:
+    """One image's result; each kind has its own subclass with the fields of its answer.
+
+    ``label`` and ``confidence`` are the answer in a word and a number (a class and its
+    probability, a mask's dominant class and its share, ...). ``error`` is set when the file
+    could not be read, ``skipped`` says why an entry was not predicted at all (not an image, a
+    broken link, a directory...)."""
+
+    source: str
+    label: str | None = None
+    confidence: float | None = None
+    error: str | None = None
+    skipped: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # files written for it (a mask...): column -> path
+
+    def extra(self) -> dict[str, Any]:
+        """The kind's own JSON-ready fields after the common ones (top_k, class_shares, value, ...)."""
+        return {}
+
+    def flat_extra(self) -> dict[str, Any]:
+        """:meth:`extra` as flat CSV columns (nested fields spread over several)."""
+        return self.extra()
+
+    def _common(self) -> dict[str, Any]:
+        return {"path": self.source, "label": self.label, "confidence": self.confidence, "error": self.error, "skipped": self.skipped}
+
+    def to_dict(self) -> dict[str, Any]:
+        """One row of ``visionlab predict --out x.json``: path, label, confidence, error, skipped, the
+        kind's fields, then the files written for it."""
+        return {**self._common(), **self.extra(), **self.files}
+
+    def to_json(self, image: Any = None) -> dict[str, Any]:
+        """JSON-ready result for an HTTP answer: the fields this result has (``image``, the decoded
+        photo, is read only by results that draw on it)."""
+        return {k: v for k, v in self.to_dict().items() if k != "path" and v is not None}
+
+    def csv_row(self) -> dict[str, Any]:
+        """One flat row of ``visionlab predict --out x.csv``."""
+        return {**self._common(), **self.files, **self.flat_extra()}
+
+    def detail(self) -> str:
+        """The terminal table's detail cell (top-k, class shares, ...)."""
+        return ""
+
+    def cells(self) -> tuple[str, str, str]:
+        """The terminal table's (label, confidence, detail) cells of a predicted image."""
+        return self.label or "", f"{self.confidence:.3f}" if self.confidence is not None else "", self.detail()
+
+    def with_top_k(self, k: int) -> "Prediction":
+        """This result listing at most ``k`` classes (itself for kinds without a ranking)."""
+        return self
+
+    def write_files(self, folder: Path, taken: set[str]) -> None:
+        """Write the files this result has beside the predictions (masks...) into ``folder``, and
+        note them in :attr:`files`; ``taken`` holds the file stems used so far. None by default."""
+
+
+def image_base64(image: Any, fmt: str, **options: Any) -> str:
+    """A PIL image encoded as ``fmt`` (PNG, JPEG) in base64, for JSON answers."""
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@dataclass
+class EvaluationReport:
+    """What ``visionlab evaluate`` measured: the metrics and per-class detail of one split, the
+    facts of the run, one row per image (worth-a-look first) and the example images."""
+
+    task: str
+    kind: str
+    checkpoint: str
+    data: str
+    split: str
+    synthetic: bool
+    images: int
+    seconds: float
+    tta: str
+    classes: list[str]
+    detail: dict[str, Any]  # the kind's report: metrics, per_class, confusion_matrix, ...
+    files: list[dict[str, Any]] | None = None
+    files_note: str = ""
+    examples: list[dict[str, Any]] | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.detail.get("metrics", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """metrics.json: the kind's report and the facts of the run."""
+        return {**self.detail, "task": self.task, "checkpoint": self.checkpoint, "data": self.data, "split": self.split,
+                "synthetic": self.synthetic, "images": self.images, "seconds": round(self.seconds, 2), "tta": self.tta}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+class Kind:
+    """A task kind. Subclasses set the class attributes and implement the methods that raise here.
+
+    Direction of metrics: :meth:`higher_is_better` (the trainer never guesses it from a name).
+    """
+
+    name: ClassVar[str] = ""
+    #: The validation metric that selects best.pt.
+    primary: ClassVar[str] = ""
+    #: Metric names for which lower is better (besides every name ending in 'loss').
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    #: The config key that holds the model's input side (shown by ``visionlab tasks``).
+    input_key: ClassVar[str] = "image_size"
+    #: Config overrides of ``visionlab demo`` (a short training on synthetic data).
+    demo_options: ClassVar[Mapping[str, Any]] = {}
+    #: Per-class columns of the evaluation tables, in order.
+    per_class_columns: ClassVar[tuple[str, ...]] = ()
+    #: What the confusion matrix counts ('images', 'pixels').
+    confusion_unit: ClassVar[str] = "images"
+    #: The report page's heading and note over the images worth a look.
+    examples_heading: ClassVar[str] = "Images worth a look"
+    examples_note: ClassVar[str] = ""
+    #: The predictions table's detail column, and whether ``--top-k`` applies.
+    detail_column: ClassVar[str] = "detail"
+    ranks_classes: ClassVar[bool] = False
+    #: Whether its predictions write files (masks) beside the results.
+    writes_files: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        return f"<kind {self.name}>"
+
+    def higher_is_better(self, metric: str) -> bool:
+        """The direction of a logged metric (its name without the ``val_``/``test_`` prefix)."""
+        return metric not in self.lower_is_better and not metric.endswith("loss")
+
+    # ------------------------------------------------------------------ training and evaluation
+    def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
+        """The :class:`visionlab.tasks.base.TaskRunner` of one run of ``spec`` (data, step, evaluation)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ data
+    def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
+        """Write a small synthetic dataset of this kind's layout into the empty folder ``root``."""
+        raise NotImplementedError
+
+    def synthetic_data(self, spec: Any, seed: int = 0) -> Path:
+        """The folder of task ``spec``'s synthetic dataset (made once, then reused)."""
+        from visionlab.data.synthetic import make_synthetic
+
+        return make_synthetic(spec.name, lambda root: self.make_synthetic(root, list(spec.default_classes), seed), seed=seed)
+
+    def demo_inputs(self, root: Path) -> list[Path]:
+        """A few images of the synthetic dataset at ``root`` for the demo's prediction."""
+        raise NotImplementedError
+
+    def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
+        """The data doctor's :class:`visionlab.data.doctor.Report` of a dataset of this kind."""
+        raise VisionlabError(f"the data doctor has no checks for {self.name} datasets.", "Check the folder by hand.")
+
+    # ------------------------------------------------------------------ prediction
+    def loader_batch_size(self, batch_size: int) -> int:
+        """Images per decoded batch of the predictor (whole-image kinds batch; tiled ones go one by one)."""
+        return batch_size
+
+    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+                       originals: Sequence[Any]) -> list[Prediction]:
+        """The model step of :class:`visionlab.engine.predict.Predictor` on preprocessed images."""
+        raise NotImplementedError

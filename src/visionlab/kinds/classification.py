@@ -1,0 +1,96 @@
+"""The classification kind: one label per photo (folders or a CSV of labelled images).
+
+Its runner is :class:`visionlab.tasks.classification.ClassificationRunner`; predictions are
+batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from visionlab.kinds import register_kind
+from visionlab.kinds.base import Kind, Prediction
+
+__all__ = ["ClassificationKind", "ClassPrediction"]
+
+
+@dataclass
+class ClassPrediction(Prediction):
+    """A class for the photo: ``label`` with its probability ``confidence``, and the ``top_k`` classes."""
+
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+
+    def extra(self) -> dict[str, Any]:
+        return {"top_k": [{"label": lab, "probability": p} for lab, p in self.top_k]} if self.top_k else {}
+
+    def flat_extra(self) -> dict[str, Any]:
+        """top_k as top1_label, top1_probability, top2_label, ..."""
+        row: dict[str, Any] = {}
+        for i, (lab, p) in enumerate(self.top_k, 1):
+            row[f"top{i}_label"], row[f"top{i}_probability"] = lab, p
+        return row
+
+    def detail(self) -> str:
+        return ", ".join(f"{lab} {p:.2f}" for lab, p in self.top_k)
+
+    def with_top_k(self, k: int) -> "ClassPrediction":
+        self.top_k = self.top_k[:k]
+        return self
+
+
+class ClassificationKind(Kind):
+    name = "classification"
+    primary = "accuracy"
+    demo_options = {"epochs": 4, "batch_size": 16, "early_stopping": 0, "lr": 2e-3}
+    per_class_columns = ("precision", "recall", "f1", "support", "roc_auc")
+    confusion_unit = "images"
+    examples_heading = "Most confident mistakes"
+    examples_note = "the wrong answers the model was surest of, most confident first"
+    detail_column = "top-{k}"
+    ranks_classes = True
+
+    def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
+        from visionlab.tasks.classification import ClassificationRunner
+
+        return ClassificationRunner(cfg, spec, device)
+
+    def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
+        from visionlab.data.synthetic import make_classification
+
+        make_classification(root, classes, seed=seed)
+
+    def demo_inputs(self, root: Path) -> list[Path]:
+        """One image of each class (at most six)."""
+        from visionlab.data.io import expand_inputs
+
+        return [Path(expand_inputs([d])[0]) for d in sorted(root.iterdir()) if d.is_dir()][:6]
+
+    def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
+        from visionlab.data.doctor import check_classification
+
+        return check_classification(path, classes, **options)
+
+    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+                       originals: Sequence[Any]) -> list[Prediction]:
+        """One batch: normalise, the model (with the saved test-time augmentation), softmax, top-k."""
+        import numpy as np
+        import torch
+
+        from visionlab.engine.tta import tta_logits
+
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        x = predictor.normalize(x.permute(0, 3, 1, 2).to(predictor.device))
+        if predictor.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        probs = tta_logits(predictor.model, x, predictor.tta, predictor.precision.autocast).softmax(1).cpu()
+        conf, idx = probs.topk(min(top_k, len(predictor.classes)), dim=1)
+        out: list[Prediction] = []
+        for source, c_row, i_row in zip(sources, conf.tolist(), idx.tolist()):
+            top = [(predictor.classes[j], float(c)) for c, j in zip(c_row, i_row)]
+            out.append(ClassPrediction(source, label=top[0][0], confidence=top[0][1], top_k=top))
+        return out
+
+
+register_kind(ClassificationKind())

@@ -1,0 +1,162 @@
+"""The segmentation kind: a class per pixel (``images/``, ``masks/`` and ``classes.json``).
+
+Its runner is :class:`visionlab.tasks.segmentation.SegmentationRunner`; predictions run blended
+tiles over each whole image, answered by :class:`MaskPrediction` (mask, class shares, legend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from visionlab.kinds import register_kind
+from visionlab.kinds.base import Kind, Prediction, image_base64
+
+__all__ = ["SegmentationKind", "MaskPrediction"]
+
+
+@dataclass
+class MaskPrediction(Prediction):
+    """A mask (H x W array of the dataset's pixel values), each class's share of the pixels and the
+    legend that colours it (one ``{"name", "value", "color"}`` per class); ``label`` is the class
+    with the most pixels, ``confidence`` its share."""
+
+    mask: Any = None
+    class_shares: dict[str, float] = field(default_factory=dict)
+    legend: list[dict[str, Any]] = field(default_factory=list)
+    ignore_index: int = 255
+
+    def extra(self) -> dict[str, Any]:
+        return {"class_shares": self.class_shares} if self.class_shares else {}
+
+    def flat_extra(self) -> dict[str, Any]:
+        """class_shares as share_<class> columns."""
+        return {f"share_{c}": s for c, s in self.class_shares.items()}
+
+    def detail(self) -> str:
+        return ", ".join(f"{c} {s:.0%}" for c, s in sorted(self.class_shares.items(), key=lambda kv: -kv[1]) if s > 0.005)
+
+    def overlay(self, image: Any = None) -> Any:
+        """The mask in its legend's colours, blended over ``image`` when given (anything
+        :func:`~visionlab.data.io.load_image` reads: a path, a file object, a PIL image)."""
+        from visionlab.data.io import load_image
+        from visionlab.engine.plots import colorize_mask, overlay_mask
+
+        if self.mask is None:
+            raise ValueError(f"{self.source}: this prediction has no mask")
+        colors = {int(c["value"]): c["color"] for c in self.legend}
+        if image is None:
+            return colorize_mask(self.mask, colors, ignore_index=self.ignore_index)
+        image = load_image(image)
+        if image.size != (self.mask.shape[1], self.mask.shape[0]):
+            image = image.resize((self.mask.shape[1], self.mask.shape[0]))
+        return overlay_mask(image, self.mask, colors, ignore_index=self.ignore_index)
+
+    def to_json(self, image: Any = None) -> dict[str, Any]:
+        """Also ``mask_png`` (pixel value = class value), ``overlay_jpeg`` (the mask blended over
+        ``image``) as base64, and the ``legend``."""
+        d = super().to_json(image)
+        if self.mask is not None:
+            from PIL import Image
+
+            d["mask_png"] = image_base64(Image.fromarray(self.mask), "PNG")
+            d["overlay_jpeg"] = image_base64(self.overlay(image).convert("RGB"), "JPEG", quality=88)
+            d["legend"] = self.legend
+        return d
+
+    def write_files(self, folder: Path, taken: set[str]) -> None:
+        """<stem>_mask.png and <stem>_overlay.png in ``folder`` (a stem seen before gets -2, -3, ...)."""
+        from PIL import Image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = base = Path(self.source).stem
+        n = 1
+        while stem in taken:  # same file name from another folder: a mask of its own
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem)
+        mask_path, overlay_path = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
+        Image.fromarray(self.mask).save(mask_path)
+        try:
+            overlay = self.overlay(self.source)
+        except Exception:  # the photo is unreadable now: the mask alone, in colour
+            overlay = self.overlay()
+        overlay.save(overlay_path)
+        self.files = {"mask": str(mask_path), "overlay": str(overlay_path)}
+
+
+class SegmentationKind(Kind):
+    name = "segmentation"
+    primary = "miou"
+    input_key = "tile_size"
+    demo_options = {"epochs": 3, "batch_size": 8, "tile_size": 128, "crops_per_image": 8, "early_stopping": 0}
+    per_class_columns = ("iou", "dice", "precision", "recall", "pixel_share", "support")
+    confusion_unit = "pixels"
+    examples_heading = "Worst images by IoU"
+    examples_note = "photo, true mask and predicted mask, lowest mIoU first"
+    detail_column = "class shares"
+    writes_files = True
+
+    def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
+        from visionlab.tasks.segmentation import SegmentationRunner
+
+        return SegmentationRunner(cfg, spec, device)
+
+    def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
+        from visionlab.data.synthetic import make_segmentation
+
+        make_segmentation(root, classes, seed=seed)
+
+    def demo_inputs(self, root: Path) -> list[Path]:
+        """The first two images."""
+        from visionlab.data.io import expand_inputs
+
+        return [Path(p) for p in expand_inputs([root / "images"])[:2]]
+
+    def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
+        from visionlab.data.doctor import check_segmentation
+
+        return check_segmentation(path, **options)
+
+    def loader_batch_size(self, batch_size: int) -> int:
+        return 1  # each image is tiled, and its tiles are batched
+
+    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+                       originals: Sequence[Any]) -> list[Prediction]:
+        return [self._segment(predictor, s, o, a) for s, o, a in zip(sources, originals, arrays)]
+
+    def _segment(self, predictor: Any, name: str, original: Any, img: Any) -> MaskPrediction:
+        """Blended tiles over the whole image, back at its original resolution when it was scaled."""
+        import numpy as np
+
+        from visionlab.tasks.segmentation import predict_probs
+
+        pre = predictor.preprocessing
+        out_size = None
+        if float(pre.get("seg_scale", 1.0)) != 1.0:  # back to the original resolution
+            from visionlab.data.io import load_image
+
+            w, h = load_image(original).size
+            out_size = (h, w)
+        probs = predict_probs(predictor.model, img, pre, predictor.normalize, predictor.precision.autocast,
+                              channels_last=predictor.channels_last, out_size=out_size, tta=predictor.tta)
+        channel = probs.argmax(0).cpu().numpy().astype(np.uint8)
+        mask = np.asarray(pre["values"], dtype=np.uint8)[channel]
+        shares = np.bincount(channel.ravel(), minlength=len(predictor.classes)) / channel.size
+        return MaskPrediction(name, mask=mask, class_shares={c: round(float(s), 4) for c, s in zip(predictor.classes, shares)},
+                              label=predictor.classes[int(shares.argmax())], confidence=float(shares.max()),
+                              legend=self.legend(predictor), ignore_index=int(pre["ignore_index"]))
+
+    @staticmethod
+    def legend(predictor: Any) -> list[dict[str, Any]]:
+        """Each class's name, pixel value and the colour its masks are drawn in."""
+        from visionlab.engine.plots import default_colors
+
+        pre = predictor.preprocessing
+        fallback = default_colors(256)
+        return [{"name": c, "value": int(v), "color": col or fallback[int(v)]}
+                for c, v, col in zip(predictor.classes, pre["values"], pre["colors"])]
+
+
+register_kind(SegmentationKind())
