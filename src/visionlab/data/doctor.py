@@ -35,7 +35,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from visionlab.data.io import UnreadableImage, is_image_file, load_image, load_mask
+from visionlab.data.io import IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask
 from visionlab.data.layout import (
     SPLIT_NAMES,
     ClassificationIndex,
@@ -82,11 +82,6 @@ IMBALANCE_SEVERE = 10.0
 #: Files listed per finding in the tables (JSON lists them all).
 MAX_FILES_SHOWN = 10
 
-# Extension -> the format PIL detects for content that matches it.
-_EXPECTED_FORMAT = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
-    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
-}
 _HEADER_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -428,7 +423,7 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
     if tail:
         report.add(Finding("warning", "jpeg_no_end_marker", f"{_says(len(tail), 'JPEG', 'lack')} the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
 
-    mismatched = [s for s in scans if s.fmt and _EXPECTED_FORMAT.get(s.path.suffix.lower(), s.fmt) != s.fmt]
+    mismatched = [s for s in scans if s.fmt and IMAGE_FORMATS.get(s.path.suffix.lower(), s.fmt) != s.fmt]
     if mismatched:
         kinds = Counter(f"{s.fmt} named {s.path.suffix.lower()}" for s in mismatched)
         detail = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())

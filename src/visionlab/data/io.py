@@ -21,6 +21,7 @@ from visionlab.errors import VisionlabError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "is_image_file",
     "load_image",
     "load_mask",
@@ -33,9 +34,13 @@ __all__ = [
     "expand_inputs",
 ]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-)
+#: The image extensions visionlab reads (the one list: layouts, prediction inputs, downloads,
+#: the data doctor), each with the format PIL detects in content that matches it.
+IMAGE_FORMATS: Mapping[str, str] = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
+}
+IMAGE_EXTENSIONS = frozenset(IMAGE_FORMATS)
 
 IN_MEMORY = "<in-memory image>"  # how a file object without a name is called in errors
 
