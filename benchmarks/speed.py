@@ -239,6 +239,8 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     import visionlab
     from visionlab.config import load_config
     from visionlab.data.cache import build_cache
+
+    visionlab.tune_process()  # as the visionlab command runs
     from visionlab.data.layout import find_classification
     from visionlab.tasks.classification import classification_preprocessing
 
@@ -262,6 +264,7 @@ def child_predict_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     """``visionlab.load(ckpt).predict(files)``: batched, the checkpoint's own preprocessing, TTA ``p.tta``."""
     import visionlab
 
+    visionlab.tune_process()  # as the visionlab command runs
     predictor = visionlab.load(p.checkpoint, device=p.device)
     predictor.tta = p.tta
     predictor.predict(p.files[:8])  # warm-up
@@ -308,6 +311,7 @@ def child_accuracy(p: SimpleNamespace) -> dict[str, Any]:
     os.environ["VISIONLAB_CACHE"] = tempfile.mkdtemp(prefix="cache-", dir=p.work)
     import visionlab
 
+    visionlab.tune_process()  # as the visionlab command runs
     extra: dict[str, Any] = {"epochs": 1, "batch_size": p.batch_size, "image_size": p.image_size} if p.quick else {}
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = visionlab.train("cracks", config=p.scratch_config, console=_console(p.verbose), data=p.root, device=p.device,

@@ -44,9 +44,6 @@ IMAGE_EXTENSIONS = frozenset(IMAGE_FORMATS)
 
 IN_MEMORY = "<in-memory image>"  # how a file object without a name is called in errors
 
-# Refuse decompression bombs but allow large aerial orthophotos (LandCover.ai is 9000 x 9500).
-Image.MAX_IMAGE_PIXELS = 300_000_000
-
 
 class UnreadableImage(VisionlabError):
     """An image file that cannot be decoded (missing, truncated, not an image)."""

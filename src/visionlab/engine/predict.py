@@ -20,7 +20,7 @@ import torch
 from visionlab.data.io import InputEntry, expand_inputs, load_for_model, scan_inputs
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, model_from_state
-from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
+from visionlab.engine.device import resolve_device, resolve_precision
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
 
@@ -118,8 +118,6 @@ class Predictor:
         self.preprocessing: dict[str, Any] = dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()  # batches of activations reuse heap memory instead of fresh pages
         self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
         self.model = model_from_state(state).to(self.device).eval()
         self.channels_last = bool(state["config"].get("channels_last", False))
