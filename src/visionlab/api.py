@@ -344,6 +344,8 @@ def predict(
 def _write_masks(p: Any, folder: Path, taken: set[str]) -> dict[str, str]:
     from PIL import Image
 
+    from visionlab.data.io import UnreadableImage
+
     folder.mkdir(parents=True, exist_ok=True)
     stem = base = Path(p.source).stem
     n = 1
@@ -355,7 +357,7 @@ def _write_masks(p: Any, folder: Path, taken: set[str]) -> dict[str, str]:
     Image.fromarray(p.mask).save(mask_path)
     try:
         overlay = p.overlay(p.source)
-    except Exception:  # the photo is unreadable now: the mask alone, in colour
+    except UnreadableImage:  # the photo is unreadable now: the mask alone, in colour
         overlay = p.overlay()
     overlay.save(overlay_path)
     return {"mask": str(mask_path), "overlay": str(overlay_path)}

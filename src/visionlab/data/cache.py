@@ -68,10 +68,8 @@ def _decode_all(paths: Sequence[Path], pre: Mapping[str, Any], out: np.ndarray, 
         try:
             out[i] = load_for_model(paths[i], pre)
             return i, None
-        except UnreadableImage as exc:
+        except UnreadableImage as exc:  # a broken file must not stop the run; a bug does
             return i, str(exc)
-        except Exception as exc:  # a broken file must not stop the run
-            return i, f"{paths[i]}: {type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for i, err in pool.map(work, range(len(paths)), chunksize=16):

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from visionlab.data.io import IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask
+from visionlab.data.io import DECODE_ERRORS, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask
 from visionlab.data.layout import (
     SPLIT_NAMES,
     ClassificationIndex,
@@ -82,7 +82,6 @@ IMBALANCE_SEVERE = 10.0
 #: Files listed per finding in the tables (JSON lists them all).
 MAX_FILES_SHOWN = 10
 
-_HEADER_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -237,7 +236,7 @@ def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Sca
     try:
         with Image.open(io.BytesIO(data)) as im:
             s.fmt, s.mode, s.frames = im.format, im.mode, getattr(im, "n_frames", 1)
-    except _HEADER_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         s.error_code = "not_an_image"
         s.error = f"not an image ({type(exc).__name__})"
         return s
@@ -577,7 +576,7 @@ def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Pat
                 with Image.open(p) as im:
                     im.format  # noqa: B018  (header only)
                 hidden_images.append(p)
-            except _HEADER_ERRORS:
+            except DECODE_ERRORS:
                 pass
     if hidden_images:
         report.add(Finding("warning", "image_without_extension", f"{_says(len(hidden_images), 'file', 'hold')} an image but no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from visionlab.data.io import InputEntry, expand_inputs, load_for_model, scan_inputs
+from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_for_model, scan_inputs
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, model_from_state
 from visionlab.engine.device import resolve_device, resolve_precision
@@ -98,7 +98,7 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return i, torch.from_numpy(np.ascontiguousarray(load_for_model(self.items[i], self.pre))), None
-        except Exception as exc:  # reported per image, never fatal
+        except UnreadableImage as exc:  # reported per image, never fatal
             return i, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 

@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from visionlab._version import __version__
+from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
 from visionlab.serve.batching import Batcher
 from visionlab.serve.metrics import Metrics
@@ -286,7 +287,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
         image = check_image(upload, int(settings.max_megapixels * 1e6))
         try:
             return model.predictor.preprocess(image), image
-        except Exception as exc:
+        except UnreadableImage as exc:
             raise decode_failure(upload, exc) from None
 
     async def answer(request: Request, task: str | None) -> JSONResponse:

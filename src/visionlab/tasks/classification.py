@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from visionlab.data.cache import ImageCache, build_cache
+from visionlab.data.io import DECODE_ERRORS, UnreadableImage
 from visionlab.data.layout import ClassificationIndex, find_classification
 from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
 from visionlab.engine.distributed import shard_batch
@@ -54,7 +55,7 @@ class _StreamDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return torch.from_numpy(load_for_model(self.paths[i], self.pre)), int(self.labels[i]), str(self.paths[i])
-        except Exception:
+        except UnreadableImage:
             return str(self.paths[i])
 
 
@@ -126,7 +127,7 @@ class ClassificationRunner(TaskRunner):
             try:
                 with Image.open(p):
                     pass
-            except Exception:
+            except DECODE_ERRORS:
                 ok[i] = False
                 failed.append(str(p))
         return ok, failed
@@ -274,7 +275,7 @@ class ClassificationRunner(TaskRunner):
         for r in rows:
             try:
                 images = {"photo": thumbnail(load_image(r["path"]), 240)}
-            except Exception:  # a file gone since: the labels alone
+            except UnreadableImage:  # a file gone or broken since: the labels alone
                 images = {}
             out.append({"title": r["path"], "images": images,
                         "fields": {"true": r["label"], "predicted": f"{r['predicted']} ({r['confidence']:.0%})",

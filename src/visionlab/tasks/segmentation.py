@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visionlab.data.io import load_mask, resize_mask
+from visionlab.data.io import UnreadableImage, load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
@@ -211,7 +211,7 @@ class SegmentationRunner(TaskRunner):
         try:
             img = load_for_model(self.index.images[k], self.preprocessing)
             mask = self.lut[load_mask(self.index.masks[k])]
-        except Exception:
+        except UnreadableImage:
             return None
         h, w = img.shape[:2]
         if mask.shape != (h, w):
