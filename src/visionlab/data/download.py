@@ -60,7 +60,6 @@ __all__ = [
     "USER_AGENT",
     "data_root",
     "get_source",
-    "list_sources",
     "fetch",
     "extract",
     "fetch_manifest",
@@ -310,11 +309,6 @@ def get_source(name: str) -> Source:
             fields["urls"] = (urls,) if isinstance(urls, str) else tuple(urls)
         src = dataclasses.replace(src, **fields)
     return src
-
-
-def list_sources() -> list[Source]:
-    """All registered sources (with overrides applied), in registration order."""
-    return [get_source(n) for n in SOURCES]
 
 
 def data_root() -> Path:

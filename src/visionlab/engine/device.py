@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -58,10 +58,6 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    @property
-    def factory(self) -> Callable[[], ContextManager]:
-        return self.autocast
 
 
 def has_grouped_conv(model: torch.nn.Module) -> bool:

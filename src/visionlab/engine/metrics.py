@@ -1,7 +1,7 @@
 """Evaluation metrics for classification and segmentation, and their reports.
 
 Two accumulating meters share one small interface (``update``, ``reset``, ``compute``,
-``report``, ``primary``, ``higher_is_better``) so the trainer, ``visionlab evaluate`` and the
+``report``, ``primary``) so the task runners, ``visionlab evaluate`` and the
 benchmarks treat both task kinds alike. The maths comes from scikit-learn for classification
 and from a ``torch.bincount`` confusion matrix for segmentation (it stays on the GPU until
 ``compute``). Undefined values (a class that never occurs, a ROC AUC with one class in the
@@ -70,7 +70,6 @@ class ClassificationMeter:
 
     kind = "classification"
     primary = PRIMARY_METRIC["classification"]
-    higher_is_better = True
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
@@ -126,11 +125,6 @@ class ClassificationMeter:
         if len(self._targets) > 1:
             self._targets = [torch.cat(self._targets)]
         return self._targets[0].numpy()
-
-    @property
-    def preds(self) -> np.ndarray:
-        """Arg-max predictions, (N,) int64."""
-        return self.probs.argmax(axis=1).astype(np.int64)
 
     def __len__(self) -> int:
         return sum(int(t.shape[0]) for t in self._targets)
@@ -262,7 +256,6 @@ class SegmentationMeter:
 
     kind = "segmentation"
     primary = PRIMARY_METRIC["segmentation"]
-    higher_is_better = True
 
     def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Sequence[int] = ()) -> None:
         if num_classes < 2:

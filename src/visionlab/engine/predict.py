@@ -227,11 +227,10 @@ class Predictor:
 
     def legend(self) -> list[dict[str, Any]]:
         """Segmentation: each class's name, pixel value and the colour its masks are drawn in."""
-        from visionlab.engine.plots import default_colors
+        from visionlab.engine.plots import default_color
 
         pre = self.preprocessing
-        fallback = default_colors(256)
-        return [{"name": c, "value": int(v), "color": col or fallback[int(v)]}
+        return [{"name": c, "value": int(v), "color": col or default_color(int(v))}
                 for c, v, col in zip(self.classes, pre["values"], pre["colors"])]
 
 

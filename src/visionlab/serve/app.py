@@ -381,7 +381,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     for m in models:
         print(f"model {m.task}: {m.path} (sha256 {m.sha256[:12]})", flush=True)
     print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
-          + (f"/{{task}}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
+          + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if settings.api_key else ""), flush=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     app = create_app(models, settings)
