@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.io import DECODE_ERRORS, UnreadableImage
 from visionlab.data.layout import ClassificationIndex, find_classification
-from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
+from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
@@ -93,6 +93,7 @@ class ClassificationRunner(TaskRunner):
         self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
         self.augment = BatchAugment(cfg.augment)
+        self.mixer = BatchMix(len(self.classes), cfg.mixup, cfg.cutmix)
         self.cache: ImageCache | None = None
         if cfg.cache != "none":
             self.cache = self._build_cache(console)
@@ -195,7 +196,7 @@ class ClassificationRunner(TaskRunner):
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.mixup <= 0 and self.cfg.cutmix <= 0:
             return x, y
-        return mix_batch(x, y, len(self.classes), self.cfg.mixup, self.cfg.cutmix)
+        return self.mixer(x, y)
 
     def class_weight_tensor(self) -> torch.Tensor | None:
         if self.cfg.class_weights != "balanced":
@@ -205,7 +206,12 @@ class ClassificationRunner(TaskRunner):
         return torch.tensor(w, dtype=torch.float32, device=self.device)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy; ``target`` holds class indices, or class probabilities after mixup/CutMix."""
+        """Cross-entropy; ``target`` holds class indices, or class probabilities after mixup/CutMix.
+
+        torch's cross-entropy, not timm's ``SoftTargetCrossEntropy`` (the same sum of -target *
+        log_softmax, averaged over the batch): it also takes the class weights, and smooths soft
+        targets as it does hard ones. With soft targets the weighted sum is averaged over the batch;
+        with class indices it is divided by the weights of the batch's labels (torch's rule)."""
         if not hasattr(self, "_weights"):
             self._weights = self.class_weight_tensor()
         return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
