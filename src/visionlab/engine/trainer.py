@@ -23,7 +23,7 @@ import torch
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
 from visionlab.engine.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from visionlab.engine.device import configure_threads, peak_memory_mb, resolve_device, resolve_precision
+from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
@@ -252,15 +252,10 @@ class Trainer:
         from visionlab.kinds import runner_for
 
         cfg = self.cfg
-        configure_threads()
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         self.runner = runner_for(cfg, self.spec, self.device)
         self.runner.dist = self.dist
         if not self.dist.is_main:
@@ -417,6 +412,7 @@ class Trainer:
         return f"{files} {'are' if len(self._saved) > 1 else 'is'} intact in {self.run_dir}"
 
     # ------------------------------------------------------------------- fit
+    @speed_settings()  # threads and cuDNN/TF32 flags while fitting; the caller's are restored after
     def fit(self, resume: str | Path | None = None) -> TrainResult:
         """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
         from rich.console import Console
