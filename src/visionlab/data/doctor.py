@@ -44,7 +44,6 @@ from visionlab.data.layout import (
     find_segmentation,
     unwrap_root,
 )
-from visionlab.errors import VisionlabError
 
 __all__ = [
     "Finding",
