@@ -70,7 +70,7 @@ def test_a_bug_in_decoding_propagates(tmp_path: Path, monkeypatch):
 
 def test_a_bug_propagates_through_the_cache_and_the_predictor(tmp_path: Path, monkeypatch, cracks_model: Path):
     paths = [_png(tmp_path / f"{i}.png") for i in range(3)]
-    pre = {"kind": "classification", "image_size": 16}
+    pre = {"kind": "classification", "image_size": 16, "resize": "squash"}
     cache = build_cache(paths + _broken(tmp_path), pre, mode="memory", workers=1)
     assert [Path(p).name for p, _ in cache.failed] == ["truncated.png", "garbage.jpg", "empty.png"]
     predictor = visionlab.load(cracks_model, device="cpu")
@@ -78,6 +78,6 @@ def test_a_bug_propagates_through_the_cache_and_the_predictor(tmp_path: Path, mo
     assert [p.error is None for p in preds] == [True, True, True, False]
     monkeypatch.setattr(vio, "resize_image", _bug)
     with pytest.raises(TypeError, match="a bug in visionlab"):
-        build_cache(paths, {"kind": "classification", "image_size": 12}, mode="memory", workers=1)
+        build_cache(paths, {"kind": "classification", "image_size": 12, "resize": "squash"}, mode="memory", workers=1)
     with pytest.raises(TypeError, match="a bug in visionlab"):
         predictor.predict(paths)
