@@ -45,6 +45,7 @@ from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 import visionlab
 
+visionlab.tune_process()  # the process tuning visionlab serve has, so only the serving differs
 predictor = visionlab.load(sys.argv[1], device=sys.argv[2])
 app = FastAPI()
 
@@ -149,6 +150,7 @@ def measure(url: str, photos: list[tuple[str, bytes]], clients: int, args: argpa
 def offline(ckpt: str, paths: list[str], args: argparse.Namespace) -> float:
     import visionlab
 
+    visionlab.tune_process()  # as visionlab's commands run
     model = visionlab.load(ckpt, device=args.device)
     model.predict(paths[: args.max_batch_size], batch_size=args.max_batch_size)  # warm-up
     n = args.requests

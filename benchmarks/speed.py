@@ -259,6 +259,8 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     import visionlab
     from visionlab.config import load_config
     from visionlab.data.cache import build_cache
+
+    visionlab.tune_process()  # as the visionlab command runs
     from visionlab.data.layout import find_classification
     from visionlab.tasks.classification import classification_preprocessing
 
@@ -280,23 +282,27 @@ def child_limit(p: SimpleNamespace) -> dict[str, Any]:
     and image size, the trainer's thread and device settings, and only forward, loss, backward and
     an AdamW step on one fixed batch already on the device (random, as if normalised): no decoding,
     caching, augmentation, EMA or callbacks. Like the trainer, it reads every step's loss."""
+    import visionlab
+    from visionlab.config import load_config
+    from visionlab.engine.device import speed_settings
+
+    visionlab.tune_process()  # the process settings of the visionlab side (allocator)
+    cfg = load_config("cracks", p.config, _train_options(p))
+    with speed_settings():  # the trainer's threads and cuDNN/TF32 flags
+        return _limit_steps(p, cfg)
+
+
+def _limit_steps(p: SimpleNamespace, cfg: Any) -> dict[str, Any]:
     import itertools
 
     import torch
     import torch.nn.functional as F
 
-    from visionlab.config import load_config
     from visionlab.data.layout import find_classification
-    from visionlab.engine.device import configure_threads, resolve_device, resolve_precision
+    from visionlab.engine.device import resolve_device, resolve_precision
     from visionlab.models import build_model, no_weights_kwargs
 
-    cfg = load_config("cracks", p.config, _train_options(p))
-    configure_threads()
     device = resolve_device(cfg.device)
-    if device.type == "cuda":  # as the trainer sets them
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     classes = len(find_classification(p.root).classes)
     model = build_model(cfg.model, classes, **{**cfg.model_args, **no_weights_kwargs(cfg.model)}).to(device)  # weights do not change speed
@@ -329,6 +335,7 @@ def child_predict_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     """``visionlab.load(ckpt).predict(files)``: batched, the checkpoint's own preprocessing, TTA ``p.tta``."""
     import visionlab
 
+    visionlab.tune_process()  # as the visionlab command runs
     predictor = visionlab.load(p.checkpoint, device=p.device)
     predictor.tta = p.tta
     predictor.predict(p.files[:8])  # warm-up
@@ -375,6 +382,7 @@ def child_accuracy(p: SimpleNamespace) -> dict[str, Any]:
     os.environ["VISIONLAB_CACHE"] = tempfile.mkdtemp(prefix="cache-", dir=p.work)
     import visionlab
 
+    visionlab.tune_process()  # as the visionlab command runs
     extra: dict[str, Any] = {"epochs": 1, "batch_size": p.batch_size, "image_size": p.image_size} if p.quick else {}
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = visionlab.train("cracks", config=p.scratch_config, console=_console(p.verbose), data=p.root, device=p.device,

@@ -13,7 +13,7 @@ import torch
 from visionlab.config import load_config
 from visionlab.data.io import load_for_model, load_mask, resize_mask
 from visionlab.registry import get_task
-from visionlab.tasks.base import runner_for
+from visionlab.kinds import runner_for
 
 # (cache, cache_budget_mb) -> where the arrays are expected to live
 MODES = {("memory", 4096): "memory", ("auto", 4096): "memory", ("disk", 4096): "memory", ("disk", 0): "memmap",

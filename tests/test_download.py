@@ -387,6 +387,47 @@ def test_download_404_names_url_and_dataset_page(server, tmp_path, quiet):
         download_dataset(src, tmp_path)
 
 
+# --------------------------------------------------------------------------- archives
+
+
+def test_extract_zip_through_torchvision(tmp_path, quiet, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    calls = []
+    real = tvu.extract_archive
+    monkeypatch.setattr(tvu, "extract_archive", lambda *a, **k: calls.append(a) or real(*a, **k))
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip({"d/x.txt": b"x", "../up.txt": b"no"}))
+    dl.extract(archive, tmp_path / "out", "zip")
+    assert calls and (tmp_path / "out" / "d" / "x.txt").read_bytes() == b"x"
+    assert not (tmp_path / "up.txt").exists()  # zipfile drops '..'
+    archive.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(VisionlabError, match="not a valid zip archive"):
+        dl.extract(archive, tmp_path / "out2", "zip")
+    misnamed = tmp_path / "a.bin"
+    misnamed.write_bytes(_zip({"x.txt": b"x"}))
+    with pytest.raises(VisionlabError, match=r"must be named \*\.zip.*VISIONLAB_SOURCES"):
+        dl.extract(misnamed, tmp_path / "out3", "zip")
+
+
+def test_extract_targz_skips_links_and_escaping_paths(tmp_path, quiet):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in {"ok/a.txt": b"a", "../evil.txt": b"e", "/abs.txt": b"b"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("ok/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(buf.getvalue())
+    out = dl.extract(archive, tmp_path / "out", "tar.gz")
+    assert (out / "ok" / "a.txt").read_bytes() == b"a"
+    assert not (tmp_path / "evil.txt").exists() and not (out / "ok" / "link").exists()
+    assert sorted(p.name for p in out.rglob("*")) == ["a.txt", "ok"]  # "/abs.txt" leaves the folder too
+
+
 # --------------------------------------------------------------------------- minerals manifest
 
 

@@ -22,7 +22,6 @@ from visionlab.engine.plots import (
     colorize_mask,
     overlay_mask,
     save_confusion_matrix,
-    save_prediction_grid,
     save_training_curves,
 )
 from visionlab.errors import VisionlabError
@@ -377,7 +376,3 @@ def test_colorize_and_overlay_mask():
         overlay_mask(Image.new("RGB", (3, 2)), mask, colors)
 
 
-def test_save_prediction_grid(tmp_path):
-    images = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
-    path = save_prediction_grid(images, ["true: a / pred: a", "true: b / pred: a", "x"], tmp_path / "g.png", ncols=2)
-    _open_png(path, min_side=150)

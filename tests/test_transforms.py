@@ -14,7 +14,7 @@ from PIL import Image
 from visionlab.config import AUGMENT_DEFAULTS, load_config
 from visionlab.data.augment import Augment
 from visionlab.data.io import resize_mask
-from visionlab.data.transforms import BatchAugment, Normalize, cutmix_pairs, load_for_model, mix_batch, to_float
+from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, cutmix_pairs, load_for_model, to_float
 from visionlab.errors import VisionlabError
 from visionlab.registry import get_task
 from visionlab.kinds import runner_for
@@ -99,17 +99,17 @@ def _labelled_constant_images(n: int = 8, size: int = 24) -> tuple[torch.Tensor,
     return y.float().view(-1, 1, 1, 1).expand(n, 3, size, size).contiguous(), y
 
 
-def test_mix_batch_off_gives_the_batch_and_one_hot_targets():
+def test_mix_off_gives_the_batch_and_one_hot_targets():
     x, y = _labelled_constant_images()
-    out, t = mix_batch(x, y, 8)
+    out, t = BatchMix(8)(x.clone(), y)
     assert torch.equal(out, x) and torch.equal(t, F.one_hot(y, 8).float())
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_mixup_weights_images_and_labels_alike(seed: int):
     x, y = _labelled_constant_images()
-    torch.manual_seed(seed)
-    out, t = mix_batch(x, y, 8, mixup=0.4)
+    np.random.seed(seed)  # timm's Mixup draws from numpy
+    out, t = BatchMix(8, mixup=1.0)(x, y)  # Beta(1, 1): no draw of lam next to 1
     assert torch.allclose(t.sum(1), torch.ones(8))
     assert (t.max(1).values < 1).any(), "nothing was mixed"
     # every pixel of image i is the label-weighted average of the two images' values
@@ -120,8 +120,8 @@ def test_mixup_weights_images_and_labels_alike(seed: int):
 @pytest.mark.parametrize("seed", range(8))
 def test_cutmix_label_weights_are_the_pasted_areas(seed: int):
     x, y = _labelled_constant_images(size=24)
-    torch.manual_seed(seed)
-    out, t = mix_batch(x, y, 8, cutmix=1.0)
+    np.random.seed(seed)
+    out, t = BatchMix(8, cutmix=1.0)(x, y)
     assert torch.allclose(t.sum(1), torch.ones(8))
     for i in range(8):
         values, counts = out[i, 0].unique(return_counts=True)
@@ -135,11 +135,43 @@ def test_cutmix_label_weights_are_the_pasted_areas(seed: int):
 def test_mixup_and_cutmix_together_use_both():
     x, y = _labelled_constant_images()
     kinds = set()
+    mix = BatchMix(8, mixup=0.4, cutmix=1.0)
     for seed in range(20):
-        torch.manual_seed(seed)
-        out, _ = mix_batch(x, y, 8, mixup=0.4, cutmix=1.0)
+        np.random.seed(seed)
+        out, _ = mix(x.clone(), y)
         kinds.add("cutmix" if torch.equal(out, out.round()) else "mixup")  # CutMix only moves whole pixels
     assert kinds == {"mixup", "cutmix"}
+
+
+def test_mix_leaves_the_odd_image_of_an_odd_batch_alone():
+    x, y = _labelled_constant_images(n=7)
+    np.random.seed(0)
+    out, t = BatchMix(7, mixup=0.4)(x.clone(), y)
+    assert torch.equal(out[6], x[6]) and torch.equal(t[6], F.one_hot(y[6], 7).float())
+    assert (t[:6].max(1).values < 1).all() and torch.allclose(t.sum(1), torch.ones(7))
+    for i in range(6):  # image i is mixed with image 5 - i, and with nothing else
+        assert set(torch.nonzero(t[i]).flatten().tolist()) == {i, 5 - i}
+    one, t1 = BatchMix(7, mixup=0.4)(x[:1].clone(), y[:1])  # a single image: nothing to mix it with
+    assert torch.equal(one, x[:1]) and torch.equal(t1, F.one_hot(y[:1], 7).float())
+
+
+def test_classifier_loss_smooths_and_weights_soft_targets(cls_folder: Path):
+    """With mixup on, label smoothing and class weights still shape the loss: the weighted
+    cross-entropy of the smoothed mixed targets, averaged over the batch."""
+    cfg = load_config("cracks", overrides={"data": str(cls_folder), "model": "cracks_cnn", "model_args": {}, "image_size": 24,
+                                           "mixup": 0.4, "label_smoothing": 0.1, "class_weights": "balanced"})
+    runner = runner_for(cfg, get_task("cracks"), torch.device("cpu"))
+    runner.prepare()
+    x, y = next(iter(runner.train_batches(0)))
+    np.random.seed(0)
+    x, target = runner.mix(runner.on_device(x, train=True), y)
+    assert target.shape == (len(y), 2) and (target.max(1).values < 1).any()
+    logits = torch.randn(len(y), 2, generator=torch.Generator().manual_seed(0))
+    w = runner.class_weight_tensor()
+    assert w is not None and not torch.equal(w, torch.ones(2))
+    smoothed = target * 0.9 + 0.1 / 2
+    expected = -(w * smoothed * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(runner.loss(logits, target), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -26,6 +26,7 @@ __all__ = [
     "load",
     "demo",
     "export_onnx",
+    "tune_process",
 ]
 
 _LAZY = {
@@ -36,6 +37,7 @@ _LAZY = {
     "demo": "visionlab.api",
     "load_config": "visionlab.config",
     "export_onnx": "visionlab.export",
+    "tune_process": "visionlab.process",
 }
 
 

@@ -103,6 +103,9 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
     _STATE["debug"] = debug
+    from visionlab.process import tune_process
+
+    tune_process()  # visionlab's own commands tune their process; a library import does not
 
 
 @app.command("tasks")

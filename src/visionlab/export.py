@@ -112,7 +112,7 @@ def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0) 
     """``count`` uint8 (size, size, 3) inputs: windows of the model's own images through its
     preprocessing when they are at hand (one per classifier photo, several per segmentation image),
     else random uint8 images. Never zeros: parity on constant inputs proves little."""
-    from visionlab.data.io import expand_inputs, load_for_model
+    from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model
 
     rng = np.random.default_rng(seed)
     root = (state.get("data") or {}).get("root")
@@ -122,7 +122,7 @@ def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0) 
         for i in np.linspace(0, len(files) - 1, num=min(len(files), count), dtype=int) if files else []:
             try:
                 img = load_for_model(files[i], state["preprocessing"])
-            except Exception:  # an unreadable file: take the next one
+            except UnreadableImage:  # take the next one
                 continue
             h, w = img.shape[:2]
             if h < size or w < size:

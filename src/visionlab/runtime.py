@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from visionlab.data.io import expand_inputs, load_for_model, load_image
+from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model, load_image
 from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import view_plan
 from visionlab.errors import VisionlabError
@@ -226,7 +226,7 @@ class Runtime:
         for i, item in enumerate(items):
             try:
                 pending.append((i, load_for_model(item, self.preprocessing)))
-            except Exception as exc:  # reported per image, never fatal
+            except UnreadableImage as exc:  # reported per image, never fatal
                 results[i] = {"path": names[i], "label": None, "confidence": None, "error": _first_line(exc)}
             if pending and (len(pending) == step or i == len(items) - 1):
                 for (j, _), row in zip(pending, self._run([(items[j], a) for j, a in pending], top_k)):

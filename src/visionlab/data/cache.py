@@ -103,10 +103,8 @@ def decode_each(
     def work(i: int) -> tuple[int, Any, str | None]:
         try:
             return i, decode(i), None
-        except UnreadableImage as exc:
+        except UnreadableImage as exc:  # a broken file must not stop the run; a bug does
             return i, None, str(exc)
-        except Exception as exc:  # a broken file must not stop the run
-            return i, None, f"{paths[i]}: {type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
         for i, value, err in pool.map(work, range(len(paths))):

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from visionlab.data.io import UnreadableImage, is_image_file, load_image, load_mask
+from visionlab.data.io import DECODE_ERRORS, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask
 from visionlab.data.layout import (
     SPLIT_NAMES,
     ClassificationIndex,
@@ -44,7 +44,6 @@ from visionlab.data.layout import (
     find_segmentation,
     unwrap_root,
 )
-from visionlab.errors import VisionlabError
 
 __all__ = [
     "Finding",
@@ -83,12 +82,6 @@ IMBALANCE_SEVERE = 10.0
 #: Files listed per finding in the tables (JSON lists them all).
 MAX_FILES_SHOWN = 10
 
-# Extension -> the format PIL detects for content that matches it.
-_EXPECTED_FORMAT = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
-    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
-}
-_HEADER_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -243,7 +236,7 @@ def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Sca
     try:
         with Image.open(io.BytesIO(data)) as im:
             s.fmt, s.mode, s.frames = im.format, im.mode, getattr(im, "n_frames", 1)
-    except _HEADER_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         s.error_code = "not_an_image"
         s.error = f"not an image ({type(exc).__name__})"
         return s
@@ -444,7 +437,7 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
     if tail:
         report.add(Finding("warning", "jpeg_no_end_marker", f"{_says(len(tail), 'JPEG', 'lack')} the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
 
-    mismatched = [s for s in scans if s.fmt and _EXPECTED_FORMAT.get(s.path.suffix.lower(), s.fmt) != s.fmt]
+    mismatched = [s for s in scans if s.fmt and IMAGE_FORMATS.get(s.path.suffix.lower(), s.fmt) != s.fmt]
     if mismatched:
         kinds = Counter(f"{s.fmt} named {s.path.suffix.lower()}" for s in mismatched)
         detail = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
@@ -598,7 +591,7 @@ def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Pat
                 with Image.open(p) as im:
                     im.format  # noqa: B018  (header only)
                 hidden_images.append(p)
-            except _HEADER_ERRORS:
+            except DECODE_ERRORS:
                 pass
     if hidden_images:
         report.add(Finding("warning", "image_without_extension", f"{_says(len(hidden_images), 'file', 'hold')} an image but no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))

@@ -10,37 +10,52 @@ from __future__ import annotations
 
 import glob
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from visionlab.errors import VisionlabError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "is_image_file",
     "load_image",
     "load_mask",
     "resize_image",
     "resize_mask",
     "UnreadableImage",
+    "DECODE_ERRORS",
     "load_for_model",
     "InputEntry",
     "scan_inputs",
     "expand_inputs",
 ]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-)
+#: The image extensions visionlab reads (the one list: layouts, prediction inputs, downloads,
+#: the data doctor), each with the format PIL detects in content that matches it.
+IMAGE_FORMATS: Mapping[str, str] = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
+}
+IMAGE_EXTENSIONS = frozenset(IMAGE_FORMATS)
 
 IN_MEMORY = "<in-memory image>"  # how a file object without a name is called in errors
 
-# Refuse decompression bombs but allow large aerial orthophotos (LandCover.ai is 9000 x 9500).
-Image.MAX_IMAGE_PIXELS = 300_000_000
+#: What PIL raises on a broken, truncated or hostile file, and nothing else: an unreadable image.
+#: Caught only around PIL's own calls (open, load, seek, EXIF), so that the same types raised by a
+#: bug in visionlab's code propagate. OSError includes UnidentifiedImageError and "image file is
+#: truncated"; DecompressionBombError is not an OSError; ValueError comes from PPM headers (and
+#: others); SyntaxError, EOFError and struct.error from plugins' headers and frames; Pillow 13's
+#: GIF and TIFF readers raise IndexError and TypeError ("Missing dimensions") on corrupt frames
+#: (found by flipping bytes of small files of every format we read).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, Image.DecompressionBombError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError,
+)
 
 
 class UnreadableImage(VisionlabError):
@@ -98,13 +113,23 @@ def load_image(path: str | os.PathLike | BinaryIO | Image.Image | np.ndarray, dr
             img.load()  # force full decode: catches truncated files
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
-            out = ImageOps.exif_transpose(img) or img
-            return _to_rgb(out).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImage(
-            f"{p}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
-            "Remove or replace the file.",
-        ) from None
+            out = (ImageOps.exif_transpose(img) or img).copy()  # a copy outlives the closed file
+    except DECODE_ERRORS as exc:
+        raise _unreadable(p, exc) from None
+    try:
+        return _to_rgb(out)
+    except ValueError as exc:  # a colour mode PIL cannot convert to RGB (LAB, ...)
+        raise _unreadable(p, exc) from None
+
+
+def _unreadable(p: Any, exc: BaseException) -> UnreadableImage:
+    if isinstance(exc, Image.DecompressionBombError):
+        return UnreadableImage(f"{p}: refused as a decompression bomb ({exc}).",
+                               "If you trust it, raise PIL.Image.MAX_IMAGE_PIXELS (the visionlab command allows 300 MP).")
+    return UnreadableImage(
+        f"{p}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
+        "Remove or replace the file.",
+    )
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
@@ -115,21 +140,17 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(p) as m:
             m.load()
-            if m.mode in ("L", "P", "I", "I;16", "1"):
-                arr = np.asarray(m)  # palette images keep their indices
-            else:
-                # An RGB mask whose three channels are equal is treated as single-channel.
-                arr = np.asarray(m.convert("RGB"))
-                if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
-                    raise UnreadableImage(
-                        f"{p}: mask is a colour image; visionlab expects pixel value = class value.",
-                        "Convert colour masks to class indices (see classes.json).",
-                    )
-                arr = arr[..., 0]
-    except UnreadableImage:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            colour = m.mode not in ("L", "P", "I", "I;16", "1")  # palette images keep their indices
+            arr = np.asarray(m.convert("RGB") if colour else m)
+    except DECODE_ERRORS as exc:
         raise UnreadableImage(f"{p}: cannot decode mask ({type(exc).__name__}).", "Remove or replace the file.") from None
+    if colour:  # an RGB mask whose three channels are equal is treated as single-channel
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise UnreadableImage(
+                f"{p}: mask is a colour image; visionlab expects pixel value = class value.",
+                "Convert colour masks to class indices (see classes.json).",
+            )
+        arr = arr[..., 0]
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 
@@ -188,12 +209,10 @@ def _looks_like_an_image(path: str) -> bool:
     """An image extension, or else content PIL can identify (a JPEG named ``photo`` or ``x.dat``)."""
     if is_image_file(path):
         return True
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path):
             return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except DECODE_ERRORS:
         return False
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from visionlab.data.augment import Augment
 from visionlab.data.io import load_for_model
 
-__all__ = ["load_for_model", "BatchAugment", "Normalize", "to_float", "affine_grid"]
+__all__ = ["load_for_model", "BatchAugment", "BatchMix", "Normalize", "to_float", "affine_grid", "cutmix_pairs"]
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -166,32 +165,39 @@ def _paste(t: torch.Tensor, perm: torch.Tensor, box: tuple[int, int, int, int]) 
     return t
 
 
-def mix_batch(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup or CutMix of a training batch with a shuffled copy of itself (Zhang et al. 2018; Yun et al. 2019).
+class BatchMix:
+    """Mixup or CutMix of a classifier's training batch (Zhang et al. 2018; Yun et al. 2019): timm's
+    ``Mixup`` in batch mode, returning soft targets ``(N, num_classes)`` that sum to 1.
 
     ``mixup``/``cutmix`` are the alphas of the Beta distribution the mixing weight is drawn from
-    (0 = off). With both on, each batch uses one of them, chosen by a coin flip (as timm does).
-    CutMix pastes one rectangle of the partner image and weights the labels by the area actually
-    pasted (after clipping at the border). Returns the mixed batch and soft targets
-    ``(N, num_classes)`` that sum to 1, for ``F.cross_entropy`` with probability targets.
+    (0 = off). With both on, each batch uses one of them, chosen by a coin flip. Image i is mixed
+    with image n-1-i; CutMix weights the labels by the area actually pasted (after clipping at the
+    border). timm draws from numpy's global generator, which the trainer seeds and saves for
+    resume. Label smoothing is left to the loss, so it applies once whether a batch is mixed or not.
+    timm pairs images only in even batches: of an odd batch (the last of an epoch, a streamed batch
+    with a skipped file) the last image is left as it is, with its one-hot target.
     """
-    target = F.one_hot(y.long(), num_classes).to(torch.float32)
-    if (mixup <= 0 and cutmix <= 0) or x.shape[0] < 2:
+
+    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0) -> None:
+        self.num_classes = int(num_classes)
+        self._mixup = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+
+            self._mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=self.num_classes)
+
+    def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y.long(), self.num_classes).to(torch.float32)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixed batch (``x``, changed in place) and its soft targets."""
+        n = x.shape[0] - x.shape[0] % 2
+        if self._mixup is None or n < 2:
+            return x, self._one_hot(y)
+        _, target = self._mixup(x[:n], y[:n])  # x[:n] is a view: x itself is mixed
+        if n < x.shape[0]:
+            target = torch.cat([target, self._one_hot(y[n:]).to(target.device)])
         return x, target
-    use_cut = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
-    alpha = cutmix if use_cut else mixup
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(x.shape[0], device=x.device)
-    if use_cut:
-        h, w = x.shape[-2:]
-        y0, y1, x0, x1 = box = _cutmix_box(h, w, lam)
-        x = _paste(x, perm, box)
-        lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
-    else:
-        x = x.mul(lam).add_(x[perm], alpha=1.0 - lam)
-    return x, target.mul(lam).add_(target[perm], alpha=1.0 - lam)
 
 
 def cutmix_pairs(x: torch.Tensor, mask: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:

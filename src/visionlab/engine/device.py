@@ -6,15 +6,15 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
 from visionlab.errors import VisionlabError
 
 __all__ = [
-    "resolve_device", "Precision", "resolve_precision", "cpu_supports_bf16", "peak_memory_mb", "configure_threads",
-    "tune_cpu_allocator", "has_grouped_conv",
+    "resolve_device", "Precision", "resolve_precision", "cpu_supports_bf16", "peak_memory_mb", "speed_settings",
+    "has_grouped_conv",
 ]
 
 
@@ -58,10 +58,6 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    @property
-    def factory(self) -> Callable[[], ContextManager]:
-        return self.autocast
 
 
 def has_grouped_conv(model: torch.nn.Module) -> bool:
@@ -131,48 +127,28 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-def configure_threads() -> None:
-    """Use every core for intra-op work, unless ``OMP_NUM_THREADS`` sets the count.
+@contextlib.contextmanager
+def speed_settings() -> Iterator[None]:
+    """While training: every core for intra-op work, cuDNN autotuning and TF32 matmuls on CUDA;
+    the caller's thread count and flags are restored on exit.
 
-    An explicit ``OMP_NUM_THREADS`` (shared machines, CI, several runs side by side) is respected:
-    overriding it oversubscribes busy cores, where OpenMP barriers make small ops 10-100x slower.
-    Also applies :func:`tune_cpu_allocator`.
+    Scoped because visionlab may run inside someone else's program, whose numerics (TF32) and
+    thread count must not change behind it. An explicit ``OMP_NUM_THREADS`` (shared machines, CI,
+    several runs side by side) is respected: overriding it oversubscribes busy cores, where
+    OpenMP barriers make small ops 10-100x slower. Usable as a decorator (``Trainer.fit``).
     """
-    tune_cpu_allocator()
-    if os.environ.get("OMP_NUM_THREADS", "").strip():
-        return
+    threads = torch.get_num_threads()
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     n = os.cpu_count() or 1
-    if torch.get_num_threads() != n:
+    if not os.environ.get("OMP_NUM_THREADS", "").strip() and threads != n:
         torch.set_num_threads(n)
-
-
-_ALLOCATOR_TUNED = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc reuse the memory of large CPU tensors instead of mapping fresh pages every step.
-
-    PyTorch allocates CPU tensors with plain ``malloc``. glibc serves blocks above its mmap
-    threshold (at most 32 MiB, adapting) with ``mmap`` and unmaps them on ``free``, so each large
-    activation of each training step page-faults and is zeroed by the kernel again. Raising the
-    mmap and trim thresholds keeps freed blocks in the heap for the next step, which saves a large
-    share of a small CNN's CPU step time (benchmarks/EXPERIMENTS.md, "glibc malloc tuning").
-    Once per process, glibc only; ``VISIONLAB_MALLOC_TUNING=0`` leaves the allocator alone.
-    Returns whether the settings are in place.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
-    if os.environ.get("VISIONLAB_MALLOC_TUNING", "1").strip() == "0" or not sys.platform.startswith("linux"):
-        return False
+    # The flags act on CUDA kernels only, so setting them on a CPU run changes nothing.
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: leave them alone
-            return False
-        m_trim_threshold, m_mmap_threshold, limit = -1, -3, 1 << 30
-        _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, 2 * limit))
-    except (OSError, AttributeError):
-        return False
-    return _ALLOCATOR_TUNED
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags

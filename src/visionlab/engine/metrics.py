@@ -121,11 +121,6 @@ class ClassificationMeter:
             self._targets = [torch.cat(self._targets)]
         return self._targets[0].numpy()
 
-    @property
-    def preds(self) -> np.ndarray:
-        """Arg-max predictions, (N,) int64."""
-        return self.probs.argmax(axis=1).astype(np.int64)
-
     def __len__(self) -> int:
         return sum(int(t.shape[0]) for t in self._targets)
 

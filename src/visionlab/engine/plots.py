@@ -19,10 +19,9 @@ from PIL import Image, ImageColor
 
 __all__ = [
     "colorize_mask",
-    "default_colors",
+    "default_color",
     "overlay_mask",
     "save_confusion_matrix",
-    "save_prediction_grid",
     "save_training_curves",
 ]
 
@@ -154,16 +153,16 @@ def save_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     return _save(fig, path)
 
 
-def default_colors(num_classes: int) -> dict[int, str]:
-    """A distinct ``#RRGGBB`` colour per class index (cycles after 20)."""
-    return {i: _PALETTE[i % len(_PALETTE)] for i in range(num_classes)}
+def default_color(value: int) -> str:
+    """The ``#RRGGBB`` a mask value is drawn in when its class names no colour (cycles after 20)."""
+    return _PALETTE[value % len(_PALETTE)]
 
 
 def _rgb_table(colors: Mapping[int, str]) -> np.ndarray:
     """(256, 4) RGBA lookup: given colours, the default palette for other ids, alpha 255."""
     table = np.zeros((256, 4), dtype=np.uint8)
     for i in range(256):
-        table[i, :3] = ImageColor.getrgb(_PALETTE[i % len(_PALETTE)])[:3]
+        table[i, :3] = ImageColor.getrgb(default_color(i))[:3]
     for idx, color in colors.items():
         if not 0 <= int(idx) <= 255:
             raise ValueError(f"class index {idx} is outside 0..255")
@@ -211,26 +210,3 @@ def overlay_mask(
     layer[..., 3] = (layer[..., 3].astype(np.float32) * alpha).round().astype(np.uint8)
     base = image.convert("RGBA")
     return Image.alpha_composite(base, Image.fromarray(layer)).convert("RGB")
-
-
-def save_prediction_grid(
-    images: Sequence[Image.Image | np.ndarray],
-    labels: Sequence[str],
-    path: str | os.PathLike,
-    ncols: int = 4,
-) -> Path:
-    """PNG grid of images, each titled with its label (e.g. ``"true: cat / pred: dog 0.91"``)."""
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if not images:
-        raise ValueError("no images to plot")
-    ncols = max(1, min(ncols, len(images)))
-    nrows = math.ceil(len(images) / ncols)
-    fig = _figure(3.0 * ncols, 3.2 * nrows)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(np.asarray(img))
-        ax.set_title(str(label), fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)

@@ -16,10 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from visionlab.data.io import InputEntry, expand_inputs, load_for_model, scan_inputs
+from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_for_model, scan_inputs
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, load_model
-from visionlab.engine.device import resolve_device, resolve_precision, tune_cpu_allocator
+from visionlab.engine.device import resolve_device, resolve_precision
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Kind, Prediction, get_kind
 
@@ -36,7 +36,7 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return i, torch.from_numpy(np.ascontiguousarray(load_for_model(self.items[i], self.pre))), None
-        except Exception as exc:  # reported per image, never fatal
+        except UnreadableImage as exc:  # reported per image, never fatal
             return i, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
@@ -56,8 +56,6 @@ class Predictor:
         self.preprocessing: dict[str, Any] = dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()  # batches of activations reuse heap memory instead of fresh pages
         self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
         self.channels_last = bool(state["config"].get("channels_last", False))
         self.model = load_model(state, device=self.device, channels_last=self.channels_last)

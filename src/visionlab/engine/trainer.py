@@ -29,7 +29,7 @@ from visionlab.config import Config, check_resume, config_from_dict, dump_config
 from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar, TrainingCurves
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
-from visionlab.engine.device import configure_threads, peak_memory_mb, resolve_device, resolve_precision
+from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
@@ -248,6 +248,7 @@ class Trainer:
                 getattr(cb, hook)(self, *args)
 
     # ------------------------------------------------------------------- fit
+    @speed_settings()  # threads and cuDNN/TF32 flags while fitting; the caller's are restored after
     def fit(self, resume: str | Path | None = None) -> TrainResult:
         """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
         self._start(resume)
@@ -428,15 +429,10 @@ class Trainer:
         from visionlab.models import build_model
 
         cfg = self.cfg
-        configure_threads()
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         self.runner = runner_for(cfg, self.spec, self.device)
         self.runner.dist = self.dist
         if not self.dist.is_main:

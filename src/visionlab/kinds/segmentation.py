@@ -69,6 +69,8 @@ class MaskPrediction(Prediction):
         """<stem>_mask.png and <stem>_overlay.png in ``folder`` (a stem seen before gets -2, -3, ...)."""
         from PIL import Image
 
+        from visionlab.data.io import UnreadableImage
+
         folder.mkdir(parents=True, exist_ok=True)
         stem = base = Path(self.source).stem
         n = 1
@@ -80,7 +82,7 @@ class MaskPrediction(Prediction):
         Image.fromarray(self.mask).save(mask_path)
         try:
             overlay = self.overlay(self.source)
-        except Exception:  # the photo is unreadable now: the mask alone, in colour
+        except UnreadableImage:  # the photo is unreadable now: the mask alone, in colour
             overlay = self.overlay()
         overlay.save(overlay_path)
         self.files = {"mask": str(mask_path), "overlay": str(overlay_path)}
@@ -151,11 +153,10 @@ class SegmentationKind(Kind):
     @staticmethod
     def legend(predictor: Any) -> list[dict[str, Any]]:
         """Each class's name, pixel value and the colour its masks are drawn in."""
-        from visionlab.engine.plots import default_colors
+        from visionlab.engine.plots import default_color
 
         pre = predictor.preprocessing
-        fallback = default_colors(256)
-        return [{"name": c, "value": int(v), "color": col or fallback[int(v)]}
+        return [{"name": c, "value": int(v), "color": col or default_color(int(v))}
                 for c, v, col in zip(predictor.classes, pre["values"], pre["colors"])]
 
 

@@ -35,7 +35,6 @@ __all__ = [
     "efficientnet_lite2",
     "resnet18_state_dict",
     "lite_imagenet_state_dict",
-    "lite0_imagenet_state_dict",
     "read_state_dict",
     "load_weights",
     "normalize_weights_arg",
@@ -212,7 +211,6 @@ def resnet18(num_classes: int, in_chans: int = 3, *, weights: str | os.PathLike 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite
 
-LITE0_TIMM_NAME = "tf_efficientnet_lite0"
 #: variant -> (timm name, native input size, parameters in millions); ImageNet top-1 75.1 / 76.6 / 77.5 %.
 LITE_VARIANTS = {0: ("tf_efficientnet_lite0", 224, 4.7), 1: ("tf_efficientnet_lite1", 240, 5.4), 2: ("tf_efficientnet_lite2", 260, 6.1)}
 
@@ -258,11 +256,6 @@ def lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
             )
         out[tk] = sv
     return out
-
-
-def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """:func:`lite_imagenet_state_dict` of Lite0 (the U-Net encoder's weights)."""
-    return lite_imagenet_state_dict(0)
 
 
 def _build_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float,

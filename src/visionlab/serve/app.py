@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from visionlab._version import __version__
+from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
 from visionlab.serve.batching import Batcher
 from visionlab.serve.metrics import Metrics
@@ -284,7 +285,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
         image = check_image(upload, int(settings.max_megapixels * 1e6))
         try:
             return model.predictor.preprocess(image), image
-        except Exception as exc:
+        except UnreadableImage as exc:
             raise decode_failure(upload, exc) from None
 
     async def answer(request: Request, task: str | None) -> JSONResponse:
@@ -378,7 +379,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     for m in models:
         print(f"model {m.task}: {m.path} (sha256 {m.sha256[:12]})", flush=True)
     print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
-          + (f"/{{task}}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
+          + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if settings.api_key else ""), flush=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     app = create_app(models, settings)

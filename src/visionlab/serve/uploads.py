@@ -108,6 +108,7 @@ def _json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
 
 
 def _multipart(content_type: str, body: bytes) -> list[Upload]:
+    from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, params = parse_options_header(content_type)
@@ -137,7 +138,7 @@ def _multipart(content_type: str, body: bytes) -> list[Upload]:
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
         parser.finalize()
-    except Exception as exc:  # python-multipart's parse errors
+    except FormParserError as exc:
         raise Problem(400, f"malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
     uploads = []
     for part in parts:
@@ -157,6 +158,8 @@ def check_image(upload: Upload, max_pixels: int) -> io.BytesIO:
     ``max_pixels`` (415 for a non-image, 413 for a bomb); nothing is decoded yet."""
     from PIL import Image, UnidentifiedImageError
 
+    from visionlab.data.io import DECODE_ERRORS
+
     name = upload.name
     if not upload.data:
         raise Problem(422, f"{name}: the file is empty.")
@@ -167,7 +170,7 @@ def check_image(upload: Upload, max_pixels: int) -> io.BytesIO:
         raise Problem(415, f"{name}: not an image (no known image format); send JPEG, PNG, WebP, BMP, GIF or TIFF.") from None
     except Image.DecompressionBombError as exc:
         raise Problem(413, f"{name}: refused as a decompression bomb ({exc}).") from None
-    except Exception as exc:
+    except DECODE_ERRORS as exc:
         raise Problem(422, f"{name}: corrupt image header ({type(exc).__name__}: {exc}).") from None
     if w * h > max_pixels:
         raise Problem(413, f"{name}: {w} x {h} pixels ({w * h / 1e6:.0f} MP) is over the limit of "

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from visionlab.data.cache import ImageCache, build_cache
+from visionlab.data.io import DECODE_ERRORS, UnreadableImage
 from visionlab.data.layout import ClassificationIndex, find_classification
-from visionlab.data.transforms import BatchAugment, Normalize, load_for_model, mix_batch
+from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
@@ -54,7 +55,7 @@ class _StreamDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return torch.from_numpy(load_for_model(self.paths[i], self.pre)), int(self.labels[i]), str(self.paths[i])
-        except Exception:
+        except UnreadableImage:
             return str(self.paths[i])
 
 
@@ -89,6 +90,7 @@ class ClassificationRunner(TaskRunner):
         self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
         self.augment = BatchAugment(cfg.augment)
+        self.mixer = BatchMix(len(self.classes), cfg.mixup, cfg.cutmix)
         self.cache: ImageCache | None = None
         if cfg.cache != "none":
             self.cache = self._build_cache(console)
@@ -139,7 +141,7 @@ class ClassificationRunner(TaskRunner):
             try:
                 with Image.open(p):
                     pass
-            except Exception:
+            except DECODE_ERRORS:
                 ok[i] = False
                 failed.append(str(p))
         return ok, failed
@@ -207,7 +209,7 @@ class ClassificationRunner(TaskRunner):
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.mixup <= 0 and self.cfg.cutmix <= 0:
             return x, y
-        return mix_batch(x, y, len(self.classes), self.cfg.mixup, self.cfg.cutmix)
+        return self.mixer(x, y)
 
     def class_weight_tensor(self) -> torch.Tensor | None:
         if self.cfg.class_weights != "balanced":
@@ -217,7 +219,12 @@ class ClassificationRunner(TaskRunner):
         return torch.tensor(w, dtype=torch.float32, device=self.device)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy; ``target`` holds class indices, or class probabilities after mixup/CutMix."""
+        """Cross-entropy; ``target`` holds class indices, or class probabilities after mixup/CutMix.
+
+        torch's cross-entropy, not timm's ``SoftTargetCrossEntropy`` (the same sum of -target *
+        log_softmax, averaged over the batch): it also takes the class weights, and smooths soft
+        targets as it does hard ones. With soft targets the weighted sum is averaged over the batch;
+        with class indices it is divided by the weights of the batch's labels (torch's rule)."""
         if not hasattr(self, "_weights"):
             self._weights = self.class_weight_tensor()
         return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
@@ -287,7 +294,7 @@ class ClassificationRunner(TaskRunner):
         for r in rows:
             try:
                 images = {"photo": thumbnail(load_image(r["path"]), 240)}
-            except Exception:  # a file gone since: the labels alone
+            except UnreadableImage:  # a file gone or broken since: the labels alone
                 images = {}
             out.append({"title": r["path"], "images": images,
                         "fields": {"true": r["label"], "predicted": f"{r['predicted']} ({r['confidence']:.0%})",
