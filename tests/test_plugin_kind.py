@@ -34,7 +34,9 @@ def plugin(monkeypatch: pytest.MonkeyPatch):
     """The example plugin, found through VISIONLAB_PLUGINS; its registrations are undone afterwards."""
     from visionlab import kinds, models, plugins, registry
 
-    models.list_models()  # the built-in models first, so the undo below keeps them
+    models.list_models()  # the built-in models and kinds first, so the undo below keeps them
+    for name in kinds.kind_names():
+        kinds.get_kind(name)
     monkeypatch.syspath_prepend(str(EXAMPLES))
     monkeypatch.setenv(plugins.ENV_VAR, PLUGIN)
     monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
