@@ -251,7 +251,14 @@ class Trainer:
     @speed_settings()  # threads and cuDNN/TF32 flags while fitting; the caller's are restored after
     def fit(self, resume: str | Path | None = None) -> TrainResult:
         """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
-        self._start(resume)
+        from visionlab.engine.distributed import from_env
+
+        self.dist = from_env(self.cfg.device)
+        self.run_dir, self._saved, self._marked = None, {}, False
+        try:
+            self._start(resume)
+        except KeyboardInterrupt:  # during set-up (decoding the cache...): nothing of this run is saved yet
+            raise self._interrupted() from None
         self._emit("on_fit_start")
         try:
             for epoch in range(self.loop.epoch, self.cfg.epochs):
@@ -262,9 +269,7 @@ class Trainer:
                     break
             self._emit("on_train_end")
         except KeyboardInterrupt:
-            exc = TrainingInterrupted(f"interrupted: {self._saved_note()}.",
-                                      None if not self.dist.is_main else f"Continue with --resume {self.run_dir / 'last.pt'}."
-                                      if self._saved else "Nothing to resume; train again.")
+            exc = self._interrupted()
             self._emit("on_exception", exc)
             raise exc from None
         except Exception as exc:
@@ -377,14 +382,11 @@ class Trainer:
         """Everything before the first step: processes, run folder, data, model, a resumed state."""
         from rich.console import Console
 
-        from visionlab.engine.distributed import from_env
-
         cfg = self.cfg
         state = None
         self.loop = LoopState()
         self.should_save = False  # set by a callback before a batch: write last.pt after it
         self.should_stop = False  # set by a callback at an epoch's end: end the run
-        self.dist = from_env(cfg.device)
         if not self.dist.is_main:  # one process talks and writes files
             self.console = Console(quiet=True)
         if resume is not None:
@@ -392,6 +394,7 @@ class Trainer:
             state = load_checkpoint(path, expect_task=self.spec.name, resume=True)
             changed = check_resume(config_from_dict(state["config"]), cfg)
             self.run_dir = path.parent
+            self._saved = {"last.pt": (int(state["epoch"]), int(state.get("step", 0)))}  # what an interrupt from here leaves
         else:
             if not cfg.is_synthetic:  # saved absolute: evaluate, export and resume find the data from any folder
                 cfg.data = str(Path(cfg.data).expanduser().resolve())
@@ -405,7 +408,6 @@ class Trainer:
             self.monitor = "train_loss"
         # the kind knows its metrics' directions; the training loss is the trainer's own
         self.higher = self.monitor != "train_loss" and self.runner.higher_is_better(self.monitor.removeprefix("val_"))
-        self._marked, self._saved = False, {}
         if state is not None:
             self._restore(state)
             self._resumed(changed)
@@ -586,8 +588,17 @@ class Trainer:
             mark_latest(self.run_dir, self.cfg.out, self.spec.name)
             self._marked = True
 
+    def _interrupted(self) -> TrainingInterrupted:
+        """The error of a Ctrl-C or SIGTERM: what is on disk, and how to go on."""
+        hint = None
+        if self.dist.is_main:
+            hint = f"Continue with --resume {self.run_dir / 'last.pt'}." if self._saved else "Nothing to resume; train again."
+        return TrainingInterrupted(f"interrupted: {self._saved_note()}.", hint)
+
     def _saved_note(self) -> str:
         """What the run has on disk now, in words (for interrupts and errors)."""
+        if self.run_dir is None:
+            return "no run folder was made yet, nothing was saved"
         if not self.dist.is_main:  # only rank 0 writes, so only rank 0 knows
             return f"rank {self.dist.rank} of {self.dist.world} writes nothing; rank 0 says what is saved in {self.run_dir}"
         if not self._saved:
