@@ -68,10 +68,10 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     """An evaluation row for CSV: top_k spread over top1_label, top1_probability, ..."""
+    from visionlab.kinds.classification import top_k_columns
+
     flat = {k: v for k, v in row.items() if k != "top_k"}
-    for i, t in enumerate(row.get("top_k", []), 1):
-        flat[f"top{i}_label"], flat[f"top{i}_probability"] = t["label"], t["probability"]
-    return flat
+    return {**flat, **top_k_columns((t["label"], t["probability"]) for t in row.get("top_k", []))}
 
 
 def write_examples(examples: list[dict[str, Any]], folder: Path) -> None:

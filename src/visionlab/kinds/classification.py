@@ -16,6 +16,14 @@ from visionlab.kinds.base import Kind, Prediction
 __all__ = ["ClassificationKind", "ClassPrediction"]
 
 
+def top_k_columns(top_k: Any) -> dict[str, Any]:
+    """(label, probability) pairs as the CSV columns top1_label, top1_probability, top2_label, ..."""
+    row: dict[str, Any] = {}
+    for i, (lab, p) in enumerate(top_k, 1):
+        row[f"top{i}_label"], row[f"top{i}_probability"] = lab, p
+    return row
+
+
 @dataclass
 class ClassPrediction(Prediction):
     """A class for the photo: ``label`` with its probability ``confidence``, and the ``top_k`` classes."""
@@ -26,11 +34,7 @@ class ClassPrediction(Prediction):
         return {"top_k": [{"label": lab, "probability": p} for lab, p in self.top_k]} if self.top_k else {}
 
     def flat_extra(self) -> dict[str, Any]:
-        """top_k as top1_label, top1_probability, top2_label, ..."""
-        row: dict[str, Any] = {}
-        for i, (lab, p) in enumerate(self.top_k, 1):
-            row[f"top{i}_label"], row[f"top{i}_probability"] = lab, p
-        return row
+        return top_k_columns(self.top_k)
 
     def detail(self) -> str:
         return ", ".join(f"{lab} {p:.2f}" for lab, p in self.top_k)
