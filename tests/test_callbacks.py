@@ -152,3 +152,26 @@ def test_best_pt_holds_what_inference_needs_and_last_pt_what_resume_needs(fast, 
     assert "\n" not in str(err.value) and "last.pt" in err.value.hint
     with pytest.raises(VisionlabError, match="is the best epoch"):  # beside its last.pt: the run's own resume file named
         visionlab.train("cracks", resume=result.best_checkpoint, console=_quiet())
+
+
+def test_an_interrupt_during_set_up_says_only_what_is_on_disk(fast, monkeypatch):
+    """Ctrl-C or SIGTERM before the first step (while the data is decoded...) is a TrainingInterrupted
+    naming what exists: the run folder without a checkpoint, or no run folder at all."""
+    import visionlab.engine.trainer as trainer_module
+    import visionlab.kinds
+    from visionlab.errors import TrainingInterrupted
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    opts = fast("cracks")
+    monkeypatch.setattr(visionlab.kinds, "runner_for", stop)  # the run folder exists by then
+    with pytest.raises(TrainingInterrupted, match=r"interrupted: no checkpoint was saved \(run folder ") as info:
+        visionlab.train("cracks", data="synthetic", console=_quiet(), **opts)
+    assert info.value.hint == "Nothing to resume; train again."
+    runs = sorted((Path(opts["out"]) / "cracks").iterdir())
+    assert len(runs) == 1 and not list(runs[0].glob("*.pt"))
+    monkeypatch.setattr(trainer_module, "new_run_dir", stop)
+    with pytest.raises(TrainingInterrupted, match="no run folder was made yet, nothing was saved"):
+        visionlab.train("cracks", data="synthetic", console=_quiet(), **opts)
+    assert sorted((Path(opts["out"]) / "cracks").iterdir()) == runs
