@@ -102,6 +102,9 @@ class RegressionKind(Kind):
     def demo_inputs(self, root: Path) -> list[Path]:
         return read_targets(root)[0][:4]
 
+    def recognizes(self, path: Path) -> bool:
+        return (path / TARGETS).is_file()  # the data doctor's guess: a folder with targets.csv
+
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
         import numpy as np

@@ -65,6 +65,24 @@ def test_the_plugin_kind_registers_with_its_task(plugin):
     assert result.exit_code == 0 and "brightness" in result.stdout and "regression" in result.stdout
 
 
+def test_the_data_doctor_and_the_runtime_ask_the_plugin_kind(plugin, cls_folder: Path, seg_folder: Path):
+    """The doctor's guess asks every kind, the plugin's first; a kind without a torch-free runtime
+    step says so in one line instead of being run as a classifier."""
+    import visionlab
+    from visionlab.data.doctor import check_dataset, guess_kind
+    from visionlab.errors import VisionlabError
+    from visionlab.kinds import get_kind
+
+    kind = get_kind(visionlab.get_task("brightness").kind)
+    discs = kind.synthetic_data(visionlab.get_task("brightness"))
+    assert [guess_kind(p) for p in (discs, seg_folder, cls_folder)] == ["regression", "segmentation", "classification"]
+    with pytest.raises(VisionlabError, match="no checks for regression datasets"):
+        check_dataset(discs)
+    with pytest.raises(VisionlabError, match="runtime cannot run regression models") as err:
+        kind.runtime_rows(None, [], 3)
+    assert "visionlab predict" in err.value.hint
+
+
 def test_train_evaluate_predict_through_the_api(plugin, runs_dir: Path, tmp_path: Path):
     import visionlab
     from visionlab.kinds import get_kind

@@ -51,6 +51,7 @@ import torch
 from visionlab._version import __version__
 from visionlab.errors import VisionlabError
 from visionlab.engine.onnx_model import OnnxModule, onnx_state
+from visionlab.kinds import get_kind
 from visionlab.runtime import FORMAT, JSON_FIELDS, open_session
 
 __all__ = ["export_onnx", "ExportResult", "Parity", "OnnxModule", "onnx_state", "check_parity", "DEFAULT_OPSET", "PARITY_BATCHES"]
@@ -184,7 +185,7 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int)
         "model_args": state["model_args"],
         "data": data,
         "input": f"{INPUT_NAME}: float32 N x 3 x H x W, RGB, (pixel / 255 - mean) / std; H = W = {size}"
-                 + (" (or any multiples of 32)" if state["preprocessing"].get("tile_size") else ""),
+                 + (" (or any multiples of 32)" if get_kind(state["kind"]).tiled else ""),
         "output": f"{OUTPUT_NAME}: float32, before softmax, class axis 1",
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256_file(checkpoint),

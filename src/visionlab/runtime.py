@@ -37,10 +37,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model, load_image
+from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model
 from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import view_plan
 from visionlab.errors import VisionlabError
+from visionlab.kinds import get_kind
 
 __all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]
 
@@ -164,7 +165,7 @@ class Runtime:
         std = np.asarray(self.preprocessing["std"], dtype=np.float32).reshape(1, -1, 1, 1)
         self._scale, self._shift = np.float32(1.0) / std, -mean / std  # as visionlab's Normalize
         self._input = self.session.get_inputs()[0].name
-        self.tiled = "tile_size" in self.preprocessing  # per-pixel models run by blended tiles
+        self.kind_of = get_kind(self.kind)  # what a result of this kind is (visionlab.kinds)
 
     def __repr__(self) -> str:
         return f"Runtime(task={self.task!r}, classes={self.classes}, file={self.path!r})"
@@ -222,41 +223,17 @@ class Runtime:
         names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
         results: list[dict[str, Any] | None] = [None] * len(items)
         pending: list[tuple[int, np.ndarray]] = []
-        step = 1 if self.tiled else max(1, int(batch_size))
+        step = self.kind_of.loader_batch_size(max(1, int(batch_size)))
         for i, item in enumerate(items):
             try:
                 pending.append((i, load_for_model(item, self.preprocessing)))
             except UnreadableImage as exc:  # reported per image, never fatal
                 results[i] = {"path": names[i], "label": None, "confidence": None, "error": _first_line(exc)}
             if pending and (len(pending) == step or i == len(items) - 1):
-                for (j, _), row in zip(pending, self._run([(items[j], a) for j, a in pending], top_k)):
+                for (j, _), row in zip(pending, self.kind_of.runtime_rows(self, [(items[j], a) for j, a in pending], top_k)):
                     results[j] = {"path": names[j], **row}
                 pending = []
         return [r for r in results if r is not None]
-
-    def _run(self, batch: list[tuple[Any, np.ndarray]], top_k: int) -> list[dict[str, Any]]:
-        if self.tiled:
-            return [self._segment(src, arr) for src, arr in batch]
-        x = self.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2))
-        probs = self.probs(x)
-        k = max(1, min(top_k, len(self.classes)))
-        out = []
-        for row in probs:
-            idx = np.argsort(-row, kind="stable")[:k]
-            top = [{"label": self.classes[j], "probability": float(row[j])} for j in idx]
-            out.append({"label": top[0]["label"], "confidence": top[0]["probability"], "error": None, "top_k": top})
-        return out
-
-    def _segment(self, src: Any, img: np.ndarray) -> dict[str, Any]:
-        probs = self.predict_tiled(self.normalize(img.transpose(2, 0, 1)[None])[0])
-        if float(self.preprocessing.get("seg_scale", 1.0)) != 1.0:  # back to the original resolution
-            w, h = load_image(src).size
-            probs = resize_bilinear(probs, (h, w))
-        channel = probs.argmax(0)
-        mask = np.asarray(self.preprocessing["values"], dtype=np.uint8)[channel]
-        shares = np.bincount(channel.ravel(), minlength=len(self.classes)) / channel.size
-        return {"label": self.classes[int(shares.argmax())], "confidence": float(shares.max()), "error": None,
-                "class_shares": {c: round(float(s), 4) for c, s in zip(self.classes, shares)}, "mask": mask}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -56,6 +56,7 @@ __all__ = [
     "phash",
     "near_duplicate_pairs",
     "guess_kind",
+    "looks_like_segmentation",
     "NEAR_DUP_THRESHOLD",
     "NEAR_DUP_MAX_MAE",
     "TINY_SIDE",
@@ -306,18 +307,27 @@ def _says(n: int, word: str, verb: str) -> str:
 # ----------------------------------------------------------------------------- the check
 
 
-def guess_kind(path: str | os.PathLike) -> str:
-    """'segmentation' when the folder has ``classes.json`` and an ``images/`` folder (maybe per split)."""
+def looks_like_segmentation(path: str | os.PathLike) -> bool:
+    """A folder with ``classes.json`` and an ``images/`` folder (maybe per split)."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        return "classification"
+        return False
     p = unwrap_root(p)
     if not (p / "classes.json").is_file():
-        return "classification"
+        return False
     candidates = [p] + [d for d in p.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES]
-    if any((d / n).is_dir() for d in candidates for n in ("images", "imgs", "image")):
-        return "segmentation"
-    return "classification"
+    return any((d / n).is_dir() for d in candidates for n in ("images", "imgs", "image"))
+
+
+def guess_kind(path: str | os.PathLike) -> str:
+    """The name of the kind whose layout ``path`` has: each registered kind is asked
+    (:meth:`visionlab.kinds.Kind.recognizes`), those registered last (plugins) first, so the
+    most specific layout wins over the built-in fallback of class folders."""
+    from visionlab.kinds import get_kind, kind_names
+
+    p = Path(path).expanduser()
+    names = kind_names()
+    return next((n for n in reversed(names) if get_kind(n).recognizes(p)), names[0])
 
 
 def check_dataset(

@@ -146,6 +146,9 @@ class Kind:
     ranks_classes: ClassVar[bool] = False
     #: Whether its predictions write files (masks) beside the results.
     writes_files: ClassVar[bool] = False
+    #: A per-pixel model run over whole images by blended tiles (one image per decoded batch; its
+    #: exported graph takes any height and width that are multiples of 32).
+    tiled: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
@@ -178,12 +181,24 @@ class Kind:
         """The data doctor's :class:`visionlab.data.doctor.Report` of a dataset of this kind."""
         raise VisionlabError(f"the data doctor has no checks for {self.name} datasets.", "Check the folder by hand.")
 
+    def recognizes(self, path: Path) -> bool:
+        """Whether the existing folder (or file) ``path`` is laid out as this kind's datasets are;
+        :func:`visionlab.data.doctor.guess_kind` asks the most recently registered kinds first."""
+        return False
+
     # ------------------------------------------------------------------ prediction
     def loader_batch_size(self, batch_size: int) -> int:
         """Images per decoded batch of the predictor (whole-image kinds batch; tiled ones go one by one)."""
-        return batch_size
+        return 1 if self.tiled else batch_size
 
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
         """The model step of :class:`visionlab.engine.predict.Predictor` on preprocessed images."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ the torch-free runtime
+    def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
+        """:class:`visionlab.runtime.Runtime`'s answers (dicts: label, confidence, error and the kind's
+        fields) for ``(source, HxWx3 uint8 array)`` pairs, with numpy and onnxruntime only."""
+        raise VisionlabError(f"the torch-free runtime cannot run {self.name} models.",
+                             "Predict with the checkpoint instead: visionlab predict IMAGES --checkpoint best.pt.")

@@ -76,6 +76,9 @@ class ClassificationKind(Kind):
 
         return check_classification(path, classes, **options)
 
+    def recognizes(self, path: Path) -> bool:
+        return True  # the fallback: class folders, or a CSV of labelled images (the doctor says what is wrong)
+
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
         """One batch: normalise, the model (with the saved test-time augmentation), softmax, top-k."""
@@ -94,6 +97,19 @@ class ClassificationKind(Kind):
         for source, c_row, i_row in zip(sources, conf.tolist(), idx.tolist()):
             top = [(predictor.classes[j], float(c)) for c, j in zip(c_row, i_row)]
             out.append(ClassPrediction(source, label=top[0][0], confidence=top[0][1], top_k=top))
+        return out
+
+    def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
+        """One batch through the ONNX model: normalise, the saved test-time augmentation, softmax, top-k."""
+        import numpy as np
+
+        probs = runtime.probs(runtime.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2)))
+        k = max(1, min(top_k, len(runtime.classes)))
+        out = []
+        for row in probs:
+            idx = np.argsort(-row, kind="stable")[:k]
+            top = [{"label": runtime.classes[j], "probability": float(row[j])} for j in idx]
+            out.append({"label": top[0]["label"], "confidence": top[0]["probability"], "error": None, "top_k": top})
         return out
 
 

@@ -99,6 +99,7 @@ class SegmentationKind(Kind):
     examples_note = "photo, true mask and predicted mask, lowest mIoU first"
     detail_column = "class shares"
     writes_files = True
+    tiled = True  # each image is tiled, and its tiles are batched
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.tasks.segmentation import SegmentationRunner
@@ -121,8 +122,10 @@ class SegmentationKind(Kind):
 
         return check_segmentation(path, **options)
 
-    def loader_batch_size(self, batch_size: int) -> int:
-        return 1  # each image is tiled, and its tiles are batched
+    def recognizes(self, path: Path) -> bool:
+        from visionlab.data.doctor import looks_like_segmentation
+
+        return looks_like_segmentation(path)
 
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
@@ -149,6 +152,27 @@ class SegmentationKind(Kind):
         return MaskPrediction(name, mask=mask, class_shares={c: round(float(s), 4) for c, s in zip(predictor.classes, shares)},
                               label=predictor.classes[int(shares.argmax())], confidence=float(shares.max()),
                               legend=self.legend(predictor), ignore_index=int(pre["ignore_index"]))
+
+    def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
+        """Blended tiles through the ONNX model, back at the original resolution when the image was
+        scaled; ``mask`` holds the dataset's pixel values."""
+        import numpy as np
+
+        from visionlab.data.io import load_image
+        from visionlab.runtime import resize_bilinear
+
+        out = []
+        for src, img in batch:
+            probs = runtime.predict_tiled(runtime.normalize(img.transpose(2, 0, 1)[None])[0])
+            if float(runtime.preprocessing.get("seg_scale", 1.0)) != 1.0:
+                w, h = load_image(src).size
+                probs = resize_bilinear(probs, (h, w))
+            channel = probs.argmax(0)
+            mask = np.asarray(runtime.preprocessing["values"], dtype=np.uint8)[channel]
+            shares = np.bincount(channel.ravel(), minlength=len(runtime.classes)) / channel.size
+            out.append({"label": runtime.classes[int(shares.argmax())], "confidence": float(shares.max()), "error": None,
+                        "class_shares": {c: round(float(s), 4) for c, s in zip(runtime.classes, shares)}, "mask": mask})
+        return out
 
     @staticmethod
     def legend(predictor: Any) -> list[dict[str, Any]]:
