@@ -134,13 +134,18 @@ def _missing_in_archive(what: str, extracted: Path) -> VisionlabError:
     )
 
 
+def _move_folders(extracted: Path, out: Path, names: tuple[str, ...]) -> None:
+    """Find the folder of the unpacked archive that holds every one of ``names`` and move them into ``out``."""
+    found = _find_dir(extracted, lambda d: all((d / n).is_dir() for n in names))
+    if found is None:
+        raise _missing_in_archive(" and ".join(f"{n}/" for n in names) + " folders", extracted)
+    for n in names:
+        shutil.move(str(found / n), str(out / n))
+
+
 def _prepare_cracks(extracted: Path, out: Path) -> None:
     """METU archive -> ``cracks/Positive``, ``cracks/Negative``."""
-    found = _find_dir(extracted, lambda d: (d / "Positive").is_dir() and (d / "Negative").is_dir())
-    if found is None:
-        raise _missing_in_archive("Positive/ and Negative/ folders", extracted)
-    for cls in ("Positive", "Negative"):
-        shutil.move(str(found / cls), str(out / cls))
+    _move_folders(extracted, out, ("Positive", "Negative"))
 
 
 def _prepare_caltech(extracted: Path, out: Path) -> None:
@@ -172,11 +177,7 @@ LANDCOVER_CLASSES = (
 
 def _prepare_landcover(extracted: Path, out: Path) -> None:
     """LandCover.ai zip -> ``landcover/images``, ``landcover/masks`` and ``classes.json``."""
-    found = _find_dir(extracted, lambda d: (d / "images").is_dir() and (d / "masks").is_dir())
-    if found is None:
-        raise _missing_in_archive("images/ and masks/ folders", extracted)
-    for sub in ("images", "masks"):
-        shutil.move(str(found / sub), str(out / sub))
+    _move_folders(extracted, out, ("images", "masks"))
     spec = {
         "ignore_index": 255,
         "classes": [{"value": v, "name": n, "color": c} for v, n, c in LANDCOVER_CLASSES],
