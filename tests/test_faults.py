@@ -23,6 +23,9 @@ import torch
 
 from visionlab.engine.checkpoint import load_checkpoint
 
+# One pytest-xdist worker runs the whole module, so its reference run and slow data are made once.
+pytestmark = pytest.mark.xdist_group("faults")
+
 # A run of a few seconds: cracks_cnn at 48 px, 3 epochs of 16 steps, EMA and augmentation on
 # (their random state must survive a resume), a checkpoint after every step.
 ARGS = [
