@@ -88,6 +88,17 @@ class MaskPrediction(Prediction):
         self.files = {"mask": str(mask_path), "overlay": str(overlay_path)}
 
 
+def _mask_fields(channel: Any, values: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """A result's fields from the HxW map of winning class indices: the mask in the dataset's pixel
+    ``values``, each class's share of the pixels, and the largest share as label and confidence."""
+    import numpy as np
+
+    shares = np.bincount(channel.ravel(), minlength=len(classes)) / channel.size
+    return {"label": classes[int(shares.argmax())], "confidence": float(shares.max()),
+            "class_shares": {c: round(float(s), 4) for c, s in zip(classes, shares)},
+            "mask": np.asarray(values, dtype=np.uint8)[channel]}
+
+
 class SegmentationKind(Kind):
     name = "segmentation"
     primary = "miou"
@@ -146,18 +157,12 @@ class SegmentationKind(Kind):
             out_size = (h, w)
         probs = predict_probs(predictor.model, img, pre, predictor.normalize, predictor.precision.autocast,
                               channels_last=predictor.channels_last, out_size=out_size, tta=predictor.tta)
-        channel = probs.argmax(0).cpu().numpy().astype(np.uint8)
-        mask = np.asarray(pre["values"], dtype=np.uint8)[channel]
-        shares = np.bincount(channel.ravel(), minlength=len(predictor.classes)) / channel.size
-        return MaskPrediction(name, mask=mask, class_shares={c: round(float(s), 4) for c, s in zip(predictor.classes, shares)},
-                              label=predictor.classes[int(shares.argmax())], confidence=float(shares.max()),
-                              legend=self.legend(predictor), ignore_index=int(pre["ignore_index"]))
+        fields = _mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre["values"], predictor.classes)
+        return MaskPrediction(name, **fields, legend=self.legend(predictor), ignore_index=int(pre["ignore_index"]))
 
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """Blended tiles through the ONNX model, back at the original resolution when the image was
         scaled; ``mask`` holds the dataset's pixel values."""
-        import numpy as np
-
         from visionlab.data.io import load_image
         from visionlab.runtime import resize_bilinear
 
@@ -167,11 +172,8 @@ class SegmentationKind(Kind):
             if float(runtime.preprocessing.get("seg_scale", 1.0)) != 1.0:
                 w, h = load_image(src).size
                 probs = resize_bilinear(probs, (h, w))
-            channel = probs.argmax(0)
-            mask = np.asarray(runtime.preprocessing["values"], dtype=np.uint8)[channel]
-            shares = np.bincount(channel.ravel(), minlength=len(runtime.classes)) / channel.size
-            out.append({"label": runtime.classes[int(shares.argmax())], "confidence": float(shares.max()), "error": None,
-                        "class_shares": {c: round(float(s), 4) for c, s in zip(runtime.classes, shares)}, "mask": mask})
+            fields = _mask_fields(probs.argmax(0), runtime.preprocessing["values"], runtime.classes)
+            out.append({"label": fields["label"], "confidence": fields["confidence"], "error": None, **fields})  # as classifiers' rows
         return out
 
     @staticmethod
