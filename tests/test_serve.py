@@ -528,3 +528,20 @@ def test_page_upload_and_camera_in_a_browser_with_the_network_blocked(server: Se
     assert page.get_attribute("#capture", "capture") == "environment"
     assert leaked == [], f"the page tried to reach {leaked}"
     page.context.close()
+
+
+# --------------------------------------------------------------------------- hostile clients, failing models
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(server: Server):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (deep, b'{"image": ' + deep + b"}"):
+        r = httpx.post(server.url + "/predict/cracks", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"], r.text
+    # an id nested about as deep as the parser allows: answered (or refused), and its answer is written
+    image = base64.b64encode(_jpeg(make_class_image("apple", 5, 32))).decode()
+    for depth in (900, 950, 1000):  # on this machine: answered up to 955, refused from 960 on
+        body = '{"image": "%s", "id": %s1%s}' % (image, "[" * depth, "]" * depth)
+        r = httpx.post(server.url + "/predict/cracks", content=body, headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400), (depth, r.text)
+    assert httpx.get(server.url + "/health").status_code == 200
