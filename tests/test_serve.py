@@ -605,14 +605,18 @@ def test_a_batch_loop_that_dies_makes_ready_503_and_every_request_a_503(tiny_mod
 
 
 def test_one_failing_image_fails_only_its_own_request(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
-    """Four requests share a batch; one image runs out of memory (a real MemoryError), one raises:
-    the batch runs again image by image, those two get a 413 and a 500, the other two their answers."""
+    """Five requests share a batch; two images run out of memory (real allocations: torch's and numpy's),
+    one raises: the batch runs again image by image, those get 413s and a 500, the other two their answers."""
+    import torch
+
     real, calls = Predictor.predict_arrays, []
 
     def predict_arrays(self, arrays, top_k, names, images):
         calls.append(sorted(names))
         if "huge.jpg" in names:
-            np.empty(1 << 62, dtype=np.uint8)  # more than any address space: MemoryError
+            torch.empty(1 << 62, dtype=torch.uint8)  # more than any address space: torch's RuntimeError
+        if "huger.jpg" in names:
+            np.empty(1 << 62, dtype=np.uint8)  # and numpy's MemoryError
         if "bad.jpg" in names:
             raise ValueError("this image breaks the model")
         return real(self, arrays, top_k, names, images)
@@ -623,13 +627,15 @@ def test_one_failing_image_fails_only_its_own_request(tiny_models: dict[str, Pat
     try:
         s.wait_ready()
         calls.clear()  # the warm-up's
-        with ThreadPoolExecutor(4) as pool:
-            a, huge, bad, b = pool.map(lambda name: httpx.post(s.url + "/predict", files={"image": (name, img, "image/jpeg")},
-                                                               timeout=30), ("a.jpg", "huge.jpg", "bad.jpg", "b.jpg"))
-        assert calls[0] == ["a.jpg", "b.jpg", "bad.jpg", "huge.jpg"], calls  # they did share a batch
+        names = ("a.jpg", "huge.jpg", "huger.jpg", "bad.jpg", "b.jpg")
+        with ThreadPoolExecutor(len(names)) as pool:
+            a, huge, huger, bad, b = pool.map(lambda name: httpx.post(s.url + "/predict", timeout=30,
+                                                                      files={"image": (name, img, "image/jpeg")}), names)
+        assert calls[0] == sorted(names), calls  # they did share a batch
         assert a.status_code == b.status_code == 200 and a.json()["results"][0]["name"] == "a.jpg"
-        assert huge.status_code == 413
-        assert huge.json()["error"] == "huge.jpg: the model ran out of memory on this image; send a smaller image."
+        for r, name in ((huge, "huge.jpg"), (huger, "huger.jpg")):
+            assert r.status_code == 413
+            assert r.json()["error"] == f"{name}: the model ran out of memory on this image; send a smaller image."
         assert bad.status_code == 500 and bad.json()["error"] == "internal error (ValueError); see the server log."
     finally:
         s.stop()

@@ -114,7 +114,8 @@ class ServedModel:
 def _out_of_memory(exc: Exception) -> bool:
     import torch
 
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+    # torch's CPU allocator raises a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory: ..."
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "DefaultCPUAllocator" in str(exc)
 
 
 def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:
