@@ -83,6 +83,7 @@ def test_a_loop_that_dies_fails_every_waiting_and_later_request_at_once():
             later: Any = await b.submit(["z"])
         except BatcherStopped as exc:
             later = exc
+        await b.close()  # does not raise the loop's error again
         return waiting, b.stopped, later
 
     waiting, stopped, later = _run(go())

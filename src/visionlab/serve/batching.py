@@ -148,7 +148,7 @@ class Batcher:
         """Stop after the items already queued are answered."""
         while self._items or self.running:
             await asyncio.sleep(0.01)
-        if self._task is not None:
+        if self._task is not None and not self._task.done():  # a loop that died has been reported already
             self._closing = True
             self._task.cancel()
             try:
