@@ -604,7 +604,8 @@ def test_a_batch_loop_that_dies_makes_ready_503_and_every_request_a_503(tiny_mod
         s.stop()
 
 
-def test_one_failing_image_fails_only_its_own_request(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+def test_one_failing_image_fails_only_its_own_request(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture):
     """Five requests share a batch; two images run out of memory (real allocations: torch's and numpy's),
     one raises: the batch runs again image by image, those get 413s and a 500, the other two their answers."""
     import torch
@@ -636,7 +637,10 @@ def test_one_failing_image_fails_only_its_own_request(tiny_models: dict[str, Pat
         for r, name in ((huge, "huge.jpg"), (huger, "huger.jpg")):
             assert r.status_code == 413
             assert r.json()["error"] == f"{name}: the model ran out of memory on this image; send a smaller image."
-        assert bad.status_code == 500 and bad.json()["error"] == "internal error (ValueError); see the server log."
+        assert bad.status_code == 500
+        assert bad.json()["error"] == "bad.jpg: the model failed on this image (ValueError); see the server log."
+        errors = [r.getMessage() for r in caplog.records if r.name == "visionlab.serve" and r.levelname == "ERROR"]
+        assert errors == ["the model failed on 'bad.jpg'"]  # once, with its traceback
     finally:
         s.stop()
 

@@ -100,14 +100,19 @@ class ServedModel:
 
     def run(self, items: list[tuple[Any, str, Any, int]]) -> list[Any]:
         """The batch step: items are (preprocessed array, name, decoded image, top_k). A batch that
-        fails is run again item by item (see Batcher); an image that runs out of memory alone is a 413."""
+        fails is run again item by item (see Batcher): an image that fails alone is a 413 when it ran out
+        of memory, else a 500 that names it."""
         arrays, names, images, ks = zip(*items)
         try:
             preds = self.predictor.predict_arrays(list(arrays), max(ks), list(names), list(images))
         except Exception as exc:
-            if len(items) > 1 or not _out_of_memory(exc):
-                raise
-            raise Problem(413, f"{names[0]}: the model ran out of memory on this image; send a smaller image.") from None
+            if len(items) > 1:
+                raise  # the batcher runs each item again alone
+            if _out_of_memory(exc):
+                raise Problem(413, f"{names[0]}: the model ran out of memory on this image; send a smaller image.") from None
+            log.exception("the model failed on %r", names[0])  # once: a Problem is not logged again
+            raise Problem(500, f"{names[0]}: the model failed on this image ({type(exc).__name__}); "
+                               "see the server log.") from None
         return [pred.with_top_k(k) for pred, k in zip(preds, ks)]
 
 
