@@ -2,7 +2,7 @@
 
 This module imports nothing but the standard library and pytest, so it also runs in the
 torch-free venvs of the oldest and newest supported Pythons; one test runs the loop under
-Python 3.10 itself, where ``asyncio.TimeoutError`` is not the built-in ``TimeoutError``.
+Python 3.10 and 3.13 themselves (3.10: ``asyncio.TimeoutError`` is not the built-in ``TimeoutError``).
 """
 
 from __future__ import annotations
@@ -38,17 +38,19 @@ def test_a_request_that_waits_alone_for_company_is_answered_and_so_is_the_next()
     assert _run(go()) == [[42], [2, 4]]
 
 
-def _python310() -> str | None:
+def _pyenv_python(version: str) -> str | None:
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    found = sorted(glob.glob(os.path.join(root, "versions", "3.10.*", "bin", "python")))
+    found = sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", "python")))
     return found[-1] if found else None
 
 
-def test_the_loop_answers_a_lone_request_on_python_3_10():
+@pytest.mark.parametrize("version", ["3.10", "3.13"])  # the oldest supported Python and the newest on this machine
+def test_the_loop_answers_a_lone_request_on_the_oldest_and_newest_python(version: str):
     """On 3.10, wait_for raises asyncio.TimeoutError; the loop once caught only TimeoutError and died."""
-    python = sys.executable if sys.version_info[:2] == (3, 10) else _python310()
+    here = "{}.{}".format(*sys.version_info[:2])
+    python = sys.executable if here == version else _pyenv_python(version)
     if python is None:
-        pytest.skip("no Python 3.10 on this machine (looked in pyenv's versions/3.10.*)")
+        pytest.skip(f"no Python {version} on this machine (looked in pyenv's versions/{version}.*)")
     code = ("import asyncio\n"
             "from visionlab.serve.batching import Batcher\n"
             "async def go():\n"

@@ -138,10 +138,9 @@ class Batcher:
             how = f"stopped ({type(exc).__name__}: {exc})" if exc else "was cancelled"
             self.stopped = f"the batch loop of model {self.name!r} {how}"
             log.error("%s; it answers no more requests", self.stopped, exc_info=exc)
-        error = BatcherStopped(self.stopped)
         for _, fut in [*self._batch, *self._items]:
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(BatcherStopped(self.stopped))
         self._batch, self._items = [], deque()
 
     async def close(self) -> None:
