@@ -27,15 +27,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from visionlab._version import __version__
 from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
-from visionlab.serve.batching import Batcher
+from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
 from visionlab.serve.uploads import Problem, check_image, decode_failure, parse_uploads, read_body
 
@@ -98,10 +99,28 @@ class ServedModel:
         self.predictor = predictor
 
     def run(self, items: list[tuple[Any, str, Any, int]]) -> list[Any]:
-        """The batch step: items are (preprocessed array, name, decoded image, top_k)."""
+        """The batch step: items are (preprocessed array, name, decoded image, top_k). A batch that
+        fails is run again item by item (see Batcher): an image that fails alone is a 413 when it ran out
+        of memory, else a 500 that names it."""
         arrays, names, images, ks = zip(*items)
-        preds = self.predictor.predict_arrays(list(arrays), max(ks), list(names), list(images))
+        try:
+            preds = self.predictor.predict_arrays(list(arrays), max(ks), list(names), list(images))
+        except Exception as exc:
+            if len(items) > 1:
+                raise  # the batcher runs each item again alone
+            if _out_of_memory(exc):
+                raise Problem(413, f"{names[0]}: the model ran out of memory on this image; send a smaller image.") from None
+            log.exception("the model failed on %r", names[0])  # once: a Problem is not logged again
+            raise Problem(500, f"{names[0]}: the model failed on this image ({type(exc).__name__}); "
+                               "see the server log.") from None
         return [pred.with_top_k(k) for pred, k in zip(preds, ks)]
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    import torch
+
+    # torch's CPU allocator raises a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory: ..."
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "DefaultCPUAllocator" in str(exc)
 
 
 def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:
@@ -132,6 +151,24 @@ def _route(path: str) -> str:
     if path.startswith("/predict/"):
         return "/predict/{task}"
     return "/static" if path.startswith("/static/") else "other"
+
+
+async def _unless_gone(request: Request, work: Awaitable[Any]) -> Any:
+    """The work's result, or ClientDisconnect if the client hangs up first (the body read): then the
+    work is cancelled, and a batch drops the request's images."""
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(hung_up())
+    try:
+        done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        task.cancel()  # a no-op when it is done
+    if task not in done:
+        raise ClientDisconnect()
+    return task.result()
 
 
 def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -233,11 +270,24 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     metrics.gauge("visionlab_pending_images", "Images admitted and not yet answered (bounded by --max-queue).",
                   lambda: {"": state["pending"]})
     metrics.gauge("visionlab_requests_in_flight", "Predict requests being answered.", lambda: {"": state["in_flight"]})
-    metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.", lambda: {"": float(state["ready"])})
+    metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.", lambda: {"": float(state["ready"] and not broken())})
+
+    def broken() -> list[str]:
+        """What keeps the models from answering for good: a failed load, a batch loop that stopped."""
+        return [e for e in (state["error"], *(m.batcher.stopped for m in models if m.batcher)) if e]
 
     @app.exception_handler(Problem)
     async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
         return _problem(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(BatcherStopped)
+    async def _on_stopped(request: Request, exc: BatcherStopped) -> JSONResponse:
+        return _problem(503, f"the model cannot answer: {exc}. Restart the server (its log says more).")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        log.warning("%s %s: the client disconnected before its answer (499)", request.method, request.url.path)
+        return Response(status_code=499)  # as nginx counts it; nobody reads it
 
     @app.exception_handler(Exception)
     async def _on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -250,12 +300,14 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        body = {"ready": state["ready"], "models": {m.task: m.predictor is not None for m in models}}
-        if state["error"]:
-            body["error"] = state["error"]
-        elif state["ready"]:
+        errors = broken()
+        ok = state["ready"] and not errors
+        body = {"ready": ok, "models": {m.task: m.predictor is not None for m in models}}
+        if errors:
+            body["error"] = "; ".join(errors)
+        elif ok:
             body["loaded_in_seconds"] = state["loaded_in"]
-        return JSONResponse(body, status_code=200 if state["ready"] else 503)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/models")
     async def list_models() -> dict[str, Any]:
@@ -323,7 +375,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             reserved += more
             loop = asyncio.get_running_loop()
             prepared = await asyncio.gather(*(loop.run_in_executor(decode_pool, prepare, model, u) for u in uploads))
-            preds = await model.batcher.submit([(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)])
+            items = [(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)]
+            preds = await _unless_gone(request, model.batcher.submit(items))
             encoded = await asyncio.gather(*(loop.run_in_executor(decode_pool, p.to_json, img)
                                              for p, (_, img) in zip(preds, prepared)))
         finally:

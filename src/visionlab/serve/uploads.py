@@ -85,6 +85,8 @@ def _json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise Problem(400, "the JSON body is nested too deeply; send {\"image\": \"<base64>\"}.") from None
     if not isinstance(doc, dict) or not ("image" in doc or "images" in doc):
         keys = ", ".join(map(repr, doc)) if isinstance(doc, dict) else type(doc).__name__
         raise Problem(422, f"JSON needs \"image\": \"<base64>\" or \"images\": [\"<base64>\", ...] (got {keys}).")
