@@ -176,12 +176,16 @@ def _confusion(cm: Sequence[Sequence[int]], classes: list[str], what: str) -> st
 
 
 def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
-    cards = []
+    """The example cards; only images inside ``folder`` are embedded (examples.json may come from
+    someone else's run folder: a name like ../../etc/hostname or a link out is skipped, and said so)."""
+    cards, inside = [], folder.resolve()
     for ex in examples:
         figs = ""
         for caption, name in ex.get("images", {}).items():
-            f = folder / name
-            if f.exists():
+            f = (folder / str(name)).resolve()
+            if not f.is_relative_to(inside):
+                figs += f"<p class='missing'>skipped {esc(str(name))}: not inside the examples folder</p>"
+            elif f.is_file():
                 data = base64.b64encode(f.read_bytes()).decode("ascii")
                 figs += (f"<figure><img src='data:image/jpeg;base64,{data}' alt='{esc(caption)} of {esc(ex['title'])}'>"
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
