@@ -170,6 +170,9 @@ def test_health_ready_and_models_describe_every_model(server: Server, tiny_model
     assert cracks["checkpoint_sha256"] == hashlib.sha256(tiny_models["cracks"].read_bytes()).hexdigest()
     assert cracks["visionlab_version"] == __version__ and cracks["trained_with_visionlab"] == __version__
     assert models["landcover"]["kind"] == "segmentation" and models["landcover"]["input_size"] == 64
+    assert cracks["checkpoint"] == "best.pt"  # file names, not this machine's paths
+    listing = httpx.get(server.url + "/models").text
+    assert str(tiny_models["cracks"].parent) not in listing and '"/' not in listing
 
 
 def test_ready_is_503_until_the_models_are_warm(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):

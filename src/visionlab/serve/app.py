@@ -94,7 +94,7 @@ class ServedModel:
         pre = self.state["preprocessing"]
         return {"task": self.task, "kind": self.state["kind"], "classes": list(self.state["classes"]),
                 "input_size": int(pre["image_size"]), "preprocessing": pre, "model": self.state["model_name"],
-                "checkpoint": str(self.path), "checkpoint_sha256": self.sha256,
+                "checkpoint": self.path.name, "checkpoint_sha256": self.sha256,
                 "trained_with_visionlab": self.state.get("visionlab_version"), "visionlab_version": __version__,
                 "synthetic_data": bool(self.state.get("data", {}).get("synthetic", False)),
                 "loaded": self.predictor is not None}
