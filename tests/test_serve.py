@@ -536,6 +536,11 @@ def test_cli_errors_are_one_line_and_help_does_not_import_fastapi(tiny_models: d
                                env=_env(), timeout=60)
             assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
             assert r.stderr.startswith("error: the API key has control characters or spaces at its ends"), r.stderr
+        for option, value, words in (("--allowed-host", "a*b", "error: --allowed-host: Domain wildcard"),
+                                     ("--cors-origin", "evil.example", "error: --cors-origin 'evil.example' is not an origin")):
+            r = subprocess.run(_cli("serve", "-k", ck, "--port", port, option, value), capture_output=True, text=True,
+                               env=_env(), timeout=60)
+            assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith(words), r.stderr
     code = ("import sys; from typer.testing import CliRunner; from visionlab.cli import app; "
             "r = CliRunner().invoke(app, ['serve', '--help']); assert r.exit_code == 0, r.output; "
             "assert '--max-batch-size' in r.output; "
