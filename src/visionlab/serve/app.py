@@ -162,14 +162,12 @@ def allowed_hosts(settings: Settings) -> list[str]:
     """The Host header values answered (no DNS rebinding): a loopback bind's names, or the bound
     address; a wildcard bind (0.0.0.0, ::) answers any host unless --allowed-host names some;
     plus --allowed-host ('*' for any)."""
+    wildcard = settings.host in ("0.0.0.0", "::")
+    if wildcard and not settings.allowed_hosts:
+        return ["*"]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    if _is_loopback(settings.host):
-        names = [*LOOPBACK_HOSTS, host]
-    elif settings.host in ("0.0.0.0", "::"):
-        names = list(LOOPBACK_HOSTS) if settings.allowed_hosts else ["*"]
-    else:
-        names = [host]
-    return [*names, *settings.allowed_hosts]
+    local = wildcard or _is_loopback(settings.host)
+    return list(dict.fromkeys([*(LOOPBACK_HOSTS if local else ()), host, *settings.allowed_hosts]))
 
 
 def check_key(key: str) -> None:
@@ -449,19 +447,25 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
-    """Check the checkpoints, bind, and serve until SIGINT/SIGTERM (requests in flight finish first)."""
-    import uvicorn
-
+def _check_access(settings: Settings) -> None:
+    """Before anything is bound: the key (default $VISIONLAB_API_KEY) can be sent, and off loopback
+    there is one unless --insecure-no-key says that is meant."""
     if not settings.api_key:
         settings.api_key = os.environ.get(KEY_ENV) or None
     if settings.api_key:
         check_key(settings.api_key)
-    elif not _is_loopback(settings.host) and not settings.insecure_no_key:
-        raise VisionlabError(f"listening on {settings.host} needs an API key: anyone who can reach this machine could use the models.",
-                             f"Pass --api-key KEY or set ${KEY_ENV}; or --insecure-no-key if that is what you mean.")
-    if not settings.api_key and not _is_loopback(settings.host):
+    elif not _is_loopback(settings.host):
+        if not settings.insecure_no_key:
+            raise VisionlabError(f"listening on {settings.host} needs an API key: anyone who can reach this machine could use "
+                                 f"the models.", f"Pass --api-key KEY or set ${KEY_ENV}; or --insecure-no-key if that is what you mean.")
         sys.stderr.write(f"warning: listening on {settings.host} without an API key (--insecure-no-key).\n")
+
+
+def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
+    """Check the checkpoints, bind, and serve until SIGINT/SIGTERM (requests in flight finish first)."""
+    import uvicorn
+
+    _check_access(settings)
     models = load_models(checkpoints)
     app = create_app(models, settings)  # bad --allowed-host / --cors-origin values fail before binding
     sock = _bind(settings.host, settings.port)
