@@ -441,9 +441,12 @@ def test_only_the_bound_host_names_and_same_origin_posts_are_answered(server: Se
     assert evil.status_code == 403 and "--cors-origin" in evil.json()["error"]
     own = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": server.url})
     assert own.status_code == 200
-    own = httpx.post(server.url + "/predict/cracks", content=img,
-                     headers={**post, "origin": f"http://localhost:{port}", "host": f"localhost:{port}"})
-    assert own.status_code == 200
+    for origin in (f"http://localhost:{port}", f"https://localhost:{port}"):  # https: behind a TLS proxy
+        own = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": origin, "host": f"localhost:{port}"})
+        assert own.status_code == 200, origin
+    for origin in ("null", f"http://localhost:{int(port) + 1}"):
+        other = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": origin, "host": f"localhost:{port}"})
+        assert other.status_code == 403, origin
     s = Server([tiny_models["cracks"]], device="cpu", allowed_hosts=["box.lan"], cors_origins=["https://app.example"])
     try:
         s.wait_ready()

@@ -225,12 +225,13 @@ class _Gate:
             raise VisionlabError(f"--allowed-host: {exc}", "Pass a host name, '*.example.com' or '*'.") from None
 
     def _cross_origin(self, scope: dict[str, Any], headers: Headers) -> str | None:
-        """The Origin of a state-changing request from another site's page (None: same origin or allowed)."""
+        """The Origin of a state-changing request from another site's page (None: from this server's
+        own page, whichever scheme a proxy in front speaks, or from a --cors-origin)."""
         origin = headers.get("origin")
         if scope["method"] in SAFE_METHODS or origin is None:
             return None
-        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
-        return None if origin.lower() in (own, *self.origins) else origin
+        own = origin.partition("://")[2].lower() == headers.get("host", "").lower()
+        return None if own or origin.lower() in self.origins else origin
 
     async def _checked(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = Headers(scope=scope)
