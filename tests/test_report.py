@@ -145,11 +145,11 @@ def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
                                                  "metrics": {"accuracy": 0.5}}))
     Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
     (ev / "examples" / "link.jpg").symlink_to(secret)
-    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg"}
+    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg", "nul": "a\x00b"}
     (ev / "examples" / "examples.json").write_text(json.dumps([{"title": "x.jpg", "images": names, "fields": {}}]))
     text = render_report(run, ev)
     leaked = base64.b64encode(secret.read_bytes()).decode()
     assert leaked not in text and "private" not in text
     assert text.count("data:image/jpeg;base64,") == 1
-    for name in ("../../../secret.txt", str(secret), "link.jpg"):
+    for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b"):
         assert text.count(f"skipped {name}: not inside the examples folder") == 1, name
