@@ -7,7 +7,9 @@ own thread (:class:`~visionlab.serve.batching.Batcher`), and each result seriali
 is: classes, input size and what a result holds all come from the checkpoint and the result.
 
 ``/health`` says the process is up, ``/ready`` that every model is loaded and warmed up
-(Triton's live/ready split); a full queue answers 503 with Retry-After.
+(Triton's live/ready split); a full queue answers 503 with Retry-After. Only the bound host
+names are answered (DNS rebinding), POSTs from other sites' pages only for ``--cors-origin``,
+and off loopback only with an API key (:class:`_Gate`, :func:`_check_access`).
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def allowed_hosts(settings: Settings) -> list[str]:
+def _allowed_hosts(settings: Settings) -> list[str]:
     """The Host header values answered (no DNS rebinding): a loopback bind's names, or the bound
     address; a wildcard bind (0.0.0.0, ::) answers any host unless --allowed-host names some;
     plus --allowed-host ('*' for any)."""
@@ -170,7 +172,7 @@ def allowed_hosts(settings: Settings) -> list[str]:
     return list(dict.fromkeys([*(LOOPBACK_HOSTS if local else ()), host, *settings.allowed_hosts]))
 
 
-def check_key(key: str) -> None:
+def _check_key(key: str) -> None:
     """Refuse a key that HTTP cannot carry the same way everywhere (headers drop spaces at the ends)."""
     if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise VisionlabError("the API key has control characters or spaces at its ends, which HTTP headers cannot carry.",
@@ -220,7 +222,7 @@ class _Gate:
                                    allow_headers=["x-api-key", "authorization", "x-request-id"],
                                    expose_headers=["x-request-id", "retry-after"])
         try:
-            self.guarded = TrustedHostMiddleware(inner, allowed_hosts=allowed_hosts(settings), www_redirect=False)
+            self.guarded = TrustedHostMiddleware(inner, allowed_hosts=_allowed_hosts(settings), www_redirect=False)
         except AssertionError as exc:
             raise VisionlabError(f"--allowed-host: {exc}", "Pass a host name, '*.example.com' or '*'.") from None
 
@@ -454,7 +456,7 @@ def _check_access(settings: Settings) -> None:
     if not settings.api_key:
         settings.api_key = os.environ.get(KEY_ENV) or None
     if settings.api_key:
-        check_key(settings.api_key)
+        _check_key(settings.api_key)
     elif not _is_loopback(settings.host):
         if not settings.insecure_no_key:
             raise VisionlabError(f"listening on {settings.host} needs an API key: anyone who can reach this machine could use "
