@@ -304,3 +304,49 @@ def test_export_speed_benchmark_runs_and_reports_parity(tmp_path: Path) -> None:
     for r in rows:
         assert all(v[0] > 0 for v in r["ips"].values()) and r["ratio_fp32"] > 0
         assert "passed" in r["parity"]
+
+
+def _strings(value):
+    """Every string inside a metadata value (JSON fields decoded)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_exported_file_carries_no_local_path(tiny_models, tmp_path: Path, session_cache: Path) -> None:
+    """A model trained on a real folder: its file keeps the classes, preprocessing, hash, task and
+    kind, and no path of this machine (the data folder, the runs folder, the cache, the home);
+    evaluating it then asks for --data and gives the checkpoint's numbers with it."""
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.runtime import JSON_FIELDS
+
+    folder = load_checkpoint(tiny_models["cracks"])["data"]["root"]  # the synthetic photos, as a plain folder
+    result = visionlab.train("cracks", data=folder, console=_quiet(), **fast_options(
+        "cracks", tmp_path / "runs", model="cracks_cnn", model_args={}, name="paths", epochs=1))
+    exported = visionlab.export_onnx(result.best_checkpoint, console=_quiet())
+    meta = {m.key: m.value for m in onnx.load(str(exported.path)).metadata_props}
+    strings = [s for k, v in meta.items() for s in _strings(json.loads(v) if k in JSON_FIELDS else v)]
+    assert not [s for s in strings if os.path.isabs(s) or s.startswith("~")]
+    for local in (folder, str(tmp_path), str(session_cache), str(Path.home())):
+        assert not [s for s in strings if local in s], local
+    state = load_checkpoint(result.best_checkpoint)
+    assert json.loads(meta["classes"]) == state["classes"] and json.loads(meta["preprocessing"]) == state["preprocessing"]
+    assert meta["checkpoint"] == "best.pt" and meta["checkpoint_sha256"] == hashlib.sha256(result.best_checkpoint.read_bytes()).hexdigest()
+    assert (meta["task"], meta["kind"], json.loads(meta["config"])["image_size"]) == ("cracks", "classification", 32)
+
+    assert_one_line_error(invoke("evaluate", "--checkpoint", exported.path, "--device", "cpu"),
+                          "does not say where its data is", "--data")
+    reports = {}
+    for name, model in (("pt", result.best_checkpoint), ("onnx", exported.path)):
+        extra = ["--data", folder] if name == "onnx" else []
+        r = invoke("evaluate", "--checkpoint", model, *extra, "--out", tmp_path / name, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert reports["onnx"]["images"] == reports["pt"]["images"] > 0  # the same test split
+    assert reports["onnx"]["metrics"]["accuracy"] == pytest.approx(reports["pt"]["metrics"]["accuracy"], abs=1e-6)

@@ -129,3 +129,27 @@ def test_reports_open_offline_in_a_browser(cracks_eval: Path, landcover_eval: Pa
         save_shot(page, tmp_path, name)
         assert leaked == [] and [r for r in requests if not r.startswith("data:")] == [url]
         page.context.close()
+
+
+def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
+    """examples.json of someone else's run names ../../secret, an absolute path and a link out:
+    none of them is read into the page, each is named as skipped; the run's own image is embedded."""
+    import base64
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"the reader's private file")
+    run = tmp_path / "run"
+    ev = run / "eval-test"
+    (ev / "examples").mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
+                                                 "metrics": {"accuracy": 0.5}}))
+    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    (ev / "examples" / "link.jpg").symlink_to(secret)
+    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg", "nul": "a\x00b"}
+    (ev / "examples" / "examples.json").write_text(json.dumps([{"title": "x.jpg", "images": names, "fields": {}}]))
+    text = render_report(run, ev)
+    leaked = base64.b64encode(secret.read_bytes()).decode()
+    assert leaked not in text and "private" not in text
+    assert text.count("data:image/jpeg;base64,") == 1
+    for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b"):
+        assert text.count(f"skipped {name}: not inside the examples folder") == 1, name

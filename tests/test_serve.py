@@ -170,6 +170,9 @@ def test_health_ready_and_models_describe_every_model(server: Server, tiny_model
     assert cracks["checkpoint_sha256"] == hashlib.sha256(tiny_models["cracks"].read_bytes()).hexdigest()
     assert cracks["visionlab_version"] == __version__ and cracks["trained_with_visionlab"] == __version__
     assert models["landcover"]["kind"] == "segmentation" and models["landcover"]["input_size"] == 64
+    assert cracks["checkpoint"] == "best.pt"  # file names, not this machine's paths
+    listing = httpx.get(server.url + "/models").text
+    assert str(tiny_models["cracks"].parent) not in listing and '"/' not in listing
 
 
 def test_ready_is_503_until_the_models_are_warm(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
@@ -332,16 +335,16 @@ def test_every_bad_input_gets_a_json_error_and_the_server_lives_on(server: Serve
     check(httpx.post(url + "?top_k=zero", content=photo, headers={"content-type": "image/jpeg"}), 422, "top_k='zero'")
 
     # an honest Content-Length over the limit: refused before a byte of the body is sent
-    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                                            b"Content-Length: 999999999\r\n\r\n")
     assert status == 413 and b"999999999 bytes" in body
     # no Content-Length (chunked): counted as it streams, refused once past the limit
     chunks = (b"%x\r\n%s\r\n" % (2**18, b"\0" * 2**18) for _ in range(40))  # 10 MB offered
-    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                                            b"Transfer-Encoding: chunked\r\n\r\n", chunks)
     assert status == 413 and b"over the upload limit" in body
     # a Content-Length that lies low: only that much is read (a truncated image), the rest is not a request
-    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    status, _, body = _raw_http(server.url, b"POST /predict/cracks HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                                            b"Content-Length: 300\r\n\r\n", iter([photo, big]))
     assert status == 422 and b"corrupt image header" in body
 
@@ -390,6 +393,72 @@ def test_api_key_guards_everything_but_health(tiny_models: dict[str, Path]):
         assert page.status_code == 200 and "visionlab_api_key=s3cret" in page.headers["set-cookie"]
         assert httpx.get(s.url + "/models", cookies={"visionlab_api_key": "s3cret"}).status_code == 200
         assert httpx.get(s.url + "/models?key=s3cret").status_code == 401  # the address works for the page only
+    finally:
+        s.stop()
+
+
+def test_browser_login_works_for_base64_and_non_ascii_keys(tiny_models: dict[str, Path]):
+    """A key with + / = , and a space inside, and non-ASCII letters: the address (percent-encoded),
+    the cookie it leaves (one codec both ways), headers (UTF-8 bytes); the newest key wins and
+    only a key that matched is kept."""
+    from urllib.parse import quote
+
+    key = "Zm9v+YmFy/cXV4=, ключ"
+    s = Server([tiny_models["cracks"]], device="cpu", api_key=key)
+    try:
+        s.wait_ready(headers={"x-api-key": key.encode()})
+        with httpx.Client(base_url=s.url) as browser:
+            page = browser.get("/?key=" + quote(key, safe=""))
+            assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+            assert browser.get("/models").status_code == 200  # the cookie as the server wrote it
+        assert httpx.get(s.url + "/", params={"key": key}).status_code == 200
+        raw_plus = httpx.get(s.url + "/?key=" + quote(key, safe="+"))  # '+' in an address is a space: wrong
+        assert raw_plus.status_code == 403 and "set-cookie" not in raw_plus.headers
+        stale = httpx.get(s.url + "/", params={"key": key}, cookies={"visionlab_api_key": "old-key"})
+        assert stale.status_code == 200 and quote(key, safe="") in stale.headers["set-cookie"]
+        by_header = httpx.get(s.url + "/?key=guess", headers={"x-api-key": key.encode()})
+        assert by_header.status_code == 403 and "set-cookie" not in by_header.headers
+        assert "set-cookie" not in httpx.get(s.url + "/", headers={"x-api-key": key.encode()}).headers
+        bearer = httpx.get(s.url + "/models", headers={"authorization": b"Bearer " + key.encode()})
+        assert bearer.status_code == 200
+        assert httpx.get(s.url + "/models", headers={"x-api-key": key.encode()[:-1]}).status_code == 403
+        assert "%2B" in httpx.get(s.url + "/models").json()["error"]  # the hint says how to write the address
+    finally:
+        s.stop()
+
+
+def test_only_the_bound_host_names_and_same_origin_posts_are_answered(server: Server, tiny_models: dict[str, Path]):
+    """DNS rebinding (another Host) gets 400; a POST from another site's page 403, the server's own
+    page (Origin = its own origin) is answered; --allowed-host and --cors-origin widen both."""
+    port = server.url.rsplit(":", 1)[1]
+    img = _jpeg(make_class_image("apple", 1, 32))
+    assert httpx.get(server.url + "/models", headers={"host": "attacker.example"}).status_code == 400
+    assert httpx.get(server.url + "/health", headers={"host": f"attacker.example:{port}"}).status_code == 400
+    for host in ("localhost", f"localhost:{port}", "127.0.0.1", f"[::1]:{port}"):
+        assert httpx.get(server.url + "/models", headers={"host": host}).status_code == 200, host
+    post = {"content-type": "image/jpeg"}
+    evil = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": "http://evil.example"})
+    assert evil.status_code == 403 and "--cors-origin" in evil.json()["error"]
+    own = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": server.url})
+    assert own.status_code == 200
+    for origin in (f"http://localhost:{port}", f"https://localhost:{port}"):  # https: behind a TLS proxy
+        own = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": origin, "host": f"localhost:{port}"})
+        assert own.status_code == 200, origin
+    for origin in ("null", f"http://localhost:{int(port) + 1}"):
+        other = httpx.post(server.url + "/predict/cracks", content=img, headers={**post, "origin": origin, "host": f"localhost:{port}"})
+        assert other.status_code == 403, origin
+    s = Server([tiny_models["cracks"]], device="cpu", allowed_hosts=["box.lan"], cors_origins=["https://app.example"])
+    try:
+        s.wait_ready()
+        assert httpx.get(s.url + "/models", headers={"host": "box.lan"}).status_code == 200
+        assert httpx.get(s.url + "/models", headers={"host": "other.lan"}).status_code == 400
+        pre = httpx.options(s.url + "/predict", headers={"origin": "https://app.example", "access-control-request-method": "POST",
+                                                          "access-control-request-headers": "x-api-key, content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+        ok = httpx.post(s.url + "/predict", content=img, headers={**post, "origin": "https://app.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
+        refused = httpx.post(s.url + "/predict", content=img, headers={**post, "origin": "http://evil.example"})
+        assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
     finally:
         s.stop()
 
@@ -466,21 +535,49 @@ def test_cli_errors_are_one_line_and_help_does_not_import_fastapi(tiny_models: d
     ck = str(tiny_models["cracks"])
     r = subprocess.run(_cli("serve", "-k", ck, "-k", ck), capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode == 2 and "two checkpoints of task 'cracks'" in r.stderr
-    with socket.socket() as taken:  # a port in use: the bind fails after the warning about 0.0.0.0
-        taken.bind(("0.0.0.0", 0))
+    with socket.socket() as taken:  # a port in use: the bind fails with one line
+        taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = str(taken.getsockname()[1])
-        env = {k: v for k, v in _env().items() if k != "VISIONLAB_API_KEY"}
-        r = subprocess.run(_cli("serve", "-k", ck, "--host", "0.0.0.0", "--port", port), capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 2
-    assert "warning: listening on 0.0.0.0 without an API key" in r.stderr
-    assert f"error: cannot listen on 0.0.0.0:{port}" in r.stderr
+        r = subprocess.run(_cli("serve", "-k", ck, "--port", port), capture_output=True, text=True, env=_env(), timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}"), r.stderr
+        for bad in (" padded", "two\nlines"):
+            r = subprocess.run(_cli("serve", "-k", ck, "--port", port, "--api-key", bad), capture_output=True, text=True,
+                               env=_env(), timeout=60)
+            assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+            assert r.stderr.startswith("error: the API key has control characters or spaces at its ends"), r.stderr
+        for option, value, words in (("--allowed-host", "a*b", "error: --allowed-host: Domain wildcard"),
+                                     ("--cors-origin", "evil.example", "error: --cors-origin 'evil.example' is not an origin")):
+            r = subprocess.run(_cli("serve", "-k", ck, "--port", port, option, value), capture_output=True, text=True,
+                               env=_env(), timeout=60)
+            assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith(words), r.stderr
     code = ("import sys; from typer.testing import CliRunner; from visionlab.cli import app; "
             "r = CliRunner().invoke(app, ['serve', '--help']); assert r.exit_code == 0, r.output; "
             "assert '--max-batch-size' in r.output; "
             "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_off_loopback_without_a_key_refuses_to_start(tiny_models: dict[str, Path]):
+    """--host 0.0.0.0 and no key: one line naming the ways out, exit 2, before binding (the port is
+    held on 127.0.0.1, so a bind of 0.0.0.0 would fail with another message); --insecure-no-key
+    gets as far as binding."""
+    ck = str(tiny_models["cracks"])
+    env = {k: v for k, v in _env().items() if k != "VISIONLAB_API_KEY"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        r = subprocess.run(_cli("serve", "-k", ck, "--host", "0.0.0.0", "--port", port), capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stdout == "", r.stderr
+        assert r.stderr.startswith("error: listening on 0.0.0.0 needs an API key"), r.stderr
+        for way in ("--api-key", "$VISIONLAB_API_KEY", "--insecure-no-key"):
+            assert way in r.stderr
+        r = subprocess.run(_cli("serve", "-k", ck, "--host", "0.0.0.0", "--port", port, "--insecure-no-key"),
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 2 and f"error: cannot listen on 0.0.0.0:{port}" in r.stderr, r.stderr
+        assert "warning: listening on 0.0.0.0 without an API key (--insecure-no-key)" in r.stderr
 
 
 def test_static_files_ship_in_the_wheel_config():

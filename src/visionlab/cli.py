@@ -239,6 +239,9 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; another than localhost needs --api-key."),
     port: int = typer.Option(8000, "--port", "-p", help="Port (0: a free one, printed at start)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this key on every request but /health (default: $VISIONLAB_API_KEY)."),
+    insecure_no_key: bool = typer.Option(False, "--insecure-no-key", help="Listen off localhost without a key: anyone who can reach it may use it."),
+    allowed_host: List[str] = typer.Option([], "--allowed-host", help="Also answer this Host name (repeatable; '*' any; 0.0.0.0 answers any unless given)."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Let pages of this origin call the API, e.g. https://app.example (repeatable)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Most images in one forward pass."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long the first image of a batch waits for others."),
     max_queue: int = typer.Option(128, "--max-queue", help="Images admitted at once; beyond, 503 with Retry-After."),
@@ -272,7 +275,8 @@ def serve_cmd(
         paths.append(latest_checkpoint(t))
     if not paths:
         raise VisionlabError("nothing to serve.", "Pass --checkpoint CKPT or --task T (repeatable), e.g. --task cracks.")
-    run(paths, Settings(host=host, port=port, api_key=api_key, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+    run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
+                        cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, device=device,
                         drain_seconds=drain_seconds))
 

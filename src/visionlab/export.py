@@ -7,7 +7,7 @@ tiles of the sliding window and small padded images run on one file. Everything 
 network travels in the file's ``metadata_props``: task, kind, class names in order, the
 preprocessing of the checkpoint (size, resize mode, mean, std, tiles, TTA), the resolved
 config, the model's name and arguments, the visionlab version and the sha256 of the checkpoint
-it came from. Reading preprocessing from the file removes the mismatch bugs of hand-copied
+it came from; no path of the training machine (its data folder, runs folder or cache). Reading preprocessing from the file removes the mismatch bugs of hand-copied
 numbers.
 
 **Parity is checked at export.** The finished file is run by onnxruntime against the PyTorch
@@ -170,8 +170,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _without_local_paths(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and data description a user of the file needs, without the training machine's
+    paths (the data folder, the runs folder, the unreadable files): evaluating the file on real
+    data then takes --data."""
+    data = {k: v for k, v in (state.get("data") or {}).items() if k not in ("root", "unreadable")}
+    config = {k: v for k, v in state["config"].items() if k != "out"}
+    if str(config.get("data", "")).lower() != "synthetic":
+        config["data"] = ""
+    return config, data
+
+
 def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int) -> dict[str, str]:
-    data = {k: v for k, v in (state.get("data") or {}).items() if k != "unreadable"}  # the list can be long
+    config, data = _without_local_paths(state)
     values: dict[str, Any] = {
         "visionlab_format": FORMAT,
         "visionlab_version": __version__,
@@ -180,7 +191,7 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int)
         "classes": list(state["classes"]),
         "preprocessing": state["preprocessing"],
         "tta": str(state["preprocessing"].get("tta", "none")),
-        "config": state["config"],
+        "config": config,
         "model_name": state["model_name"],
         "model_args": state["model_args"],
         "data": data,

@@ -175,13 +175,26 @@ def _confusion(cm: Sequence[Sequence[int]], classes: list[str], what: str) -> st
             f"<tr><th class='axis'>true ↓</th>{head}<th class='pred'>total</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
 
+def _inside(folder: Path, name: str) -> Path | None:
+    """``folder / name`` with links resolved, when it is still inside ``folder``; else None."""
+    try:
+        path = (folder / name).resolve()
+    except (OSError, ValueError):  # a loop of links, a NUL byte
+        return None
+    return path if path.is_relative_to(folder.resolve()) else None
+
+
 def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
+    """The example cards; only images inside ``folder`` are embedded (examples.json may come from
+    someone else's run folder: a name like ../../etc/hostname or a link out is skipped, and said so)."""
     cards = []
     for ex in examples:
         figs = ""
         for caption, name in ex.get("images", {}).items():
-            f = folder / name
-            if f.exists():
+            f = _inside(folder, str(name))
+            if f is None:
+                figs += f"<p class='missing'>skipped {esc(str(name))}: not inside the examples folder</p>"
+            elif f.is_file():
                 data = base64.b64encode(f.read_bytes()).decode("ascii")
                 figs += (f"<figure><img src='data:image/jpeg;base64,{data}' alt='{esc(caption)} of {esc(ex['title'])}'>"
                          f"<figcaption>{esc(caption)}</figcaption></figure>")

@@ -7,7 +7,9 @@ own thread (:class:`~visionlab.serve.batching.Batcher`), and each result seriali
 is: classes, input size and what a result holds all come from the checkpoint and the result.
 
 ``/health`` says the process is up, ``/ready`` that every model is loaded and warmed up
-(Triton's live/ready split); a full queue answers 503 with Retry-After.
+(Triton's live/ready split); a full queue answers 503 with Retry-After. Only the bound host
+names are answered (DNS rebinding), POSTs from other sites' pages only for ``--cors-origin``,
+and off loopback only with an API key (:class:`_Gate`, :func:`_check_access`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -24,13 +28,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Awaitable, Sequence
+from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from visionlab._version import __version__
@@ -57,6 +65,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    insecure_no_key: bool = False  # listen off loopback without a key, on purpose
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bound ones ('*': any)
+    cors_origins: list[str] = field(default_factory=list)  # other sites whose pages may call the API
     max_batch_size: int = 16
     max_wait_ms: float = 10.0
     max_queue: int = 128  # images admitted and not yet answered; more -> 503 + Retry-After
@@ -86,7 +97,7 @@ class ServedModel:
         pre = self.state["preprocessing"]
         return {"task": self.task, "kind": self.state["kind"], "classes": list(self.state["classes"]),
                 "input_size": int(pre["image_size"]), "preprocessing": pre, "model": self.state["model_name"],
-                "checkpoint": str(self.path), "checkpoint_sha256": self.sha256,
+                "checkpoint": self.path.name, "checkpoint_sha256": self.sha256,
                 "trained_with_visionlab": self.state.get("visionlab_version"), "visionlab_version": __version__,
                 "synthetic_data": bool(self.state.get("data", {}).get("synthetic", False)),
                 "loaded": self.predictor is not None}
@@ -175,29 +186,116 @@ def _problem(status: int, message: str, headers: dict[str, str] | None = None) -
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _allowed_hosts(settings: Settings) -> list[str]:
+    """The Host header values answered (no DNS rebinding): a loopback bind's names, or the bound
+    address; a wildcard bind (0.0.0.0, ::) answers any host unless --allowed-host names some;
+    plus --allowed-host ('*' for any)."""
+    wildcard = settings.host in ("0.0.0.0", "::")
+    if wildcard and not settings.allowed_hosts:
+        return ["*"]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    local = wildcard or _is_loopback(settings.host)
+    return list(dict.fromkeys([*(LOOPBACK_HOSTS if local else ()), host, *settings.allowed_hosts]))
+
+
+def _check_key(key: str) -> None:
+    """Refuse a key that HTTP cannot carry the same way everywhere (headers drop spaces at the ends)."""
+    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise VisionlabError("the API key has control characters or spaces at its ends, which HTTP headers cannot carry.",
+                             "Use printable characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+
+
+def _presented_key(scope: dict[str, Any], headers: Headers) -> tuple[bytes | None, bool]:
+    """The key a request presents, newest first: ?key= (the page only), then the X-API-Key or
+    Authorization: Bearer header, then the cookie; and whether it is the ?key= one. Keys are
+    compared as UTF-8 bytes; the address and the cookie carry them percent-encoded."""
+    if scope["path"] == "/":
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), encoding="utf-8", errors="surrogateescape")
+        if "key" in query:
+            return query["key"][0].encode("utf-8", "surrogateescape"), True
+    if "x-api-key" in headers:
+        return headers["x-api-key"].encode("latin-1"), False
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip().encode("latin-1"), False
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return unquote_to_bytes(value.strip()), False
+    return None, False
+
+
+def _key_cookie(key: bytes) -> str:
+    """The Set-Cookie value that keeps a key, percent-encoded: the codec :func:`_presented_key` reads."""
+    return f"{COOKIE}={quote(key, safe='')}; HttpOnly; Path=/; SameSite=Strict"
+
+
 class _Gate:
-    """ASGI middleware: API key check (all but /health) and request metrics."""
+    """ASGI middleware: request metrics around the guards, outermost first: the Host header
+    (Starlette's TrustedHostMiddleware, against DNS rebinding), CORS for the --cors-origin sites
+    (CORSMiddleware), POSTs from other origins refused, the API key (all but /health)."""
 
-    def __init__(self, app: Any, key: str | None, metrics: Metrics, state: dict[str, Any]) -> None:
-        self.app, self.key, self.metrics, self.state = app, key, metrics, state
+    def __init__(self, app: Any, settings: Settings, metrics: Metrics, state: dict[str, Any]) -> None:
+        self.app, self.metrics, self.state = app, metrics, state
+        self.key = settings.api_key.encode("utf-8") if settings.api_key else None
+        self.origins = [o.rstrip("/").lower() for o in settings.cors_origins]
+        bad = [o for o in self.origins if not re.fullmatch(r"https?://[^/?#\s]+", o)]
+        if bad:
+            raise VisionlabError(f"--cors-origin {bad[0]!r} is not an origin.", "Pass scheme://host[:port], e.g. https://app.example.")
+        inner: Any = self._checked
+        if self.origins:
+            inner = CORSMiddleware(inner, allow_origins=self.origins, allow_methods=["GET", "POST"],
+                                   allow_headers=["x-api-key", "authorization", "x-request-id"],
+                                   expose_headers=["x-request-id", "retry-after"])
+        try:
+            self.guarded = TrustedHostMiddleware(inner, allowed_hosts=_allowed_hosts(settings), www_redirect=False)
+        except AssertionError as exc:
+            raise VisionlabError(f"--allowed-host: {exc}", "Pass a host name, '*.example.com' or '*'.") from None
 
-    def _given_key(self, scope: dict[str, Any]) -> str | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if "x-api-key" in headers:
-            return headers["x-api-key"]
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        for part in headers.get("cookie", "").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == COOKIE:
-                return value
-        if scope["path"] == "/":  # the page: open /?key=KEY once, a cookie keeps it
-            from urllib.parse import parse_qs
+    def _cross_origin(self, scope: dict[str, Any], headers: Headers) -> str | None:
+        """The Origin of a state-changing request from another site's page (None: from this server's
+        own page, whichever scheme a proxy in front speaks, or from a --cors-origin)."""
+        origin = headers.get("origin")
+        if scope["method"] in SAFE_METHODS or origin is None:
+            return None
+        own = origin.partition("://")[2].lower() == headers.get("host", "").lower()
+        return None if own or origin.lower() in self.origins else origin
 
-            keys = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
-            return keys[0] if keys else None
-        return None
+    async def _checked(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = Headers(scope=scope)
+        origin = self._cross_origin(scope, headers)
+        if origin is not None:
+            msg = f"a page of {origin[:200]!r} may not call this server; start it with --cors-origin ORIGIN to allow one"
+            return await _problem(403, msg)(scope, receive, send)
+        if self.key and scope["path"] != "/health":
+            given, from_query = _presented_key(scope, headers)
+            if given is None or not hmac.compare_digest(given, self.key):
+                msg = ("this server needs an API key: send it as the X-API-Key header (or Authorization: Bearer KEY); "
+                       "in a browser, open /?key=KEY once (KEY percent-encoded, e.g. + as %2B)") if given is None else "wrong API key"
+                return await _problem(401 if given is None else 403, msg)(scope, receive, send)
+            if from_query:  # only a key that matched is kept
+                send = self._keeping_key(send, given)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _keeping_key(send: Any, key: bytes) -> Any:
+        async def send_cookie(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("set-cookie", _key_cookie(key))
+            await send(message)
+
+        return send_cookie
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -210,14 +308,7 @@ class _Gate:
             await send(message)
 
         try:
-            if self.key and scope["path"] != "/health":
-                given = self._given_key(scope)
-                if given is None or not hmac.compare_digest(given.encode(), self.key.encode()):
-                    msg = ("this server needs an API key: send it as the X-API-Key header (or Authorization: Bearer KEY); "
-                           "in a browser, open /?key=KEY once") if given is None else "wrong API key"
-                    await _problem(401 if given is None else 403, msg)(scope, receive, send_status)
-                    return
-            await self.app(scope, receive, send_status)
+            await self.guarded(scope, receive, send_status)
         finally:
             self.metrics.request(_route(scope["path"]), status[0], time.perf_counter() - t0)
 
@@ -320,11 +411,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
 
     @app.get("/")
     async def index(request: Request) -> Response:
-        response = Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": CSP})
-        key = request.query_params.get("key")
-        if settings.api_key and key:  # already checked by the gate
-            response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
-        return response
+        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": CSP})
 
     @app.get("/static/{name}")
     async def asset(name: str) -> Response:
@@ -398,7 +485,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     async def predict_task(task: str, request: Request) -> JSONResponse:
         return await answer(request, task)
 
-    return _Gate(app, settings.api_key, metrics, state)  # type: ignore[return-value]
+    return _Gate(app, settings, metrics, state)  # type: ignore[return-value]
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -416,16 +503,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_access(settings: Settings) -> None:
+    """Before anything is bound: the key (default $VISIONLAB_API_KEY) can be sent, and off loopback
+    there is one unless --insecure-no-key says that is meant."""
+    if not settings.api_key:
+        settings.api_key = os.environ.get(KEY_ENV) or None
+    if settings.api_key:
+        _check_key(settings.api_key)
+    elif not _is_loopback(settings.host):
+        if not settings.insecure_no_key:
+            raise VisionlabError(f"listening on {settings.host} needs an API key: anyone who can reach this machine could use "
+                                 f"the models.", f"Pass --api-key KEY or set ${KEY_ENV}; or --insecure-no-key if that is what you mean.")
+        sys.stderr.write(f"warning: listening on {settings.host} without an API key (--insecure-no-key).\n")
+
+
 def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     """Check the checkpoints, bind, and serve until SIGINT/SIGTERM (requests in flight finish first)."""
     import uvicorn
 
+    _check_access(settings)
     models = load_models(checkpoints)
-    if not settings.api_key:
-        settings.api_key = os.environ.get(KEY_ENV) or None
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        sys.stderr.write(f"warning: listening on {settings.host} without an API key: anyone who can reach this machine "
-                         f"can use the models. Pass --api-key KEY or set {KEY_ENV}.\n")
+    app = create_app(models, settings)  # bad --allowed-host / --cors-origin values fail before binding
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -435,7 +533,6 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
           + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if settings.api_key else ""), flush=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    app = create_app(models, settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")
     server = uvicorn.Server(config)

@@ -292,7 +292,10 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
 
     kind = get_kind(spec.kind)
     cfg = config_from_dict(state["config"])
-    whole_folder = data is not None and os.fspath(data) != cfg.data
+    if not cfg.data and data is None:  # an exported model keeps no local path
+        raise VisionlabError(f"{path} does not say where its data is.", "Pass --data with the folder it was trained on "
+                                                                       "(its test split is evaluated; --split all: every image).")
+    whole_folder = data is not None and bool(cfg.data) and os.fspath(data) != cfg.data
     if data is not None:
         cfg.data = os.fspath(data)
     cfg.cache = "none" if cfg.cache == "none" else "auto"
