@@ -188,14 +188,16 @@ class ModelEma(ModelEmaV3):
         super().update(model)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant.
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
+                    done: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant; ``done``
+    optimiser steps already taken (a resume: the schedule of this run's epochs, at the step reached).
 
     Not timm's CosineLRScheduler: its warmup starts at warmup_lr_init rather than lr / warm, its floor
     is one lr_min for every group (ours is 1 % of each group's lr), and it is no torch LRScheduler."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))
+        return _one_cycle(opt, cfg, total, done)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -206,7 +208,40 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: in
         t = (step - warm) / max(1, total - warm)
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=done - 1)
+
+
+def _one_cycle(opt: torch.optim.Optimizer, cfg: Config, total: int, done: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle over ``total`` optimiser steps, the lr after the last one its annealed minimum.
+
+    OneCycleLR counts ``total_steps`` positions of which the last is the minimum, so it gets one more
+    than the steps taken; its warmup needs 2 of them and its annealing 1, so the warm share is fitted
+    to whole steps (a raw ZeroDivisionError inside torch otherwise)."""
+    if total < 2:
+        raise VisionlabError(f"schedule onecycle needs at least 2 optimiser steps; this run has {total} "
+                             f"({cfg.epochs} epoch(s) of {total // cfg.epochs} step(s)).",
+                             "Train more epochs, lower batch_size or accumulate, or use schedule=cosine.")
+    positions = total + 1
+    warm = min(positions - 1, max(2, round(positions * min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))))
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g.get("max_lr", g["lr"]) for g in opt.param_groups],
+                                               total_steps=positions, pct_start=warm / positions, last_epoch=done - 1)
+
+
+def map_step(step: int, saved_world: int, world: int, accumulate: int, steps_per_epoch: int) -> int:
+    """A mid-epoch position (batches of ``saved_world`` processes) on ``world`` processes: the same
+    items in the same order (:func:`~visionlab.engine.distributed.shard_batch`), at the start of an
+    optimiser step, and within this epoch's ``steps_per_epoch`` (``max_steps_per_epoch`` caps it)."""
+    mapped = step * saved_world // world
+    return min(mapped - mapped % accumulate, steps_per_epoch)
+
+
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its batch norms synchronised across processes; timm's converter, which keeps
+    the activation of timm's fused ``BatchNormAct2d`` (torch's turns it into a plain SyncBatchNorm
+    whose forward never applies it)."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
 
 
 def _py(obj: Any) -> Any:
@@ -456,7 +491,7 @@ class Trainer:
         self.forward = self.model
         if self.dist.enabled:
             if cfg.sync_batchnorm and self.device.type == "cuda":
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.model = sync_batchnorm(self.model)
             # DDP broadcasts rank 0's weights now and averages gradients in backward; self.model stays the
             # plain module, so checkpoints load without DDP
             self.forward = torch.nn.parallel.DistributedDataParallel(
@@ -478,27 +513,24 @@ class Trainer:
             self.ema.module.load_state_dict(state["model"])
             self.ema.updates = int(state.get("ema_updates", 0))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if "loop" in state:
             self.loop = LoopState(**state["loop"])
         else:  # a checkpoint of visionlab < 0.2: epoch boundaries only, no random states
             self.loop = LoopState(epoch=state["epoch"], best=state["best_metric"], bad_epochs=state["bad_epochs"],
                                   history=list(state["history"]), best_loss=float(state.get("best_loss", math.inf)))
-        saved_world = int(state.get("world", 1))
+        saved_world = self.saved_world = int(state.get("world", 1))
         rngs = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
         if saved_world == self.dist.world and len(rngs) == self.dist.world:
             set_rng_state(rngs[self.dist.rank])
         elif rngs:  # another number of processes: fresh random streams (bit-exact needs the same number)
             seed_everything(self.cfg.seed + 1_000_003 * self.dist.rank + 7919 * self.loop.epoch + self.loop.step)
-        if saved_world != self.dist.world and self.loop.step:
-            # the same items in the same order: map the position in the epoch onto the new global batch
-            items = self.loop.step * self.cfg.batch_size * saved_world
-            self.loop.step = items // (self.cfg.batch_size * self.dist.world)
-            self.loop.step -= self.loop.step % self.cfg.accumulate
-        if saved_world != self.dist.world:  # the schedule counts optimiser steps, which are now of another size
-            self.scheduler.last_epoch = self.loop.epoch * self.optimizer_steps + self.loop.step // self.cfg.accumulate - 1
-            self.scheduler.step()
+        if saved_world != self.dist.world:
+            self.loop.step = map_step(self.loop.step, saved_world, self.dist.world, self.cfg.accumulate, self.steps_per_epoch)
+        # this run's schedule (epochs and processes may have changed: OneCycleLR's saved state holds the old
+        # total), at the optimiser step reached; both schedules are closed forms of the step, so it is exact
+        done = self.loop.epoch * self.optimizer_steps + math.ceil(self.loop.step / self.cfg.accumulate)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
     @property
     def eval_model(self) -> torch.nn.Module:

@@ -1,0 +1,118 @@
+"""The trainer's schedule, resume and accumulation: one-cycle on tiny runs and across resumes,
+``accumulate`` against a doubled batch, checkpoint cadence in optimiser steps, synchronised batch
+norm that keeps timm's fused activations, and the resume position on another number of processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import visionlab
+from visionlab.engine.callbacks import Callback
+from visionlab.engine.checkpoint import load_checkpoint
+from visionlab.engine.trainer import map_step, sync_batchnorm
+from visionlab.errors import TrainingInterrupted, VisionlabError
+
+NO_AUG = {"augment": {"hflip": False, "vflip": False, "rot90": False, "rotate": 0.0, "scale": [1.0, 1.0], "translate": 0.0,
+                      "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}}
+
+
+def _quiet() -> Console:
+    return Console(quiet=True)
+
+
+def _cracks(fast, **extra):
+    return fast("cracks", model="cracks_cnn", model_args={}, **extra)
+
+
+# --------------------------------------------------------------------------- sync_batchnorm
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "cracks_cnn"])
+def test_sync_batchnorm_computes_what_the_plain_model_does(name: str):
+    """SyncBatchNorm in eval mode normalises with the running statistics and needs no process group."""
+    from visionlab.models import build_model, no_weights_kwargs
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, **no_weights_kwargs(name)).eval()
+    for m in model.modules():  # running statistics other than the initial 0 / 1, so normalising matters
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)
+        synced = sync_batchnorm(model).eval()
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+        torch.testing.assert_close(synced(x), plain)
+
+
+# --------------------------------------------------------------------------- one-cycle
+
+
+def _lrs(run: Path) -> list[float]:
+    import csv
+
+    with (run / "metrics.csv").open() as f:
+        return [float(r["lr"]) for r in csv.DictReader(f)]
+
+
+def test_a_one_epoch_one_cycle_run_on_tiny_data_finishes_annealed(fast):
+    """2 optimiser steps with a warmup of one epoch: torch's phases need whole steps (ZeroDivisionError before)."""
+    opts = _cracks(fast, epochs=1, schedule="onecycle", warmup_epochs=1.0, max_steps_per_epoch=2, lr=0.01)
+    result = visionlab.train("cracks", data="synthetic", console=_quiet(), **opts)
+    assert _lrs(result.run_dir) == [pytest.approx(0.01 / 25 / 1e4)]  # OneCycleLR's floor: max_lr / div / final_div
+
+
+def test_one_cycle_needs_two_steps_and_says_so(fast):
+    opts = _cracks(fast, epochs=1, schedule="onecycle", max_steps_per_epoch=1)
+    with pytest.raises(VisionlabError, match="onecycle needs at least 2 optimiser steps; this run has 1") as err:
+        visionlab.train("cracks", data="synthetic", console=_quiet(), **opts)
+    assert "schedule=cosine" in err.value.hint
+
+
+def test_resuming_one_cycle_with_more_epochs_follows_the_longer_schedule(fast):
+    """The resumed run anneals to the floor at its new end, as a run of that length from the start does;
+    its lr after each epoch is the one of that uninterrupted run (the old total was restored before:
+    'Tried to step 7 times')."""
+    opts = _cracks(fast, schedule="onecycle", warmup_epochs=1.0, max_steps_per_epoch=3, lr=0.01)
+    first = visionlab.train("cracks", data="synthetic", console=_quiet(), **{**opts, "epochs": 1}, name="short")
+    resumed = visionlab.train("cracks", resume=first.last_checkpoint, console=_quiet(), epochs=3)
+    whole = visionlab.train("cracks", data="synthetic", console=_quiet(), **{**opts, "epochs": 3}, name="whole")
+    lrs = _lrs(resumed.run_dir)
+    assert len(lrs) == 3 and lrs[-1] == pytest.approx(0.01 / 25 / 1e4)
+    assert lrs[1:] == pytest.approx(_lrs(whole.run_dir)[1:], rel=1e-9)
+    assert load_checkpoint(resumed.last_checkpoint)["scheduler"]["total_steps"] == 3 * 3 + 1
+
+
+def test_a_cosine_resume_mid_epoch_continues_the_schedule_exactly(fast):
+    """The schedule rebuilt at the step reached gives the weights of the uninterrupted run."""
+    opts = _cracks(fast, epochs=2, max_steps_per_epoch=3, warmup_epochs=0.5, **NO_AUG)
+    whole = visionlab.train("cracks", data="synthetic", console=_quiet(), **opts, name="whole")
+
+    class StopAfterStep2(Callback):
+        def on_checkpoint(self, trainer, path):
+            if trainer.loop.epoch == 1 and trainer.loop.step == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        visionlab.train("cracks", data="synthetic", console=_quiet(), callbacks=[StopAfterStep2()], **opts,
+                        name="cut", checkpoint_every_steps=2)
+    resumed = visionlab.train("cracks", resume=Path(opts["out"]) / "cracks" / "cut" / "last.pt", console=_quiet())
+    a, b = load_checkpoint(whole.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    assert _lrs(resumed.run_dir) == _lrs(whole.run_dir)
+
+
+# --------------------------------------------------------------------------- another number of processes
+
+
+def test_the_resume_position_on_another_number_of_processes_stays_inside_the_epoch():
+    assert map_step(3, saved_world=2, world=4, accumulate=1, steps_per_epoch=10) == 1  # items 0..23 -> 1 batch of 16
+    assert map_step(3, saved_world=2, world=1, accumulate=2, steps_per_epoch=10) == 6
+    assert map_step(2, saved_world=2, world=1, accumulate=1, steps_per_epoch=3) == 3  # max_steps_per_epoch 3: its end
+    assert map_step(3, saved_world=1, world=2, accumulate=2, steps_per_epoch=10) == 0
