@@ -116,3 +116,47 @@ def test_the_resume_position_on_another_number_of_processes_stays_inside_the_epo
     assert map_step(3, saved_world=2, world=1, accumulate=2, steps_per_epoch=10) == 6
     assert map_step(2, saved_world=2, world=1, accumulate=1, steps_per_epoch=3) == 3  # max_steps_per_epoch 3: its end
     assert map_step(3, saved_world=1, world=2, accumulate=2, steps_per_epoch=10) == 0
+
+
+# --------------------------------------------------------------------------- accumulate
+
+
+class Saves(Callback):
+    """Where each last.pt was written: (epochs done, batches of the epoch done)."""
+
+    def __init__(self) -> None:
+        self.at: list[tuple[int, int]] = []
+
+    def on_checkpoint(self, trainer, path: Path) -> None:
+        if path.name == "last.pt":
+            self.at.append((trainer.loop.epoch, trainer.loop.step))
+
+
+def test_accumulate_steps_the_optimiser_every_k_batches_and_checkpoints_count_its_steps(fast):
+    """8 batches an epoch, accumulate 2: 4 optimiser steps; checkpoint_every_steps=2 is after the 2nd
+    (batch 4), not after every step (it counted batches before: batches 2, 4 and 6)."""
+    saves = Saves()
+    result = visionlab.train("cracks", data="synthetic", console=_quiet(), callbacks=[saves],
+                             **_cracks(fast, epochs=2, max_steps_per_epoch=8, accumulate=2, checkpoint_every_steps=2))
+    assert saves.at == [(0, 4), (1, 0), (1, 4), (2, 0)]
+    assert load_checkpoint(result.last_checkpoint)["scheduler"]["last_epoch"] == 2 * 4  # optimiser steps taken
+
+
+def test_accumulate_2_of_batch_b_makes_the_update_of_batch_2b(fast):
+    """No augmentation, dropout or batch norm: two half batches, each loss scaled by 1/2, give the
+    gradient of the whole batch; the weights and losses after 2 epochs agree to float rounding."""
+    from test_distributed import _register_plain_net
+
+    _register_plain_net()
+
+    def run(**extra):
+        return visionlab.train("cracks", data="synthetic", console=_quiet(), **fast(
+            "cracks", model="plain_net", model_args={}, epochs=2, val_fraction=0.0, test_fraction=0.0, **NO_AUG, **extra))
+
+    acc = run(name="acc", batch_size=4, accumulate=2, max_steps_per_epoch=6)
+    big = run(name="big", batch_size=8, max_steps_per_epoch=3)
+    a, b = load_checkpoint(acc.last_checkpoint), load_checkpoint(big.last_checkpoint)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2 * 3
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-6, rtol=1e-5)
+    assert [h["train_loss"] for h in acc.history] == pytest.approx([h["train_loss"] for h in big.history], abs=1e-6)
