@@ -193,7 +193,7 @@ class ProgressBar(Callback):
     def on_train_batch_end(self, trainer: Trainer, loss: float) -> None:
         loop = trainer.loop
         self.progress.update(self.bar, advance=1, loss=loop.loss_sum / max(1, loop.n_seen),
-                             ips=(loop.n_seen - self._n0) * trainer.dist.world / max(time.perf_counter() - self._t0, 1e-9))
+                             ips=(loop.n_seen - self._n0) / max(time.perf_counter() - self._t0, 1e-9))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         improved = trainer.loop.bad_epochs == 0  # ModelCheckpoint's verdict on this epoch

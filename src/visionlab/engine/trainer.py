@@ -102,7 +102,7 @@ class LoopState:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     loss_sum: float = 0.0  # of the current epoch so far
-    n_seen: int = 0
+    n_seen: int = 0  # images of the current epoch so far, on all processes
     epoch_seconds: float = 0.0
     epoch_cpu_seconds: float = 0.0
     train_seconds: float = 0.0  # of the completed epochs
@@ -288,7 +288,9 @@ class Trainer:
         """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
         from visionlab.engine.distributed import from_env
 
+        joined = torch.distributed.is_available() and not torch.distributed.is_initialized()
         self.dist = from_env(self.cfg.device)
+        joined = joined and self.dist.enabled  # the process group this fit made, and leaves when it ends well
         self.run_dir, self._saved, self._marked = None, {}, False
         try:
             self._start(resume)
@@ -316,6 +318,8 @@ class Trainer:
                              images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
         self._finish(result)
         self._emit("on_fit_end", result)
+        if joined:
+            torch.distributed.destroy_process_group()
         return result
 
     def _train_epoch(self, epoch: int) -> None:
@@ -324,12 +328,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         t0, cpu0 = time.perf_counter(), time.process_time()
         seconds0, cpu_seconds0 = loop.epoch_seconds, loop.epoch_cpu_seconds
+        skipped = 0
         for x, y in self.runner.train_batches(epoch, start_step=loop.step):
             group = loop.step - loop.step % k  # first batch of this optimiser step's group
             size = min(k, self.steps_per_epoch - group)  # the epoch's last group may be shorter
             loop.step += 1
             last = loop.step - group == size
-            if len(y) == 0 and not self.dist.enabled:  # every file of this streamed batch was unreadable
+            if self._unreadable_batch(y):
+                skipped += 1
                 continue
             self.should_save = False
             self._emit("on_train_batch_start")
@@ -339,11 +345,24 @@ class Trainer:
             loop.n_seen += n
             loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
             self._emit("on_train_batch_end", loss)
+        if skipped:
+            self.console.print(f"[yellow]warning[/]: skipped {skipped} training batch(es) of epoch {epoch + 1} whose files were all "
+                               "unreadable; run 'visionlab data check' for details.")
+
+    def _unreadable_batch(self, y: torch.Tensor) -> bool:
+        """True when every file of this streamed batch, on this or any other process, was unreadable:
+        all processes skip it together (a step on no images is a NaN loss; DDP needs every rank's backward)."""
+        empty = len(y) == 0
+        if self.dist.enabled:
+            flag = torch.tensor([float(empty)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            empty = bool(flag.item())
+        return empty
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, scale: float, sync: bool) -> tuple[float, int]:
         """One batch: the runner's training step, backward (gradients scaled by ``scale`` for
         accumulation) and, when ``sync``, the optimiser step. Returns the batch's loss (the mean over
-        processes) and size, and agrees ``should_save`` between processes. Stops the run if it has blown up."""
+        processes) and the images it held on all processes, and agrees ``should_save`` between processes. Stops the run if it has blown up."""
         from contextlib import nullcontext
 
         cfg, loop = self.cfg, self.loop
@@ -351,10 +370,11 @@ class Trainer:
         with no_sync():
             loss, n = self.runner.training_step(self.forward, x, y, self.precision.autocast)
             value = float(loss.detach())
-            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere) and rank 0's checkpoint call
-                both = torch.tensor([value, float(self.should_save)], dtype=torch.float64, device=self.device)
+            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere), rank 0's
+                # checkpoint call and the images of all processes (counted globally: a resume may have another number)
+                both = torch.tensor([value, float(self.should_save), n], dtype=torch.float64, device=self.device)
                 torch.distributed.all_reduce(both)
-                value, self.should_save = float(both[0]) / self.dist.world, bool(both[1] > 0)
+                value, self.should_save, n = float(both[0]) / self.dist.world, bool(both[1] > 0), int(both[2])
             if loop.first_loss is None and math.isfinite(value):
                 loop.first_loss = value
                 loop.first_weight_norm = self._weight_norm()
@@ -388,13 +408,13 @@ class Trainer:
         ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
         row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_seconds": round(loop.epoch_seconds, 3),
-               "images_per_second": round(loop.n_seen * self.dist.world / max(loop.epoch_seconds, 1e-9), 1),
+               "images_per_second": round(loop.n_seen / max(loop.epoch_seconds, 1e-9), 1),
                "epoch_cpu_seconds": round(loop.epoch_cpu_seconds, 3)}  # all threads of this process: the work, whatever else runs
         if ev is not None:
             row.update({f"val_{k}": v for k, v in ev.metrics.items()})
         loop.history.append(row)
         loop.train_seconds += loop.epoch_seconds
-        loop.images_seen += loop.n_seen * self.dist.world
+        loop.images_seen += loop.n_seen
         loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
         return row
 
@@ -450,7 +470,8 @@ class Trainer:
             self.loop.best = -math.inf if self.higher else math.inf
         if self.dist.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
-        self._warn_data()
+        if self.dist.is_main:  # the data doctor's checks read every file: once, by the process that talks
+            self._warn_data()
         info = self.runner.data_info
         n_params = sum(p.numel() for p in self.model.parameters())
         self.console.print(
@@ -550,6 +571,8 @@ class Trainer:
     def _resumed(self, changed: dict[str, tuple[Any, Any]]) -> None:
         """Put the run folder back in the state of the checkpoint it resumes from (metrics.csv: :class:`CSVLogger`)."""
         loop = self.loop
+        if self.saved_world != self.dist.world:  # batches, schedule and random streams were mapped onto the new one
+            changed = {**changed, "world_size": (self.saved_world, self.dist.world)}
         loop.resumes.append({"epoch": loop.epoch, "step": loop.step, "changed": {k: list(v) for k, v in changed.items()}})
         removed = []
         if self.dist.is_main:
