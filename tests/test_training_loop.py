@@ -160,3 +160,92 @@ def test_accumulate_2_of_batch_b_makes_the_update_of_batch_2b(fast):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-6, rtol=1e-5)
     assert [h["train_loss"] for h in acc.history] == pytest.approx([h["train_loss"] for h in big.history], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- two processes (gloo on the CPU)
+
+
+def _spawn(worker, *args) -> dict:
+    import torch.multiprocessing as mp
+    from test_distributed import _free_port
+
+    with mp.Manager() as manager:
+        result = manager.dict()
+        try:
+            mp.spawn(worker, args=(2, _free_port(), *args, result), nprocs=2, join=True)
+        except mp.ProcessRaisedException as exc:
+            result["raised"] = str(exc)
+        return dict(result)
+
+
+class _StopAtStep2(Callback):
+    all_ranks = True  # every process stops
+
+    def on_train_batch_end(self, trainer, loss: float) -> None:
+        if trainer.loop.step == 2:  # before this batch's checkpoint: last.pt holds step 1
+            raise KeyboardInterrupt
+
+
+def _interrupted_worker(rank: int, world: int, port: int, options: dict, result: dict) -> None:
+    from test_distributed import _join
+
+    _join(rank, world, port)
+    visionlab.train("cracks", data="synthetic", console=_quiet(), callbacks=[_StopAtStep2()], **options)
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")  # MLflow's SQLite store on SQLAlchemy 2.1
+def test_a_resume_on_another_number_of_processes_is_recorded_and_counts_every_image(fast, tmp_path: Path, monkeypatch):
+    """2 processes of batch 4 stop after step 1 (8 images); 1 process goes on from item 8: steps 2 and 3 of
+    its epoch (4 images each). images_seen is 8 + 8, not rank 0's 4 + 8; the change of processes is in
+    last.pt's resumes and in the MLflow run, whose parameters hold the first session's world_size and global_batch."""
+    mlflow = pytest.importorskip("mlflow")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for key, value in {"MLFLOW_TRACKING_URI": store, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+        monkeypatch.setenv(key, value)
+    opts = _cracks(fast, epochs=1, max_steps_per_epoch=4, checkpoint_every_steps=1, checkpoint_every_minutes=0.0,
+                   device="cpu", name="moved", track=["mlflow"])
+    res = _spawn(_interrupted_worker, opts)
+    assert "interrupted" in res["raised"]
+    last = Path(opts["out"]) / "cracks" / "moved" / "last.pt"
+    assert load_checkpoint(last)["step"] == 1 and load_checkpoint(last)["world"] == 2
+    resumed = visionlab.train("cracks", resume=last, console=_quiet())
+    loop = load_checkpoint(resumed.last_checkpoint)["loop"]
+    assert loop["images_seen"] == 8 + 2 * 4
+    assert loop["resumes"][-1]["changed"] == {"world_size": [2, 1]} and loop["resumes"][-1]["step"] == 2
+    run = mlflow.tracking.MlflowClient(store).get_run((resumed.run_dir / "mlflow_run_id").read_text().strip())
+    assert (run.data.params["world_size"], run.data.params["global_batch"]) == ("2", "8")
+    assert run.data.tags["visionlab.resume.epoch_0"] == "world_size: 2 -> 1; global_batch: 8 -> 4"
+
+
+def _streaming_worker(rank: int, world: int, port: int, options: dict, result: dict) -> None:
+    import io
+
+    from test_distributed import _join, _register_plain_net
+
+    from visionlab.tasks.classification import ClassificationRunner
+
+    _join(rank, world, port)
+    _register_plain_net()
+    checks = []
+    doctor = ClassificationRunner.data_warnings
+    ClassificationRunner.data_warnings = lambda self: checks.append(rank) or doctor(self)  # who reads every file
+    out = io.StringIO()
+    res = visionlab.train("cracks", console=Console(file=out, width=400), **options)
+    result[rank] = {"checks": len(checks), "left_group": not torch.distributed.is_initialized(),
+                    "output": out.getvalue(), "history": res.history}
+
+
+def test_a_streamed_batch_without_a_readable_file_is_skipped_by_every_process(fast, cls_folder: Path):
+    """Batch size 1 on 2 processes, 6 of 16 files truncated after their header (the header check lets them
+    through): whenever a process's file fails, both skip that step and say so (a NaN loss stopped every
+    rank as 'diverged' before). Only rank 0 runs the data doctor's checks; the fit leaves the process group."""
+    for path in sorted(cls_folder.rglob("*.png"))[::3][:6]:
+        path.write_bytes(path.read_bytes()[:80])
+    opts = fast("cracks", data=str(cls_folder), model="plain_net", model_args={}, cache="none", batch_size=1, epochs=1,
+                max_steps_per_epoch=0, val_fraction=0.0, test_fraction=0.0, device="cpu", name="stream")
+    res = _spawn(_streaming_worker, opts)
+    assert "raised" not in res, res.get("raised")
+    assert [res[r]["checks"] for r in (0, 1)] == [1, 0]
+    assert res[0]["left_group"] and res[1]["left_group"]
+    assert "whose files were all unreadable" in res[0]["output"]
+    assert 0 < res[0]["history"][0]["train_loss"] < 10
