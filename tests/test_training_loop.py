@@ -4,6 +4,8 @@ norm that keeps timm's fused activations, and the resume position on another num
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,8 @@ def test_resuming_one_cycle_with_more_epochs_follows_the_longer_schedule(fast):
     assert len(lrs) == 3 and lrs[-1] == pytest.approx(0.01 / 25 / 1e4)
     assert lrs[1:] == pytest.approx(_lrs(whole.run_dir)[1:], rel=1e-9)
     assert load_checkpoint(resumed.last_checkpoint)["scheduler"]["total_steps"] == 3 * 3 + 1
+    again = visionlab.train("cracks", resume=resumed.last_checkpoint, console=_quiet(), epochs=2)  # fewer: nothing to train
+    assert again.epochs_run == 3
 
 
 def test_a_cosine_resume_mid_epoch_continues_the_schedule_exactly(fast):
@@ -249,3 +253,15 @@ def test_a_streamed_batch_without_a_readable_file_is_skipped_by_every_process(fa
     assert res[0]["left_group"] and res[1]["left_group"]
     assert "whose files were all unreadable" in res[0]["output"]
     assert 0 < res[0]["history"][0]["train_loss"] < 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_devices_beyond_the_gpus_is_a_one_line_error(tmp_path: Path):
+    """torch's own error was a traceback ending in 'invalid device ordinal'."""
+    n = torch.cuda.device_count()
+    out = subprocess.run([sys.executable, "-m", "visionlab", "train", "--task", "cracks", "--data", "synthetic", "--epochs", "1",
+                          "--device", "cuda", "--devices", str(n + 1), "--set", "model=cracks_cnn", "--set", "model_args={}",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert f"error: process {n} of this machine has no GPU: {n} present." in out.stderr, out.stderr[-3000:]
+    assert "invalid device ordinal" not in out.stderr

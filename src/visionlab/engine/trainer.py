@@ -196,6 +196,7 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: in
     Not timm's CosineLRScheduler: its warmup starts at warmup_lr_init rather than lr / warm, its floor
     is one lr_min for every group (ours is 1 % of each group's lr), and it is no torch LRScheduler."""
     total = max(1, cfg.epochs * steps_per_epoch)
+    done = min(done, total)  # a resume with no more epochs than were done trains none
     if cfg.schedule == "onecycle":
         return _one_cycle(opt, cfg, total, done)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
@@ -549,8 +550,10 @@ class Trainer:
         if saved_world != self.dist.world:
             self.loop.step = map_step(self.loop.step, saved_world, self.dist.world, self.cfg.accumulate, self.steps_per_epoch)
         # this run's schedule (epochs and processes may have changed: OneCycleLR's saved state holds the old
-        # total), at the optimiser step reached; both schedules are closed forms of the step, so it is exact
-        done = self.loop.epoch * self.optimizer_steps + math.ceil(self.loop.step / self.cfg.accumulate)
+        # total), at the optimiser step reached: the steps taken (a skipped batch takes none), or on another
+        # number of processes the steps of that size to the mapped position; both schedules are closed forms of the step
+        done = int(state["scheduler"]["last_epoch"]) if saved_world == self.dist.world else \
+            self.loop.epoch * self.optimizer_steps + math.ceil(self.loop.step / self.cfg.accumulate)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
     @property
