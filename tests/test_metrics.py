@@ -376,3 +376,13 @@ def test_colorize_and_overlay_mask():
         overlay_mask(Image.new("RGB", (3, 2)), mask, colors)
 
 
+
+
+def test_an_empty_segmentation_meter_takes_the_counts_of_the_parts_merged_into_it():
+    """A process whose shard held no pixels merges the others' counts (it read ``None.device`` before)."""
+    part = SegmentationMeter(3)
+    part.update(torch.tensor([[[0, 1], [2, 2]]]), torch.tensor([[[0, 1], [2, 1]]]))
+    merged = SegmentationMeter(3).merge(part)
+    assert np.array_equal(merged.confusion_matrix(), part.confusion_matrix())
+    part.update(torch.tensor([[[0]]]), torch.tensor([[[0]]]))  # a copy: the part's later counts are its own
+    assert merged.confusion_matrix()[0, 0] == 1

@@ -448,3 +448,17 @@ def test_cpu_training_precision_follows_where_the_work_is():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu, training_model=lite).name == "fp32"
     assert resolve_precision("bf16", cpu, training_model=lite).name == "bf16"  # an explicit choice is kept
+
+
+def test_auto_precision_on_a_gpu_that_only_emulates_bf16_is_fp16(monkeypatch):
+    """A pre-Ampere GPU as torch (>= 2.3) describes it: bf16 only by emulation, slower than fp16 with a scaler.
+    No such GPU runs here, so torch's answer for one stands in for it."""
+    import inspect
+
+    from visionlab.engine.device import resolve_precision
+
+    if "including_emulation" not in inspect.signature(torch.cuda.is_bf16_supported).parameters:
+        pytest.skip("this torch cannot tell emulated bf16 from native")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    p = resolve_precision("auto", torch.device("cuda"))
+    assert (p.name, p.use_scaler) == ("fp16", True)

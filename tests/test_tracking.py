@@ -126,7 +126,8 @@ def test_mlflow_holds_the_config_the_epochs_of_metrics_csv_and_the_artifacts(cli
     params, config = info.data.params, yaml.safe_load((run / "config.yaml").read_text())
     expected = {f"{k}.{sub}" for k, v in config.items() if isinstance(v, dict) and v for sub in v}
     expected |= {k for k, v in config.items() if not (isinstance(v, dict) and v)}
-    assert set(params) == expected
+    assert set(params) == expected | {"world_size", "global_batch"}  # the run's shape, which the config does not hold
+    assert (params["world_size"], params["global_batch"]) == ("1", "4")
     assert params["augment.hflip"] == "true" and params["model"] == "cracks_cnn" and params["epochs"] == "2"
     assert params["track"] == '["tensorboard", "mlflow"]' and params["name"] == "tracked" and params["model_args"] == "{}"
     lo, hi = config["augment"]["scale"]
@@ -166,6 +167,7 @@ def test_tensorboard_holds_the_epochs_of_metrics_csv_the_config_and_the_test_sco
     assert "config/text_summary" in tags and "test_per_class/text_summary" in tags
     config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "    augment.hflip: true" in config.splitlines() and "    model: cracks_cnn" in config.splitlines()
+    assert "    world_size: 1" in config.splitlines() and "    global_batch: 4" in config.splitlines()
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 

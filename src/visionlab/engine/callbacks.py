@@ -89,10 +89,10 @@ class ModelCheckpoint(Callback):
         self._last_save = time.monotonic()
 
     def on_train_batch_start(self, trainer: Trainer) -> None:
-        step = trainer.loop.step
-        if step >= trainer.steps_per_epoch:
-            return  # the epoch's end writes one anyway
-        every_steps = self.every_steps and step % self.every_steps == 0
+        step, k = trainer.loop.step, trainer.cfg.accumulate
+        if step >= trainer.steps_per_epoch or step % k:
+            return  # the epoch's end writes one anyway; a checkpoint holds no half-accumulated gradients
+        every_steps = self.every_steps and (step // k) % self.every_steps == 0  # optimiser steps, not batches
         every_minutes = self.every_minutes and time.monotonic() - self._last_save >= 60 * self.every_minutes
         if (every_steps or every_minutes) and trainer.dist.is_main:  # rank 0's call: minutes differ between processes
             trainer.should_save = True
@@ -193,7 +193,7 @@ class ProgressBar(Callback):
     def on_train_batch_end(self, trainer: Trainer, loss: float) -> None:
         loop = trainer.loop
         self.progress.update(self.bar, advance=1, loss=loop.loss_sum / max(1, loop.n_seen),
-                             ips=(loop.n_seen - self._n0) * trainer.dist.world / max(time.perf_counter() - self._t0, 1e-9))
+                             ips=(loop.n_seen - self._n0) / max(time.perf_counter() - self._t0, 1e-9))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         improved = trainer.loop.bad_epochs == 0  # ModelCheckpoint's verdict on this epoch

@@ -13,7 +13,7 @@ import torch
 from visionlab.errors import VisionlabError
 
 __all__ = [
-    "resolve_device", "Precision", "resolve_precision", "cpu_supports_bf16", "peak_memory_mb", "speed_settings",
+    "resolve_device", "Precision", "resolve_precision", "cpu_supports_bf16", "cuda_supports_bf16", "peak_memory_mb", "speed_settings",
     "has_grouped_conv",
 ]
 
@@ -43,6 +43,16 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # older torch
         return False
+
+
+def cuda_supports_bf16() -> bool:
+    """True on GPUs with bf16 units (Ampere and later); torch's own answer also counts GPUs that only
+    emulate it (slower than fp16 there), unless told not to (torch >= 2.3)."""
+    import inspect
+
+    if "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.is_bf16_supported()
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ def resolve_precision(precision: str, device: torch.device, training_model: torc
         return Precision("fp32", None, dt)
     if dt == "cuda":
         if p == "auto":
-            p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            p = "bf16" if cuda_supports_bf16() else "fp16"
         return Precision(p, torch.bfloat16 if p == "bf16" else torch.float16, dt, use_scaler=p == "fp16")
     if p == "fp16":
         raise VisionlabError("precision fp16 is for CUDA; on CPU use bf16 or fp32.", "Set precision=bf16, fp32 or auto.")

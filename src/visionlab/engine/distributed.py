@@ -69,6 +69,9 @@ def from_env(device: str) -> Dist:
     if not torch.distributed.is_available():
         raise VisionlabError("this torch build has no torch.distributed.", "Install a torch with distributed support.")
     if not torch.distributed.is_initialized():
+        if cuda and local >= torch.cuda.device_count():  # torch's own error: "invalid device ordinal"
+            raise VisionlabError(f"process {local} of this machine has no GPU: {torch.cuda.device_count()} present.",
+                                 f"Start one process per GPU (--devices {torch.cuda.device_count()}; torchrun --nproc_per_node), or use --device cpu.")
         if cuda:
             torch.cuda.set_device(local)
         torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))

@@ -307,7 +307,7 @@ class SegmentationMeter:
         """This meter with the pixel counts of ``others`` added (the parts of a sharded evaluation)."""
         for o in others:
             if o._cm is not None:
-                self._cm = o._cm.to(self._cm.device) if self._cm is None else self._cm + o._cm.to(self._cm.device)
+                self._cm = o._cm.clone() if self._cm is None else self._cm + o._cm.to(self._cm.device)
         return self
 
     def confusion_matrix(self) -> np.ndarray:

@@ -6,7 +6,8 @@ config by :func:`build_trackers` (``visionlab.train`` does it), which imports th
 at once, so a missing one is a one-line error before any work. Importing this module imports
 neither package.
 
-What is logged: the resolved config as parameters (flattened: ``augment.hflip``), every numeric key
+What is logged: the resolved config as parameters (flattened: ``augment.hflip``) with the number of
+processes and the global batch (``world_size``, ``global_batch``), every numeric key
 of each epoch's row of metrics.csv with step = epoch, the test metrics (``test_<name>``, step =
 the last epoch), the test confusion matrix as a PNG and the per-class table (precision/recall/F1,
 or IoU/Dice for segmentation), and for MLflow the run folder's best.pt, curves.png, config.yaml,
@@ -56,6 +57,13 @@ def flatten_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def run_params(trainer: Trainer) -> dict[str, Any]:
+    """The flattened config, and the run's shape the config does not hold: the number of processes
+    (``world_size``) and the images per optimiser step (``global_batch``: batch_size x processes x accumulate)."""
+    cfg, world = trainer.cfg, trainer.dist.world
+    return {**flatten_config(cfg.to_dict()), "world_size": world, "global_batch": cfg.batch_size * world * cfg.accumulate}
 
 
 def param_text(value: Any) -> str:
@@ -153,7 +161,7 @@ class TensorBoardTracker(Tracker):
         fresh = not any(folder.glob("events.out.tfevents.*"))
         # a resume: hide every epoch the earlier sessions logged, then log the checkpoint's history again
         self.writer = self._writer_class(str(folder), purge_step=None if fresh else 1)
-        flat = flatten_config(trainer.cfg.to_dict())
+        flat = run_params(trainer)
         self.writer.add_text("config", "\n".join(f"    {k}: {param_text(v)}" for k, v in flat.items()), trainer.loop.epoch)
         if fresh:  # HParams: written once, by the session that made the folder (the config of the run's start)
             values = {k: v if isinstance(v, (bool, int, float, str)) else param_text(v) for k, v in flat.items()}
@@ -283,7 +291,7 @@ class MLflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        params = {k: param_text(v) for k, v in flatten_config(trainer.cfg.to_dict()).items()}
+        params = {k: param_text(v) for k, v in run_params(trainer).items()}
         run = self._previous_run(trainer)
         if run is None:
             tags = {"mlflow.source.name": "visionlab", "visionlab.task": trainer.spec.name, "visionlab.version": __version__,

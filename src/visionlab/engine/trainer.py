@@ -102,7 +102,7 @@ class LoopState:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     loss_sum: float = 0.0  # of the current epoch so far
-    n_seen: int = 0
+    n_seen: int = 0  # images of the current epoch so far, on all processes
     epoch_seconds: float = 0.0
     epoch_cpu_seconds: float = 0.0
     train_seconds: float = 0.0  # of the completed epochs
@@ -188,14 +188,17 @@ class ModelEma(ModelEmaV3):
         super().update(model)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant.
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
+                    done: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warmup then cosine to 1 % of lr, one-cycle, or constant; ``done``
+    optimiser steps already taken (a resume: the schedule of this run's epochs, at the step reached).
 
     Not timm's CosineLRScheduler: its warmup starts at warmup_lr_init rather than lr / warm, its floor
     is one lr_min for every group (ours is 1 % of each group's lr), and it is no torch LRScheduler."""
     total = max(1, cfg.epochs * steps_per_epoch)
+    done = min(done, total)  # a resume with no more epochs than were done trains none
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))
+        return _one_cycle(opt, cfg, total, done)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -206,7 +209,40 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: in
         t = (step - warm) / max(1, total - warm)
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=done - 1)
+
+
+def _one_cycle(opt: torch.optim.Optimizer, cfg: Config, total: int, done: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle over ``total`` optimiser steps, the lr after the last one its annealed minimum.
+
+    OneCycleLR counts ``total_steps`` positions of which the last is the minimum, so it gets one more
+    than the steps taken; its warmup needs 2 of them and its annealing 1, so the warm share is fitted
+    to whole steps (a raw ZeroDivisionError inside torch otherwise)."""
+    if total < 2:
+        raise VisionlabError(f"schedule onecycle needs at least 2 optimiser steps; this run has {total} "
+                             f"({cfg.epochs} epoch(s) of {total // cfg.epochs} step(s)).",
+                             "Train more epochs, lower batch_size or accumulate, or use schedule=cosine.")
+    positions = total + 1
+    warm = min(positions - 1, max(2, round(positions * min(0.5, max(0.05, cfg.warmup_epochs / cfg.epochs)))))
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g.get("max_lr", g["lr"]) for g in opt.param_groups],
+                                               total_steps=positions, pct_start=warm / positions, last_epoch=done - 1)
+
+
+def map_step(step: int, saved_world: int, world: int, accumulate: int, steps_per_epoch: int) -> int:
+    """A mid-epoch position (batches of ``saved_world`` processes) on ``world`` processes: the same
+    items in the same order (:func:`~visionlab.engine.distributed.shard_batch`), at the start of an
+    optimiser step, and within this epoch's ``steps_per_epoch`` (``max_steps_per_epoch`` caps it)."""
+    mapped = step * saved_world // world
+    return min(mapped - mapped % accumulate, steps_per_epoch)
+
+
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its batch norms synchronised across processes; timm's converter, which keeps
+    the activation of timm's fused ``BatchNormAct2d`` (torch's turns it into a plain SyncBatchNorm
+    whose forward never applies it)."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
 
 
 def _py(obj: Any) -> Any:
@@ -253,7 +289,9 @@ class Trainer:
         """Train; ``resume`` is a last.pt path or 'last' (latest run of this task)."""
         from visionlab.engine.distributed import from_env
 
+        joined = torch.distributed.is_available() and not torch.distributed.is_initialized()
         self.dist = from_env(self.cfg.device)
+        joined = joined and self.dist.enabled  # the process group this fit made, and leaves when it ends well
         self.run_dir, self._saved, self._marked = None, {}, False
         try:
             self._start(resume)
@@ -281,6 +319,8 @@ class Trainer:
                              images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
         self._finish(result)
         self._emit("on_fit_end", result)
+        if joined:
+            torch.distributed.destroy_process_group()
         return result
 
     def _train_epoch(self, epoch: int) -> None:
@@ -289,12 +329,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         t0, cpu0 = time.perf_counter(), time.process_time()
         seconds0, cpu_seconds0 = loop.epoch_seconds, loop.epoch_cpu_seconds
+        skipped = 0
         for x, y in self.runner.train_batches(epoch, start_step=loop.step):
             group = loop.step - loop.step % k  # first batch of this optimiser step's group
             size = min(k, self.steps_per_epoch - group)  # the epoch's last group may be shorter
             loop.step += 1
             last = loop.step - group == size
-            if len(y) == 0 and not self.dist.enabled:  # every file of this streamed batch was unreadable
+            if self._unreadable_batch(y):
+                skipped += 1
                 continue
             self.should_save = False
             self._emit("on_train_batch_start")
@@ -304,11 +346,24 @@ class Trainer:
             loop.n_seen += n
             loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
             self._emit("on_train_batch_end", loss)
+        if skipped:
+            self.console.print(f"[yellow]warning[/]: skipped {skipped} training batch(es) of epoch {epoch + 1} whose files were all "
+                               "unreadable; run 'visionlab data check' for details.")
+
+    def _unreadable_batch(self, y: torch.Tensor) -> bool:
+        """True when every file of this streamed batch, on this or any other process, was unreadable:
+        all processes skip it together (a step on no images is a NaN loss; DDP needs every rank's backward)."""
+        empty = len(y) == 0
+        if self.dist.enabled:
+            flag = torch.tensor([float(empty)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            empty = bool(flag.item())
+        return empty
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, scale: float, sync: bool) -> tuple[float, int]:
         """One batch: the runner's training step, backward (gradients scaled by ``scale`` for
         accumulation) and, when ``sync``, the optimiser step. Returns the batch's loss (the mean over
-        processes) and size, and agrees ``should_save`` between processes. Stops the run if it has blown up."""
+        processes) and the images it held on all processes, and agrees ``should_save`` between processes. Stops the run if it has blown up."""
         from contextlib import nullcontext
 
         cfg, loop = self.cfg, self.loop
@@ -316,10 +371,11 @@ class Trainer:
         with no_sync():
             loss, n = self.runner.training_step(self.forward, x, y, self.precision.autocast)
             value = float(loss.detach())
-            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere) and rank 0's checkpoint call
-                both = torch.tensor([value, float(self.should_save)], dtype=torch.float64, device=self.device)
+            if self.dist.enabled:  # one all-reduce: the mean loss (the same divergence verdict everywhere), rank 0's
+                # checkpoint call and the images of all processes (counted globally: a resume may have another number)
+                both = torch.tensor([value, float(self.should_save), n], dtype=torch.float64, device=self.device)
                 torch.distributed.all_reduce(both)
-                value, self.should_save = float(both[0]) / self.dist.world, bool(both[1] > 0)
+                value, self.should_save, n = float(both[0]) / self.dist.world, bool(both[1] > 0), int(both[2])
             if loop.first_loss is None and math.isfinite(value):
                 loop.first_loss = value
                 loop.first_weight_norm = self._weight_norm()
@@ -353,13 +409,13 @@ class Trainer:
         ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
         row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_seconds": round(loop.epoch_seconds, 3),
-               "images_per_second": round(loop.n_seen * self.dist.world / max(loop.epoch_seconds, 1e-9), 1),
+               "images_per_second": round(loop.n_seen / max(loop.epoch_seconds, 1e-9), 1),
                "epoch_cpu_seconds": round(loop.epoch_cpu_seconds, 3)}  # all threads of this process: the work, whatever else runs
         if ev is not None:
             row.update({f"val_{k}": v for k, v in ev.metrics.items()})
         loop.history.append(row)
         loop.train_seconds += loop.epoch_seconds
-        loop.images_seen += loop.n_seen * self.dist.world
+        loop.images_seen += loop.n_seen
         loop.epoch, loop.step, loop.loss_sum, loop.n_seen, loop.epoch_seconds, loop.epoch_cpu_seconds = epoch + 1, 0, 0.0, 0, 0.0, 0.0
         return row
 
@@ -415,7 +471,8 @@ class Trainer:
             self.loop.best = -math.inf if self.higher else math.inf
         if self.dist.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
-        self._warn_data()
+        if self.dist.is_main:  # the data doctor's checks read every file: once, by the process that talks
+            self._warn_data()
         info = self.runner.data_info
         n_params = sum(p.numel() for p in self.model.parameters())
         self.console.print(
@@ -456,7 +513,7 @@ class Trainer:
         self.forward = self.model
         if self.dist.enabled:
             if cfg.sync_batchnorm and self.device.type == "cuda":
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.model = sync_batchnorm(self.model)
             # DDP broadcasts rank 0's weights now and averages gradients in backward; self.model stays the
             # plain module, so checkpoints load without DDP
             self.forward = torch.nn.parallel.DistributedDataParallel(
@@ -478,27 +535,26 @@ class Trainer:
             self.ema.module.load_state_dict(state["model"])
             self.ema.updates = int(state.get("ema_updates", 0))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if "loop" in state:
             self.loop = LoopState(**state["loop"])
         else:  # a checkpoint of visionlab < 0.2: epoch boundaries only, no random states
             self.loop = LoopState(epoch=state["epoch"], best=state["best_metric"], bad_epochs=state["bad_epochs"],
                                   history=list(state["history"]), best_loss=float(state.get("best_loss", math.inf)))
-        saved_world = int(state.get("world", 1))
+        saved_world = self.saved_world = int(state.get("world", 1))
         rngs = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
         if saved_world == self.dist.world and len(rngs) == self.dist.world:
             set_rng_state(rngs[self.dist.rank])
         elif rngs:  # another number of processes: fresh random streams (bit-exact needs the same number)
             seed_everything(self.cfg.seed + 1_000_003 * self.dist.rank + 7919 * self.loop.epoch + self.loop.step)
-        if saved_world != self.dist.world and self.loop.step:
-            # the same items in the same order: map the position in the epoch onto the new global batch
-            items = self.loop.step * self.cfg.batch_size * saved_world
-            self.loop.step = items // (self.cfg.batch_size * self.dist.world)
-            self.loop.step -= self.loop.step % self.cfg.accumulate
-        if saved_world != self.dist.world:  # the schedule counts optimiser steps, which are now of another size
-            self.scheduler.last_epoch = self.loop.epoch * self.optimizer_steps + self.loop.step // self.cfg.accumulate - 1
-            self.scheduler.step()
+        if saved_world != self.dist.world:
+            self.loop.step = map_step(self.loop.step, saved_world, self.dist.world, self.cfg.accumulate, self.steps_per_epoch)
+        # this run's schedule (epochs and processes may have changed: OneCycleLR's saved state holds the old
+        # total), at the optimiser step reached: the steps taken (a skipped batch takes none), or on another
+        # number of processes the steps of that size to the mapped position; both schedules are closed forms of the step
+        done = int(state["scheduler"]["last_epoch"]) if saved_world == self.dist.world else \
+            self.loop.epoch * self.optimizer_steps + math.ceil(self.loop.step / self.cfg.accumulate)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -518,6 +574,8 @@ class Trainer:
     def _resumed(self, changed: dict[str, tuple[Any, Any]]) -> None:
         """Put the run folder back in the state of the checkpoint it resumes from (metrics.csv: :class:`CSVLogger`)."""
         loop = self.loop
+        if self.saved_world != self.dist.world:  # batches, schedule and random streams were mapped onto the new one
+            changed = {**changed, "world_size": (self.saved_world, self.dist.world)}
         loop.resumes.append({"epoch": loop.epoch, "step": loop.step, "changed": {k: list(v) for k, v in changed.items()}})
         removed = []
         if self.dist.is_main:
