@@ -233,3 +233,42 @@ def test_under_torchrun_each_rank_says_only_what_it_knows(tmp_path: Path):
     assert sum("no checkpoint was saved" in ln for ln in errors) == 1  # rank 0
     assert sum("rank 1 of 2 writes nothing; rank 0 says what is saved" in ln for ln in errors) == 1
     assert not (tmp_path / "cracks" / "boom" / "last.pt").exists()
+
+
+def _job_processes(tag: str) -> list[int]:
+    """Every live process started with VISIONLAB_TEST_JOB=tag in its environment (children inherit it)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"VISIONLAB_TEST_JOB={tag}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc to find the job's processes")
+def test_sigterm_to_devices_stops_torchrun_and_every_worker_and_says_what_is_saved(tmp_path: Path):
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    run = tmp_path / "cracks" / "sig"
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "visionlab", *ARGS, "--epochs", "50", "--devices", "2", "--out", str(tmp_path),
+                                 "--name", "sig"], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "VISIONLAB_TEST_JOB": tag})
+    try:
+        end = time.monotonic() + 180
+        while not (run / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert len(_job_processes(tag)) >= 4  # visionlab, torchrun, 2 workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        end = time.monotonic() + 30  # only catches a hang: what the parent waited for is gone already
+        while _job_processes(tag) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert _job_processes(tag) == []
+        text = log.read_text()
+        assert "error: interrupted: last.pt" in text and f"--resume {run / 'last.pt'}" in text, text[-3000:]
+    finally:
+        for pid in _job_processes(tag):
+            os.kill(pid, signal.SIGKILL)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +24,7 @@ import torch
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["Dist", "from_env", "merge_parts", "shard_batch"]
+__all__ = ["Dist", "from_env", "launch", "merge_parts", "shard_batch"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,64 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = sum(values)
     return out
+
+
+def launch(args: list[str], processes: int, grace: float = 60.0) -> int:
+    """``python -m visionlab *args`` as one job of ``processes`` processes on this machine (torchrun
+    --standalone), waited for. SIGINT and SIGTERM are passed on to torchrun, which stops its workers
+    with the same signal (rank 0 then says what is on disk); whatever still runs ``grace`` seconds
+    after the first signal is killed. Returns the job's exit status, or 128 + the number of the
+    signal that stopped it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "visionlab", *args]
+    got: list[int] = []
+    stop_by: list[float] = []  # the first signal's time + grace
+    procs: list[subprocess.Popen] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
+        stop_by.append(time.monotonic() + grace)
+        for proc in procs:
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not got:  # not in our process group: a terminal's Ctrl-C reaches it once, through us
+            procs.append(subprocess.Popen(cmd, start_new_session=True))
+        while procs and procs[0].poll() is None:
+            if stop_by and time.monotonic() > stop_by[0]:
+                _kill_job(procs[0], grace)
+            time.sleep(0.1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + got[0] if got else procs[0].returncode
+
+
+def _kill_job(proc: subprocess.Popen, grace: float) -> None:
+    left = _descendants(proc.pid)
+    for pid in [proc.pid, *left]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    sys.stderr.write(f"error: the job had not stopped {grace:.0f} s after the signal; killed its {len(left) + 1} processes "
+                     "(checkpoints are written atomically: the last one written before is intact).\n")
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (from /proc; none known elsewhere). torchrun starts each worker
+    in a session of its own, so a process group does not hold them."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    found, todo = [], [pid]
+    while todo:
+        below = [child for child, parent in parents.items() if parent == todo.pop()]
+        found += below
+        todo += below
+    return found
+
