@@ -188,6 +188,36 @@ def test_torchrun_trains_one_job_whose_checkpoint_evaluates_in_one_process(tmp_p
     assert ev.returncode == 0, ev.stderr
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_validation_under_torchrun_scores_the_model_best_pt_holds(tmp_path: Path, ema: float):
+    """cracks_cnn has batch norm: each process's running statistics are of its own shards, so
+    validation and the checkpoint must use one set (their mean), for the model and its EMA alike."""
+    out = subprocess.run(_torchrun(*ARGS, "--epochs", "2", "--set", f"ema={ema}", "--set", "checkpoint_every_steps=0",
+                                   "--out", str(tmp_path), "--name", "bn"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "cracks" / "bn"
+    best = load_checkpoint(run / "best.pt")
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    header, row = rows[0].split(","), rows[int(best["epoch"])].split(",")
+    val_loss = float(row[header.index("val_loss")])
+    assert _one_process_val_loss(best) == pytest.approx(val_loss, rel=1e-6, abs=1e-9)
+
+
+def _one_process_val_loss(state: dict) -> float:
+    """What 'visionlab evaluate --split val' computes for this checkpoint, in this process (its
+    metrics.json has no loss)."""
+    from visionlab.config import config_from_dict
+    from visionlab.engine.checkpoint import load_model
+    from visionlab.kinds import runner_for
+    from visionlab.registry import get_task
+
+    cfg = config_from_dict(state["config"])
+    runner = runner_for(cfg, get_task(state["task"]), torch.device("cpu"))
+    runner.use_saved(state, None)
+    runner.prepare()
+    return runner.evaluate(load_model(state, channels_last=False), "val", None).metrics["loss"]
+
+
 def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_number_of_processes(tmp_path: Path):
     run = tmp_path / "cracks" / "killed"
     proc = subprocess.Popen(_torchrun(*ARGS, "--out", str(tmp_path), "--name", "killed"), stdout=subprocess.PIPE,

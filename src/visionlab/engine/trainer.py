@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from timm.optim import create_optimizer_v2
+from timm.utils import distribute_bn
 from timm.utils.model_ema import ModelEmaV3
 
 from visionlab._version import __version__
@@ -350,6 +351,9 @@ class Trainer:
         """Score the finished epoch on the validation split; returns its row of metrics.csv, with the
         loop moved on to the next epoch."""
         loop = self.loop
+        if self.dist.enabled:  # each process's batch-norm statistics are of its own shards: validate and save their mean
+            for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
+                distribute_bn(model, self.dist.world, reduce=True)
         ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
         row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_seconds": round(loop.epoch_seconds, 3),
