@@ -86,7 +86,10 @@ def _train_worker(rank: int, world: int, port: int, out: str, options: dict, che
             return out
 
     cfg = load_config("cracks", None, {"data": "synthetic", **options})
-    res = Checked(cfg, console=Console(quiet=True)).fit()
+    trainer = Checked(cfg, console=Console(quiet=True))
+    res = trainer.fit()
+    cache = trainer.runner.cache
+    result[f"cache_{rank}"] = (str(cache.file), cache.location) if cache is not None else None
     if rank == 0:
         result.update(run_dir=str(res.run_dir), steps_checked=Checked.steps_checked,
                       history=res.history, test=res.test_metrics)
@@ -127,6 +130,72 @@ def test_two_processes_with_batch_b_make_the_update_of_one_with_batch_2b(tmp_pat
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]], abs=1e-6)
+
+
+def test_cache_memory_is_decoded_once_per_machine_and_read_by_the_other_processes(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VISIONLAB_CACHE", str(tmp_path / "cache"))
+    res = _spawn(2, tmp_path, _options(str(tmp_path), epochs=1, model="cracks_cnn", name="mem", cache="memory"))
+    decoded = list((tmp_path / "cache" / "images").glob("*.npy"))
+    assert len(decoded) == 1  # one decode, by the first process; the other read its file
+    assert res["cache_0"] == res["cache_1"] == (str(decoded[0]), "memory")  # both hold it in RAM
+
+
+def _wait_worker(rank: int, world: int, port: int, folder: str, result: dict) -> None:
+    import datetime
+
+    from visionlab.engine.distributed import from_env, node_first
+
+    _join(rank, world, port)
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=2))
+    dist = from_env("cpu")
+    done = Path(folder) / "decoded"
+
+    def work() -> str:
+        if rank == 0:
+            time.sleep(6)  # a decode longer than the collective timeout
+            done.write_text("rank 0 decoded this")
+        return done.read_text()
+
+    result[rank] = node_first(dist, work, Path(folder))
+    dist.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_the_other_processes_wait_for_the_first_ones_decode_longer_than_the_collective_timeout(tmp_path: Path):
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_wait_worker, args=(2, _free_port(), str(tmp_path), result), nprocs=2, join=True)
+        assert dict(result) == {0: "rank 0 decoded this", 1: "rank 0 decoded this"}
+    assert [p.name for p in tmp_path.iterdir()] == ["decoded"]  # the lock file is removed
+
+
+def _shared_worker(rank: int, world: int, port: int, folders: list[str], result: dict) -> None:
+    from visionlab.engine.distributed import check_shared, from_env
+    from visionlab.errors import VisionlabError
+
+    _join(rank, world, port)
+    dist = from_env("cpu")
+    check_shared(dist, Path(folders[0]))  # one machine: every process sees rank 0's folder
+    try:  # --out on storage of each machine's own: the same name, another folder
+        check_shared(dist, Path(folders[rank]), wait=0.5)
+    except VisionlabError as exc:
+        result[rank] = str(exc)
+    torch.distributed.destroy_process_group()
+
+
+def test_every_process_must_see_the_run_folder_rank_0_made(tmp_path: Path):
+    folders = [tmp_path / "node0", tmp_path / "node1"]
+    for f in folders:
+        f.mkdir()
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_shared_worker, args=(2, _free_port(), [str(f) for f in folders], result), nprocs=2, join=True)
+        errors = dict(result)
+    host = socket.gethostname()
+    for rank, folder in enumerate(folders):  # every process stops, saying the same
+        assert errors[rank] == (f"rank 1 on {host} cannot see the run folder {folder} that rank 0 made. On several machines, "
+                                "pass --out on storage that every machine shares (VISIONLAB_CACHE may stay local).")
+    assert [list(f.iterdir()) for f in folders] == [[], []]  # rank 0's mark is removed
 
 
 def _eval_worker(rank: int, world: int, port: int, ckpt: str, result: dict) -> None:
@@ -302,3 +371,21 @@ def test_sigterm_to_devices_stops_torchrun_and_every_worker_and_says_what_is_sav
     finally:
         for pid in _job_processes(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_processes_sharing_a_gpu_need_gloo_and_name_it(monkeypatch):
+    """gpu_check's two processes on one GPU: --device cuda:N puts every process on GPU N (gloo);
+    NCCL refuses that, and an unknown backend is named, before any process group is joined."""
+    from visionlab.engine.distributed import from_env, rank_gpu
+    from visionlab.errors import VisionlabError
+
+    assert [rank_gpu("cuda", 1), rank_gpu("auto", 1), rank_gpu("cuda:0", 1)] == [1, 1, 0]
+    for k, v in dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("VISIONLAB_DIST_BACKEND", "nccl")
+    with pytest.raises(VisionlabError, match="--device cuda:0 puts every process of this machine on one GPU, which NCCL refuses"):
+        from_env("cuda:0")
+    monkeypatch.setenv("VISIONLAB_DIST_BACKEND", "mpi")
+    with pytest.raises(VisionlabError, match="VISIONLAB_DIST_BACKEND='mpi' is not a backend visionlab runs on"):
+        from_env("cpu")
+    assert not torch.distributed.is_initialized()

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import datetime
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["Dist", "from_env", "launch", "merge_parts", "shard_batch"]
+__all__ = ["Dist", "check_shared", "from_env", "launch", "merge_parts", "node_first", "rank_gpu", "shard_batch"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,9 @@ class Dist:
 
 
 def from_env(device: str) -> Dist:
-    """The job torchrun started this process in; joins its process group (once)."""
+    """The job torchrun started this process in; joins its process group (once). The backend is
+    NCCL on CUDA and gloo on the CPU, or ``$VISIONLAB_DIST_BACKEND`` (gloo also runs on CUDA, and
+    lets several processes share one GPU: ``--device cuda:N`` puts every process on GPU N)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -73,11 +79,73 @@ def from_env(device: str) -> Dist:
     cuda = torch.cuda.is_available() and not str(device).startswith("cpu")
     if not torch.distributed.is_available():
         raise VisionlabError("this torch build has no torch.distributed.", "Install a torch with distributed support.")
+    backend = os.environ.get("VISIONLAB_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise VisionlabError(f"VISIONLAB_DIST_BACKEND={backend!r} is not a backend visionlab runs on.",
+                             "Use nccl (one GPU per process) or gloo (CPU, or processes sharing a GPU).")
+    if backend == "nccl" and ":" in str(device) and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        raise VisionlabError(f"--device {device} puts every process of this machine on one GPU, which NCCL refuses.",
+                             "Use --device cuda (one GPU per process), or set VISIONLAB_DIST_BACKEND=gloo.")
     if not torch.distributed.is_initialized():
         if cuda:
-            torch.cuda.set_device(local)
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+            torch.cuda.set_device(rank_gpu(device, local))
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return Dist(rank, world, local)
+
+
+def rank_gpu(device: str, local_rank: int) -> int:
+    """The GPU of the process of ``local_rank``: its own (``cuda``, ``auto``), or the one ``cuda:N`` names."""
+    index = torch.device(device).index if str(device).startswith("cuda") else None
+    return local_rank if index is None else index
+
+def node_first(dist: Dist, work: Callable[[], T], lock_dir: Path) -> T:
+    """``work()`` on every process, on each machine by its first process (local rank 0) before the
+    others, so that what it writes to the cache they read instead of decoding it again. They wait on
+    a file lock in ``lock_dir`` that it holds meanwhile, not in a collective: the wait has no time
+    limit (the process group's is for collectives), and if the first process dies its lock is
+    released and torchrun ends the job."""
+    from filelock import FileLock
+
+    if not dist.enabled:
+        return work()
+    token = dist.broadcast(secrets.token_hex(8) if dist.is_main else None)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_dir / f".prepare-{token}-{dist.rank - dist.local_rank}.lock")
+    first = dist.local_rank == 0
+    if first:
+        lock.acquire()
+    dist.barrier()  # every machine's first process holds its lock now
+    try:
+        if first:
+            return work()
+        lock.acquire()  # the first process lets go when it is done
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)  # a process that opens it afresh gets it at once: as right
+    return work()
+
+
+def check_shared(dist: Dist, folder: Path, wait: float = 60.0) -> None:
+    """Stop with a clear error on every process unless each sees the ``folder`` rank 0 made (the run
+    folder: only rank 0 writes it, and every process reads its checkpoints on resume). On one
+    machine it always does; on several, ``--out`` must be on storage they share. A process that
+    does not see it at once looks again for ``wait`` seconds (network file systems cache lookups)."""
+    if not dist.enabled:
+        return
+    token = dist.broadcast(secrets.token_hex(8) if dist.is_main else None)
+    mark = folder / f".rank0-{token}"
+    if dist.is_main:
+        mark.write_text(token)
+    end = time.monotonic() + wait
+    while not mark.is_file() and time.monotonic() < end:
+        time.sleep(1.0)
+    every = dist.gather((mark.is_file(), socket.gethostname()))
+    if dist.is_main:
+        mark.unlink()
+    blind = [f"rank {r} on {host}" for r, (sees, host) in enumerate(every) if not sees]
+    if blind:
+        raise VisionlabError(f"{', '.join(blind)} cannot see the run folder {folder} that rank 0 made.",
+                             "On several machines, pass --out on storage that every machine shares (VISIONLAB_CACHE may stay local).")
 
 
 def shard_batch(order: np.ndarray | list, step: int, batch_size: int, dist: Dist) -> Any:

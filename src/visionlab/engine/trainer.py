@@ -31,8 +31,10 @@ from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, Model
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
+from visionlab.engine.distributed import check_shared, node_first, rank_gpu
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
+from visionlab.paths import cache_home
 from visionlab.registry import TaskSpec, get_task
 
 __all__ = ["Trainer", "TrainResult", "Callback", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
@@ -395,6 +397,7 @@ class Trainer:
             self.console = Console(quiet=True)
         if resume is not None:
             path = resolve_resume(resume, self.spec.name, cfg.out)
+            check_shared(self.dist, path.parent)
             state = load_checkpoint(path, expect_task=self.spec.name, resume=True)
             changed = check_resume(config_from_dict(state["config"]), cfg)
             self.run_dir = path.parent
@@ -403,6 +406,7 @@ class Trainer:
             if not cfg.is_synthetic:  # saved absolute: evaluate, export and resume find the data from any folder
                 cfg.data = str(Path(cfg.data).expanduser().resolve())
             self.run_dir = self.dist.broadcast(new_run_dir(cfg.out, self.spec.name, cfg.name) if self.dist.is_main else None)
+            check_shared(self.dist, self.run_dir)
         self._setup(state)
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
         if self.monitor.startswith("val_") and not self.runner.split_size("val"):
@@ -438,14 +442,11 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", rank_gpu(cfg.device, self.dist.local_rank))
         self.runner = runner_for(cfg, self.spec, self.device)
         self.runner.dist = self.dist
-        if not self.dist.is_main:
-            self.dist.barrier()  # rank 0 decodes the cache first; the others then read it, not decode it again
-        self.runner.prepare(self.console)
-        if self.dist.is_main:
-            self.dist.barrier()
+        # each machine's first process decodes the cache; the others then read it, not decode it again
+        node_first(self.dist, lambda: self.runner.prepare(self.console), cache_home())
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
