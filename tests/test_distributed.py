@@ -140,33 +140,38 @@ def test_cache_memory_is_decoded_once_per_machine_and_read_by_the_other_processe
     assert res["cache_0"] == res["cache_1"] == (str(decoded[0]), "memory")  # both hold it in RAM
 
 
-def _wait_worker(rank: int, world: int, port: int, folder: str, result: dict) -> None:
+def _wait_worker(rank: int, world: int, port: int, folder: str, machines: int, result: dict) -> None:
     import datetime
 
     from visionlab.engine.distributed import from_env, node_first
 
     _join(rank, world, port)
+    if machines == 2:  # each process the first (and only) one of its machine
+        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=2))
     dist = from_env("cpu")
-    done = Path(folder) / "decoded"
+    done, slow = Path(folder) / "decoded", 0 if machines == 1 else 1
 
-    def work() -> str:
-        if rank == 0:
+    def work() -> bool:
+        seen = done.exists()
+        if rank == slow:
             time.sleep(6)  # a decode longer than the collective timeout
-            done.write_text("rank 0 decoded this")
-        return done.read_text()
+            done.write_text("decoded")
+        return seen
 
-    result[rank] = node_first(dist, work, Path(folder))
+    result[rank] = node_first(dist, work)
     dist.barrier()
     torch.distributed.destroy_process_group()
 
 
-def test_the_other_processes_wait_for_the_first_ones_decode_longer_than_the_collective_timeout(tmp_path: Path):
+@pytest.mark.parametrize("machines", [1, 2])
+def test_processes_wait_for_a_decode_longer_than_the_collective_timeout(tmp_path: Path, machines: int):
+    """One machine: its second process starts after the first has decoded (and reads what it wrote).
+    Two machines: the one done first waits for the other outside any collective."""
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_wait_worker, args=(2, _free_port(), str(tmp_path), result), nprocs=2, join=True)
-        assert dict(result) == {0: "rank 0 decoded this", 1: "rank 0 decoded this"}
-    assert [p.name for p in tmp_path.iterdir()] == ["decoded"]  # the lock file is removed
+        mp.spawn(_wait_worker, args=(2, _free_port(), str(tmp_path), machines, result), nprocs=2, join=True)
+        assert dict(result) == ({0: False, 1: True} if machines == 1 else {0: False, 1: False})
 
 
 def _shared_worker(rank: int, world: int, port: int, folders: list[str], result: dict) -> None:

@@ -98,31 +98,45 @@ def rank_gpu(device: str, local_rank: int) -> int:
     index = torch.device(device).index if str(device).startswith("cuda") else None
     return local_rank if index is None else index
 
-def node_first(dist: Dist, work: Callable[[], T], lock_dir: Path) -> T:
-    """``work()`` on every process, on each machine by its first process (local rank 0) before the
-    others, so that what it writes to the cache they read instead of decoding it again. They wait on
-    a file lock in ``lock_dir`` that it holds meanwhile, not in a collective: the wait has no time
-    limit (the process group's is for collectives), and if the first process dies its lock is
-    released and torchrun ends the job."""
-    from filelock import FileLock
-
+def node_first(dist: Dist, work: Callable[[], T]) -> T:
+    """``work()`` on every process: on each machine by its first process (local rank 0) before the
+    others, so that what it writes to the cache they read instead of decoding it again; then every
+    process waits for all machines. The waits poll the job's rendezvous store (torchrun's
+    ``MASTER_ADDR:MASTER_PORT``) and have no time limit: the process group's timeout is for
+    collectives, and a decode, or one machine's against another's, can take longer. If a process
+    dies, torchrun ends the job."""
     if not dist.enabled:
         return work()
     token = dist.broadcast(secrets.token_hex(8) if dist.is_main else None)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_dir / f".prepare-{token}-{dist.rank - dist.local_rank}.lock")
-    first = dist.local_rank == 0
-    if first:
-        lock.acquire()
-    dist.barrier()  # every machine's first process holds its lock now
+    if "MASTER_ADDR" not in os.environ:  # a process group joined another way: collectives, with their timeout
+        return _rank_0_first(dist, work)
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                       timeout=datetime.timedelta(minutes=5))
+    node, every = f"visionlab/{token}/node{dist.rank - dist.local_rank}", f"visionlab/{token}/ready"
+    if dist.local_rank:
+        _poll(lambda: store.check([node]))
     try:
-        if first:
-            return work()
-        lock.acquire()  # the first process lets go when it is done
-    finally:
-        lock.release()
-        Path(lock.lock_file).unlink(missing_ok=True)  # a process that opens it afresh gets it at once: as right
-    return work()
+        out = work()
+    finally:  # also when it failed: the others then stop their own way, or torchrun ends them
+        if not dist.local_rank:
+            store.set(node, "done")
+    store.add(every, 1)
+    _poll(lambda: store.add(every, 0) >= dist.world)
+    return out
+
+
+def _poll(ready: Callable[[], bool]) -> None:
+    while not ready():
+        time.sleep(0.5)
+
+
+def _rank_0_first(dist: Dist, work: Callable[[], T]) -> T:
+    if not dist.is_main:
+        dist.barrier()
+    out = work()
+    if dist.is_main:
+        dist.barrier()
+    return out
 
 
 def check_shared(dist: Dist, folder: Path, wait: float = 60.0) -> None:

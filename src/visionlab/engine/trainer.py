@@ -34,7 +34,6 @@ from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_prec
 from visionlab.engine.distributed import check_shared, node_first, rank_gpu
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
-from visionlab.paths import cache_home
 from visionlab.registry import TaskSpec, get_task
 
 __all__ = ["Trainer", "TrainResult", "Callback", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
@@ -446,7 +445,7 @@ class Trainer:
         self.runner = runner_for(cfg, self.spec, self.device)
         self.runner.dist = self.dist
         # each machine's first process decodes the cache; the others then read it, not decode it again
-        node_first(self.dist, lambda: self.runner.prepare(self.console), cache_home())
+        node_first(self.dist, lambda: self.runner.prepare(self.console))
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
