@@ -95,8 +95,10 @@ def from_env(device: str) -> Dist:
 
 def rank_gpu(device: str, local_rank: int) -> int:
     """The GPU of the process of ``local_rank``: its own (``cuda``, ``auto``), or the one ``cuda:N`` names."""
-    index = torch.device(device).index if str(device).startswith("cuda") else None
+    name = str(device).lower()
+    index = torch.device(name).index if name.startswith("cuda") else None
     return local_rank if index is None else index
+
 
 def node_first(dist: Dist, work: Callable[[], T]) -> T:
     """``work()`` on every process: on each machine by its first process (local rank 0) before the
