@@ -9,7 +9,10 @@ In under ten minutes (each step has its own time limit and the whole run a budge
 2. each task's recipe (``configs/<task>.yaml``) for one epoch on ``cuda`` with mixed precision
    (``precision: auto``: bf16 where the GPU has it, else fp16 with a gradient scaler), on its
    folder of the shared data (synthetic data when the folder is absent, and the table says so);
-3. the cracks recipe for one epoch under ``torchrun`` with NCCL over every visible GPU.
+3. the cracks recipe for one epoch under ``torchrun`` with NCCL over every visible GPU; on a
+   machine with one GPU that row says "not run: one GPU", and instead two processes share the GPU
+   over gloo (``VISIONLAB_DIST_BACKEND=gloo``, ``--device cuda:0``), so the DDP wrapper, the
+   placement on CUDA and the sharded evaluation still run.
 
 It prints one table (images/s, peak GPU memory, the test score, seconds) and writes it as
 Markdown with ``--out``: that table goes into the README. It stops by itself; a failing step is
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"cracks": "cracks", "caltech": "caltech101", "waste": "waste", "minerals": "minerals", "landcover": "landcover"}
@@ -42,8 +46,8 @@ def run(cmd: list[str], limit: float, env: dict | None = None) -> tuple[int, flo
         return 124, time.monotonic() - t0, f"timed out after {limit:.0f} s: {(exc.stdout or '')[-2000:]}"
 
 
-def train_row(label: str, cmd: list[str], summary: Path, task: str, data_note: str, limit: float) -> list[str]:
-    rc, seconds, tail = run(cmd, limit)
+def train_row(label: str, cmd: list[str], summary: Path, task: str, data_note: str, limit: float, env: dict | None = None) -> list[str]:
+    rc, seconds, tail = run(cmd, limit, env)
     if rc != 0 or not summary.exists():
         last = tail.strip().splitlines()[-1] if tail.strip() else ""
         return [label, "FAILED", "", "", f"{seconds:.0f}", f"exit {rc}: {last[:160]}"]
@@ -52,6 +56,30 @@ def train_row(label: str, cmd: list[str], summary: Path, task: str, data_note: s
     gpu = s.get("peak_cuda_mb") or s.get("peak_gpu_mb")
     return [label, f"{s['images_per_second']:.0f}", f"{gpu:.0f}" if gpu else "?",
             f"{SCORE.get(task, 'accuracy')} {score:.4f}" if score is not None else "-", f"{seconds:.0f}", data_note]
+
+
+class DdpCheck(NamedTuple):
+    label: str
+    run: str  # the run's name under <work>/cracks/
+    cmd: list[str] | None  # None: the row is not run
+    env: dict
+    note: str
+
+
+def ddp_checks(gpus: int, data: Path, work: Path) -> list[DdpCheck]:
+    """The DDP rows. NCCL needs one GPU per process; on one GPU its row is not run, and two
+    processes share the GPU over gloo instead."""
+    def torchrun(processes: int, device: str, name: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "visionlab",
+                "train", "--task", "cracks", "--data", str(data) if data.is_dir() else "synthetic", "--epochs", "1",
+                "--device", device, "--out", str(work), "--name", name]
+
+    if gpus >= 2:
+        return [DdpCheck(f"cracks, DDP NCCL x {gpus}", "ddp", torchrun(gpus, "cuda", "ddp"), {},
+                         f"{gpus} processes, batch per process as in the recipe")]
+    return [DdpCheck("cracks, DDP NCCL", "ddp", None, {}, "NCCL needs one GPU per process"),
+            DdpCheck("cracks, DDP gloo x 2 on one GPU", "ddp-gloo", torchrun(2, "cuda:0", "ddp-gloo"), {"VISIONLAB_DIST_BACKEND": "gloo"},
+                     "2 processes on cuda:0 over gloo: the DDP wrapper, CUDA placement, sharded evaluation")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "visionlab", "train", "--task", task, "--data", str(data) if data.is_dir() else "synthetic",
                "--epochs", "1", "--device", "cuda", "--set", "precision=auto", "--out", str(work), "--name", "one-epoch"]
         rows.append(train_row(f"{task}, 1 epoch", cmd, work / task / "one-epoch" / "summary.json", task, note, left(75)))
-    data = args.data / "cracks"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "visionlab", "train",
-           "--task", "cracks", "--data", str(data) if data.is_dir() else "synthetic", "--epochs", "1", "--device", "cuda",
-           "--out", str(work), "--name", "ddp"]
-    rows.append(train_row(f"cracks, DDP NCCL x {gpus}", cmd, work / "cracks" / "ddp" / "summary.json", "cracks",
-                          f"{gpus} processes, batch per process as in the recipe", left(120)))
+    for check in ddp_checks(gpus, args.data / "cracks", work):
+        if check.cmd is None:
+            rows.append([check.label, "not run: one GPU", "", "", "", check.note])
+        else:
+            rows.append(train_row(check.label, check.cmd, work / "cracks" / check.run / "summary.json", "cracks", check.note,
+                                  left(120), check.env))
     header = ["check", "images/s", "peak GPU MB", "test score", "seconds", "notes"]
     title = f"visionlab GPU check: {gpus} x {names}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]

@@ -113,3 +113,22 @@ def test_gpu_check_says_it_needs_a_gpu_here() -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: no CUDA device here; this check is for a machine with a GPU."
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check_benchmark", SCRIPT.parent / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_gpu_check_on_one_gpu_does_not_pass_nccl_on_one_process_but_runs_two_over_gloo(gpu_check, tmp_path: Path) -> None:
+    nccl, gloo = gpu_check.ddp_checks(1, tmp_path / "cracks", tmp_path)
+    assert (nccl.label, nccl.cmd) == ("cracks, DDP NCCL", None)  # its row: "not run: one GPU"
+    assert "--nproc_per_node=2" in gloo.cmd and gloo.cmd[gloo.cmd.index("--device") + 1] == "cuda:0"
+    assert gloo.env == {"VISIONLAB_DIST_BACKEND": "gloo"} and gloo.cmd[gloo.cmd.index("--name") + 1] == gloo.run
+    (four,) = gpu_check.ddp_checks(4, tmp_path / "cracks", tmp_path)
+    assert "--nproc_per_node=4" in four.cmd and four.cmd[four.cmd.index("--device") + 1] == "cuda" and four.env == {}

@@ -86,7 +86,10 @@ def _train_worker(rank: int, world: int, port: int, out: str, options: dict, che
             return out
 
     cfg = load_config("cracks", None, {"data": "synthetic", **options})
-    res = Checked(cfg, console=Console(quiet=True)).fit()
+    trainer = Checked(cfg, console=Console(quiet=True))
+    res = trainer.fit()
+    cache = trainer.runner.cache
+    result[f"cache_{rank}"] = (str(cache.file), cache.location) if cache is not None else None
     if rank == 0:
         result.update(run_dir=str(res.run_dir), steps_checked=Checked.steps_checked,
                       history=res.history, test=res.test_metrics)
@@ -127,6 +130,77 @@ def test_two_processes_with_batch_b_make_the_update_of_one_with_batch_2b(tmp_pat
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]], abs=1e-6)
+
+
+def test_cache_memory_is_decoded_once_per_machine_and_read_by_the_other_processes(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VISIONLAB_CACHE", str(tmp_path / "cache"))
+    res = _spawn(2, tmp_path, _options(str(tmp_path), epochs=1, model="cracks_cnn", name="mem", cache="memory"))
+    decoded = list((tmp_path / "cache" / "images").glob("*.npy"))
+    assert len(decoded) == 1  # one decode, by the first process; the other read its file
+    assert res["cache_0"] == res["cache_1"] == (str(decoded[0]), "memory")  # both hold it in RAM
+
+
+def _wait_worker(rank: int, world: int, port: int, folder: str, machines: int, result: dict) -> None:
+    import datetime
+
+    from visionlab.engine.distributed import from_env, node_first
+
+    _join(rank, world, port)
+    if machines == 2:  # each process the first (and only) one of its machine
+        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=2))
+    dist = from_env("cpu")
+    done, slow = Path(folder) / "decoded", 0 if machines == 1 else 1
+
+    def work() -> bool:
+        seen = done.exists()
+        if rank == slow:
+            time.sleep(6)  # a decode longer than the collective timeout
+            done.write_text("decoded")
+        return seen
+
+    result[rank] = node_first(dist, work)
+    dist.barrier()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("machines", [1, 2])
+def test_processes_wait_for_a_decode_longer_than_the_collective_timeout(tmp_path: Path, machines: int):
+    """One machine: its second process starts after the first has decoded (and reads what it wrote).
+    Two machines: the one done first waits for the other outside any collective."""
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_wait_worker, args=(2, _free_port(), str(tmp_path), machines, result), nprocs=2, join=True)
+        assert dict(result) == ({0: False, 1: True} if machines == 1 else {0: False, 1: False})
+
+
+def _shared_worker(rank: int, world: int, port: int, folders: list[str], result: dict) -> None:
+    from visionlab.engine.distributed import check_shared, from_env
+    from visionlab.errors import VisionlabError
+
+    _join(rank, world, port)
+    dist = from_env("cpu")
+    check_shared(dist, Path(folders[0]))  # one machine: every process sees rank 0's folder
+    try:  # --out on storage of each machine's own: the same name, another folder
+        check_shared(dist, Path(folders[rank]), wait=0.5)
+    except VisionlabError as exc:
+        result[rank] = str(exc)
+    torch.distributed.destroy_process_group()
+
+
+def test_every_process_must_see_the_run_folder_rank_0_made(tmp_path: Path):
+    folders = [tmp_path / "node0", tmp_path / "node1"]
+    for f in folders:
+        f.mkdir()
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_shared_worker, args=(2, _free_port(), [str(f) for f in folders], result), nprocs=2, join=True)
+        errors = dict(result)
+    host = socket.gethostname()
+    for rank, folder in enumerate(folders):  # every process stops, saying the same
+        assert errors[rank] == (f"rank 1 on {host} cannot see the run folder {folder} that rank 0 made. On several machines, "
+                                "pass --out on storage that every machine shares (VISIONLAB_CACHE may stay local).")
+    assert [list(f.iterdir()) for f in folders] == [[], []]  # rank 0's mark is removed
 
 
 def _eval_worker(rank: int, world: int, port: int, ckpt: str, result: dict) -> None:
@@ -188,6 +262,36 @@ def test_torchrun_trains_one_job_whose_checkpoint_evaluates_in_one_process(tmp_p
     assert ev.returncode == 0, ev.stderr
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_validation_under_torchrun_scores_the_model_best_pt_holds(tmp_path: Path, ema: float):
+    """cracks_cnn has batch norm: each process's running statistics are of its own shards, so
+    validation and the checkpoint must use one set (their mean), for the model and its EMA alike."""
+    out = subprocess.run(_torchrun(*ARGS, "--epochs", "2", "--set", f"ema={ema}", "--set", "checkpoint_every_steps=0",
+                                   "--out", str(tmp_path), "--name", "bn"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "cracks" / "bn"
+    best = load_checkpoint(run / "best.pt")
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    header, row = rows[0].split(","), rows[int(best["epoch"])].split(",")
+    val_loss = float(row[header.index("val_loss")])
+    assert _one_process_val_loss(best) == pytest.approx(val_loss, rel=1e-6, abs=1e-9)
+
+
+def _one_process_val_loss(state: dict) -> float:
+    """What 'visionlab evaluate --split val' computes for this checkpoint, in this process (its
+    metrics.json has no loss)."""
+    from visionlab.config import config_from_dict
+    from visionlab.engine.checkpoint import load_model
+    from visionlab.kinds import runner_for
+    from visionlab.registry import get_task
+
+    cfg = config_from_dict(state["config"])
+    runner = runner_for(cfg, get_task(state["task"]), torch.device("cpu"))
+    runner.use_saved(state, None)
+    runner.prepare()
+    return runner.evaluate(load_model(state, channels_last=False), "val", None).metrics["loss"]
+
+
 def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_number_of_processes(tmp_path: Path):
     run = tmp_path / "cracks" / "killed"
     proc = subprocess.Popen(_torchrun(*ARGS, "--out", str(tmp_path), "--name", "killed"), stdout=subprocess.PIPE,
@@ -233,3 +337,60 @@ def test_under_torchrun_each_rank_says_only_what_it_knows(tmp_path: Path):
     assert sum("no checkpoint was saved" in ln for ln in errors) == 1  # rank 0
     assert sum("rank 1 of 2 writes nothing; rank 0 says what is saved" in ln for ln in errors) == 1
     assert not (tmp_path / "cracks" / "boom" / "last.pt").exists()
+
+
+def _job_processes(tag: str) -> list[int]:
+    """Every live process started with VISIONLAB_TEST_JOB=tag in its environment (children inherit it)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"VISIONLAB_TEST_JOB={tag}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc to find the job's processes")
+def test_sigterm_to_devices_stops_torchrun_and_every_worker_and_says_what_is_saved(tmp_path: Path):
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    run = tmp_path / "cracks" / "sig"
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "visionlab", *ARGS, "--epochs", "50", "--devices", "2", "--out", str(tmp_path),
+                                 "--name", "sig"], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "VISIONLAB_TEST_JOB": tag})
+    try:
+        end = time.monotonic() + 180
+        while not (run / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert len(_job_processes(tag)) >= 4  # visionlab, torchrun, 2 workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        end = time.monotonic() + 30  # only catches a hang: what the parent waited for is gone already
+        while _job_processes(tag) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert _job_processes(tag) == []
+        text = log.read_text()
+        assert "error: interrupted: last.pt" in text and f"--resume {run / 'last.pt'}" in text, text[-3000:]
+    finally:
+        for pid in _job_processes(tag):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_processes_sharing_a_gpu_need_gloo_and_name_it(monkeypatch):
+    """gpu_check's two processes on one GPU: --device cuda:N puts every process on GPU N (gloo);
+    NCCL refuses that, and an unknown backend is named, before any process group is joined."""
+    from visionlab.engine.distributed import from_env, rank_gpu
+    from visionlab.errors import VisionlabError
+
+    assert [rank_gpu("cuda", 1), rank_gpu("auto", 1), rank_gpu("cuda:0", 1)] == [1, 1, 0]
+    for k, v in dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("VISIONLAB_DIST_BACKEND", "nccl")
+    with pytest.raises(VisionlabError, match="--device cuda:0 puts every process of this machine on one GPU, which NCCL refuses"):
+        from_env("cuda:0")
+    monkeypatch.setenv("VISIONLAB_DIST_BACKEND", "mpi")
+    with pytest.raises(VisionlabError, match="VISIONLAB_DIST_BACKEND='mpi' is not a backend visionlab runs on"):
+        from_env("cpu")
+    assert not torch.distributed.is_initialized()

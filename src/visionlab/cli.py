@@ -184,7 +184,7 @@ def train_cmd(
 
 def _launch(processes: int) -> int:
     """``visionlab train ... --devices N``: the same command under torchrun with N processes on this machine."""
-    import subprocess
+    from visionlab.engine.distributed import launch
 
     argv, skip = [], False
     for arg in sys.argv[1:]:
@@ -194,8 +194,7 @@ def _launch(processes: int) -> int:
             skip = True
         elif not arg.startswith("--devices="):
             argv.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "visionlab", *argv]
-    return subprocess.run(cmd).returncode
+    return launch(argv, processes)
 
 
 @app.command("evaluate")

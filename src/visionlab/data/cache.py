@@ -123,6 +123,14 @@ def _stored(folder: Path, key: str, suffix: str) -> tuple[Path, Path]:
     return folder / f"{key}{suffix}", folder / f"{key}.json"
 
 
+def _write_meta(meta: Path, info: dict[str, Any]) -> None:
+    """Atomically: a process that finds the data file and its metadata (another machine's, on a
+    shared cache) never reads half of it."""
+    tmp = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp.json")
+    tmp.write_text(json.dumps(info, default=str))
+    os.replace(tmp, meta)
+
+
 def build_cache(
     paths: Sequence[Path],
     pre: Mapping[str, Any],
@@ -153,7 +161,7 @@ def build_cache(
         mm.flush()
         del mm
         os.replace(tmp, npy)
-        meta.write_text(json.dumps({"ok": ok.tolist(), "failed": failed, "pre": dict(pre)}, default=str))
+        _write_meta(meta, {"ok": ok.tolist(), "failed": failed, "pre": dict(pre)})
     elif progress is not None:
         progress(len(paths))
     info = json.loads(meta.read_text())
@@ -201,7 +209,7 @@ def build_record_cache(
         return RecordCache([next(held) if good else () for good in ok], ok, failed, "memory")
     spool.file.close()
     os.replace(spool.path, binary)
-    meta.write_text(json.dumps({"ok": ok.tolist(), "failed": failed, "shapes": shapes, "pre": dict(pre)}, default=str))
+    _write_meta(meta, {"ok": ok.tolist(), "failed": failed, "shapes": shapes, "pre": dict(pre)})
     return _open_records(binary, meta, budget)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from timm.optim import create_optimizer_v2
+from timm.utils import distribute_bn
 from timm.utils.model_ema import ModelEmaV3
 
 from visionlab._version import __version__
@@ -30,6 +31,7 @@ from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, Model
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
+from visionlab.engine.distributed import check_shared, node_first, rank_gpu
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
@@ -406,6 +408,9 @@ class Trainer:
         """Score the finished epoch on the validation split; returns its row of metrics.csv, with the
         loop moved on to the next epoch."""
         loop = self.loop
+        if self.dist.enabled:  # each process's batch-norm statistics are of its own shards: validate and save their mean
+            for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
+                distribute_bn(model, self.dist.world, reduce=True)
         ev = self.runner.evaluate(self.eval_model, "val", self.precision.autocast) if self.runner.split_size("val") else None
         row = {"epoch": epoch + 1, "train_loss": loop.loss_sum / max(1, loop.n_seen), "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_seconds": round(loop.epoch_seconds, 3),
@@ -447,6 +452,7 @@ class Trainer:
             self.console = Console(quiet=True)
         if resume is not None:
             path = resolve_resume(resume, self.spec.name, cfg.out)
+            check_shared(self.dist, path.parent)
             state = load_checkpoint(path, expect_task=self.spec.name, resume=True)
             changed = check_resume(config_from_dict(state["config"]), cfg)
             self.run_dir = path.parent
@@ -455,6 +461,7 @@ class Trainer:
             if not cfg.is_synthetic:  # saved absolute: evaluate, export and resume find the data from any folder
                 cfg.data = str(Path(cfg.data).expanduser().resolve())
             self.run_dir = self.dist.broadcast(new_run_dir(cfg.out, self.spec.name, cfg.name) if self.dist.is_main else None)
+            check_shared(self.dist, self.run_dir)
         self._setup(state)
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
         if self.monitor.startswith("val_") and not self.runner.split_size("val"):
@@ -491,14 +498,11 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", rank_gpu(cfg.device, self.dist.local_rank))
         self.runner = runner_for(cfg, self.spec, self.device)
         self.runner.dist = self.dist
-        if not self.dist.is_main:
-            self.dist.barrier()  # rank 0 decodes the cache first; the others then read it, not decode it again
-        self.runner.prepare(self.console)
-        if self.dist.is_main:
-            self.dist.barrier()
+        # each machine's first process decodes the cache; the others then read it, not decode it again
+        node_first(self.dist, lambda: self.runner.prepare(self.console))
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",

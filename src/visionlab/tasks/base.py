@@ -181,6 +181,12 @@ class TaskRunner(ABC):
         self.dist = Dist()
 
     @property
+    def cache_mode(self) -> str:
+        """``cache`` as the decode cache takes it: under DDP 'memory' is also written to the cache
+        file (as 'auto'), so a machine's other processes read what its first decoded."""
+        return "auto" if self.cfg.cache == "memory" and self.dist.enabled else self.cfg.cache
+
+    @property
     def primary(self) -> str:
         """The validation metric that selects best.pt (without the 'val_' prefix): the kind's."""
         return self.task_kind.primary

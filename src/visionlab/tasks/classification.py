@@ -153,8 +153,7 @@ class ClassificationRunner(TaskRunner):
         with Progress(TextColumn("caching images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True, disable=console is None) as prog:
             task = prog.add_task("cache", total=len(paths))
-            mode = {"auto": "auto", "memory": "memory", "disk": "disk"}[self.cfg.cache]
-            return build_cache(paths, self.preprocessing, mode=mode, budget_mb=self.cfg.cache_budget_mb,
+            return build_cache(paths, self.preprocessing, mode=self.cache_mode, budget_mb=self.cfg.cache_budget_mb,
                                progress=lambda n=1: prog.advance(task, n))
 
     # ----------------------------------------------------------------- batches

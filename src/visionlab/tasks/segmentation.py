@@ -194,7 +194,7 @@ class SegmentationRunner(TaskRunner):
         if cfg.cache == "none":  # decode every pair once to find the unreadable ones; decoded again when used
             ok, _ = decode_each(self.index.images, self._decode_pair, count)
         else:
-            self.cache = build_record_cache(self.index.images, self._decode_pair, self._decoding(), mode=cfg.cache,
+            self.cache = build_record_cache(self.index.images, self._decode_pair, self._decoding(), mode=self.cache_mode,
                                             budget_mb=cfg.cache_budget_mb, depends=self.index.masks)
             ok = self.cache.ok
             for k in sorted(train):
