@@ -87,11 +87,12 @@ def from_env(device: str) -> Dist:
         raise VisionlabError(f"--device {device} puts every process of this machine on one GPU, which NCCL refuses.",
                              "Use --device cuda (one GPU per process), or set VISIONLAB_DIST_BACKEND=gloo.")
     if not torch.distributed.is_initialized():
-        if cuda and local >= torch.cuda.device_count():  # torch's own error: "invalid device ordinal"
-            raise VisionlabError(f"process {local} of this machine has no GPU: {torch.cuda.device_count()} present.",
+        gpu = rank_gpu(device, local) if cuda else None
+        if gpu is not None and gpu >= torch.cuda.device_count():  # torch's own error: "invalid device ordinal"
+            raise VisionlabError(f"process {local} of this machine has no GPU {gpu}: {torch.cuda.device_count()} present.",
                                  f"Start one process per GPU (--devices {torch.cuda.device_count()}; torchrun --nproc_per_node), or use --device cpu.")
-        if cuda:
-            torch.cuda.set_device(rank_gpu(device, local))
+        if gpu is not None:
+            torch.cuda.set_device(gpu)
         torch.distributed.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return Dist(rank, world, local)
 
