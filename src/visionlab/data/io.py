@@ -204,8 +204,11 @@ def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
     size = int(pre["image_size"])
     img = load_image(src, draft=(size, size))
     if pre.get("background_removal"):
-        from visionlab.data.background import remove_background
-
+        try:
+            from visionlab.data.background import remove_background
+        except ImportError:  # the torch-free runtime's venv: numpy, Pillow, onnxruntime only
+            raise VisionlabError("this model removes the background before resizing, which needs OpenCV (cv2), not installed.",
+                                 "pip install opencv-python-headless") from None
         img = remove_background(img)
     return np.array(resize_image(img, size))
 
