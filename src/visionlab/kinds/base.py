@@ -201,12 +201,14 @@ class Kind:
         from visionlab.data.io import expand_inputs
 
         files = expand_inputs([root])
-        return [Path(files[i]) for i in sorted({round(j * (len(files) - 1) / max(1, count - 1)) for j in range(count)})] if files else []
+        picks = {round(j * (len(files) - 1) / max(1, count - 1)) for j in range(count)} if files else set()
+        return [Path(files[i]) for i in sorted(picks)]
 
     def answer_difference(self, prediction: Prediction, row: Mapping[str, Any]) -> tuple[float, int, int]:
         """How far a runtime answer (a row of :meth:`runtime_rows`) is from the predictor's for the same
-        file: (largest absolute probability difference, equal units, units counted)."""
-        raise NotImplementedError
+        file: (largest absolute probability difference, equal units, units counted); by default the
+        confidences, and whether the labels agree."""
+        return abs(float(prediction.confidence) - float(row["confidence"])), int(prediction.label == row["label"]), 1
 
     # ------------------------------------------------------------------ the torch-free runtime
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
