@@ -268,6 +268,19 @@ def test_parity_failure_fails_the_export_and_leaves_no_file(models, tmp_path: Pa
     assert _folder_state(out) == []
 
 
+@pytest.mark.parametrize("task", ["cracks", "minerals"])  # minerals: background removal on real photos, d4
+def test_end_to_end_parity_on_real_photos(models, shared_data: Path, task: str) -> None:
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.export import check_end_to_end
+    from visionlab.kinds import get_kind
+
+    ckpt, exported, _ = models(task)
+    state = load_checkpoint(ckpt)
+    files = [str(f) for f in get_kind(state["kind"]).sample_inputs(shared_data / task, 8)]
+    e2e = check_end_to_end(state, exported.path, files, str(shared_data / task))
+    assert e2e.files == 8 and e2e.counted == 8 and e2e.passed and e2e.max_prob_diff <= 1e-4, e2e.line()
+
+
 def test_end_to_end_parity_refuses_a_file_whose_preprocessing_differs(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The network is the same (tensor parity passes), the file's normalisation is not: only a
     comparison from files to answers sees it, and the export is refused."""
