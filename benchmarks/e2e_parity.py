@@ -62,8 +62,8 @@ def main() -> None:
             state = load_checkpoint(run.best_checkpoint)
             files = [str(f) for f in get_kind(state["kind"]).sample_inputs(DATA / folder, count)]
             t0 = time.perf_counter()
-            line = check_end_to_end(state, exported.path, files, str(DATA / folder)).line()
-            print(f"{task} ({time.perf_counter() - t0:.1f} s): {line}", flush=True)
+            e2e = check_end_to_end(state, exported.path, files, str(DATA / folder))
+            print(f"{task} ({time.perf_counter() - t0:.1f} s): {e2e.line()}; {e2e.own_line()}", flush=True)
 
 
 if __name__ == "__main__":
