@@ -178,7 +178,10 @@ def check_end_to_end(state: dict[str, Any], onnx_path: str | os.PathLike, inputs
     dense = kind.tiled
     result = EndToEnd(len(inputs), worst, equal / max(1, counted), counted, "pixels" if dense else "labels",
                       max_prob_diff, min_pixels if dense else min_labels, source)
-    own = resolve_precision(str(state["config"].get("precision", "auto")), torch.device("cpu"))
+    try:
+        own = resolve_precision(str(state["config"].get("precision", "auto")), torch.device("cpu"))
+    except VisionlabError:  # fp16, which is CUDA's: on this CPU the checkpoint runs in fp32 only
+        return result
     if own.name != "fp32":
         result.own_precision = own.name
         result.own_max_prob_diff = _answers_difference(kind, Predictor(state, device="cpu").predict(inputs, top_k=k), rows)[0]
