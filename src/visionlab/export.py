@@ -19,7 +19,7 @@ pixels). Then the same again end to end (:func:`check_end_to_end`): a handful of
 files through :class:`~visionlab.engine.predict.Predictor` (fp32) and through the torch-free
 :class:`~visionlab.runtime.Runtime` on the new file, decoding, resizing, views and tiles included;
 every probability (class share for masks) must agree within ``max_prob_diff`` (1e-3; fp32 gives
-about 1e-6) and so must the labels. The checkpoint under its own inference precision (bf16 autocast
+below 1e-6 on real photos) and so must the labels. The checkpoint under its own inference precision (bf16 autocast
 on CPUs that have it, the usual source of a difference between the ``.pt`` and the ``.onnx``) is
 measured and printed beside it, not judged. The file is written in a temporary folder beside its
 destination and moved there only after parity passes; a failure leaves nothing that looks valid.
@@ -361,7 +361,7 @@ def export_onnx(
     writes nothing) when onnxruntime's logits leave ``atol + rtol * |logit|`` or fewer than
     ``min_labels`` (``min_pixels`` for masks) of the top-1 labels agree, and when, files in and
     answers out, the runtime and the fp32 PyTorch predictor differ by more than ``max_prob_diff``
-    in a probability (a class share for masks) or in more labels (pixels) than that.
+    in a probability (a class share for masks) or agree on fewer labels (mask pixels) than that.
     """
     from visionlab.api import _console, _resolve_checkpoint
     from visionlab.engine.checkpoint import load_checkpoint, load_model
