@@ -34,7 +34,7 @@ TASK_OPTIONS = {
     "cracks": {"model": "cracks_cnn", "model_args": {}},  # recipe TTA: flips
     "waste": {"model": "waste_cnn", "model_args": {}, "tta": "hflip"},
     "caltech": {"model": "resnet18", "model_args": {"weights": None}},
-    "minerals": {},  # the recipe's EfficientNet-Lite0 (timm), d4 TTA
+    "minerals": {"background_removal": True},  # the recipe's EfficientNet-Lite0 (timm), d4 TTA, the seed's background removal
     "landcover": {"tta": "d4", "seg_scale": 0.5},  # smp U-Net on a Lite0 encoder, 64 px tiles over 160 x 128 images
 }
 
@@ -91,6 +91,9 @@ def test_every_task_exports_with_parity_and_predicts_as_its_checkpoint(models, t
     p = exported.parity
     assert p.passed and p.max_abs_diff <= 1e-4 and p.agreement >= 0.999
     assert [s[0] for s in p.shapes[:3]] == [1, 2, 5] and p.source.startswith("8 images of ")  # real inputs, not zeros
+    e2e = exported.end_to_end  # files in, answers out: the predictor (fp32) against the runtime on the file
+    assert e2e.passed and e2e.max_prob_diff <= 1e-4 and e2e.agreement == 1.0, e2e.line()
+    assert e2e.source == state["data"]["root"] and e2e.files == (1 if state["kind"] == "segmentation" else 8)
     assert exported.path == ckpt.with_suffix(".onnx") and exported.path.is_file()
     assert sorted(f.name for f in ckpt.parent.iterdir() if f.name.startswith(".")) == []  # no temp files left behind
     meta = {m.key: m.value for m in onnx.load(str(exported.path)).metadata_props}
@@ -263,6 +266,54 @@ def test_parity_failure_fails_the_export_and_leaves_no_file(models, tmp_path: Pa
     with pytest.raises(VisionlabError, match="failed the parity check"):
         export.export_onnx(ckpt, out=out / "t.onnx", console=_quiet())
     assert _folder_state(out) == []
+
+
+@pytest.mark.parametrize("task", ["cracks", "minerals"])  # minerals: background removal on real photos, d4
+def test_end_to_end_parity_on_real_photos(models, shared_data: Path, task: str) -> None:
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.export import check_end_to_end
+    from visionlab.kinds import get_kind
+
+    ckpt, exported, _ = models(task)
+    state = load_checkpoint(ckpt)
+    files = [str(f) for f in get_kind(state["kind"]).sample_inputs(shared_data / task, 8)]
+    e2e = check_end_to_end(state, exported.path, files, str(shared_data / task))
+    assert e2e.files == 8 and e2e.counted == 8 and e2e.passed and e2e.max_prob_diff <= 1e-4, e2e.line()
+    fp16 = dict(state, config=dict(state["config"], precision="fp16"))  # trained on CUDA: no such inference on a CPU
+    again = check_end_to_end(fp16, exported.path, files[:2], str(shared_data / task))
+    assert again.passed and again.own_max_prob_diff is None and again.own_line() == ""
+
+
+def test_end_to_end_parity_refuses_a_file_whose_preprocessing_differs(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network is the same (tensor parity passes), the file's normalisation is not: only a
+    comparison from files to answers sees it, and the export is refused."""
+    import visionlab.export as export
+
+    ckpt, _, _ = models("cracks")
+    original = export._finalize
+
+    def tampered(proto, metadata):  # the file says mean 0 and std 1: the runtime normalises otherwise
+        pre = dict(json.loads(metadata["preprocessing"]), mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+        return original(proto, {**metadata, "preprocessing": json.dumps(pre)})
+
+    monkeypatch.setattr(export, "_finalize", tampered)
+    with pytest.raises(VisionlabError, match="failed the end-to-end parity check") as info:
+        export.export_onnx(ckpt, out=tmp_path / "t.onnx", console=_quiet())
+    assert "max |probability diff|" in str(info.value) and "(allowed 0.001)" in str(info.value)
+    assert _folder_state(tmp_path) == []
+
+
+def test_the_runtime_of_a_background_removal_model_without_opencv_says_what_to_install(models, tmp_path: Path) -> None:
+    block = tmp_path / "nocv"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(_BLOCK_TORCH.replace('("torch", "torchvision")', '("torch", "torchvision", "cv2")'))
+    _, exported, files = models("minerals")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), str(REPO / "src")]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "visionlab.runtime", str(exported.path), files[0]], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: this model removes the background before resizing, which needs OpenCV (cv2), not installed. "
+        "pip install opencv-python-headless"], proc.stderr[-2000:]
 
 
 def test_external_data_is_written_beside_the_file_and_found_on_load(models, tmp_path: Path) -> None:

@@ -15,8 +15,14 @@ model on real images of the model's own data when they are there (else random ui
 through the same normalisation), at batches of 1, 2 and 5, in fp32; per-pixel models also run
 one input of another height and width. The largest absolute logit difference must stay within
 ``atol + rtol * |logit|`` and the top-1 labels must agree (100 % of images, 99.9 % of mask
-pixels). The file is written in a temporary folder beside its destination and moved there only
-after parity passes; a failure leaves nothing that looks valid.
+pixels). Then the same again end to end (:func:`check_end_to_end`): a handful of the model's image
+files through :class:`~visionlab.engine.predict.Predictor` (fp32) and through the torch-free
+:class:`~visionlab.runtime.Runtime` on the new file, decoding, resizing, views and tiles included;
+every probability (class share for masks) must agree within ``max_prob_diff`` (1e-3; fp32 gives
+below 1e-6 on real photos) and so must the labels. The checkpoint under its own inference precision (bf16 autocast
+on CPUs that have it, the usual source of a difference between the ``.pt`` and the ``.onnx``) is
+measured and printed beside it, not judged. The file is written in a temporary folder beside its
+destination and moved there only after parity passes; a failure leaves nothing that looks valid.
 
 **Exporter: the TorchScript-based one (``dynamo=False``), chosen by measurement** (torch 2.14.1,
 onnxruntime 1.32, opset 17/18, 2 busy vCPUs): both exporters give the same parity (max |diff|
@@ -54,7 +60,8 @@ from visionlab.engine.onnx_model import OnnxModule, onnx_state
 from visionlab.kinds import get_kind
 from visionlab.runtime import FORMAT, JSON_FIELDS, open_session
 
-__all__ = ["export_onnx", "ExportResult", "Parity", "OnnxModule", "onnx_state", "check_parity", "DEFAULT_OPSET", "PARITY_BATCHES"]
+__all__ = ["export_onnx", "ExportResult", "Parity", "EndToEnd", "OnnxModule", "onnx_state", "check_parity", "check_end_to_end",
+           "DEFAULT_OPSET", "PARITY_BATCHES"]
 
 DEFAULT_OPSET = 17
 PARITY_BATCHES = (1, 2, 5)  # batch 1, a batch of 2 (the traced size) and an odd one
@@ -109,6 +116,89 @@ def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tenso
                   "pixels" if dense else "labels", atol, rtol, min_pixels if dense else min_labels, source)
 
 
+@dataclass
+class EndToEnd:
+    """The same files through the PyTorch predictor (fp32) and the torch-free runtime on the file:
+    the largest absolute probability difference and the share of equal labels (mask pixels)."""
+
+    files: int
+    max_prob_diff: float
+    agreement: float
+    counted: int
+    unit: str
+    max_allowed: float
+    min_agreement: float
+    source: str
+    own_precision: str = "fp32"  # the checkpoint's inference precision here ('predict --checkpoint' uses it)
+    own_max_prob_diff: float | None = None  # the runtime against the checkpoint at that precision (not judged)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_prob_diff <= self.max_allowed and self.agreement >= self.min_agreement
+
+    def line(self) -> str:
+        return (f"end to end, runtime on the file vs PyTorch predictor fp32 on {self.files} files of {self.source}: "
+                f"max |probability diff| {self.max_prob_diff:.2e} (allowed {self.max_allowed:g}), equal {self.unit} "
+                f"{self.agreement:.2%} of {self.counted} (required {self.min_agreement:.1%})")
+
+    def own_line(self) -> str:
+        """What the checkpoint answers at its own inference precision, against the file (not judged)."""
+        if self.own_max_prob_diff is None:
+            return ""
+        return (f"note: the checkpoint under its {self.own_precision} inference (what predicting with the .pt does here) "
+                f"differs from the file by up to {self.own_max_prob_diff:.2e} in a probability or class share (fp32 runs as the file does)")
+
+
+def _answers_difference(kind: Any, ours: list[Any], rows: list[dict[str, Any]]) -> tuple[float, int, int]:
+    worst, equal, counted = 0.0, 0, 0
+    for p, r in zip(ours, rows):
+        if p.error is not None or r["error"] is not None:  # unread by both (equal), or read by one path only
+            same = p.error == r["error"]
+            worst, equal, counted = (worst if same else float("inf")), equal + same, counted + 1
+            continue
+        d, e, n = kind.answer_difference(p, r)
+        worst, equal, counted = max(worst, d), equal + e, counted + n
+    return worst, equal, counted
+
+
+def check_end_to_end(state: dict[str, Any], onnx_path: str | os.PathLike, inputs: list[Any], source: str,
+                     max_prob_diff: float = 1e-3, min_labels: float = 1.0, min_pixels: float = 0.999) -> EndToEnd:
+    """Files in, answers out, both ways: :class:`visionlab.engine.predict.Predictor` on the checkpoint
+    in fp32 (as the file runs) and :class:`visionlab.runtime.Runtime` on ``onnx_path``; decoding,
+    resizing, normalisation, test-time augmentation and tiling are all in the comparison. The
+    checkpoint at its own inference precision (bf16 where the CPU has it) is measured too."""
+    from visionlab.engine.device import resolve_precision
+    from visionlab.engine.predict import Predictor
+    from visionlab.runtime import Runtime
+
+    kind, k = get_kind(state["kind"]), len(state["classes"])
+    rows = Runtime(onnx_path).predict(inputs, top_k=k)
+    fp32 = dict(state, config=dict(state["config"], precision="fp32", channels_last=False))
+    worst, equal, counted = _answers_difference(kind, Predictor(fp32, device="cpu").predict(inputs, top_k=k), rows)
+    dense = kind.tiled
+    result = EndToEnd(len(inputs), worst, equal / max(1, counted), counted, "pixels" if dense else "labels",
+                      max_prob_diff, min_pixels if dense else min_labels, source)
+    try:
+        own = resolve_precision(str(state["config"].get("precision", "auto")), torch.device("cpu"))
+    except VisionlabError:  # fp16, which is CUDA's: on this CPU the checkpoint runs in fp32 only
+        return result
+    if own.name != "fp32":
+        result.own_precision = own.name
+        result.own_max_prob_diff = _answers_difference(kind, Predictor(state, device="cpu").predict(inputs, top_k=k), rows)[0]
+    return result
+
+
+def _sample_files(state: dict[str, Any], images: np.ndarray, source: str) -> tuple[list[Any], str]:
+    """A handful of the model's own image files (one for tiled kinds: each is many tiles x views),
+    else the parity images themselves as arrays."""
+    kind = get_kind(state["kind"])
+    root = (state.get("data") or {}).get("root")
+    files = kind.sample_inputs(Path(root), 1 if kind.tiled else 8) if root and Path(root).is_dir() else []
+    if files:
+        return [str(f) for f in files], str(root)
+    return list(images[: 1 if kind.tiled else 8]), source
+
+
 def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """``count`` uint8 (size, size, 3) inputs: windows of the model's own images through its
     preprocessing when they are at hand (one per classifier photo, several per segmentation image),
@@ -160,6 +250,7 @@ class ExportResult:
     exporter: str  # "torchscript" or "dynamo" (the fallback)
     opset: int
     files: list[Path] = field(default_factory=list)  # the .onnx, and its .data when weights are external
+    end_to_end: EndToEnd | None = None  # files in, answers out: the PyTorch predictor against the runtime
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -272,13 +363,16 @@ def export_onnx(
     min_pixels: float = 0.999,
     external_data: bool = False,
     console: Any = None,
+    max_prob_diff: float = 1e-3,
 ) -> ExportResult:
     """Export a checkpoint (default: the latest run of ``task``) to ONNX and prove parity.
 
     ``out`` defaults to the checkpoint's name with ``.onnx``. ``external_data`` stores the weights
     in ``<out>.data`` beside the file (found again on load). Raises :class:`VisionlabError` (and
     writes nothing) when onnxruntime's logits leave ``atol + rtol * |logit|`` or fewer than
-    ``min_labels`` (``min_pixels`` for masks) of the top-1 labels agree.
+    ``min_labels`` (``min_pixels`` for masks) of the top-1 labels agree, and when, files in and
+    answers out, the runtime and the fp32 PyTorch predictor differ by more than ``max_prob_diff``
+    in a probability (a class share for masks) or agree on fewer labels (mask pixels) than that.
     """
     from visionlab.api import _console, _resolve_checkpoint
     from visionlab.engine.checkpoint import load_checkpoint, load_model
@@ -319,6 +413,10 @@ def export_onnx(
         if not parity.passed:
             raise VisionlabError(f"export failed the parity check, nothing was written: {parity.line()}.",
                                  "Try another --opset, or report the model (run with --debug for details).")
+        end_to_end = check_end_to_end(state, staged, *_sample_files(state, images, source), max_prob_diff, min_labels, min_pixels)
+        if not end_to_end.passed:
+            raise VisionlabError(f"export failed the end-to-end parity check, nothing was written: {end_to_end.line()}.",
+                                 "The runtime and the PyTorch predictor preprocess differently: report it (run with --debug).")
         files = [dest]
         if external_data:
             os.replace(work / data_name, dest.parent / data_name)
@@ -329,8 +427,12 @@ def export_onnx(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
-    result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), exporter, opset_used, files)
+    result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), exporter, opset_used,
+                          files, end_to_end)
     console.print(f"exported {src} -> {', '.join(map(str, files))} ({result.size_bytes / 2**20:.1f} MB, {exporter} exporter, "
                   f"opset {opset_used}, {result.seconds:.1f} s)")
     console.print(parity.line() + ": passed")
+    console.print(end_to_end.line() + ": passed")
+    if end_to_end.own_line():
+        console.print(end_to_end.own_line())
     return result

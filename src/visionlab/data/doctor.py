@@ -35,7 +35,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from visionlab.data.io import DECODE_ERRORS, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask
+from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask, open_image
 from visionlab.data.layout import (
     SPLIT_NAMES,
     ClassificationIndex,
@@ -235,11 +235,11 @@ def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Sca
         return s
     s.sha = _file_hash(data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(io.BytesIO(data)) as im:
             s.fmt, s.mode, s.frames = im.format, im.mode, getattr(im, "n_frames", 1)
     except DECODE_ERRORS as exc:
         s.error_code = "not_an_image"
-        s.error = f"not an image ({type(exc).__name__})"
+        s.error = f"not an image of a format visionlab reads ({FORMAT_NAMES}; {type(exc).__name__})"
         return s
     try:
         rgb = load_image(path)  # the decoder training uses; EXIF orientation applied
@@ -433,7 +433,8 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
     }
     what_by_code = {  # (one file, several files)
         "missing_file": ("is listed but missing", "are listed but missing"),
-        "not_an_image": ("is not an image at all (text, HTML, empty...)", "are not images at all (text, HTML, empty...)"),
+        "not_an_image": ("is not an image visionlab reads (text, HTML, empty, another format...)",
+                         "are not images visionlab reads (text, HTML, empty, other formats...)"),
         "truncated": ("is truncated (the file ends before the image does)", "are truncated (the files end before the images do)"),
         "unreadable": ("cannot be decoded", "cannot be decoded"),
     }
@@ -598,7 +599,7 @@ def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Pat
                 stray.append(p)
                 continue
             try:
-                with Image.open(p) as im:
+                with open_image(p) as im:
                     im.format  # noqa: B018  (header only)
                 hidden_images.append(p)
             except DECODE_ERRORS:

@@ -1,7 +1,9 @@
-"""Robust image decoding shared by training, evaluation, prediction and the data doctor.
+"""Robust image decoding shared by training, evaluation, prediction, the server and the data doctor.
 
-Any format PIL can read is accepted whatever the file's extension (PNG or GIF named ``.jpg``),
-EXIF orientation is applied, and greyscale, RGBA, palette, CMYK and 16-bit images become RGB.
+Only the formats of :data:`DECODE_FORMATS` are decoded (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM),
+whatever the file's extension (PNG or GIF named ``.jpg``); no other Pillow plugin (PCX, TGA, ICO,
+SGI, EPS through Ghostscript, ...) ever sees a file or an upload (:func:`open_image`). EXIF
+orientation is applied, and greyscale, RGBA, palette, CMYK and 16-bit images become RGB.
 The same function is used at train and predict time, so preprocessing never drifts. This module
 imports no torch: the ONNX runtime (:mod:`visionlab.runtime`) decodes with it too.
 """
@@ -16,13 +18,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visionlab.errors import VisionlabError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "DECODE_FORMATS",
+    "FORMAT_NAMES",
+    "open_image",
     "is_image_file",
     "load_image",
     "load_mask",
@@ -43,6 +48,11 @@ IMAGE_FORMATS: Mapping[str, str] = {
     ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
 }
 IMAGE_EXTENSIONS = frozenset(IMAGE_FORMATS)
+#: The only formats decoded (Pillow's names; JPEG includes camera MPO files): Pillow's other readers
+#: are not tried, so a PCX, TGA, ICO, SGI or EPS file is "not an image" everywhere.
+DECODE_FORMATS: tuple[str, ...] = tuple(dict.fromkeys(IMAGE_FORMATS.values()))
+#: :data:`DECODE_FORMATS` as a user reads them, for messages.
+FORMAT_NAMES = "JPEG, PNG, GIF, BMP, TIFF, WebP or PPM"
 
 IN_MEMORY = "<in-memory image>"  # how a file object without a name is called in errors
 
@@ -67,6 +77,12 @@ def is_image_file(path: str | os.PathLike) -> bool:
     name = os.fspath(path)
     base = os.path.basename(name)
     return not base.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def open_image(src: str | os.PathLike | BinaryIO) -> Image.Image:
+    """``PIL.Image.open`` restricted to :data:`DECODE_FORMATS` (header only, as Image.open is):
+    anything else raises ``PIL.UnidentifiedImageError``. Every decoder of visionlab opens with it."""
+    return Image.open(src, formats=DECODE_FORMATS)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -107,7 +123,7 @@ def load_image(path: str | os.PathLike | BinaryIO | Image.Image | np.ndarray, dr
         if not p.exists():
             raise UnreadableImage(f"{p}: file not found.", "Check the path.")
     try:
-        with Image.open(src) as img:
+        with open_image(src) as img:
             if draft is not None and img.format == "JPEG":
                 img.draft(img.mode, draft)
             img.load()  # force full decode: catches truncated files
@@ -126,6 +142,9 @@ def _unreadable(p: Any, exc: BaseException) -> UnreadableImage:
     if isinstance(exc, Image.DecompressionBombError):
         return UnreadableImage(f"{p}: refused as a decompression bomb ({exc}).",
                                "If you trust it, raise PIL.Image.MAX_IMAGE_PIXELS (the visionlab command allows 300 MP).")
+    if isinstance(exc, UnidentifiedImageError):
+        return UnreadableImage(f"{p}: cannot decode image (not a {FORMAT_NAMES} file).",
+                               "Convert it to one of those, or remove it.")
     return UnreadableImage(
         f"{p}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
         "Remove or replace the file.",
@@ -138,7 +157,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     if not p.exists():
         raise UnreadableImage(f"{p}: mask not found.", "Every image needs a mask with the same stem in masks/.")
     try:
-        with Image.open(p) as m:
+        with open_image(p) as m:
             m.load()
             colour = m.mode not in ("L", "P", "I", "I;16", "1")  # palette images keep their indices
             arr = np.asarray(m.convert("RGB") if colour else m)
@@ -185,8 +204,11 @@ def load_for_model(src: Any, pre: Mapping[str, Any]) -> np.ndarray:
     size = int(pre["image_size"])
     img = load_image(src, draft=(size, size))
     if pre.get("background_removal"):
-        from visionlab.data.background import remove_background
-
+        try:
+            from visionlab.data.background import remove_background
+        except ImportError:  # the torch-free runtime's venv: numpy, Pillow, onnxruntime only
+            raise VisionlabError("this model removes the background before resizing, which needs OpenCV (cv2), not installed.",
+                                 "pip install opencv-python-headless") from None
         img = remove_background(img)
     return np.array(resize_image(img, size))
 
@@ -206,11 +228,11 @@ class InputEntry:
 
 
 def _looks_like_an_image(path: str) -> bool:
-    """An image extension, or else content PIL can identify (a JPEG named ``photo`` or ``x.dat``)."""
+    """An image extension, or else content of a format visionlab reads (a JPEG named ``photo`` or ``x.dat``)."""
     if is_image_file(path):
         return True
     try:
-        with Image.open(path):
+        with open_image(path):
             return True
     except DECODE_ERRORS:
         return False
@@ -261,7 +283,7 @@ def scan_inputs(items: Iterable[str | os.PathLike]) -> list[InputEntry]:
     """Files, folders (recursively) and glob patterns -> one entry for everything they name.
 
     Every file below a folder, and every glob match, is an entry: a file whose extension is
-    an image's, or whose content PIL can identify, is to be predicted; anything else (a
+    an image's, or whose content is of a format visionlab reads (:data:`DECODE_FORMATS`), is to be predicted; anything else (a
     README, a broken link, a directory matched by a glob, an empty sub-folder) is listed with
     why it is skipped. In folders, hidden files and folders (names starting with ``.``) and OS
     junk (``Thumbs.db``, ``desktop.ini``) are passed over silently. A named path that does not

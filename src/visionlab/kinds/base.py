@@ -196,6 +196,20 @@ class Kind:
         """The model step of :class:`visionlab.engine.predict.Predictor` on preprocessed images."""
         raise NotImplementedError
 
+    def sample_inputs(self, root: Path, count: int) -> list[Path]:
+        """``count`` image files spread over the dataset folder ``root`` (export's end-to-end parity)."""
+        from visionlab.data.io import expand_inputs
+
+        files = expand_inputs([root])
+        picks = {round(j * (len(files) - 1) / max(1, count - 1)) for j in range(count)} if files else set()
+        return [Path(files[i]) for i in sorted(picks)]
+
+    def answer_difference(self, prediction: Prediction, row: Mapping[str, Any]) -> tuple[float, int, int]:
+        """How far a runtime answer (a row of :meth:`runtime_rows`) is from the predictor's for the same
+        file: (largest absolute probability difference, equal units, units counted); by default the
+        confidences, and whether the labels agree."""
+        return abs(float(prediction.confidence) - float(row["confidence"])), int(prediction.label == row["label"]), 1
+
     # ------------------------------------------------------------------ the torch-free runtime
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """:class:`visionlab.runtime.Runtime`'s answers (dicts: label, confidence, error and the kind's

@@ -99,6 +99,14 @@ class ClassificationKind(Kind):
             out.append(ClassPrediction(source, label=top[0][0], confidence=top[0][1], top_k=top))
         return out
 
+    def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
+        """Every class's probability (both ranked over all classes), and whether the labels agree."""
+        ours = dict(prediction.top_k)
+        if ours.keys() != {t["label"] for t in row["top_k"]}:
+            return float("inf"), 0, 1
+        diff = max((abs(ours[t["label"]] - t["probability"]) for t in row["top_k"]), default=0.0)
+        return diff, int(prediction.label == row["label"]), 1
+
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """One batch through the ONNX model: normalise, the saved test-time augmentation, softmax, top-k."""
         import numpy as np

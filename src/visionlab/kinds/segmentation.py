@@ -160,6 +160,17 @@ class SegmentationKind(Kind):
         fields = _mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre["values"], predictor.classes)
         return MaskPrediction(name, **fields, legend=self.legend(predictor), ignore_index=int(pre["ignore_index"]))
 
+    def sample_inputs(self, root: Path, count: int) -> list[Path]:
+        """Photos of ``root/images`` (not the masks beside them)."""
+        return super().sample_inputs(root / "images", count)
+
+    def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
+        """Each class's share of the pixels, and the pixels of equal mask value."""
+        diff = max(abs(s - row["class_shares"].get(c, float("inf"))) for c, s in prediction.class_shares.items())
+        if prediction.mask.shape != row["mask"].shape:
+            return float("inf"), 0, prediction.mask.size
+        return diff, int((prediction.mask == row["mask"]).sum()), prediction.mask.size
+
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """Blended tiles through the ONNX model, back at the original resolution when the image was
         scaled; ``mask`` holds the dataset's pixel values."""

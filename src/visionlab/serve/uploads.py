@@ -160,16 +160,16 @@ def check_image(upload: Upload, max_pixels: int) -> io.BytesIO:
     ``max_pixels`` (415 for a non-image, 413 for a bomb); nothing is decoded yet."""
     from PIL import Image, UnidentifiedImageError
 
-    from visionlab.data.io import DECODE_ERRORS
+    from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, open_image
 
     name = upload.name
     if not upload.data:
         raise Problem(422, f"{name}: the file is empty.")
     try:
-        with Image.open(io.BytesIO(upload.data)) as img:  # reads the header only
+        with open_image(io.BytesIO(upload.data)) as img:  # reads the header only; only the formats visionlab decodes
             w, h = img.size
     except UnidentifiedImageError:
-        raise Problem(415, f"{name}: not an image (no known image format); send JPEG, PNG, WebP, BMP, GIF or TIFF.") from None
+        raise Problem(415, f"{name}: not an image of a format this server reads; send {FORMAT_NAMES}.") from None
     except Image.DecompressionBombError as exc:
         raise Problem(413, f"{name}: refused as a decompression bomb ({exc}).") from None
     except DECODE_ERRORS as exc:

@@ -133,13 +133,13 @@ class ClassificationRunner(TaskRunner):
             return [str(exc)]
 
     def _header_check(self) -> tuple[np.ndarray, list[str]]:
-        from PIL import Image
+        from visionlab.data.io import open_image
 
         ok = np.ones(len(self.index), dtype=bool)
         failed = []
         for i, p in enumerate(self.index.paths):
             try:
-                with Image.open(p):
+                with open_image(p):
                     pass
             except DECODE_ERRORS:
                 ok[i] = False
