@@ -86,13 +86,13 @@ raw = st.tuples(st.one_of(st.sampled_from(["image/png", "application/octet-strea
 def _holds(content_type: str, body: bytes) -> None:
     try:
         uploads, extra = parse_uploads(content_type, body)
-        files = check_images(uploads, BUDGET)
+        files, pixels = check_images(uploads, BUDGET)
     except Problem as exc:
         assert 400 <= exc.status < 500 and exc.message, (exc.status, exc.message)
         return
     assert 1 <= len(uploads) <= MAX_IMAGES_PER_REQUEST and isinstance(extra, dict)
     assert all(isinstance(u, Upload) and isinstance(u.name, str) and u.data for u in uploads)
-    assert len(files) == len(uploads)
+    assert len(files) == len(uploads) and 0 < pixels <= BUDGET
     for upload, f in zip(uploads, files):
         assert f.read() == upload.data
 
@@ -122,7 +122,7 @@ def test_the_fuzzed_images_reach_both_answers():
     """The strategies do reach the interesting outcomes: accepted images, and the budget's 413."""
     ok = _png(8, 8)
     uploads, _ = parse_uploads("application/json", json.dumps({"images": [_b64(ok)] * 3}).encode())
-    assert len(check_images(uploads, BUDGET)) == 3
+    assert check_images(uploads, BUDGET)[1] == 3 * 64
     uploads, _ = parse_uploads("image/png", _png(1001, 1000))
     with pytest.raises(Problem) as exc:
         check_images(uploads, BUDGET)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +24,7 @@ pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 
 from conftest import make_class_image  # noqa: E402
-from test_serve import Server, _jpeg, _metric, _raw_http  # noqa: E402
+from test_serve import Server, _cli, _env, _jpeg, _metric, _raw_http  # noqa: E402
 
 STALL_HEAD = (b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
               b"Content-Length: 100000\r\n\r\n\xff\xd8\xff\xe0")  # 4 bytes of the 100000 promised, then nothing
@@ -136,7 +138,36 @@ def test_all_images_of_a_request_share_one_pixel_budget_checked_before_decoding(
     assert _metric(s, "visionlab_pending_images") == 0
 
 
+def test_the_queue_counts_pixels_too_so_the_memory_of_images_in_flight_is_bounded(serve):
+    """1 MP may wait at once: a request of four 0.25 MP images fills it (its batch waits 1.5 s for
+    company), and a fifth image gets 503 although the queue has places for 128 images."""
+    s = serve(max_megapixels=1.0, max_queue_megapixels=1.0, max_wait_ms=1500.0)
+    quarter = _sized_jpeg(500, 500)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, s.url + "/predict", timeout=30,
+                            files=[("images", (f"{i}.jpg", quarter, "image/jpeg")) for i in range(4)])
+        deadline = time.monotonic() + 10
+        while _metric(s, "visionlab_pending_megapixels") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = httpx.post(s.url + "/predict", content=quarter, headers={"content-type": "image/jpeg"}, timeout=30)
+        assert second.status_code == 503 and second.headers["retry-after"] == "1", second.text
+        assert "4 images of 1.0 MP queued" in second.json()["error"] and "--max-queue-megapixels 1" in second.json()["error"]
+        assert first.result().status_code == 200
+    assert _metric(s, "visionlab_pending_megapixels") == 0
+    assert httpx.post(s.url + "/predict", content=quarter, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
 def test_serving_defaults_keep_a_request_far_below_100_megapixels():
     from visionlab.serve.app import Settings
 
     assert Settings().max_megapixels <= 32 and Settings().body_timeout == 30.0
+    assert Settings().max_queue_megapixels >= Settings().max_megapixels
+
+
+def test_cli_refuses_limits_that_could_never_admit_a_request(tiny_models: dict[str, Path]):
+    ck = str(tiny_models["cracks"])
+    r = subprocess.run(_cli("serve", "-k", ck, "--max-megapixels", "100", "--max-queue-megapixels", "50"),
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode != 0 and "--max-queue-megapixels 50 is below --max-megapixels 100" in r.stderr, r.stderr
+    r = subprocess.run(_cli("serve", "-k", ck, "--body-timeout", "0"), capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode != 0 and "--body-timeout must be positive" in r.stderr, r.stderr

@@ -74,6 +74,7 @@ class Settings:
     max_upload_mb: float = 20.0
     body_timeout: float = 30.0  # seconds a request body may take to arrive; slower -> 408
     max_megapixels: float = 24.0  # all the images of one request together (a LandCover.ai orthophoto is 85 MP)
+    max_queue_megapixels: float = 96.0  # pixels admitted and not yet answered, all requests together; more -> 503
     top_k: int = 3
     device: str = "auto"
     drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish
@@ -319,7 +320,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     settings = settings or Settings()
     by_task = {m.task: m for m in models}
     metrics = Metrics(settings.max_batch_size)
-    state: dict[str, Any] = {"pending": 0, "in_flight": 0, "ready": False, "error": None, "loaded_in": None}
+    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "ready": False, "error": None,
+                             "loaded_in": None}
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
     # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model")
@@ -361,6 +363,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
                   lambda: {f'model="{m.task}"': m.batcher.depth if m.batcher else 0 for m in models})
     metrics.gauge("visionlab_pending_images", "Images admitted and not yet answered (bounded by --max-queue).",
                   lambda: {"": state["pending"]})
+    metrics.gauge("visionlab_pending_megapixels", "Pixels of the images admitted and not yet answered "
+                  "(bounded by --max-queue-megapixels).", lambda: {"": state["pending_pixels"] / 1e6})
     metrics.gauge("visionlab_requests_in_flight", "Predict requests being answered.", lambda: {"": state["in_flight"]})
     metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.", lambda: {"": float(state["ready"] and not broken())})
 
@@ -420,10 +424,10 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             return _problem(404, f"no static file {name!r}")
         return Response(static[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    def unpack(content_type: str, body: bytes) -> tuple[list[Any], dict[str, Any], list[Any]]:
-        """In a decode thread: the body's uploads, its other fields, and their checked files."""
+    def unpack(content_type: str, body: bytes) -> tuple[list[Any], dict[str, Any], list[Any], int]:
+        """In a decode thread: the body's uploads, its other fields, their checked files and pixels."""
         uploads, extra = parse_uploads(content_type, body)
-        return uploads, extra, check_images(uploads, int(settings.max_megapixels * 1e6))
+        return uploads, extra, *check_images(uploads, int(settings.max_megapixels * 1e6))
 
     def prepare(model: ServedModel, upload: Any, image: Any) -> tuple[Any, Any]:
         """decode: the very decoding `visionlab predict` gives a file (its header is checked)."""
@@ -433,8 +437,9 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             raise decode_failure(upload, exc) from None
 
     def busy() -> Problem:
-        return Problem(503, f"the server is busy ({state['pending']} images queued, --max-queue {settings.max_queue}); "
-                            "retry shortly.", {"Retry-After": "1"})
+        return Problem(503, f"the server is busy ({state['pending']} images of {state['pending_pixels'] / 1e6:.1f} MP "
+                            f"queued, --max-queue {settings.max_queue}, --max-queue-megapixels "
+                            f"{settings.max_queue_megapixels:g}); retry shortly.", {"Retry-After": "1"})
 
     async def answer(request: Request, task: str | None) -> JSONResponse:
         if task is None:
@@ -454,20 +459,23 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
         if state["pending"] >= settings.max_queue:  # refused before its body is read
             raise busy()
-        reserved = 0
+        reserved = pixels = 0
         state["in_flight"] += 1
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20),
                                    settings.body_timeout)
-            uploads, extra, files = await loop.run_in_executor(decode_pool, unpack,
-                                                               request.headers.get("content-type", ""), body)
+            uploads, extra, files, size = await loop.run_in_executor(decode_pool, unpack,
+                                                                     request.headers.get("content-type", ""), body)
             del body
-            if state["pending"] + len(uploads) > settings.max_queue:  # only images read and parsed hold a place
+            # only images read and parsed hold a place, by count and by pixels (what decoding them costs)
+            if (state["pending"] + len(uploads) > settings.max_queue
+                    or state["pending_pixels"] + size > settings.max_queue_megapixels * 1e6):
                 raise busy()
-            reserved = len(uploads)
+            reserved, pixels = len(uploads), size
             state["pending"] += reserved
+            state["pending_pixels"] += pixels
             prepared = await asyncio.gather(*(loop.run_in_executor(decode_pool, prepare, model, u, f)
                                               for u, f in zip(uploads, files)))
             items = [(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)]
@@ -476,6 +484,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
                                              for p, (_, img) in zip(preds, prepared)))
         finally:
             state["pending"] -= reserved
+            state["pending_pixels"] -= pixels
             state["in_flight"] -= 1
         out: dict[str, Any] = {"task": task}
         if "id" in extra:

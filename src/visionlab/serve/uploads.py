@@ -203,9 +203,9 @@ def check_image(upload: Upload, max_pixels: int) -> tuple[io.BytesIO, int]:
     return io.BytesIO(upload.data), w * h
 
 
-def check_images(uploads: list[Upload], max_pixels: int) -> list[io.BytesIO]:
+def check_images(uploads: list[Upload], max_pixels: int) -> tuple[list[io.BytesIO], int]:
     """:func:`check_image` for each upload, and all of them together within the request's
-    pixel budget (413 at the first image past it, before any is decoded)."""
+    pixel budget (413 at the first image past it, before any is decoded); and their pixels."""
     files, total = [], 0
     for i, upload in enumerate(uploads):
         file, pixels = check_image(upload, max_pixels)
@@ -215,7 +215,7 @@ def check_images(uploads: list[Upload], max_pixels: int) -> list[io.BytesIO]:
                                f"budget of {_mp(max_pixels)} per request (--max-megapixels); send fewer or smaller "
                                "images per request.")
         files.append(file)
-    return files
+    return files, total
 
 
 def _mp(pixels: int) -> str:
