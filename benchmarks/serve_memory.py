@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import io
+import signal
 import sys
 import threading
 import time
@@ -118,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request counts as an error")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout's SIGTERM still stops the server
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if not Path("/proc/self/status").exists():
         raise SystemExit("this benchmark reads /proc (Linux)")
