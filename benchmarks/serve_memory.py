@@ -56,8 +56,8 @@ def shapes(megapixels: float) -> dict[str, list[tuple[str, bytes]]]:
 
 
 def _rss(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (the peak) of a process, in MB."""
-    out = {}
+    """VmRSS and VmHWM (the peak) of a process, in MB (0 once it has exited)."""
+    out = {"VmRSS": 0, "VmHWM": 0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
@@ -87,7 +87,8 @@ def measure(args: argparse.Namespace, files: list[tuple[str, bytes]], clients: i
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start([sys.executable, "-m", "visionlab", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-                  "--device", args.device, "--max-megapixels", str(args.max_megapixels)], url, "/ready")
+                  "--device", args.device, "--max-megapixels", str(args.max_megapixels),
+                  "--max-queue-megapixels", str(args.max_queue_megapixels)], url, "/ready")
     try:
         base = _rss(proc.pid)["VmRSS"]
         done = threading.Event()
@@ -116,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", default="4,16", help="concurrent clients, comma-separated")
     p.add_argument("--requests", type=int, default=32, help="requests per row")
     p.add_argument("--max-megapixels", type=float, default=24.0, help="the server's pixel budget per request")
+    p.add_argument("--max-queue-megapixels", type=float, default=96.0, help="the server's pixel budget in flight")
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request counts as an error")
     args = p.parse_args(argv)
@@ -125,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("this benchmark reads /proc (Linux)")
     if not clients or min(clients) < 1 or args.requests < 1:
         raise SystemExit("--clients and --requests must be positive")
-    print(f"checkpoint {args.checkpoint} | --max-megapixels {args.max_megapixels:g} | {args.requests} requests per row"
+    print(f"checkpoint {args.checkpoint} | --max-megapixels {args.max_megapixels:g} | --max-queue-megapixels "
+          f"{args.max_queue_megapixels:g} | {args.requests} requests per row"
           f" | device {args.device}\n")
     print("| request | clients | answers | seconds | RSS ready MB | peak RSS MB | peak - ready MB |\n|---|---|---|---|---|---|---|")
     for name, files in shapes(args.max_megapixels).items():
