@@ -26,7 +26,7 @@ httpx = pytest.importorskip("httpx")
 from conftest import make_class_image  # noqa: E402
 from test_serve import Server, _cli, _env, _jpeg, _metric, _raw_http  # noqa: E402
 
-STALL_HEAD = (b"POST /predict/cracks HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+STALL_HEAD = (b"POST /predict/cracks HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
               b"Content-Length: 100000\r\n\r\n\xff\xd8\xff\xe0")  # 4 bytes of the 100000 promised, then nothing
 
 
@@ -132,7 +132,7 @@ def test_all_images_of_a_request_share_one_pixel_budget_checked_before_decoding(
     # the budget is read from the header: a 10000 x 10000 PNG of 97 KB is refused without decoding it
     buf = io.BytesIO()
     Image.new("L", (10000, 10000)).save(buf, format="PNG")
-    status, _, body = _raw_http(s.url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    status, _, body = _raw_http(s.url, b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
                                        b"Content-Length: %d\r\n\r\n" % len(buf.getvalue()), iter([buf.getvalue()]))
     assert status == 413 and b"10000 x 10000 pixels (100 MP)" in body
     assert _metric(s, "visionlab_pending_images") == 0
