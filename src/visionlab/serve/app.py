@@ -457,8 +457,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             raise Problem(422, f"top_k={request.query_params['top_k']!r} is not an integer.") from None
         if not 1 <= top_k <= 1000:
             raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
-        if state["pending"] >= settings.max_queue:  # refused before its body is read
-            raise busy()
+        if state["pending"] >= settings.max_queue or state["pending_pixels"] >= settings.max_queue_megapixels * 1e6:
+            raise busy()  # refused before its body is read
         reserved = pixels = 0
         state["in_flight"] += 1
         t0 = time.perf_counter()
