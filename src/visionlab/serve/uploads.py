@@ -50,7 +50,7 @@ async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int, time
             return await _read(headers, stream, limit)
     except TimeoutError:
         raise Problem(408, f"the request body did not arrive within {timeout:g} s (--body-timeout); "
-                           "send it in one go, or ask for a longer --body-timeout.", {"Connection": "close"}) from None
+                           "send it faster, or ask whoever runs the server for a longer --body-timeout.", {"Connection": "close"}) from None
 
 
 async def _read(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
