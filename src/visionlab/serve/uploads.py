@@ -49,8 +49,8 @@ async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int, time
         with anyio.fail_after(timeout):  # raises the built-in TimeoutError on every Python
             return await _read(headers, stream, limit)
     except TimeoutError:
-        raise Problem(408, f"the request body did not arrive within {timeout:g} s (--body-timeout); "
-                           "send it faster, or ask whoever runs the server for a longer --body-timeout.", {"Connection": "close"}) from None
+        raise Problem(408, f"the request body did not arrive within {timeout:g} s (--body-timeout); send it faster, "
+                           "or ask whoever runs the server for a longer --body-timeout.", {"Connection": "close"}) from None
 
 
 async def _read(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
