@@ -245,7 +245,9 @@ def serve_cmd(
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long the first image of a batch waits for others."),
     max_queue: int = typer.Option(128, "--max-queue", help="Images admitted at once; beyond, 503 with Retry-After."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body; larger ones get 413."),
-    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Largest decoded image; larger ones (bombs) get 413."),
+    max_megapixels: float = typer.Option(24.0, "--max-megapixels", help="Pixels of all the images of one request together; more get 413 before decoding."),
+    max_queue_megapixels: float = typer.Option(96.0, "--max-queue-megapixels", help="Pixels admitted at once, all requests together; beyond, 503 with Retry-After."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request body may take to arrive; slower ones get 408."),
     device: str = typer.Option("auto", "--device"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
 ) -> None:
@@ -263,9 +265,13 @@ def serve_cmd(
     for name, value in (("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
         if value < 1:
             raise VisionlabError(f"{name} must be at least 1, got {value}.")
-    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels)):
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels),
+                        ("--body-timeout", body_timeout)):
         if value <= 0:
             raise VisionlabError(f"{name} must be positive, got {value:g}.")
+    if max_queue_megapixels < max_megapixels:
+        raise VisionlabError(f"--max-queue-megapixels {max_queue_megapixels:g} is below --max-megapixels {max_megapixels:g}: "
+                             "the largest request could never be admitted.", "Raise --max-queue-megapixels.")
     if max_wait_ms < 0 or drain_seconds < 0:
         raise VisionlabError("--max-wait-ms and --drain-seconds cannot be negative.")
     paths = list(checkpoint)
@@ -277,7 +283,7 @@ def serve_cmd(
     run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
                         cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, device=device,
-                        drain_seconds=drain_seconds))
+                        drain_seconds=drain_seconds, body_timeout=body_timeout, max_queue_megapixels=max_queue_megapixels))
 
 
 @app.command("predict")

@@ -46,7 +46,7 @@ from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
 from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
-from visionlab.serve.uploads import Problem, check_image, decode_failure, parse_uploads, read_body
+from visionlab.serve.uploads import Problem, check_images, decode_failure, parse_uploads, read_body
 
 __all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
 
@@ -72,7 +72,9 @@ class Settings:
     max_wait_ms: float = 10.0
     max_queue: int = 128  # images admitted and not yet answered; more -> 503 + Retry-After
     max_upload_mb: float = 20.0
-    max_megapixels: float = 100.0  # LandCover.ai orthophotos are 85 MP
+    body_timeout: float = 30.0  # seconds a request body may take to arrive; slower -> 408
+    max_megapixels: float = 24.0  # all the images of one request together (a LandCover.ai orthophoto is 85 MP)
+    max_queue_megapixels: float = 96.0  # pixels admitted and not yet answered, all requests together; more -> 503
     top_k: int = 3
     device: str = "auto"
     drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish
@@ -318,7 +320,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     settings = settings or Settings()
     by_task = {m.task: m for m in models}
     metrics = Metrics(settings.max_batch_size)
-    state: dict[str, Any] = {"pending": 0, "in_flight": 0, "ready": False, "error": None, "loaded_in": None}
+    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "ready": False, "error": None,
+                             "loaded_in": None}
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
     # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model")
@@ -360,6 +363,8 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
                   lambda: {f'model="{m.task}"': m.batcher.depth if m.batcher else 0 for m in models})
     metrics.gauge("visionlab_pending_images", "Images admitted and not yet answered (bounded by --max-queue).",
                   lambda: {"": state["pending"]})
+    metrics.gauge("visionlab_pending_megapixels", "Pixels of the images admitted and not yet answered "
+                  "(bounded by --max-queue-megapixels).", lambda: {"": state["pending_pixels"] / 1e6})
     metrics.gauge("visionlab_requests_in_flight", "Predict requests being answered.", lambda: {"": state["in_flight"]})
     metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.", lambda: {"": float(state["ready"] and not broken())})
 
@@ -419,13 +424,22 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             return _problem(404, f"no static file {name!r}")
         return Response(static[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    def prepare(model: ServedModel, upload: Any) -> tuple[Any, Any]:
-        """decode: header checks, then the very decoding `visionlab predict` gives a file."""
-        image = check_image(upload, int(settings.max_megapixels * 1e6))
+    def unpack(content_type: str, body: bytes) -> tuple[list[Any], dict[str, Any], list[Any], int]:
+        """In a decode thread: the body's uploads, its other fields, their checked files and pixels."""
+        uploads, extra = parse_uploads(content_type, body)
+        return uploads, extra, *check_images(uploads, int(settings.max_megapixels * 1e6))
+
+    def prepare(model: ServedModel, upload: Any, image: Any) -> tuple[Any, Any]:
+        """decode: the very decoding `visionlab predict` gives a file (its header is checked)."""
         try:
             return model.predictor.preprocess(image), image
         except UnreadableImage as exc:
             raise decode_failure(upload, exc) from None
+
+    def busy() -> Problem:
+        return Problem(503, f"the server is busy ({state['pending']} images of {state['pending_pixels'] / 1e6:.1f} MP "
+                            f"queued, --max-queue {settings.max_queue}, --max-queue-megapixels "
+                            f"{settings.max_queue_megapixels:g}); retry shortly.", {"Retry-After": "1"})
 
     async def answer(request: Request, task: str | None) -> JSONResponse:
         if task is None:
@@ -443,31 +457,34 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             raise Problem(422, f"top_k={request.query_params['top_k']!r} is not an integer.") from None
         if not 1 <= top_k <= 1000:
             raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
-        if state["pending"] >= settings.max_queue:
-            raise Problem(503, f"the server is busy ({state['pending']} images queued, --max-queue {settings.max_queue}); "
-                               "retry shortly.", {"Retry-After": "1"})
-        reserved = 1
-        state["pending"] += 1
+        if state["pending"] >= settings.max_queue or state["pending_pixels"] >= settings.max_queue_megapixels * 1e6:
+            raise busy()  # refused before its body is read
+        reserved = pixels = 0
         state["in_flight"] += 1
         t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20))
-            uploads, extra = parse_uploads(request.headers.get("content-type", ""), body)
+            body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20),
+                                   settings.body_timeout)
+            uploads, extra, files, size = await loop.run_in_executor(decode_pool, unpack,
+                                                                     request.headers.get("content-type", ""), body)
             del body
-            more = len(uploads) - 1
-            if more and state["pending"] + more > settings.max_queue:
-                raise Problem(503, f"the server is busy ({state['pending']} images queued, --max-queue {settings.max_queue}); "
-                                   "retry shortly.", {"Retry-After": "1"})
-            state["pending"] += more
-            reserved += more
-            loop = asyncio.get_running_loop()
-            prepared = await asyncio.gather(*(loop.run_in_executor(decode_pool, prepare, model, u) for u in uploads))
+            # only images read and parsed hold a place, by count and by pixels (what decoding them costs)
+            if (state["pending"] + len(uploads) > settings.max_queue
+                    or state["pending_pixels"] + size > settings.max_queue_megapixels * 1e6):
+                raise busy()
+            reserved, pixels = len(uploads), size
+            state["pending"] += reserved
+            state["pending_pixels"] += pixels
+            prepared = await asyncio.gather(*(loop.run_in_executor(decode_pool, prepare, model, u, f)
+                                              for u, f in zip(uploads, files)))
             items = [(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)]
             preds = await _unless_gone(request, model.batcher.submit(items))
             encoded = await asyncio.gather(*(loop.run_in_executor(decode_pool, p.to_json, img)
                                              for p, (_, img) in zip(preds, prepared)))
         finally:
             state["pending"] -= reserved
+            state["pending_pixels"] -= pixels
             state["in_flight"] -= 1
         out: dict[str, Any] = {"task": task}
         if "id" in extra:

@@ -2,9 +2,12 @@
 
 The body is read here chunk by chunk with a running size check (a Content-Length over the
 limit is refused before anything is read; one that lies cannot make us read more, because a
-chunked body is counted as it comes). Multipart is parsed in memory by python-multipart's
-streaming parser, never Starlette's form parser, which spools large files to disk. Image
-headers are checked for their pixel count before any pixel is decoded (decompression bombs).
+chunked body is counted as it comes) and a deadline (a client too slow to send it gets 408).
+Parsing is synchronous, for a worker thread, never the event loop: multipart is parsed in
+memory by python-multipart's streaming parser (never Starlette's form parser, which spools
+large files to disk), and parts and images are counted as they come, so a body of 280,000
+tiny parts stops at the 65th. Image headers are checked for their pixel count before any
+pixel is decoded, and all the images of one request share one pixel budget.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-__all__ = ["Problem", "Upload", "read_body", "parse_uploads", "check_image", "decode_failure", "IMAGE_FIELDS"]
+__all__ = ["Problem", "Upload", "read_body", "parse_uploads", "check_image", "check_images", "decode_failure",
+           "IMAGE_FIELDS"]
 
 IMAGE_FIELDS = ("image", "images", "file", "files")  # multipart field names that carry images
 MAX_IMAGES_PER_REQUEST = 64
@@ -36,8 +40,20 @@ class Upload:
     data: bytes
 
 
-async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to be over ``limit`` bytes."""
+async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int, timeout: float) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to be over ``limit`` bytes, and
+    with 408 when it has not all arrived ``timeout`` seconds after reading began."""
+    import anyio
+
+    try:
+        with anyio.fail_after(timeout):  # raises the built-in TimeoutError on every Python
+            return await _read(headers, stream, limit)
+    except TimeoutError:
+        raise Problem(408, f"the request body did not arrive within {timeout:g} s (--body-timeout); send it faster, "
+                           "or ask whoever runs the server for a longer --body-timeout.", {"Connection": "close"}) from None
+
+
+async def _read(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
     mb = f"{limit / 2**20:g} MB"
     declared = headers.get("content-length")
     if declared is not None:
@@ -75,9 +91,12 @@ def parse_uploads(content_type: str, body: bytes) -> tuple[list[Upload], dict[st
                            "application/json ({\"image\": \"<base64>\"}) or an image/* body.")
     if not uploads:
         raise Problem(422, "the request has no image.")
-    if len(uploads) > MAX_IMAGES_PER_REQUEST:
-        raise Problem(413, f"{len(uploads)} images in one request; at most {MAX_IMAGES_PER_REQUEST} are accepted.")
     return uploads, extra
+
+
+def _too_many(count: str) -> Problem:
+    return Problem(413, f"{count} images in one request; at most {MAX_IMAGES_PER_REQUEST} are accepted, "
+                        "send the others in another request.")
 
 
 def _json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
@@ -95,6 +114,8 @@ def _json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
     else:
         if not isinstance(doc["images"], list):
             raise Problem(422, "\"images\" must be a list of base64 strings.")
+        if len(doc["images"]) > MAX_IMAGES_PER_REQUEST:  # before any of them is decoded
+            raise _too_many(str(len(doc["images"])))
         items, names = doc["images"], [f"images[{i}]" for i in range(len(doc["images"]))]
     uploads = []
     for name, item in zip(names, items):
@@ -120,7 +141,9 @@ def _multipart(content_type: str, body: bytes) -> list[Upload]:
     parts: list[dict[str, Any]] = []
     field, value = bytearray(), bytearray()
 
-    def on_part_begin() -> None:
+    def on_part_begin() -> None:  # the parser stops at the first part past the cap
+        if len(parts) == MAX_IMAGES_PER_REQUEST:
+            raise _too_many(f"more than {MAX_IMAGES_PER_REQUEST}")
         parts.append({"headers": {}, "data": bytearray(), "done": False})
 
     def on_header_end() -> None:
@@ -155,9 +178,9 @@ def _multipart(content_type: str, body: bytes) -> list[Upload]:
     return uploads
 
 
-def check_image(upload: Upload, max_pixels: int) -> io.BytesIO:
-    """The upload as a file object, once its header says it is an image of at most
-    ``max_pixels`` (415 for a non-image, 413 for a bomb); nothing is decoded yet."""
+def check_image(upload: Upload, max_pixels: int) -> tuple[io.BytesIO, int]:
+    """The upload as a file object and its pixel count, once its header says it is an image of
+    at most ``max_pixels`` (415 for a non-image, 413 for a bomb); nothing is decoded yet."""
     from PIL import Image, UnidentifiedImageError
 
     from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, open_image
@@ -175,9 +198,28 @@ def check_image(upload: Upload, max_pixels: int) -> io.BytesIO:
     except DECODE_ERRORS as exc:
         raise Problem(422, f"{name}: corrupt image header ({type(exc).__name__}: {exc}).") from None
     if w * h > max_pixels:
-        raise Problem(413, f"{name}: {w} x {h} pixels ({w * h / 1e6:.0f} MP) is over the limit of "
-                           f"{max_pixels / 1e6:g} MP (--max-megapixels); a decompression bomb is refused before decoding.")
-    return io.BytesIO(upload.data)
+        raise Problem(413, f"{name}: {w} x {h} pixels ({w * h / 1e6:.0f} MP) is over the budget of "
+                           f"{_mp(max_pixels)} per request (--max-megapixels); it is refused before decoding.")
+    return io.BytesIO(upload.data), w * h
+
+
+def check_images(uploads: list[Upload], max_pixels: int) -> tuple[list[io.BytesIO], int]:
+    """:func:`check_image` for each upload, and all of them together within the request's
+    pixel budget (413 at the first image past it, before any is decoded); and their pixels."""
+    files, total = [], 0
+    for i, upload in enumerate(uploads):
+        file, pixels = check_image(upload, max_pixels)
+        total += pixels
+        if total > max_pixels:
+            raise Problem(413, f"the first {i + 1} images of the request have {total / 1e6:.1f} MP together, over the "
+                               f"budget of {_mp(max_pixels)} per request (--max-megapixels); send fewer or smaller "
+                               "images per request.")
+        files.append(file)
+    return files, total
+
+
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:g} MP"
 
 
 def decode_failure(upload: Upload, exc: Exception) -> Problem:
