@@ -336,7 +336,7 @@ def child_predict_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     import visionlab
 
     visionlab.tune_process()  # as the visionlab command runs
-    predictor = visionlab.load(p.checkpoint, device=p.device)
+    predictor = visionlab.load(p.checkpoint, device=p.device, precision="auto")  # bf16 where the CPU has it, as measured
     predictor.tta = p.tta
     predictor.predict(p.files[:8])  # warm-up
     t0 = time.perf_counter()

@@ -73,11 +73,14 @@ def train(
         raise
 
 
-def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None):
-    """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run)."""
+def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None,
+         precision: str = "fp32"):
+    """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run). It
+    computes in ``precision``: fp32 (the same answers as the exported .onnx), or auto (bf16 where
+    the CPU/GPU has it: faster, probabilities a little apart), bf16, fp16 (CUDA)."""
     from visionlab.engine.predict import load as _load
 
-    return _load(checkpoint, device=device, task=task)
+    return _load(checkpoint, device=device, task=task, precision=precision)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -111,6 +114,7 @@ def evaluate(
     tta: str | None = None,
     examples: int = 12,
     report_html: bool = False,
+    precision: str = "fp32",
 ) -> EvaluationReport:
     """Evaluate a trained model on a split of its data, or on any folder in the task's layout.
 
@@ -137,7 +141,7 @@ def evaluate(
     state = load_checkpoint(path, expect_task=task)
     spec = get_task(state["task"])
     report = evaluate_checkpoint(spec, state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
-                                 examples=examples, console=console)
+                                 examples=examples, console=console, precision=precision)
     present.show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"wrote to {out_dir}: " + ", ".join(present.write_evaluation(report, out_dir)))
@@ -180,6 +184,7 @@ def predict(
     device: str = "auto",
     batch_size: int = 32,
     console: Any = None,
+    precision: str = "fp32",
 ) -> list[Prediction]:
     """Predict files, folders or globs; print a table; write CSV/JSON (and masks for kinds that draw them).
 
@@ -209,7 +214,7 @@ def predict(
         raise VisionlabError(f"no images matched the given paths: {n} entr{'y was' if n == 1 else 'ies were'} skipped (see the table).",
                              "Pass image files, or folders and glob patterns that hold images.")
     path = _resolve_checkpoint(checkpoint, task, console)
-    predictor = Predictor.from_checkpoint(path, device=device, task=task)
+    predictor = Predictor.from_checkpoint(path, device=device, task=task, precision=precision)
     kind = predictor.kind
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
     if mask_dir is not None and out_path is None:

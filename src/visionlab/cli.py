@@ -197,6 +197,13 @@ def _launch(processes: int) -> int:
     return launch(argv, processes)
 
 
+def _precision(value: str) -> str:
+    """--precision of evaluate, predict and serve, checked before any model is loaded."""
+    if value.lower() not in ("fp32", "auto", "bf16", "fp16"):
+        raise VisionlabError(f"unknown --precision {value!r}.", "Use fp32, auto, bf16 or fp16 (CUDA).")
+    return value.lower()
+
+
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(
@@ -209,12 +216,13 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and confusion matrix (default: next to the checkpoint)."),
     tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip, flips or d4 (default: as saved with the model)."),
     report: bool = typer.Option(False, "--report", help="Also write the run's HTML report (report.html in the output folder)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
 ) -> None:
     """Evaluate a trained model: accuracy, P/R/F1, confusion matrix, ROC AUC; IoU for segmentation."""
     from visionlab.api import evaluate
 
     evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out, tta=tta,
-             report_html=report)
+             report_html=report, precision=_precision(precision))
 
 
 @app.command("report")
@@ -250,6 +258,7 @@ def serve_cmd(
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request body may take to arrive; slower ones get 408."),
     device: str = typer.Option("auto", "--device"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
 ) -> None:
     """Serve models over HTTP: a JSON API with batching, metrics, and a camera/upload page at /."""
     try:
@@ -283,6 +292,7 @@ def serve_cmd(
     run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
                         cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, device=device,
+                        precision=_precision(precision),
                         drain_seconds=drain_seconds, body_timeout=body_timeout, max_queue_megapixels=max_queue_megapixels))
 
 
@@ -296,11 +306,13 @@ def predict_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json; segmentation masks go next to it."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
 ) -> None:
     """Predict labels (or masks) for images with a trained model."""
     from visionlab.api import predict
 
-    predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size)
+    predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size,
+            precision=_precision(precision))
 
 
 @app.command("export")

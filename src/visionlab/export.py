@@ -129,7 +129,7 @@ class EndToEnd:
     max_allowed: float
     min_agreement: float
     source: str
-    own_precision: str = "fp32"  # the checkpoint's inference precision here ('predict --checkpoint' uses it)
+    own_precision: str = "fp32"  # what --precision auto runs the checkpoint in here (bf16 where the CPU has it)
     own_max_prob_diff: float | None = None  # the runtime against the checkpoint at that precision (not judged)
 
     @property
@@ -145,8 +145,8 @@ class EndToEnd:
         """What the checkpoint answers at its own inference precision, against the file (not judged)."""
         if self.own_max_prob_diff is None:
             return ""
-        return (f"note: the checkpoint under its {self.own_precision} inference (what predicting with the .pt does here) "
-                f"differs from the file by up to {self.own_max_prob_diff:.2e} in a probability or class share (fp32 runs as the file does)")
+        return (f"note: the checkpoint under --precision auto ({self.own_precision} here) differs from the file by up to "
+                f"{self.own_max_prob_diff:.2e} in a probability or class share (predict, evaluate and serve run fp32 by default, as the file does)")
 
 
 def _answers_difference(kind: Any, ours: list[Any], rows: list[dict[str, Any]]) -> tuple[float, int, int]:
@@ -166,25 +166,23 @@ def check_end_to_end(state: dict[str, Any], onnx_path: str | os.PathLike, inputs
     """Files in, answers out, both ways: :class:`visionlab.engine.predict.Predictor` on the checkpoint
     in fp32 (as the file runs) and :class:`visionlab.runtime.Runtime` on ``onnx_path``; decoding,
     resizing, normalisation, test-time augmentation and tiling are all in the comparison. The
-    checkpoint at its own inference precision (bf16 where the CPU has it) is measured too."""
+    checkpoint under ``--precision auto`` (bf16 where the CPU has it) is measured too."""
     from visionlab.engine.device import resolve_precision
     from visionlab.engine.predict import Predictor
     from visionlab.runtime import Runtime
 
     kind, k = get_kind(state["kind"]), len(state["classes"])
     rows = Runtime(onnx_path).predict(inputs, top_k=k)
-    fp32 = dict(state, config=dict(state["config"], precision="fp32", channels_last=False))
+    fp32 = dict(state, config=dict(state["config"], channels_last=False))
     worst, equal, counted = _answers_difference(kind, Predictor(fp32, device="cpu").predict(inputs, top_k=k), rows)
     dense = kind.tiled
     result = EndToEnd(len(inputs), worst, equal / max(1, counted), counted, "pixels" if dense else "labels",
                       max_prob_diff, min_pixels if dense else min_labels, source)
-    try:
-        own = resolve_precision(str(state["config"].get("precision", "auto")), torch.device("cpu"))
-    except VisionlabError:  # fp16, which is CUDA's: on this CPU the checkpoint runs in fp32 only
-        return result
+    own = resolve_precision("auto", torch.device("cpu"))
     if own.name != "fp32":
         result.own_precision = own.name
-        result.own_max_prob_diff = _answers_difference(kind, Predictor(state, device="cpu").predict(inputs, top_k=k), rows)[0]
+        own_run = Predictor(state, device="cpu", precision=own.name).predict(inputs, top_k=k)
+        result.own_max_prob_diff = _answers_difference(kind, own_run, rows)[0]
     return result
 
 

@@ -106,7 +106,9 @@ def resolve_precision(precision: str, device: torch.device, training_model: torc
     of a depthwise layer (measurements: benchmarks/EXPERIMENTS.md, "Training speed on CPU").
     Inference (no ``training_model``) keeps bf16, which is faster for all of them.
     """
-    p = precision.lower()
+    p = str(precision).lower()
+    if p not in ("auto", "fp32", "bf16", "fp16"):
+        raise VisionlabError(f"unknown precision {precision!r}.", "Use fp32, auto, bf16 or fp16 (CUDA).")
     dt = device.type
     if p == "fp32" or dt == "mps":
         return Precision("fp32", None, dt)

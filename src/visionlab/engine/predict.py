@@ -47,7 +47,7 @@ def _collate(batch: list) -> list:
 class Predictor:
     """A trained model with its classes and preprocessing, ready to predict."""
 
-    def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None) -> None:
+    def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None, precision: str = "fp32") -> None:
         self.state = state
         self.source = source
         self.task: str = state["task"]
@@ -56,7 +56,8 @@ class Predictor:
         self.preprocessing: dict[str, Any] = dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
         self.device = resolve_device(device)
-        self.precision = resolve_precision(state["config"].get("precision", "auto"), self.device)
+        # fp32 by default: the same answers as the exported .onnx; "auto" (bf16 where the CPU/GPU has it) is faster
+        self.precision = resolve_precision(precision, self.device)
         self.channels_last = bool(state["config"].get("channels_last", False))
         self.model = load_model(state, device=self.device, channels_last=self.channels_last)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
@@ -64,8 +65,9 @@ class Predictor:
         self.input_size = int(self.preprocessing["image_size"])  # classifier input, or segmentation tile
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None) -> "Predictor":
-        return cls(load_checkpoint(path, expect_task=task), device=device, source=str(path))
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None,
+                        precision: str = "fp32") -> "Predictor":
+        return cls(load_checkpoint(path, expect_task=task), device=device, source=str(path), precision=precision)
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
@@ -125,9 +127,10 @@ class Predictor:
         self.predict(Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128)), top_k=1)
 
 
-def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None) -> Predictor:
+def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None,
+         precision: str = "fp32") -> Predictor:
     """Load a trained model for prediction: a checkpoint path, or the latest run of ``task``."""
     from visionlab.engine.runs import latest_checkpoint
 
     path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
-    return Predictor.from_checkpoint(path, device=device, task=task)
+    return Predictor.from_checkpoint(path, device=device, task=task, precision=precision)

@@ -679,10 +679,9 @@ class Trainer:
         if self.dist.broadcast(result.best_checkpoint.exists() if main else None) and self.runner.split_size("test"):
             # rank 0 reads best.pt (other nodes may not see its folder) and hands the weights on
             self.model.load_state_dict(self.dist.broadcast(load_checkpoint(result.best_checkpoint)["model"] if main else None))
-            # the precision 'evaluate' and 'predict' run this checkpoint with (bf16 inference on CPUs that
-            # have it, even for models trained in fp32), so the test score printed here is the one they give
-            inference = resolve_precision(self.cfg.precision, self.device)
-            ev = self.runner.evaluate(self.model, "test", inference.autocast)
+            # in fp32, as 'evaluate', 'predict' and the exported .onnx run this checkpoint by default,
+            # so the test score printed here is the one they give
+            ev = self.runner.evaluate(self.model, "test", resolve_precision("fp32", self.device).autocast)
             result.test_metrics, result.test_report = ev.metrics, ev.report
         if not main:
             return

@@ -77,6 +77,7 @@ class Settings:
     max_queue_megapixels: float = 96.0  # pixels admitted and not yet answered, all requests together; more -> 503
     top_k: int = 3
     device: str = "auto"
+    precision: str = "fp32"  # as the exported .onnx answers; auto: bf16 where the CPU/GPU has it
     drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))
 
@@ -104,10 +105,10 @@ class ServedModel:
                 "synthetic_data": bool(self.state.get("data", {}).get("synthetic", False)),
                 "loaded": self.predictor is not None}
 
-    def load(self, device: str) -> None:
+    def load(self, device: str, precision: str = "fp32") -> None:
         from visionlab.engine.predict import Predictor
 
-        predictor = Predictor(self.state, device=device, source=str(self.path))
+        predictor = Predictor(self.state, device=device, source=str(self.path), precision=precision)
         predictor.warmup()
         self.predictor = predictor
 
@@ -331,7 +332,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     def load_all() -> None:
         t0 = time.perf_counter()
         for m in models:
-            m.load(settings.device)
+            m.load(settings.device, settings.precision)
         state["loaded_in"] = round(time.perf_counter() - t0, 2)
 
     async def loading() -> None:

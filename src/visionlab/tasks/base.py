@@ -288,7 +288,7 @@ class TaskRunner(ABC):
 
 def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
-                        examples: int = 0, console: Any = None) -> EvaluationReport:
+                        examples: int = 0, console: Any = None, precision: str = "fp32") -> EvaluationReport:
     """Evaluate the model saved in ``state`` (read from ``path``) on a split of its data or, with
     ``data`` another folder than the training data's, on that whole folder (its own test/ split
     if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
@@ -317,9 +317,9 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
     if runner.split_size(split) == 0:
         raise VisionlabError(f"the {split} split of {cfg.data} is empty.", "Pass --split all, or --data with a held-out folder.")
     model = load_model(state, device=dev, channels_last=cfg.channels_last)
-    precision = resolve_precision(cfg.precision, dev)
+    autocast = resolve_precision(precision, dev).autocast  # fp32 by default, as predict and the .onnx
     t0 = time.perf_counter()
-    result = runner.evaluate(model, split, precision.autocast, batch_size=batch_size)
+    result = runner.evaluate(model, split, autocast, batch_size=batch_size)
     return EvaluationReport(
         task=spec.name, kind=kind.name, checkpoint=str(path), data=cfg.data, split=split,
         synthetic=bool(runner.data_info.get("synthetic")), images=runner.split_size(split),
