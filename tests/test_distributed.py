@@ -394,3 +394,41 @@ def test_processes_sharing_a_gpu_need_gloo_and_name_it(monkeypatch):
     with pytest.raises(VisionlabError, match="VISIONLAB_DIST_BACKEND='mpi' is not a backend visionlab runs on"):
         from_env("cpu")
     assert not torch.distributed.is_initialized()
+
+
+FAILING_RANK_PLUGIN = '''
+import os
+from torch import nn
+from visionlab.models import register_model
+
+class _FailsOnRank1(nn.Module):
+    """A tiny classifier whose process 1 raises in its 3rd training forward pass."""
+    def __init__(self, num_classes, in_chans=3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+        self.calls = 0
+    def forward(self, x):
+        self.calls += self.training
+        if self.training and self.calls == 3 and os.environ.get("RANK") == "1":
+            raise RuntimeError("injected failure on rank 1")
+        return self.net(x)
+
+register_model(name="fails_on_rank_1")(_FailsOnRank1)
+'''
+
+
+def test_an_mlflow_run_whose_other_process_failed_ends_failed_with_the_cause(tmp_path: Path):
+    mlflow = pytest.importorskip("mlflow")
+    (tmp_path / "failing_rank_plugin.py").write_text(FAILING_RANK_PLUGIN)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, VISIONLAB_PLUGINS="failing_rank_plugin", MLFLOW_TRACKING_URI=store, MLFLOW_EXPERIMENT_NAME="peer",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    args = [a if a != "model=cracks_cnn" else "model=fails_on_rank_1" for a in ARGS]
+    out = subprocess.run(_torchrun(*args, "--out", str(tmp_path), "--name", "peer", "--track", "mlflow"), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "stopped because process 1 failed: RuntimeError: injected failure on rank 1" in out.stderr + out.stdout
+    run_id = (tmp_path / "cracks" / "peer" / "mlflow_run_id").read_text().strip()
+    run = mlflow.tracking.MlflowClient(store).get_run(run_id)
+    assert run.info.status == "FAILED", run.info.status  # not KILLED: nobody stopped it, process 1 failed
+    assert "process 1 failed: RuntimeError: injected failure on rank 1" in run.data.tags["visionlab.error"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["VisionlabError", "TrainingInterrupted"]
+__all__ = ["VisionlabError", "TrainingInterrupted", "PeerFailed"]
 
 
 class VisionlabError(Exception):
@@ -20,3 +20,7 @@ class VisionlabError(Exception):
 
 class TrainingInterrupted(VisionlabError):
     """Training stopped by Ctrl-C or SIGTERM; the message says what was saved (the CLI exits 130)."""
+
+
+class PeerFailed(VisionlabError):
+    """Another process of a distributed job failed, and this one was stopped for it (not by the user)."""

@@ -131,6 +131,40 @@ def node_first(dist: Dist, work: Callable[[], T]) -> T:
     return out
 
 
+FAILED_KEY = "visionlab/failed"
+
+
+def _job_store() -> Any:
+    """The job's rendezvous store (torchrun keeps it in its agent, so it outlives a failed worker), or None."""
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None
+    try:
+        return torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                          timeout=datetime.timedelta(seconds=10))
+    except (RuntimeError, ValueError):  # the store is gone (torchrun ended)
+        return None
+
+
+def record_failure(dist: Dist, exc: BaseException) -> None:
+    """Leave in the job's store why this process fails: torchrun then stops the others with SIGTERM,
+    which alone reads like a user's stop (see :func:`peer_failure`). The first failure is kept."""
+    store = _job_store() if dist.enabled else None
+    if store is not None:
+        try:
+            store.compare_set(FAILED_KEY, "", f"process {dist.rank} failed: {type(exc).__name__}: {exc}"[:2000])
+        except RuntimeError:
+            pass
+
+
+def peer_failure(dist: Dist) -> str | None:
+    """Why another process of the job failed, when one did (:func:`record_failure`); else None."""
+    store = _job_store() if dist.enabled else None
+    try:
+        return store.get(FAILED_KEY).decode() if store is not None and store.check([FAILED_KEY]) else None
+    except RuntimeError:
+        return None
+
+
 def _poll(ready: Callable[[], bool]) -> None:
     while not ready():
         time.sleep(0.5)

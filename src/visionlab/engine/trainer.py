@@ -31,9 +31,9 @@ from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, Model
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
-from visionlab.engine.distributed import check_shared, node_first, rank_gpu
+from visionlab.engine.distributed import check_shared, node_first, peer_failure, rank_gpu, record_failure
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
-from visionlab.errors import TrainingInterrupted, VisionlabError
+from visionlab.errors import PeerFailed, TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
 
 __all__ = ["Trainer", "TrainResult", "Callback", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
@@ -309,12 +309,15 @@ class Trainer:
                     break
             self._emit("on_train_end")
         except KeyboardInterrupt:
-            exc = self._interrupted()
+            exc = self._stopped_by(None)
             self._emit("on_exception", exc)
             raise exc from None
         except Exception as exc:
-            self._emit("on_exception", exc)
-            raise
+            err = self._stopped_by(exc)
+            self._emit("on_exception", err)
+            if err is exc:
+                raise
+            raise err from exc
         loop = self.loop
         result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
                              len(loop.history), loop.history, train_seconds=loop.train_seconds,
@@ -652,10 +655,24 @@ class Trainer:
 
     def _interrupted(self) -> TrainingInterrupted:
         """The error of a Ctrl-C or SIGTERM: what is on disk, and how to go on."""
-        hint = None
-        if self.dist.is_main:
-            hint = f"Continue with --resume {self.run_dir / 'last.pt'}." if self._saved else "Nothing to resume; train again."
-        return TrainingInterrupted(f"interrupted: {self._saved_note()}.", hint)
+        return TrainingInterrupted(f"interrupted: {self._saved_note()}.", self._resume_hint())
+
+    def _resume_hint(self) -> str | None:
+        if not self.dist.is_main:
+            return None
+        return f"Continue with --resume {self.run_dir / 'last.pt'}." if self._saved else "Nothing to resume; train again."
+
+    def _stopped_by(self, exc: Exception | None) -> Exception:
+        """What stopped the loop: ``exc``, or a Ctrl-C/SIGTERM (None). Under torchrun another process's
+        failure reaches this one as SIGTERM or as a broken collective; then that failure is the cause
+        (MLflow: FAILED, not KILLED), read from the job's store, where the first failing process left it."""
+        cause = peer_failure(self.dist)
+        if cause and not cause.startswith(f"process {self.dist.rank} failed"):
+            return PeerFailed(f"stopped because {cause}; {self._saved_note()}.", self._resume_hint())
+        if exc is None:
+            return self._interrupted()
+        record_failure(self.dist, exc)
+        return exc
 
     def _saved_note(self) -> str:
         """What the run has on disk now, in words (for interrupts and errors)."""

@@ -90,9 +90,12 @@ def _ensure_builtin() -> None:
     if not _loaded:
         import importlib
 
+        from visionlab.plugins import load_plugins
+
         for mod in _BUILTIN_MODULES:
             importlib.import_module(f"{__name__}.{mod}")
         _loaded = True
+        load_plugins()  # a plugin may register models of its own
 
 
 def list_models(pattern: str | None = None) -> list[str]:
