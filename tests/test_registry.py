@@ -115,6 +115,20 @@ def test_help_and_tasks_do_not_import_torch():
     assert proc.stdout.strip() == "ok"
 
 
+# The parts .ci/torchfree runs without torch; here checked where torch is installed too.
+_TORCH_FREE = ["visionlab.config", "visionlab.kinds.classification", "visionlab.kinds.segmentation", "visionlab.runtime",
+               "visionlab.report", "visionlab.present", "visionlab.serve.batching", "visionlab.serve.uploads"]
+
+
+@pytest.mark.torchfree
+def test_the_torch_free_parts_import_no_torch():
+    code = (f"import importlib, sys\nfor m in {_TORCH_FREE!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 @pytest.mark.torchfree
 def test_version_flag():
     from visionlab.cli import app
