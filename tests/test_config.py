@@ -362,7 +362,7 @@ _OVERRIDE_KEYS = st.one_of(st.sampled_from(_KEYS + [f"augment.{k}" for k in AUGM
                            st.text(max_size=8))
 _OVERRIDE_VALUES = st.one_of(st.sampled_from(_NASTY), st.text(max_size=12), _VALUES.map(lambda v: json.dumps(v)))
 _OVERRIDES = st.lists(st.one_of(st.builds("{}={}".format, _OVERRIDE_KEYS, _OVERRIDE_VALUES), st.text(max_size=12)), max_size=5)
-_FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _loads_or_refuses_clearly(load) -> None:
