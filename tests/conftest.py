@@ -15,6 +15,7 @@ import os
 # explicit OMP_NUM_THREADS in the environment wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,6 +29,19 @@ REPO = Path(__file__).resolve().parents[1]
 # Device of the training tests (timm style): cpu by default, VISIONLAB_TEST_DEVICE=cuda on a GPU machine.
 TEST_DEVICE = os.environ.get("VISIONLAB_TEST_DEVICE", "cpu")
 CONFIGS = REPO / "configs"
+
+
+# Tests marked ``torchfree`` (a module's ``pytestmark`` or one test's decorator) need neither torch nor
+# torchvision: .ci/run also runs them (``pytest -m torchfree``) on the oldest and newest supported
+# Pythons, in venvs with onnxruntime and no torch. There only the modules that hold such tests are imported.
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without torch, skip importing test modules that mark no test torch-free (they import torch)."""
+    if HAS_TORCH or not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
+        return None
+    return True if "pytest.mark.torchfree" not in collection_path.read_text(encoding="utf-8") else None
 
 
 def shared_data_root() -> Path:

@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from visionlab.config import (
     AUGMENT_DEFAULTS, RESUME_SAFE_KEYS, Config, config_from_dict, config_path, dump_config, kind_keys, load_config, parse_overrides,
+    resume_config,
 )
 from visionlab.errors import VisionlabError
 from visionlab.registry import task_names
+
+pytestmark = pytest.mark.torchfree
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
@@ -53,10 +58,7 @@ def test_every_recipe_loads_for_its_task(path: Path):
             assert {k: got[k] for k in value} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items()}
         else:
             assert got == value or (isinstance(value, (int, float)) and got == pytest.approx(value)), (key, got, value)
-    from visionlab.models import list_models, model_defaults
-
-    assert cfg.model in list_models()
-    model_defaults(cfg.model, **cfg.model_args)  # the recipe's model_args are accepted by its builder
+    # its model takes the recipe's model_args: test_models.test_every_recipes_model_accepts_its_arguments
 
 
 @pytest.mark.parametrize("task", task_names())
@@ -302,3 +304,88 @@ def test_resolved_config_round_trips(tmp_path: Path):
     assert config_from_dict({**cfg.to_dict(), "removed_key": 1}) == cfg
     # and the dumped file is itself a valid --config
     assert load_config("landcover", config=tmp_path / "config.yaml") == cfg
+
+
+# --------------------------------------------------------------------------- what the fuzz tests below found
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"seed: 2001-02-30\n", "not valid YAML (day is out of range for month)"),  # a YAML date Python cannot build
+    (b"lr: !!float fast\n", "not valid YAML"),
+    (b"epochs: !!int x\n", "not valid YAML"),
+    (b"name: !!timestamp x\n", "not valid YAML"),
+    (b"classes: " + b"[" * 600 + b"]" * 600 + b"\n", "not valid YAML (maximum recursion depth"),
+    (b"\xff\xfe\x00e\x00p\x00", "cannot be read as text"),
+    (b"1: 2\n", "unknown config key 1 in"),
+    (b"null: 5\n", "unknown config key None in"),
+    (b"augment: {1: 2, hflip: true, b: 3}\n", "unknown augment key(s) 1, b."),
+    (b"model_args: {1: 2}\n", "model_args keys must be argument names of the model builder, got 1."),
+])
+def test_config_files_python_cannot_use_are_one_line_errors(tmp_path: Path, text: bytes, expected: str):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text)
+    assert expected in _error(config=path)
+
+
+def test_a_folder_as_config_file_is_a_one_line_error(tmp_path: Path):
+    assert "cannot be read as text" in _error(config=tmp_path)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("epochs=inf", "'epochs' in --set must be an integer, got 'inf'"), ("epochs=.nan", "must be an integer, got nan"),
+    ("seed=1e400", "must be an integer"), ("seed=2001-02-30", "'seed' in --set must be an integer, got '2001-02-30'"),
+    ("lr=.inf", "'lr' in --set must be a finite number, got inf"), ("weight_decay=nan", "must be a finite number"),
+    ("focal_gamma=-.inf", "must be a finite number"),
+])
+def test_numbers_that_are_not_finite_are_refused(override: str, expected: str):
+    assert expected in _error("landcover", overrides=[override])
+
+
+# --------------------------------------------------------------------------- fuzz: only VisionlabError, on one line
+
+_KEYS = [f.name for f in fields(Config)]
+_NASTY = ["inf", "-inf", "nan", ".nan", "1e400", "2001-02-30", "!!float x", "!!int x", "!!timestamp x", "!!binary zz",
+          "[1", "{a: 1", "&a [*a]", "*nope", "'", "null", "~", "true", "cosine", "tensorboard", "0x10", "1_000", ""]
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12), st.sampled_from(_NASTY))
+_VALUES = st.recursive(_SCALARS, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+    st.one_of(st.sampled_from(list(AUGMENT_DEFAULTS)), st.text(max_size=6), st.integers(), st.none()), kids, max_size=3),
+    max_leaves=8)
+_DOCUMENTS = st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=10), st.integers(), st.none()), _VALUES, max_size=6)
+_FILES = st.one_of(
+    _DOCUMENTS.map(lambda d: yaml.safe_dump(d).encode()),
+    st.lists(st.tuples(st.sampled_from(_KEYS), st.sampled_from(_NASTY)), max_size=4).map(
+        lambda kv: "".join(f"{k}: {v}\n" for k, v in kv).encode()),
+    st.text(max_size=200).map(str.encode),
+    st.binary(max_size=64),
+)
+_OVERRIDE_KEYS = st.one_of(st.sampled_from(_KEYS + [f"augment.{k}" for k in AUGMENT_DEFAULTS] + ["model_args.x", "augment.", ".", ""]),
+                           st.text(max_size=8))
+_OVERRIDE_VALUES = st.one_of(st.sampled_from(_NASTY), st.text(max_size=12), _VALUES.map(lambda v: json.dumps(v)))
+_OVERRIDES = st.lists(st.one_of(st.builds("{}={}".format, _OVERRIDE_KEYS, _OVERRIDE_VALUES), st.text(max_size=12)), max_size=5)
+_FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _loads_or_refuses_clearly(load) -> None:
+    """``load()`` gives a config that is saved and read back unchanged, or a one-line VisionlabError."""
+    try:
+        cfg = load()
+    except VisionlabError as exc:
+        assert str(exc).strip() and "\n" not in str(exc), repr(str(exc))
+        return
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    assert json.dumps(again.to_dict(), sort_keys=True, default=str) == json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+
+
+@_FUZZ
+@given(task=st.sampled_from(task_names()), text=_FILES, overrides=_OVERRIDES)
+def test_fuzzed_config_files_and_overrides_load_or_fail_on_one_line(tmp_path: Path, task: str, text: bytes, overrides: list[str]):
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(text)
+    _loads_or_refuses_clearly(lambda: load_config(task, config=path, overrides=overrides))
+
+
+@_FUZZ
+@given(overrides=_OVERRIDES)
+def test_fuzzed_overrides_of_a_resumed_run_load_or_fail_on_one_line(overrides: list[str]):
+    saved = load_config("landcover").to_dict()
+    _loads_or_refuses_clearly(lambda: resume_config(saved, overrides=overrides)[0])

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from conftest import CONFIGS
+from visionlab.config import load_config
 from visionlab.errors import VisionlabError
 from visionlab.models import (
     IMAGENET_MEAN,
@@ -85,7 +88,15 @@ def test_builtin_models_are_registered():
 
 def test_every_task_model_is_registered():
     for spec in list_tasks():
-        assert spec.model in list_models(), spec.name
+        assert spec.model in list_models(), f"{spec.name}'s model {spec.model!r} is not registered"
+        assert spec.seed_model in list_models(), f"{spec.name}'s seed model {spec.seed_model!r} is not registered"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipes_model_accepts_its_arguments(path: Path):
+    cfg = load_config(yaml.safe_load(path.read_text()).get("task") or path.stem.split("-")[0], config=path)
+    assert cfg.model in list_models()
+    model_defaults(cfg.model, **cfg.model_args)  # the recipe's model_args are accepted by its builder
 
 
 @pytest.mark.parametrize("name", list_models())

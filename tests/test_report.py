@@ -83,6 +83,7 @@ def test_evaluate_report_of_a_segmenter_shows_worst_images(landcover_eval: Path)
     assert text.count("data:image/jpeg;base64,") == 3 * len(listing)
 
 
+@pytest.mark.torchfree
 def test_labels_and_file_names_are_escaped(tmp_path: Path):
     run = tmp_path / "run"
     ev = run / "eval-test"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -168,7 +169,7 @@ def _valid_keys() -> list[str]:
 
 def _unknown_key(key: str, where: str) -> VisionlabError:
     valid = _valid_keys()
-    close = difflib.get_close_matches(key, valid, n=1)
+    close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
     hint = f"Did you mean {close[0]!r}? " if close else ""
     return VisionlabError(f"unknown config key {key!r} in {where}.", f"{hint}Valid keys: {', '.join(valid)}.")
 
@@ -197,16 +198,19 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             f = float(value)
         except ValueError:
             raise bad("an integer") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise bad("an integer")
         return int(f)
     if typ is float:
         if isinstance(value, bool):
             raise bad("a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad("a number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
     if typ is dict:
         if not isinstance(value, dict):
             raise bad("a mapping")
@@ -258,11 +262,14 @@ def _validate(cfg: Config) -> Config:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise VisionlabError(f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}.", "Fix the value.")
-    unknown_aug = sorted(set(cfg.augment) - set(AUGMENT_DEFAULTS))
+    unknown_aug = sorted(str(k) for k in set(cfg.augment) - set(AUGMENT_DEFAULTS))
     if unknown_aug:
         raise VisionlabError(
             f"unknown augment key(s) {', '.join(unknown_aug)}.", f"Valid augment keys: {', '.join(AUGMENT_DEFAULTS)}."
         )
+    not_names = [k for k in cfg.model_args if not (isinstance(k, str) and k.isidentifier())]
+    if not_names:
+        raise VisionlabError(f"model_args keys must be argument names of the model builder, got {not_names[0]!r}.", "Fix the key.")
     cfg.augment = {k: _coerce_augment(k, v) for k, v in {**AUGMENT_DEFAULTS, **cfg.augment}.items()}
     cfg.track = _trackers(cfg.track)
     checks = [
@@ -309,14 +316,28 @@ def config_path(task: str) -> Path | None:
     return get_task(task).recipe_path
 
 
+# What yaml.safe_load raises on bad input: its own errors, and Python's from a tag or a timestamp it
+# cannot build (``!!int x``, ``2001-02-30``) or from nesting deeper than the interpreter's stack.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.exists():
         raise VisionlabError(f"config file {p} does not exist.", "Check the --config path.")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise VisionlabError(f"config file {p} is not valid YAML ({str(exc).splitlines()[0]}).", "Fix the syntax.") from None
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VisionlabError(f"config file {p} cannot be read as text ({_first_line(exc)}).", "Pass a YAML file.") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except _YAML_ERRORS as exc:
+        raise VisionlabError(f"config file {p} is not valid YAML ({_first_line(exc)}).", "Fix the syntax.") from None
     if not isinstance(data, dict):
         raise VisionlabError(f"config file {p} must be a mapping of key: value.", "See configs/<task>.yaml.")
     return data
@@ -336,7 +357,7 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
         key = key.strip()
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except _YAML_ERRORS:  # not YAML: the text itself
             value = raw
         if key in ("data", "name", "out", "model", "device") and value is not None:
             value = raw  # keep paths and names verbatim

@@ -1,0 +1,139 @@
+"""The torch-free runtime (visionlab.runtime) on tiny ONNX models built here with onnx's helper API.
+
+Nothing here imports torch, so these tests also run in the torch-free venvs of the oldest and newest
+supported Pythons (.ci/run). The models are colour detectors whose answers are known: a classifier
+that scores the mean of each channel, and a segmenter that scores each pixel's channels.
+test_export.py checks the runtime against real exported checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.torchfree
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from visionlab.errors import VisionlabError  # noqa: E402
+from visionlab.runtime import FORMAT, load, main  # noqa: E402
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
+HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def _model(path: Path, dense: bool, metadata: dict[str, object] | None) -> Path:
+    """Logits = 10 x each channel, per pixel (``dense``) or averaged over the image; opset 17."""
+    from onnx import TensorProto, helper
+
+    scale = helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])
+    nodes = [helper.make_node("Mul", ["image", "ten"], ["logits" if dense else "scaled"])]
+    if not dense:
+        nodes.append(helper.make_node("ReduceMean", ["scaled"], ["logits"], axes=[2, 3], keepdims=0))
+    out_shape = ["N", 3, "H", "W"] if dense else ["N", 3]
+    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], [scale])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _metadata(kind: str, preprocessing: dict[str, object]) -> dict[str, object]:
+    return {"visionlab_format": FORMAT, "task": "colours", "kind": kind, "classes": list(COLOURS), "config": {},
+            "model_args": {}, "data": {}, "preprocessing": {"kind": kind, **HALF, **preprocessing}}
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pre = {"image_size": 16, "resize": "squash", "background_removal": False, "tta": "d4"}
+    return _model(tmp_path_factory.mktemp("onnx") / "classifier.onnx", dense=False, metadata=_metadata("classification", pre))
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pre = {"image_size": 32, "resize": "scale", "tile_size": 32, "tile_overlap": 0.25, "seg_scale": 1.0, "values": [0, 7, 9],
+           "colors": ["#ff0000", "#00ff00", "#0000ff"], "ignore_index": 255, "ignored_values": [], "tta": "flips"}
+    return _model(tmp_path_factory.mktemp("onnx") / "segmenter.onnx", dense=True, metadata=_metadata("segmentation", pre))
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> dict[str, Path]:
+    """One 40 x 30 JPEG per colour, and a file that is not an image."""
+    out = {}
+    for name, rgb in COLOURS.items():
+        out[name] = tmp_path / f"{name}.jpg"
+        Image.new("RGB", (40, 30), rgb).save(out[name])
+    out["broken"] = tmp_path / "broken.jpg"
+    out["broken"].write_bytes(b"\xff\xd8 not a jpeg")
+    return out
+
+
+def test_the_classifier_names_each_colour_with_its_metadata(classifier: Path, photos: dict[str, Path]):
+    model = load(classifier, threads=1)
+    assert (model.task, model.kind, model.classes, model.tta) == ("colours", "classification", list(COLOURS), "d4")
+    rows = model.predict([photos[c] for c in COLOURS], top_k=2)
+    assert [r["label"] for r in rows] == list(COLOURS) and all(r["error"] is None for r in rows)
+    for r in rows:
+        assert r["confidence"] > 0.99 and [t["label"] for t in r["top_k"]][0] == r["label"] and len(r["top_k"]) == 2
+        assert r["confidence"] == pytest.approx(r["top_k"][0]["probability"])
+    array = np.asarray(Image.open(photos["green"]))  # arrays and PIL images as well as paths
+    assert [r["label"] for r in model.predict([array, Image.open(photos["blue"])])] == ["green", "blue"]
+
+
+def test_an_unreadable_file_gets_an_error_and_the_others_their_answers(classifier: Path, photos: dict[str, Path]):
+    rows = load(classifier, threads=1).predict([photos["red"], photos["broken"], photos["blue"]], batch_size=2)
+    assert [r["label"] for r in rows] == ["red", None, "blue"]
+    assert rows[1]["error"] and "\n" not in rows[1]["error"] and rows[1]["path"] == str(photos["broken"])
+
+
+def test_the_segmenter_tiles_and_maps_classes_to_the_datasets_values(segmenter: Path, tmp_path: Path):
+    img = np.zeros((50, 70, 3), dtype=np.uint8)  # not a multiple of the tile: padded, blended, cropped back
+    img[:, :30] = COLOURS["red"]
+    img[:, 30:] = COLOURS["blue"]
+    img[:20, 30:] = COLOURS["green"]
+    Image.fromarray(img).save(tmp_path / "aerial.png")
+    (row,) = load(segmenter, threads=1).predict(tmp_path / "aerial.png")
+    expected = np.full((50, 70), 9, dtype=np.uint8)
+    expected[:, :30], expected[:20, 30:] = 0, 7
+    assert row["error"] is None and row["mask"].shape == (50, 70)
+    assert (row["mask"] == expected).mean() > 0.98
+    assert row["label"] == "red"  # the largest share: 30 x 50 of 70 x 50 pixels
+    assert row["class_shares"] == pytest.approx({"red": 30 / 70, "green": 40 * 20 / 3500, "blue": 40 * 30 / 3500}, abs=0.02)
+
+
+def test_the_command_line_writes_json_and_masks(segmenter: Path, classifier: Path, photos: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "rows.json"
+    assert main([str(classifier), str(photos["red"]), str(photos["broken"]), "--json", str(out), "--threads", "1"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["label"] for r in rows] == ["red", None] and "red" in capsys.readouterr().out
+    masks = tmp_path / "masks"
+    assert main([str(segmenter), str(photos["green"]), "--masks", str(masks), "--threads", "1"]) == 0
+    assert np.unique(np.asarray(Image.open(masks / "green_mask.png"))).tolist() == [7]
+    assert main([str(classifier), str(photos["broken"])]) == 1  # nothing could be predicted
+
+
+def test_missing_broken_and_foreign_files_are_one_line_errors(classifier: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(classifier.read_bytes()[:100])
+    foreign = _model(tmp_path / "foreign.onnx", dense=False, metadata=None)
+    older = _model(tmp_path / "older.onnx", dense=False, metadata={"visionlab_format": "visionlab-onnx/0"})
+    damaged = _model(tmp_path / "damaged.onnx", dense=False, metadata={"visionlab_format": FORMAT, "classes": "[oops"})
+    for path, expected in ((tmp_path / "nowhere.onnx", "does not exist"), (broken, "is not a readable ONNX model"),
+                           (foreign, "without visionlab metadata"), (older, "has metadata format 'visionlab-onnx/0'"),
+                           (damaged, "incomplete or damaged")):
+        with pytest.raises(VisionlabError, match=expected) as info:
+            load(path)
+        assert "\n" not in str(info.value)
+        assert main([str(path), str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and expected in err
