@@ -19,6 +19,8 @@ import pytest
 
 from visionlab.serve.batching import Batcher, BatcherStopped
 
+pytestmark = pytest.mark.torchfree  # also run on the other supported Pythons, without torch (.ci/torchfree)
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG = 20.0  # seconds: only a hang takes this long
 

@@ -21,6 +21,8 @@ from PIL import Image  # noqa: E402
 
 from visionlab.serve.uploads import MAX_IMAGES_PER_REQUEST, Problem, Upload, check_images, parse_uploads  # noqa: E402
 
+pytestmark = pytest.mark.torchfree  # also run on the other supported Pythons, without torch (.ci/torchfree)
+
 BUDGET = 1_000_000  # pixels per request
 
 
