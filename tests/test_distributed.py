@@ -426,8 +426,9 @@ def test_an_mlflow_run_whose_other_process_failed_ends_failed_with_the_cause(tmp
     args = [a if a != "model=cracks_cnn" else "model=fails_on_rank_1" for a in ARGS]
     out = subprocess.run(_torchrun(*args, "--out", str(tmp_path), "--name", "peer", "--track", "mlflow"), env=env,
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0
-    assert "stopped because process 1 failed: RuntimeError: injected failure on rank 1" in out.stderr + out.stdout
+    assert out.returncode != 0, out.stderr[-3000:]
+    assert "error: injected failure on rank 1" in out.stderr, out.stderr[-3000:]  # process 1's own line
+    # process 0 says why it stopped, unless torchrun's SIGTERM cuts its report short; its MLflow run knows either way
     run_id = (tmp_path / "cracks" / "peer" / "mlflow_run_id").read_text().strip()
     run = mlflow.tracking.MlflowClient(store).get_run(run_id)
     assert run.info.status == "FAILED", run.info.status  # not KILLED: nobody stopped it, process 1 failed

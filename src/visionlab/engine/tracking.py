@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from visionlab._version import __version__
 from visionlab.config import TRACKER_NAMES
+from visionlab.engine.distributed import peer_failure
 from visionlab.engine.trainer import Callback, Trainer, TrainResult
 from visionlab.errors import TrainingInterrupted, VisionlabError
 
@@ -359,15 +360,20 @@ class MLflowTracker(Tracker):
         trainer.console.print(f"mlflow: run {run_id} finished; artifacts in {artifacts}", markup=False, highlight=False)
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
-        """FAILED, or KILLED for Ctrl-C/SIGTERM; the error is the tag ``visionlab.error``. Once only.
+        """FAILED, or KILLED for Ctrl-C/SIGTERM (FAILED when another process of the job failed); the
+        error is the tag ``visionlab.error``. Once only.
 
         A store that fails now is a warning: the training's own error is the one raised."""
         if self.run_id is None:
             return
         run_id = self.run_id
+        interrupted = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
+        # under torchrun a SIGTERM may be the job ending for another process's failure, even one that
+        # arrives while this process reports its own error: the cause that process left is the run's
+        cause = peer_failure(trainer.dist) if interrupted and getattr(trainer, "dist", None) is not None else None
         try:
-            self.client.set_tag(run_id, "visionlab.error", (str(exc) or type(exc).__name__)[:5000])
-            self._end("KILLED" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+            self.client.set_tag(run_id, "visionlab.error", (cause or str(exc) or type(exc).__name__)[:5000])
+            self._end("KILLED" if interrupted and not cause else "FAILED")
         except Exception as err:  # noqa: BLE001 - whatever the store raises, the run's error goes on
             self.run_id = None
             trainer.console.print(f"warning: could not mark MLflow run {run_id} as ended ({type(err).__name__}: {err})",

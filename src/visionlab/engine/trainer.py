@@ -667,7 +667,8 @@ class Trainer:
         failure reaches this one as SIGTERM or as a broken collective; then that failure is the cause
         (MLflow: FAILED, not KILLED), read from the job's store, where the first failing process left it."""
         cause = peer_failure(self.dist)
-        if cause and not cause.startswith(f"process {self.dist.rank} failed"):
+        # a VisionlabError (divergence, a bad batch...) is this process's own finding, made on every process alike
+        if cause and not cause.startswith(f"process {self.dist.rank} failed") and not isinstance(exc, VisionlabError):
             return PeerFailed(f"stopped because {cause}; {self._saved_note()}.", self._resume_hint())
         if exc is None:
             return self._interrupted()
