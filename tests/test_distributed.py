@@ -9,6 +9,7 @@ processes).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -274,22 +275,11 @@ def test_validation_under_torchrun_scores_the_model_best_pt_holds(tmp_path: Path
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     header, row = rows[0].split(","), rows[int(best["epoch"])].split(",")
     val_loss = float(row[header.index("val_loss")])
-    assert _one_process_val_loss(best) == pytest.approx(val_loss, rel=1e-6, abs=1e-9)
-
-
-def _one_process_val_loss(state: dict) -> float:
-    """What 'visionlab evaluate --split val' computes for this checkpoint, in this process (its
-    metrics.json has no loss)."""
-    from visionlab.config import config_from_dict
-    from visionlab.engine.checkpoint import load_model
-    from visionlab.kinds import runner_for
-    from visionlab.registry import get_task
-
-    cfg = config_from_dict(state["config"])
-    runner = runner_for(cfg, get_task(state["task"]), torch.device("cpu"))
-    runner.use_saved(state, None)
-    runner.prepare()
-    return runner.evaluate(load_model(state, channels_last=False), "val", None).metrics["loss"]
+    ev = subprocess.run([sys.executable, "-m", "visionlab", "evaluate", "--checkpoint", str(run / "best.pt"), "--split", "val",
+                         "--device", "cpu", "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["split"] == "val" and evaluated["loss"] == pytest.approx(val_loss, rel=1e-6, abs=1e-9)
 
 
 def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_number_of_processes(tmp_path: Path):

@@ -324,4 +324,4 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
         task=spec.name, kind=kind.name, checkpoint=str(path), data=cfg.data, split=split,
         synthetic=bool(runner.data_info.get("synthetic")), images=runner.split_size(split),
         seconds=time.perf_counter() - t0, tta=str(runner.preprocessing.get("tta", "none")), classes=list(state["classes"]),
-        detail=dict(result.report), files=result.files, files_note=result.files_note, examples=result.examples)
+        detail={**result.report, **({"loss": result.metrics["loss"]} if "loss" in result.metrics else {})}, files=result.files, files_note=result.files_note, examples=result.examples)
