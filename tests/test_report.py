@@ -146,11 +146,14 @@ def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
                                                  "metrics": {"accuracy": 0.5}}))
     Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
     (ev / "examples" / "link.jpg").symlink_to(secret)
-    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg", "nul": "a\x00b"}
+    (ev / "examples" / "loop1.jpg").symlink_to("loop2.jpg")  # a loop of links: skipped, not a crash
+    (ev / "examples" / "loop2.jpg").symlink_to("loop1.jpg")
+    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg", "nul": "a\x00b",
+             "loop": "loop1.jpg"}
     (ev / "examples" / "examples.json").write_text(json.dumps([{"title": "x.jpg", "images": names, "fields": {}}]))
     text = render_report(run, ev)
     leaked = base64.b64encode(secret.read_bytes()).decode()
     assert leaked not in text and "private" not in text
     assert text.count("data:image/jpeg;base64,") == 1
-    for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b"):
+    for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b", "loop1.jpg"):
         assert text.count(f"skipped {name}: not inside the examples folder") == 1, name

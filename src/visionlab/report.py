@@ -179,7 +179,7 @@ def _inside(folder: Path, name: str) -> Path | None:
     """``folder / name`` with links resolved, when it is still inside ``folder``; else None."""
     try:
         path = (folder / name).resolve()
-    except (OSError, ValueError):  # a loop of links, a NUL byte
+    except (OSError, RuntimeError, ValueError):  # a loop of links (RuntimeError before Python 3.13), a NUL byte
         return None
     return path if path.is_relative_to(folder.resolve()) else None
 
