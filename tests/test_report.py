@@ -157,3 +157,26 @@ def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
     assert text.count("data:image/jpeg;base64,") == 1
     for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b", "loop1.jpg"):
         assert text.count(f"skipped {name}: not inside the examples folder") == 1, name
+
+
+@pytest.mark.torchfree
+@pytest.mark.parametrize(("name", "content"), [
+    ("metrics.json", "not json"), ("metrics.json", "[]"), ("examples/examples.json", '{"a": 1}'),
+    ("examples/examples.json", "[1]"), ("examples/examples.json", '[{"images": {"photo": "01-photo.jpg"}}]'),
+    ("examples/examples.json", '[{"title": "x.jpg", "images": ["01-photo.jpg"]}]'),
+    ("examples/examples.json", '[{"title": "x.jpg", "images": {}, "fields": [1]}]'),
+])
+def test_a_damaged_evaluation_file_is_one_line_naming_it(tmp_path: Path, name: str, content: str):
+    """metrics.json or examples.json that is not JSON, or not the shape evaluate writes: the
+    report command says which file is damaged and what to do, in one line (no traceback)."""
+    run = tmp_path / "run"
+    ev = run / "eval-test"
+    (ev / "examples").mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
+                                                 "metrics": {"accuracy": 0.5}}))
+    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    (ev / "examples" / "examples.json").write_text('[{"title": "x.jpg", "images": {"photo": "01-photo.jpg"}, "fields": {}}]')
+    (ev / name).write_text(content)
+    res = CliRunner().invoke(app, ["report", str(ev)])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert f"{ev / name} is damaged" in " ".join(res.output.split()) and "visionlab evaluate" in res.output, res.output

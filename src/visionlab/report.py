@@ -85,11 +85,14 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 
 def render_report(run: Path, eval_dir: Path) -> str:
     """The HTML text of the report of ``run`` with the evaluation in ``eval_dir``."""
-    rep = json.loads((eval_dir / "metrics.json").read_text())
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    rep = _read_json(eval_dir / "metrics.json", dict)
+    summary = _read_json(run / "summary.json", dict) if (run / "summary.json").exists() else {}
     history = _read_history(run / "metrics.csv")
     examples_file = eval_dir / "examples" / "examples.json"
-    examples = json.loads(examples_file.read_text()) if examples_file.exists() else []
+    examples = _read_json(examples_file, list) if examples_file.exists() else []
+    if not all(isinstance(ex, dict) and "title" in ex and isinstance(ex.get("images", {}), dict)
+               and isinstance(ex.get("fields", {}), dict) for ex in examples):
+        raise _damaged(examples_file, "a list of examples, each with a title, images and fields")
     classes = [str(c) for c in rep.get("class_names", [])]
     kind = rep.get("kind", "")
     task_kind = get_kind(kind)
@@ -119,6 +122,21 @@ def render_report(run: Path, eval_dir: Path) -> str:
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{esc(title)}</title>"
             f"<style>{_CSS}</style></head><body><main>{''.join(parts)}"
             f"<footer>made by visionlab {esc(__version__)} on {esc(made)} from {esc(str(eval_dir))}</footer></main></body></html>")
+
+
+def _damaged(path: Path, what: str) -> VisionlabError:
+    return VisionlabError(f"{path} is damaged (not {what}).", "Run visionlab evaluate again to write it anew.")
+
+
+def _read_json(path: Path, expected: type) -> Any:
+    """The JSON value in ``path``, which must be a ``expected`` (dict or list); else one line that says the file is damaged."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        value = None
+    if not isinstance(value, expected):
+        raise _damaged(path, "a JSON object" if expected is dict else "a JSON list")
+    return value
 
 
 def _section(title: str, body: str) -> str:
