@@ -121,6 +121,27 @@ def test_the_command_line_writes_json_and_masks(segmenter: Path, classifier: Pat
     assert main([str(classifier), str(photos["broken"])]) == 1  # nothing could be predicted
 
 
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"preprocessing": {"image_size": None}}, "KeyError: 'image_size'"), ({"classes": ["red", "green"]}, "2 classes for a network with 3 outputs"),
+    ({"classes": []}, "not a list of class names"), ({"preprocessing": {"tta": "bogus"}}, "unknown test-time augmentation 'bogus'"),
+    ({"preprocessing": {"std": [0.5, 0.5]}}, "'std' is not three numbers"), ({"preprocessing": {"std": [0, 1, 1]}}, "'std' has a zero"),
+    ({"preprocessing": {"image_size": [16]}}, "TypeError"),
+])
+def test_metadata_the_runtime_cannot_use_is_one_line(tmp_path: Path, photos: dict[str, Path], change: dict[str, dict],
+                                                     expected: str, capsys: pytest.CaptureFixture[str]):
+    """A file whose classes or preprocessing are missing, do not fit the network or name an unknown
+    view: refused on load in one line (was a KeyError, IndexError or ValueError at the first image)."""
+    meta = _metadata("classification", {"image_size": 16, "resize": "squash", "tta": "none"})
+    meta["preprocessing"] = {k: v for k, v in {**meta["preprocessing"], **change.get("preprocessing", {})}.items() if v is not None}
+    meta["classes"] = change.get("classes", meta["classes"])
+    path = _model(tmp_path / "tampered.onnx", dense=False, metadata=meta)
+    with pytest.raises(VisionlabError, match="its visionlab metadata is incomplete or damaged") as info:
+        load(path)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert main([str(path), str(photos["red"])]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_missing_broken_and_foreign_files_are_one_line_errors(classifier: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]):
     broken = tmp_path / "broken.onnx"

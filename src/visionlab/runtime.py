@@ -39,7 +39,7 @@ import numpy as np
 
 from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model
 from visionlab.engine.tiling import tile_plan
-from visionlab.engine.tta import view_plan
+from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
 from visionlab.kinds import get_kind
 
@@ -104,10 +104,31 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
             meta[key] = json.loads(meta[key])
         for key in ("task", "kind"):
             meta[key] = str(meta[key])
-    except (KeyError, ValueError) as exc:
+        _check_fields(meta, session.get_outputs()[0].shape)
+    except (KeyError, TypeError, ValueError) as exc:
         raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged ({type(exc).__name__}: {exc}).",
                              "Export the checkpoint again.") from None
     return meta
+
+
+def _check_fields(meta: dict[str, Any], output_shape: Sequence[Any]) -> None:
+    """The classes and the preprocessing every prediction reads, there and fitting the network
+    (its class axis, where fixed); else ValueError saying what is wrong."""
+    classes, pre = meta["classes"], meta["preprocessing"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ValueError("'classes' is not a list of class names")
+    if len(output_shape) > 1 and isinstance(output_shape[1], int) and output_shape[1] != len(classes):
+        raise ValueError(f"{len(classes)} classes for a network with {output_shape[1]} outputs")
+    if not isinstance(pre, dict):
+        raise ValueError("'preprocessing' is not an object")
+    int(pre["image_size"])
+    for key in ("mean", "std"):
+        if not (isinstance(pre[key], list) and len(pre[key]) == 3 and all(isinstance(v, (int, float)) for v in pre[key])):
+            raise ValueError(f"preprocessing {key!r} is not three numbers")
+    if not all(pre["std"]):
+        raise ValueError("preprocessing 'std' has a zero")
+    if str(pre.get("tta", "none")) not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
 
 
 def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
