@@ -252,6 +252,18 @@ def test_broken_and_foreign_onnx_files_give_one_line_errors(models, tmp_path: Pa
     assert_one_line_error(invoke("export", exported.path.with_suffix(".pt"), "--format", "tflite"), "unknown export format")
 
 
+def test_export_to_a_folder_is_refused_before_any_work_naming_the_folder(models, tmp_path: Path) -> None:
+    """--out names an existing folder (ending in .onnx): one line naming it and what to pass, and
+    the folder is left as it was (was an IsADirectoryError naming a deleted temporary file)."""
+    ckpt, _, _ = models("cracks")
+    folder = tmp_path / "models.onnx"
+    folder.mkdir()
+    result = invoke("export", ckpt, "--out", folder)
+    assert_one_line_error(result, f"--out {folder} is a folder")
+    assert "model.onnx" in result.output and ".models.onnx." not in result.output
+    assert _folder_state(tmp_path) == ["models.onnx"] and _folder_state(folder) == []
+
+
 def _folder_state(folder: Path) -> list[str]:
     return sorted(f.name for f in folder.iterdir())
 

@@ -387,10 +387,12 @@ def export_onnx(
     src = _resolve_checkpoint(checkpoint, task, console).expanduser()
     if src.suffix.lower() == ".onnx":
         raise VisionlabError(f"{src} is already an exported model.", "Pass the .pt checkpoint it was exported from.")
-    state = load_checkpoint(src, expect_task=task)
     dest = Path(out).expanduser() if out else src.with_suffix(".onnx")
     if dest.suffix.lower() != ".onnx":
         raise VisionlabError(f"--out {dest}: an exported model's name must end in .onnx.", "Pass e.g. --out model.onnx.")
+    if dest.is_dir():
+        raise VisionlabError(f"--out {dest} is a folder.", f"Pass the file to write, e.g. --out {dest / 'model.onnx'}.")
+    state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
     pre = state["preprocessing"]
     size = int(pre["image_size"])
