@@ -94,6 +94,34 @@ def test_an_unreadable_file_gets_an_error_and_the_others_their_answers(classifie
     assert rows[1]["error"] and "\n" not in rows[1]["error"] and rows[1]["path"] == str(photos["broken"])
 
 
+def test_entries_that_are_not_predicted_are_listed_with_why(classifier: Path, photos: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]):
+    """A folder, a FIFO, /dev/zero and a broken link named on the command line, and a README in a
+    folder: each is a row saying why it was skipped, as in visionlab predict (they vanished
+    without a word, and with nothing else given the command printed nothing and exited 1)."""
+    import os
+
+    folder = tmp_path / "folder.jpg"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "README.txt").write_text("notes")
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    named = [str(fifo), "/dev/zero", str(tmp_path / "dangling.jpg"), str(folder)]
+    rows = load(classifier, threads=1).predict([photos["red"], *named])
+    assert [(r["label"], r["error"], r.get("skipped")) for r in rows] == [
+        ("red", None, None), (None, None, "not a regular file"), (None, None, "not a regular file"),
+        (None, None, "broken symbolic link"), (None, None, "not an image")]
+    assert main([str(classifier), *named]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{fifo}\tskipped\tnot a regular file", "/dev/zero\tskipped\tnot a regular file",
+                   f"{tmp_path / 'dangling.jpg'}\tskipped\tbroken symbolic link", f"{folder / 'sub' / 'README.txt'}\tskipped\tnot an image"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(classifier), str(empty)]) == 1
+    assert capsys.readouterr().err.startswith("error: no images matched the given paths.")
+
+
 def test_the_segmenter_tiles_and_maps_classes_to_the_datasets_values(segmenter: Path, tmp_path: Path):
     img = np.zeros((50, 70, 3), dtype=np.uint8)  # not a multiple of the tile: padded, blended, cropped back
     img[:, :30] = COLOURS["red"]

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model
+from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
 from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
@@ -235,19 +235,26 @@ class Runtime:
         Each result is a dict like :meth:`visionlab.engine.predict.Prediction.to_dict`
         (path, label, confidence, error, top_k or class_shares), plus ``mask`` (an HxW uint8
         array of the dataset's pixel values) for segmentation. A file that cannot be read gets
-        an ``error`` and does not stop the others."""
+        an ``error`` and does not stop the others; an entry that is not predicted at all (a
+        folder, a FIFO, a broken link, a file in a folder that is not an image) gets ``skipped``,
+        saying why, as in ``visionlab predict``."""
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
-        items: list[Any] = []
+        entries: list[Any] = []
         for x in images:
-            items += expand_inputs([x]) if isinstance(x, (str, os.PathLike)) else [x]
+            entries += scan_inputs([x]) if isinstance(x, (str, os.PathLike)) else [x]
+        skipped = {i: e.skipped for i, e in enumerate(entries) if isinstance(e, InputEntry) and e.skipped}
+        items = [e.path if isinstance(e, InputEntry) else e for e in entries]
         names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
         results: list[dict[str, Any] | None] = [None] * len(items)
         pending: list[tuple[int, np.ndarray]] = []
         step = self.kind_of.loader_batch_size(max(1, int(batch_size)))
         for i, item in enumerate(items):
             try:
-                pending.append((i, load_for_model(item, self.preprocessing)))
+                if i in skipped:
+                    results[i] = {"path": names[i], "label": None, "confidence": None, "error": None, "skipped": skipped[i]}
+                else:
+                    pending.append((i, load_for_model(item, self.preprocessing)))
             except UnreadableImage as exc:  # reported per image, never fatal
                 results[i] = {"path": names[i], "label": None, "confidence": None, "error": _first_line(exc)}
             if pending and (len(pending) == step or i == len(items) - 1):
@@ -286,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _report(rows, args.masks, args.json)
-    return 0 if any(r["error"] is None for r in rows) else 1
+    if not rows:
+        print("error: no images matched the given paths. Pass image files, folders or glob patterns.", file=sys.stderr)
+    return 0 if any(r["error"] is None and not r.get("skipped") for r in rows) else 1
 
 
 def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None) -> None:
@@ -295,8 +304,8 @@ def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None
     rows = list(rows)
     taken: set[str] = set()
     for r in rows:
-        if r["error"]:
-            print(f"{r['path']}\terror\t{r['error']}")
+        if r["error"] or r.get("skipped"):
+            print(f"{r['path']}\t{'error' if r['error'] else 'skipped'}\t{r['error'] or r['skipped']}")
             continue
         detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in r.get("class_shares", {}).items() if s > 0.005]
         print(f"{r['path']}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
