@@ -264,6 +264,19 @@ def test_export_to_a_folder_is_refused_before_any_work_naming_the_folder(models,
     assert _folder_state(tmp_path) == ["models.onnx"] and _folder_state(folder) == []
 
 
+def test_the_fallback_exporter_prints_no_graph_dump(models, tmp_path: Path) -> None:
+    """waste_cnn at 32 px: the TorchScript exporter fails and dynamo takes over. The command prints
+    its three lines, not the C++ dump of the whole TorchScript graph that preceded them on stdout."""
+    ckpt, exported, _ = models("waste")
+    assert exported.exporter == "dynamo"  # the fallback path is the one under test
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+    proc = subprocess.run([sys.executable, "-m", "visionlab", "export", str(ckpt), "--out", str(tmp_path / "w.onnx")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Torch IR graph" not in proc.stdout + proc.stderr and "%features" not in proc.stdout, proc.stdout[:2000]
+    assert proc.stdout.startswith("exported "), proc.stdout[:2000]
+
+
 def _folder_state(folder: Path) -> list[str]:
     return sorted(f.name for f in folder.iterdir())
 
