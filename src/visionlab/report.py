@@ -202,6 +202,24 @@ def _inside(folder: Path, name: str) -> Path | None:
     return path if path.is_relative_to(folder.resolve()) else None
 
 
+#: The largest example image embedded (evaluate writes JPEGs of a few hundred KB).
+MAX_EXAMPLE_BYTES = 8 << 20
+
+
+def _not_embedded(path: Path) -> str:
+    """Why the file inside the examples folder is not embedded ("" when it is: a JPEG, as evaluate
+    writes them, of at most MAX_EXAMPLE_BYTES); a missing file is left out without a word."""
+    if not path.is_file():
+        return ""
+    try:
+        if path.stat().st_size > MAX_EXAMPLE_BYTES:
+            return f"larger than {MAX_EXAMPLE_BYTES >> 20} MB"
+        with path.open("rb") as f:
+            return "" if f.read(3) == b"\xff\xd8\xff" else "not a JPEG image"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
+
+
 def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
     """The example cards; only images inside ``folder`` are embedded (examples.json may come from
     someone else's run folder: a name like ../../etc/hostname or a link out is skipped, and said so)."""
@@ -210,9 +228,10 @@ def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
         figs = ""
         for caption, name in ex.get("images", {}).items():
             f = _inside(folder, str(name))
-            if f is None:
-                figs += f"<p class='missing'>skipped {esc(str(name))}: not inside the examples folder</p>"
-            elif f.is_file():
+            why = "not inside the examples folder" if f is None else _not_embedded(f)
+            if why:
+                figs += f"<p class='missing'>skipped {esc(str(name))}: {why}</p>"
+            elif f is not None and f.is_file():
                 data = base64.b64encode(f.read_bytes()).decode("ascii")
                 figs += (f"<figure><img src='data:image/jpeg;base64,{data}' alt='{esc(caption)} of {esc(ex['title'])}'>"
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
