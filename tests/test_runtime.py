@@ -122,6 +122,25 @@ def test_entries_that_are_not_predicted_are_listed_with_why(classifier: Path, ph
     assert capsys.readouterr().err.startswith("error: no images matched the given paths.")
 
 
+def test_an_error_names_a_file_with_a_newline_in_its_name_whole(classifier: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]):
+    """'new\\nline.jpg' (not an image) and 'gone\\tfile.jpg' (missing): the one-line error names the
+    whole file, the control characters escaped (it said only '.../new', cut at the newline), and so
+    does the runtime command's line of it."""
+    from visionlab.data.io import UnreadableImage, load_image
+
+    odd = tmp_path / "new\nline.jpg"
+    odd.write_text("not an image")
+    rows = load(classifier, threads=1).predict([odd, tmp_path / "gone\tfile.jpg"])
+    assert [r["error"] for r in rows] == [
+        f"{tmp_path}/new\\nline.jpg: cannot decode image (not a JPEG, PNG, GIF, BMP, TIFF, WebP or PPM file). "
+        "Convert it to one of those, or remove it.", f"{tmp_path}/gone\\tfile.jpg: file not found. Check the path."]
+    with pytest.raises(UnreadableImage, match=r"new\\nline\.jpg: cannot decode"):
+        load_image(odd)
+    assert main([str(classifier), str(odd)]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"{tmp_path}/new\\nline.jpg\terror\t{rows[0]['error']}"]
+
+
 def test_the_segmenter_tiles_and_maps_classes_to_the_datasets_values(segmenter: Path, tmp_path: Path):
     img = np.zeros((50, 70, 3), dtype=np.uint8)  # not a multiple of the tile: padded, blended, cropped back
     img[:, :30] = COLOURS["red"]

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
+from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, printable_name, scan_inputs
 from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
@@ -305,10 +305,10 @@ def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None
     taken: set[str] = set()
     for r in rows:
         if r["error"] or r.get("skipped"):
-            print(f"{r['path']}\t{'error' if r['error'] else 'skipped'}\t{r['error'] or r['skipped']}")
+            print(f"{printable_name(r['path'])}\t{'error' if r['error'] else 'skipped'}\t{r['error'] or r['skipped']}")
             continue
         detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in r.get("class_shares", {}).items() if s > 0.005]
-        print(f"{r['path']}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
+        print(f"{printable_name(r['path'])}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
         if masks is not None and r.get("mask") is not None:
             masks.mkdir(parents=True, exist_ok=True)
             stem = base = Path(r["path"]).stem
