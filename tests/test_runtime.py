@@ -27,8 +27,9 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
 HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
-def _model(path: Path, dense: bool, metadata: dict[str, object] | None) -> Path:
-    """Logits = 10 x each channel, per pixel (``dense``) or averaged over the image; opset 17."""
+def _model(path: Path, dense: bool, metadata: dict[str, object] | None, size: int | None = None) -> Path:
+    """Logits = 10 x each channel, per pixel (``dense``) or averaged over the image; opset 17.
+    ``size``: the input is size x size (as an exported classifier's), else of any height and width."""
     from onnx import TensorProto, helper
 
     scale = helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])
@@ -36,7 +37,7 @@ def _model(path: Path, dense: bool, metadata: dict[str, object] | None) -> Path:
     if not dense:
         nodes.append(helper.make_node("ReduceMean", ["scaled"], ["logits"], axes=[2, 3], keepdims=0))
     out_shape = ["N", 3, "H", "W"] if dense else ["N", 3]
-    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size or "H", size or "W"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], [scale])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     for key, value in (metadata or {}).items():
@@ -173,15 +174,18 @@ def test_the_command_line_writes_json_and_masks(segmenter: Path, classifier: Pat
     ({"classes": []}, "not a list of class names"), ({"preprocessing": {"tta": "bogus"}}, "unknown test-time augmentation 'bogus'"),
     ({"preprocessing": {"std": [0.5, 0.5]}}, "'std' is not three numbers"), ({"preprocessing": {"std": [0, 1, 1]}}, "'std' has a zero"),
     ({"preprocessing": {"image_size": [16]}}, "TypeError"),
+    ({"preprocessing": {"image_size": 24}}, "the network takes 16x16 inputs, the preprocessing makes 24x24"),
+    ({"preprocessing": {"resize": "scale"}}, "the network takes 16x16 inputs, the preprocessing makes whole images of any size"),
 ])
 def test_metadata_the_runtime_cannot_use_is_one_line(tmp_path: Path, photos: dict[str, Path], change: dict[str, dict],
                                                      expected: str, capsys: pytest.CaptureFixture[str]):
-    """A file whose classes or preprocessing are missing, do not fit the network or name an unknown
-    view: refused on load in one line (was a KeyError, IndexError or ValueError at the first image)."""
+    """A file whose classes or preprocessing are missing, do not fit the network (its classes, its
+    input size) or name an unknown view: refused on load in one line (was a KeyError, IndexError,
+    ValueError or onnxruntime's InvalidArgument at the first image)."""
     meta = _metadata("classification", {"image_size": 16, "resize": "squash", "tta": "none"})
     meta["preprocessing"] = {k: v for k, v in {**meta["preprocessing"], **change.get("preprocessing", {})}.items() if v is not None}
     meta["classes"] = change.get("classes", meta["classes"])
-    path = _model(tmp_path / "tampered.onnx", dense=False, metadata=meta)
+    path = _model(tmp_path / "tampered.onnx", dense=False, metadata=meta, size=16)
     with pytest.raises(VisionlabError, match="its visionlab metadata is incomplete or damaged") as info:
         load(path)
     assert expected in str(info.value) and "\n" not in str(info.value)

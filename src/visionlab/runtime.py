@@ -104,16 +104,16 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
             meta[key] = json.loads(meta[key])
         for key in ("task", "kind"):
             meta[key] = str(meta[key])
-        _check_fields(meta, session.get_outputs()[0].shape)
+        _check_fields(meta, session.get_inputs()[0].shape, session.get_outputs()[0].shape)
     except (KeyError, TypeError, ValueError) as exc:
         raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged ({type(exc).__name__}: {exc}).",
                              "Export the checkpoint again.") from None
     return meta
 
 
-def _check_fields(meta: dict[str, Any], output_shape: Sequence[Any]) -> None:
+def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape: Sequence[Any]) -> None:
     """The classes and the preprocessing every prediction reads, there and fitting the network
-    (its class axis, where fixed); else ValueError saying what is wrong."""
+    (its class axis, and its input size where fixed); else ValueError saying what is wrong."""
     classes, pre = meta["classes"], meta["preprocessing"]
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise ValueError("'classes' is not a list of class names")
@@ -121,7 +121,10 @@ def _check_fields(meta: dict[str, Any], output_shape: Sequence[Any]) -> None:
         raise ValueError(f"{len(classes)} classes for a network with {output_shape[1]} outputs")
     if not isinstance(pre, dict):
         raise ValueError("'preprocessing' is not an object")
-    int(pre["image_size"])
+    size, fixed = int(pre["image_size"]), [d for d in input_shape[2:] if isinstance(d, int)]
+    if fixed and (fixed != [size, size] or pre.get("resize") != "squash"):
+        raise ValueError(f"the network takes {'x'.join(map(str, fixed))} inputs, the preprocessing makes "
+                         + (f"{size}x{size}" if pre.get("resize") == "squash" else "whole images of any size"))
     for key in ("mean", "std"):
         if not (isinstance(pre[key], list) and len(pre[key]) == 3 and all(isinstance(v, (int, float)) for v in pre[key])):
             raise ValueError(f"preprocessing {key!r} is not three numbers")
