@@ -142,6 +142,16 @@ def test_an_error_names_a_file_with_a_newline_in_its_name_whole(classifier: Path
     assert capsys.readouterr().out.splitlines() == [f"{tmp_path}/new\\nline.jpg\terror\t{rows[0]['error']}"]
 
 
+@pytest.mark.parametrize("option", [["--top-k", "0"], ["--top-k", "-1"], ["--threads", "0"], ["--threads", "-2"]])
+def test_a_top_k_or_thread_count_below_one_is_refused(classifier: Path, photos: dict[str, Path], option: list[str],
+                                                      capsys: pytest.CaptureFixture[str]):
+    """As visionlab predict refuses --top-k 0: one line, exit 2 (it answered with the top 1, or ran
+    onnxruntime on a negative thread count)."""
+    assert main([str(classifier), str(photos["red"]), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option[0][2:].replace('-', '_')} must be") and err.count("\n") == 1, err
+
+
 def test_the_segmenter_tiles_and_maps_classes_to_the_datasets_values(segmenter: Path, tmp_path: Path):
     img = np.zeros((50, 70, 3), dtype=np.uint8)  # not a multiple of the tile: padded, blended, cropped back
     img[:, :30] = COLOURS["red"]

@@ -72,6 +72,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None, optimize: 
     except ImportError:
         raise VisionlabError("running an .onnx model needs onnxruntime, which is not installed.",
                              "pip install onnxruntime (or pip install 'visionlab[export]').") from None
+    if threads is not None and threads < 1:
+        raise VisionlabError(f"threads must be >= 1, got {threads}.", "Pass e.g. --threads 2, or leave it out for the CPU count.")
     p = Path(path).expanduser()
     if not p.is_file():
         raise VisionlabError(f"model {p} does not exist.", "Pass the .onnx file written by visionlab export.")
@@ -132,6 +134,12 @@ def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape
         raise ValueError("preprocessing 'std' has a zero")
     if str(pre.get("tta", "none")) not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
+
+
+def check_top_k(top_k: Any) -> None:
+    """``top_k`` is an integer >= 1 (both prediction paths take it); else one line that says so."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise VisionlabError(f"top_k must be an integer >= 1, got {top_k!r}.", "Pass e.g. top_k=3.")
 
 
 def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -241,6 +249,7 @@ class Runtime:
         an ``error`` and does not stop the others; an entry that is not predicted at all (a
         folder, a FIFO, a broken link, a file in a folder that is not an image) gets ``skipped``,
         saying why, as in ``visionlab predict``."""
+        check_top_k(top_k)
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
         entries: list[Any] = []
