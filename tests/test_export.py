@@ -309,7 +309,10 @@ def test_parity_failure_fails_the_export_and_leaves_no_file(models, tmp_path: Pa
 
 @pytest.mark.parametrize("task", ["cracks", "minerals"])  # minerals: background removal on real photos, d4
 def test_end_to_end_parity_on_real_photos(models, shared_data: Path, task: str) -> None:
+    import torch
+
     from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.device import resolve_precision
     from visionlab.export import check_end_to_end
     from visionlab.kinds import get_kind
 
@@ -320,7 +323,10 @@ def test_end_to_end_parity_on_real_photos(models, shared_data: Path, task: str) 
     assert e2e.files == 8 and e2e.counted == 8 and e2e.passed and e2e.max_prob_diff <= 1e-4, e2e.line()
     fp16 = dict(state, config=dict(state["config"], precision="fp16"))  # trained on CUDA: no such inference on a CPU
     again = check_end_to_end(fp16, exported.path, files[:2], str(shared_data / task))
-    assert again.passed and again.own_max_prob_diff is None and again.own_line() == ""
+    # judged in fp32 whatever the training precision; the note is --precision auto's here (bf16 on CPUs that have it)
+    auto = resolve_precision("auto", torch.device("cpu")).name
+    assert again.passed and again.own_precision == auto and (again.own_max_prob_diff is None) == (auto == "fp32")
+    assert (again.own_line() == "") == (auto == "fp32")
 
 
 def test_end_to_end_parity_refuses_a_file_whose_preprocessing_differs(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
