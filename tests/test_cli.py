@@ -542,3 +542,29 @@ def test_console_script_debug_after_the_command(runs_dir: Path):
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr and "VisionlabError: data path /no/such/data" in proc.stderr
+
+
+def test_csv_cells_never_start_a_spreadsheet_formula(trained: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Files in a folder named '=data', one named '=SUM(1,2).png', given as relative paths, and
+    classes named '=a' / '@b': no cell of predict's CSV, predictions.csv or confusion_matrix.csv
+    starts with = + - @ (a spreadsheet would run it); the JSON keeps the names exactly."""
+    import csv
+    import shutil
+
+    from visionlab.engine.metrics import write_confusion_csv
+
+    monkeypatch.chdir(tmp_path)
+    for c in ("Negative", "Positive"):
+        (tmp_path / "=data" / c).mkdir(parents=True)
+        for i, src in enumerate(sorted((images / c).iterdir())[:3]):
+            shutil.copy(src, tmp_path / "=data" / c / ("=SUM(1,2).png" if i == 0 else src.name))
+    evil = "=data/Negative/=SUM(1,2).png"
+    assert invoke("predict", evil, "=data/Positive", "--checkpoint", trained, "--out", "p.csv").exit_code == 0
+    assert invoke("predict", evil, "--checkpoint", trained, "--out", "p.json").exit_code == 0
+    assert json.loads(Path("p.json").read_text())[0]["path"] == evil
+    assert invoke("evaluate", "--checkpoint", trained, "--data", "=data", "--out", "ev").exit_code == 0
+    write_confusion_csv([[1, 0], [0, 1]], ["=a", "@b"], tmp_path / "cm.csv")
+    for name in ("p.csv", "ev/predictions.csv", "ev/confusion_matrix.csv", "cm.csv"):
+        cells = [cell for row in csv.reader(Path(name).open()) for cell in row]
+        assert cells and not [c for c in cells if c[:1] in ("=", "+", "@") or (c[:1] == "-" and not c[1:2].isdigit())], name
+    assert [r for r in csv.reader(Path("p.csv").open())][1][0] == "'" + evil

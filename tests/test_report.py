@@ -146,11 +146,61 @@ def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
                                                  "metrics": {"accuracy": 0.5}}))
     Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
     (ev / "examples" / "link.jpg").symlink_to(secret)
-    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg", "nul": "a\x00b"}
+    (ev / "examples" / "loop1.jpg").symlink_to("loop2.jpg")  # a loop of links: skipped, not a crash
+    (ev / "examples" / "loop2.jpg").symlink_to("loop1.jpg")
+    names = {"photo": "01-photo.jpg", "up": "../../../secret.txt", "absolute": str(secret), "link": "link.jpg", "nul": "a\x00b",
+             "loop": "loop1.jpg"}
     (ev / "examples" / "examples.json").write_text(json.dumps([{"title": "x.jpg", "images": names, "fields": {}}]))
     text = render_report(run, ev)
     leaked = base64.b64encode(secret.read_bytes()).decode()
     assert leaked not in text and "private" not in text
     assert text.count("data:image/jpeg;base64,") == 1
-    for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b"):
+    for name in ("../../../secret.txt", str(secret), "link.jpg", "a\x00b", "loop1.jpg"):
         assert text.count(f"skipped {name}: not inside the examples folder") == 1, name
+
+
+@pytest.mark.torchfree
+@pytest.mark.parametrize(("name", "content"), [
+    ("metrics.json", "not json"), ("metrics.json", "[]"), ("examples/examples.json", '{"a": 1}'),
+    ("examples/examples.json", "[1]"), ("examples/examples.json", '[{"images": {"photo": "01-photo.jpg"}}]'),
+    ("examples/examples.json", '[{"title": "x.jpg", "images": ["01-photo.jpg"]}]'),
+    ("examples/examples.json", '[{"title": "x.jpg", "images": {}, "fields": [1]}]'),
+])
+def test_a_damaged_evaluation_file_is_one_line_naming_it(tmp_path: Path, name: str, content: str):
+    """metrics.json or examples.json that is not JSON, or not the shape evaluate writes: the
+    report command says which file is damaged and what to do, in one line (no traceback)."""
+    run = tmp_path / "run"
+    ev = run / "eval-test"
+    (ev / "examples").mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
+                                                 "metrics": {"accuracy": 0.5}}))
+    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    (ev / "examples" / "examples.json").write_text('[{"title": "x.jpg", "images": {"photo": "01-photo.jpg"}, "fields": {}}]')
+    (ev / name).write_text(content)
+    res = CliRunner().invoke(app, ["report", str(ev)])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert f"{ev / name} is damaged" in " ".join(res.output.split()) and "visionlab evaluate" in res.output, res.output
+
+
+@pytest.mark.torchfree
+def test_only_jpegs_of_a_bounded_size_are_embedded(tmp_path: Path):
+    """Inside the examples folder too, only what evaluate writes is embedded: a JPEG of at most
+    8 MB (visionlab.report.MAX_EXAMPLE_BYTES). A huge file (sparse, just over it), a text file named .jpg, a FIFO and a missing
+    name are not read into the page; the first two are named as skipped, with why."""
+    run = tmp_path / "run"
+    ex = run / "eval-test" / "examples"
+    ex.mkdir(parents=True)
+    (ex.parent / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
+                                                       "metrics": {"accuracy": 0.5}}))
+    Image.new("RGB", (8, 8)).save(ex / "01-photo.jpg")
+    with (ex / "huge.jpg").open("wb") as f:
+        f.write(b"\xff\xd8\xff")
+        f.truncate((8 << 20) + 1)
+    (ex / "text.jpg").write_text("<svg onload=alert(1)>")
+    os.mkfifo(ex / "fifo.jpg")
+    names = {"photo": "01-photo.jpg", "huge": "huge.jpg", "text": "text.jpg", "fifo": "fifo.jpg", "gone": "gone.jpg"}
+    (ex / "examples.json").write_text(json.dumps([{"title": "x.jpg", "images": names, "fields": {}}]))
+    text = render_report(run, ex.parent)
+    assert text.count("data:image/jpeg;base64,") == 1 and len(text) < 100_000
+    assert "skipped huge.jpg: larger than 8 MB" in text and "skipped text.jpg: not a JPEG image" in text
+    assert "onload" not in text and "fifo.jpg" not in text and "gone.jpg" not in text

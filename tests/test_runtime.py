@@ -27,8 +27,9 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
 HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
-def _model(path: Path, dense: bool, metadata: dict[str, object] | None) -> Path:
-    """Logits = 10 x each channel, per pixel (``dense``) or averaged over the image; opset 17."""
+def _model(path: Path, dense: bool, metadata: dict[str, object] | None, size: int | None = None) -> Path:
+    """Logits = 10 x each channel, per pixel (``dense``) or averaged over the image; opset 17.
+    ``size``: the input is size x size (as an exported classifier's), else of any height and width."""
     from onnx import TensorProto, helper
 
     scale = helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])
@@ -36,7 +37,7 @@ def _model(path: Path, dense: bool, metadata: dict[str, object] | None) -> Path:
     if not dense:
         nodes.append(helper.make_node("ReduceMean", ["scaled"], ["logits"], axes=[2, 3], keepdims=0))
     out_shape = ["N", 3, "H", "W"] if dense else ["N", 3]
-    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size or "H", size or "W"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], [scale])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     for key, value in (metadata or {}).items():
@@ -94,6 +95,63 @@ def test_an_unreadable_file_gets_an_error_and_the_others_their_answers(classifie
     assert rows[1]["error"] and "\n" not in rows[1]["error"] and rows[1]["path"] == str(photos["broken"])
 
 
+def test_entries_that_are_not_predicted_are_listed_with_why(classifier: Path, photos: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]):
+    """A folder, a FIFO, /dev/zero and a broken link named on the command line, and a README in a
+    folder: each is a row saying why it was skipped, as in visionlab predict (they vanished
+    without a word, and with nothing else given the command printed nothing and exited 1)."""
+    import os
+
+    folder = tmp_path / "folder.jpg"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "README.txt").write_text("notes")
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    named = [str(fifo), "/dev/zero", str(tmp_path / "dangling.jpg"), str(folder)]
+    rows = load(classifier, threads=1).predict([photos["red"], *named])
+    assert [(r["label"], r["error"], r.get("skipped")) for r in rows] == [
+        ("red", None, None), (None, None, "not a regular file"), (None, None, "not a regular file"),
+        (None, None, "broken symbolic link"), (None, None, "not an image")]
+    assert main([str(classifier), *named]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{fifo}\tskipped\tnot a regular file", "/dev/zero\tskipped\tnot a regular file",
+                   f"{tmp_path / 'dangling.jpg'}\tskipped\tbroken symbolic link", f"{folder / 'sub' / 'README.txt'}\tskipped\tnot an image"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(classifier), str(empty)]) == 1
+    assert capsys.readouterr().err.startswith("error: no images matched the given paths.")
+
+
+def test_an_error_names_a_file_with_a_newline_in_its_name_whole(classifier: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]):
+    """'new\\nline.jpg' (not an image) and 'gone\\tfile.jpg' (missing): the one-line error names the
+    whole file, the control characters escaped (it said only '.../new', cut at the newline), and so
+    does the runtime command's line of it."""
+    from visionlab.data.io import UnreadableImage, load_image
+
+    odd = tmp_path / "new\nline.jpg"
+    odd.write_text("not an image")
+    rows = load(classifier, threads=1).predict([odd, tmp_path / "gone\tfile.jpg"])
+    assert [r["error"] for r in rows] == [
+        f"{tmp_path}/new\\nline.jpg: cannot decode image (not a JPEG, PNG, GIF, BMP, TIFF, WebP or PPM file). "
+        "Convert it to one of those, or remove it.", f"{tmp_path}/gone\\tfile.jpg: file not found. Check the path."]
+    with pytest.raises(UnreadableImage, match=r"new\\nline\.jpg: cannot decode"):
+        load_image(odd)
+    assert main([str(classifier), str(odd)]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"{tmp_path}/new\\nline.jpg\terror\t{rows[0]['error']}"]
+
+
+@pytest.mark.parametrize("option", [["--top-k", "0"], ["--top-k", "-1"], ["--threads", "0"], ["--threads", "-2"]])
+def test_a_top_k_or_thread_count_below_one_is_refused(classifier: Path, photos: dict[str, Path], option: list[str],
+                                                      capsys: pytest.CaptureFixture[str]):
+    """As visionlab predict refuses --top-k 0: one line, exit 2 (it answered with the top 1, or ran
+    onnxruntime on a negative thread count)."""
+    assert main([str(classifier), str(photos["red"]), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option[0][2:].replace('-', '_')} must be") and err.count("\n") == 1, err
+
+
 def test_the_segmenter_tiles_and_maps_classes_to_the_datasets_values(segmenter: Path, tmp_path: Path):
     img = np.zeros((50, 70, 3), dtype=np.uint8)  # not a multiple of the tile: padded, blended, cropped back
     img[:, :30] = COLOURS["red"]
@@ -119,6 +177,30 @@ def test_the_command_line_writes_json_and_masks(segmenter: Path, classifier: Pat
     assert main([str(segmenter), str(photos["green"]), "--masks", str(masks), "--threads", "1"]) == 0
     assert np.unique(np.asarray(Image.open(masks / "green_mask.png"))).tolist() == [7]
     assert main([str(classifier), str(photos["broken"])]) == 1  # nothing could be predicted
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"preprocessing": {"image_size": None}}, "KeyError: 'image_size'"), ({"classes": ["red", "green"]}, "2 classes for a network with 3 outputs"),
+    ({"classes": []}, "not a list of class names"), ({"preprocessing": {"tta": "bogus"}}, "unknown test-time augmentation 'bogus'"),
+    ({"preprocessing": {"std": [0.5, 0.5]}}, "'std' is not three numbers"), ({"preprocessing": {"std": [0, 1, 1]}}, "'std' has a zero"),
+    ({"preprocessing": {"image_size": [16]}}, "TypeError"),
+    ({"preprocessing": {"image_size": 24}}, "the network takes 16x16 inputs, the preprocessing makes 24x24"),
+    ({"preprocessing": {"resize": "scale"}}, "the network takes 16x16 inputs, the preprocessing makes whole images of any size"),
+])
+def test_metadata_the_runtime_cannot_use_is_one_line(tmp_path: Path, photos: dict[str, Path], change: dict[str, dict],
+                                                     expected: str, capsys: pytest.CaptureFixture[str]):
+    """A file whose classes or preprocessing are missing, do not fit the network (its classes, its
+    input size) or name an unknown view: refused on load in one line (was a KeyError, IndexError,
+    ValueError or onnxruntime's InvalidArgument at the first image)."""
+    meta = _metadata("classification", {"image_size": 16, "resize": "squash", "tta": "none"})
+    meta["preprocessing"] = {k: v for k, v in {**meta["preprocessing"], **change.get("preprocessing", {})}.items() if v is not None}
+    meta["classes"] = change.get("classes", meta["classes"])
+    path = _model(tmp_path / "tampered.onnx", dense=False, metadata=meta, size=16)
+    with pytest.raises(VisionlabError, match="its visionlab metadata is incomplete or damaged") as info:
+        load(path)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert main([str(path), str(photos["red"])]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_missing_broken_and_foreign_files_are_one_line_errors(classifier: Path, tmp_path: Path,

@@ -40,16 +40,18 @@ extra for that reason) and keep parity as the judge.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -296,22 +298,38 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int)
     return {k: json.dumps(v, default=str) if k in JSON_FIELDS else str(v) for k, v in values.items()}
 
 
+@contextlib.contextmanager
+def _native_stdout_silenced() -> Iterator[None]:
+    """Whatever is written to file descriptor 1 meanwhile goes nowhere: the TorchScript exporter
+    prints its whole graph there from C++ when it fails ("Torch IR graph at exception", its log is
+    left on by torch's ``setup_onnx_logging``), before the dynamo exporter takes over."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dense: bool) -> str:
     """Trace with a batch of 2 (batch 1 would be baked in); returns the exporter used.
 
     The TorchScript-based exporter first (see the module docstring for why). Where it cannot
     express an operator (e.g. an adaptive pooling whose output size does not divide its input,
     as in waste_cnn at small image sizes), the dynamo exporter is tried; parity judges either."""
-    import contextlib
     import io
 
     axes = {0: "batch", 2: "height", 3: "width"} if dense else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice and tracer warnings: parity is the judge
         try:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                              do_constant_folding=True)
+            with _native_stdout_silenced():
+                torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                                  do_constant_folding=True)
             return "torchscript"
         except Exception as legacy_error:  # noqa: BLE001 (an operator it cannot express)
             from torch.export import Dim
@@ -387,10 +405,12 @@ def export_onnx(
     src = _resolve_checkpoint(checkpoint, task, console).expanduser()
     if src.suffix.lower() == ".onnx":
         raise VisionlabError(f"{src} is already an exported model.", "Pass the .pt checkpoint it was exported from.")
-    state = load_checkpoint(src, expect_task=task)
     dest = Path(out).expanduser() if out else src.with_suffix(".onnx")
     if dest.suffix.lower() != ".onnx":
         raise VisionlabError(f"--out {dest}: an exported model's name must end in .onnx.", "Pass e.g. --out model.onnx.")
+    if dest.is_dir():
+        raise VisionlabError(f"--out {dest} is a folder.", f"Pass the file to write, e.g. --out {dest / 'model.onnx'}.")
+    state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
     pre = state["preprocessing"]
     size = int(pre["image_size"])

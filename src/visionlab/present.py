@@ -39,6 +39,12 @@ def show_evaluation(report: EvaluationReport, out: Any) -> None:
     render_report(report.detail, report.classes, console=out, title=title, columns=get_kind(report.kind).per_class_columns)
 
 
+def _inert_row(row: dict[str, Any]) -> dict[str, Any]:
+    from visionlab.engine.metrics import inert_text
+
+    return {k: inert_text(v) for k, v in row.items()}
+
+
 def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
     """metrics.json, the confusion matrix (CSV and PNG), predictions.csv (one row per image, in the
     runner's order: the images worth a look first) and examples/; returns what was written, in words."""
@@ -57,7 +63,7 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
     if report.files:
         import pandas as pd
 
-        pd.DataFrame([_flat(r) for r in report.files]).to_csv(folder / "predictions.csv", index=False)
+        pd.DataFrame([_inert_row(_flat(r)) for r in report.files]).to_csv(folder / "predictions.csv", index=False)
         written.append(f"predictions.csv ({report.files_note})" if report.files_note else "predictions.csv")
     if report.examples is not None:  # also when there is none (no mistakes): examples.json says so
         write_examples(report.examples, folder / "examples")
@@ -155,4 +161,4 @@ def write_predictions(preds: Sequence[Prediction], path: Path) -> None:
         raise VisionlabError(f"--out {path}: unknown format.", "Use a .csv or .json file name.")
     import pandas as pd
 
-    pd.DataFrame([p.csv_row() for p in preds]).to_csv(path, index=False)
+    pd.DataFrame([_inert_row(p.csv_row()) for p in preds]).to_csv(path, index=False)

@@ -85,11 +85,14 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 
 def render_report(run: Path, eval_dir: Path) -> str:
     """The HTML text of the report of ``run`` with the evaluation in ``eval_dir``."""
-    rep = json.loads((eval_dir / "metrics.json").read_text())
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    rep = _read_json(eval_dir / "metrics.json", dict)
+    summary = _read_json(run / "summary.json", dict) if (run / "summary.json").exists() else {}
     history = _read_history(run / "metrics.csv")
     examples_file = eval_dir / "examples" / "examples.json"
-    examples = json.loads(examples_file.read_text()) if examples_file.exists() else []
+    examples = _read_json(examples_file, list) if examples_file.exists() else []
+    if not all(isinstance(ex, dict) and "title" in ex and isinstance(ex.get("images", {}), dict)
+               and isinstance(ex.get("fields", {}), dict) for ex in examples):
+        raise _damaged(examples_file, "a list of examples, each with a title, images and fields")
     classes = [str(c) for c in rep.get("class_names", [])]
     kind = rep.get("kind", "")
     task_kind = get_kind(kind)
@@ -119,6 +122,21 @@ def render_report(run: Path, eval_dir: Path) -> str:
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{esc(title)}</title>"
             f"<style>{_CSS}</style></head><body><main>{''.join(parts)}"
             f"<footer>made by visionlab {esc(__version__)} on {esc(made)} from {esc(str(eval_dir))}</footer></main></body></html>")
+
+
+def _damaged(path: Path, what: str) -> VisionlabError:
+    return VisionlabError(f"{path} is damaged (not {what}).", "Run visionlab evaluate again to write it anew.")
+
+
+def _read_json(path: Path, expected: type) -> Any:
+    """The JSON value in ``path``, which must be a ``expected`` (dict or list); else one line that says the file is damaged."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        value = None
+    if not isinstance(value, expected):
+        raise _damaged(path, "a JSON object" if expected is dict else "a JSON list")
+    return value
 
 
 def _section(title: str, body: str) -> str:
@@ -179,9 +197,27 @@ def _inside(folder: Path, name: str) -> Path | None:
     """``folder / name`` with links resolved, when it is still inside ``folder``; else None."""
     try:
         path = (folder / name).resolve()
-    except (OSError, ValueError):  # a loop of links, a NUL byte
+    except (OSError, RuntimeError, ValueError):  # a loop of links (RuntimeError before Python 3.13), a NUL byte
         return None
     return path if path.is_relative_to(folder.resolve()) else None
+
+
+#: The largest example image embedded (evaluate writes JPEGs of a few hundred KB).
+MAX_EXAMPLE_BYTES = 8 << 20
+
+
+def _not_embedded(path: Path) -> str:
+    """Why the file inside the examples folder is not embedded ("" when it is: a JPEG, as evaluate
+    writes them, of at most MAX_EXAMPLE_BYTES); a missing file is left out without a word."""
+    if not path.is_file():
+        return ""
+    try:
+        if path.stat().st_size > MAX_EXAMPLE_BYTES:
+            return f"larger than {MAX_EXAMPLE_BYTES >> 20} MB"
+        with path.open("rb") as f:
+            return "" if f.read(3) == b"\xff\xd8\xff" else "not a JPEG image"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
 
 
 def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
@@ -192,9 +228,10 @@ def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
         figs = ""
         for caption, name in ex.get("images", {}).items():
             f = _inside(folder, str(name))
-            if f is None:
-                figs += f"<p class='missing'>skipped {esc(str(name))}: not inside the examples folder</p>"
-            elif f.is_file():
+            why = "not inside the examples folder" if f is None else _not_embedded(f)
+            if why:
+                figs += f"<p class='missing'>skipped {esc(str(name))}: {why}</p>"
+            elif f is not None and f.is_file():
                 data = base64.b64encode(f.read_bytes()).decode("ascii")
                 figs += (f"<figure><img src='data:image/jpeg;base64,{data}' alt='{esc(caption)} of {esc(ex['title'])}'>"
                          f"<figcaption>{esc(caption)}</figcaption></figure>")

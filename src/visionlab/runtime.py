@@ -37,9 +37,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model
+from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, printable_name, scan_inputs
 from visionlab.engine.tiling import tile_plan
-from visionlab.engine.tta import view_plan
+from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
 from visionlab.kinds import get_kind
 
@@ -72,6 +72,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None, optimize: 
     except ImportError:
         raise VisionlabError("running an .onnx model needs onnxruntime, which is not installed.",
                              "pip install onnxruntime (or pip install 'visionlab[export]').") from None
+    if threads is not None and threads < 1:
+        raise VisionlabError(f"threads must be >= 1, got {threads}.", "Pass e.g. --threads 2, or leave it out for the CPU count.")
     p = Path(path).expanduser()
     if not p.is_file():
         raise VisionlabError(f"model {p} does not exist.", "Pass the .onnx file written by visionlab export.")
@@ -104,10 +106,40 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
             meta[key] = json.loads(meta[key])
         for key in ("task", "kind"):
             meta[key] = str(meta[key])
-    except (KeyError, ValueError) as exc:
+        _check_fields(meta, session.get_inputs()[0].shape, session.get_outputs()[0].shape)
+    except (KeyError, TypeError, ValueError) as exc:
         raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged ({type(exc).__name__}: {exc}).",
                              "Export the checkpoint again.") from None
     return meta
+
+
+def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape: Sequence[Any]) -> None:
+    """The classes and the preprocessing every prediction reads, there and fitting the network
+    (its class axis, and its input size where fixed); else ValueError saying what is wrong."""
+    classes, pre = meta["classes"], meta["preprocessing"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ValueError("'classes' is not a list of class names")
+    if len(output_shape) > 1 and isinstance(output_shape[1], int) and output_shape[1] != len(classes):
+        raise ValueError(f"{len(classes)} classes for a network with {output_shape[1]} outputs")
+    if not isinstance(pre, dict):
+        raise ValueError("'preprocessing' is not an object")
+    size, fixed = int(pre["image_size"]), [d for d in input_shape[2:] if isinstance(d, int)]
+    if fixed and (fixed != [size, size] or pre.get("resize") != "squash"):
+        raise ValueError(f"the network takes {'x'.join(map(str, fixed))} inputs, the preprocessing makes "
+                         + (f"{size}x{size}" if pre.get("resize") == "squash" else "whole images of any size"))
+    for key in ("mean", "std"):
+        if not (isinstance(pre[key], list) and len(pre[key]) == 3 and all(isinstance(v, (int, float)) for v in pre[key])):
+            raise ValueError(f"preprocessing {key!r} is not three numbers")
+    if not all(pre["std"]):
+        raise ValueError("preprocessing 'std' has a zero")
+    if str(pre.get("tta", "none")) not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
+
+
+def check_top_k(top_k: Any) -> None:
+    """``top_k`` is an integer >= 1 (both prediction paths take it); else one line that says so."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise VisionlabError(f"top_k must be an integer >= 1, got {top_k!r}.", "Pass e.g. top_k=3.")
 
 
 def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -214,19 +246,27 @@ class Runtime:
         Each result is a dict like :meth:`visionlab.engine.predict.Prediction.to_dict`
         (path, label, confidence, error, top_k or class_shares), plus ``mask`` (an HxW uint8
         array of the dataset's pixel values) for segmentation. A file that cannot be read gets
-        an ``error`` and does not stop the others."""
+        an ``error`` and does not stop the others; an entry that is not predicted at all (a
+        folder, a FIFO, a broken link, a file in a folder that is not an image) gets ``skipped``,
+        saying why, as in ``visionlab predict``."""
+        check_top_k(top_k)
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
-        items: list[Any] = []
+        entries: list[Any] = []
         for x in images:
-            items += expand_inputs([x]) if isinstance(x, (str, os.PathLike)) else [x]
+            entries += scan_inputs([x]) if isinstance(x, (str, os.PathLike)) else [x]
+        skipped = {i: e.skipped for i, e in enumerate(entries) if isinstance(e, InputEntry) and e.skipped}
+        items = [e.path if isinstance(e, InputEntry) else e for e in entries]
         names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
         results: list[dict[str, Any] | None] = [None] * len(items)
         pending: list[tuple[int, np.ndarray]] = []
         step = self.kind_of.loader_batch_size(max(1, int(batch_size)))
         for i, item in enumerate(items):
             try:
-                pending.append((i, load_for_model(item, self.preprocessing)))
+                if i in skipped:
+                    results[i] = {"path": names[i], "label": None, "confidence": None, "error": None, "skipped": skipped[i]}
+                else:
+                    pending.append((i, load_for_model(item, self.preprocessing)))
             except UnreadableImage as exc:  # reported per image, never fatal
                 results[i] = {"path": names[i], "label": None, "confidence": None, "error": _first_line(exc)}
             if pending and (len(pending) == step or i == len(items) - 1):
@@ -265,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _report(rows, args.masks, args.json)
-    return 0 if any(r["error"] is None for r in rows) else 1
+    if not rows:
+        print("error: no images matched the given paths. Pass image files, folders or glob patterns.", file=sys.stderr)
+    return 0 if any(r["error"] is None and not r.get("skipped") for r in rows) else 1
 
 
 def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None) -> None:
@@ -274,11 +316,11 @@ def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None
     rows = list(rows)
     taken: set[str] = set()
     for r in rows:
-        if r["error"]:
-            print(f"{r['path']}\terror\t{r['error']}")
+        if r["error"] or r.get("skipped"):
+            print(f"{printable_name(r['path'])}\t{'error' if r['error'] else 'skipped'}\t{r['error'] or r['skipped']}")
             continue
         detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in r.get("class_shares", {}).items() if s > 0.005]
-        print(f"{r['path']}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
+        print(f"{printable_name(r['path'])}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
         if masks is not None and r.get("mask") is not None:
             masks.mkdir(parents=True, exist_ok=True)
             stem = base = Path(r["path"]).stem

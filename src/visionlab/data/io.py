@@ -39,6 +39,7 @@ __all__ = [
     "InputEntry",
     "scan_inputs",
     "expand_inputs",
+    "printable_name",
 ]
 
 #: The image extensions visionlab reads (the one list: layouts, prediction inputs, downloads,
@@ -121,7 +122,7 @@ def load_image(path: str | os.PathLike | BinaryIO | Image.Image | np.ndarray, dr
     else:
         p = src = Path(path)
         if not p.exists():
-            raise UnreadableImage(f"{p}: file not found.", "Check the path.")
+            raise UnreadableImage(f"{printable_name(p)}: file not found.", "Check the path.")
     try:
         with open_image(src) as img:
             if draft is not None and img.format == "JPEG":
@@ -138,15 +139,21 @@ def load_image(path: str | os.PathLike | BinaryIO | Image.Image | np.ndarray, dr
         raise _unreadable(p, exc) from None
 
 
+def printable_name(path: Any) -> str:
+    """A file name for a one-line message: a newline, tab or other control character in it is
+    written as its escape (``\\n``), so that the message is one line and names the whole file."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
 def _unreadable(p: Any, exc: BaseException) -> UnreadableImage:
     if isinstance(exc, Image.DecompressionBombError):
-        return UnreadableImage(f"{p}: refused as a decompression bomb ({exc}).",
+        return UnreadableImage(f"{printable_name(p)}: refused as a decompression bomb ({exc}).",
                                "If you trust it, raise PIL.Image.MAX_IMAGE_PIXELS (the visionlab command allows 300 MP).")
     if isinstance(exc, UnidentifiedImageError):
-        return UnreadableImage(f"{p}: cannot decode image (not a {FORMAT_NAMES} file).",
+        return UnreadableImage(f"{printable_name(p)}: cannot decode image (not a {FORMAT_NAMES} file).",
                                "Convert it to one of those, or remove it.")
     return UnreadableImage(
-        f"{p}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
+        f"{printable_name(p)}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown'}).",
         "Remove or replace the file.",
     )
 
@@ -155,18 +162,18 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Load a single-channel class mask (pixel value = class value) as an HxW uint8 array."""
     p = Path(path)
     if not p.exists():
-        raise UnreadableImage(f"{p}: mask not found.", "Every image needs a mask with the same stem in masks/.")
+        raise UnreadableImage(f"{printable_name(p)}: mask not found.", "Every image needs a mask with the same stem in masks/.")
     try:
         with open_image(p) as m:
             m.load()
             colour = m.mode not in ("L", "P", "I", "I;16", "1")  # palette images keep their indices
             arr = np.asarray(m.convert("RGB") if colour else m)
     except DECODE_ERRORS as exc:
-        raise UnreadableImage(f"{p}: cannot decode mask ({type(exc).__name__}).", "Remove or replace the file.") from None
+        raise UnreadableImage(f"{printable_name(p)}: cannot decode mask ({type(exc).__name__}).", "Remove or replace the file.") from None
     if colour:  # an RGB mask whose three channels are equal is treated as single-channel
         if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
             raise UnreadableImage(
-                f"{p}: mask is a colour image; visionlab expects pixel value = class value.",
+                f"{printable_name(p)}: mask is a colour image; visionlab expects pixel value = class value.",
                 "Convert colour masks to class indices (see classes.json).",
             )
         arr = arr[..., 0]

@@ -24,6 +24,7 @@ from torch import Tensor
 from visionlab.errors import VisionlabError
 
 __all__ = [
+    "inert_text",
     "ClassificationMeter",
     "SegmentationMeter",
     "Meter",
@@ -474,12 +475,23 @@ def render_report(
         console.print(table)
 
 
+#: How a text cell starts that a spreadsheet runs as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_text(value: Any) -> Any:
+    """``value`` with a leading ``'`` when it is text a spreadsheet would run as a formula (a file
+    or a class named ``=HYPERLINK(...)``), anything else as it is: every CSV visionlab writes
+    passes its cells through it (the JSON outputs keep the names exactly)."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def write_confusion_csv(cm: Any, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Write a confusion matrix as CSV (rows = true, columns = predicted); returns the path."""
     import pandas as pd
 
     arr = np.asarray(cm)
-    names = [str(n) for n in class_names]
+    names = [inert_text(str(n)) for n in class_names]
     if arr.shape != (len(names), len(names)):
         raise ValueError(f"confusion matrix shape {arr.shape} does not match {len(names)} class names")
     path = Path(path)

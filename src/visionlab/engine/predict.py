@@ -20,8 +20,8 @@ from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_f
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, load_model
 from visionlab.engine.device import resolve_device, resolve_precision
-from visionlab.errors import VisionlabError
 from visionlab.kinds import Kind, Prediction, get_kind
+from visionlab.runtime import check_top_k
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
@@ -77,8 +77,7 @@ class Predictor:
         """Predict one image or a list of them (paths, PIL images or HxWx3 uint8 arrays).
 
         ``top_k`` (>= 1) is clipped to the number of classes."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise VisionlabError(f"top_k must be an integer >= 1, got {top_k!r}.", "Pass e.g. top_k=3.")
+        check_top_k(top_k)
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
         images = list(images)
