@@ -651,6 +651,17 @@ def test_deeply_nested_json_is_a_400_not_a_crash(server: Server):
     assert httpx.get(server.url + "/health").status_code == 200
 
 
+def test_json_numbers_no_answer_can_carry_are_a_400_not_a_500(server: Server):
+    """NaN, Infinity and 1e999 (a float's infinity) parse in Python but cannot be written back (the echoed id)."""
+    image = base64.b64encode(_jpeg(make_class_image("apple", 5, 32))).decode()
+    for number in ("NaN", "Infinity", "-Infinity", "1e999", "-1e999"):
+        body = '{"image": "%s", "id": %s}' % (image, number)
+        r = httpx.post(server.url + "/predict/cracks", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"], (number, r.text)
+    r = httpx.post(server.url + "/predict/cracks", json={"image": image, "id": 1.5e300})
+    assert r.status_code == 200 and r.json()["id"] == 1.5e300, r.text
+
+
 def _until(check: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():

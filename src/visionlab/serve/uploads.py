@@ -16,6 +16,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -99,9 +100,22 @@ def _too_many(count: str) -> Problem:
                         "send the others in another request.")
 
 
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (1e999) would come back as infinity,
+    which no JSON answer can carry (an echoed "id")."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def _json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON ({exc}).") from None
     except RecursionError:
