@@ -157,6 +157,17 @@ def test_the_queue_counts_pixels_too_so_the_memory_of_images_in_flight_is_bounde
     assert httpx.post(s.url + "/predict", content=quarter, headers={"content-type": "image/jpeg"}).status_code == 200
 
 
+def test_a_request_of_more_images_than_the_queue_admits_is_a_413_not_a_503_to_retry(serve):
+    s = serve(max_queue=3)
+    image = _jpeg(make_class_image("apple", 1, 32))
+    files = [("images", (f"{i}.jpg", image, "image/jpeg")) for i in range(4)]
+    r = httpx.post(s.url + "/predict", files=files, timeout=30)
+    assert r.status_code == 413 and "retry-after" not in r.headers, r.text
+    assert "4 images in one request" in r.json()["error"] and "--max-queue" in r.json()["error"], r.text
+    r = httpx.post(s.url + "/predict", files=files[:3], timeout=30)
+    assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+
+
 def test_serving_defaults_keep_a_request_far_below_100_megapixels():
     from visionlab.serve.app import Settings
 

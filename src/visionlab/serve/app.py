@@ -470,6 +470,9 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             uploads, extra, files, size = await loop.run_in_executor(decode_pool, unpack,
                                                                      request.headers.get("content-type", ""), body)
             del body
+            if len(uploads) > settings.max_queue:  # could never be admitted: a 503 would be retried for ever
+                raise Problem(413, f"{len(uploads)} images in one request; this server admits at most {settings.max_queue} "
+                                   "at once (--max-queue); send fewer per request.")
             # only images read and parsed hold a place, by count and by pixels (what decoding them costs)
             if (state["pending"] + len(uploads) > settings.max_queue
                     or state["pending_pixels"] + size > settings.max_queue_megapixels * 1e6):
