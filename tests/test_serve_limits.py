@@ -24,7 +24,7 @@ pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 
 from conftest import make_class_image  # noqa: E402
-from test_serve import Server, _cli, _env, _jpeg, _metric, _raw_http  # noqa: E402
+from test_serve import Server, _cli, _env, _jpeg, _metric, _raw_http, _ready_url  # noqa: E402
 
 STALL_HEAD = (b"POST /predict/cracks HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
               b"Content-Length: 100000\r\n\r\n\xff\xd8\xff\xe0")  # 4 bytes of the 100000 promised, then nothing
@@ -182,3 +182,47 @@ def test_cli_refuses_limits_that_could_never_admit_a_request(tiny_models: dict[s
     assert r.returncode != 0 and "--max-queue-megapixels 50 is below --max-megapixels 100" in r.stderr, r.stderr
     r = subprocess.run(_cli("serve", "-k", ck, "--body-timeout", "0"), capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode != 0 and "--body-timeout must be positive" in r.stderr, r.stderr
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server has closed the connection (an answer it sent first is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while data := sock.recv(65536):
+            pass
+        return not data
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_that_never_finish_their_headers_are_closed_after_the_header_timeout(tiny_models: dict[str, Path]):
+    """h11 has no deadline for a request's headers: silent and dribbling sockets were held for ever."""
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    socks: list[socket.socket] = []
+    try:
+        url = _ready_url(proc)
+        host, port = url.removeprefix("http://").split(":")
+        socks = [socket.create_connection((host, int(port))) for _ in range(3)]
+        silent, dribbling, again = socks
+        again.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nGET /health HTTP/1.1\r\n")  # then stalls
+        head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 1000
+        deadline = time.monotonic() + 60  # the default --header-timeout is 10 s
+        open_ = list(socks)
+        while open_ and time.monotonic() < deadline:
+            try:
+                dribbling.sendall(head[:1])  # a byte every 0.2 s: never the whole head
+                head = head[1:]
+            except OSError:
+                pass
+            open_ = [s for s in open_ if not _closed(s)]
+            time.sleep(0.2)
+        assert not open_, f"{len(open_)} of the 3 connections are still held after 60 s"
+        assert httpx.get(url + "/health").status_code == 200  # a normal client is answered meanwhile
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.communicate(timeout=60)

@@ -256,6 +256,7 @@ def serve_cmd(
     max_megapixels: float = typer.Option(24.0, "--max-megapixels", help="Pixels of all the images of one request together; more get 413 before decoding."),
     max_queue_megapixels: float = typer.Option(96.0, "--max-queue-megapixels", help="Pixels admitted at once, all requests together; beyond, 503 with Retry-After."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request body may take to arrive; slower ones get 408."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send a request's headers; slower ones are closed."),
     device: str = typer.Option("auto", "--device"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
@@ -275,7 +276,7 @@ def serve_cmd(
         if value < 1:
             raise VisionlabError(f"{name} must be at least 1, got {value}.")
     for name, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels),
-                        ("--body-timeout", body_timeout)):
+                        ("--body-timeout", body_timeout), ("--header-timeout", header_timeout)):
         if value <= 0:
             raise VisionlabError(f"{name} must be positive, got {value:g}.")
     if max_queue_megapixels < max_megapixels:
@@ -293,7 +294,7 @@ def serve_cmd(
                         cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, device=device,
                         precision=_precision(precision),
-                        drain_seconds=drain_seconds, body_timeout=body_timeout, max_queue_megapixels=max_queue_megapixels))
+                        drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
 
 
 @app.command("predict")

@@ -73,6 +73,7 @@ class Settings:
     max_queue: int = 128  # images admitted and not yet answered; more -> 503 + Retry-After
     max_upload_mb: float = 20.0
     body_timeout: float = 30.0  # seconds a request body may take to arrive; slower -> 408
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers; slower -> closed
     max_megapixels: float = 24.0  # all the images of one request together (a LandCover.ai orthophoto is 85 MP)
     max_queue_megapixels: float = 96.0  # pixels admitted and not yet answered, all requests together; more -> 503
     top_k: int = 3
@@ -524,6 +525,41 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _http_protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with the deadline for a request's headers that h11 lacks: a connection
+    that has not sent a whole request head ``header_timeout`` seconds after it opened, or after its
+    last answer, is closed. Else a socket that sends nothing, or dribbles its headers, is held for
+    ever (a file descriptor each; enough of them and accept() fails for everyone)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self.deadline.cancel()
+
+        def arm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            self.deadline = self.loop.call_later(header_timeout, self.expire)
+
+        def expire(self) -> None:
+            idle = self.cycle is None or self.cycle.response_complete  # no request head since the last answer
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
+
+
 def _check_access(settings: Settings) -> None:
     """Before anything is bound: the key (default $VISIONLAB_API_KEY) can be sent, and off loopback
     there is one unless --insecure-no-key says that is meant."""
@@ -554,7 +590,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
           + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if settings.api_key else ""), flush=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    config = uvicorn.Config(app, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, http=_http_protocol(settings.header_timeout), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")
     server = uvicorn.Server(config)
     stopped: list[int] = []
