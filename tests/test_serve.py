@@ -520,6 +520,35 @@ def test_sigterm_drains_requests_in_flight_then_exits(tiny_models: dict[str, Pat
             proc.wait()
 
 
+def test_requests_cut_off_by_the_drain_deadline_get_503_and_the_exit_line_counts_them(tiny_models: dict[str, Path]):
+    """Requests still waiting when --drain-seconds runs out were answered 500 (two tracebacks each), and the
+    server then said "every request in flight answered"."""
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu",
+                                 "--max-wait-ms", "6000", "--drain-seconds", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        url = _ready_url(proc)
+        deadline = time.monotonic() + 60
+        imgs = [_jpeg(make_class_image("kiwi", i, 32)) for i in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(httpx.post, url + "/predict", content=b, headers={"content-type": "image/jpeg"}, timeout=30)
+                       for b in imgs]
+            while float(_metric_at(url, "visionlab_pending_images")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)  # the batch waits 6 s for company; the drain lasts 1 s
+            answers = [f.result() for f in futures]
+        assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
+        assert all("--drain-seconds" in a.json()["error"] and a.headers["retry-after"] == "1" for a in answers)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "stopped with 2 request(s) cut off (answered 503) after --drain-seconds 1." in out, out
+        assert "Traceback" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _metric_at(url: str, name: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith(name + " "):

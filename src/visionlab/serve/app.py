@@ -304,7 +304,7 @@ class _Gate:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
+        t0, status = time.perf_counter(), [0]
 
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -313,8 +313,14 @@ class _Gate:
 
         try:
             await self.guarded(scope, receive, send_status)
+        except asyncio.CancelledError:  # --drain-seconds ran out: uvicorn cancels the requests still running
+            if status[0]:
+                raise
+            self.state["cut_off"] += 1
+            await _problem(503, "the server stopped before this request was answered (--drain-seconds ran out); "
+                                "retry.", {"Retry-After": "1"})(scope, receive, send_status)
         finally:
-            self.metrics.request(_route(scope["path"]), status[0], time.perf_counter() - t0)
+            self.metrics.request(_route(scope["path"]), status[0] or 500, time.perf_counter() - t0)
 
 
 def create_app(models: Sequence[ServedModel], settings: Settings | None = None) -> FastAPI:
@@ -322,7 +328,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     settings = settings or Settings()
     by_task = {m.task: m for m in models}
     metrics = Metrics(settings.max_batch_size)
-    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "ready": False, "error": None,
+    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "cut_off": 0, "ready": False, "error": None,
                              "loaded_in": None}
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
     # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
@@ -602,8 +608,8 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
-    left = app.state["in_flight"]
-    print("stopped" + (f" with {left} request(s) unanswered after --drain-seconds {settings.drain_seconds:g}"
+    left = app.state["cut_off"]
+    print("stopped" + (f" with {left} request(s) cut off (answered 503) after --drain-seconds {settings.drain_seconds:g}"
                        if left else ", every request in flight answered") + ".", flush=True)
     if not server.started:
         raise VisionlabError("the server did not start (see the messages above).")
