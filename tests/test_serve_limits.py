@@ -80,6 +80,36 @@ def test_stalled_uploads_hold_no_queue_place_and_get_408_after_the_body_timeout(
     assert _metric(s, "visionlab_requests_in_flight") == 0
 
 
+def test_the_bodies_held_all_requests_together_are_bounded_so_slow_uploads_cannot_add_up(serve):
+    """Each slow upload held its bytes and nothing bounded their sum: 30 of 19 MB each cost 600 MB."""
+    s = serve(max_bodies_mb=1.0, body_timeout=60.0)
+    host, port = s.url.removeprefix("http://").split(":")
+    stalled = [socket.create_connection((host, int(port)), timeout=60) for _ in range(2)]
+    photo = _jpeg(make_class_image("apple", 1, 32))
+    try:
+        for sock in stalled:  # 450 KB each of the 500 KB promised, then nothing
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 500000\r\n\r\n" + b"\0" * 450_000)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the server holds the 900 KB
+            r = httpx.post(s.url + "/predict", content=b"\0" * 200_000, headers={"content-type": "image/jpeg"}, timeout=30)
+            if r.status_code == 503:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "MB of request bodies already" in r.json()["error"] and "--max-bodies-mb 1" in r.json()["error"], r.text
+        r = httpx.post(s.url + "/predict", content=photo, headers={"content-type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 200, r.text  # a small one still fits
+    finally:
+        for sock in stalled:
+            sock.close()
+    deadline = time.monotonic() + 30  # hung up: their bytes are free again
+    while _metric(s, "visionlab_requests_in_flight") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = httpx.post(s.url + "/predict", content=photo + b"\0" * 600_000, headers={"content-type": "image/jpeg"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
 def _multipart(parts: list[bytes], boundary: bytes = b"xyz") -> bytes:
     return b"".join(b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"images\"; filename=\"p\"\r\n\r\n"
                     + p + b"\r\n" for p in parts) + b"--" + boundary + b"--\r\n"
@@ -182,6 +212,8 @@ def test_cli_refuses_limits_that_could_never_admit_a_request(tiny_models: dict[s
     assert r.returncode != 0 and "--max-queue-megapixels 50 is below --max-megapixels 100" in r.stderr, r.stderr
     r = subprocess.run(_cli("serve", "-k", ck, "--body-timeout", "0"), capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode != 0 and "--body-timeout must be positive" in r.stderr, r.stderr
+    r = subprocess.run(_cli("serve", "-k", ck, "--max-bodies-mb", "10"), capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode != 0 and "--max-bodies-mb 10 is below --max-upload-mb 20" in r.stderr, r.stderr
 
 
 def _closed(sock: socket.socket) -> bool:

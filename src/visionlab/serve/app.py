@@ -46,7 +46,7 @@ from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
 from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
-from visionlab.serve.uploads import Problem, check_images, decode_failure, parse_uploads, read_body
+from visionlab.serve.uploads import BodyBudget, Problem, check_images, decode_failure, parse_uploads, read_body
 
 __all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
 
@@ -72,6 +72,7 @@ class Settings:
     max_wait_ms: float = 10.0
     max_queue: int = 128  # images admitted and not yet answered; more -> 503 + Retry-After
     max_upload_mb: float = 20.0
+    max_bodies_mb: float = 256.0  # request bodies held at once, all requests together; more -> 503
     body_timeout: float = 30.0  # seconds a request body may take to arrive; slower -> 408
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers; slower -> closed
     max_megapixels: float = 24.0  # all the images of one request together (a LandCover.ai orthophoto is 85 MP)
@@ -330,6 +331,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     metrics = Metrics(settings.max_batch_size)
     state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "cut_off": 0, "ready": False, "error": None,
                              "loaded_in": None}
+    bodies = BodyBudget(int(settings.max_bodies_mb * 2**20))
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
     # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model")
@@ -467,13 +469,14 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
         if state["pending"] >= settings.max_queue or state["pending_pixels"] >= settings.max_queue_megapixels * 1e6:
             raise busy()  # refused before its body is read
-        reserved = pixels = 0
+        reserved = pixels = held = 0
         state["in_flight"] += 1
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20),
-                                   settings.body_timeout)
+                                   settings.body_timeout, bodies)
+            held = len(body)
             uploads, extra, files, size = await loop.run_in_executor(decode_pool, unpack,
                                                                      request.headers.get("content-type", ""), body)
             del body
@@ -497,6 +500,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             state["pending"] -= reserved
             state["pending_pixels"] -= pixels
             state["in_flight"] -= 1
+            bodies.give(held)
         out: dict[str, Any] = {"task": task}
         if "id" in extra:
             out["id"] = extra["id"]
