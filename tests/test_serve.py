@@ -549,6 +549,33 @@ def test_requests_cut_off_by_the_drain_deadline_get_503_and_the_exit_line_counts
             proc.wait()
 
 
+def test_a_second_ctrl_c_cuts_the_drain_short_and_the_exit_line_says_so(tiny_models: dict[str, Path]):
+    """The exit line said "after --drain-seconds 30" when a second Ctrl-C had cut the drain short."""
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu",
+                                 "--max-wait-ms", "6000", "--drain-seconds", "30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        url = _ready_url(proc)
+        deadline = time.monotonic() + 60
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(httpx.post, url + "/predict", content=_jpeg(make_class_image("kiwi", 0, 32)),
+                                 headers={"content-type": "image/jpeg"}, timeout=30)
+            while float(_metric_at(url, "visionlab_pending_images")) < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)  # force quit: the batch still waits for company
+            answer = future.result()
+        assert answer.status_code == 503, answer.text
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "stopped with 1 request(s) cut off (answered 503) by a second Ctrl-C." in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _metric_at(url: str, name: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith(name + " "):

@@ -613,7 +613,8 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     finally:
         sock.close()
     left = app.state["cut_off"]
-    print("stopped" + (f" with {left} request(s) cut off (answered 503) after --drain-seconds {settings.drain_seconds:g}"
+    why = "by a second Ctrl-C" if server.force_exit else f"after --drain-seconds {settings.drain_seconds:g}"
+    print("stopped" + (f" with {left} request(s) cut off (answered 503) {why}"
                        if left else ", every request in flight answered") + ".", flush=True)
     if not server.started:
         raise VisionlabError("the server did not start (see the messages above).")
