@@ -182,9 +182,9 @@ def test_ready_is_503_until_the_models_are_warm(tiny_models: dict[str, Path], mo
     gate = threading.Event()
     real_load = serve_app.ServedModel.load
 
-    def slow_load(self, device):
+    def slow_load(self, *args):
         gate.wait(30)
-        real_load(self, device)
+        real_load(self, *args)
 
     monkeypatch.setattr(serve_app.ServedModel, "load", slow_load)
     s = Server([tiny_models["cracks"]], device="cpu")
