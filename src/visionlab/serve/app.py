@@ -53,6 +53,7 @@ __all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
 log = logging.getLogger("visionlab.serve")
 KEY_ENV = "VISIONLAB_API_KEY"
 COOKIE = "visionlab_api_key"
+HOST_OK = "visionlab.host_ok"  # set in the scope of a request past the Host check
 STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 # The page may load nothing that is not served by this process.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
@@ -263,8 +264,9 @@ class _Gate:
             inner = CORSMiddleware(inner, allow_origins=self.origins, allow_methods=["GET", "POST"],
                                    allow_headers=["x-api-key", "authorization", "x-request-id"],
                                    expose_headers=["x-request-id", "retry-after"])
+        self.inner = inner
         try:
-            self.guarded = TrustedHostMiddleware(inner, allowed_hosts=_allowed_hosts(settings), www_redirect=False)
+            self.guarded = TrustedHostMiddleware(self._past_host, allowed_hosts=_allowed_hosts(settings), www_redirect=False)
         except AssertionError as exc:
             raise VisionlabError(f"--allowed-host: {exc}", "Pass a host name, '*.example.com' or '*'.") from None
 
@@ -276,6 +278,10 @@ class _Gate:
             return None
         own = origin.partition("://")[2].lower() == headers.get("host", "").lower()
         return None if own or origin.lower() in self.origins else origin
+
+    async def _past_host(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope[HOST_OK] = True
+        await self.inner(scope, receive, send)
 
     async def _checked(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = Headers(scope=scope)
@@ -312,8 +318,17 @@ class _Gate:
                 status[0] = message["status"]
             await send(message)
 
+        async def unless_bad_host(message: dict[str, Any]) -> None:
+            if HOST_OK in scope:  # else Starlette's plain "Invalid host header": answered below instead
+                await send_status(message)
+
         try:
-            await self.guarded(scope, receive, send_status)
+            await self.guarded(scope, receive, unless_bad_host)
+            if HOST_OK not in scope:
+                host = Headers(scope=scope).get("host")
+                msg = (f"this server does not answer to the Host {host[:200]!r} (a guard against DNS rebinding); "
+                       "start it with --allowed-host NAME to answer that name") if host else "send a Host header"
+                await _problem(400, msg)(scope, receive, send_status)
         except asyncio.CancelledError:  # --drain-seconds ran out: uvicorn cancels the requests still running
             if status[0]:
                 raise
