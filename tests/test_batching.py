@@ -130,3 +130,18 @@ def test_after_close_a_request_is_refused_not_left_waiting():
         return b.stopped
 
     assert _run(go()) == "the server is shutting down"
+
+
+def test_close_does_not_wait_for_the_items_of_requests_given_up():
+    """Requests cancelled while their batch waits for company (the drain's end) kept close() waiting out max_wait_ms."""
+    async def go() -> list[Any]:
+        b = Batcher(lambda xs: xs, max_batch_size=8, max_wait_ms=60_000)
+        b.start()
+        given_up = asyncio.ensure_future(b.submit([1, 2]))
+        while b.depth < 2:
+            await asyncio.sleep(0.01)
+        given_up.cancel()
+        await b.close()
+        return [given_up.cancelled(), b.stopped]
+
+    assert _run(go()) == [True, "the server is shutting down"]

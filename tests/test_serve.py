@@ -432,7 +432,8 @@ def test_only_the_bound_host_names_and_same_origin_posts_are_answered(server: Se
     page (Origin = its own origin) is answered; --allowed-host and --cors-origin widen both."""
     port = server.url.rsplit(":", 1)[1]
     img = _jpeg(make_class_image("apple", 1, 32))
-    assert httpx.get(server.url + "/models", headers={"host": "attacker.example"}).status_code == 400
+    r = httpx.get(server.url + "/models", headers={"host": "attacker.example"})
+    assert r.status_code == 400 and "Host 'attacker.example'" in r.json()["error"] and "--allowed-host" in r.json()["error"]
     assert httpx.get(server.url + "/health", headers={"host": f"attacker.example:{port}"}).status_code == 400
     for host in ("localhost", f"localhost:{port}", "127.0.0.1", f"[::1]:{port}"):
         assert httpx.get(server.url + "/models", headers={"host": host}).status_code == 200, host
@@ -514,6 +515,62 @@ def test_sigterm_drains_requests_in_flight_then_exits(tiny_models: dict[str, Pat
         assert "every request in flight answered" in out
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_requests_cut_off_by_the_drain_deadline_get_503_and_the_exit_line_counts_them(tiny_models: dict[str, Path]):
+    """Requests still waiting when --drain-seconds runs out were answered 500 (two tracebacks each), and the
+    server then said "every request in flight answered"."""
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu",
+                                 "--max-wait-ms", "6000", "--drain-seconds", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        url = _ready_url(proc)
+        deadline = time.monotonic() + 60
+        imgs = [_jpeg(make_class_image("kiwi", i, 32)) for i in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(httpx.post, url + "/predict", content=b, headers={"content-type": "image/jpeg"}, timeout=30)
+                       for b in imgs]
+            while float(_metric_at(url, "visionlab_pending_images")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)  # the batch waits 6 s for company; the drain lasts 1 s
+            answers = [f.result() for f in futures]
+        assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
+        assert all("--drain-seconds" in a.json()["error"] and a.headers["retry-after"] == "1" for a in answers)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "stopped with 2 request(s) cut off (answered 503) after --drain-seconds 1." in out, out
+        assert "Traceback" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_second_ctrl_c_cuts_the_drain_short_and_the_exit_line_says_so(tiny_models: dict[str, Path]):
+    """The exit line said "after --drain-seconds 30" when a second Ctrl-C had cut the drain short."""
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu",
+                                 "--max-wait-ms", "6000", "--drain-seconds", "30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        url = _ready_url(proc)
+        deadline = time.monotonic() + 60
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(httpx.post, url + "/predict", content=_jpeg(make_class_image("kiwi", 0, 32)),
+                                 headers={"content-type": "image/jpeg"}, timeout=30)
+            while float(_metric_at(url, "visionlab_pending_images")) < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)  # force quit: the batch still waits for company
+            answer = future.result()
+        assert answer.status_code == 503, answer.text
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "stopped with 1 request(s) cut off (answered 503) by a second Ctrl-C." in out, out
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -649,6 +706,17 @@ def test_deeply_nested_json_is_a_400_not_a_crash(server: Server):
         r = httpx.post(server.url + "/predict/cracks", content=body, headers={"content-type": "application/json"})
         assert r.status_code in (200, 400), (depth, r.text)
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_json_numbers_no_answer_can_carry_are_a_400_not_a_500(server: Server):
+    """NaN, Infinity and 1e999 (a float's infinity) parse in Python but cannot be written back (the echoed id)."""
+    image = base64.b64encode(_jpeg(make_class_image("apple", 5, 32))).decode()
+    for number in ("NaN", "Infinity", "-Infinity", "1e999", "-1e999"):
+        body = '{"image": "%s", "id": %s}' % (image, number)
+        r = httpx.post(server.url + "/predict/cracks", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"], (number, r.text)
+    r = httpx.post(server.url + "/predict/cracks", json={"image": image, "id": 1.5e300})
+    assert r.status_code == 200 and r.json()["id"] == 1.5e300, r.text
 
 
 def _until(check: Any, what: str, timeout: float = 30.0) -> None:

@@ -24,7 +24,7 @@ pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 
 from conftest import make_class_image  # noqa: E402
-from test_serve import Server, _cli, _env, _jpeg, _metric, _raw_http  # noqa: E402
+from test_serve import Server, _cli, _env, _jpeg, _metric, _raw_http, _ready_url  # noqa: E402
 
 STALL_HEAD = (b"POST /predict/cracks HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
               b"Content-Length: 100000\r\n\r\n\xff\xd8\xff\xe0")  # 4 bytes of the 100000 promised, then nothing
@@ -78,6 +78,36 @@ def test_stalled_uploads_hold_no_queue_place_and_get_408_after_the_body_timeout(
         for sock in stalled:
             sock.close()
     assert _metric(s, "visionlab_requests_in_flight") == 0
+
+
+def test_the_bodies_held_all_requests_together_are_bounded_so_slow_uploads_cannot_add_up(serve):
+    """Each slow upload held its bytes and nothing bounded their sum: 30 of 19 MB each cost 600 MB."""
+    s = serve(max_bodies_mb=1.0, body_timeout=60.0)
+    host, port = s.url.removeprefix("http://").split(":")
+    stalled = [socket.create_connection((host, int(port)), timeout=60) for _ in range(2)]
+    photo = _jpeg(make_class_image("apple", 1, 32))
+    try:
+        for sock in stalled:  # 450 KB each of the 500 KB promised, then nothing
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 500000\r\n\r\n" + b"\0" * 450_000)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the server holds the 900 KB
+            r = httpx.post(s.url + "/predict", content=b"\0" * 200_000, headers={"content-type": "image/jpeg"}, timeout=30)
+            if r.status_code == 503:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "MB of request bodies already" in r.json()["error"] and "--max-bodies-mb 1" in r.json()["error"], r.text
+        r = httpx.post(s.url + "/predict", content=photo, headers={"content-type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 200, r.text  # a small one still fits
+    finally:
+        for sock in stalled:
+            sock.close()
+    deadline = time.monotonic() + 30  # hung up: their bytes are free again
+    while _metric(s, "visionlab_requests_in_flight") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = httpx.post(s.url + "/predict", content=photo + b"\0" * 600_000, headers={"content-type": "image/jpeg"}, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 def _multipart(parts: list[bytes], boundary: bytes = b"xyz") -> bytes:
@@ -157,6 +187,17 @@ def test_the_queue_counts_pixels_too_so_the_memory_of_images_in_flight_is_bounde
     assert httpx.post(s.url + "/predict", content=quarter, headers={"content-type": "image/jpeg"}).status_code == 200
 
 
+def test_a_request_of_more_images_than_the_queue_admits_is_a_413_not_a_503_to_retry(serve):
+    s = serve(max_queue=3)
+    image = _jpeg(make_class_image("apple", 1, 32))
+    files = [("images", (f"{i}.jpg", image, "image/jpeg")) for i in range(4)]
+    r = httpx.post(s.url + "/predict", files=files, timeout=30)
+    assert r.status_code == 413 and "retry-after" not in r.headers, r.text
+    assert "4 images in one request" in r.json()["error"] and "--max-queue" in r.json()["error"], r.text
+    r = httpx.post(s.url + "/predict", files=files[:3], timeout=30)
+    assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+
+
 def test_serving_defaults_keep_a_request_far_below_100_megapixels():
     from visionlab.serve.app import Settings
 
@@ -171,3 +212,49 @@ def test_cli_refuses_limits_that_could_never_admit_a_request(tiny_models: dict[s
     assert r.returncode != 0 and "--max-queue-megapixels 50 is below --max-megapixels 100" in r.stderr, r.stderr
     r = subprocess.run(_cli("serve", "-k", ck, "--body-timeout", "0"), capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode != 0 and "--body-timeout must be positive" in r.stderr, r.stderr
+    r = subprocess.run(_cli("serve", "-k", ck, "--max-bodies-mb", "10"), capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode != 0 and "--max-bodies-mb 10 is below --max-upload-mb 20" in r.stderr, r.stderr
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server has closed the connection (an answer it sent first is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while data := sock.recv(65536):
+            pass
+        return not data
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_that_never_finish_their_headers_are_closed_after_the_header_timeout(tiny_models: dict[str, Path]):
+    """h11 has no deadline for a request's headers: silent and dribbling sockets were held for ever."""
+    proc = subprocess.Popen(_cli("serve", "--checkpoint", str(tiny_models["cracks"]), "--port", "0", "--device", "cpu"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    socks: list[socket.socket] = []
+    try:
+        url = _ready_url(proc)
+        host, port = url.removeprefix("http://").split(":")
+        socks = [socket.create_connection((host, int(port))) for _ in range(3)]
+        silent, dribbling, again = socks
+        again.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nGET /health HTTP/1.1\r\n")  # then stalls
+        head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 1000
+        deadline = time.monotonic() + 60  # the default --header-timeout is 10 s
+        open_ = list(socks)
+        while open_ and time.monotonic() < deadline:
+            try:
+                dribbling.sendall(head[:1])  # a byte every 0.2 s: never the whole head
+                head = head[1:]
+            except OSError:
+                pass
+            open_ = [s for s in open_ if not _closed(s)]
+            time.sleep(0.2)
+        assert not open_, f"{len(open_)} of the 3 connections are still held after 60 s"
+        assert httpx.get(url + "/health").status_code == 200  # a normal client is answered meanwhile
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.communicate(timeout=60)

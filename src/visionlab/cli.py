@@ -253,9 +253,11 @@ def serve_cmd(
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long the first image of a batch waits for others."),
     max_queue: int = typer.Option(128, "--max-queue", help="Images admitted at once; beyond, 503 with Retry-After."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body; larger ones get 413."),
+    max_bodies_mb: float = typer.Option(256.0, "--max-bodies-mb", help="Request bodies held at once, all requests together; beyond, 503 with Retry-After."),
     max_megapixels: float = typer.Option(24.0, "--max-megapixels", help="Pixels of all the images of one request together; more get 413 before decoding."),
     max_queue_megapixels: float = typer.Option(96.0, "--max-queue-megapixels", help="Pixels admitted at once, all requests together; beyond, 503 with Retry-After."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request body may take to arrive; slower ones get 408."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send a request's headers; slower ones are closed."),
     device: str = typer.Option("auto", "--device"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
@@ -275,9 +277,12 @@ def serve_cmd(
         if value < 1:
             raise VisionlabError(f"{name} must be at least 1, got {value}.")
     for name, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels),
-                        ("--body-timeout", body_timeout)):
+                        ("--body-timeout", body_timeout), ("--header-timeout", header_timeout)):
         if value <= 0:
             raise VisionlabError(f"{name} must be positive, got {value:g}.")
+    if max_bodies_mb < max_upload_mb:
+        raise VisionlabError(f"--max-bodies-mb {max_bodies_mb:g} is below --max-upload-mb {max_upload_mb:g}: "
+                             "the largest body could never be read.", "Raise --max-bodies-mb.")
     if max_queue_megapixels < max_megapixels:
         raise VisionlabError(f"--max-queue-megapixels {max_queue_megapixels:g} is below --max-megapixels {max_megapixels:g}: "
                              "the largest request could never be admitted.", "Raise --max-queue-megapixels.")
@@ -291,9 +296,9 @@ def serve_cmd(
         raise VisionlabError("nothing to serve.", "Pass --checkpoint CKPT or --task T (repeatable), e.g. --task cracks.")
     run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
                         cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, device=device,
+                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_bodies_mb=max_bodies_mb, max_megapixels=max_megapixels, device=device,
                         precision=_precision(precision),
-                        drain_seconds=drain_seconds, body_timeout=body_timeout, max_queue_megapixels=max_queue_megapixels))
+                        drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
 
 
 @app.command("predict")

@@ -46,13 +46,14 @@ from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
 from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
-from visionlab.serve.uploads import Problem, check_images, decode_failure, parse_uploads, read_body
+from visionlab.serve.uploads import BodyBudget, Problem, check_images, decode_failure, parse_uploads, read_body
 
 __all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
 
 log = logging.getLogger("visionlab.serve")
 KEY_ENV = "VISIONLAB_API_KEY"
 COOKIE = "visionlab_api_key"
+HOST_OK = "visionlab.host_ok"  # set in the scope of a request past the Host check
 STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 # The page may load nothing that is not served by this process.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
@@ -72,7 +73,9 @@ class Settings:
     max_wait_ms: float = 10.0
     max_queue: int = 128  # images admitted and not yet answered; more -> 503 + Retry-After
     max_upload_mb: float = 20.0
+    max_bodies_mb: float = 256.0  # request bodies held at once, all requests together; more -> 503
     body_timeout: float = 30.0  # seconds a request body may take to arrive; slower -> 408
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers; slower -> closed
     max_megapixels: float = 24.0  # all the images of one request together (a LandCover.ai orthophoto is 85 MP)
     max_queue_megapixels: float = 96.0  # pixels admitted and not yet answered, all requests together; more -> 503
     top_k: int = 3
@@ -261,8 +264,9 @@ class _Gate:
             inner = CORSMiddleware(inner, allow_origins=self.origins, allow_methods=["GET", "POST"],
                                    allow_headers=["x-api-key", "authorization", "x-request-id"],
                                    expose_headers=["x-request-id", "retry-after"])
+        self.inner = inner
         try:
-            self.guarded = TrustedHostMiddleware(inner, allowed_hosts=_allowed_hosts(settings), www_redirect=False)
+            self.guarded = TrustedHostMiddleware(self._past_host, allowed_hosts=_allowed_hosts(settings), www_redirect=False)
         except AssertionError as exc:
             raise VisionlabError(f"--allowed-host: {exc}", "Pass a host name, '*.example.com' or '*'.") from None
 
@@ -274,6 +278,10 @@ class _Gate:
             return None
         own = origin.partition("://")[2].lower() == headers.get("host", "").lower()
         return None if own or origin.lower() in self.origins else origin
+
+    async def _past_host(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope[HOST_OK] = True
+        await self.inner(scope, receive, send)
 
     async def _checked(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = Headers(scope=scope)
@@ -303,17 +311,32 @@ class _Gate:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
+        t0, status = time.perf_counter(), [0]
 
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
+        async def unless_bad_host(message: dict[str, Any]) -> None:
+            if HOST_OK in scope:  # else Starlette's plain "Invalid host header": answered below instead
+                await send_status(message)
+
         try:
-            await self.guarded(scope, receive, send_status)
+            await self.guarded(scope, receive, unless_bad_host)
+            if HOST_OK not in scope:
+                host = Headers(scope=scope).get("host")
+                msg = (f"this server does not answer to the Host {host[:200]!r} (a guard against DNS rebinding); "
+                       "start it with --allowed-host NAME to answer that name") if host else "send a Host header"
+                await _problem(400, msg)(scope, receive, send_status)
+        except asyncio.CancelledError:  # --drain-seconds ran out: uvicorn cancels the requests still running
+            if status[0]:
+                raise
+            self.state["cut_off"] += 1
+            await _problem(503, "the server stopped before this request was answered (--drain-seconds ran out); "
+                                "retry.", {"Retry-After": "1"})(scope, receive, send_status)
         finally:
-            self.metrics.request(_route(scope["path"]), status[0], time.perf_counter() - t0)
+            self.metrics.request(_route(scope["path"]), status[0] or 500, time.perf_counter() - t0)
 
 
 def create_app(models: Sequence[ServedModel], settings: Settings | None = None) -> FastAPI:
@@ -321,8 +344,9 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
     settings = settings or Settings()
     by_task = {m.task: m for m in models}
     metrics = Metrics(settings.max_batch_size)
-    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "ready": False, "error": None,
+    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "cut_off": 0, "ready": False, "error": None,
                              "loaded_in": None}
+    bodies = BodyBudget(int(settings.max_bodies_mb * 2**20))
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
     # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model")
@@ -460,16 +484,20 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
         if state["pending"] >= settings.max_queue or state["pending_pixels"] >= settings.max_queue_megapixels * 1e6:
             raise busy()  # refused before its body is read
-        reserved = pixels = 0
+        reserved = pixels = held = 0
         state["in_flight"] += 1
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20),
-                                   settings.body_timeout)
+                                   settings.body_timeout, bodies)
+            held = len(body)
             uploads, extra, files, size = await loop.run_in_executor(decode_pool, unpack,
                                                                      request.headers.get("content-type", ""), body)
             del body
+            if len(uploads) > settings.max_queue:  # could never be admitted: a 503 would be retried for ever
+                raise Problem(413, f"{len(uploads)} images in one request; this server admits at most {settings.max_queue} "
+                                   "at once (--max-queue); send fewer per request.")
             # only images read and parsed hold a place, by count and by pixels (what decoding them costs)
             if (state["pending"] + len(uploads) > settings.max_queue
                     or state["pending_pixels"] + size > settings.max_queue_megapixels * 1e6):
@@ -487,6 +515,7 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             state["pending"] -= reserved
             state["pending_pixels"] -= pixels
             state["in_flight"] -= 1
+            bodies.give(held)
         out: dict[str, Any] = {"task": task}
         if "id" in extra:
             out["id"] = extra["id"]
@@ -521,6 +550,41 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _http_protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with the deadline for a request's headers that h11 lacks: a connection
+    that has not sent a whole request head ``header_timeout`` seconds after it opened, or after its
+    last answer, is closed. Else a socket that sends nothing, or dribbles its headers, is held for
+    ever (a file descriptor each; enough of them and accept() fails for everyone)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self.deadline.cancel()
+
+        def arm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            self.deadline = self.loop.call_later(header_timeout, self.expire)
+
+        def expire(self) -> None:
+            idle = self.cycle is None or self.cycle.response_complete  # no request head since the last answer
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
+
+
 def _check_access(settings: Settings) -> None:
     """Before anything is bound: the key (default $VISIONLAB_API_KEY) can be sent, and off loopback
     there is one unless --insecure-no-key says that is meant."""
@@ -551,7 +615,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
           + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if settings.api_key else ""), flush=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    config = uvicorn.Config(app, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, http=_http_protocol(settings.header_timeout), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")
     server = uvicorn.Server(config)
     stopped: list[int] = []
@@ -563,8 +627,9 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
-    left = app.state["in_flight"]
-    print("stopped" + (f" with {left} request(s) unanswered after --drain-seconds {settings.drain_seconds:g}"
+    left = app.state["cut_off"]
+    why = "by a second Ctrl-C" if server.force_exit else f"after --drain-seconds {settings.drain_seconds:g}"
+    print("stopped" + (f" with {left} request(s) cut off (answered 503) {why}"
                        if left else ", every request in flight answered") + ".", flush=True)
     if not server.started:
         raise VisionlabError("the server did not start (see the messages above).")

@@ -144,8 +144,9 @@ class Batcher:
         self._batch, self._items = [], deque()
 
     async def close(self) -> None:
-        """Stop after the items already queued are answered."""
-        while self._items or self.running:
+        """Stop after the items already queued are answered (those of requests given up, e.g. cut off at
+        the end of the drain, are not waited for: the loop would drop them only at its batch deadline)."""
+        while any(not fut.done() for _, fut in self._items) or self.running:
             await asyncio.sleep(0.01)
         if self._task is not None and not self._task.done():  # a loop that died has been reported already
             self._closing = True

@@ -16,10 +16,11 @@ import base64
 import binascii
 import io
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-__all__ = ["Problem", "Upload", "read_body", "parse_uploads", "check_image", "check_images", "decode_failure",
+__all__ = ["Problem", "Upload", "BodyBudget", "read_body", "parse_uploads", "check_image", "check_images", "decode_failure",
            "IMAGE_FIELDS"]
 
 IMAGE_FIELDS = ("image", "images", "file", "files")  # multipart field names that carry images
@@ -40,20 +41,38 @@ class Upload:
     data: bytes
 
 
-async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int, timeout: float) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to be over ``limit`` bytes, and
-    with 408 when it has not all arrived ``timeout`` seconds after reading began."""
+class BodyBudget:
+    """The bytes of the request bodies held, all requests together (read, or being read), within
+    ``limit``: a chunk that would pass it is a 503, so slow uploads cannot add up to any memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise Problem(503, f"the server holds {self.used / 2**20:.1f} MB of request bodies already, its limit "
+                               f"(--max-bodies-mb {self.limit / 2**20:g}); retry shortly.", {"Retry-After": "1"})
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int, timeout: float, budget: BodyBudget) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to be over ``limit`` bytes, with
+    408 when it has not all arrived ``timeout`` seconds after reading began, and with 503 when it
+    does not fit in ``budget``; the caller gives its bytes back to the budget once it is answered."""
     import anyio
 
     try:
         with anyio.fail_after(timeout):  # raises the built-in TimeoutError on every Python
-            return await _read(headers, stream, limit)
+            return await _read(headers, stream, limit, budget)
     except TimeoutError:
         raise Problem(408, f"the request body did not arrive within {timeout:g} s (--body-timeout); send it faster, "
                            "or ask whoever runs the server for a longer --body-timeout.", {"Connection": "close"}) from None
 
 
-async def _read(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
+async def _read(headers: Any, stream: AsyncIterator[bytes], limit: int, budget: BodyBudget) -> bytes:
     mb = f"{limit / 2**20:g} MB"
     declared = headers.get("content-length")
     if declared is not None:
@@ -64,10 +83,15 @@ async def _read(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes
         if n > limit:
             raise Problem(413, f"the request body is {n} bytes, over the upload limit of {mb} (--max-upload-mb).")
     buf = bytearray()
-    async for chunk in stream:
-        buf += chunk
-        if len(buf) > limit:
-            raise Problem(413, f"the request body is over the upload limit of {mb} (--max-upload-mb).")
+    try:
+        async for chunk in stream:
+            budget.take(len(chunk))
+            buf += chunk
+            if len(buf) > limit:
+                raise Problem(413, f"the request body is over the upload limit of {mb} (--max-upload-mb).")
+    except BaseException:  # refused, timed out or hung up: its bytes are free again
+        budget.give(len(buf))
+        raise
     return bytes(buf)
 
 
@@ -99,9 +123,22 @@ def _too_many(count: str) -> Problem:
                         "send the others in another request.")
 
 
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (1e999) would come back as infinity,
+    which no JSON answer can carry (an echoed "id")."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def _json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON ({exc}).") from None
     except RecursionError:
