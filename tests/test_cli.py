@@ -224,6 +224,16 @@ def test_unknown_task_on_predict_and_evaluate(trained: Path, images: Path):
     assert_one_line_error(invoke("predict", images / "Positive", "--task", "nope"), "unknown task")
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", "/abs/escaped"])
+def test_a_run_name_cannot_put_the_run_outside_out(tmp_path: Path, name: str):
+    """--name is one folder inside <out>/<task>/: '../..' or an absolute path would write the run elsewhere."""
+    out = tmp_path / "deep" / "runs"
+    name = str(tmp_path / "abs" / "escaped") if name.startswith("/") else name
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", "synthetic", "--out", out, "--name", name, *FAST),
+                          "name must be one folder name", repr(name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder anywhere, inside --out or out of it
+
+
 def test_bad_set_key():
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "epoch=3"), "'epoch'", "Did you mean 'epochs'?", "Valid keys")
 

@@ -207,6 +207,16 @@ def test_paths_and_names_stay_verbatim():
     assert cfg.data == "0012" and cfg.name == "2024" and cfg.out == "~/runs#1"
 
 
+@pytest.mark.parametrize("name", ["../../x", "a/b", "a\\b", "..", ".", "/tmp/x", "a\0b"])
+def test_a_name_that_is_not_one_folder_is_refused(name: str):
+    with pytest.raises(VisionlabError, match="name must be one folder name"):
+        load_config("cracks", overrides={"name": name})
+
+
+def test_unicode_and_dotted_names_are_folder_names():
+    assert load_config("cracks", overrides=["name=relevé_1.2 ü"]).name == "relevé_1.2 ü"
+
+
 def test_set_augment_subkey_keeps_the_other_augment_defaults():
     base = load_config("cracks").augment
     assert base["hflip"] is True

@@ -292,7 +292,17 @@ def _validate(cfg: Config) -> Config:
     for ok, msg in checks:
         if not ok:
             raise VisionlabError(f"invalid config: {msg}.", "Fix the value in the config or --set.")
+    _check_name(cfg.name)
     return cfg
+
+
+def _check_name(name: str | None) -> None:
+    """A run's ``name`` is one folder inside ``<out>/<task>/``: '../x', 'a/b' or an absolute path would put it elsewhere."""
+    if not name:
+        return  # the default: a timestamp
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise VisionlabError(f"invalid config: name must be one folder name (no '/', '\\' or '..'), got {name!r}.",
+                             "Runs go to <out>/<task>/<name>/: choose where with --out, and give --name a plain name.")
 
 
 def _trackers(names: list[str]) -> list[str]:
