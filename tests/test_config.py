@@ -337,6 +337,41 @@ def test_config_files_python_cannot_use_are_one_line_errors(tmp_path: Path, text
     assert expected in _error(config=path)
 
 
+def _alias_bomb(levels: int, key: str) -> str:
+    """'Billion laughs': each anchor repeats the one before ten times; ``key`` gets the last (10**levels values)."""
+    lines = ["model_args:", "  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + (f"\n{key}: *l{levels - 1}\n" if key != "model_args" else "\n")
+
+
+@pytest.mark.parametrize("key", ["epochs", "classes", "name", "model_args"])
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, key: str):
+    """Aliases load as shared nodes, cheaply; the message, the class list or the saved config of them
+    was exponential (10**7 'lol's: a 70 MB error line; one level more and gigabytes)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(7, key))
+    with pytest.raises(VisionlabError, match="expands to more than 100000 values") as err:
+        load_config("cracks", path)
+    assert len(str(err.value)) < 300
+
+
+def test_a_yaml_alias_bomb_in_an_override_and_a_self_containing_value_are_refused(tmp_path: Path):
+    bomb = "{a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcd", "bcde")) + "}"
+    with pytest.raises(VisionlabError, match="override model_args expands to more than"):
+        load_config("cracks", overrides=[f"model_args={bomb}"])
+    path = tmp_path / "loop.yaml"
+    path.write_text("model_args:\n  a: &a [*a]\n")
+    with pytest.raises(VisionlabError, match="contains itself"):
+        load_config("cracks", path)
+
+
+def test_aliases_within_reason_still_load(tmp_path: Path):
+    path = tmp_path / "alias.yaml"
+    path.write_text("classes: &c [Negative, Positive]\nmodel_args: {x: *c}\n")
+    assert load_config("cracks", path).classes == ["Negative", "Positive"]
+
+
 def test_a_folder_as_config_file_is_a_one_line_error(tmp_path: Path):
     assert "cannot be read as text" in _error(config=tmp_path)
 

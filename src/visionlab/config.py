@@ -331,6 +331,41 @@ def config_path(task: str) -> Path | None:
 _YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError)
 
 
+# More values than a config can need (every key, a class list of thousands): what a YAML alias bomb
+# ("billion laughs": aliases that repeat aliases) expands to, which printing or copying would then build.
+_MAX_VALUES = 100_000
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, refused when its aliases repeat one another into more than
+    :data:`_MAX_VALUES` values or make a value contain itself (PyYAML shares an aliased node, so the
+    load is cheap, but a message, a copy or a checkpoint of it is exponential, or endless)."""
+    data = yaml.safe_load(text)
+    sizes: dict[int, int] = {}
+
+    def count(node: Any, inside: frozenset[int]) -> int:
+        if not isinstance(node, (list, dict)):
+            return 1
+        if id(node) in inside:
+            raise VisionlabError(f"{where} holds a value that contains itself (a YAML alias to its own anchor).",
+                                 "Write the value out.")
+        if id(node) not in sizes:
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            total = 1
+            for child in children:
+                total += count(child, inside | {id(node)})
+                if total > _MAX_VALUES:
+                    break
+            sizes[id(node)] = total
+        if sizes[id(node)] > _MAX_VALUES:
+            raise VisionlabError(f"{where} expands to more than {_MAX_VALUES} values (YAML aliases repeating one another).",
+                                 "Write the values out; a config needs a few hundred at most.")
+        return sizes[id(node)]
+
+    count(data, frozenset())
+    return data
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -345,7 +380,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise VisionlabError(f"config file {p} cannot be read as text ({_first_line(exc)}).", "Pass a YAML file.") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = _safe_yaml(text, f"config file {p}") or {}
     except _YAML_ERRORS as exc:
         raise VisionlabError(f"config file {p} is not valid YAML ({_first_line(exc)}).", "Fix the syntax.") from None
     if not isinstance(data, dict):
@@ -366,7 +401,7 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _safe_yaml(raw, f"override {key}") if raw.strip() else None
         except _YAML_ERRORS:  # not YAML: the text itself
             value = raw
         if key in ("data", "name", "out", "model", "device") and value is not None:
