@@ -198,6 +198,33 @@ def test_stopping_in_epoch_1_says_nothing_was_saved_and_does_not_hide_the_good_r
     assert str(tmp_path / "cracks" / "good" / "best.pt") in ev.stdout
 
 
+# Imported first by the process (a sitecustomize): sends the process ``sig`` when it starts importing ``module``.
+_SIGNAL_AT_IMPORT = """
+import os, signal, sys
+def _hook(event, args):
+    if event == "import" and args[0] == {module!r} and not getattr(_hook, "sent", False):
+        _hook.sent = True
+        os.kill(os.getpid(), signal.{sig})
+sys.addaudithook(_hook)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "torch._C"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_torch_imports_stops_the_run_in_one_line(tmp_path: Path, module: str, sig: str):
+    """Inside torch's C init a KeyboardInterrupt was swallowed (numpy 'failed to load': the run went on to
+    the end, rc 0, as if never stopped) or broke the import into a raw ImportError traceback."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGNAL_AT_IMPORT.format(module=module, sig=sig))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(hook)]))}
+    out = subprocess.run(_cli("train", "--task", "cracks", *ARGS, "--out", str(tmp_path / "runs")), capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert out.stderr == "error: interrupted.\n"
+    assert not (tmp_path / "runs").exists()
+
+
 def test_stopping_after_a_checkpoint_names_it_and_the_run_resumes(slow_args, tmp_path: Path):
     run = tmp_path / "cracks" / "later"
     args = list(slow_args)
