@@ -299,8 +299,8 @@ class Trainer:
             self._start(resume)
         except KeyboardInterrupt:  # during set-up (decoding the cache...): nothing of this run is saved yet
             raise self._interrupted() from None
-        self._emit("on_fit_start")
         try:
+            self._emit("on_fit_start")
             for epoch in range(self.loop.epoch, self.cfg.epochs):
                 self._emit("on_train_epoch_start", epoch)
                 self._train_epoch(epoch)
@@ -322,7 +322,10 @@ class Trainer:
         result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
                              len(loop.history), loop.history, train_seconds=loop.train_seconds,
                              images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
-        self._finish(result)
+        try:
+            self._finish(result)
+        except KeyboardInterrupt:  # during the test evaluation: the checkpoints are complete
+            raise self._stopped_by(None) from None
         self._emit("on_fit_end", result)
         if joined:
             torch.distributed.destroy_process_group()
