@@ -31,7 +31,7 @@ from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, Model
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
-from visionlab.engine.distributed import check_shared, node_first, peer_failure, rank_gpu, record_failure
+from visionlab.engine.distributed import INTERRUPTED, check_shared, node_first, peer_failure, rank_gpu, record_failure
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import PeerFailed, TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
@@ -670,12 +670,11 @@ class Trainer:
         failure reaches this one as SIGTERM or as a broken collective; then that failure is the cause
         (MLflow: FAILED, not KILLED), read from the job's store, where the first failing process left it."""
         cause = peer_failure(self.dist)
-        if cause and not cause.startswith(f"process {self.dist.rank} failed"):
+        # a peer's interrupt explains this process's error, not this process's own interrupt (all were stopped)
+        if cause and not cause.startswith(f"process {self.dist.rank} ") and (exc is not None or not cause.endswith(INTERRUPTED)):
             return PeerFailed(f"stopped because {cause}; {self._saved_note()}.", self._resume_hint())
-        if exc is None:
-            return self._interrupted()
         record_failure(self.dist, exc)
-        return exc
+        return self._interrupted() if exc is None else exc
 
     def _saved_note(self) -> str:
         """What the run has on disk now, in words (for interrupts and errors)."""
