@@ -187,7 +187,12 @@ def test_bad_choices_list_the_allowed_ones(override: str, choices: str):
 
 
 @pytest.mark.parametrize(
-    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_size=100", "tile_overlap=0.95"]
+    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_size=100", "tile_overlap=0.95",
+                 # a raw ValueError traceback from numpy/torch at the start of training:
+                 "seed=-1", "seed=1e30",
+                 # silently accepted: no training step at all, or meaningless settings
+                 "max_steps_per_epoch=-1", "early_stopping=-1", "weight_decay=-1", "grad_clip=-1", "warmup_epochs=-3",
+                 "label_smoothing=2", "label_smoothing=-0.1", "num_workers=-5", "cache_budget_mb=-1"]
 )
 def test_out_of_range_values_are_refused(override: str):
     assert "invalid config" in _error(overrides=[override])

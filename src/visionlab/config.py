@@ -288,6 +288,13 @@ def _validate(cfg: Config) -> Config:
         (cfg.accumulate >= 1, "accumulate must be >= 1 (1 = a step per batch)"),
         (cfg.checkpoint_every_steps >= 0 and cfg.checkpoint_every_minutes >= 0,
          "checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = off)"),
+        (0 <= cfg.seed < 2**32, "seed must be in [0, 2**32)"),
+        (cfg.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0 (0 = a full pass)"),
+        (cfg.early_stopping >= 0, "early_stopping must be >= 0 (0 = off)"),
+        (min(cfg.weight_decay, cfg.grad_clip, cfg.warmup_epochs, cfg.focal_gamma) >= 0,
+         "weight_decay, grad_clip, warmup_epochs and focal_gamma must be >= 0"),
+        (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (cfg.num_workers >= -1 and cfg.cache_budget_mb >= 0, "num_workers must be >= -1 (-1 = auto) and cache_budget_mb >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
