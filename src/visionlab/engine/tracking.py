@@ -168,7 +168,7 @@ class TensorBoardTracker(Tracker):
             for summary in hparams(values, {trainer.monitor: None}):
                 self.writer.file_writer.add_summary(summary)
         self.log_epochs(trainer.loop.history)
-        trainer.console.print(f"tensorboard: logging to {folder} (to view: tensorboard --logdir {trainer.cfg.out})",
+        trainer.console.print(f"tensorboard: logging to {folder} (to view: tensorboard --logdir {trainer.runs_folder})",
                               markup=False, highlight=False)
 
     def log_epochs(self, rows: list[dict[str, Any]]) -> None:

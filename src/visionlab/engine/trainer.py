@@ -567,6 +567,12 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
     @property
+    def runs_folder(self) -> Path:
+        """The ``<out>`` this run's folder is in (``<out>/<task>/<name>``): on a resume, where the run is, which
+        the saved ``out`` (maybe relative to another working folder) need not say."""
+        return self.run_dir.resolve().parent.parent
+
+    @property
     def eval_model(self) -> torch.nn.Module:
         """What validation scores and checkpoints hold: the weight average when there is one."""
         return self.ema.module if self.ema is not None else self.model
@@ -590,7 +596,7 @@ class Trainer:
         removed = []
         if self.dist.is_main:
             removed = remove_stale_temporaries(self.run_dir)
-            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+            mark_latest(self.run_dir, self.runs_folder, self.spec.name)
         self._marked = True
         self._saved = {"last.pt": (loop.epoch, loop.step)}
         if (self.run_dir / "best.pt").exists():
@@ -653,7 +659,7 @@ class Trainer:
             self._saved[path.name] = (self.loop.epoch, self.loop.step)
             self._emit("on_checkpoint", path)
         if not self._marked:  # the latest-run pointer only ever names a run that has a checkpoint
-            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+            mark_latest(self.run_dir, self.runs_folder, self.spec.name)
             self._marked = True
 
     def _interrupted(self) -> TrainingInterrupted:
