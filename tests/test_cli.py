@@ -224,6 +224,32 @@ def test_unknown_task_on_predict_and_evaluate(trained: Path, images: Path):
     assert_one_line_error(invoke("predict", images / "Positive", "--task", "nope"), "unknown task")
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", "/abs/escaped"])
+def test_a_run_name_cannot_put_the_run_outside_out(tmp_path: Path, name: str):
+    """--name is one folder inside <out>/<task>/: '../..' or an absolute path would write the run elsewhere."""
+    out = tmp_path / "deep" / "runs"
+    name = str(tmp_path / "abs" / "escaped") if name.startswith("/") else name
+    assert_one_line_error(invoke("train", "--task", "cracks", "--data", "synthetic", "--out", out, "--name", name, *FAST),
+                          "name must be one folder name", repr(name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder anywhere, inside --out or out of it
+
+
+def test_a_run_resumed_from_another_folder_marks_its_own_runs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A relative --out is saved as given: resumed from another working folder, the latest-run pointers
+    went to a stray <cwd>/<out>/ there (and TensorBoard's --logdir named it), not to the run's own."""
+    first, other = tmp_path / "first", tmp_path / "other"
+    first.mkdir(), other.mkdir()
+    monkeypatch.chdir(first)
+    assert invoke("train", "--task", "cracks", "--data", "synthetic", "--out", "rel", "--name", "r", *FAST).exit_code == 0
+    run = first / "rel" / "cracks" / "r"
+    (first / "rel" / "LATEST").unlink()
+    monkeypatch.chdir(other)
+    result = invoke("train", "--task", "cracks", "--resume", run / "last.pt", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert list(other.iterdir()) == []
+    assert (first / "rel" / "LATEST").read_text().strip() == str(run)
+
+
 def test_bad_set_key():
     assert_one_line_error(invoke("train", "--task", "cracks", "--set", "epoch=3"), "'epoch'", "Did you mean 'epochs'?", "Valid keys")
 

@@ -187,7 +187,12 @@ def test_bad_choices_list_the_allowed_ones(override: str, choices: str):
 
 
 @pytest.mark.parametrize(
-    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_size=100", "tile_overlap=0.95"]
+    "override", ["epochs=0", "batch_size=0", "lr=0", "val_fraction=0.9", "image_size=8", "tile_size=16", "tile_size=100", "tile_overlap=0.95",
+                 # a raw ValueError traceback from numpy/torch at the start of training:
+                 "seed=-1", "seed=1e30",
+                 # silently accepted: no training step at all, or meaningless settings
+                 "max_steps_per_epoch=-1", "early_stopping=-1", "weight_decay=-1", "grad_clip=-1", "warmup_epochs=-3",
+                 "label_smoothing=2", "label_smoothing=-0.1", "num_workers=-5", "cache_budget_mb=-1"]
 )
 def test_out_of_range_values_are_refused(override: str):
     assert "invalid config" in _error(overrides=[override])
@@ -205,6 +210,16 @@ def test_values_are_coerced_to_their_types():
 def test_paths_and_names_stay_verbatim():
     cfg = load_config("cracks", overrides=["data=0012", "name=2024", "out=~/runs#1"])
     assert cfg.data == "0012" and cfg.name == "2024" and cfg.out == "~/runs#1"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "a\\b", "..", ".", "/tmp/x", "a\0b"])
+def test_a_name_that_is_not_one_folder_is_refused(name: str):
+    with pytest.raises(VisionlabError, match="name must be one folder name"):
+        load_config("cracks", overrides={"name": name})
+
+
+def test_unicode_and_dotted_names_are_folder_names():
+    assert load_config("cracks", overrides=["name=relevé_1.2 ü"]).name == "relevé_1.2 ü"
 
 
 def test_set_augment_subkey_keeps_the_other_augment_defaults():
@@ -325,6 +340,41 @@ def test_config_files_python_cannot_use_are_one_line_errors(tmp_path: Path, text
     path = tmp_path / "c.yaml"
     path.write_bytes(text)
     assert expected in _error(config=path)
+
+
+def _alias_bomb(levels: int, key: str) -> str:
+    """'Billion laughs': each anchor repeats the one before ten times; ``key`` gets the last (10**levels values)."""
+    lines = ["model_args:", "  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + (f"\n{key}: *l{levels - 1}\n" if key != "model_args" else "\n")
+
+
+@pytest.mark.parametrize("key", ["epochs", "classes", "name", "model_args"])
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path: Path, key: str):
+    """Aliases load as shared nodes, cheaply; the message, the class list or the saved config of them
+    was exponential (10**7 'lol's: a 70 MB error line; one level more and gigabytes)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(7, key))
+    with pytest.raises(VisionlabError, match="expands to more than 100000 values") as err:
+        load_config("cracks", path)
+    assert len(str(err.value)) < 300
+
+
+def test_a_yaml_alias_bomb_in_an_override_and_a_self_containing_value_are_refused(tmp_path: Path):
+    bomb = "{a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcd", "bcde")) + "}"
+    with pytest.raises(VisionlabError, match="override model_args expands to more than"):
+        load_config("cracks", overrides=[f"model_args={bomb}"])
+    path = tmp_path / "loop.yaml"
+    path.write_text("model_args:\n  a: &a [*a]\n")
+    with pytest.raises(VisionlabError, match="contains itself"):
+        load_config("cracks", path)
+
+
+def test_aliases_within_reason_still_load(tmp_path: Path):
+    path = tmp_path / "alias.yaml"
+    path.write_text("classes: &c [Negative, Positive]\nmodel_args: {x: *c}\n")
+    assert load_config("cracks", path).classes == ["Negative", "Positive"]
 
 
 def test_a_folder_as_config_file_is_a_one_line_error(tmp_path: Path):

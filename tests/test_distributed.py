@@ -308,6 +308,26 @@ def test_a_rank_killed_mid_run_ends_the_job_and_the_run_resumes_on_another_numbe
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3]
 
 
+def test_sigterm_to_one_rank_makes_rank_0_say_so_and_what_is_saved(tmp_path: Path):
+    """Rank 1 interrupted alone: rank 0 meets a broken collective, and said only gloo's 'Connection closed
+    by peer ... GLHF!', not why nor that last.pt is intact."""
+    run = tmp_path / "cracks" / "one"
+    proc = subprocess.Popen(_torchrun(*ARGS, "--epochs", "50", "--out", str(tmp_path), "--name", "one"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    end = time.monotonic() + 180
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < end, "the job ended before a rank could be stopped"
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "visionlab"], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(sorted(workers, key=int)[-1]), signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    rank0 = [ln for ln in err.splitlines() if ln.startswith("error: stopped because process 1 was stopped by Ctrl-C or SIGTERM; ")]
+    assert len(rank0) == 1 and " is intact in " in rank0[0] and f"--resume {run / 'last.pt'}" in rank0[0], err[-3000:]
+    assert "Connection closed by peer" not in err
+
+
 def test_devices_starts_the_processes_itself(tmp_path: Path):
     out = subprocess.run([sys.executable, "-m", "visionlab", *ARGS, "--epochs", "1", "--devices", "2", "--out", str(tmp_path),
                           "--name", "dev"], capture_output=True, text=True, timeout=300)

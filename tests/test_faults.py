@@ -198,6 +198,78 @@ def test_stopping_in_epoch_1_says_nothing_was_saved_and_does_not_hide_the_good_r
     assert str(tmp_path / "cracks" / "good" / "best.pt") in ev.stdout
 
 
+# Imported first by the process (a sitecustomize): sends the process ``sig`` when it starts importing ``module``.
+_SIGNAL_AT_IMPORT = """
+import os, signal, sys
+def _hook(event, args):
+    if event == "import" and args[0] == {module!r} and not getattr(_hook, "sent", False):
+        _hook.sent = True
+        os.kill(os.getpid(), signal.{sig})
+sys.addaudithook(_hook)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "torch._C"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_torch_imports_stops_the_run_in_one_line(tmp_path: Path, module: str, sig: str):
+    """Inside torch's C init a KeyboardInterrupt was swallowed (numpy 'failed to load': the run went on to
+    the end, rc 0, as if never stopped) or broke the import into a raw ImportError traceback."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGNAL_AT_IMPORT.format(module=module, sig=sig))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(hook)]))}
+    out = subprocess.run(_cli("train", "--task", "cracks", *ARGS, "--out", str(tmp_path / "runs")), capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert out.stderr == "error: interrupted.\n"
+    assert not (tmp_path / "runs").exists()
+
+
+# A sitecustomize: sends the process SIGTERM when it first opens a file named ``name`` in ``mode`` ('r' or 'w').
+_SIGNAL_AT_OPEN = """
+import os, signal, sys
+def _hook(event, args):
+    if event == "open" and str(args[0]).endswith({name!r}) and {mode!r} in str(args[1]) and not getattr(_hook, "sent", False):
+        _hook.sent = True
+        os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(_hook)
+"""
+
+
+def _with_hook(tmp_path: Path, code: str) -> dict[str, str]:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(code)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(hook)]))}
+
+
+def test_stopping_during_the_test_evaluation_names_the_checkpoints_and_resume_finishes(tmp_path: Path):
+    """The test score reads best.pt after the last epoch: a SIGTERM then said only 'interrupted.'."""
+    run = tmp_path / "cracks" / "r"
+    args = ["train", "--task", "cracks", *ARGS, "--epochs", "1", "--out", str(tmp_path), "--name", "r"]
+    out = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=120,
+                         env=_with_hook(tmp_path, _SIGNAL_AT_OPEN.format(name="best.pt", mode="r")))
+    assert out.returncode == 130, out.stderr
+    assert out.stderr == (f"error: interrupted: best.pt (epoch 1) and last.pt (epoch 1) are intact in {run}. "
+                          f"Continue with --resume {run / 'last.pt'}.\n")
+    assert not (run / "summary.json").exists()
+    done = _run("train", "--task", "cracks", "--resume", str(run / "last.pt"))
+    assert done.returncode == 0, done.stderr
+    assert "test: accuracy" in done.stdout and (run / "summary.json").exists()
+
+
+def test_stopping_a_resumed_run_while_its_callbacks_start_names_its_checkpoint(reference, tmp_path: Path):
+    """on_fit_start (metrics.csv rewritten, a tracker connecting) ran outside the loop: 'interrupted.' alone."""
+    run = tmp_path / "cracks" / "r"
+    shutil.copytree(reference["run"], run)
+    # the first metrics.csv a resumed run writes is CSVLogger.on_fit_start's
+    out = subprocess.run(_cli("train", "--task", "cracks", "--resume", str(run / "last.pt"), "--epochs", "4", "--out", str(tmp_path)),
+                         capture_output=True, text=True, timeout=120,
+                         env=_with_hook(tmp_path, _SIGNAL_AT_OPEN.format(name=".metrics.csv.tmp", mode="w")))
+    assert out.returncode == 130, out.stderr
+    assert out.stderr.startswith("error: interrupted: ") and "last.pt (epoch 3)" in out.stderr, out.stderr
+
+
 def test_stopping_after_a_checkpoint_names_it_and_the_run_resumes(slow_args, tmp_path: Path):
     run = tmp_path / "cracks" / "later"
     args = list(slow_args)

@@ -169,7 +169,15 @@ def train_cmd(
     def stop(signum: int, frame: object) -> None:  # SIGTERM (a scheduler, kill, docker stop) stops like Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    # held while torch imports (seconds): an interrupt inside it is swallowed by torch's C init (numpy "fails
+    # to load", the run goes on as if never stopped) or breaks the import into a raw ImportError; delivered after
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGTERM, stop)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
     overrides = list(set_)
     for key, val in (("epochs", epochs), ("batch_size", batch_size), ("device", device), ("out", out), ("name", name), ("seed", seed)):

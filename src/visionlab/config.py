@@ -288,11 +288,28 @@ def _validate(cfg: Config) -> Config:
         (cfg.accumulate >= 1, "accumulate must be >= 1 (1 = a step per batch)"),
         (cfg.checkpoint_every_steps >= 0 and cfg.checkpoint_every_minutes >= 0,
          "checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = off)"),
+        (0 <= cfg.seed < 2**32, "seed must be in [0, 2**32)"),
+        (cfg.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0 (0 = a full pass)"),
+        (cfg.early_stopping >= 0, "early_stopping must be >= 0 (0 = off)"),
+        (min(cfg.weight_decay, cfg.grad_clip, cfg.warmup_epochs, cfg.focal_gamma) >= 0,
+         "weight_decay, grad_clip, warmup_epochs and focal_gamma must be >= 0"),
+        (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (cfg.num_workers >= -1 and cfg.cache_budget_mb >= 0, "num_workers must be >= -1 (-1 = auto) and cache_budget_mb >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise VisionlabError(f"invalid config: {msg}.", "Fix the value in the config or --set.")
+    _check_name(cfg.name)
     return cfg
+
+
+def _check_name(name: str | None) -> None:
+    """A run's ``name`` is one folder inside ``<out>/<task>/``: '../x', 'a/b' or an absolute path would put it elsewhere."""
+    if not name:
+        return  # the default: a timestamp
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise VisionlabError(f"invalid config: name must be one folder name (no '/', '\\' or '..'), got {name!r}.",
+                             "Runs go to <out>/<task>/<name>/: choose where with --out, and give --name a plain name.")
 
 
 def _trackers(names: list[str]) -> list[str]:
@@ -321,6 +338,41 @@ def config_path(task: str) -> Path | None:
 _YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError)
 
 
+# More values than a config can need (every key, a class list of thousands): what a YAML alias bomb
+# ("billion laughs": aliases that repeat aliases) expands to, which printing or copying would then build.
+_MAX_VALUES = 100_000
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, refused when its aliases repeat one another into more than
+    :data:`_MAX_VALUES` values or make a value contain itself (PyYAML shares an aliased node, so the
+    load is cheap, but a message, a copy or a checkpoint of it is exponential, or endless)."""
+    data = yaml.safe_load(text)
+    sizes: dict[int, int] = {}
+
+    def count(node: Any, inside: frozenset[int]) -> int:
+        if not isinstance(node, (list, dict)):
+            return 1
+        if id(node) in inside:
+            raise VisionlabError(f"{where} holds a value that contains itself (a YAML alias to its own anchor).",
+                                 "Write the value out.")
+        if id(node) not in sizes:
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            total = 1
+            for child in children:
+                total += count(child, inside | {id(node)})
+                if total > _MAX_VALUES:
+                    break
+            sizes[id(node)] = total
+        if sizes[id(node)] > _MAX_VALUES:
+            raise VisionlabError(f"{where} expands to more than {_MAX_VALUES} values (YAML aliases repeating one another).",
+                                 "Write the values out; a config needs a few hundred at most.")
+        return sizes[id(node)]
+
+    count(data, frozenset())
+    return data
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -335,7 +387,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise VisionlabError(f"config file {p} cannot be read as text ({_first_line(exc)}).", "Pass a YAML file.") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = _safe_yaml(text, f"config file {p}") or {}
     except _YAML_ERRORS as exc:
         raise VisionlabError(f"config file {p} is not valid YAML ({_first_line(exc)}).", "Fix the syntax.") from None
     if not isinstance(data, dict):
@@ -356,7 +408,7 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _safe_yaml(raw, f"override {key}") if raw.strip() else None
         except _YAML_ERRORS:  # not YAML: the text itself
             value = raw
         if key in ("data", "name", "out", "model", "device") and value is not None:

@@ -145,13 +145,18 @@ def _job_store() -> Any:
         return None
 
 
-def record_failure(dist: Dist, exc: BaseException) -> None:
-    """Leave in the job's store why this process fails: torchrun then stops the others with SIGTERM,
-    which alone reads like a user's stop (see :func:`peer_failure`). The first failure is kept."""
+INTERRUPTED = "was stopped by Ctrl-C or SIGTERM"
+
+
+def record_failure(dist: Dist, exc: BaseException | None) -> None:
+    """Leave in the job's store why this process fails (``None``: it was interrupted alone, its peers then
+    meet a broken collective): torchrun then stops the others with SIGTERM, which alone reads like a
+    user's stop (see :func:`peer_failure`). The first failure is kept."""
     store = _job_store() if dist.enabled else None
+    why = INTERRUPTED if exc is None else f"failed: {type(exc).__name__}: {exc}"
     if store is not None:
         try:
-            store.compare_set(FAILED_KEY, "", f"process {dist.rank} failed: {type(exc).__name__}: {exc}"[:2000])
+            store.compare_set(FAILED_KEY, "", f"process {dist.rank} {why}"[:2000])
         except RuntimeError:
             pass
 

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 from visionlab._version import __version__
 from visionlab.config import TRACKER_NAMES
-from visionlab.engine.distributed import peer_failure
+from visionlab.engine.distributed import INTERRUPTED, peer_failure
 from visionlab.engine.trainer import Callback, Trainer, TrainResult
 from visionlab.errors import TrainingInterrupted, VisionlabError
 
@@ -169,7 +169,7 @@ class TensorBoardTracker(Tracker):
             for summary in hparams(values, {trainer.monitor: None}):
                 self.writer.file_writer.add_summary(summary)
         self.log_epochs(trainer.loop.history)
-        trainer.console.print(f"tensorboard: logging to {folder} (to view: tensorboard --logdir {trainer.cfg.out})",
+        trainer.console.print(f"tensorboard: logging to {folder} (to view: tensorboard --logdir {trainer.runs_folder})",
                               markup=False, highlight=False)
 
     def log_epochs(self, rows: list[dict[str, Any]]) -> None:
@@ -371,6 +371,7 @@ class MLflowTracker(Tracker):
         # under torchrun a SIGTERM may be the job ending for another process's failure, even one that
         # arrives while this process reports its own error: the cause that process left is the run's
         cause = peer_failure(trainer.dist) if interrupted and getattr(trainer, "dist", None) is not None else None
+        cause = None if cause and cause.endswith(INTERRUPTED) else cause  # all were stopped: KILLED
         try:
             self.client.set_tag(run_id, "visionlab.error", (cause or str(exc) or type(exc).__name__)[:5000])
             self._end("KILLED" if interrupted and not cause else "FAILED")

@@ -31,7 +31,7 @@ from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, Model
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
-from visionlab.engine.distributed import check_shared, node_first, peer_failure, rank_gpu, record_failure
+from visionlab.engine.distributed import INTERRUPTED, check_shared, node_first, peer_failure, rank_gpu, record_failure
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import PeerFailed, TrainingInterrupted, VisionlabError
 from visionlab.registry import TaskSpec, get_task
@@ -299,8 +299,8 @@ class Trainer:
             self._start(resume)
         except KeyboardInterrupt:  # during set-up (decoding the cache...): nothing of this run is saved yet
             raise self._interrupted() from None
-        self._emit("on_fit_start")
         try:
+            self._emit("on_fit_start")
             for epoch in range(self.loop.epoch, self.cfg.epochs):
                 self._emit("on_train_epoch_start", epoch)
                 self._train_epoch(epoch)
@@ -322,7 +322,10 @@ class Trainer:
         result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
                              len(loop.history), loop.history, train_seconds=loop.train_seconds,
                              images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
-        self._finish(result)
+        try:
+            self._finish(result)
+        except KeyboardInterrupt:  # during the test evaluation: the checkpoints are complete
+            raise self._stopped_by(None) from None
         self._emit("on_fit_end", result)
         if joined:
             torch.distributed.destroy_process_group()
@@ -564,6 +567,12 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
     @property
+    def runs_folder(self) -> Path:
+        """The ``<out>`` this run's folder is in (``<out>/<task>/<name>``): on a resume, where the run is, which
+        the saved ``out`` (maybe relative to another working folder) need not say."""
+        return self.run_dir.resolve().parent.parent
+
+    @property
     def eval_model(self) -> torch.nn.Module:
         """What validation scores and checkpoints hold: the weight average when there is one."""
         return self.ema.module if self.ema is not None else self.model
@@ -587,7 +596,7 @@ class Trainer:
         removed = []
         if self.dist.is_main:
             removed = remove_stale_temporaries(self.run_dir)
-            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+            mark_latest(self.run_dir, self.runs_folder, self.spec.name)
         self._marked = True
         self._saved = {"last.pt": (loop.epoch, loop.step)}
         if (self.run_dir / "best.pt").exists():
@@ -650,7 +659,7 @@ class Trainer:
             self._saved[path.name] = (self.loop.epoch, self.loop.step)
             self._emit("on_checkpoint", path)
         if not self._marked:  # the latest-run pointer only ever names a run that has a checkpoint
-            mark_latest(self.run_dir, self.cfg.out, self.spec.name)
+            mark_latest(self.run_dir, self.runs_folder, self.spec.name)
             self._marked = True
 
     def _interrupted(self) -> TrainingInterrupted:
@@ -667,13 +676,13 @@ class Trainer:
         failure reaches this one as SIGTERM or as a broken collective; then that failure is the cause
         (MLflow: FAILED, not KILLED), read from the job's store, where the first failing process left it."""
         cause = peer_failure(self.dist)
+        # a peer's interrupt explains this process's error, not this process's own interrupt (all were stopped);
         # a VisionlabError (divergence, a bad batch...) is this process's own finding, made on every process alike
-        if cause and not cause.startswith(f"process {self.dist.rank} failed") and not isinstance(exc, VisionlabError):
+        if (cause and not cause.startswith(f"process {self.dist.rank} ") and not isinstance(exc, VisionlabError)
+                and (exc is not None or not cause.endswith(INTERRUPTED))):
             return PeerFailed(f"stopped because {cause}; {self._saved_note()}.", self._resume_hint())
-        if exc is None:
-            return self._interrupted()
         record_failure(self.dist, exc)
-        return exc
+        return self._interrupted() if exc is None else exc
 
     def _saved_note(self) -> str:
         """What the run has on disk now, in words (for interrupts and errors)."""
