@@ -336,6 +336,15 @@ def test_devices_starts_the_processes_itself(tmp_path: Path):
     assert load_checkpoint(tmp_path / "cracks" / "dev" / "last.pt")["world"] == 2
 
 
+def test_devices_under_an_existing_job_is_a_one_line_error(tmp_path: Path):
+    """WORLD_SIZE set (torchrun, or left over): --devices 2 used to train silently in one process."""
+    out = subprocess.run([sys.executable, "-m", "visionlab", *ARGS, "--epochs", "1", "--devices", "2", "--out", str(tmp_path),
+                          "--name", "dev"], capture_output=True, text=True, timeout=300, env={**os.environ, "WORLD_SIZE": "1"})
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "--devices 2 starts processes of its own, but WORLD_SIZE=1" in " ".join(out.stderr.split())
+    assert not (tmp_path / "cracks" / "dev").exists()
+
+
 def test_under_torchrun_each_rank_says_only_what_it_knows(tmp_path: Path):
     """A run that blows up stops on every rank at the same step; rank 0 reports what is saved, the
     other ranks (which write nothing) say so instead of claiming that nothing was saved."""

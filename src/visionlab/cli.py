@@ -163,7 +163,11 @@ def train_cmd(
 
     from visionlab.api import train
 
-    if devices and devices > 1 and "WORLD_SIZE" not in os.environ:
+    if devices and devices > 1:
+        if "WORLD_SIZE" in os.environ:  # torchrun (or a leftover variable) already decides the processes
+            raise VisionlabError(f"--devices {devices} starts processes of its own, but WORLD_SIZE={os.environ['WORLD_SIZE']} "
+                                 "says this process is already one of a job.",
+                                 "Under torchrun leave --devices out; otherwise unset WORLD_SIZE.")
         raise typer.Exit(_launch(devices))
 
     def stop(signum: int, frame: object) -> None:  # SIGTERM (a scheduler, kill, docker stop) stops like Ctrl-C
