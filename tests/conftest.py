@@ -71,7 +71,7 @@ FAULT_TESTS = {
                        "test_a_damaged_evaluation_file", "test_only_jpegs_of_a_bounded_size"],
     "test_config.py": ["test_config_files_python_cannot_use", "test_a_folder_as_config_file", "test_numbers_that_are_not_finite",
                        "test_fuzzed_", "test_a_name_that_is_not_one_folder", "test_a_yaml_alias_bomb",
-                       "test_out_of_range_values_are_refused"],
+                       "test_out_of_range_values_are_refused", "test_a_resume_config_file_of_another_task"],
     "test_models.py": ["test_sync_batchnorm", "test_auto_precision_on_a_gpu_that_only_emulates"],
 }
 

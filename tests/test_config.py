@@ -286,6 +286,19 @@ def test_config_file_of_another_task_is_refused(tmp_path: Path):
     assert "'waste'" in _error(config=path)
 
 
+def test_a_resume_config_file_of_another_task_is_refused(tmp_path: Path):
+    """It was accepted silently: the run's task was put back over it."""
+    from visionlab.config import load_config, resume_config
+
+    path = tmp_path / "w.yaml"
+    path.write_text("task: waste\nepochs: 5\n")
+    saved = load_config("cracks", None, {"epochs": 2}).to_dict()
+    with pytest.raises(VisionlabError, match="is for task 'waste', not 'cracks'.*keeps its task"):
+        resume_config(saved, path)
+    path.write_text("task: cracks\nepochs: 5\n")
+    assert resume_config(saved, path)[0].epochs == 5
+
+
 @pytest.mark.parametrize(
     "text, expected", [(None, "does not exist"), ("epochs: [1\n", "not valid YAML"), ("- a\n- b\n", "mapping")]
 )

@@ -453,10 +453,7 @@ def load_config(
     if default is not None:
         _merge(values, _read_yaml(default), str(default))
     if config is not None:
-        user = _read_yaml(Path(config))
-        if "task" in user and user["task"] != spec.name:
-            raise VisionlabError(f"config file {config} is for task {user['task']!r}, not {spec.name!r}.", "Pass the matching --task.")
-        _merge(values, user, str(config))
+        _merge(values, _user_config(config, spec.name, "Pass the matching --task."), str(config))
     _merge(values, parse_overrides(overrides), "--set")
     values["task"] = spec.name
     cfg = _validate(Config(**values))
@@ -475,6 +472,14 @@ def resume_differences(saved: Config, requested: Config) -> dict[str, tuple[Any,
     return diff
 
 
+def _user_config(config: str | os.PathLike, task: str, hint: str) -> dict[str, Any]:
+    """A user's config file, refused when it names another task than the one it configures."""
+    user = _read_yaml(Path(config))
+    if "task" in user and user["task"] != task:
+        raise VisionlabError(f"config file {config} is for task {user['task']!r}, not {task!r}.", hint)
+    return user
+
+
 def resume_config(
     saved: Mapping[str, Any] | Config,
     config: str | os.PathLike | None = None,
@@ -488,7 +493,7 @@ def resume_config(
     base = saved if isinstance(saved, Config) else config_from_dict(saved)
     values = base.to_dict()
     if config is not None:
-        _merge(values, _read_yaml(Path(config)), str(config))
+        _merge(values, _user_config(config, base.task, "A resumed run keeps its task: pass a config of that task, or none."), str(config))
     _merge(values, parse_overrides(overrides), "--set")
     values["task"] = base.task
     cfg = _validate(Config(**values))
