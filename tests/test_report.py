@@ -204,3 +204,17 @@ def test_only_jpegs_of_a_bounded_size_are_embedded(tmp_path: Path):
     assert text.count("data:image/jpeg;base64,") == 1 and len(text) < 100_000
     assert "skipped huge.jpg: larger than 8 MB" in text and "skipped text.jpg: not a JPEG image" in text
     assert "onload" not in text and "fifo.jpg" not in text and "gone.jpg" not in text
+
+
+@pytest.mark.torchfree
+def test_a_curve_that_never_goes_below_zero_gets_no_negative_tick():
+    """A learning rate annealed to 0 drew its axis down to -2.96e-05."""
+    import re
+
+    from visionlab.report import _svg_chart
+
+    svg = _svg_chart("learning rate", [{"epoch": 1, "lr": 5e-4}, {"epoch": 2, "lr": 0.0}], ["lr"])
+    ticks = [float(t) for t in re.findall(r"text-anchor='end'>([^<]+)<", svg)]
+    assert len(ticks) == 5 and min(ticks) == 0.0 and max(ticks) > 5e-4
+    loss = _svg_chart("loss", [{"epoch": 1, "val_loss": -0.5}, {"epoch": 2, "val_loss": 0.5}], ["val_loss"])
+    assert min(float(t) for t in re.findall(r"text-anchor='end'>([^<]+)<", loss)) < -0.5  # below 0 when the data is

@@ -270,7 +270,7 @@ def _svg_chart(title: str, history: list[dict[str, float]], keys: list[str], w: 
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
     pad = (hi - lo) * 0.08
-    lo, hi = lo - pad, hi + pad
+    lo, hi = (lo - pad if lo < 0 else max(0.0, lo - pad)), hi + pad  # a quantity never below 0 gets no negative tick
     x0, x1, y0, y1 = 66, w - 12, 14, h - 34
     xmin, xmax = min(xs), max(xs)
     sx = (lambda x: (x0 + x1) / 2) if xmax == xmin else (lambda x: x0 + (x - xmin) / (xmax - xmin) * (x1 - x0))
