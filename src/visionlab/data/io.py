@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visionlab.errors import VisionlabError
+from visionlab.process import LARGE_IMAGE_PIXELS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -148,7 +149,8 @@ def printable_name(path: Any) -> str:
 def _unreadable(p: Any, exc: BaseException) -> UnreadableImage:
     if isinstance(exc, Image.DecompressionBombError):
         return UnreadableImage(f"{printable_name(p)}: refused as a decompression bomb ({exc}).",
-                               "If you trust it, raise PIL.Image.MAX_IMAGE_PIXELS (the visionlab command allows 300 MP).")
+                               f"If you trust it, raise PIL.Image.MAX_IMAGE_PIXELS (here {Image.MAX_IMAGE_PIXELS or 0:,} pixels; "
+                               f"the visionlab command sets {LARGE_IMAGE_PIXELS:,}).")
     if isinstance(exc, UnidentifiedImageError):
         return UnreadableImage(f"{printable_name(p)}: cannot decode image (not a {FORMAT_NAMES} file).",
                                "Convert it to one of those, or remove it.")
