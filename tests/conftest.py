@@ -289,9 +289,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"
 SHOTS = Path("/tmp/serve-shots")  # copies of the screenshots, for a person to look at
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium driven by Playwright (skipped when either is missing), fake camera on."""
+    """Debian's Chromium driven by Playwright (skipped when either is missing), fake camera on. One
+    per module: Playwright's event loop runs in this thread while it is open, so a test module after
+    it that calls asyncio.run (test_batching) must not find it still running."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     try:
