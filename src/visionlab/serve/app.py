@@ -9,7 +9,8 @@ is: classes, input size and what a result holds all come from the checkpoint and
 ``/health`` says the process is up, ``/ready`` that every model is loaded and warmed up
 (Triton's live/ready split); a full queue answers 503 with Retry-After. Only the bound host
 names are answered (DNS rebinding), POSTs from other sites' pages only for ``--cors-origin``,
-and off loopback only with an API key (:class:`_Gate`, :func:`_check_access`).
+and off loopback only with an API key (:class:`_Gate`, :func:`_check_access`). The routes are in
+:mod:`visionlab.serve.routes`; :func:`create_app` wires them to the state, the lifespan and the guards.
 """
 
 from __future__ import annotations
