@@ -9,7 +9,8 @@ is: classes, input size and what a result holds all come from the checkpoint and
 ``/health`` says the process is up, ``/ready`` that every model is loaded and warmed up
 (Triton's live/ready split); a full queue answers 503 with Retry-After. Only the bound host
 names are answered (DNS rebinding), POSTs from other sites' pages only for ``--cors-origin``,
-and off loopback only with an API key (:class:`_Gate`, :func:`_check_access`).
+and off loopback only with an API key (:class:`_Gate`, :func:`_check_access`). The routes are in
+:mod:`visionlab.serve.routes`; :func:`create_app` wires them to the state, the lifespan and the guards.
 """
 
 from __future__ import annotations
@@ -29,24 +30,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Sequence
+from typing import Any, Sequence
 from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from visionlab._version import __version__
-from visionlab.data.io import UnreadableImage
 from visionlab.errors import VisionlabError
 from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
-from visionlab.serve.uploads import BodyBudget, Problem, check_images, decode_failure, parse_uploads, read_body
+from visionlab.serve.routes import ServerState, problem, router
+from visionlab.serve.uploads import BodyBudget, Problem
 
 __all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
 
@@ -54,11 +54,6 @@ log = logging.getLogger("visionlab.serve")
 KEY_ENV = "VISIONLAB_API_KEY"
 COOKIE = "visionlab_api_key"
 HOST_OK = "visionlab.host_ok"  # set in the scope of a request past the Host check
-STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
-# The page may load nothing that is not served by this process.
-CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
-       "style-src 'self'; script-src 'self'; connect-src 'self'; font-src 'self'; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 @dataclass
@@ -157,10 +152,6 @@ def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:
     return list(models.values())
 
 
-def _static(name: str) -> bytes:
-    return resources.files("visionlab.serve").joinpath("static", name).read_bytes()
-
-
 def _route(path: str) -> str:
     """The metrics label of a path (unknown paths share one label)."""
     if path in ("/", "/health", "/ready", "/models", "/metrics", "/predict"):
@@ -168,28 +159,6 @@ def _route(path: str) -> str:
     if path.startswith("/predict/"):
         return "/predict/{task}"
     return "/static" if path.startswith("/static/") else "other"
-
-
-async def _unless_gone(request: Request, work: Awaitable[Any]) -> Any:
-    """The work's result, or ClientDisconnect if the client hangs up first (the body read): then the
-    work is cancelled, and a batch drops the request's images."""
-    async def hung_up() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(hung_up())
-    try:
-        done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        task.cancel()  # a no-op when it is done
-    if task not in done:
-        raise ClientDisconnect()
-    return task.result()
-
-
-def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -252,8 +221,8 @@ class _Gate:
     (Starlette's TrustedHostMiddleware, against DNS rebinding), CORS for the --cors-origin sites
     (CORSMiddleware), POSTs from other origins refused, the API key (all but /health)."""
 
-    def __init__(self, app: Any, settings: Settings, metrics: Metrics, state: dict[str, Any]) -> None:
-        self.app, self.metrics, self.state = app, metrics, state
+    def __init__(self, app: Any, server: ServerState) -> None:
+        self.app, self.server, self.metrics, settings = app, server, server.metrics, server.settings
         self.key = settings.api_key.encode("utf-8") if settings.api_key else None
         self.origins = [o.rstrip("/").lower() for o in settings.cors_origins]
         bad = [o for o in self.origins if not re.fullmatch(r"https?://[^/?#\s]+", o)]
@@ -288,13 +257,13 @@ class _Gate:
         origin = self._cross_origin(scope, headers)
         if origin is not None:
             msg = f"a page of {origin[:200]!r} may not call this server; start it with --cors-origin ORIGIN to allow one"
-            return await _problem(403, msg)(scope, receive, send)
+            return await problem(403, msg)(scope, receive, send)
         if self.key and scope["path"] != "/health":
             given, from_query = _presented_key(scope, headers)
             if given is None or not hmac.compare_digest(given, self.key):
                 msg = ("this server needs an API key: send it as the X-API-Key header (or Authorization: Bearer KEY); "
                        "in a browser, open /?key=KEY once (KEY percent-encoded, e.g. + as %2B)") if given is None else "wrong API key"
-                return await _problem(401 if given is None else 403, msg)(scope, receive, send)
+                return await problem(401 if given is None else 403, msg)(scope, receive, send)
             if from_query:  # only a key that matched is kept
                 send = self._keeping_key(send, given)
         await self.app(scope, receive, send)
@@ -328,211 +297,101 @@ class _Gate:
                 host = Headers(scope=scope).get("host")
                 msg = (f"this server does not answer to the Host {host[:200]!r} (a guard against DNS rebinding); "
                        "start it with --allowed-host NAME to answer that name") if host else "send a Host header"
-                await _problem(400, msg)(scope, receive, send_status)
+                await problem(400, msg)(scope, receive, send_status)
         except asyncio.CancelledError:  # --drain-seconds ran out: uvicorn cancels the requests still running
             if status[0]:
                 raise
-            self.state["cut_off"] += 1
-            await _problem(503, "the server stopped before this request was answered (--drain-seconds ran out); "
+            self.server.cut_off += 1
+            await problem(503, "the server stopped before this request was answered (--drain-seconds ran out); "
                                 "retry.", {"Retry-After": "1"})(scope, receive, send_status)
         finally:
             self.metrics.request(_route(scope["path"]), status[0] or 500, time.perf_counter() - t0)
 
 
-def create_app(models: Sequence[ServedModel], settings: Settings | None = None) -> FastAPI:
-    """The app; models load and warm up in the background once it starts (see ``/ready``)."""
-    settings = settings or Settings()
-    by_task = {m.task: m for m in models}
-    metrics = Metrics(settings.max_batch_size)
-    state: dict[str, Any] = {"pending": 0, "pending_pixels": 0, "in_flight": 0, "cut_off": 0, "ready": False, "error": None,
-                             "loaded_in": None}
-    bodies = BodyBudget(int(settings.max_bodies_mb * 2**20))
-    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode")
-    # every torch call (loading, warm-up, each model's batches) runs in this one thread: see Batcher
-    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model")
-    page = _static("index.html")
-    static = {name: _static(name) for name in STATIC}
+def _load_all(server: ServerState) -> None:
+    t0 = time.perf_counter()
+    for m in server.models:
+        m.load(server.settings.device, server.settings.precision)
+    server.loaded_in = round(time.perf_counter() - t0, 2)
 
-    def load_all() -> None:
-        t0 = time.perf_counter()
-        for m in models:
-            m.load(settings.device, settings.precision)
-        state["loaded_in"] = round(time.perf_counter() - t0, 2)
 
-    async def loading() -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(model_thread, load_all)
-            state["ready"] = True
-            log.warning("ready: %d model(s) loaded and warmed up in %.1f s", len(models), state["loaded_in"])
-        except Exception as exc:  # /ready stays 503 and says why
-            state["error"] = f"{type(exc).__name__}: {exc}"
-            log.error("loading the models failed: %s", state["error"])
+async def _loading(server: ServerState) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(server.model_thread, _load_all, server)
+        server.ready = True
+        log.warning("ready: %d model(s) loaded and warmed up in %.1f s", len(server.models), server.loaded_in)
+    except Exception as exc:  # /ready stays 503 and says why
+        server.error = f"{type(exc).__name__}: {exc}"
+        log.error("loading the models failed: %s", server.error)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        for m in models:
-            m.batcher = Batcher(m.run, settings.max_batch_size, settings.max_wait_ms, name=m.task,
-                                on_batch=lambda n, s, task=m.task: metrics.batch(task, n, s), executor=model_thread)
-            m.batcher.start()
-        loader = asyncio.get_running_loop().create_task(loading())
-        yield
-        # uvicorn has already waited for the requests in flight (SIGTERM drains them)
-        loader.cancel()
-        for m in models:
-            await m.batcher.close()
-        model_thread.shutdown(wait=True)
-        decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="visionlab", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """Start each model's batcher and load the models in the background; stop them at the end."""
+    server: ServerState = app.state.server
+    for m in server.models:
+        m.batcher = Batcher(m.run, server.settings.max_batch_size, server.settings.max_wait_ms, name=m.task,
+                            on_batch=lambda n, s, task=m.task: server.metrics.batch(task, n, s),
+                            executor=server.model_thread)
+        m.batcher.start()
+    loader = asyncio.get_running_loop().create_task(_loading(server))
+    yield
+    # uvicorn has already waited for the requests in flight (SIGTERM drains them)
+    loader.cancel()
+    for m in server.models:
+        await m.batcher.close()
+    server.model_thread.shutdown(wait=True)
+    server.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _gauges(server: ServerState) -> None:
+    metrics, models = server.metrics, server.models
     metrics.gauge("visionlab_queue_depth", "Images waiting for a forward pass, per model.",
                   lambda: {f'model="{m.task}"': m.batcher.depth if m.batcher else 0 for m in models})
     metrics.gauge("visionlab_pending_images", "Images admitted and not yet answered (bounded by --max-queue).",
-                  lambda: {"": state["pending"]})
+                  lambda: {"": server.pending})
     metrics.gauge("visionlab_pending_megapixels", "Pixels of the images admitted and not yet answered "
-                  "(bounded by --max-queue-megapixels).", lambda: {"": state["pending_pixels"] / 1e6})
-    metrics.gauge("visionlab_requests_in_flight", "Predict requests being answered.", lambda: {"": state["in_flight"]})
-    metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.", lambda: {"": float(state["ready"] and not broken())})
+                  "(bounded by --max-queue-megapixels).", lambda: {"": server.pending_pixels / 1e6})
+    metrics.gauge("visionlab_requests_in_flight", "Predict requests being answered.", lambda: {"": server.in_flight})
+    metrics.gauge("visionlab_ready", "1 when every model is loaded and warmed up.",
+                  lambda: {"": float(server.ready and not server.broken())})
 
-    def broken() -> list[str]:
-        """What keeps the models from answering for good: a failed load, a batch loop that stopped."""
-        return [e for e in (state["error"], *(m.batcher.stopped for m in models if m.batcher)) if e]
 
-    @app.exception_handler(Problem)
-    async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
-        return _problem(exc.status, exc.message, exc.headers)
+async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+    return problem(exc.status, exc.message, exc.headers)
 
-    @app.exception_handler(BatcherStopped)
-    async def _on_stopped(request: Request, exc: BatcherStopped) -> JSONResponse:
-        return _problem(503, f"the model cannot answer: {exc}. Restart the server (its log says more).")
 
-    @app.exception_handler(ClientDisconnect)
-    async def _on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
-        log.warning("%s %s: the client disconnected before its answer (499)", request.method, request.url.path)
-        return Response(status_code=499)  # as nginx counts it; nobody reads it
+async def _on_stopped(request: Request, exc: BatcherStopped) -> JSONResponse:
+    return problem(503, f"the model cannot answer: {exc}. Restart the server (its log says more).")
 
-    @app.exception_handler(Exception)
-    async def _on_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("error answering %s", request.url.path)
-        return _problem(500, f"internal error ({type(exc).__name__}); see the server log.")
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "visionlab_version": __version__}
+async def _on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+    log.warning("%s %s: the client disconnected before its answer (499)", request.method, request.url.path)
+    return Response(status_code=499)  # as nginx counts it; nobody reads it
 
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        errors = broken()
-        ok = state["ready"] and not errors
-        body = {"ready": ok, "models": {m.task: m.predictor is not None for m in models}}
-        if errors:
-            body["error"] = "; ".join(errors)
-        elif ok:
-            body["loaded_in_seconds"] = state["loaded_in"]
-        return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/models")
-    async def list_models() -> dict[str, Any]:
-        return {"models": [m.info() for m in models], "visionlab_version": __version__,
-                "max_upload_mb": settings.max_upload_mb, "max_batch_size": settings.max_batch_size}
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("error answering %s", request.url.path)
+    return problem(500, f"internal error ({type(exc).__name__}); see the server log.")
 
-    @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/")
-    async def index(request: Request) -> Response:
-        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": CSP})
+EXCEPTION_HANDLERS = {Problem: _on_problem, BatcherStopped: _on_stopped, ClientDisconnect: _on_disconnect,
+                      Exception: _on_error}
 
-    @app.get("/static/{name}")
-    async def asset(name: str) -> Response:
-        if name not in static:
-            return _problem(404, f"no static file {name!r}")
-        return Response(static[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    def unpack(content_type: str, body: bytes) -> tuple[list[Any], dict[str, Any], list[Any], int]:
-        """In a decode thread: the body's uploads, its other fields, their checked files and pixels."""
-        uploads, extra = parse_uploads(content_type, body)
-        return uploads, extra, *check_images(uploads, int(settings.max_megapixels * 1e6))
-
-    def prepare(model: ServedModel, upload: Any, image: Any) -> tuple[Any, Any]:
-        """decode: the very decoding `visionlab predict` gives a file (its header is checked)."""
-        try:
-            return model.predictor.preprocess(image), image
-        except UnreadableImage as exc:
-            raise decode_failure(upload, exc) from None
-
-    def busy() -> Problem:
-        return Problem(503, f"the server is busy ({state['pending']} images of {state['pending_pixels'] / 1e6:.1f} MP "
-                            f"queued, --max-queue {settings.max_queue}, --max-queue-megapixels "
-                            f"{settings.max_queue_megapixels:g}); retry shortly.", {"Retry-After": "1"})
-
-    async def answer(request: Request, task: str | None) -> JSONResponse:
-        if task is None:
-            if len(by_task) > 1:
-                raise Problem(422, f"{len(by_task)} models are served ({', '.join(by_task)}); POST to /predict/{{task}}.")
-            task = next(iter(by_task))
-        if task not in by_task:
-            raise Problem(404, f"no model for task {task!r}; served: {', '.join(by_task)}.")
-        model = by_task[task]
-        if not state["ready"]:
-            raise Problem(503, "the models are still loading; retry when /ready answers 200.", {"Retry-After": "2"})
-        try:
-            top_k = int(request.query_params.get("top_k", settings.top_k))
-        except ValueError:
-            raise Problem(422, f"top_k={request.query_params['top_k']!r} is not an integer.") from None
-        if not 1 <= top_k <= 1000:
-            raise Problem(422, f"top_k={top_k} is out of range (1..1000).")
-        if state["pending"] >= settings.max_queue or state["pending_pixels"] >= settings.max_queue_megapixels * 1e6:
-            raise busy()  # refused before its body is read
-        reserved = pixels = held = 0
-        state["in_flight"] += 1
-        t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        try:
-            body = await read_body(request.headers, request.stream(), int(settings.max_upload_mb * 2**20),
-                                   settings.body_timeout, bodies)
-            held = len(body)
-            uploads, extra, files, size = await loop.run_in_executor(decode_pool, unpack,
-                                                                     request.headers.get("content-type", ""), body)
-            del body
-            if len(uploads) > settings.max_queue:  # could never be admitted: a 503 would be retried for ever
-                raise Problem(413, f"{len(uploads)} images in one request; this server admits at most {settings.max_queue} "
-                                   "at once (--max-queue); send fewer per request.")
-            # only images read and parsed hold a place, by count and by pixels (what decoding them costs)
-            if (state["pending"] + len(uploads) > settings.max_queue
-                    or state["pending_pixels"] + size > settings.max_queue_megapixels * 1e6):
-                raise busy()
-            reserved, pixels = len(uploads), size
-            state["pending"] += reserved
-            state["pending_pixels"] += pixels
-            prepared = await asyncio.gather(*(loop.run_in_executor(decode_pool, prepare, model, u, f)
-                                              for u, f in zip(uploads, files)))
-            items = [(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)]
-            preds = await _unless_gone(request, model.batcher.submit(items))
-            encoded = await asyncio.gather(*(loop.run_in_executor(decode_pool, p.to_json, img)
-                                             for p, (_, img) in zip(preds, prepared)))
-        finally:
-            state["pending"] -= reserved
-            state["pending_pixels"] -= pixels
-            state["in_flight"] -= 1
-            bodies.give(held)
-        out: dict[str, Any] = {"task": task}
-        if "id" in extra:
-            out["id"] = extra["id"]
-        out["results"] = [{"index": i, "name": u.name, **r} for i, (u, r) in enumerate(zip(uploads, encoded))]
-        out["seconds"] = round(time.perf_counter() - t0, 4)
-        headers = {"X-Request-ID": request.headers["x-request-id"]} if "x-request-id" in request.headers else None
-        return JSONResponse(out, headers=headers)
-
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        return await answer(request, None)
-
-    @app.post("/predict/{task}")
-    async def predict_task(task: str, request: Request) -> JSONResponse:
-        return await answer(request, task)
-
-    return _Gate(app, settings, metrics, state)  # type: ignore[return-value]
+def create_app(models: Sequence[ServedModel], settings: Settings | None = None) -> FastAPI:
+    """The app; models load and warm up in the background once it starts (see ``/ready``)."""
+    settings = settings or Settings()
+    server = ServerState(
+        models, settings, Metrics(settings.max_batch_size), BodyBudget(int(settings.max_bodies_mb * 2**20)),
+        ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="visionlab-decode"),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionlab-model"))
+    app = FastAPI(title="visionlab", version=__version__, lifespan=_lifespan, docs_url="/docs", redoc_url=None,
+                  exception_handlers=EXCEPTION_HANDLERS)
+    app.state.server = server
+    _gauges(server)
+    app.include_router(router)
+    return _Gate(app, server)  # type: ignore[return-value]
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -627,7 +486,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
-    left = app.state["cut_off"]
+    left = app.server.cut_off
     why = "by a second Ctrl-C" if server.force_exit else f"after --drain-seconds {settings.drain_seconds:g}"
     print("stopped" + (f" with {left} request(s) cut off (answered 503) {why}"
                        if left else ", every request in flight answered") + ".", flush=True)
