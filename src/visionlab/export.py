@@ -423,6 +423,7 @@ def _print_summary(result: ExportResult, console: Any) -> None:
     if result.end_to_end.own_line():
         console.print(result.end_to_end.own_line())
 
+
 def _prove_parity(staged: Path, state: dict[str, Any], model: torch.nn.Module, batches: list[torch.Tensor], images: np.ndarray,
                   source: str, atol: float, rtol: float, min_labels: float, min_pixels: float,
                   max_prob_diff: float) -> tuple[Parity, EndToEnd]:
@@ -436,6 +437,7 @@ def _prove_parity(staged: Path, state: dict[str, Any], model: torch.nn.Module, b
         raise VisionlabError(f"export failed the end-to-end parity check, nothing was written: {end_to_end.line()}.",
                              "The runtime and the PyTorch predictor preprocess differently: report it (run with --debug).")
     return parity, end_to_end
+
 
 def export_onnx(
     checkpoint: str | os.PathLike | None = None,
