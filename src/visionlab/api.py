@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from visionlab.errors import VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
+
+if TYPE_CHECKING:
+    from visionlab.data.io import InputEntry
 
 __all__ = ["train", "evaluate", "run_report", "predict", "demo", "load"]
 
@@ -175,6 +178,52 @@ def _check_top_k(top_k: int | None) -> None:
                              "Pass e.g. --top-k 3 (a value above the number of classes shows them all).")
 
 
+def _entries_to_predict(paths: Sequence[str | os.PathLike] | str, out_path: Path | None, console: Any) -> list[InputEntry]:
+    """The entries ``paths`` names (:func:`visionlab.engine.predict.scan_inputs`); raises, before a
+    model is loaded, when none matched or all were skipped (those are shown, and written to ``out_path``)."""
+    from visionlab import present
+    from visionlab.engine.predict import scan_inputs
+
+    entries = scan_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+    if not entries:
+        raise VisionlabError("no images matched the given paths.", "Pass image files, folders or glob patterns.")
+    if all(e.skipped for e in entries):  # nothing to predict: say why, before loading a model
+        skipped = [Prediction(e.path, skipped=e.skipped) for e in entries]
+        present.show_skipped(skipped, console)
+        if out_path is not None:
+            present.write_predictions(skipped, out_path)
+        n = len(entries)
+        raise VisionlabError(f"no images matched the given paths: {n} entr{'y was' if n == 1 else 'ies were'} skipped (see the table).",
+                             "Pass image files, or folders and glob patterns that hold images.")
+    return entries
+
+
+def _close_predictions(preds: list[Prediction], out_path: Path | None, mask_dir: Path | None, console: Any) -> None:
+    """The closing line (how many were predicted, unreadable, skipped) and the CSV/JSON written to
+    ``out_path``; raises when no image could be read."""
+    from visionlab import present
+
+    errors = sum(1 for p in preds if p.error)
+    skipped = sum(1 for p in preds if p.skipped)
+    predicted = len(preds) - errors - skipped
+    if not predicted:
+        if out_path is not None:
+            present.write_predictions(preds, out_path)
+        extra = f"; {skipped} other entr{'y was' if skipped == 1 else 'ies were'} skipped" if skipped else ""
+        raise VisionlabError(f"none of the {errors} image(s) could be read{extra} (see the table).", "Check the paths and files.")
+    closing = [f"{predicted} predicted"]
+    if errors:
+        closing.append(f"[yellow]{errors} of {predicted + errors} image(s) could not be read[/]")
+    if skipped:
+        closing.append(f"[yellow]{skipped} skipped[/]")
+    console.print(", ".join(closing) + (" (listed above)." if errors or skipped else "."))
+    if mask_dir is not None:
+        console.print(f"masks and overlays written to {mask_dir}")
+    if out_path is not None:
+        present.write_predictions(preds, out_path)
+        console.print(f"wrote {out_path}")
+
+
 def predict(
     paths: Sequence[str | os.PathLike] | str,
     checkpoint: str | os.PathLike | None = None,
@@ -194,7 +243,7 @@ def predict(
     link, a directory...), in the order they were named. ``top_k`` (>= 1; default 3) is clipped
     to the number of classes; an explicit value above it is said so."""
     from visionlab import present
-    from visionlab.engine.predict import Predictor, scan_inputs
+    from visionlab.engine.predict import Predictor
 
     console = _console(console)
     _check_batch_size(batch_size)
@@ -202,17 +251,7 @@ def predict(
     out_path = Path(out) if out else None
     if out_path is not None:  # before any work is done
         present.check_output_file(out_path)
-    entries = scan_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
-    if not entries:
-        raise VisionlabError("no images matched the given paths.", "Pass image files, folders or glob patterns.")
-    if all(e.skipped for e in entries):  # nothing to predict: say why, before loading a model
-        skipped = [Prediction(e.path, skipped=e.skipped) for e in entries]
-        present.show_skipped(skipped, console)
-        if out_path is not None:
-            present.write_predictions(skipped, out_path)
-        n = len(entries)
-        raise VisionlabError(f"no images matched the given paths: {n} entr{'y was' if n == 1 else 'ies were'} skipped (see the table).",
-                             "Pass image files, or folders and glob patterns that hold images.")
+    entries = _entries_to_predict(paths, out_path, console)
     path = _resolve_checkpoint(checkpoint, task, console)
     predictor = Predictor.from_checkpoint(path, device=device, task=task, precision=precision)
     kind = predictor.kind
@@ -233,25 +272,7 @@ def predict(
     present.show_predictions(preds, kind, title, k, console)
     if kind.ranks_classes and asked is not None and asked > k:
         console.print(f"--top-k {top_k} is more than the model's {k} classes: all {k} are shown.")
-    errors = sum(1 for p in preds if p.error)
-    skipped = sum(1 for p in preds if p.skipped)
-    predicted = len(preds) - errors - skipped
-    if not predicted:
-        if out_path is not None:
-            present.write_predictions(preds, out_path)
-        extra = f"; {skipped} other entr{'y was' if skipped == 1 else 'ies were'} skipped" if skipped else ""
-        raise VisionlabError(f"none of the {errors} image(s) could be read{extra} (see the table).", "Check the paths and files.")
-    closing = [f"{predicted} predicted"]
-    if errors:
-        closing.append(f"[yellow]{errors} of {predicted + errors} image(s) could not be read[/]")
-    if skipped:
-        closing.append(f"[yellow]{skipped} skipped[/]")
-    console.print(", ".join(closing) + (" (listed above)." if errors or skipped else "."))
-    if mask_dir is not None:
-        console.print(f"masks and overlays written to {mask_dir}")
-    if out_path is not None:
-        present.write_predictions(preds, out_path)
-        console.print(f"wrote {out_path}")
+    _close_predictions(preds, out_path, mask_dir, console)
     return preds
 
 

@@ -367,6 +367,78 @@ def _import_onnx() -> Any:
     return onnx
 
 
+def _check_options(format: str, opset: int, atol: float, rtol: float) -> None:
+    """The export options, checked before anything is loaded."""
+    if str(format).lower() != "onnx":
+        raise VisionlabError(f"unknown export format {format!r}.", "Use --format onnx.")
+    if not isinstance(opset, int) or not 11 <= opset <= 20:
+        raise VisionlabError(f"--opset {opset!r} is out of range.", "Use an opset from 11 to 20 (default 17).")
+    if min(atol, rtol) < 0:
+        raise VisionlabError("--atol and --rtol must be >= 0.", "Pass e.g. --atol 1e-4 --rtol 1e-3.")
+
+
+def _destination(src: Path, out: str | os.PathLike | None) -> Path:
+    """The .onnx file to write: ``out``, or the checkpoint's name with ``.onnx``."""
+    if src.suffix.lower() == ".onnx":
+        raise VisionlabError(f"{src} is already an exported model.", "Pass the .pt checkpoint it was exported from.")
+    dest = Path(out).expanduser() if out else src.with_suffix(".onnx")
+    if dest.suffix.lower() != ".onnx":
+        raise VisionlabError(f"--out {dest}: an exported model's name must end in .onnx.", "Pass e.g. --out model.onnx.")
+    if dest.is_dir():
+        raise VisionlabError(f"--out {dest} is a folder.", f"Pass the file to write, e.g. --out {dest / 'model.onnx'}.")
+    return dest
+
+
+def _save_graph(onnx: Any, model: torch.nn.Module, state: dict[str, Any], src: Path, example: torch.Tensor, staged: Path,
+                opset: int, dense: bool, external_data: bool) -> tuple[str, Any]:
+    """Export ``model`` with visionlab's metadata to ``staged`` (with ``external_data``, its weights in
+    ``<name>.data`` beside it); returns the exporter used and the graph saved."""
+    graph = staged.parent / "graph.onnx"
+    exporter = _export_graph(model, example, graph, opset, dense)
+    proto = _finalize(onnx.load(str(graph)), _metadata(state, src, exporter, int(state["preprocessing"]["image_size"])))
+    onnx.save_model(proto, str(staged), save_as_external_data=external_data, all_tensors_to_one_file=True,
+                    location=f"{staged.name}.data", size_threshold=0)
+    return exporter, proto
+
+
+def _publish(staged: Path, dest: Path, external_data: bool) -> list[Path]:
+    """Move the checked export from its staging folder to ``dest``; returns the files written."""
+    data_name = f"{dest.name}.data"
+    files = [dest]
+    if external_data:
+        os.replace(staged.parent / data_name, dest.parent / data_name)
+        files.append(dest.parent / data_name)
+    else:
+        (dest.parent / data_name).unlink(missing_ok=True)  # a previous export's weights, not this file's
+    os.replace(staged, dest)
+    return files
+
+
+def _print_summary(result: ExportResult, console: Any) -> None:
+    """What was written, and the two parity checks it passed."""
+    console.print(f"exported {result.checkpoint} -> {', '.join(map(str, result.files))} ({result.size_bytes / 2**20:.1f} MB, "
+                  f"{result.exporter} exporter, opset {result.opset}, {result.seconds:.1f} s)")
+    console.print(result.parity.line() + ": passed")
+    console.print(result.end_to_end.line() + ": passed")
+    if result.end_to_end.own_line():
+        console.print(result.end_to_end.own_line())
+
+
+def _prove_parity(staged: Path, state: dict[str, Any], model: torch.nn.Module, batches: list[torch.Tensor], images: np.ndarray,
+                  source: str, atol: float, rtol: float, min_labels: float, min_pixels: float,
+                  max_prob_diff: float) -> tuple[Parity, EndToEnd]:
+    """Both parity checks of the staged export (logits, then files in and answers out); raises when one fails."""
+    parity = check_parity(open_session(staged), model, batches, source, atol, rtol, min_labels, min_pixels)
+    if not parity.passed:
+        raise VisionlabError(f"export failed the parity check, nothing was written: {parity.line()}.",
+                             "Try another --opset, or report the model (run with --debug for details).")
+    end_to_end = check_end_to_end(state, staged, *_sample_files(state, images, source), max_prob_diff, min_labels, min_pixels)
+    if not end_to_end.passed:
+        raise VisionlabError(f"export failed the end-to-end parity check, nothing was written: {end_to_end.line()}.",
+                             "The runtime and the PyTorch predictor preprocess differently: report it (run with --debug).")
+    return parity, end_to_end
+
+
 def export_onnx(
     checkpoint: str | os.PathLike | None = None,
     task: str | None = None,
@@ -394,22 +466,11 @@ def export_onnx(
     from visionlab.engine.checkpoint import load_checkpoint, load_model
 
     console = _console(console)
-    if str(format).lower() != "onnx":
-        raise VisionlabError(f"unknown export format {format!r}.", "Use --format onnx.")
-    if not isinstance(opset, int) or not 11 <= opset <= 20:
-        raise VisionlabError(f"--opset {opset!r} is out of range.", "Use an opset from 11 to 20 (default 17).")
-    if min(atol, rtol) < 0:
-        raise VisionlabError("--atol and --rtol must be >= 0.", "Pass e.g. --atol 1e-4 --rtol 1e-3.")
+    _check_options(format, opset, atol, rtol)
     onnx = _import_onnx()
     t0 = time.perf_counter()
     src = _resolve_checkpoint(checkpoint, task, console).expanduser()
-    if src.suffix.lower() == ".onnx":
-        raise VisionlabError(f"{src} is already an exported model.", "Pass the .pt checkpoint it was exported from.")
-    dest = Path(out).expanduser() if out else src.with_suffix(".onnx")
-    if dest.suffix.lower() != ".onnx":
-        raise VisionlabError(f"--out {dest}: an exported model's name must end in .onnx.", "Pass e.g. --out model.onnx.")
-    if dest.is_dir():
-        raise VisionlabError(f"--out {dest} is a folder.", f"Pass the file to write, e.g. --out {dest / 'model.onnx'}.")
+    dest = _destination(src, out)
     state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
     pre = state["preprocessing"]
@@ -421,36 +482,15 @@ def export_onnx(
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        exporter = _export_graph(model, batches[1], work / "graph.onnx", opset, dense)
-        proto = _finalize(onnx.load(str(work / "graph.onnx")), _metadata(state, src, exporter, size))
         staged = work / dest.name
-        data_name = f"{dest.name}.data"
-        onnx.save_model(proto, str(staged), save_as_external_data=external_data, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=0)
-        parity = check_parity(open_session(staged), model, batches, source, atol, rtol, min_labels, min_pixels)
-        if not parity.passed:
-            raise VisionlabError(f"export failed the parity check, nothing was written: {parity.line()}.",
-                                 "Try another --opset, or report the model (run with --debug for details).")
-        end_to_end = check_end_to_end(state, staged, *_sample_files(state, images, source), max_prob_diff, min_labels, min_pixels)
-        if not end_to_end.passed:
-            raise VisionlabError(f"export failed the end-to-end parity check, nothing was written: {end_to_end.line()}.",
-                                 "The runtime and the PyTorch predictor preprocess differently: report it (run with --debug).")
-        files = [dest]
-        if external_data:
-            os.replace(work / data_name, dest.parent / data_name)
-            files.append(dest.parent / data_name)
-        else:
-            (dest.parent / data_name).unlink(missing_ok=True)  # a previous export's weights, not this file's
-        os.replace(staged, dest)
+        exporter, proto = _save_graph(onnx, model, state, src, batches[1], staged, opset, dense, external_data)
+        parity, end_to_end = _prove_parity(staged, state, model, batches, images, source, atol, rtol, min_labels, min_pixels,
+                                           max_prob_diff)
+        files = _publish(staged, dest, external_data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), exporter, opset_used,
                           files, end_to_end)
-    console.print(f"exported {src} -> {', '.join(map(str, files))} ({result.size_bytes / 2**20:.1f} MB, {exporter} exporter, "
-                  f"opset {opset_used}, {result.seconds:.1f} s)")
-    console.print(parity.line() + ": passed")
-    console.print(end_to_end.line() + ": passed")
-    if end_to_end.own_line():
-        console.print(end_to_end.own_line())
+    _print_summary(result, console)
     return result

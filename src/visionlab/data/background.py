@@ -23,6 +23,43 @@ def _odd(n: float) -> int:
     return k if k % 2 else k + 1
 
 
+def _edges(rgb: np.ndarray, sigma: float, max_threshold: float, chroma_threshold: float, blur: int) -> np.ndarray:
+    """The edge map of ``rgb``: Canny on the blurred grey image with the usual auto-Canny
+    thresholds, (1 -/+ sigma) * median, capped: on a white backdrop (median 255) the plain rule asks
+    for gradients of 170-255 and loses the soft outline of the specimen. Grey loses colour-only
+    contrast (an orange stone on grey felt, a yellow crystal on white), so edges of the Lab chroma
+    channels a and b are added, with fixed thresholds: their median says nothing about the picture."""
+    blurred = cv2.GaussianBlur(rgb, (_odd(blur), _odd(blur)), 0)
+    grey = cv2.cvtColor(blurred, cv2.COLOR_RGB2GRAY)
+    med = float(np.median(grey))
+    upper = min((1.0 + sigma) * med, max_threshold)
+    lower = min((1.0 - sigma) * med, upper / 2.0)
+    edges = cv2.Canny(grey, int(lower), max(int(upper), int(lower) + 1))
+    if chroma_threshold:
+        lab = cv2.cvtColor(blurred, cv2.COLOR_RGB2LAB)
+        for c in (1, 2):
+            edges |= cv2.Canny(np.ascontiguousarray(lab[..., c]), int(chroma_threshold / 2), int(chroma_threshold))
+    return edges
+
+
+def _filled_outline(edges: np.ndarray, dilate_iter: int, close_frac: float, open_frac: float) -> np.ndarray:
+    """The edges dilated and closed into outlines, their external contours filled (uint8, 255 inside),
+    then opened to drop the edge strips that never closed."""
+    sh, sw = edges.shape[:2]
+    edges = cv2.dilate(edges, np.ones((3, 3), np.uint8), iterations=dilate_iter)
+    k = _odd(close_frac * min(sh, sw))
+    edges = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+
+    contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    mask = np.zeros((sh, sw), np.uint8)
+    cv2.drawContours(mask, contours, -1, 255, thickness=cv2.FILLED)
+
+    if open_frac > 0:  # drop edge strips that never closed into an outline
+        k = _odd(open_frac * min(sh, sw))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return mask
+
+
 def foreground_mask(
     img: Image.Image | np.ndarray,
     *,
@@ -53,35 +90,8 @@ def foreground_mask(
     scale = min(1.0, work_size / max(h, w))
     small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
     sh, sw = small.shape[:2]
-
-    # Canny on the blurred grey image with the usual auto-Canny thresholds, (1 -/+ sigma) * median,
-    # capped: on a white backdrop (median 255) the plain rule asks for gradients of 170-255 and
-    # loses the soft outline of the specimen. Grey loses colour-only contrast (an orange stone on
-    # grey felt, a yellow crystal on white), so edges of the Lab chroma channels a and b are added,
-    # with fixed thresholds: their median says nothing about the picture.
-    blurred = cv2.GaussianBlur(small, (_odd(blur), _odd(blur)), 0)
-    grey = cv2.cvtColor(blurred, cv2.COLOR_RGB2GRAY)
-    med = float(np.median(grey))
-    upper = min((1.0 + sigma) * med, max_threshold)
-    lower = min((1.0 - sigma) * med, upper / 2.0)
-    edges = cv2.Canny(grey, int(lower), max(int(upper), int(lower) + 1))
-    if chroma_threshold:
-        lab = cv2.cvtColor(blurred, cv2.COLOR_RGB2LAB)
-        for c in (1, 2):
-            edges |= cv2.Canny(np.ascontiguousarray(lab[..., c]), int(chroma_threshold / 2), int(chroma_threshold))
-
-    edges = cv2.dilate(edges, np.ones((3, 3), np.uint8), iterations=dilate_iter)
-    k = _odd(close_frac * min(sh, sw))
-    edges = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-
-    contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    mask = np.zeros((sh, sw), np.uint8)
-    cv2.drawContours(mask, contours, -1, 255, thickness=cv2.FILLED)
-
-    if open_frac > 0:  # drop edge strips that never closed into an outline
-        k = _odd(open_frac * min(sh, sw))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-
+    edges = _edges(small, sigma, max_threshold, chroma_threshold, blur)
+    mask = _filled_outline(edges, dilate_iter, close_frac, open_frac)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = np.zeros(n, bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_island_frac * sh * sw

@@ -47,7 +47,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from visionlab._version import __version__
 from visionlab.data.io import IMAGE_EXTENSIONS
@@ -431,59 +431,78 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float, console, p
         offset = 0
     if size is not None and offset == size:
         return
+    resp = _request(url, part, dest, offset, timeout)
+    if resp is None:
+        return
+    with resp:
+        mode, offset, expected = _resume_point(url, part, resp, offset, size, console)
+        _receive(url, part, resp, mode, offset, expected, console, progress)
+
+
+def _request(url: str, part: Path, dest: Path, offset: int, timeout: float) -> Any:
+    """The server's answer to a request for ``url`` from byte ``offset`` on; None when nothing is left to send."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing left to send, or a stale .part
             _, total = _parse_content_range(exc.headers.get("Content-Range"))
             if total == offset:
-                return
+                return None
             part.unlink()
             raise DownloadError(f"{url}: the partial download did not match the server's file; it was discarded.",
                                 "Run again to start afresh.") from None
         raise _http_error(url, dest, exc) from None
     except (urllib.error.URLError, OSError) as exc:
         raise _http_error(url, dest, exc) from None
-    with resp:
-        status = getattr(resp, "status", 200)
-        length = resp.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        mode = "wb"
-        if offset and status == 206:
-            start, total = _parse_content_range(resp.headers.get("Content-Range"))
-            if start == offset:
-                mode = "ab"
-            else:
-                part.unlink()
-                raise DownloadError(f"{url}: the server resumed at byte {start}, not {offset}; the partial file was discarded.",
-                                    "Run the same command again to start afresh.")
+
+
+def _resume_point(url: str, part: Path, resp: Any, offset: int, size: int | None, console) -> tuple[str, int, int | None]:
+    """How to write the answer: append (the server resumed at ``offset``) or from the start; returns
+    the file mode, the byte it starts at and the expected final size (None when unknown)."""
+    status = getattr(resp, "status", 200)
+    length = resp.headers.get("Content-Length")
+    length = int(length) if length and length.isdigit() else None
+    mode = "wb"
+    if offset and status == 206:
+        start, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if start == offset:
+            mode = "ab"
         else:
-            if offset:
-                console.print(f"[yellow]{url} ignored the resume request; downloading from the start.[/]")
-            offset = 0
-            total = length
-        expected = total if total is not None else (offset + length if length is not None else size)
-        received = offset
-        with open(part, mode) as f, _progress(console) as bar:
-            task = bar.add_task(dest.name[:40], total=expected, completed=offset, visible=progress)
-            try:
-                while chunk := resp.read(_CHUNK):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(task, completed=received)
-            except (OSError, ValueError) as exc:  # reset, timeout, IncompleteRead
-                raise DownloadError(
-                    f"download of {url} interrupted after {received:,} bytes ({type(exc).__name__}).",
-                    "Run the same command again: it resumes where it stopped.",
-                ) from None
-        if expected is not None and received < expected:
+            part.unlink()
+            raise DownloadError(f"{url}: the server resumed at byte {start}, not {offset}; the partial file was discarded.",
+                                "Run the same command again to start afresh.")
+    else:
+        if offset:
+            console.print(f"[yellow]{url} ignored the resume request; downloading from the start.[/]")
+        offset = 0
+        total = length
+    expected = total if total is not None else (offset + length if length is not None else size)
+    return mode, offset, expected
+
+
+def _receive(url: str, part: Path, resp: Any, mode: str, offset: int, expected: int | None, console, progress: bool) -> None:
+    """Write the answer's body to ``part`` (from ``offset``), with a progress bar; raises when it stops short."""
+    received = offset
+    with open(part, mode) as f, _progress(console) as bar:
+        task = bar.add_task(part.stem[:40], total=expected, completed=offset, visible=progress)
+        try:
+            while chunk := resp.read(_CHUNK):
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(task, completed=received)
+        except (OSError, ValueError) as exc:  # reset, timeout, IncompleteRead
             raise DownloadError(
-                f"download of {url} interrupted after {received:,} of {expected:,} bytes (connection closed).",
+                f"download of {url} interrupted after {received:,} bytes ({type(exc).__name__}).",
                 "Run the same command again: it resumes where it stopped.",
-            )
+            ) from None
+    if expected is not None and received < expected:
+        raise DownloadError(
+            f"download of {url} interrupted after {received:,} of {expected:,} bytes (connection closed).",
+            "Run the same command again: it resumes where it stopped.",
+        )
 
 
 def fetch(

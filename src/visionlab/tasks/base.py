@@ -125,29 +125,30 @@ def split_indices(
     u = np.fromiter((split_unit(seed, k) for k in keys), dtype=np.float64, count=n)
     fs = np.array([s or "" for s in folder_splits], dtype=object) if len(folder_splits) else np.full(n, "", dtype=object)
     groups = np.asarray(labels, dtype=np.int64) if labels is not None else np.zeros(n, dtype=np.int64)
-
-    def assign(pool: np.ndarray, test_f: float, val_f: float) -> dict[str, np.ndarray]:
-        """The threshold split of ``pool``, with the small-data rules of the docstring."""
-        up = u[pool]
-        where = np.where(up < test_f, 0, np.where(up < test_f + val_f, 1, 2))  # 0 test, 1 val, 2 train
-        for split, frac in ((0, test_f), (1, val_f)):
-            if frac > 0 and len(pool) * frac >= 0.5 and not (where == split).any():
-                candidates = np.flatnonzero(where != 0 if split == 0 else where == 2)
-                if len(candidates):
-                    where[candidates[np.argmin(up[candidates])]] = split
-        for g in np.unique(groups[pool]):
-            members = np.flatnonzero(groups[pool] == g)
-            if not (where[members] == 2).any():
-                where[members[np.argmax(up[members])]] = 2
-        return {"train": pool[where == 2], "val": pool[where == 1], "test": pool[where == 0]}
-
     if (fs != "").any():
         train, val, test = idx[fs == "train"], idx[fs == "val"], idx[fs == "test"]
         if len(val) == 0 and len(train) and val_fraction > 0:
-            carved = assign(train, 0.0, val_fraction)
+            carved = _threshold_split(train, u, groups, 0.0, val_fraction)
             train, val = carved["train"], carved["val"]
         return {"train": train, "val": val, "test": test}
-    return assign(idx, test_fraction, val_fraction)
+    return _threshold_split(idx, u, groups, test_fraction, val_fraction)
+
+
+def _threshold_split(pool: np.ndarray, u: np.ndarray, groups: np.ndarray, test_f: float, val_f: float) -> dict[str, np.ndarray]:
+    """The threshold split of the samples ``pool`` (``u``: every sample's place, ``groups``: its class),
+    with the small-data rules of :func:`split_indices`."""
+    up = u[pool]
+    where = np.where(up < test_f, 0, np.where(up < test_f + val_f, 1, 2))  # 0 test, 1 val, 2 train
+    for split, frac in ((0, test_f), (1, val_f)):
+        if frac > 0 and len(pool) * frac >= 0.5 and not (where == split).any():
+            candidates = np.flatnonzero(where != 0 if split == 0 else where == 2)
+            if len(candidates):
+                where[candidates[np.argmin(up[candidates])]] = split
+    for g in np.unique(groups[pool]):
+        members = np.flatnonzero(groups[pool] == g)
+        if not (where[members] == 2).any():
+            where[members[np.argmax(up[members])]] = 2
+    return {"train": pool[where == 2], "val": pool[where == 1], "test": pool[where == 0]}
 
 
 def loader_generator(seed: int, epoch: int) -> torch.Generator:
