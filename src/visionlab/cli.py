@@ -209,9 +209,15 @@ def _launch(processes: int) -> int:
     return launch(argv, processes)
 
 
+def _precision_option() -> typer.models.OptionInfo:
+    return typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA).")
+
+
 def _precision(value: str) -> str:
     """--precision of evaluate, predict and serve, checked before any model is loaded."""
-    if value.lower() not in ("fp32", "auto", "bf16", "fp16"):
+    from visionlab.config import PRECISIONS
+
+    if value.lower() not in PRECISIONS:
         raise VisionlabError(f"unknown --precision {value!r}.", "Use fp32, auto, bf16 or fp16 (CUDA).")
     return value.lower()
 
@@ -228,7 +234,7 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and confusion matrix (default: next to the checkpoint)."),
     tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip, flips or d4 (default: as saved with the model)."),
     report: bool = typer.Option(False, "--report", help="Also write the run's HTML report (report.html in the output folder)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
+    precision: str = _precision_option(),
 ) -> None:
     """Evaluate a trained model: accuracy, P/R/F1, confusion matrix, ROC AUC; IoU for segmentation."""
     from visionlab.api import evaluate
@@ -272,7 +278,7 @@ def serve_cmd(
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send a request's headers; slower ones are closed."),
     device: str = typer.Option("auto", "--device"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
+    precision: str = _precision_option(),
 ) -> None:
     """Serve models over HTTP: a JSON API with batching, metrics, and a camera/upload page at /."""
     try:
@@ -323,7 +329,7 @@ def predict_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json; segmentation masks go next to it."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA)."),
+    precision: str = _precision_option(),
 ) -> None:
     """Predict labels (or masks) for images with a trained model."""
     from visionlab.api import predict

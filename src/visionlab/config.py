@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 # Experiment trackers the config key ``track`` may name (visionlab.engine.tracking implements them).
+#: The numeric precisions of training (the config key) and of evaluate, predict and serve (--precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRACKER_NAMES = ("tensorboard", "mlflow")
 
 # The ``augment`` keys, their defaults and their meaning: visionlab.data.augment.Augment (one for both kinds).
@@ -115,7 +117,7 @@ class Config:
     # --- runtime
     device: str = _key("auto", "auto | cpu | cuda | cuda:N", resume_safe=True)
     precision: str = _key("auto", "auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16 (CUDA)",
-                          choices=("auto", "fp32", "bf16", "fp16"))
+                          choices=PRECISIONS)
     channels_last: bool = _key(True, "channels-last memory format for the model and batches")
     compile: bool = _key(False, "torch.compile the model", resume_safe=True)
     sync_batchnorm: bool = _key(False, "under torchrun on CUDA: batch-norm statistics over the global batch")

@@ -10,6 +10,7 @@ from typing import ContextManager, Iterator
 
 import torch
 
+from visionlab.config import PRECISIONS
 from visionlab.errors import VisionlabError
 
 __all__ = [
@@ -107,7 +108,7 @@ def resolve_precision(precision: str, device: torch.device, training_model: torc
     Inference (no ``training_model``) keeps bf16, which is faster for all of them.
     """
     p = str(precision).lower()
-    if p not in ("auto", "fp32", "bf16", "fp16"):
+    if p not in PRECISIONS:
         raise VisionlabError(f"unknown precision {precision!r}.", "Use fp32, auto, bf16 or fp16 (CUDA).")
     dt = device.type
     if p == "fp32" or dt == "mps":

@@ -116,8 +116,7 @@ def node_first(dist: Dist, work: Callable[[], T]) -> T:
     token = dist.broadcast(secrets.token_hex(8) if dist.is_main else None)
     if "MASTER_ADDR" not in os.environ:  # a process group joined another way: collectives, with their timeout
         return _rank_0_first(dist, work)
-    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                       timeout=datetime.timedelta(minutes=5))
+    store = _connect_store(datetime.timedelta(minutes=5))
     node, every = f"visionlab/{token}/node{dist.rank - dist.local_rank}", f"visionlab/{token}/ready"
     if dist.local_rank:
         _poll(lambda: store.check([node]))
@@ -134,13 +133,19 @@ def node_first(dist: Dist, work: Callable[[], T]) -> T:
 FAILED_KEY = "visionlab/failed"
 
 
+def _connect_store(timeout: datetime.timedelta) -> Any:
+    """A client of the job's rendezvous store, torchrun's ``MASTER_ADDR:MASTER_PORT`` (torchrun keeps it
+    in its agent, so it outlives a failed worker)."""
+    return torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                      timeout=timeout)
+
+
 def _job_store() -> Any:
-    """The job's rendezvous store (torchrun keeps it in its agent, so it outlives a failed worker), or None."""
+    """The job's rendezvous store, or None when there is none to reach (no torchrun, or it ended)."""
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
         return None
     try:
-        return torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                          timeout=datetime.timedelta(seconds=10))
+        return _connect_store(datetime.timedelta(seconds=10))
     except (RuntimeError, ValueError):  # the store is gone (torchrun ended)
         return None
 
