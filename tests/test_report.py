@@ -132,6 +132,16 @@ def test_reports_open_offline_in_a_browser(cracks_eval: Path, landcover_eval: Pa
         page.context.close()
 
 
+def _evaluation_folder(run: Path) -> Path:
+    """A hand-made eval-test folder of ``run``: a classifier's metrics.json and one example photo."""
+    ev = run / "eval-test"
+    (ev / "examples").mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
+                                                 "metrics": {"accuracy": 0.5}}))
+    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    return ev
+
+
 def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
     """examples.json of someone else's run names ../../secret, an absolute path and a link out:
     none of them is read into the page, each is named as skipped; the run's own image is embedded."""
@@ -140,11 +150,7 @@ def test_report_embeds_no_file_from_outside_the_run_folder(tmp_path: Path):
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"the reader's private file")
     run = tmp_path / "run"
-    ev = run / "eval-test"
-    (ev / "examples").mkdir(parents=True)
-    (ev / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
-                                                 "metrics": {"accuracy": 0.5}}))
-    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    ev = _evaluation_folder(run)
     (ev / "examples" / "link.jpg").symlink_to(secret)
     (ev / "examples" / "loop1.jpg").symlink_to("loop2.jpg")  # a loop of links: skipped, not a crash
     (ev / "examples" / "loop2.jpg").symlink_to("loop1.jpg")
@@ -170,11 +176,7 @@ def test_a_damaged_evaluation_file_is_one_line_naming_it(tmp_path: Path, name: s
     """metrics.json or examples.json that is not JSON, or not the shape evaluate writes: the
     report command says which file is damaged and what to do, in one line (no traceback)."""
     run = tmp_path / "run"
-    ev = run / "eval-test"
-    (ev / "examples").mkdir(parents=True)
-    (ev / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
-                                                 "metrics": {"accuracy": 0.5}}))
-    Image.new("RGB", (8, 8)).save(ev / "examples" / "01-photo.jpg")
+    ev = _evaluation_folder(run)
     (ev / "examples" / "examples.json").write_text('[{"title": "x.jpg", "images": {"photo": "01-photo.jpg"}, "fields": {}}]')
     (ev / name).write_text(content)
     res = CliRunner().invoke(app, ["report", str(ev)])
@@ -188,11 +190,7 @@ def test_only_jpegs_of_a_bounded_size_are_embedded(tmp_path: Path):
     8 MB (visionlab.report.MAX_EXAMPLE_BYTES). A huge file (sparse, just over it), a text file named .jpg, a FIFO and a missing
     name are not read into the page; the first two are named as skipped, with why."""
     run = tmp_path / "run"
-    ex = run / "eval-test" / "examples"
-    ex.mkdir(parents=True)
-    (ex.parent / "metrics.json").write_text(json.dumps({"kind": "classification", "task": "cracks", "class_names": ["a", "b"],
-                                                       "metrics": {"accuracy": 0.5}}))
-    Image.new("RGB", (8, 8)).save(ex / "01-photo.jpg")
+    ex = _evaluation_folder(run) / "examples"
     with (ex / "huge.jpg").open("wb") as f:
         f.write(b"\xff\xd8\xff")
         f.truncate((8 << 20) + 1)
