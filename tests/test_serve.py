@@ -500,15 +500,7 @@ def test_sigterm_drains_requests_in_flight_then_exits(tiny_models: dict[str, Pat
                                  "--max-wait-ms", "1500"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     try:
         url = _ready_url(proc)
-        deadline = time.monotonic() + 60
-        imgs = [_jpeg(make_class_image("kiwi", i, 32)) for i in range(3)]
-        with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(httpx.post, url + "/predict", content=b, headers={"content-type": "image/jpeg"}, timeout=30)
-                       for b in imgs]
-            while float(_metric_at(url, "visionlab_pending_images")) < 3 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGTERM)  # the batch is still waiting out its 1.5 s
-            answers = [f.result() for f in futures]
+        answers = _signalled_while_waiting(proc, url, 3, signal.SIGTERM)  # the batch is still waiting out its 1.5 s
         assert [a.status_code for a in answers] == [200, 200, 200]
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
@@ -529,15 +521,7 @@ def test_requests_cut_off_by_the_drain_deadline_get_503_and_the_exit_line_counts
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     try:
         url = _ready_url(proc)
-        deadline = time.monotonic() + 60
-        imgs = [_jpeg(make_class_image("kiwi", i, 32)) for i in range(2)]
-        with ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(httpx.post, url + "/predict", content=b, headers={"content-type": "image/jpeg"}, timeout=30)
-                       for b in imgs]
-            while float(_metric_at(url, "visionlab_pending_images")) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGTERM)  # the batch waits 6 s for company; the drain lasts 1 s
-            answers = [f.result() for f in futures]
+        answers = _signalled_while_waiting(proc, url, 2, signal.SIGTERM)  # the batch waits 6 s for company; the drain lasts 1 s
         assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
         assert all("--drain-seconds" in a.json()["error"] and a.headers["retry-after"] == "1" for a in answers)
         out, _ = proc.communicate(timeout=30)
@@ -557,16 +541,8 @@ def test_a_second_ctrl_c_cuts_the_drain_short_and_the_exit_line_says_so(tiny_mod
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     try:
         url = _ready_url(proc)
-        deadline = time.monotonic() + 60
-        with ThreadPoolExecutor(1) as pool:
-            future = pool.submit(httpx.post, url + "/predict", content=_jpeg(make_class_image("kiwi", 0, 32)),
-                                 headers={"content-type": "image/jpeg"}, timeout=30)
-            while float(_metric_at(url, "visionlab_pending_images")) < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)  # force quit: the batch still waits for company
-            answer = future.result()
+        # the second SIGINT is a force quit: the batch still waits for company
+        [answer] = _signalled_while_waiting(proc, url, 1, signal.SIGINT, signal.SIGINT)
         assert answer.status_code == 503, answer.text
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
@@ -575,6 +551,21 @@ def test_a_second_ctrl_c_cuts_the_drain_short_and_the_exit_line_says_so(tiny_mod
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _signalled_while_waiting(proc: subprocess.Popen, url: str, n: int, *signals: int) -> list[httpx.Response]:
+    """Post ``n`` photos, wait until all are queued, send ``proc`` the ``signals`` (0.3 s apart) and
+    return the answers."""
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(httpx.post, url + "/predict", content=_jpeg(make_class_image("kiwi", i, 32)),
+                               headers={"content-type": "image/jpeg"}, timeout=30) for i in range(n)]
+        while float(_metric_at(url, "visionlab_pending_images")) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i, signum in enumerate(signals):
+            time.sleep(0.3 if i else 0)
+            proc.send_signal(signum)
+        return [f.result() for f in futures]
 
 
 def _metric_at(url: str, name: str) -> float:
