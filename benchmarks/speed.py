@@ -262,7 +262,7 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
 
     visionlab.tune_process()  # as the visionlab command runs
     from visionlab.data.layout import find_classification
-    from visionlab.tasks.classification import classification_preprocessing
+    from visionlab.kinds.classification.runner import classification_preprocessing
 
     options = _train_options(p)
     cfg = load_config("cracks", p.config, options)

@@ -126,7 +126,8 @@ def _runner_class() -> type:
     from visionlab.data.io import load_for_model
     from visionlab.data.transforms import Normalize
     from visionlab.models import model_defaults
-    from visionlab.tasks.base import EvalResult, TaskRunner, resolve_data_path, split_indices, split_keys
+    from visionlab.data.splits import split_indices, split_keys
+    from visionlab.engine.runner import EvalResult, TaskRunner, resolve_data_path
 
     class RegressionRunner(TaskRunner):
         """Every image decoded once into memory; batches in a seeded random order; MSE loss."""

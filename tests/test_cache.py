@@ -61,7 +61,7 @@ def test_cached_landcover_photos_equal_decoding(shared_data: Path):
 
 def test_a_disk_cache_is_reused_and_a_changed_mask_invalidates_it(seg_folder: Path, monkeypatch: pytest.MonkeyPatch):
     first = _runner(seg_folder, ignore_classes=[], cache="disk")
-    import visionlab.tasks.segmentation as seg
+    import visionlab.kinds.segmentation.runner as seg
 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again although the cache file is there")

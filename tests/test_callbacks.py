@@ -16,7 +16,7 @@ from visionlab.engine.callbacks import (Callback, CSVLogger, EarlyStopping, Mode
 from visionlab.engine.checkpoint import RESUME_REQUIRED, TRAINING_STATE, load_checkpoint
 from visionlab.engine.trainer import LoopState, Trainer
 from visionlab.errors import VisionlabError
-from visionlab.tasks.classification import ClassificationRunner
+from visionlab.kinds.classification.runner import ClassificationRunner
 
 HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "visionlab"
 #: The task kinds' own modules: the only place that may know a kind by its name.
-KIND_MODULES = ("visionlab.kinds", "visionlab.tasks")
+KIND_MODULES = ("visionlab.kinds",)
 #: The longest a function or method may be: from its ``def`` line to its last, docstring included,
 #: decorators not.
 MAX_FUNCTION_LINES = 60

@@ -294,7 +294,7 @@ def test_a_monitor_that_is_not_measured_stops_with_the_epoch_saved(make_cls_fold
 
 # --------------------------------------------------------------------------- splits
 
-from visionlab.tasks.base import split_indices, split_keys  # noqa: E402
+from visionlab.data.splits import split_indices, split_keys  # noqa: E402
 
 
 def _cracks_like(n: int = 1500, start: int = 0) -> tuple[list[str], np.ndarray]:

@@ -87,7 +87,7 @@ def test_predict_probs_resizes_to_the_original_size():
     import contextlib
 
     from visionlab.data.transforms import Normalize
-    from visionlab.tasks.segmentation import predict_probs
+    from visionlab.kinds.segmentation.runner import predict_probs
 
     model = _per_pixel_model(3)
     img = np.random.default_rng(0).integers(0, 256, (35, 45, 3), dtype=np.uint8)

@@ -226,7 +226,7 @@ def _streaming_worker(rank: int, world: int, port: int, options: dict, result: d
 
     from test_distributed import _join, _register_plain_net
 
-    from visionlab.tasks.classification import ClassificationRunner
+    from visionlab.kinds.classification.runner import ClassificationRunner
 
     _join(rank, world, port)
     _register_plain_net()

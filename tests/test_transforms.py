@@ -313,7 +313,7 @@ def test_a_mask_of_another_size_is_resized_with_nearest(seg_folder: Path):
 
 
 def test_augmented_training_crops_keep_mask_values(seg_folder: Path):
-    from visionlab.tasks.segmentation import _CropDataset
+    from visionlab.kinds.segmentation.runner import _CropDataset
 
     runner = _seg_runner(seg_folder, augment=ALL_ON)
     ds = _CropDataset(runner, runner.splits["train"], epoch=0)
@@ -333,7 +333,7 @@ def test_augmented_training_crops_keep_mask_values(seg_folder: Path):
 
 
 def test_segmentation_zoom_resamples_image_and_mask_together(seg_folder: Path):
-    from visionlab.tasks.segmentation import _CropDataset
+    from visionlab.kinds.segmentation.runner import _CropDataset
 
     plain = {k: (False if isinstance(v, bool) else 0.0) for k, v in AUGMENT_DEFAULTS.items() if k != "scale"}
     runner = _seg_runner(seg_folder, augment={**plain, "scale": [0.5, 0.5]})
@@ -369,7 +369,7 @@ def _window(full: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
 
 def test_segmentation_translate_moves_the_crop_window_over_image_and_mask(seg_folder: Path):
     """'translate' shifts what a crop shows by up to that fraction of tile_size, image and mask together."""
-    from visionlab.tasks.segmentation import _CropDataset
+    from visionlab.kinds.segmentation.runner import _CropDataset
 
     plain = {**OFF, "translate": 0.0}
     origins = {}

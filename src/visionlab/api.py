@@ -132,7 +132,7 @@ def evaluate(
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tta import TTA_MODES
     from visionlab.registry import get_task
-    from visionlab.tasks.base import evaluate_checkpoint
+    from visionlab.engine.runner import evaluate_checkpoint
 
     console = _console(console)
     _check_batch_size(batch_size)

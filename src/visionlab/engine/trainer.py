@@ -1,6 +1,6 @@
 """The one training loop for every task.
 
-The task kind (:class:`visionlab.tasks.base.TaskRunner`) supplies data and the step
+The task kind (:class:`visionlab.engine.runner.TaskRunner`) supplies data and the step
 (``training_step``: batch in, loss out), the metric directions and the evaluation; the trainer
 owns the loop, the device, mixed precision, the optimiser and schedule, resume, divergence checks
 and the final test evaluation. Checkpoints (best and last, atomic), early stopping, logging

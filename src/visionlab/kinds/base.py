@@ -159,7 +159,7 @@ class Kind:
 
     # ------------------------------------------------------------------ training and evaluation
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
-        """The :class:`visionlab.tasks.base.TaskRunner` of one run of ``spec`` (data, step, evaluation)."""
+        """The :class:`visionlab.engine.runner.TaskRunner` of one run of ``spec`` (data, step, evaluation)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ data

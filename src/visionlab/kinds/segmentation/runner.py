@@ -22,8 +22,8 @@ from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.errors import VisionlabError
-from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
-                                  split_keys, thumbnail)
+from visionlab.data.splits import split_indices, split_keys
+from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
 
 __all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut", "predict_probs"]
 

@@ -1,6 +1,6 @@
 """The classification kind: one label per photo (folders or a CSV of labelled images).
 
-Its runner is :class:`visionlab.tasks.classification.ClassificationRunner`; predictions are
+Its runner is :class:`visionlab.kinds.classification.runner.ClassificationRunner`; predictions are
 batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
 """
 
@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from visionlab.kinds import register_kind
 from visionlab.kinds.base import Kind, Prediction
 
-__all__ = ["ClassificationKind", "ClassPrediction"]
+__all__ = ["KIND", "ClassificationKind", "ClassPrediction"]
 
 
 def top_k_columns(top_k: Any) -> dict[str, Any]:
@@ -56,7 +55,7 @@ class ClassificationKind(Kind):
     ranks_classes = True
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
-        from visionlab.tasks.classification import ClassificationRunner
+        from visionlab.kinds.classification.runner import ClassificationRunner
 
         return ClassificationRunner(cfg, spec, device)
 
@@ -121,4 +120,5 @@ class ClassificationKind(Kind):
         return out
 
 
-register_kind(ClassificationKind())
+#: The kind's one instance, registered by :mod:`visionlab.kinds` on first lookup.
+KIND = ClassificationKind()

@@ -21,8 +21,8 @@ from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_fo
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
-from visionlab.tasks.base import (EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, split_indices,
-                                  split_keys, thumbnail)
+from visionlab.data.splits import split_indices, split_keys
+from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
 
 __all__ = ["ClassificationRunner", "classification_preprocessing"]
 

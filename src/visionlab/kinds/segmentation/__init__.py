@@ -1,6 +1,6 @@
 """The segmentation kind: a class per pixel (``images/``, ``masks/`` and ``classes.json``).
 
-Its runner is :class:`visionlab.tasks.segmentation.SegmentationRunner`; predictions run blended
+Its runner is :class:`visionlab.kinds.segmentation.runner.SegmentationRunner`; predictions run blended
 tiles over each whole image, answered by :class:`MaskPrediction` (mask, class shares, legend).
 """
 
@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from visionlab.kinds import register_kind
 from visionlab.kinds.base import Kind, Prediction, image_base64
 
-__all__ = ["SegmentationKind", "MaskPrediction"]
+__all__ = ["KIND", "SegmentationKind", "MaskPrediction"]
 
 
 @dataclass
@@ -113,7 +112,7 @@ class SegmentationKind(Kind):
     tiled = True  # each image is tiled, and its tiles are batched
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
-        from visionlab.tasks.segmentation import SegmentationRunner
+        from visionlab.kinds.segmentation.runner import SegmentationRunner
 
         return SegmentationRunner(cfg, spec, device)
 
@@ -146,7 +145,7 @@ class SegmentationKind(Kind):
         """Blended tiles over the whole image, back at its original resolution when it was scaled."""
         import numpy as np
 
-        from visionlab.tasks.segmentation import predict_probs
+        from visionlab.kinds.segmentation.runner import predict_probs
 
         pre = predictor.preprocessing
         out_size = None
@@ -197,4 +196,5 @@ class SegmentationKind(Kind):
                 for c, v, col in zip(predictor.classes, pre["values"], pre["colors"])]
 
 
-register_kind(SegmentationKind())
+#: The kind's one instance, registered by :mod:`visionlab.kinds` on first lookup.
+KIND = SegmentationKind()

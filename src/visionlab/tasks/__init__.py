@@ -1,1 +1,0 @@
-"""The runners of the built-in task kinds (:mod:`visionlab.kinds`): data, step and evaluation of one run."""
