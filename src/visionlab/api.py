@@ -36,6 +36,7 @@ def train(
     resume: str | os.PathLike | None = None,
     console: Any = None,
     callbacks: Sequence[Any] = (),
+    progress: bool = True,
     **options: Any,
 ):
     """Train ``task``. ``options`` are config keys (epochs=3, lr=1e-3, ...); see configs/<task>.yaml.
@@ -46,9 +47,13 @@ def train(
 
     ``callbacks`` are :class:`visionlab.engine.trainer.Callback` objects (reports...); the experiment
     trackers of the config key ``track`` (:mod:`visionlab.engine.tracking`) are added after them.
+    The progress display (:class:`visionlab.engine.callbacks.ProgressBar`, on ``console``: stdout by
+    default) comes first, unless ``progress`` is false or ``callbacks`` hold a ProgressBar of their
+    own: then the library prints nothing.
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
     from visionlab.config import load_config, parse_overrides, resume_config
+    from visionlab.engine.callbacks import ProgressBar
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tracking import build_trackers
     from visionlab.engine.trainer import Trainer, resolve_resume
@@ -65,7 +70,8 @@ def train(
         cfg, _ = resume_config(load_checkpoint(path, expect_task=task)["config"], config, layers)
         resume = path
     trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
-    trainer = Trainer(cfg, console=_console(console), callbacks=[*callbacks, *trackers])
+    shown = progress and not any(isinstance(cb, ProgressBar) for cb in callbacks)
+    trainer = Trainer(cfg, callbacks=[*([ProgressBar(_console(console))] if shown else []), *callbacks, *trackers])
     try:
         return trainer.fit(resume=resume)
     except BaseException as exc:

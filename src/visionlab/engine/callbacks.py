@@ -4,6 +4,8 @@ Checkpointing, early stopping, ``metrics.csv``, the curves PNG and the progress 
 callbacks like a user's (Lightning's ModelCheckpoint, EarlyStopping, CSVLogger and progress bar
 are the model), so trackers, reports or a new output live outside the loop. A fit calls::
 
+    on_notice                                         (any time: a line for the user, e.g. a data warning)
+    on_resume                                         (a resumed run: its state is restored)
     on_fit_start
     per epoch:   on_train_epoch_start
                  per batch: on_train_batch_start, on_train_batch_end
@@ -13,15 +15,26 @@ are the model), so trackers, reports or a new output live outside the loop. A fi
     on_checkpoint                                     (after each best.pt / last.pt written)
 
 :class:`visionlab.engine.trainer.Trainer` installs them in this order: :class:`CSVLogger`,
-:class:`TrainingCurves`, the user's callbacks, :class:`ModelCheckpoint`, :class:`EarlyStopping`,
-:class:`ProgressBar`. Checkpointing comes after the user's callbacks (as in Lightning), so a
-tracker sees an epoch's row before that epoch's last.pt is written.
+:class:`TrainingCurves`, the user's callbacks, :class:`EarlyStopping`, :class:`ModelCheckpoint`.
+Checkpointing comes last (after the user's callbacks, as in Lightning), so a tracker sees an
+epoch's row before that epoch's last.pt is written, and that last.pt holds every callback's state
+as of that epoch (early stopping's count included). The trainer prints nothing: what a user reads (the
+start line, warnings, where a resume goes on, the closing lines) are these events, which
+:class:`ProgressBar` shows; ``visionlab.train`` puts one first in the list unless told not to.
+
+A callback keeps state of its own across a resume as Lightning's do: :meth:`Callback.state_dict`
+is saved in last.pt under ``callbacks`` (one entry per :attr:`Callback.state_key`) and handed back
+to :meth:`Callback.load_state_dict` before a resumed run goes on. Early stopping keeps its
+patience count and best score, :class:`ModelCheckpoint` its best metric, the trackers
+(:mod:`visionlab.engine.tracking`) the run they log to.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,7 +43,49 @@ from visionlab.errors import VisionlabError
 if TYPE_CHECKING:
     from visionlab.engine.trainer import Trainer, TrainResult
 
-__all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "CSVLogger", "TrainingCurves", "ProgressBar", "write_csv"]
+__all__ = ["Callback", "Notice", "RunInfo", "ResumeInfo", "BestScore", "ModelCheckpoint", "EarlyStopping", "CSVLogger",
+           "TrainingCurves", "ProgressBar", "write_csv"]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line the trainer or a callback has for the user (a data warning, early stopping, a
+    tracker's address); :class:`ProgressBar` shows it as ``label: text``."""
+
+    label: str  # "warning", "SYNTHETIC DATA", "no validation split", "early stopping", "mlflow", ...
+    text: str
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a fit trains, known once it is set up (``trainer.info`` from ``on_fit_start`` on)."""
+
+    task: str
+    model: str
+    parameters: int
+    classes: int
+    device: str
+    precision: str
+    split_sizes: dict[str, int]
+    cache: Any  # where the decoded images are kept (the runner's data info), None when streamed
+    run_dir: Path
+    world: int  # processes
+    batch_size: int  # per process
+    accumulate: int
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """Where a resumed run goes on: the epochs (and batches of the next epoch) its last.pt holds,
+    the config keys the resume changed (old, new), and the partial checkpoint files of an
+    interrupted write that were removed."""
+
+    run_dir: Path
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    changed: dict[str, tuple[Any, Any]]
+    removed: int
 
 
 class Callback:
@@ -40,12 +95,33 @@ class Callback:
     files (rank 0 under torchrun), or on every process when ``all_ranks`` is true (the callbacks
     that take part in collective work: saving gathers every process's random state).
     ``trainer`` exposes ``cfg``, ``spec``, ``run_dir``, ``runner`` (classes, data info), ``loop``
-    (epoch, step, history, best), ``monitor`` and ``higher``."""
+    (epoch, step, history), ``monitor``, ``higher`` and ``info`` (:class:`RunInfo`); a callback
+    with something to say calls ``trainer.notify(label, text)`` rather than printing."""
 
     all_ranks: ClassVar[bool] = False
 
+    @property
+    def state_key(self) -> str:
+        """The name of this callback's entry in last.pt: the class name. A run that holds two
+        stateful callbacks of one class gives each its own (override this property)."""
+        return type(self).__name__
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback needs to go on after a resume (Python values and tensors), saved in
+        last.pt with every checkpoint; nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned, when a run resumes (before ``on_resume``)."""
+
+    def on_notice(self, trainer: Trainer, notice: Notice) -> None:
+        """A line for the user (warnings, early stopping, a tracker's address); rank 0 only."""
+
+    def on_resume(self, trainer: Trainer, info: ResumeInfo) -> None:
+        """A resumed run's weights, loop and callback states are restored; ``info`` says from where."""
+
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Set up (a resumed run's state restored); nothing trained yet in this session."""
+        """Set up (a resumed run's state restored, ``trainer.info`` known); nothing trained yet in this session."""
 
     def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Epoch ``epoch`` (0-based) starts, or goes on from ``trainer.loop.step`` after a resume."""
@@ -74,16 +150,57 @@ class Callback:
         """Training stopped with an error or an interrupt (re-raised after the callbacks)."""
 
 
+class BestScore:
+    """The best value of the monitored metric so far; a tie (small validation sets saturate: 104/104
+    in two epochs) goes to the lower validation loss. :class:`ModelCheckpoint` and
+    :class:`EarlyStopping` each keep one, so each owns its verdict."""
+
+    def __init__(self) -> None:
+        self.value = math.nan  # none yet: set to the worst value by begin()
+        self.loss = math.inf  # validation loss of the best epoch
+
+    def begin(self, higher: bool) -> None:
+        """Start from the worst value when no epoch was judged yet (a resume keeps what it loaded)."""
+        if math.isnan(self.value):
+            self.value = -math.inf if higher else math.inf
+
+    def update(self, monitor: str, row: dict[str, Any], higher: bool) -> bool:
+        """Judge an epoch's ``row[monitor]``; True when it is the best so far."""
+        current, tie_loss = row[monitor], row.get("val_loss")
+        improved = current > self.value if higher else current < self.value
+        if not improved and current == self.value and tie_loss is not None and monitor != "val_loss":
+            improved = tie_loss < self.loss
+        if improved:
+            self.value, self.loss = current, tie_loss if tie_loss is not None else math.inf
+        return improved
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": float(self.value), "best_loss": float(self.loss)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.loss = float(state["best"]), float(state.get("best_loss", math.inf))
+
+
 class ModelCheckpoint(Callback):
     """last.pt at every epoch's end (and every ``every_steps`` optimiser steps or ``every_minutes``
-    minutes inside an epoch); best.pt when the monitored metric improves. The verdict (best value,
-    epochs without improvement) is kept in ``trainer.loop``, which last.pt saves."""
+    minutes inside an epoch); best.pt when the monitored metric improves. Its best value
+    (``best.value``, the run's ``best_metric``) is its state in last.pt."""
 
     all_ranks = True
 
     def __init__(self, every_steps: int = 0, every_minutes: float = 0.0) -> None:
         self.every_steps, self.every_minutes = every_steps, every_minutes
         self._last_save = time.monotonic()
+        self.best = BestScore()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.best.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best.load_state_dict(state)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.best.begin(trainer.higher)
 
     def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self._last_save = time.monotonic()
@@ -110,21 +227,37 @@ class ModelCheckpoint(Callback):
                 f"monitor={trainer.monitor!r} is not measured by {trainer.spec.name}; epoch {row['epoch']} is saved in {last}.",
                 f"Use one of {', '.join(k for k in row if k.startswith(('val_', 'train_loss')))} "
                 f"(--set monitor=...), and --resume {last} to go on.")
-        trainer.save_checkpoint(best=trainer.loop.judge(trainer.monitor, row, trainer.higher))
+        trainer.save_checkpoint(best=self.best.update(trainer.monitor, row, trainer.higher))
 
 
 class EarlyStopping(Callback):
-    """Ends the run when best.pt has not improved for ``patience`` epochs (0 = never); after
-    :class:`ModelCheckpoint`, whose verdict it reads."""
+    """Ends the run when the monitored metric has not improved for ``patience`` epochs (0 = never),
+    judged as best.pt is (:class:`BestScore`). Its count (``wait``) and best score are its state
+    in last.pt, so a resumed run goes on counting."""
 
     all_ranks = True  # every process stops
 
     def __init__(self, patience: int) -> None:
-        self.patience = patience
+        self.patience = patience  # the config's (a resume may change it), not state
+        self.wait = 0  # epochs since the last improvement
+        self.best = BestScore()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.best.state_dict(), "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best.load_state_dict(state)
+        self.wait = int(state["wait"])
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.best.begin(trainer.higher)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        if self.patience and trainer.loop.bad_epochs >= self.patience:
-            trainer.console.print(f"early stopping: {trainer.monitor} did not improve for {trainer.loop.bad_epochs} epochs")
+        if trainer.monitor not in row:  # ModelCheckpoint says so
+            return
+        self.wait = 0 if self.best.update(trainer.monitor, row, trainer.higher) else self.wait + 1
+        if self.patience and self.wait >= self.patience:
+            trainer.notify("early stopping", f"{trainer.monitor} did not improve for {self.wait} epochs")
             trainer.should_stop = True
 
 
@@ -166,20 +299,55 @@ class TrainingCurves(Callback):
 
 
 class ProgressBar(Callback):
-    """The rich progress display: a bar per epoch with loss, throughput and the monitored metric
-    (``*`` when it improved)."""
+    """What a user sees of a fit, on ``console`` (a rich console; stdout by default): the trainer's
+    events as lines (warnings, where a resume goes on, the start line, the closing lines) and a
+    bar per epoch with loss, throughput and the monitored metric (``*`` when best.pt was rewritten).
+    Called on rank 0 only, so the other processes of a job show nothing."""
 
-    def __init__(self) -> None:
+    #: the colour of a notice's label (others are plain)
+    LABEL_STYLES: ClassVar[dict[str, str]] = {"warning": "yellow", "no validation split": "yellow",
+                                              "SYNTHETIC DATA": "bold magenta"}
+    #: the test metrics the closing line names, where a kind measures them
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "roc_auc", "miou", "pixel_accuracy")
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.console = console if console is not None else Console()
         self.progress: Any = None
+        self._best_epoch = -1  # the epoch best.pt last holds, for the bar's "*"
+
+    def _line(self, *parts: str | tuple[str, str]) -> None:
+        """Print ``parts`` (text, or (text, style)) as one line; no markup is read from the text (paths may hold '[')."""
+        from rich.text import Text
+
+        self.console.print(Text.assemble(*parts))
+
+    def on_notice(self, trainer: Trainer, notice: Notice) -> None:
+        self._line((notice.label, self.LABEL_STYLES.get(notice.label, "")), f": {notice.text}")
+
+    def on_resume(self, trainer: Trainer, info: ResumeInfo) -> None:
+        where = f"epoch {info.epoch}" + (f", step {info.step}/{info.steps_per_epoch} of epoch {info.epoch + 1}" if info.step else "")
+        notes = [f"{k} {a} -> {b}" for k, (a, b) in info.changed.items()]
+        if info.removed:
+            notes.append(f"removed {info.removed} partial checkpoint file(s) of an interrupted write")
+        self._line(f"resuming {info.run_dir} from {where}" + (f" ({'; '.join(notes)})" if notes else ""))
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        info, sizes = trainer.info, trainer.info.split_sizes
+        self._line((info.task, "bold"),
+                   f" | {info.model} ({info.parameters / 1e6:.2f} M params) | {info.classes} classes | device {info.device} | "
+                   f"precision {info.precision} | train/val/test {sizes.get('train', 0)}/{sizes.get('val', 0)}/{sizes.get('test', 0)}"
+                   f" | cache {info.cache} | run {info.run_dir}"
+                   + (f" | {info.world} processes x batch {info.batch_size}" if info.world > 1 else "")
+                   + (f" | accumulate {info.accumulate}" if info.accumulate > 1 else ""))
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
             TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=trainer.console, transient=False,
+            console=self.console, transient=False,
         )
         self.progress.start()
 
@@ -196,11 +364,28 @@ class ProgressBar(Callback):
                              ips=(loop.n_seen - self._n0) / max(time.perf_counter() - self._t0, 1e-9))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        improved = trainer.loop.bad_epochs == 0  # ModelCheckpoint's verdict on this epoch
-        self.progress.update(self.bar, metric=f"{trainer.monitor} {row[trainer.monitor]:.4f}" + (" *" if improved else ""))
+        self._show_metric(trainer, row)
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        if path.name == "best.pt":  # written at an epoch's end, before or after on_epoch_end reached this callback
+            self._best_epoch = trainer.loop.epoch
+            self._show_metric(trainer, trainer.loop.history[-1])
+
+    def _show_metric(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if trainer.monitor in row and row["epoch"] == trainer.loop.epoch:
+            star = " *" if self._best_epoch == row["epoch"] else ""
+            self.progress.update(self.bar, metric=f"{trainer.monitor} {row[trainer.monitor]:.4f}{star}")
 
     def on_train_end(self, trainer: Trainer) -> None:
         self.progress.stop()
+
+    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
+        test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items() if k in self.HEADLINE_METRICS)
+        memory = ", ".join(f"{k.replace('peak_', '').replace('_mb', '')} {v:.0f} MB" for k, v in result.peak_memory_mb.items())
+        self._line("done", (" (SYNTHETIC DATA)", "bold magenta") if trainer.cfg.is_synthetic else "",
+                   f": best {result.monitor} {result.best_metric:.4f} | {result.train_seconds:.1f} s training, "
+                   f"{result.images_per_second:.0f} img/s | peak memory {memory}" + (f" | test: {test}" if test else ""))
+        self._line(f"checkpoint: {result.best_checkpoint}")
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
         if self.progress is not None:

@@ -2,7 +2,8 @@
 ``torch.load(weights_only=True)``. ``best.pt`` holds what inference needs (:data:`REQUIRED`: the
 weights, the EMA weights when EMA is on, task, class names, preprocessing, the resolved config,
 plus data info, history and the best metric); ``last.pt`` adds what resume needs
-(:data:`TRAINING_STATE`: optimiser, scheduler, scaler, random states, the loop's position).
+(:data:`TRAINING_STATE`: optimiser, scheduler, scaler, random states, the loop's position, the
+callbacks' states).
 ``predict`` rebuilds the model from a checkpoint alone.
 
 An exported ``.onnx`` file (``visionlab export``) loads through the same :func:`load_checkpoint`:
@@ -34,7 +35,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 # What only last.pt holds: the state a resumed run continues from, which inference never loads.
 TRAINING_STATE = frozenset({"optimizer", "scheduler", "scaler", "rng", "rng_ranks", "world", "train_model", "ema_updates",
-                            "loop", "step", "bad_epochs"})
+                            "loop", "step", "bad_epochs", "callbacks"})
 # What resume cannot do without (checkpoints of visionlab < 0.2 have these, but no loop or random states).
 RESUME_REQUIRED: dict[str, type] = {"optimizer": dict, "scheduler": dict, "scaler": dict}
 

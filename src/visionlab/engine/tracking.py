@@ -15,8 +15,11 @@ metrics.csv and summary.json as artifacts.
 
 An epoch's metrics are logged once its last.pt is written, so a tracker never holds an epoch that
 a resume would train again; a resume first logs the checkpoint's epochs the tracker misses, then
-goes on in the same MLflow run (its id is kept in ``<run>/mlflow_run_id``) and the same TensorBoard
-folder (``<run>/tensorboard``). A run that fails ends FAILED in MLflow, an interrupted one KILLED.
+goes on in the same MLflow run and the same TensorBoard folder (``<run>/tensorboard``): each
+tracker keeps them in last.pt as its callback state (runs of visionlab before that kept the MLflow
+run id in ``<run>/mlflow_run_id``, which a resume of such a run still reads). A run that fails
+ends FAILED in MLflow, an interrupted one KILLED. What a tracker has to say (where it logs) is a
+``trainer.notify`` line, which the progress display shows.
 
 Under ``torchrun`` the trainer calls callbacks on rank 0 only, so one process logs; the trackers
 hold no rank logic of their own.
@@ -42,7 +45,7 @@ from visionlab.errors import TrainingInterrupted, VisionlabError
 
 __all__ = ["Tracker", "TensorBoardTracker", "MLflowTracker", "TRACKERS", "build_trackers", "flatten_config", "epoch_scalars"]
 
-RUN_ID_FILE = "mlflow_run_id"
+RUN_ID_FILE = "mlflow_run_id"  # where runs of earlier versions kept the MLflow run id (read on their resume)
 DEFAULT_TRACKING_URI_FILE = "mlflow.db"  # in the current folder, unless MLFLOW_TRACKING_URI says otherwise
 ARTIFACTS_FOLDER = "mlartifacts"  # next to the SQLite file, as 'mlflow server' does
 RUN_FILES = ("best.pt", "curves.png", "config.yaml", "metrics.csv", "summary.json")  # MLflow artifacts from the run folder
@@ -154,11 +157,18 @@ class TensorBoardTracker(Tracker):
             raise _missing(self.name, "tensorboard", exc) from None
         self._writer_class = SummaryWriter
         self.writer: Any = None
+        self.log_dir = "tensorboard"  # in the run folder; a resume goes on in the one its last.pt names
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log_dir": self.log_dir}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log_dir = str(state["log_dir"])
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard.summary import hparams
 
-        folder = trainer.run_dir / "tensorboard"
+        folder = trainer.run_dir / self.log_dir
         fresh = not any(folder.glob("events.out.tfevents.*"))
         # a resume: hide every epoch the earlier sessions logged, then log the checkpoint's history again
         self.writer = self._writer_class(str(folder), purge_step=None if fresh else 1)
@@ -169,8 +179,7 @@ class TensorBoardTracker(Tracker):
             for summary in hparams(values, {trainer.monitor: None}):
                 self.writer.file_writer.add_summary(summary)
         self.log_epochs(trainer.loop.history)
-        trainer.console.print(f"tensorboard: logging to {folder} (to view: tensorboard --logdir {trainer.runs_folder})",
-                              markup=False, highlight=False)
+        trainer.notify("tensorboard", f"logging to {folder} (to view: tensorboard --logdir {trainer.runs_folder})")
 
     def log_epochs(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -237,7 +246,8 @@ class MLflowTracker(Tracker):
     with artifacts in ``mlartifacts/`` beside it; the experiment is ``MLFLOW_EXPERIMENT_NAME``, by
     default the task's name. Parameters longer than MLflow's limit are cut (config.yaml, an artifact,
     holds them whole); on a resume, a parameter the resume changed (epochs) keeps its first value and
-    the change is a tag ``visionlab.resume.epoch_<N>``, since MLflow parameters cannot change."""
+    the change is a tag ``visionlab.resume.epoch_<N>``, since MLflow parameters cannot change.
+    Its state in last.pt is the MLflow run's id and the store it is in."""
 
     name = "mlflow"
 
@@ -251,7 +261,14 @@ class MLflowTracker(Tracker):
             except ImportError as exc:
                 raise _missing(self.name, package, exc) from None
         self.client: Any = None
-        self.run_id: str | None = None
+        self.run_id: str | None = None  # of the MLflow run while it is open (ended once: None again)
+        self.logged_to: dict[str, str] = {}  # the run this visionlab run logs to: run_id and tracking_uri (the state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.logged_to)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.logged_to = {k: str(v) for k, v in state.items()}
 
     # ------------------------------------------------------------- the run
     def _experiment_id(self, name: str) -> str:
@@ -271,20 +288,23 @@ class MLflowTracker(Tracker):
         return experiment.experiment_id
 
     def _previous_run(self, trainer: Trainer) -> Any:
-        """The MLflow run of a resumed visionlab run, if the store still has it."""
+        """The MLflow run of a resumed visionlab run (its last.pt's state, or the side file of an
+        earlier version's run), if the store still has it."""
         from mlflow.exceptions import MlflowException
 
         path = trainer.run_dir / RUN_ID_FILE
-        if not path.exists():
+        run_id = self.logged_to.get("run_id") or (path.read_text().strip() if path.exists() else None)
+        if run_id is None:
             return None
-        run_id = path.read_text().strip()
         try:
             run = self.client.get_run(run_id)
         except MlflowException:
             run = None
         if run is None or run.info.lifecycle_stage == "deleted":
-            trainer.console.print(f"[yellow]warning[/]: MLflow run {run_id} of this run folder is not in {self.tracking_uri}; "
-                                  "logging to a new MLflow run")
+            before = self.logged_to.get("tracking_uri", self.tracking_uri)
+            trainer.notify("warning", f"MLflow run {run_id} of this run folder is not in {self.tracking_uri}"
+                           + (f" (it was logged to {before})" if before != self.tracking_uri else "")
+                           + "; logging to a new MLflow run")
             return None
         return run
 
@@ -313,11 +333,10 @@ class MLflowTracker(Tracker):
                 self.client.set_tag(self.run_id, f"visionlab.resume.epoch_{trainer.loop.epoch}", "; ".join(changed))
             logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
             verb = "continuing"
-        (trainer.run_dir / RUN_ID_FILE).write_text(self.run_id + "\n")
+        self.logged_to = {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
         self.log_epochs([r for r in trainer.loop.history if int(r["epoch"]) not in logged])
         experiment = self.client.get_experiment(run.info.experiment_id).name
-        trainer.console.print(f"mlflow: {verb} run {self.run_id} of experiment {experiment!r} in {self.tracking_uri}",
-                              markup=False, highlight=False)
+        trainer.notify("mlflow", f"{verb} run {self.run_id} of experiment {experiment!r} in {self.tracking_uri}")
 
     @staticmethod
     def _cut(params: dict[str, str]) -> dict[str, str]:
@@ -357,7 +376,7 @@ class MLflowTracker(Tracker):
                 self.client.log_artifact(self.run_id, str(path))
         run_id, artifacts = self.run_id, self.client.get_run(self.run_id).info.artifact_uri
         self._end("FINISHED")
-        trainer.console.print(f"mlflow: run {run_id} finished; artifacts in {artifacts}", markup=False, highlight=False)
+        trainer.notify("mlflow", f"run {run_id} finished; artifacts in {artifacts}")
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
         """FAILED, or KILLED for Ctrl-C/SIGTERM (FAILED when another process of the job failed); the
@@ -377,8 +396,7 @@ class MLflowTracker(Tracker):
             self._end("KILLED" if interrupted and not cause else "FAILED")
         except Exception as err:  # noqa: BLE001 - whatever the store raises, the run's error goes on
             self.run_id = None
-            trainer.console.print(f"warning: could not mark MLflow run {run_id} as ended ({type(err).__name__}: {err})",
-                                  markup=False, highlight=False)
+            trainer.notify("warning", f"could not mark MLflow run {run_id} as ended ({type(err).__name__}: {err})")
 
     def _end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)

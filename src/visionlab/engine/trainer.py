@@ -3,9 +3,11 @@
 The task kind (:class:`visionlab.engine.runner.TaskRunner`) supplies data and the step
 (``training_step``: batch in, loss out), the metric directions and the evaluation; the trainer
 owns the loop, the device, mixed precision, the optimiser and schedule, resume, divergence checks
-and the final test evaluation. Checkpoints (best and last, atomic), early stopping, logging
-(``metrics.csv``, curves PNG, rich progress) are callbacks with named hooks
-(:mod:`visionlab.engine.callbacks`), installed by default beside the user's.
+and the final test evaluation. Checkpoints (best and last, atomic), early stopping and logging
+(``metrics.csv``, curves PNG) are callbacks with named hooks (:mod:`visionlab.engine.callbacks`),
+installed by default beside the user's; the callbacks keep their own state in last.pt. The trainer
+prints nothing: what a user is told are events (``on_notice``, ``on_resume``, ``on_fit_start`` with
+``trainer.info``, ``on_fit_end``) that a :class:`~visionlab.engine.callbacks.ProgressBar` shows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from timm.utils.model_ema import ModelEmaV3
 
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
-from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar, TrainingCurves
+from visionlab.engine.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Notice, ProgressBar, ResumeInfo,
+                                        RunInfo, TrainingCurves)
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
@@ -52,6 +55,7 @@ class TrainResult:
     test_report: dict[str, Any] = field(default_factory=dict)  # per-class detail and confusion matrix of the test split
     train_seconds: float = 0.0
     images_per_second: float = 0.0
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)  # of this session, per device (peak_memory_mb)
 
 
 def seed_everything(seed: int) -> None:
@@ -99,9 +103,6 @@ class LoopState:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps done in the current epoch (a checkpoint written mid-epoch)
-    best: float = math.nan
-    best_loss: float = math.inf  # validation loss of the best epoch, which breaks ties of the monitored metric
-    bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     loss_sum: float = 0.0  # of the current epoch so far
     n_seen: int = 0  # images of the current epoch so far, on all processes
@@ -113,20 +114,23 @@ class LoopState:
     first_weight_norm: float | None = None
     resumes: list[dict[str, Any]] = field(default_factory=list)
 
-    def judge(self, monitor: str, row: dict[str, Any], higher: bool) -> bool:
-        """Record an epoch's ``row[monitor]``; True when it is the best so far (best.pt is then rewritten)."""
-        current = row[monitor]
-        improved = current > self.best if higher else current < self.best
-        # a tie (small validation sets saturate: 104/104 in two epochs) goes to the lower validation loss
-        tie_loss = row.get("val_loss")
-        if not improved and current == self.best and tie_loss is not None and monitor != "val_loss":
-            improved = tie_loss < self.best_loss
-        if improved:
-            self.best, self.bad_epochs = current, 0
-            self.best_loss = tie_loss if tie_loss is not None else math.inf
-        else:
-            self.bad_epochs += 1
-        return improved
+    @classmethod
+    def saved(cls, state: dict[str, Any]) -> LoopState:
+        """The loop of a last.pt; one of visionlab < 0.2 (epoch boundaries only, no random states) has
+        no ``loop``, and the best score and patience count of older ones belong to the callbacks now."""
+        if "loop" not in state:
+            return cls(epoch=state["epoch"], history=list(state["history"]))
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state["loop"].items() if k in names})
+
+
+def legacy_callback_states(state: dict[str, Any], checkpoint: Callback, stopping: Callback) -> dict[str, dict[str, Any]]:
+    """The states of ModelCheckpoint and EarlyStopping in a last.pt written before callbacks kept
+    their own (no ``callbacks`` key): the best score and patience count were the loop's, or top-level keys."""
+    loop = state.get("loop") or {}
+    best = {"best": float(loop.get("best", state.get("best_metric", math.nan))),
+            "best_loss": float(loop.get("best_loss", state.get("best_loss", math.inf)))}
+    return {checkpoint.state_key: best, stopping.state_key: {**best, "wait": int(loop.get("bad_epochs", state.get("bad_epochs", 0)))}}
 
 
 class Diverged(VisionlabError):
@@ -264,26 +268,36 @@ class Trainer:
     """Fit one task with one config; see the module docstring for who owns what.
 
     ``callbacks`` run after the default :class:`CSVLogger` and :class:`TrainingCurves` and before
-    :class:`ModelCheckpoint`, :class:`EarlyStopping` and :class:`ProgressBar` (see
-    :mod:`visionlab.engine.callbacks`); ``self.callbacks`` is the whole list."""
+    :class:`EarlyStopping` (``early_stopping_callback``) and :class:`ModelCheckpoint`
+    (``checkpoint_callback``), last so that an epoch's last.pt holds every callback's state of that
+    epoch (see :mod:`visionlab.engine.callbacks`); ``self.callbacks`` is the whole list. Without a
+    :class:`ProgressBar` among them the fit is silent."""
 
-    def __init__(self, cfg: Config, spec: TaskSpec | None = None, console: Any = None,
-                 callbacks: list[Callback] | None = None) -> None:
-        from rich.console import Console
-
+    def __init__(self, cfg: Config, spec: TaskSpec | None = None, callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg
         self.spec = spec or get_task(cfg.task)
-        self.console = console or Console()
-        self.callbacks: list[Callback] = [
-            CSVLogger(), TrainingCurves(), *(callbacks or []),
-            ModelCheckpoint(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes), EarlyStopping(cfg.early_stopping),
-            ProgressBar(),
-        ]
+        self.checkpoint_callback = ModelCheckpoint(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes)
+        self.early_stopping_callback = EarlyStopping(cfg.early_stopping)
+        self.callbacks: list[Callback] = [CSVLogger(), TrainingCurves(), *(callbacks or []),
+                                          self.early_stopping_callback, self.checkpoint_callback]
+        keys = [cb.state_key for cb in self.callbacks if type(cb).state_dict is not Callback.state_dict]
+        shared = sorted({k for k in keys if keys.count(k) > 1})
+        if shared:
+            raise VisionlabError(f"two callbacks keep their state in last.pt under the same state_key {shared[0]!r}.",
+                                 "Give each its own state_key (a property returning a name of its own).")
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             if cb.all_ranks or self.dist.is_main:
                 getattr(cb, hook)(self, *args)
+
+    def notify(self, label: str, text: str) -> None:
+        """Tell the user ``label: text`` (a warning, early stopping...): an ``on_notice`` event for the
+        callbacks, on rank 0 only (one process talks)."""
+        dist = getattr(self, "dist", None)  # None before fit (an API caller ending its trackers)
+        if dist is None or dist.is_main:
+            for cb in self.callbacks:
+                cb.on_notice(self, Notice(label, text))
 
     # ------------------------------------------------------------------- fit
     @speed_settings()  # threads and cuDNN/TF32 flags while fitting; the caller's are restored after
@@ -319,7 +333,8 @@ class Trainer:
                 raise
             raise err from exc
         loop = self.loop
-        result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", float(loop.best), self.monitor,
+        best = float(self.checkpoint_callback.best.value)
+        result = TrainResult(self.run_dir, self.run_dir / "best.pt", self.run_dir / "last.pt", best, self.monitor,
                              len(loop.history), loop.history, train_seconds=loop.train_seconds,
                              images_per_second=loop.images_seen / max(loop.train_seconds, 1e-9))
         try:
@@ -355,8 +370,8 @@ class Trainer:
             loop.epoch_seconds, loop.epoch_cpu_seconds = seconds0 + time.perf_counter() - t0, cpu_seconds0 + time.process_time() - cpu0
             self._emit("on_train_batch_end", loss)
         if skipped:
-            self.console.print(f"[yellow]warning[/]: skipped {skipped} training batch(es) of epoch {epoch + 1} whose files were all "
-                               "unreadable; run 'visionlab data check' for details.")
+            self.notify("warning", f"skipped {skipped} training batch(es) of epoch {epoch + 1} whose files were all "
+                        "unreadable; run 'visionlab data check' for details.")
 
     def _unreadable_batch(self, y: torch.Tensor) -> bool:
         """True when every file of this streamed batch, on this or any other process, was unreadable:
@@ -447,15 +462,12 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _start(self, resume: str | Path | None) -> None:
         """Everything before the first step: processes, run folder, data, model, a resumed state."""
-        from rich.console import Console
-
         cfg = self.cfg
         state = None
         self.loop = LoopState()
+        self._kept_states: dict[str, dict[str, Any]] = {}  # saved states of callbacks not in this session
         self.should_save = False  # set by a callback before a batch: write last.pt after it
         self.should_stop = False  # set by a callback at an epoch's end: end the run
-        if not self.dist.is_main:  # one process talks and writes files
-            self.console = Console(quiet=True)
         if resume is not None:
             path = resolve_resume(resume, self.spec.name, cfg.out)
             check_shared(self.dist, path.parent)
@@ -472,29 +484,22 @@ class Trainer:
         self.monitor = cfg.monitor or f"val_{self.runner.primary}"
         if self.monitor.startswith("val_") and not self.runner.split_size("val"):
             # nothing to validate on (val_fraction 0 and no val/ folder): say what picks best.pt instead
-            self.console.print(f"[yellow]no validation split[/]: {self.monitor} cannot be measured; best.pt is the epoch "
-                               "with the lowest training loss (with EMA and a cosine schedule, usually the last)")
+            self.notify("no validation split", f"{self.monitor} cannot be measured; best.pt is the epoch "
+                        "with the lowest training loss (with EMA and a cosine schedule, usually the last)")
             self.monitor = "train_loss"
         # the kind knows its metrics' directions; the training loss is the trainer's own
         self.higher = self.monitor != "train_loss" and self.runner.higher_is_better(self.monitor.removeprefix("val_"))
         if state is not None:
             self._restore(state)
             self._resumed(changed)
-        if math.isnan(self.loop.best):
-            self.loop.best = -math.inf if self.higher else math.inf
         if self.dist.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
         if self.dist.is_main:  # the data doctor's checks read every file: once, by the process that talks
             self._warn_data()
         info = self.runner.data_info
-        n_params = sum(p.numel() for p in self.model.parameters())
-        self.console.print(
-            f"[bold]{self.spec.name}[/] | {cfg.model} ({n_params / 1e6:.2f} M params) | {len(self.runner.classes)} classes | "
-            f"device {self.device} | precision {self.precision.name} | train/val/test {info['split_sizes'].get('train', 0)}/"
-            f"{info['split_sizes'].get('val', 0)}/{info['split_sizes'].get('test', 0)} | cache {info.get('cache')} | run {self.run_dir}"
-            + (f" | {self.dist.world} processes x batch {cfg.batch_size}" if self.dist.enabled else "")
-            + (f" | accumulate {cfg.accumulate}" if cfg.accumulate > 1 else "")
-        )
+        self.info = RunInfo(self.spec.name, cfg.model, sum(p.numel() for p in self.model.parameters()), len(self.runner.classes),
+                            str(self.device), self.precision.name, dict(info["split_sizes"]), info.get("cache"), self.run_dir,
+                            self.dist.world, cfg.batch_size, cfg.accumulate)
 
     def _setup(self, resume_state: dict | None) -> None:
         from visionlab.kinds import runner_for
@@ -508,7 +513,7 @@ class Trainer:
         self.runner = runner_for(cfg, self.spec, self.device)
         self.runner.dist = self.dist
         # each machine's first process decodes the cache; the others then read it, not decode it again
-        node_first(self.dist, lambda: self.runner.prepare(self.console))
+        node_first(self.dist, lambda: self.runner.prepare(self._display_console()))
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
@@ -546,11 +551,8 @@ class Trainer:
             self.ema.updates = int(state.get("ema_updates", 0))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        if "loop" in state:
-            self.loop = LoopState(**state["loop"])
-        else:  # a checkpoint of visionlab < 0.2: epoch boundaries only, no random states
-            self.loop = LoopState(epoch=state["epoch"], best=state["best_metric"], bad_epochs=state["bad_epochs"],
-                                  history=list(state["history"]), best_loss=float(state.get("best_loss", math.inf)))
+        self.loop = LoopState.saved(state)
+        self._restore_callbacks(state)
         saved_world = self.saved_world = int(state.get("world", 1))
         rngs = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
         if saved_world == self.dist.world and len(rngs) == self.dist.world:
@@ -566,6 +568,35 @@ class Trainer:
             self.loop.epoch * self.optimizer_steps + math.ceil(self.loop.step / self.cfg.accumulate)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
+    def _restore_callbacks(self, state: dict[str, Any]) -> None:
+        """Hand each callback its state from last.pt (before training goes on). A last.pt without
+        ``callbacks`` (visionlab before callbacks kept state) gives the checkpoint and early-stopping
+        callbacks what it held of theirs and the others nothing. A state whose callback is not in this
+        session (a tracker left out on this resume) is kept for the next last.pt."""
+        saved = state.get("callbacks")
+        if saved is None:
+            saved = legacy_callback_states(state, self.checkpoint_callback, self.early_stopping_callback)
+        present = {cb.state_key for cb in self.callbacks}
+        self._kept_states = {k: v for k, v in saved.items() if k not in present}
+        for cb in self.callbacks:
+            if cb.state_key in saved:
+                cb.load_state_dict(saved[cb.state_key])
+
+    def _callback_states(self) -> dict[str, dict[str, Any]]:
+        """What last.pt holds under ``callbacks``: every callback's non-empty state, by its state_key."""
+        states = dict(self._kept_states)
+        for cb in self.callbacks:
+            state = cb.state_dict()
+            if state:
+                states[cb.state_key] = state
+        return states
+
+    def _display_console(self) -> Any:
+        """The console of the progress display, on the process that talks (the cache's decoding bar goes there), else None."""
+        if not self.dist.is_main:
+            return None
+        return next((cb.console for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+
     @property
     def runs_folder(self) -> Path:
         """The ``<out>`` this run's folder is in (``<out>/<task>/<name>``): on a resume, where the run is, which
@@ -578,17 +609,19 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _warn_data(self) -> None:
+        """Notices about the data: synthetic, unreadable files, the kind's pre-training checks (the first 5)."""
         info = self.runner.data_info
         if info.get("synthetic"):
-            self.console.print("[bold magenta]SYNTHETIC DATA[/]: generated patterns, not real photos; metrics say nothing about real accuracy.")
+            self.notify("SYNTHETIC DATA", "generated patterns, not real photos; metrics say nothing about real accuracy.")
         bad = info.get("unreadable") or []
         if bad:
-            self.console.print(f"[yellow]warning[/]: skipped {len(bad)} unreadable image(s) (first: {bad[0]}); run 'visionlab data check' for details.")
+            self.notify("warning", f"skipped {len(bad)} unreadable image(s) (first: {bad[0]}); run 'visionlab data check' for details.")
         for msg in self.runner.data_warnings()[:5]:
-            self.console.print(f"[yellow]warning[/]: {msg}")
+            self.notify("warning", msg)
 
     def _resumed(self, changed: dict[str, tuple[Any, Any]]) -> None:
-        """Put the run folder back in the state of the checkpoint it resumes from (metrics.csv: :class:`CSVLogger`)."""
+        """Put the run folder back in the state of the checkpoint it resumes from (metrics.csv: :class:`CSVLogger`);
+        then ``on_resume``."""
         loop = self.loop
         if self.saved_world != self.dist.world:  # batches, schedule and random streams were mapped onto the new one
             changed = {**changed, "world_size": (self.saved_world, self.dist.world)}
@@ -601,11 +634,7 @@ class Trainer:
         self._saved = {"last.pt": (loop.epoch, loop.step)}
         if (self.run_dir / "best.pt").exists():
             self._saved["best.pt"] = (int(load_checkpoint(self.run_dir / "best.pt")["epoch"]), 0)
-        where = f"epoch {loop.epoch}" + (f", step {loop.step}/{self.steps_per_epoch} of epoch {loop.epoch + 1}" if loop.step else "")
-        notes = [f"{k} {a} -> {b}" for k, (a, b) in changed.items()]
-        if removed:
-            notes.append(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write")
-        self.console.print(f"resuming {self.run_dir} from {where}" + (f" ({'; '.join(notes)})" if notes else ""))
+        self._emit("on_resume", ResumeInfo(self.run_dir, loop.epoch, loop.step, self.steps_per_epoch, changed, len(removed)))
 
     def _state(self) -> dict[str, Any]:
         """Everything last.pt holds; best.pt holds its :func:`inference_state`."""
@@ -613,7 +642,7 @@ class Trainer:
 
         from visionlab.models import no_weights_kwargs
 
-        cfg, loop = self.cfg, self.loop
+        cfg, loop, best = self.cfg, self.loop, self.checkpoint_callback.best
         return _py({
             "visionlab_version": __version__,
             "task": self.spec.name,
@@ -626,12 +655,12 @@ class Trainer:
             "data": self.runner.data_info,
             "epoch": loop.epoch,
             "step": loop.step,
-            "best_metric": loop.best,
-            "best_loss": loop.best_loss,
+            "best_metric": best.value,
+            "best_loss": best.loss,
             "monitor": self.monitor,
-            "bad_epochs": loop.bad_epochs,
             "history": loop.history,
             "loop": asdict(loop),
+            "callbacks": self._callback_states(),
         }) | {
             "model": self.eval_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -700,7 +729,7 @@ class Trainer:
         return f"{files} {'are' if len(self._saved) > 1 else 'is'} intact in {self.run_dir}"
 
     def _finish(self, result: TrainResult) -> None:
-        """The test split's score with best.pt's weights, summary.json and the closing lines."""
+        """The test split's score with best.pt's weights, the peak memory and summary.json."""
         main = self.dist.is_main
         self.dist.barrier()
         if self.dist.broadcast(result.best_checkpoint.exists() if main else None) and self.runner.split_size("test"):
@@ -712,7 +741,7 @@ class Trainer:
             result.test_metrics, result.test_report = ev.metrics, ev.report
         if not main:
             return
-        mem = peak_memory_mb(self.device)
+        mem = result.peak_memory_mb = peak_memory_mb(self.device)
         summary = {
             "task": self.spec.name, "model": self.cfg.model, "synthetic": self.cfg.is_synthetic,
             "monitor": result.monitor, "best": result.best_metric, "epochs": result.epochs_run,
@@ -720,12 +749,3 @@ class Trainer:
             "test": result.test_metrics, **{k: round(v, 1) for k, v in mem.items()},
         }
         (result.run_dir / "summary.json").write_text(json.dumps(_py(summary), indent=2))
-        test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items() if k in ("accuracy", "macro_f1", "roc_auc", "miou", "pixel_accuracy"))
-        tag = " [bold magenta](SYNTHETIC DATA)[/]" if self.cfg.is_synthetic else ""
-        self.console.print(
-            f"done{tag}: best {result.monitor} {result.best_metric:.4f} | {result.train_seconds:.1f} s training, "
-            f"{result.images_per_second:.0f} img/s | peak memory "
-            + ", ".join(f"{k.replace('peak_', '').replace('_mb', '')} {v:.0f} MB" for k, v in mem.items())
-            + (f" | test: {test}" if test else "")
-        )
-        self.console.print(f"checkpoint: {result.best_checkpoint}")
