@@ -29,6 +29,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from visionlab.cli import app  # noqa: E402
 from visionlab.engine.trainer import Callback  # noqa: E402
+from visionlab.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from visionlab.engine.tracking import TRACKERS, RUN_ID_FILE, MLflowTracker, write_test_figures  # noqa: E402
 
 CLI_FAST = ["--data", "synthetic", "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--set", "model=cracks_cnn",
@@ -68,7 +69,8 @@ def _csv(run: Path) -> list[dict[str, str]]:
 
 
 def _run_id(run: Path) -> str:
-    return (run / RUN_ID_FILE).read_text().strip()
+    """The MLflow run a visionlab run logs to: the tracker's state in its last.pt."""
+    return load_checkpoint(run / "last.pt")["callbacks"]["MLflowTracker"]["run_id"]
 
 
 def _assert_history_equals_csv(client: MlflowClient, run_id: str, rows: list[dict[str, str]]) -> None:
@@ -191,6 +193,23 @@ def test_a_resume_goes_on_in_the_same_mlflow_run_and_tensorboard_folder(fast, ml
     events = _tensorboard(again.run_dir)
     _assert_scalars_equal_csv(events, rows)  # the first session's epochs purged and logged again: no doubles
     assert [e.step for e in events.Scalars("test_accuracy")] == [2]
+    assert load_checkpoint(again.last_checkpoint)["callbacks"]["TensorBoardTracker"] == {"log_dir": "tensorboard"}
+    assert not (again.run_dir / RUN_ID_FILE).exists()  # the id is the tracker's state in last.pt, no side file
+
+
+def test_a_resume_of_a_run_that_kept_the_mlflow_run_id_in_a_side_file_goes_on_in_that_run(fast, mlflow_env: MlflowClient):
+    """A last.pt without callback states (visionlab before they had them) and <run>/mlflow_run_id beside it."""
+    first = visionlab.train("cracks", data="synthetic", console=_quiet(),
+                            **fast("cracks", model="cracks_cnn", model_args={}, track=["mlflow"], name="side"))
+    state = load_checkpoint(first.last_checkpoint)
+    run_id = state.pop("callbacks")["MLflowTracker"]["run_id"]
+    save_checkpoint(state, first.last_checkpoint)
+    (first.run_dir / RUN_ID_FILE).write_text(run_id + "\n")
+    console = Console(record=True, width=300)
+    again = visionlab.train("cracks", resume=first.last_checkpoint, epochs=2, console=console)
+    assert f"mlflow: continuing run {run_id} of experiment" in console.export_text()
+    assert _run_id(again.run_dir) == run_id and mlflow_env.get_run(run_id).info.status == "FINISHED"
+    _assert_history_equals_csv(mlflow_env, run_id, _csv(again.run_dir))
 
 
 def test_a_diverging_run_is_marked_failed(fast, mlflow_env: MlflowClient):

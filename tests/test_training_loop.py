@@ -216,7 +216,7 @@ def test_a_resume_on_another_number_of_processes_is_recorded_and_counts_every_im
     loop = load_checkpoint(resumed.last_checkpoint)["loop"]
     assert loop["images_seen"] == 8 + 2 * 4
     assert loop["resumes"][-1]["changed"] == {"world_size": [2, 1]} and loop["resumes"][-1]["step"] == 2
-    run = mlflow.tracking.MlflowClient(store).get_run((resumed.run_dir / "mlflow_run_id").read_text().strip())
+    run = mlflow.tracking.MlflowClient(store).get_run(load_checkpoint(resumed.last_checkpoint)["callbacks"]["MLflowTracker"]["run_id"])
     assert (run.data.params["world_size"], run.data.params["global_batch"]) == ("2", "8")
     assert run.data.tags["visionlab.resume.epoch_0"] == "world_size: 2 -> 1; global_batch: 8 -> 4"
 
