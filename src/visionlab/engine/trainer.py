@@ -736,7 +736,7 @@ class Trainer:
             # rank 0 reads best.pt (other nodes may not see its folder) and hands the weights on
             self.model.load_state_dict(self.dist.broadcast(load_checkpoint(result.best_checkpoint)["model"] if main else None))
             # in fp32, as 'evaluate', 'predict' and the exported .onnx run this checkpoint by default,
-            # so the test score printed here is the one they give
+            # so the test score of the closing line is the one they give
             ev = self.runner.evaluate(self.model, "test", resolve_precision("fp32", self.device).autocast)
             result.test_metrics, result.test_report = ev.metrics, ev.report
         if not main:
