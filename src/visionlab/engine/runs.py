@@ -13,7 +13,7 @@ from pathlib import Path
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "runs_root", "CHECKPOINT_NAMES"]
+__all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "resolve_checkpoint", "runs_root", "CHECKPOINT_NAMES"]
 
 
 DEFAULT_RUNS = "runs"
@@ -85,3 +85,10 @@ def latest_checkpoint(task: str | None = None, out: str | os.PathLike | None = N
     if run is None:
         raise VisionlabError(f"no trained model found for {what} under {root}/.", "Train one (visionlab train --task T) or pass --checkpoint PATH.")
     return _checkpoint_in(run, which)  # type: ignore[return-value]
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None = None) -> Path:
+    """``checkpoint`` when one is named, else the best checkpoint of the latest run of ``task`` (or
+    of any task): what evaluate, predict and export use. A caller that knows the task names checks
+    ``task`` first, so an unknown name lists the known ones."""
+    return Path(checkpoint) if checkpoint else latest_checkpoint(task)
