@@ -10,7 +10,7 @@ here show them, each driven by what the task kind declares, never by its name:
 * :mod:`visionlab.present.predictions`: ``predict``'s table, its closing line and its CSV/JSON;
 * :mod:`visionlab.present.doctor`: ``visionlab data check``'s tables or JSON;
 * :mod:`visionlab.present.runtime`: the torch-free runtime's lines, masks and JSON (no rich);
-* :mod:`visionlab.present.runs`: the lines of checkpoint lookup, export, download and serve.
+* :mod:`visionlab.present.messages`: the lines of checkpoint lookup, the demo, export, download and serve.
 
 This module is cheap to import (rich is imported when a console is made), so the torch-free
 runtime can use :mod:`visionlab.present.runtime` without torch or rich.
