@@ -92,7 +92,7 @@ def _checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console:
     from visionlab.present.messages import show_chosen_checkpoint
     from visionlab.registry import get_task
 
-    path = resolve_checkpoint(checkpoint, get_task(task).name if task else None)
+    path = resolve_checkpoint(checkpoint, task, check_task=get_task)
     if not checkpoint:
         show_chosen_checkpoint(path, task, console)
     return path

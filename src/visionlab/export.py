@@ -462,7 +462,7 @@ def export_onnx(
     _check_options(format, opset, atol, rtol)
     onnx = _import_onnx()
     t0 = time.perf_counter()
-    src = resolve_checkpoint(checkpoint, get_task(task).name if task else None).expanduser()
+    src = resolve_checkpoint(checkpoint, task, check_task=get_task).expanduser()
     if not checkpoint:
         show_chosen_checkpoint(src, task, console)
     dest = _destination(src, out)

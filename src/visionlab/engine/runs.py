@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from visionlab.errors import VisionlabError
 
@@ -87,8 +88,14 @@ def latest_checkpoint(task: str | None = None, out: str | os.PathLike | None = N
     return _checkpoint_in(run, which)  # type: ignore[return-value]
 
 
-def resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None = None) -> Path:
+def resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None = None,
+                       check_task: Callable[[str], object] | None = None) -> Path:
     """``checkpoint`` when one is named, else the best checkpoint of the latest run of ``task`` (or
-    of any task): what evaluate, predict and export use. A caller that knows the task names checks
-    ``task`` first, so an unknown name lists the known ones."""
-    return Path(checkpoint) if checkpoint else latest_checkpoint(task)
+    of any task): what evaluate, predict and export use. Before that lookup ``check_task(task)``
+    (the registry's ``get_task``, passed in: the engine knows no registry) refuses an unknown name
+    with the list of known ones."""
+    if checkpoint:
+        return Path(checkpoint)
+    if task and check_task is not None:
+        check_task(task)
+    return latest_checkpoint(task)

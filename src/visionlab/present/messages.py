@@ -7,6 +7,7 @@ from a pipe, where a rich console would wrap it).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from visionlab.data.download import Source
     from visionlab.export import ExportResult
 
-__all__ = ["show_chosen_checkpoint", "show_report_written", "show_demo_start", "show_export", "show_download", "show_serving", "show_stopped"]
+__all__ = ["show_chosen_checkpoint", "show_report_written", "show_demo_start", "show_export", "show_download", "show_serving", "show_unkeyed", "show_stopped"]
 
 
 def show_chosen_checkpoint(path: Path, task: str | None, out: Any) -> None:
@@ -59,6 +60,11 @@ def show_serving(models: Sequence[Any], url: str, keyed: bool) -> None:
     print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
           + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if keyed else ""), flush=True)
+
+
+def show_unkeyed(host: str) -> None:
+    """The warning of a server that listens off loopback without an API key (``--insecure-no-key``)."""
+    print(f"warning: listening on {host} without an API key (--insecure-no-key).", file=sys.stderr)
 
 
 def show_stopped(cut_off: int, why: str) -> None:

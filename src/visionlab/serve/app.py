@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -455,7 +454,9 @@ def _check_access(settings: Settings) -> None:
         if not settings.insecure_no_key:
             raise VisionlabError(f"listening on {settings.host} needs an API key: anyone who can reach this machine could use "
                                  f"the models.", f"Pass --api-key KEY or set ${KEY_ENV}; or --insecure-no-key if that is what you mean.")
-        sys.stderr.write(f"warning: listening on {settings.host} without an API key (--insecure-no-key).\n")
+        from visionlab.present.messages import show_unkeyed
+
+        show_unkeyed(settings.host)
 
 
 def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
