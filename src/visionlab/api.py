@@ -1,5 +1,8 @@
 """The Python API; the CLI is a thin layer over these functions.
 
+They return values; what they show (tables, the lines of a lookup) is :mod:`visionlab.present`'s,
+on the ``console`` given (default: a rich console on stdout).
+
 >>> import visionlab
 >>> result = visionlab.train("cracks", data="synthetic", epochs=2)
 >>> model = visionlab.load(result.best_checkpoint)
@@ -116,7 +119,7 @@ def evaluate(
 
     With ``data`` pointing at another folder than the training data, the whole folder is the test
     set (its own test/ split if it has one). ``tta`` overrides the test-time augmentation saved
-    with the model (none, hflip, flips, d4). Prints the tables and writes (:mod:`visionlab.present`)
+    with the model (none, hflip, flips, d4). Shows the tables on ``console`` and writes (:mod:`visionlab.present.evaluation`)
     metrics.json (and the confusion matrix as CSV and PNG), predictions.csv, thumbnails of the
     ``examples`` images most worth a look into ``out`` (default: an ``eval-*`` folder beside the
     checkpoint), and with ``report_html`` the run's HTML report (:func:`visionlab.report.write_report`).
