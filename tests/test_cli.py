@@ -577,7 +577,7 @@ def test_csv_cells_never_start_a_spreadsheet_formula(trained: Path, images: Path
     import csv
     import shutil
 
-    from visionlab.engine.metrics import write_confusion_csv
+    from visionlab.present.evaluation import write_confusion_csv
 
     monkeypatch.chdir(tmp_path)
     for c in ("Negative", "Positive"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from visionlab.cli import app
@@ -31,7 +32,7 @@ from visionlab.data.download import (
     fetch,
     fetch_manifest,
     get_source,
-    run_download,
+    download_task,
 )
 from visionlab.data.layout import find_classification, find_segmentation
 from visionlab.errors import VisionlabError
@@ -270,6 +271,9 @@ def test_fetch_trust_on_first_use(server, tmp_path, quiet, capsys):
     url = server.add("/v.bin", first)
     dest = tmp_path / "v.bin"
     fetch(url, dest)
+    assert not capsys.readouterr().out, "a library call without a console says nothing"
+    dest.unlink()
+    fetch(url, dest, console=Console())
     record = tmp_path / "v.bin.sha256"
     assert record.read_text() == f"{_sha(first)}  v.bin\n"
     assert _sha(first) in capsys.readouterr().out
@@ -545,7 +549,7 @@ def test_cli_minerals_manifest_and_caltech_alias(server, tmp_path, monkeypatch):
 
 def test_unknown_task_lists_known(tmp_path):
     with pytest.raises(VisionlabError, match="Known tasks"):
-        run_download("nope", root=tmp_path)
+        download_task("nope", root=tmp_path)
 
 
 def test_bad_override_is_refused(tmp_path, monkeypatch):

@@ -12,12 +12,7 @@ from PIL import Image
 from rich.console import Console
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from visionlab.engine.metrics import (
-    ClassificationMeter,
-    SegmentationMeter,
-    render_report,
-    write_confusion_csv,
-)
+from visionlab.engine.metrics import ClassificationMeter, SegmentationMeter
 from visionlab.engine.plots import (
     colorize_mask,
     overlay_mask,
@@ -25,6 +20,7 @@ from visionlab.engine.plots import (
     save_training_curves,
 )
 from visionlab.errors import VisionlabError
+from visionlab.present.evaluation import show_tables, write_confusion_csv
 
 
 def _logits_from_probs(probs) -> torch.Tensor:
@@ -294,12 +290,12 @@ def test_each_meter_reports_its_kinds_primary_metric():
 # --------------------------------------------------------------------------- reports
 
 
-def test_render_report_prints_class_names_and_tables():
+def test_show_tables_prints_class_names_and_tables():
     meter = ClassificationMeter(3)
     meter.update(torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0], [3.0, 0, 0]]), torch.tensor([0, 1, 2, 1]))
     names = ["biotite", "pyrite", "quartz"]
     console = Console(record=True, width=140)
-    render_report(meter.report(names), names, console, title="minerals")
+    show_tables(meter.report(names), names, console, title="minerals")
     text = console.export_text()
     for name in names + ["macro_f1", "confusion matrix", "minerals"]:
         assert name in text
@@ -308,7 +304,7 @@ def test_render_report_prints_class_names_and_tables():
     seg = SegmentationMeter(3, exclude=[2])
     seg.update(torch.tensor([[[0, 1, 2]]]), torch.tensor([[[0, 1, 1]]]))
     console = Console(record=True, width=140)
-    render_report(seg.report(["land", "water", "unlabeled"]), console=console, title="landcover")
+    show_tables(seg.report(["land", "water", "unlabeled"]), console=console, title="landcover")
     text = console.export_text()
     for word in ["land", "water", "unlabeled (excluded)", "miou", "iou", "dice"]:
         assert word in text

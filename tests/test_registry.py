@@ -117,7 +117,9 @@ def test_help_and_tasks_do_not_import_torch():
 
 # The parts .ci/torchfree runs without torch; here checked where torch is installed too.
 _TORCH_FREE = ["visionlab.config", "visionlab.kinds.classification", "visionlab.kinds.segmentation", "visionlab.runtime",
-               "visionlab.report", "visionlab.present", "visionlab.serve.batching", "visionlab.serve.uploads"]
+               "visionlab.report", "visionlab.present", "visionlab.present.evaluation", "visionlab.present.predictions",
+               "visionlab.present.doctor", "visionlab.present.messages", "visionlab.present.runtime",
+               "visionlab.serve.batching", "visionlab.serve.uploads"]
 
 
 @pytest.mark.torchfree

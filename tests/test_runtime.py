@@ -179,6 +179,31 @@ def test_the_command_line_writes_json_and_masks(segmenter: Path, classifier: Pat
     assert main([str(classifier), str(photos["broken"])]) == 1  # nothing could be predicted
 
 
+_WITHOUT_RICH = """
+import sys
+
+class Refuse:  # the runtime's own install has numpy, Pillow and onnxruntime: no torch, no rich
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "rich"):
+            raise ImportError(f"{name} is not installed here")
+
+sys.meta_path.insert(0, Refuse())
+from visionlab.runtime import main
+
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_the_command_line_needs_neither_torch_nor_rich(classifier: Path, photos: dict[str, Path]):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_RICH, str(classifier), str(photos["red"]), "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\t")[1] == "red"
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     ({"preprocessing": {"image_size": None}}, "KeyError: 'image_size'"), ({"classes": ["red", "green"]}, "2 classes for a network with 3 outputs"),
     ({"classes": []}, "not a list of class names"), ({"preprocessing": {"tta": "bogus"}}, "unknown test-time augmentation 'bogus'"),

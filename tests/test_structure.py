@@ -1,6 +1,6 @@
 """The shape of the source tree: no import circles in ``src/``, no code outside the task kinds'
-own modules that decides what to do by comparing kind names, and no function over
-``MAX_FUNCTION_LINES`` lines.
+own modules that decides what to do by comparing kind names, no function over
+``MAX_FUNCTION_LINES`` lines, and no printing outside the CLI and the presentation layer.
 
 Both read the source with :mod:`ast` (nothing is imported). Every import counts, at module
 level or inside a function, except those under ``if TYPE_CHECKING:``.
@@ -18,6 +18,9 @@ KIND_MODULES = ("visionlab.kinds",)
 #: The longest a function or method may be: from its ``def`` line to its last, docstring included,
 #: decorators not.
 MAX_FUNCTION_LINES = 60
+#: The modules that may print (call ``print()`` or make a rich ``Console``): the CLI and the
+#: presentation layer. The trainer and its callbacks print until their events go to a progress callback.
+PRINTING_MODULES = ("visionlab.cli", "visionlab.present", "visionlab.engine.trainer", "visionlab.engine.callbacks")
 
 
 def _modules() -> dict[str, Path]:
@@ -192,3 +195,27 @@ def test_no_function_in_src_is_over_the_limit():
     found = [hit for path in _modules().values()
              for hit in _long_functions(path.read_text(), str(path.relative_to(SRC)), MAX_FUNCTION_LINES)]
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(found)
+
+
+def _printing(source: str, name: str) -> list[str]:
+    """``name:line: call`` for every ``print(...)`` and every rich ``Console(...)`` made in ``source``."""
+    out = []
+    for node in ast.walk(ast.parse(source, filename=name)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if (called == "print" and isinstance(func, ast.Name)) or called == "Console":
+                out.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return out
+
+
+def test_the_print_check_sees_print_and_console_but_not_methods_or_text():
+    source = 'import rich.console\nprint("a")\nrich.console.Console()\nconsole.print("b")\nx = "print(1)"\n'
+    assert _printing(source, "m.py") == ["m.py:2: print('a')", "m.py:3: rich.console.Console()"]
+
+
+def test_only_the_cli_and_present_print():
+    """The library returns values; what a user sees is shown by cli.py and visionlab.present."""
+    found = [hit for module, path in _modules().items() if not any(module == m or module.startswith(m + ".") for m in PRINTING_MODULES)
+             for hit in _printing(path.read_text(), str(path.relative_to(SRC)))]
+    assert not found, "printing outside the CLI and visionlab.present (return the values; show them in present/):\n" + "\n".join(found)

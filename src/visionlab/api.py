@@ -1,5 +1,8 @@
 """The Python API; the CLI is a thin layer over these functions.
 
+They return values; what they show (tables, the lines of a lookup) is :mod:`visionlab.present`'s,
+on the ``console`` given (default: a rich console on stdout).
+
 >>> import visionlab
 >>> result = visionlab.train("cracks", data="synthetic", epochs=2)
 >>> model = visionlab.load(result.best_checkpoint)
@@ -20,12 +23,6 @@ if TYPE_CHECKING:
     from visionlab.data.io import InputEntry
 
 __all__ = ["train", "evaluate", "run_report", "predict", "demo", "load"]
-
-
-def _console(console: Any = None) -> Any:
-    from visionlab.present import console as make
-
-    return make(console)
 
 
 def train(
@@ -52,6 +49,7 @@ def train(
     own: then the library prints nothing.
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
+    from visionlab import present
     from visionlab.config import load_config, parse_overrides, resume_config
     from visionlab.engine.callbacks import ProgressBar
     from visionlab.engine.checkpoint import load_checkpoint
@@ -71,7 +69,7 @@ def train(
         resume = path
     trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
     shown = progress and not any(isinstance(cb, ProgressBar) for cb in callbacks)
-    trainer = Trainer(cfg, callbacks=[*([ProgressBar(_console(console))] if shown else []), *callbacks, *trackers])
+    trainer = Trainer(cfg, callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
     try:
         return trainer.fit(resume=resume)
     except BaseException as exc:
@@ -97,17 +95,15 @@ def _check_batch_size(batch_size: int) -> None:
         raise VisionlabError(f"--batch-size must be a positive integer, got {batch_size!r}.", "Pass e.g. --batch-size 32.")
 
 
-def _resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console: Any) -> Path:
-    from visionlab.engine.runs import latest_checkpoint
+def _checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console: Any) -> Path:
+    """The checkpoint to use (:func:`visionlab.engine.runs.resolve_checkpoint`), said when it was looked up."""
+    from visionlab.engine.runs import resolve_checkpoint
+    from visionlab.present.messages import show_chosen_checkpoint
+    from visionlab.registry import get_task
 
-    if checkpoint:
-        return Path(checkpoint)
-    if task:
-        from visionlab.registry import get_task
-
-        get_task(task)  # unknown task -> list of known ones
-    path = latest_checkpoint(task)
-    console.print(f"using {'the latest ' + task + ' model' if task else 'the most recently trained model'}: {path}")
+    path = resolve_checkpoint(checkpoint, task, check_task=get_task)
+    if not checkpoint:
+        show_chosen_checkpoint(path, task, console)
     return path
 
 
@@ -129,7 +125,7 @@ def evaluate(
 
     With ``data`` pointing at another folder than the training data, the whole folder is the test
     set (its own test/ split if it has one). ``tta`` overrides the test-time augmentation saved
-    with the model (none, hflip, flips, d4). Prints the tables and writes (:mod:`visionlab.present`)
+    with the model (none, hflip, flips, d4). Shows the tables on ``console`` and writes (:mod:`visionlab.present.evaluation`)
     metrics.json (and the confusion matrix as CSV and PNG), predictions.csv, thumbnails of the
     ``examples`` images most worth a look into ``out`` (default: an ``eval-*`` folder beside the
     checkpoint), and with ``report_html`` the run's HTML report (:func:`visionlab.report.write_report`).
@@ -137,40 +133,44 @@ def evaluate(
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tta import TTA_MODES
+    from visionlab.present.evaluation import show_evaluation, show_written, write_evaluation
     from visionlab.registry import get_task
     from visionlab.engine.runner import evaluate_checkpoint
 
-    console = _console(console)
+    console = present.console(console)
     _check_batch_size(batch_size)
     if split not in ("test", "val", "train", "all"):
         raise VisionlabError(f"unknown split {split!r}.", "Use test, val, train or all.")
     if tta is not None and tta not in TTA_MODES:
         raise VisionlabError(f"unknown tta mode {tta!r}.", f"Use one of {', '.join(TTA_MODES)}.")
-    path = _resolve_checkpoint(checkpoint, task, console)
+    path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = get_task(state["task"])
     report = evaluate_checkpoint(spec, state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
                                  examples=examples, console=console, precision=precision)
-    present.show_evaluation(report, console)
+    show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"wrote to {out_dir}: " + ", ".join(present.write_evaluation(report, out_dir)))
+    show_written(out_dir, write_evaluation(report, out_dir), console)
     if report_html:
+        from visionlab.present.messages import show_report_written
         from visionlab.report import write_report
 
-        console.print(f"report: {write_report(path.parent, eval_dir=out_dir)}")
+        show_report_written(write_report(path.parent, eval_dir=out_dir), console)
     return report
 
 
 def run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, device: str = "auto", console: Any = None) -> Path:
     """The HTML report of a run (:mod:`visionlab.report`); a run without an evaluation has its
     best checkpoint evaluated on its test split first. Returns the page's path."""
+    from visionlab import present
+    from visionlab.present.evaluation import show_evaluating_first
     from visionlab.report import find_evaluation, run_checkpoint, write_report
 
     run, eval_dir = find_evaluation(run_dir)
     if eval_dir is None:
-        console = _console(console)
+        console = present.console(console)
         ckpt = run_checkpoint(run)
-        console.print(f"{run} has no evaluation yet: evaluating {ckpt.name} on its test split first")
+        show_evaluating_first(run, ckpt, console)
         evaluate(ckpt, device=device, console=console)
         run, eval_dir = find_evaluation(run)
     return write_report(run, out=out, eval_dir=eval_dir)
@@ -187,17 +187,17 @@ def _check_top_k(top_k: int | None) -> None:
 def _entries_to_predict(paths: Sequence[str | os.PathLike] | str, out_path: Path | None, console: Any) -> list[InputEntry]:
     """The entries ``paths`` names (:func:`visionlab.engine.predict.scan_inputs`); raises, before a
     model is loaded, when none matched or all were skipped (those are shown, and written to ``out_path``)."""
-    from visionlab import present
     from visionlab.engine.predict import scan_inputs
+    from visionlab.present.predictions import show_skipped, write_predictions
 
     entries = scan_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     if not entries:
         raise VisionlabError("no images matched the given paths.", "Pass image files, folders or glob patterns.")
     if all(e.skipped for e in entries):  # nothing to predict: say why, before loading a model
         skipped = [Prediction(e.path, skipped=e.skipped) for e in entries]
-        present.show_skipped(skipped, console)
+        show_skipped(skipped, console)
         if out_path is not None:
-            present.write_predictions(skipped, out_path)
+            write_predictions(skipped, out_path)
         n = len(entries)
         raise VisionlabError(f"no images matched the given paths: {n} entr{'y was' if n == 1 else 'ies were'} skipped (see the table).",
                              "Pass image files, or folders and glob patterns that hold images.")
@@ -205,29 +205,17 @@ def _entries_to_predict(paths: Sequence[str | os.PathLike] | str, out_path: Path
 
 
 def _close_predictions(preds: list[Prediction], out_path: Path | None, mask_dir: Path | None, console: Any) -> None:
-    """The closing line (how many were predicted, unreadable, skipped) and the CSV/JSON written to
-    ``out_path``; raises when no image could be read."""
-    from visionlab import present
+    """The CSV/JSON written to ``out_path`` and the closing lines; raises when no image could be read."""
+    from visionlab.present.predictions import show_closing, write_predictions
 
+    if out_path is not None:
+        write_predictions(preds, out_path)
     errors = sum(1 for p in preds if p.error)
     skipped = sum(1 for p in preds if p.skipped)
-    predicted = len(preds) - errors - skipped
-    if not predicted:
-        if out_path is not None:
-            present.write_predictions(preds, out_path)
+    if errors + skipped == len(preds):
         extra = f"; {skipped} other entr{'y was' if skipped == 1 else 'ies were'} skipped" if skipped else ""
         raise VisionlabError(f"none of the {errors} image(s) could be read{extra} (see the table).", "Check the paths and files.")
-    closing = [f"{predicted} predicted"]
-    if errors:
-        closing.append(f"[yellow]{errors} of {predicted + errors} image(s) could not be read[/]")
-    if skipped:
-        closing.append(f"[yellow]{skipped} skipped[/]")
-    console.print(", ".join(closing) + (" (listed above)." if errors or skipped else "."))
-    if mask_dir is not None:
-        console.print(f"masks and overlays written to {mask_dir}")
-    if out_path is not None:
-        present.write_predictions(preds, out_path)
-        console.print(f"wrote {out_path}")
+    show_closing(preds, out_path, mask_dir, console)
 
 
 def predict(
@@ -250,20 +238,21 @@ def predict(
     to the number of classes; an explicit value above it is said so."""
     from visionlab import present
     from visionlab.engine.predict import Predictor
+    from visionlab.present.predictions import check_output_file, check_writable, show_predictions, show_top_k_clipped
 
-    console = _console(console)
+    console = present.console(console)
     _check_batch_size(batch_size)
     _check_top_k(top_k)
     out_path = Path(out) if out else None
     if out_path is not None:  # before any work is done
-        present.check_output_file(out_path)
+        check_output_file(out_path)
     entries = _entries_to_predict(paths, out_path, console)
-    path = _resolve_checkpoint(checkpoint, task, console)
+    path = _checkpoint(checkpoint, task, console)
     predictor = Predictor.from_checkpoint(path, device=device, task=task, precision=precision)
     kind = predictor.kind
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
     if mask_dir is not None and out_path is None:
-        present.check_writable(mask_dir, "files of the predictions")
+        check_writable(mask_dir, "files of the predictions")
     asked, top_k = top_k, 3 if top_k is None else top_k
     todo = [e.path for e in entries if e.skipped is None]
     done = iter(predictor.predict(todo, top_k=top_k, batch_size=batch_size) if todo else [])
@@ -275,30 +264,31 @@ def predict(
                 p.write_files(mask_dir, taken)
     k = min(top_k, len(predictor.classes))
     title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
-    present.show_predictions(preds, kind, title, k, console)
+    show_predictions(preds, kind, title, k, console)
     if kind.ranks_classes and asked is not None and asked > k:
-        console.print(f"--top-k {top_k} is more than the model's {k} classes: all {k} are shown.")
+        show_top_k_clipped(top_k, k, console)
     _close_predictions(preds, out_path, mask_dir, console)
     return preds
 
 
 def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console: Any = None) -> dict[str, Any]:
     """Synthetic data, a short training of the seed model, an evaluation and one prediction."""
+    from visionlab import present
     from visionlab.models import no_weights_kwargs
+    from visionlab.present.messages import show_demo_start
     from visionlab.registry import get_task
 
-    console = _console(console)
+    console = present.console(console)
     spec = get_task(task)
     kind = get_kind(spec.kind)
-    console.rule(f"visionlab demo: {task} on SYNTHETIC data")
+    model = spec.seed_model or spec.model
+    no_weights = no_weights_kwargs(model)
+    show_demo_start(task, model, bool(no_weights), console)
     options: dict[str, Any] = dict(kind.demo_options)
     options.update(data="synthetic", device=device, out=out, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    model = spec.seed_model or spec.model
     options["model"] = model  # the seed's architecture
-    no_weights = no_weights_kwargs(model)
     if no_weights:  # the demo never downloads weights
         options["model_args"] = no_weights
-        console.print(f"(demo: {model} starts from random weights; real training uses ImageNet weights)")
     result = train(task, console=console, **options)
     report = evaluate(result.best_checkpoint, console=console)
     sample = kind.demo_inputs(kind.synthetic_data(spec))

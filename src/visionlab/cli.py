@@ -32,9 +32,9 @@ _STATE = {"debug": False}
 
 
 def _console():
-    from rich.console import Console
+    from visionlab.present import console
 
-    return Console()
+    return console()
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -378,7 +378,7 @@ def data_check_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when errors are found."),
 ) -> None:
     """Find what is wrong with a dataset before training."""
-    from visionlab.data.doctor import run_check
+    from visionlab.present.doctor import run_check
 
     code = run_check(path, task=task, as_json=as_json, strict=strict)
     raise typer.Exit(code)
@@ -392,9 +392,12 @@ def data_download_cmd(
     force: bool = typer.Option(False, "--force", help="Download again even if present."),
 ) -> None:
     """Download a seed dataset (checksummed, resumable) into the data root."""
-    from visionlab.data.download import run_download
+    from visionlab.data.download import download_task
+    from visionlab.present.messages import show_download
 
-    run_download(task, root=root, force=force)
+    console = _console()
+    source, target, images = download_task(task, root=root, force=force, console=console)
+    show_download(source, images, target, console)
 
 
 def main() -> None:

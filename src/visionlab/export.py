@@ -414,16 +414,6 @@ def _publish(staged: Path, dest: Path, external_data: bool) -> list[Path]:
     return files
 
 
-def _print_summary(result: ExportResult, console: Any) -> None:
-    """What was written, and the two parity checks it passed."""
-    console.print(f"exported {result.checkpoint} -> {', '.join(map(str, result.files))} ({result.size_bytes / 2**20:.1f} MB, "
-                  f"{result.exporter} exporter, opset {result.opset}, {result.seconds:.1f} s)")
-    console.print(result.parity.line() + ": passed")
-    console.print(result.end_to_end.line() + ": passed")
-    if result.end_to_end.own_line():
-        console.print(result.end_to_end.own_line())
-
-
 def _prove_parity(staged: Path, state: dict[str, Any], model: torch.nn.Module, batches: list[torch.Tensor], images: np.ndarray,
                   source: str, atol: float, rtol: float, min_labels: float, min_pixels: float,
                   max_prob_diff: float) -> tuple[Parity, EndToEnd]:
@@ -462,14 +452,19 @@ def export_onnx(
     answers out, the runtime and the fp32 PyTorch predictor differ by more than ``max_prob_diff``
     in a probability (a class share for masks) or agree on fewer labels (mask pixels) than that.
     """
-    from visionlab.api import _console, _resolve_checkpoint
+    from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint, load_model
+    from visionlab.engine.runs import resolve_checkpoint
+    from visionlab.present.messages import show_chosen_checkpoint, show_export
+    from visionlab.registry import get_task
 
-    console = _console(console)
+    console = present.console(console)
     _check_options(format, opset, atol, rtol)
     onnx = _import_onnx()
     t0 = time.perf_counter()
-    src = _resolve_checkpoint(checkpoint, task, console).expanduser()
+    src = resolve_checkpoint(checkpoint, task, check_task=get_task).expanduser()
+    if not checkpoint:
+        show_chosen_checkpoint(src, task, console)
     dest = _destination(src, out)
     state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
@@ -492,5 +487,5 @@ def export_onnx(
     opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), exporter, opset_used,
                           files, end_to_end)
-    _print_summary(result, console)
+    show_export(result, console)
     return result

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, printable_name, scan_inputs
+from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
 from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
@@ -298,39 +297,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png files here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    from visionlab.present.runtime import show_error, show_rows
+
     try:
         model = load(args.model, threads=args.threads)
         rows = model.predict(list(args.paths), top_k=args.top_k, batch_size=args.batch_size)
     except VisionlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        show_error(str(exc))
         return 2
-    _report(rows, args.masks, args.json)
+    show_rows(rows, args.masks, args.json)
     if not rows:
-        print("error: no images matched the given paths. Pass image files, folders or glob patterns.", file=sys.stderr)
+        show_error("no images matched the given paths. Pass image files, folders or glob patterns.")
     return 0 if any(r["error"] is None and not r.get("skipped") for r in rows) else 1
-
-
-def _report(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None) -> None:
-    from PIL import Image
-
-    rows = list(rows)
-    taken: set[str] = set()
-    for r in rows:
-        if r["error"] or r.get("skipped"):
-            print(f"{printable_name(r['path'])}\t{'error' if r['error'] else 'skipped'}\t{r['error'] or r['skipped']}")
-            continue
-        detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in r.get("class_shares", {}).items() if s > 0.005]
-        print(f"{printable_name(r['path'])}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
-        if masks is not None and r.get("mask") is not None:
-            masks.mkdir(parents=True, exist_ok=True)
-            stem = base = Path(r["path"]).stem
-            while stem in taken:  # the same name from another folder: a mask of its own
-                stem = f"{base}-{len(taken)}"
-            taken.add(stem)
-            r["mask_file"] = str(masks / f"{stem}_mask.png")
-            Image.fromarray(r["mask"]).save(r["mask_file"])
-    if out is not None:
-        out.write_text(json.dumps([{k: v for k, v in r.items() if k != "mask"} for r in rows], indent=2))
 
 
 if __name__ == "__main__":

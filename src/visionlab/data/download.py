@@ -1,7 +1,8 @@
 """Download the seed datasets into the data root, checksummed and resumable.
 
-``visionlab data download TASK`` calls :func:`run_download`; the same work is available from
-Python as :func:`download_dataset` (one :class:`Source`) and :func:`fetch` (one file).
+``visionlab data download TASK`` calls :func:`download_task`; the same work is available from
+Python as :func:`download_dataset` (one :class:`Source`) and :func:`fetch` (one file). They say
+what they do (progress bars, checksums) to the ``console`` they are given, and nothing without one.
 
 How a file is fetched (:func:`fetch`)
     urllib; streamed to ``<file>.part`` with a progress bar; a ``.part`` left by an
@@ -65,7 +66,7 @@ __all__ = [
     "fetch_manifest",
     "download_dataset",
     "is_present",
-    "run_download",
+    "download_task",
     "LANDCOVER_CLASSES",
 ]
 
@@ -325,10 +326,10 @@ def data_root() -> Path:
 # --------------------------------------------------------------------------- fetching
 
 
-def _console():
-    from rich.console import Console
-
-    return Console()
+def _say(console: Any, text: str) -> None:
+    """A line to ``console``; none without one: a library call says nothing unless given a console (the CLI's)."""
+    if console is not None:
+        console.print(text)
 
 
 def _progress(console, transient: bool = False):
@@ -343,7 +344,7 @@ def _progress(console, transient: bool = False):
 
     return Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=console, transient=transient,
+        console=console, transient=transient, disable=console is None,
     )
 
 
@@ -476,7 +477,7 @@ def _resume_point(url: str, part: Path, resp: Any, offset: int, size: int | None
                                 "Run the same command again to start afresh.")
     else:
         if offset:
-            console.print(f"[yellow]{url} ignored the resume request; downloading from the start.[/]")
+            _say(console, f"[yellow]{url} ignored the resume request; downloading from the start.[/]")
         offset = 0
         total = length
     expected = total if total is not None else (offset + length if length is not None else size)
@@ -532,14 +533,13 @@ def fetch(
     follow HTTP redirects (urllib does); its Google Drive path serves no source of ours.
     """
     dest = Path(dest)
-    console = console or _console()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if dest.exists():
         try:
             digest = _verify(dest, dest, sha256, md5, size)
         except VisionlabError as exc:
-            console.print(f"[yellow]{exc.message} Downloading it again.[/]")
+            _say(console, f"[yellow]{exc.message} Downloading it again.[/]")
         else:
             _remember(dest, digest, sha256, console, progress)
             return dest
@@ -559,7 +559,7 @@ def fetch(
             resumable = exc.status is None and part.exists() and part.stat().st_size > 0
             if attempt == retries or not resumable:
                 raise
-            console.print(f"[yellow]{exc.message} Resuming ({attempt + 1}/{retries}).[/]")
+            _say(console, f"[yellow]{exc.message} Resuming ({attempt + 1}/{retries}).[/]")
             time.sleep(0.5 * (attempt + 1))
     digest = _verify(part, dest, sha256, md5, size)
     os.replace(part, dest)
@@ -572,15 +572,15 @@ def _remember(dest: Path, digest: str, sha256: str | None, console, verbose: boo
     rec = _record_path(dest)
     if sha256:
         if verbose:
-            console.print(f"{dest.name}: sha256 {digest} (matches the published checksum)")
+            _say(console, f"{dest.name}: sha256 {digest} (matches the published checksum)")
         return
     if rec.exists():
         if verbose:
-            console.print(f"{dest.name}: sha256 {digest} (matches {rec.name})")
+            _say(console, f"{dest.name}: sha256 {digest} (matches {rec.name})")
         return
     rec.write_text(f"{digest}  {dest.name}\n")
     if verbose:
-        console.print(f"{dest.name}: sha256 {digest} (no published checksum; recorded in {rec}, later uses are checked against it)")
+        _say(console, f"{dest.name}: sha256 {digest} (no published checksum; recorded in {rec}, later uses are checked against it)")
 
 
 # --------------------------------------------------------------------------- archives
@@ -599,7 +599,7 @@ def _rar_commands(archive: Path, out: Path) -> list[list[str]]:
 def _extract_rar(archive: Path, out: Path, console) -> None:
     for cmd in _rar_commands(archive, out):
         if shutil.which(cmd[0]):
-            console.print(f"extracting {archive.name} with {cmd[0]} ...")
+            _say(console, f"extracting {archive.name} with {cmd[0]} ...")
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:
                 return
@@ -631,7 +631,6 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, kind: ArchiveKin
     ours skips links and escaping paths. torchvision has no rar support.
     """
     archive, out = Path(archive), Path(out)
-    console = console or _console()
     out.mkdir(parents=True, exist_ok=True)
     try:
         if kind == "zip":
@@ -640,7 +639,7 @@ def extract(archive: str | os.PathLike, out: str | os.PathLike, kind: ArchiveKin
                                      "Set its filename in $VISIONLAB_SOURCES to end in .zip.")
             from torchvision.datasets.utils import extract_archive
 
-            console.print(f"unzipping {archive.name} ...")
+            _say(console, f"unzipping {archive.name} ...")
             extract_archive(archive, out)
         elif kind == "tar.gz":
             with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tf, _progress(console, transient=True) as bar:
@@ -717,14 +716,14 @@ def fetch_manifest(
     ``(fetched, skipped, failed)`` where ``failed`` lists ``(url, reason)``.
     """
     out = Path(out)
-    console = console or _console()
     rows = _read_manifest(Path(manifest))
     fetched = skipped = 0
     failed: list[tuple[str, str]] = []
     last_request = 0.0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  disable=console is None) as bar:
         task = bar.add_task(f"{out.name} images", total=len(rows))
         for url, label, name in rows:
             dest = out / label / name
@@ -779,7 +778,7 @@ def _acquire_manifest(source: Source, root: Path, target: Path, console, manifes
             raise VisionlabError(f"manifest {local} not found.", f"Check VISIONLAB_{source.name.upper()}_MANIFEST.")
     target.mkdir(parents=True, exist_ok=True)
     fetched, skipped, failed = fetch_manifest(local, target, source.delay, console=console)
-    console.print(f"{source.name}: {fetched} fetched, {skipped} already present, {len(failed)} failed.")
+    _say(console, f"{source.name}: {fetched} fetched, {skipped} already present, {len(failed)} failed.")
     failed_log = target / ".failed.csv"
     if failed:
         with open(failed_log, "w", newline="") as f:
@@ -822,7 +821,7 @@ def _archive_via_kaggle(source: Source, downloads: Path, console) -> Path:
     archive = downloads / source.filename
     if not archive.exists():
         downloads.mkdir(parents=True, exist_ok=True)
-        console.print(f"kaggle datasets download {source.kaggle_ref} -p {downloads}")
+        _say(console, f"kaggle datasets download {source.kaggle_ref} -p {downloads}")
         proc = subprocess.run(["kaggle", "datasets", "download", source.kaggle_ref, "-p", str(downloads)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not archive.exists():
@@ -843,12 +842,12 @@ def _archive_via_url(source: Source, downloads: Path, console) -> Path:
     last: DownloadError | None = None
     for url in source.urls:
         try:
-            console.print(f"{source.name}: {url}")
+            _say(console, f"{source.name}: {url}")
             return fetch(url, dest, source.sha256, source.size, md5=source.md5, console=console)
         except DownloadError as exc:
             last = exc
             if len(source.urls) > 1:
-                console.print(f"[yellow]{exc}[/] trying the next mirror.")
+                _say(console, f"[yellow]{exc}[/] trying the next mirror.")
     assert last is not None
     raise VisionlabError(last.message, f"{last.hint} Dataset page: {source.homepage}.")
 
@@ -893,7 +892,6 @@ def download_dataset(
     Does nothing when the dataset is already there, unless ``force`` (which also downloads the
     archive again). ``manifest`` overrides the manifest location of manifest sources.
     """
-    console = console or _console()
     root = Path(root or data_root()).expanduser()
     target = root / source.name
     downloads = root / ".downloads"
@@ -902,7 +900,7 @@ def download_dataset(
         if source.filename:
             (downloads / source.filename).unlink(missing_ok=True)
     if is_present(source, root):
-        console.print(f"{source.name}: already present in {target} (use --force to download again).")
+        _say(console, f"{source.name}: already present in {target} (use --force to download again).")
         return target
     root.mkdir(parents=True, exist_ok=True)
     if source.method == "manifest":
@@ -946,16 +944,11 @@ def _resolve(task: str) -> Source:
     return get_source(spec.dataset)
 
 
-def run_download(task: str, root: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """CLI entry: download the seed dataset of ``task`` and say how to train on it."""
-    console = _console()
+def download_task(task: str, root: str | os.PathLike | None = None, force: bool = False, console: Any = None) -> tuple[Source, Path, int]:
+    """Download the seed dataset of ``task`` (a task or dataset name); returns its source, the
+    folder it is in and how many images that holds (masks not counted)."""
     source = _resolve(task)
     target = download_dataset(source, root, force, console=console)
     from visionlab.data.layout import list_images
 
-    n = sum(1 for p in list_images(target) if "masks" not in p.relative_to(target).parts)
-    console.print(f"{source.title}: {n:,} images in {target}")
-    if source.license:
-        console.print(f"licence: {source.license} ({source.homepage})")
-    console.print(f"train with:  visionlab train --task {source.task} --data {target}")
-    return target
+    return source, target, sum(1 for p in list_images(target) if "masks" not in p.relative_to(target).parts)

@@ -1,4 +1,4 @@
-"""Evaluation metrics for classification and segmentation, and their reports.
+"""Evaluation metrics for classification and segmentation, and their reports (plain dicts).
 
 Two accumulating meters share one small interface (``update``, ``reset``, ``compute``,
 ``report``, ``primary``); each task kind's runner builds its own, and the kind
@@ -11,10 +11,8 @@ targets) are left out of ``compute`` and reported as ``None``, never averaged in
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -24,12 +22,9 @@ from torch import Tensor
 from visionlab.errors import VisionlabError
 
 __all__ = [
-    "inert_text",
     "ClassificationMeter",
     "SegmentationMeter",
     "Meter",
-    "render_report",
-    "write_confusion_csv",
 ]
 
 _TOP_K = (3, 5)
@@ -403,99 +398,3 @@ class SegmentationMeter:
 
 
 Meter = Union[ClassificationMeter, SegmentationMeter]
-
-
-# --------------------------------------------------------------------------- output
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
-        return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def render_report(
-    report: dict[str, Any],
-    class_names: Sequence[str] | None = None,
-    console: Any = None,
-    title: str = "Evaluation",
-    columns: Sequence[str] | None = None,
-) -> None:
-    """Print a report as rich tables: summary metrics, per-class scores, confusion matrix.
-
-    ``columns`` are the per-class columns, in order (default: those the report's kind lists)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console if console is not None else Console()
-    names = list(class_names) if class_names is not None else list(report["class_names"])
-    primary = report.get("primary")
-
-    summary = Table(title=f"{title}: summary", show_header=True, header_style="bold")
-    summary.add_column("metric")
-    summary.add_column("value", justify="right")
-    for key, value in report["metrics"].items():
-        label = f"[bold]{key}[/bold]" if key == primary else key
-        summary.add_row(label, _fmt(value))
-    count_key = "num_samples" if "num_samples" in report else "num_pixels"
-    if count_key in report:
-        summary.add_row(count_key.replace("num_", ""), _fmt(report[count_key]))
-    console.print(summary)
-
-    per_class = report.get("per_class", {})
-    if per_class:
-        if columns is None:
-            from visionlab.kinds import get_kind
-
-            columns = get_kind(report["kind"]).per_class_columns
-        table = Table(title=f"{title}: per class", header_style="bold")
-        table.add_column("class")
-        for col in columns:
-            table.add_column(col, justify="right")
-        for name, stats in zip(names, per_class.values()):
-            suffix = " (excluded)" if stats.get("excluded") else ""
-            table.add_row(name + suffix, *(_fmt(stats.get(col)) for col in columns))
-        console.print(table)
-
-    cm = report.get("confusion_matrix")
-    if cm:
-        table = Table(title=f"{title}: confusion matrix (rows = true, columns = predicted)", header_style="bold")
-        table.add_column("true \\ pred")
-        for name in names:
-            table.add_column(name, justify="right")
-        for i, (name, row) in enumerate(zip(names, cm)):
-            cells = [f"[green]{_fmt(v)}[/green]" if j == i else _fmt(v) for j, v in enumerate(row)]
-            table.add_row(name, *cells)
-        console.print(table)
-
-
-#: How a text cell starts that a spreadsheet runs as a formula (CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def inert_text(value: Any) -> Any:
-    """``value`` with a leading ``'`` when it is text a spreadsheet would run as a formula (a file
-    or a class named ``=HYPERLINK(...)``), anything else as it is: every CSV visionlab writes
-    passes its cells through it (the JSON outputs keep the names exactly)."""
-    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
-
-
-def write_confusion_csv(cm: Any, class_names: Sequence[str], path: str | os.PathLike) -> Path:
-    """Write a confusion matrix as CSV (rows = true, columns = predicted); returns the path."""
-    import pandas as pd
-
-    arr = np.asarray(cm)
-    names = [inert_text(str(n)) for n in class_names]
-    if arr.shape != (len(names), len(names)):
-        raise ValueError(f"confusion matrix shape {arr.shape} does not match {len(names)} class names")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(arr, index=pd.Index(names, name="true"), columns=names)
-    frame.to_csv(path)
-    return path

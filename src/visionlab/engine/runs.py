@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "runs_root", "CHECKPOINT_NAMES"]
+__all__ = ["new_run_dir", "mark_latest", "latest_checkpoint", "resolve_checkpoint", "runs_root", "CHECKPOINT_NAMES"]
 
 
 DEFAULT_RUNS = "runs"
@@ -85,3 +86,16 @@ def latest_checkpoint(task: str | None = None, out: str | os.PathLike | None = N
     if run is None:
         raise VisionlabError(f"no trained model found for {what} under {root}/.", "Train one (visionlab train --task T) or pass --checkpoint PATH.")
     return _checkpoint_in(run, which)  # type: ignore[return-value]
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None, task: str | None = None,
+                       check_task: Callable[[str], object] | None = None) -> Path:
+    """``checkpoint`` when one is named, else the best checkpoint of the latest run of ``task`` (or
+    of any task): what evaluate, predict and export use. Before that lookup ``check_task(task)``
+    (the registry's ``get_task``, passed in: the engine knows no registry) refuses an unknown name
+    with the list of known ones."""
+    if checkpoint:
+        return Path(checkpoint)
+    if task and check_task is not None:
+        check_task(task)
+    return latest_checkpoint(task)

@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -455,12 +454,16 @@ def _check_access(settings: Settings) -> None:
         if not settings.insecure_no_key:
             raise VisionlabError(f"listening on {settings.host} needs an API key: anyone who can reach this machine could use "
                                  f"the models.", f"Pass --api-key KEY or set ${KEY_ENV}; or --insecure-no-key if that is what you mean.")
-        sys.stderr.write(f"warning: listening on {settings.host} without an API key (--insecure-no-key).\n")
+        from visionlab.present.messages import show_unkeyed
+
+        show_unkeyed(settings.host)
 
 
 def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     """Check the checkpoints, bind, and serve until SIGINT/SIGTERM (requests in flight finish first)."""
     import uvicorn
+
+    from visionlab.present.messages import show_serving, show_stopped
 
     _check_access(settings)
     models = load_models(checkpoints)
@@ -468,11 +471,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    for m in models:
-        print(f"model {m.task}: {m.path} (sha256 {m.sha256[:12]})", flush=True)
-    print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
-          + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
-          + (" | API key required" if settings.api_key else ""), flush=True)
+    show_serving(models, url, bool(settings.api_key))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = uvicorn.Config(app, http=_http_protocol(settings.header_timeout), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")
@@ -488,7 +487,6 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
         sock.close()
     left = app.server.cut_off
     why = "by a second Ctrl-C" if server.force_exit else f"after --drain-seconds {settings.drain_seconds:g}"
-    print("stopped" + (f" with {left} request(s) cut off (answered 503) {why}"
-                       if left else ", every request in flight answered") + ".", flush=True)
+    show_stopped(left, why)
     if not server.started:
         raise VisionlabError("the server did not start (see the messages above).")
