@@ -62,7 +62,7 @@ def test_a_callback_sees_the_hooks_in_order(fast):
 
 
 def test_the_defaults_are_installed_around_the_users_callbacks():
-    from visionlab.config import load_config
+    from visionlab.api import load_config
 
     mine = Callback()
     trainer = Trainer(load_config("cracks"), console=_quiet(), callbacks=[mine])

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from conftest import CONFIGS
-from visionlab.config import load_config
+from visionlab.api import load_config
 from visionlab.errors import VisionlabError
 from visionlab.models import (
     IMAGENET_MEAN,

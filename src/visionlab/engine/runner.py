@@ -200,7 +200,7 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
     from visionlab.engine.device import resolve_device, resolve_precision
 
     kind = get_kind(spec.kind)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], kind.options)
     if not cfg.data and data is None:  # an exported model keeps no local path
         raise VisionlabError(f"{path} does not say where its data is.", "Pass --data with the folder it was trained on "
                                                                        "(its test split is evaluated; --split all: every image).")

@@ -460,7 +460,7 @@ class Trainer:
             path = resolve_resume(resume, self.spec.name, cfg.out)
             check_shared(self.dist, path.parent)
             state = load_checkpoint(path, expect_task=self.spec.name, resume=True)
-            changed = check_resume(config_from_dict(state["config"]), cfg)
+            changed = check_resume(config_from_dict(state["config"], type(cfg.options)), cfg)
             self.run_dir = path.parent
             self._saved = {"last.pt": (int(state["epoch"]), int(state.get("step", 0)))}  # what an interrupt from here leaves
         else:

@@ -15,7 +15,21 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["Kind", "Prediction", "EvaluationReport"]
+__all__ = ["Kind", "KindOptions", "Prediction", "EvaluationReport"]
+
+
+@dataclass
+class KindOptions:
+    """The config keys of one kind of task, beside :class:`visionlab.config.Config`'s common ones.
+
+    A kind declares a dataclass subclass as :attr:`Kind.options`; each field is one key, made with
+    :func:`visionlab.config.setting` (default, one-line meaning, choices, what other kinds use
+    instead). Recipes write the keys flat (``tile_size: 256``); the config routes them here by
+    name, coerces them to the fields' types and refuses unknown ones. No fields by default."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(holds, what must hold) range checks of the values; any that fails is an invalid config."""
+        return []
 
 
 @dataclass
@@ -126,6 +140,8 @@ class Kind:
     """
 
     name: ClassVar[str] = ""
+    #: The config keys only this kind reads (a :class:`KindOptions` dataclass; none by default).
+    options: ClassVar[type[KindOptions]] = KindOptions
     #: The validation metric that selects best.pt.
     primary: ClassVar[str] = ""
     #: Metric names for which lower is better (besides every name ending in 'loss').

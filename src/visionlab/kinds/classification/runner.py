@@ -38,7 +38,7 @@ def classification_preprocessing(cfg: Any) -> dict[str, Any]:
         "resize": "squash",
         "mean": [float(v) for v in d["mean"]],
         "std": [float(v) for v in d["std"]],
-        "background_removal": bool(cfg.background_removal),
+        "background_removal": bool(cfg.options.background_removal),
         "tta": str(cfg.tta),
     }
 
@@ -72,11 +72,6 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list[s
 class ClassificationRunner(TaskRunner):
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        if cfg.loss != "ce" and self.fixed_preprocessing is None:  # training (evaluating a saved model never trains)
-            raise VisionlabError(
-                f"loss={cfg.loss!r} is a segmentation loss; {self.spec.name} is a classifier and trains with cross-entropy.",
-                "Remove 'loss' (or set loss=ce); use label_smoothing and class_weights to shape the classifier's loss.",
-            )
         wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
         root = resolve_data_path(cfg, self.spec)
         self.index: ClassificationIndex = find_classification(root, wanted)
@@ -90,7 +85,7 @@ class ClassificationRunner(TaskRunner):
         self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)
         self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
         self.augment = BatchAugment(cfg.augment)
-        self.mixer = BatchMix(len(self.classes), cfg.mixup, cfg.cutmix)
+        self.mixer = BatchMix(len(self.classes), cfg.options.mixup, cfg.cutmix)
         self.cache: ImageCache | None = None
         if cfg.cache != "none":
             self.cache = self._build_cache(console)
@@ -206,7 +201,7 @@ class ClassificationRunner(TaskRunner):
         return x
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.mixup <= 0 and self.cfg.cutmix <= 0:
+        if self.cfg.options.mixup <= 0 and self.cfg.cutmix <= 0:
             return x, y
         return self.mixer(x, y)
 
@@ -226,7 +221,7 @@ class ClassificationRunner(TaskRunner):
         with class indices it is divided by the weights of the batch's labels (torch's rule)."""
         if not hasattr(self, "_weights"):
             self._weights = self.class_weight_tensor()
-        return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
+        return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.options.label_smoothing)
 
     def eval_batches(self, split: str, batch_size: int, with_paths: bool = False) -> Iterator[tuple]:
         """(images, labels) batches of a split, in order; ``with_paths`` adds the files' paths."""

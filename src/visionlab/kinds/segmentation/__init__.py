@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from visionlab.kinds.base import Kind, Prediction, image_base64
+from visionlab.kinds.segmentation.options import SegmentationOptions
 
 __all__ = ["KIND", "SegmentationKind", "MaskPrediction"]
 
@@ -100,6 +101,7 @@ def _mask_fields(channel: Any, values: Sequence[int], classes: Sequence[str]) ->
 
 class SegmentationKind(Kind):
     name = "segmentation"
+    options = SegmentationOptions
     primary = "miou"
     input_key = "tile_size"
     demo_options = {"epochs": 3, "batch_size": 8, "tile_size": 128, "crops_per_image": 8, "early_stopping": 0}
