@@ -2,7 +2,8 @@
 
 The kind ``regression`` reads a folder with ``targets.csv`` (``file,target``: an image path
 relative to the folder, and its number) and trains any visionlab model with one output on the
-mean squared error; it reports MAE and RMSE (lower is better). The task ``brightness`` predicts
+mean squared error (or, with its own config key ``huber_delta``, the Huber loss); it reports MAE
+and RMSE (lower is better). The task ``brightness`` predicts
 the brightness of a disc on a dark photo with a small CNN the plugin registers (``disc_cnn``);
 its synthetic data know the answer.
 
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from visionlab.config import setting
 from visionlab.errors import VisionlabError
-from visionlab.kinds import Kind, Prediction, register_kind
+from visionlab.kinds import Kind, KindOptions, Prediction, register_kind
 from visionlab.models import HALF, register_model
 from visionlab.registry import TaskSpec, register_task
 
@@ -86,8 +88,20 @@ def make_discs(root: Path, n: int = 160, size: int = 32, seed: int = 0) -> None:
     (root / TARGETS).write_text("\n".join(lines) + "\n")
 
 
+@dataclass
+class RegressionOptions(KindOptions):
+    """The regression kind's own config key, written flat in its recipes (``huber_delta: 0.1``)."""
+
+    huber_delta: float = setting(0.0, "0 = mean squared error; > 0: the Huber loss with this delta (outlying targets pull "
+                                      "less: linear beyond it)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(self.huber_delta >= 0, "huber_delta must be >= 0 (0 = mean squared error)")]
+
+
 class RegressionKind(Kind):
     name = "regression"
+    options = RegressionOptions
     primary = "mae"
     lower_is_better = frozenset({"mae", "rmse"})
     demo_options = {"epochs": 2, "batch_size": 16, "early_stopping": 0}
@@ -165,6 +179,9 @@ def _runner_class() -> type:
             return self.normalize(x.float().div_(255.0))
 
         def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            delta = self.cfg.options.huber_delta
+            if delta > 0:
+                return F.huber_loss(output.float()[:, 0], target.float(), delta=delta)
             return F.mse_loss(output.float()[:, 0], target.float())
 
         @torch.inference_mode()
