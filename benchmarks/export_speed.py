@@ -107,7 +107,8 @@ def photos(spec: ModelSpec, count: int, seed: int = 0) -> tuple[Any, str]:
     from visionlab.export import _sample_images
 
     folder = shared_data() / spec.photos
-    dense = spec.model == "unet"
+    outputs = get_kind("segmentation" if spec.model == "unet" else "classification").outputs
+    dense = outputs[0].dense
     pre = {"kind": "segmentation" if dense else "classification", "resize": "scale" if dense else "squash", "image_size": spec.size}
     state = {"data": {"root": str(folder)}, "preprocessing": pre}
     return _sample_images(state, count, spec.size, seed)
@@ -125,22 +126,25 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, work: Path) -> list[R
 
     from visionlab.data.transforms import Normalize
     from visionlab.export import _export_graph, _parity_batches, check_parity
+    from visionlab.kinds import get_kind
     from visionlab.models import model_defaults
+    from visionlab.data.preprocessing import Preprocessing
     from visionlab.runtime import open_session
 
     model, weights = build(spec)
     d = model_defaults(spec.model, **spec.model_args)
-    pre = {"mean": list(d["mean"]), "std": list(d["std"])}
+    pre = Preprocessing(kind="", image_size=int(d["input_size"]), mean=d["mean"], std=d["std"])
     images, source = photos(spec, max(BATCHES), seed=1)
-    x = Normalize(pre["mean"], pre["std"])(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    dense = spec.model == "unet"
+    x = Normalize(pre.mean, pre.std)(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    outputs = get_kind("segmentation" if spec.model == "unet" else "classification").outputs
+    dense = outputs[0].dense
     path = work / f"{spec.key}.onnx"
     t0 = time.perf_counter()
-    exporter = _export_graph(model, x[:2], path, 17, dense)
+    exporter = _export_graph(model, x[:2], path, 17, outputs)
     export_s = time.perf_counter() - t0
     session = open_session(path, threads=args.threads)
     name = session.get_inputs()[0].name
-    parity = check_parity(session, model, _parity_batches(images[:8], pre, dense), source)
+    parity = check_parity(session, model, _parity_batches(images[:8], pre, dense), source, outputs[0])
     parity_text = (f"max |diff| {parity.max_abs_diff:.1e}, equal {parity.unit} {parity.agreement:.2%} "
                    f"({'passed' if parity.passed else 'FAILED'}); {exporter} export {export_s:.1f} s; {weights}")
     _say(f"  {spec.key}: {parity_text}")

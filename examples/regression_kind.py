@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from visionlab.config import setting
 from visionlab.errors import VisionlabError
-from visionlab.kinds import Kind, KindOptions, Prediction, register_kind
+from visionlab.kinds import Kind, KindOptions, Output, Prediction, register_kind
 from visionlab.models import HALF, register_model
 from visionlab.registry import TaskSpec, register_task
 
@@ -102,6 +102,7 @@ class RegressionOptions(KindOptions):
 class RegressionKind(Kind):
     name = "regression"
     options = RegressionOptions
+    outputs = (Output("value", "image", "none", "the predicted number, per image"),)
     primary = "mae"
     lower_is_better = frozenset({"mae", "rmse"})
     demo_options = {"epochs": 2, "batch_size": 16, "early_stopping": 0}
@@ -138,6 +139,7 @@ def _runner_class() -> type:
     import torch.nn.functional as F
 
     from visionlab.data.io import load_for_model
+    from visionlab.data.preprocessing import Preprocessing
     from visionlab.data.transforms import Normalize
     from visionlab.models import model_defaults
     from visionlab.data.splits import split_indices, split_keys
@@ -153,10 +155,9 @@ def _runner_class() -> type:
             self.targets = np.asarray(targets, dtype=np.float32)
             self.classes = list(self.spec.default_classes)  # one output: the quantity's name
             d = model_defaults(cfg.model, **cfg.model_args)
-            self.preprocessing = self.fixed_preprocessing or {
-                "kind": self.spec.kind, "resize": "squash", "image_size": int(cfg.image_size),
-                "mean": [float(v) for v in d["mean"]], "std": [float(v) for v in d["std"]], "tta": "none"}
-            self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+            self.preprocessing = self.fixed_preprocessing or Preprocessing(
+                kind=self.spec.kind, resize="squash", image_size=int(cfg.image_size), mean=d["mean"], std=d["std"], tta="none")
+            self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
             self.images = torch.from_numpy(np.stack([load_for_model(p, self.preprocessing) for p in self.paths])).permute(0, 3, 1, 2)
             self.splits = split_indices(split_keys(self.paths, root), None, [], cfg.val_fraction, cfg.test_fraction, cfg.seed)
             self.data_info = {"root": str(root), "synthetic": cfg.is_synthetic, "images": len(self.paths), "unreadable": [],

@@ -27,6 +27,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.engine.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar, TrainingCurves
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
@@ -621,7 +622,7 @@ class Trainer:
             "model_name": cfg.model,
             "model_args": {**cfg.model_args, **no_weights_kwargs(cfg.model)},  # rebuilt without downloads
             "classes": list(self.runner.classes),
-            "preprocessing": self.runner.preprocessing,
+            "preprocessing": Preprocessing.from_dict(self.runner.preprocessing).to_dict(),  # plain: weights_only loads it
             "config": cfg.to_dict(),
             "data": self.runner.data_info,
             "epoch": loop.epoch,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.io import DECODE_ERRORS, UnreadableImage
 from visionlab.data.layout import ClassificationIndex, find_classification
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
@@ -27,26 +28,20 @@ from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loa
 __all__ = ["ClassificationRunner", "classification_preprocessing"]
 
 
-def classification_preprocessing(cfg: Any) -> dict[str, Any]:
-    """The preprocessing that travels with the weights and every checkpoint."""
+def classification_preprocessing(cfg: Any) -> Preprocessing:
+    """The preprocessing that travels with the weights and every checkpoint: photos squashed to
+    ``image_size``, normalised as the model's weights were trained."""
     from visionlab.models import model_defaults
 
     d = model_defaults(cfg.model, **cfg.model_args)
-    return {
-        "kind": "classification",
-        "image_size": int(cfg.image_size),
-        "resize": "squash",
-        "mean": [float(v) for v in d["mean"]],
-        "std": [float(v) for v in d["std"]],
-        "background_removal": bool(cfg.options.background_removal),
-        "tta": str(cfg.tta),
-    }
+    return Preprocessing(kind="classification", image_size=int(cfg.image_size), resize="squash", mean=d["mean"], std=d["std"],
+                         background_removal=bool(cfg.options.background_removal), tta=str(cfg.tta))
 
 
 class _StreamDataset(torch.utils.data.Dataset):
     """Decode on the fly (datasets that are not cached); an unreadable file yields its path."""
 
-    def __init__(self, paths: list, labels: np.ndarray, pre: dict[str, Any]) -> None:
+    def __init__(self, paths: list, labels: np.ndarray, pre: Preprocessing) -> None:
         self.paths, self.labels, self.pre = paths, labels, pre
 
     def __len__(self) -> int:
@@ -82,8 +77,8 @@ class ClassificationRunner(TaskRunner):
         self.splits = split_indices(keys, self.labels, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
             raise VisionlabError(f"no training images in {root}.", "Add a train/ split or more images.")
-        self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)
-        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.preprocessing = Preprocessing.from_dict(self.fixed_preprocessing or classification_preprocessing(cfg))
+        self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
         self.augment = BatchAugment(cfg.augment)
         self.mixer = BatchMix(len(self.classes), cfg.options.mixup, cfg.cutmix)
         self.cache: ImageCache | None = None
@@ -259,7 +254,7 @@ class ClassificationRunner(TaskRunner):
                 continue
             x = self.on_device(x.to(self.device, non_blocking=True), train=False)
             y = y.to(self.device)
-            out = tta_logits(model, x, self.preprocessing.get("tta", "none"), autocast)
+            out = tta_logits(model, x, self.preprocessing.tta_mode, autocast)
             total += float(F.cross_entropy(out, y, reduction="sum"))
             n += len(y)
             meter.update(out, y)
