@@ -107,8 +107,7 @@ def photos(spec: ModelSpec, count: int, seed: int = 0) -> tuple[Any, str]:
     from visionlab.export import _sample_images
 
     folder = shared_data() / spec.photos
-    outputs = get_kind("segmentation" if spec.model == "unet" else "classification").outputs
-    dense = outputs[0].dense
+    dense = spec.model == "unet"
     pre = {"kind": "segmentation" if dense else "classification", "resize": "scale" if dense else "squash", "image_size": spec.size}
     state = {"data": {"root": str(folder)}, "preprocessing": pre}
     return _sample_images(state, count, spec.size, seed)
