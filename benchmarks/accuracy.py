@@ -123,10 +123,10 @@ class Row:
 
 def describe_model(name: str, model_args: dict[str, Any]) -> str:
     """``efficientnet_lite0, ImageNet`` / ``unet (efficientnet_lite0), scratch``: what was trained, in words."""
-    from visionlab.models import model_defaults
+    from visionlab.models import model_weights
 
     encoder = f" ({model_args['encoder']})" if "encoder" in model_args else ""
-    weights = model_defaults(name, **model_args)["pretrained"]
+    weights = model_weights(name, **model_args).name
     return f"{name}{encoder}, " + ("scratch" if weights is None else "ImageNet" if weights == "imagenet" else weights)
 
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 from visionlab.config import setting
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Kind, KindOptions, Output, Prediction, register_kind
-from visionlab.models import HALF, register_model
+from visionlab.models import HALF, Weights, register_model
 from visionlab.registry import TaskSpec, register_task
 
 TARGETS = "targets.csv"
@@ -45,7 +45,7 @@ class ValuePrediction(Prediction):
         return f"{self.value:.4f}" if self.value is not None else ""
 
 
-@register_model(defaults={"mean": HALF, "std": HALF, "input_size": 32, "pretrained": None})
+@register_model(weights=Weights(None, HALF, HALF, 32))  # trained from scratch, 32 px
 def disc_cnn(num_classes: int, in_chans: int = 3, width: int = 16) -> Any:
     """Two convolutions and a global average: enough to read a grey level (a few thousand weights)."""
     from torch import nn
@@ -141,7 +141,7 @@ def _runner_class() -> type:
     from visionlab.data.io import load_for_model
     from visionlab.data.preprocessing import Preprocessing
     from visionlab.data.transforms import Normalize
-    from visionlab.models import model_defaults
+    from visionlab.models import model_weights
     from visionlab.data.splits import split_indices, split_keys
     from visionlab.engine.runner import EvalResult, TaskRunner, resolve_data_path
 
@@ -154,9 +154,9 @@ def _runner_class() -> type:
             self.paths, targets = read_targets(root)
             self.targets = np.asarray(targets, dtype=np.float32)
             self.classes = list(self.spec.default_classes)  # one output: the quantity's name
-            d = model_defaults(cfg.model, **cfg.model_args)
+            w = model_weights(cfg.model, **cfg.model_args)
             self.preprocessing = self.fixed_preprocessing or Preprocessing(
-                kind=self.spec.kind, resize="squash", image_size=int(cfg.image_size), mean=d["mean"], std=d["std"], tta="none")
+                kind=self.spec.kind, resize="squash", image_size=int(cfg.image_size), mean=w.mean, std=w.std, tta="none")
             self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
             self.images = torch.from_numpy(np.stack([load_for_model(p, self.preprocessing) for p in self.paths])).permute(0, 3, 1, 2)
             self.splits = split_indices(split_keys(self.paths, root), None, [], cfg.val_fraction, cfg.test_fraction, cfg.seed)

@@ -31,10 +31,10 @@ __all__ = ["ClassificationRunner", "classification_preprocessing"]
 def classification_preprocessing(cfg: Any) -> Preprocessing:
     """The preprocessing that travels with the weights and every checkpoint: photos squashed to
     ``image_size``, normalised as the model's weights were trained."""
-    from visionlab.models import model_defaults
+    from visionlab.models import model_weights
 
-    d = model_defaults(cfg.model, **cfg.model_args)
-    return Preprocessing(kind="classification", image_size=int(cfg.image_size), resize="squash", mean=d["mean"], std=d["std"],
+    w = model_weights(cfg.model, **cfg.model_args)
+    return Preprocessing(kind="classification", image_size=int(cfg.image_size), resize="squash", mean=w.mean, std=w.std,
                          background_removal=bool(cfg.options.background_removal), tta=str(cfg.tta))
 
 

@@ -42,13 +42,13 @@ def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> Preprocess
     """The preprocessing that travels with the weights and every checkpoint: whole images scaled by
     ``seg_scale`` (never squashed: tiled instead), normalised as the encoder's weights were trained,
     with the masks' pixel values, colours and ignored values of ``index``'s classes."""
-    from visionlab.models import model_defaults
+    from visionlab.models import model_weights
 
-    d = model_defaults(cfg.model, **cfg.model_args)
+    w = model_weights(cfg.model, **cfg.model_args)
     opts = cfg.options
     ignored = [c.value for c in index.classes if c.name in set(opts.ignore_classes)]
     return Preprocessing(kind="segmentation", resize="scale", image_size=int(opts.tile_size), tile_size=int(opts.tile_size),
-                         tile_overlap=float(opts.tile_overlap), seg_scale=float(opts.seg_scale), mean=d["mean"], std=d["std"],
+                         tile_overlap=float(opts.tile_overlap), seg_scale=float(opts.seg_scale), mean=w.mean, std=w.std,
                          values=tuple(c.value for c in index.classes), colors=tuple(c.color for c in index.classes),
                          ignore_index=int(index.ignore_index), ignored_values=tuple(ignored), tta=str(cfg.tta))
 
