@@ -490,3 +490,12 @@ def test_auto_precision_on_a_gpu_that_only_emulates_bf16_is_fp16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     p = resolve_precision("auto", torch.device("cuda"))
     assert (p.name, p.use_scaler) == ("fp16", True)
+
+
+def test_a_checkpoint_rebuilds_from_todays_names_without_weights():
+    from visionlab.models import without_weights
+
+    assert without_weights("efficientnet_lite0", {"pretrained": True, "drop_rate": 0.1}) == {"drop_rate": 0.1, "weights": None}
+    assert without_weights("unet", {"encoder": "efficientnet_lite0", "encoder_weights": "imagenet"}) == {
+        "encoder": "efficientnet_lite0", "weights": None}
+    assert without_weights("cracks_cnn", {"input_size": 150}) == {"input_size": 150}

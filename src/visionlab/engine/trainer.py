@@ -612,7 +612,7 @@ class Trainer:
         """Everything last.pt holds; best.pt holds its :func:`inference_state`."""
         from dataclasses import asdict
 
-        from visionlab.models import no_weights_kwargs
+        from visionlab.models import without_weights
 
         cfg, loop = self.cfg, self.loop
         return _py({
@@ -620,7 +620,7 @@ class Trainer:
             "task": self.spec.name,
             "kind": self.spec.kind,
             "model_name": cfg.model,
-            "model_args": {**cfg.model_args, **no_weights_kwargs(cfg.model)},  # rebuilt without downloads
+            "model_args": without_weights(cfg.model, cfg.model_args),  # rebuilt without downloads
             "classes": list(self.runner.classes),
             "preprocessing": Preprocessing.from_dict(self.runner.preprocessing).to_dict(),  # plain: weights_only loads it
             "config": cfg.to_dict(),

@@ -31,6 +31,7 @@ __all__ = [
     "list_models",
     "model_weights",
     "no_weights_kwargs",
+    "without_weights",
     "count_parameters",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -204,6 +205,12 @@ def no_weights_kwargs(name: str) -> dict[str, Any]:
     """Keyword arguments that build ``name`` with random init, downloading and reading nothing
     (``{"weights": None}`` for a builder that takes weights; laid over a recipe's arguments, it wins)."""
     return {"weights": None} if _entry(name).has_weights else {}
+
+
+def without_weights(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``args`` of builder ``name`` in today's names, with random init: what a checkpoint
+    rebuilds its model from (its weights are in the checkpoint; nothing is downloaded)."""
+    return {**_renamed(_entry(name), args), **no_weights_kwargs(name)}
 
 
 def count_parameters(task_name: str) -> int:
