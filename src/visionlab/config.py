@@ -27,7 +27,7 @@ from visionlab.errors import VisionlabError
 from visionlab.kinds.base import KindOptions
 
 __all__ = [
-    "Config", "KindOptions", "AUGMENT_DEFAULTS", "PRECISIONS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "setting", "resolve_config",
+    "Config", "AUGMENT_DEFAULTS", "PRECISIONS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "setting", "resolve_config",
     "parse_overrides", "config_from_dict", "dump_config", "resume_config", "resume_differences", "check_resume",
 ]
 
@@ -68,12 +68,12 @@ class Config:
     data: str = setting("synthetic", "dataset folder or CSV, or 'synthetic' for generated images")
     classes: list[str] | None = setting(None, "null = every class folder, sorted; or a list to choose and order them")
     val_fraction: float = setting(0.15, "held out for validation when the data has no val/ split (fixed seed; classes stratified; "
-                               "segmentation: whole images)")
+                                  "segmentation: whole images)")
     test_fraction: float = setting(0.15, "held out for testing when the data has no test/ split")
     seed: int = setting(42, "seed of the splits, initialisation and augmentation")
     # --- model and preprocessing
     model: str = setting("", "any name from visionlab.models.list_models() (default: the task's model)")
-    model_args: dict = setting({}, "arguments of the model builder, e.g. {pretrained: true}; reset when the model changes")
+    model_args: dict = setting({}, "arguments of the model builder, e.g. {weights: imagenet}; reset when the model changes")
     image_size: int = setting(0, "images are decoded once and resized (squashed) to this size, px (default: the task's)")
     # --- optimisation
     epochs: int = setting(10, "training epochs", resume_safe=True)
@@ -85,22 +85,22 @@ class Config:
     warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warmup")
     cutmix: float = setting(0.0, "Beta(alpha, alpha) of CutMix (0 = off; segmentation pastes mask and image); with mixup, one per batch")
     class_weights: str = setting("none", "none | balanced: inverse class frequency in the loss (segmentation: pixel frequency, "
-                              "on the ce term)", choices=("none", "balanced"))
+                                 "on the ce term)", choices=("none", "balanced"))
     sampler: str = setting("none", "none | balanced: oversample rare classes (segmentation: half the crops are centred on a "
-                        "random class present)", choices=("none", "balanced"))
+                           "random class present)", choices=("none", "balanced"))
     grad_clip: float = setting(0.0, "clip the gradient norm to this (0 = off)")
     accumulate: int = setting(1, "gradient accumulation: one optimiser step every K batches (global batch = batch_size x processes x K)")
     backbone_lr_scale: float = setting(1.0, "lr of the pretrained body relative to lr (the new head always gets lr)")
     ema: float = setting(0.0, "decay of an exponential moving average of the weights (0 = off); evaluated and saved")
     tta: str = setting("none", "test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)",
-                    choices=("none", "hflip", "flips", "d4"))
+                       choices=("none", "hflip", "flips", "d4"))
     early_stopping: int = setting(5, "epochs without improvement of 'monitor' before stopping (0 = off)", resume_safe=True)
     monitor: str = setting("", "metric that picks best.pt, e.g. val_accuracy (default: val_ plus the kind's primary metric)")
     max_steps_per_epoch: int = setting(0, "cap on the training steps of an epoch (0 = a full pass)")
     checkpoint_every_steps: int = setting(0, "also write last.pt every N optimiser steps, resumable mid-epoch (0 = epoch ends only)",
-                                       resume_safe=True)
+                                          resume_safe=True)
     checkpoint_every_minutes: float = setting(10.0, "... or every M minutes of training, so long epochs on big data resume "
-                                           "mid-epoch (0 = off)", resume_safe=True)
+                                              "mid-epoch (0 = off)", resume_safe=True)
     augment: dict = setting(AUGMENT_DEFAULTS, "training-batch augmentation, keys of AUGMENT_DEFAULTS (validation and test are never augmented)")
     options: KindOptions = field(default_factory=KindOptions, metadata={
         "doc": "the keys of the task's kind (its Kind.options), written flat beside these in recipes and resolved configs",
@@ -108,18 +108,18 @@ class Config:
     # --- runtime
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", resume_safe=True)
     precision: str = setting("auto", "auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16 (CUDA)",
-                          choices=PRECISIONS)
+                             choices=PRECISIONS)
     channels_last: bool = setting(True, "channels-last memory format for the model and batches")
     compile: bool = setting(False, "torch.compile the model", resume_safe=True)
     sync_batchnorm: bool = setting(False, "under torchrun on CUDA: batch-norm statistics over the global batch")
     cache: str = setting("auto", "decode cache: auto (RAM + reusable memory-mapped file) | memory | disk | none (stream)",
-                      choices=("auto", "memory", "disk", "none"), resume_safe=True)
+                         choices=("auto", "memory", "disk", "none"), resume_safe=True)
     cache_budget_mb: int = setting(4096, "the in-memory cache never holds more than this, MiB", resume_safe=True)
     num_workers: int = setting(-1, "data-loading worker processes (-1 = auto)", resume_safe=True)
     out: str = setting("runs", "runs go to <out>/<task>/<name>/ (on resume: only where to look for the run)", resume_safe=True)
     name: str | None = setting(None, "run folder name (default: a timestamp)")
     track: list[str] = setting([], "experiment trackers besides metrics.csv: tensorboard, mlflow (on resume: only where else "
-                            "it is logged)", resume_safe=True)
+                               "it is logged)", resume_safe=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Every key, flat: the common ones in order, the kind's options where :attr:`options` stands."""
