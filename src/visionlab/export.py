@@ -276,15 +276,15 @@ def _without_local_paths(state: dict[str, Any]) -> tuple[dict[str, Any], dict[st
 
 def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int) -> dict[str, str]:
     config, data = _without_local_paths(state)
-    kind = get_kind(state["kind"])
+    kind, pre = get_kind(state["kind"]), Preprocessing.from_dict(state["preprocessing"])
     values: dict[str, Any] = {
         "visionlab_format": FORMAT,
         "visionlab_version": __version__,
         "task": state["task"],
         "kind": state["kind"],
         "classes": list(state["classes"]),
-        "preprocessing": Preprocessing.from_dict(state["preprocessing"]).to_dict(),
-        "tta": Preprocessing.from_dict(state["preprocessing"]).tta_mode,
+        "preprocessing": pre.to_dict(),
+        "tta": pre.tta_mode,
         "config": config,
         "model_name": state["model_name"],
         "model_args": state["model_args"],
