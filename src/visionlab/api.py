@@ -17,6 +17,7 @@ from visionlab.errors import VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
 
 if TYPE_CHECKING:
+    from visionlab.config import Config
     from visionlab.data.io import InputEntry
 
 __all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config"]
@@ -29,7 +30,7 @@ def _console(console: Any = None) -> Any:
 
 
 def load_config(task: str, config: str | os.PathLike | None = None,
-                overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Any:
+                overrides: Iterable[str] | Mapping[str, Any] | None = None) -> "Config":
     """The resolved :class:`visionlab.config.Config` of the task called ``task``: defaults, its recipe,
     ``config`` (a YAML file), ``overrides`` (``["lr=0.01"]`` or a mapping). Its kind's own keys go to
     ``cfg.options``; a key of another kind is refused, saying what to use instead."""
@@ -41,8 +42,8 @@ def load_config(task: str, config: str | os.PathLike | None = None,
     return resolve_config(spec, get_kind(spec.kind), config, overrides, others=[get_kind(n) for n in kind_names()])
 
 
-def resume_config(saved: Any, config: str | os.PathLike | None = None,
-                  overrides: Iterable[str] | Mapping[str, Any] | None = None) -> tuple[Any, dict[str, tuple[Any, Any]]]:
+def resume_config(saved: "Config | Mapping[str, Any]", config: str | os.PathLike | None = None,
+                  overrides: Iterable[str] | Mapping[str, Any] | None = None) -> tuple["Config", dict[str, tuple[Any, Any]]]:
     """:func:`visionlab.config.resume_config` of a run's saved config (a Config, or the dict of a
     checkpoint), its task's kind looked up by name."""
     from visionlab.config import Config, resume_config as resume
