@@ -123,10 +123,10 @@ class Row:
 
 def describe_model(name: str, model_args: dict[str, Any]) -> str:
     """``efficientnet_lite0, ImageNet`` / ``unet (efficientnet_lite0), scratch``: what was trained, in words."""
-    from visionlab.models import model_defaults
+    from visionlab.models import model_weights
 
     encoder = f" ({model_args['encoder']})" if "encoder" in model_args else ""
-    weights = model_defaults(name, **model_args)["pretrained"]
+    weights = model_weights(name, **model_args).name
     return f"{name}{encoder}, " + ("scratch" if weights is None else "ImageNet" if weights == "imagenet" else weights)
 
 
@@ -165,7 +165,7 @@ def run_digest(task: str, config: Path | None, sets: Sequence[str], data: Path |
     import hashlib
 
     from visionlab import __version__
-    from visionlab.config import load_config
+    from visionlab.api import load_config
 
     cfg = load_config(task, config, list(sets)).to_dict()
     for key in ("out", "name", "device", "num_workers"):
@@ -209,7 +209,7 @@ def run_one(task: str, variant: str, data: Path | str, seeds: Sequence[int], run
     A seed of ``reusable`` with the same digest (same resolved config, data and seed) is taken as it
     was measured, instead of training again; the row pools the seeds, reused or new."""
     import visionlab
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.errors import VisionlabError
     from visionlab.models import no_weights_kwargs
     from visionlab.registry import get_task

@@ -48,7 +48,7 @@ def main() -> None:
     from visionlab.export import check_end_to_end
     from visionlab.kinds import get_kind
     from visionlab.models import no_weights_kwargs
-    from visionlab.config import load_config
+    from visionlab.api import load_config
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
     with tempfile.TemporaryDirectory() as out:

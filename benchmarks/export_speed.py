@@ -59,12 +59,12 @@ class ModelSpec:
 
 
 MODELS = {
-    "lite0-160": ModelSpec("lite0-160", "EfficientNet-Lite0, cracks recipe", "efficientnet_lite0", {"pretrained": True}, 160, 2, "cracks"),
-    "lite0-192": ModelSpec("lite0-192", "EfficientNet-Lite0, waste recipe", "efficientnet_lite0", {"pretrained": True}, 192, 2, "cracks"),
-    "lite0-224": ModelSpec("lite0-224", "EfficientNet-Lite0, caltech recipe", "efficientnet_lite0", {"pretrained": True}, 224, 6, "cracks"),
-    "lite0-288": ModelSpec("lite0-288", "EfficientNet-Lite0, minerals recipe", "efficientnet_lite0", {"pretrained": True}, 288, 7, "cracks"),
+    "lite0-160": ModelSpec("lite0-160", "EfficientNet-Lite0, cracks recipe", "efficientnet_lite0", {"weights": "imagenet"}, 160, 2, "cracks"),
+    "lite0-192": ModelSpec("lite0-192", "EfficientNet-Lite0, waste recipe", "efficientnet_lite0", {"weights": "imagenet"}, 192, 2, "cracks"),
+    "lite0-224": ModelSpec("lite0-224", "EfficientNet-Lite0, caltech recipe", "efficientnet_lite0", {"weights": "imagenet"}, 224, 6, "cracks"),
+    "lite0-288": ModelSpec("lite0-288", "EfficientNet-Lite0, minerals recipe", "efficientnet_lite0", {"weights": "imagenet"}, 288, 7, "cracks"),
     "cracks_cnn": ModelSpec("cracks_cnn", "cracks_cnn, cracks-scratch recipe", "cracks_cnn", {"dropout": 0.25, "pool": "maxflatten"}, 192, 2, "cracks"),
-    "unet": ModelSpec("unet", "U-Net (smp), Lite0 encoder, per 256 px tile", "unet", {"encoder": "efficientnet_lite0", "encoder_weights": "imagenet"},
+    "unet": ModelSpec("unet", "U-Net (smp), Lite0 encoder, per 256 px tile", "unet", {"encoder": "efficientnet_lite0", "weights": "imagenet"},
                       256, 6, "landcover/images"),
 }
 
@@ -92,9 +92,9 @@ class Result:
 
 def build(spec: ModelSpec) -> tuple[Any, str]:
     """The model with its recipe's weights (offline packages); random weights if they are missing."""
-    from visionlab.models import build_model, no_weights_kwargs
+    from visionlab.models import build_model, model_weights, no_weights_kwargs
 
-    pretrained = any(spec.model_args.get(k) for k in ("pretrained", "encoder_weights", "weights"))
+    pretrained = model_weights(spec.model, **spec.model_args).name is not None
     try:
         return build_model(spec.model, spec.classes, **spec.model_args).eval(), "ImageNet weights" if pretrained else "random init"
     except Exception as exc:  # noqa: BLE001 (weights package not installed)
@@ -125,22 +125,25 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, work: Path) -> list[R
 
     from visionlab.data.transforms import Normalize
     from visionlab.export import _export_graph, _parity_batches, check_parity
-    from visionlab.models import model_defaults
+    from visionlab.kinds import get_kind
+    from visionlab.models import model_weights
+    from visionlab.data.preprocessing import Preprocessing
     from visionlab.runtime import open_session
 
     model, weights = build(spec)
-    d = model_defaults(spec.model, **spec.model_args)
-    pre = {"mean": list(d["mean"]), "std": list(d["std"])}
+    w = model_weights(spec.model, **spec.model_args)
+    pre = Preprocessing(kind="", image_size=w.input_size, mean=w.mean, std=w.std)
     images, source = photos(spec, max(BATCHES), seed=1)
-    x = Normalize(pre["mean"], pre["std"])(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    dense = spec.model == "unet"
+    x = Normalize(pre.mean, pre.std)(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    outputs = get_kind("segmentation" if spec.model == "unet" else "classification").outputs
+    dense = outputs[0].dense
     path = work / f"{spec.key}.onnx"
     t0 = time.perf_counter()
-    exporter = _export_graph(model, x[:2], path, 17, dense)
+    exporter = _export_graph(model, x[:2], path, 17, outputs)
     export_s = time.perf_counter() - t0
     session = open_session(path, threads=args.threads)
     name = session.get_inputs()[0].name
-    parity = check_parity(session, model, _parity_batches(images[:8], pre, dense), source)
+    parity = check_parity(session, model, _parity_batches(images[:8], pre, dense), source, outputs[0])
     parity_text = (f"max |diff| {parity.max_abs_diff:.1e}, equal {parity.unit} {parity.agreement:.2%} "
                    f"({'passed' if parity.passed else 'FAILED'}); {exporter} export {export_s:.1f} s; {weights}")
     _say(f"  {spec.key}: {parity_text}")

@@ -257,7 +257,7 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     """
     os.environ["VISIONLAB_CACHE"] = tempfile.mkdtemp(prefix="cache-", dir=p.work)
     import visionlab
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.data.cache import build_cache
 
     visionlab.tune_process()  # as the visionlab command runs
@@ -283,7 +283,7 @@ def child_limit(p: SimpleNamespace) -> dict[str, Any]:
     an AdamW step on one fixed batch already on the device (random, as if normalised): no decoding,
     caching, augmentation, EMA or callbacks. Like the trainer, it reads every step's loss."""
     import visionlab
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.engine.device import speed_settings
 
     visionlab.tune_process()  # the process settings of the visionlab side (allocator)
@@ -319,7 +319,7 @@ def _limit_steps(p: SimpleNamespace, cfg: Any) -> dict[str, Any]:
         x, y = batch
         with precision.autocast():
             out = model(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.options.label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -502,7 +502,7 @@ def bench_limit(root: Path, n_images: int, args: argparse.Namespace, work: Path,
     """Section 5: visionlab's whole training of each recipe in :data:`LIMIT_RECIPES` against its limit
     (:func:`child_limit`). Each recipe keeps its own model, image size and batch size (under
     ``--quick`` the table's small ones, on both sides)."""
-    from visionlab.config import load_config
+    from visionlab.api import load_config
 
     common = _common(args, root, work)
     small = {"image_size": args.image_size, "batch_size": args.batch_size} if args.quick else {}

@@ -2,7 +2,8 @@
 
 The kind ``regression`` reads a folder with ``targets.csv`` (``file,target``: an image path
 relative to the folder, and its number) and trains any visionlab model with one output on the
-mean squared error; it reports MAE and RMSE (lower is better). The task ``brightness`` predicts
+mean squared error (or, with its own config key ``huber_delta``, the Huber loss); it reports MAE
+and RMSE (lower is better). The task ``brightness`` predicts
 the brightness of a disc on a dark photo with a small CNN the plugin registers (``disc_cnn``);
 its synthetic data know the answer.
 
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from visionlab.config import setting
 from visionlab.errors import VisionlabError
-from visionlab.kinds import Kind, Prediction, register_kind
-from visionlab.models import HALF, register_model
+from visionlab.kinds import Kind, KindOptions, Output, Prediction, register_kind
+from visionlab.models import HALF, Weights, register_model
 from visionlab.registry import TaskSpec, register_task
 
 TARGETS = "targets.csv"
@@ -43,7 +45,7 @@ class ValuePrediction(Prediction):
         return f"{self.value:.4f}" if self.value is not None else ""
 
 
-@register_model(defaults={"mean": HALF, "std": HALF, "input_size": 32, "pretrained": None})
+@register_model(weights=Weights(None, HALF, HALF, 32))  # trained from scratch, 32 px
 def disc_cnn(num_classes: int, in_chans: int = 3, width: int = 16) -> Any:
     """Two convolutions and a global average: enough to read a grey level (a few thousand weights)."""
     from torch import nn
@@ -86,8 +88,21 @@ def make_discs(root: Path, n: int = 160, size: int = 32, seed: int = 0) -> None:
     (root / TARGETS).write_text("\n".join(lines) + "\n")
 
 
+@dataclass
+class RegressionOptions(KindOptions):
+    """The regression kind's own config key, written flat in its recipes (``huber_delta: 0.1``)."""
+
+    huber_delta: float = setting(0.0, "0 = mean squared error; > 0: the Huber loss with this delta (outlying targets pull "
+                                      "less: linear beyond it)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(self.huber_delta >= 0, "huber_delta must be >= 0 (0 = mean squared error)")]
+
+
 class RegressionKind(Kind):
     name = "regression"
+    options = RegressionOptions
+    outputs = (Output("value", "image", "none", "the predicted number, per image"),)
     primary = "mae"
     lower_is_better = frozenset({"mae", "rmse"})
     demo_options = {"epochs": 2, "batch_size": 16, "early_stopping": 0}
@@ -124,8 +139,9 @@ def _runner_class() -> type:
     import torch.nn.functional as F
 
     from visionlab.data.io import load_for_model
+    from visionlab.data.preprocessing import Preprocessing
     from visionlab.data.transforms import Normalize
-    from visionlab.models import model_defaults
+    from visionlab.models import model_weights
     from visionlab.data.splits import split_indices, split_keys
     from visionlab.engine.runner import EvalResult, TaskRunner, resolve_data_path
 
@@ -138,11 +154,10 @@ def _runner_class() -> type:
             self.paths, targets = read_targets(root)
             self.targets = np.asarray(targets, dtype=np.float32)
             self.classes = list(self.spec.default_classes)  # one output: the quantity's name
-            d = model_defaults(cfg.model, **cfg.model_args)
-            self.preprocessing = self.fixed_preprocessing or {
-                "kind": self.spec.kind, "resize": "squash", "image_size": int(cfg.image_size),
-                "mean": [float(v) for v in d["mean"]], "std": [float(v) for v in d["std"]], "tta": "none"}
-            self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+            w = model_weights(cfg.model, **cfg.model_args)
+            self.preprocessing = self.fixed_preprocessing or Preprocessing(
+                kind=self.spec.kind, resize="squash", image_size=int(cfg.image_size), mean=w.mean, std=w.std, tta="none")
+            self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
             self.images = torch.from_numpy(np.stack([load_for_model(p, self.preprocessing) for p in self.paths])).permute(0, 3, 1, 2)
             self.splits = split_indices(split_keys(self.paths, root), None, [], cfg.val_fraction, cfg.test_fraction, cfg.seed)
             self.data_info = {"root": str(root), "synthetic": cfg.is_synthetic, "images": len(self.paths), "unreadable": [],
@@ -165,6 +180,9 @@ def _runner_class() -> type:
             return self.normalize(x.float().div_(255.0))
 
         def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            delta = self.cfg.options.huber_delta
+            if delta > 0:
+                return F.huber_loss(output.float()[:, 0], target.float(), delta=delta)
             return F.mse_loss(output.float()[:, 0], target.float())
 
         @torch.inference_mode()

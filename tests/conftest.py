@@ -217,7 +217,7 @@ def fast_options(task: str, out: Path, **extra: Any) -> dict[str, Any]:
 
     The task's recipe model is kept (with its pretrained weights switched off), at a tiny size.
     """
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.models import no_weights_kwargs
     from visionlab.registry import get_task
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from visionlab.config import load_config
+from visionlab.api import load_config
 from visionlab.data.io import load_for_model, load_mask, resize_mask
 from visionlab.registry import get_task
 from visionlab.kinds import runner_for

@@ -66,7 +66,7 @@ def test_a_callback_sees_the_hooks_in_order(fast):
 
 
 def test_the_defaults_are_installed_around_the_users_callbacks(fast, monkeypatch):
-    from visionlab.config import load_config
+    from visionlab.api import load_config
 
     mine = Callback()
     trainer = Trainer(load_config("cracks"), callbacks=[mine])  # no progress display: a Trainer is silent

@@ -100,7 +100,7 @@ def test_train_with_mixup_and_cutmix(runs_dir: Path):
                           "mixup=0.4 is a classification key", "masks cannot be blended", "'cutmix' works for segmentation")
     result = invoke("train", "--task", "landcover", "--data", "synthetic", *SEG_FAST, "--out", runs_dir, "--set", "cutmix=1", "--name", "segmix")
     assert result.exit_code == 0, result.output
-    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "mixup=-1"), "mixup and cutmix")
+    assert_one_line_error(invoke("train", "--task", "cracks", "--set", "mixup=-1"), "mixup is a Beta alpha")
 
 
 def test_evaluate_a_checkpoint(trained: Path, tmp_path: Path):

@@ -11,18 +11,21 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from visionlab.config import (
-    AUGMENT_DEFAULTS, RESUME_SAFE_KEYS, Config, config_from_dict, config_path, dump_config, kind_keys, load_config, parse_overrides,
-    resume_config,
-)
+from visionlab.api import load_config, resume_config
+from visionlab.config import AUGMENT_DEFAULTS, RESUME_SAFE_KEYS, Config, config_from_dict, dump_config, parse_overrides
 from visionlab.errors import VisionlabError
-from visionlab.registry import task_names
+from visionlab.kinds import get_kind
+from visionlab.registry import get_task, task_names
 
 pytestmark = pytest.mark.torchfree
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
-VALID_KEYS = {f for f in Config.__dataclass_fields__}
+KINDS = [get_kind("classification"), get_kind("segmentation")]
+#: Each built-in kind's own keys (the fields of its Kind.options).
+KIND_KEYS = {k.name: [f.name for f in fields(k.options)] for k in KINDS}
+COMMON_KEYS = [f.name for f in fields(Config) if f.name != "options"]
+VALID_KEYS = {*COMMON_KEYS, *(key for keys in KIND_KEYS.values() for key in keys)}
 # load_config(task, config=recipe).to_dict() for every recipe, generated once from main at 83e6660 (before the
 # defaults were written once in Config and the recipes trimmed to what they choose). The accuracy
 # benchmark's digests hash these resolved configs: a recipe edit must not change them.
@@ -38,7 +41,7 @@ def _task_of(path: Path) -> str:
 def test_there_is_a_recipe_for_every_task():
     assert RECIPES, f"no configs in {CONFIGS}"
     for task in task_names():
-        path = config_path(task)
+        path = get_task(task).recipe_path
         assert path is not None and path.name == f"{task}.yaml"
 
 
@@ -52,8 +55,9 @@ def test_every_recipe_loads_for_its_task(path: Path):
     assert set(raw.get("augment") or {}) <= set(AUGMENT_DEFAULTS)
     cfg = load_config(task, config=path)
     assert cfg.task == task
+    resolved = cfg.to_dict()
     for key, value in raw.items():
-        got = getattr(cfg, key)
+        got = resolved[key]
         if key == "augment":
             assert {k: got[k] for k in value} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items()}
         else:
@@ -64,7 +68,7 @@ def test_every_recipe_loads_for_its_task(path: Path):
 @pytest.mark.parametrize("task", task_names())
 def test_default_config_of_every_task_is_its_recipe(task: str):
     cfg = load_config(task)
-    raw = yaml.safe_load(config_path(task).read_text())
+    raw = yaml.safe_load(get_task(task).recipe_path.read_text())
     assert cfg.model == raw.get("model", cfg.model)
     assert cfg.epochs == raw.get("epochs", cfg.epochs)
     assert cfg.data == "synthetic"  # a fresh checkout trains on synthetic data by default
@@ -84,9 +88,12 @@ def test_every_recipe_has_its_resolved_config_on_main():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_recipe_resolves_exactly_as_on_main(path: Path):
     """Every key, value and JSON type (10 is not 10.0 in a digest) as main resolved it, apart from
-    the deliberate changes in CHANGED_SINCE_MAIN."""
+    the deliberate changes in CHANGED_SINCE_MAIN; the other kind's keys (main held every key, at its
+    default where unused) are no longer in it."""
+    kind = get_task(_task_of(path)).kind
     got = json.loads(json.dumps(load_config(_task_of(path), config=path).to_dict()))
-    expected = json.loads(json.dumps(RESOLVED_ON_MAIN[path.name]))
+    foreign = {key for name, keys in KIND_KEYS.items() if name != kind for key in keys}
+    expected = {k: v for k, v in json.loads(json.dumps(RESOLVED_ON_MAIN[path.name])).items() if k not in foreign}
     for key, value in CHANGED_SINCE_MAIN.get(path.name, {}).items():
         expected[key] = {**expected[key], **value} if isinstance(value, dict) else value
     assert sorted(got) == sorted(expected)
@@ -95,11 +102,12 @@ def test_recipe_resolves_exactly_as_on_main(path: Path):
 
 
 def test_every_key_is_documented_once_in_config():
-    for f in fields(Config):
-        assert f.metadata["doc"].strip(), f"{f.name} has no one-line meaning"
-        assert f.metadata["kind"] in ("", "classification", "segmentation"), f.name
-        if f.metadata["choices"]:
-            assert getattr(Config(), f.name) in f.metadata["choices"], f.name
+    for values in (Config(), *(k.options() for k in KINDS)):
+        for f in fields(values):
+            assert f.metadata["doc"].strip(), f"{f.name} has no one-line meaning"
+            if f.metadata["choices"]:
+                assert getattr(values, f.name) in f.metadata["choices"], f.name
+    assert not set(KIND_KEYS["classification"]) & set(KIND_KEYS["segmentation"]) & set(COMMON_KEYS)
     assert RESUME_SAFE_KEYS == {"epochs", "early_stopping", "device", "num_workers", "cache", "cache_budget_mb", "compile",
                                 "checkpoint_every_steps", "checkpoint_every_minutes", "out", "track"}
 
@@ -119,13 +127,13 @@ def test_a_key_of_the_other_kind_is_refused(task: str, override: str, fragments:
 
 
 def test_keys_of_both_kinds_and_defaults_of_the_other_are_accepted():
-    assert {"tile_size", "loss", "ignore_classes"} <= set(kind_keys("segmentation"))
-    assert {"mixup", "label_smoothing"} <= set(kind_keys("classification"))
-    # the same value as the default is no choice; keys both kinds read (cutmix, class_weights, sampler) are free
+    assert {"tile_size", "loss", "ignore_classes"} <= set(KIND_KEYS["segmentation"])
+    assert {"mixup", "label_smoothing"} <= set(KIND_KEYS["classification"])
+    # the same value as the default is no choice (dropped); keys both kinds read (cutmix, class_weights, sampler) are free
     cfg = load_config("cracks", overrides=["tile_size=256", "loss=ce", "cutmix=1.0", "sampler=balanced"])
-    assert cfg.tile_size == 256 and cfg.cutmix == 1.0
+    assert cfg.cutmix == 1.0 and "tile_size" not in cfg.to_dict() and not hasattr(cfg.options, "tile_size")
     seg = load_config("landcover", overrides=["mixup=0", "cutmix=1.0", "class_weights=balanced"])
-    assert seg.mixup == 0.0 and seg.class_weights == "balanced"
+    assert seg.class_weights == "balanced" and seg.options.tile_size == 256 and "mixup" not in seg.to_dict()
 
 
 def _error(task: str = "cracks", **kwargs) -> str:
@@ -182,7 +190,7 @@ def test_bad_types_are_refused(override: str, expected: str):
      ("precision=fp8", "bf16")],
 )
 def test_bad_choices_list_the_allowed_ones(override: str, choices: str):
-    msg = _error(overrides=[override])
+    msg = _error("landcover", overrides=[override])
     assert "must be one of" in msg and choices in msg
 
 
@@ -195,7 +203,8 @@ def test_bad_choices_list_the_allowed_ones(override: str, choices: str):
                  "label_smoothing=2", "label_smoothing=-0.1", "num_workers=-5", "cache_budget_mb=-1"]
 )
 def test_out_of_range_values_are_refused(override: str):
-    assert "invalid config" in _error(overrides=[override])
+    task = "landcover" if override.split("=")[0] in KIND_KEYS["segmentation"] else "cracks"
+    assert "invalid config" in _error(task, overrides=[override])
 
 
 def test_values_are_coerced_to_their_types():
@@ -288,7 +297,7 @@ def test_config_file_of_another_task_is_refused(tmp_path: Path):
 
 def test_a_resume_config_file_of_another_task_is_refused(tmp_path: Path):
     """It was accepted silently: the run's task was put back over it."""
-    from visionlab.config import load_config, resume_config
+    from visionlab.api import load_config, resume_config
 
     path = tmp_path / "w.yaml"
     path.write_text("task: waste\nepochs: 5\n")
@@ -326,10 +335,12 @@ def test_parse_overrides_nested_and_typed():
 def test_resolved_config_round_trips(tmp_path: Path):
     cfg = load_config("landcover", overrides=["epochs=2", "augment.rot90=true"])
     dump_config(cfg, tmp_path / "config.yaml")
-    again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    options = get_kind("segmentation").options
+    again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()), options)
     assert again == cfg
-    # a checkpoint from another version may hold keys this version does not know
-    assert config_from_dict({**cfg.to_dict(), "removed_key": 1}) == cfg
+    # a checkpoint from another version may hold keys this version does not know (and older ones held
+    # every kind's keys, at their defaults where unused)
+    assert config_from_dict({**cfg.to_dict(), "removed_key": 1, "mixup": 0.0}, options) == cfg
     # and the dumped file is itself a valid --config
     assert load_config("landcover", config=tmp_path / "config.yaml") == cfg
 
@@ -406,7 +417,7 @@ def test_numbers_that_are_not_finite_are_refused(override: str, expected: str):
 
 # --------------------------------------------------------------------------- fuzz: only VisionlabError, on one line
 
-_KEYS = [f.name for f in fields(Config)]
+_KEYS = sorted(VALID_KEYS)
 _NASTY = ["inf", "-inf", "nan", ".nan", "1e400", "2001-02-30", "!!float x", "!!int x", "!!timestamp x", "!!binary zz",
           "[1", "{a: 1", "&a [*a]", "*nope", "'", "null", "~", "true", "cosine", "tensorboard", "0x10", "1_000", ""]
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12), st.sampled_from(_NASTY))
@@ -435,7 +446,7 @@ def _loads_or_refuses_clearly(load) -> None:
     except VisionlabError as exc:
         assert str(exc).strip() and "\n" not in str(exc), repr(str(exc))
         return
-    again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), type(cfg.options))
     assert json.dumps(again.to_dict(), sort_keys=True, default=str) == json.dumps(cfg.to_dict(), sort_keys=True, default=str)
 
 

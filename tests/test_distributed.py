@@ -69,7 +69,7 @@ def _train_worker(rank: int, world: int, port: int, out: str, options: dict, che
     optimiser step that all ranks hold the same weights."""
     _join(rank, world, port)
     _register_plain_net()
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.engine.trainer import Trainer
 
     class Checked(Trainer):
@@ -208,10 +208,10 @@ def _eval_worker(rank: int, world: int, port: int, ckpt: str, result: dict) -> N
     from visionlab.engine.checkpoint import load_model
     from visionlab.engine.distributed import from_env
     from visionlab.registry import get_task
-    from visionlab.kinds import runner_for
+    from visionlab.kinds import get_kind, runner_for
 
     state = load_checkpoint(ckpt)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], get_kind(state["kind"]).options)
     runner = runner_for(cfg, get_task(state["task"]), torch.device("cpu"))
     runner.dist = from_env("cpu")
     runner.fixed_preprocessing = dict(state["preprocessing"])

@@ -339,12 +339,12 @@ def _landcover_recipe_accepts(folder: Path) -> None:
     the command 'visionlab data download landcover' prints would."""
     import torch
 
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.registry import get_task
     from visionlab.kinds import runner_for
 
     cfg = load_config("landcover", overrides={"data": str(folder), "model_args": {"encoder_weights": None}, "tile_size": 32})
-    assert cfg.ignore_classes == ["unlabeled"]  # the recipe as shipped
+    assert cfg.options.ignore_classes == ["unlabeled"]  # the recipe as shipped
     runner = runner_for(cfg, get_task("landcover"), torch.device("cpu"))
     runner.prepare()
     assert runner.classes[-1] == "unlabeled" and runner.exclude == [5]

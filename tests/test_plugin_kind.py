@@ -65,6 +65,34 @@ def test_the_plugin_kind_registers_with_its_task(plugin):
     assert result.exit_code == 0 and "brightness" in result.stdout and "regression" in result.stdout
 
 
+def test_the_plugin_kind_has_config_keys_of_its_own(plugin, runs_dir: Path):
+    """``huber_delta`` is the regression kind's key (its Kind.options): routed there from the flat
+    recipe and --set, checked, suggested when misspelt, refused on a task of another kind; and read
+    by its runner's loss."""
+    import torch
+
+    import visionlab
+    from visionlab.errors import VisionlabError
+    from visionlab.kinds import get_kind
+
+    assert visionlab.load_config("brightness").options.huber_delta == 0.0
+    cfg = visionlab.load_config("brightness", overrides=["huber_delta=0.5"])
+    assert cfg.options.huber_delta == 0.5 and cfg.to_dict()["huber_delta"] == 0.5 and "tile_size" not in cfg.to_dict()
+    with pytest.raises(VisionlabError, match="Did you mean 'huber_delta'"):
+        visionlab.load_config("brightness", overrides=["huber_delt=1"])
+    with pytest.raises(VisionlabError, match="invalid config: huber_delta must be >= 0"):
+        visionlab.load_config("brightness", overrides=["huber_delta=-1"])
+    with pytest.raises(VisionlabError, match="huber_delta=0.5 is a regression key; cracks is a classification task"):
+        visionlab.load_config("cracks", overrides=["huber_delta=0.5"])
+    with pytest.raises(VisionlabError, match="tile_size=64 is a segmentation key; brightness is a regression task"):
+        visionlab.load_config("brightness", overrides=["tile_size=64"])
+    runner = get_kind("regression").runner(cfg, visionlab.get_task("brightness"), "cpu")
+    out, target = torch.tensor([[0.0], [0.0]]), torch.tensor([2.0, 0.25])
+    assert float(runner.loss(out, target)) == pytest.approx(((0.5 * (2.0 - 0.25)) + 0.5 * 0.25**2) / 2)
+    result = visionlab.train("brightness", data="synthetic", device="cpu", epochs=1, huber_delta=0.5, console=_quiet())
+    assert visionlab.load(result.best_checkpoint).state["config"]["huber_delta"] == 0.5
+
+
 def test_the_data_doctor_and_the_runtime_ask_the_plugin_kind(plugin, cls_folder: Path, seg_folder: Path):
     """The doctor's guess asks every kind, the plugin's first; a kind without a torch-free runtime
     step says so in one line instead of being run as a classifier."""

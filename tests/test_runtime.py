@@ -244,3 +244,24 @@ def test_missing_broken_and_foreign_files_are_one_line_errors(classifier: Path, 
         assert main([str(path), str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and expected in err
+
+
+def test_files_without_an_output_description_read_it_from_the_graph(classifier: Path, segmenter: Path):
+    """Files exported before the kinds described their outputs: class logits before softmax, per
+    pixel when the graph's output has four axes."""
+    assert [(o.name, o.per, o.activation) for o in load(classifier).metadata["outputs"]] == [("logits", "image", "softmax")]
+    assert load(segmenter).output.dense and load(segmenter).output.activation == "softmax"
+
+
+def test_the_described_activation_is_the_one_applied(tmp_path: Path):
+    """An output described as sigmoid (several labels per photo) is scored per class, not over the classes."""
+    meta = {**_metadata("classification", {"image_size": 16, "resize": "squash", "tta": "none"}),
+            "outputs": [{"name": "logits", "per": "image", "activation": "sigmoid", "meaning": "a score per label"}]}
+    model = load(_model(tmp_path / "labels.onnx", dense=False, metadata=meta))
+    assert model.output.activation == "sigmoid" and not model.output.dense
+    yellow = (230, 230, 20)  # red and green at once
+    row = model.predict([np.full((30, 40, 3), yellow, dtype=np.uint8)], top_k=3)[0]
+    probs = {t["label"]: t["probability"] for t in row["top_k"]}
+    logits = 10 * (np.asarray(yellow) / 255 - 0.5) / 0.5
+    assert probs == pytest.approx(dict(zip(COLOURS, 1 / (1 + np.exp(-logits)))), abs=1e-4)
+    assert probs["red"] > 0.99 and probs["green"] > 0.99  # both labels: not a softmax over them

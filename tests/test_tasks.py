@@ -54,7 +54,7 @@ def test_two_step_fit_checkpoint_reload_predict(task: str, fast):
     assert state["epoch"] == 1
     pre = state["preprocessing"]
     assert len(pre["mean"]) == 3 and len(pre["std"]) == 3 and pre["kind"] == spec.kind
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], get_kind(spec.kind).options)
     assert cfg.task == task and cfg.epochs == 1 and cfg.max_steps_per_epoch == 2
     assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
     assert state["data"]["synthetic"] is True
@@ -369,7 +369,7 @@ def test_moving_the_dataset_folder_keeps_every_split(kind: str, make_cls_folder,
     import shutil
 
     from conftest import write_seg_folder
-    from visionlab.config import load_config
+    from visionlab.api import load_config
     from visionlab.registry import get_task
     from visionlab.kinds import runner_for
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 import visionlab
-from visionlab.config import TRACKER_NAMES, load_config, resume_config
+from visionlab.api import load_config, resume_config
+from visionlab.config import TRACKER_NAMES
 from visionlab.errors import TrainingInterrupted, VisionlabError
 
 pytest.importorskip("mlflow")

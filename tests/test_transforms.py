@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from visionlab.config import AUGMENT_DEFAULTS, load_config
+from visionlab.api import load_config
+from visionlab.config import AUGMENT_DEFAULTS
 from visionlab.data.augment import Augment
 from visionlab.data.io import resize_mask
 from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, cutmix_pairs, load_for_model, to_float
@@ -379,7 +380,7 @@ def test_segmentation_translate_moves_the_crop_window_over_image_and_mask(seg_fo
         found = []
         for i in range(len(ds)):
             x, y = ds[i]
-            img, mask = runner.train_pair(int(ds.indices[i // runner.cfg.crops_per_image]))
+            img, mask = runner.train_pair(int(ds.indices[i // runner.cfg.options.crops_per_image]))
             where = _window(img, x.permute(1, 2, 0).numpy())
             assert where and any(np.array_equal(mask[a : a + 32, b : b + 32], y.numpy()) for a, b in where)
             found.append(where[0])

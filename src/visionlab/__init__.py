@@ -35,7 +35,7 @@ _LAZY = {
     "predict": "visionlab.api",
     "load": "visionlab.api",
     "demo": "visionlab.api",
-    "load_config": "visionlab.config",
+    "load_config": "visionlab.api",
     "export_onnx": "visionlab.export",
     "tune_process": "visionlab.process",
 }

@@ -20,9 +20,34 @@ from visionlab.errors import VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
 
 if TYPE_CHECKING:
+    from visionlab.config import Config
     from visionlab.data.io import InputEntry
 
-__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load"]
+__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config"]
+
+
+def load_config(task: str, config: str | os.PathLike | None = None,
+                overrides: Iterable[str] | Mapping[str, Any] | None = None) -> "Config":
+    """The resolved :class:`visionlab.config.Config` of the task called ``task``: defaults, its recipe,
+    ``config`` (a YAML file), ``overrides`` (``["lr=0.01"]`` or a mapping). Its kind's own keys go to
+    ``cfg.options``; a key of another kind is refused, saying what to use instead."""
+    from visionlab.config import resolve_config
+    from visionlab.kinds import kind_names
+    from visionlab.registry import get_task
+
+    spec = get_task(task)
+    return resolve_config(spec, get_kind(spec.kind), config, overrides, others=[get_kind(n) for n in kind_names()])
+
+
+def resume_config(saved: "Config | Mapping[str, Any]", config: str | os.PathLike | None = None,
+                  overrides: Iterable[str] | Mapping[str, Any] | None = None) -> tuple["Config", dict[str, tuple[Any, Any]]]:
+    """:func:`visionlab.config.resume_config` of a run's saved config (a Config, or the dict of a
+    checkpoint), its task's kind looked up by name."""
+    from visionlab.config import Config, resume_config as resume
+    from visionlab.registry import get_task
+
+    task = saved.task if isinstance(saved, Config) else str(saved["task"])
+    return resume(saved, get_kind(get_task(task).kind), config, overrides)
 
 
 def train(
@@ -50,7 +75,7 @@ def train(
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
     from visionlab import present
-    from visionlab.config import load_config, parse_overrides, resume_config
+    from visionlab.config import parse_overrides
     from visionlab.engine.callbacks import ProgressBar
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tracking import build_trackers

@@ -3,9 +3,11 @@
 :class:`Config` is the one place where every key, its default and its meaning are written; a
 recipe (``configs/<task>.yaml``) lists only what it chooses, and the resolved config, complete, is
 written into every run folder and saved in every checkpoint. An unknown key is an error that lists
-the valid ones, values are coerced to the field's type and checked against the allowed choices,
-and a key of one kind of task (segmentation's ``tile_size``, a classifier's ``mixup``) set on a
-task of another kind is refused. No torch import here.
+the valid ones, values are coerced to the field's type and checked against the allowed choices.
+A kind's own keys (segmentation's ``tile_size``, a classifier's ``mixup``, a plugin kind's) are
+the fields of the options dataclass the kind declares (``Kind.options``), routed there by name;
+one set on a task of another kind is refused. This module looks no task or kind up by name: the
+caller passes them (:func:`visionlab.api.load_config`). No torch import here.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import yaml
 
 from visionlab.data.augment import Augment
 from visionlab.errors import VisionlabError
+from visionlab.kinds.base import KindOptions
 
 __all__ = [
-    "Config", "AUGMENT_DEFAULTS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "kind_keys", "check_kind_keys", "load_config", "config_path", "parse_overrides", "config_from_dict",
-    "dump_config", "resume_config", "resume_differences", "check_resume",
+    "Config", "AUGMENT_DEFAULTS", "PRECISIONS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "setting", "resolve_config",
+    "parse_overrides", "config_from_dict", "dump_config", "resume_config", "resume_differences", "check_resume",
 ]
 
 # Experiment trackers the config key ``track`` may name (visionlab.engine.tracking implements them).
@@ -37,14 +40,14 @@ TRACKER_NAMES = ("tensorboard", "mlflow")
 AUGMENT_DEFAULTS: dict[str, Any] = Augment().as_config()
 
 
-def _key(default: Any, doc: str, *, kind: str = "", choices: tuple[str, ...] = (), resume_safe: bool = False,
-         instead: str = "") -> Any:
-    """One field of :class:`Config`: its default and one-line meaning, written here and nowhere else.
+def setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), resume_safe: bool = False, instead: str = "") -> Any:
+    """One config key: a dataclass field of :class:`Config` or of a kind's options
+    (:class:`~visionlab.kinds.base.KindOptions`), with its default and one-line meaning, written there and nowhere else.
 
-    ``kind``: the one kind of task that reads the key ('' = every kind); ``choices``: its allowed
-    values; ``resume_safe``: a resumed run may change it; ``instead``: what to use on the other kind.
+    ``choices``: its allowed values; ``resume_safe``: a resumed run may change it; ``instead``: what
+    a task of another kind uses in its place (said when the key is set on one).
     """
-    meta = {"doc": doc, "kind": kind, "choices": choices, "resume_safe": resume_safe, "instead": instead}
+    meta = {"doc": doc, "choices": choices, "resume_safe": resume_safe, "instead": instead}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -54,84 +57,77 @@ def _key(default: Any, doc: str, *, kind: str = "", choices: tuple[str, ...] = (
 class Config:
     """All knobs of one training run, each with its default and meaning; recipes set only what they choose.
 
-    Keys marked ``kind=`` belong to one kind of task (:func:`kind_keys`); :func:`check_kind_keys`
-    refuses them, set away from their default, on a task of another kind.
+    The keys every kind reads are fields here; those of one kind of task (segmentation's
+    ``tile_size``, a classifier's ``mixup``) are the fields of its :attr:`options`, the
+    :class:`~visionlab.kinds.base.KindOptions` dataclass its kind declares. Recipes, resolved
+    configs and checkpoints write both flat (:meth:`to_dict`).
     """
 
     # --- task and data
-    task: str = _key("", "registered task name (set by load_config)")
-    data: str = _key("synthetic", "dataset folder or CSV, or 'synthetic' for generated images")
-    classes: list[str] | None = _key(None, "null = every class folder, sorted; or a list to choose and order them")
-    val_fraction: float = _key(0.15, "held out for validation when the data has no val/ split (fixed seed; classes stratified; "
-                               "segmentation: whole images)")
-    test_fraction: float = _key(0.15, "held out for testing when the data has no test/ split")
-    seed: int = _key(42, "seed of the splits, initialisation and augmentation")
+    task: str = setting("", "registered task name (set by load_config)")
+    data: str = setting("synthetic", "dataset folder or CSV, or 'synthetic' for generated images")
+    classes: list[str] | None = setting(None, "null = every class folder, sorted; or a list to choose and order them")
+    val_fraction: float = setting(0.15, "held out for validation when the data has no val/ split (fixed seed; classes stratified; "
+                                  "segmentation: whole images)")
+    test_fraction: float = setting(0.15, "held out for testing when the data has no test/ split")
+    seed: int = setting(42, "seed of the splits, initialisation and augmentation")
     # --- model and preprocessing
-    model: str = _key("", "any name from visionlab.models.list_models() (default: the task's model)")
-    model_args: dict = _key({}, "arguments of the model builder, e.g. {pretrained: true}; reset when the model changes")
-    image_size: int = _key(0, "images are decoded once and resized (squashed) to this size, px (default: the task's)")
+    model: str = setting("", "any name from visionlab.models.list_models() (default: the task's model)")
+    model_args: dict = setting({}, "arguments of the model builder, e.g. {weights: imagenet}; reset when the model changes")
+    image_size: int = setting(0, "images are decoded once and resized (squashed) to this size, px (default: the task's)")
     # --- optimisation
-    epochs: int = _key(10, "training epochs", resume_safe=True)
-    batch_size: int = _key(32, "images (segmentation: crops) per batch and process")
-    lr: float = _key(1e-3, "peak learning rate")
-    weight_decay: float = _key(0.05, "decoupled weight decay")
-    optimizer: str = _key("adamw", "adamw | sgd", choices=("adamw", "sgd"))
-    schedule: str = _key("cosine", "cosine (after linear warmup) | onecycle | constant", choices=("cosine", "onecycle", "constant"))
-    warmup_epochs: float = _key(1.0, "epochs of linear learning-rate warmup")
-    cutmix: float = _key(0.0, "Beta(alpha, alpha) of CutMix (0 = off; segmentation pastes mask and image); with mixup, one per batch")
-    class_weights: str = _key("none", "none | balanced: inverse class frequency in the loss (segmentation: pixel frequency, "
-                              "on the ce term)", choices=("none", "balanced"))
-    sampler: str = _key("none", "none | balanced: oversample rare classes (segmentation: half the crops are centred on a "
-                        "random class present)", choices=("none", "balanced"))
-    grad_clip: float = _key(0.0, "clip the gradient norm to this (0 = off)")
-    accumulate: int = _key(1, "gradient accumulation: one optimiser step every K batches (global batch = batch_size x processes x K)")
-    backbone_lr_scale: float = _key(1.0, "lr of the pretrained body relative to lr (the new head always gets lr)")
-    ema: float = _key(0.0, "decay of an exponential moving average of the weights (0 = off); evaluated and saved")
-    tta: str = _key("none", "test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)",
-                    choices=("none", "hflip", "flips", "d4"))
-    early_stopping: int = _key(5, "epochs without improvement of 'monitor' before stopping (0 = off)", resume_safe=True)
-    monitor: str = _key("", "metric that picks best.pt, e.g. val_accuracy (default: val_ plus the kind's primary metric)")
-    max_steps_per_epoch: int = _key(0, "cap on the training steps of an epoch (0 = a full pass)")
-    checkpoint_every_steps: int = _key(0, "also write last.pt every N optimiser steps, resumable mid-epoch (0 = epoch ends only)",
-                                       resume_safe=True)
-    checkpoint_every_minutes: float = _key(10.0, "... or every M minutes of training, so long epochs on big data resume "
-                                           "mid-epoch (0 = off)", resume_safe=True)
-    augment: dict = _key(AUGMENT_DEFAULTS, "training-batch augmentation, keys of AUGMENT_DEFAULTS (validation and test are never augmented)")
-    # --- classification only
-    background_removal: bool = _key(False, "remove the background before resizing (the minerals seed's edges and contours; "
-                                    "at train and predict time)", kind="classification")
-    label_smoothing: float = _key(0.0, "label smoothing of the cross-entropy", kind="classification")
-    mixup: float = _key(0.0, "Beta(alpha, alpha) of mixup between pairs of training images (0 = off)", kind="classification",
-                        instead="masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)")
-    # --- segmentation only
-    loss: str = _key("ce", "ce | focal | focal+dice | ce+dice | focal+lovasz | ce+lovasz (smp losses)", kind="segmentation",
-                     choices=("ce", "focal", "focal+dice", "ce+dice", "focal+lovasz", "ce+lovasz"),
-                     instead="a classifier trains with cross-entropy; shape it with label_smoothing and class_weights")
-    focal_gamma: float = _key(2.0, "focusing exponent of the focal loss", kind="segmentation")
-    tile_size: int = _key(256, "training crop and inference tile, px (a multiple of 32)", kind="segmentation")
-    tile_overlap: float = _key(0.25, "inference tiles overlap by this fraction and are blended", kind="segmentation")
-    crops_per_image: int = _key(16, "random training crops per image per epoch", kind="segmentation")
-    seg_scale: float = _key(1.0, "images are scaled by this before cropping and tiling (masks: nearest); predictions come "
-                            "back at the original size", kind="segmentation")
-    ignore_classes: list[str] = _key([], "classes treated like 255: neither learned nor scored", kind="segmentation")
+    epochs: int = setting(10, "training epochs", resume_safe=True)
+    batch_size: int = setting(32, "images (segmentation: crops) per batch and process")
+    lr: float = setting(1e-3, "peak learning rate")
+    weight_decay: float = setting(0.05, "decoupled weight decay")
+    optimizer: str = setting("adamw", "adamw | sgd", choices=("adamw", "sgd"))
+    schedule: str = setting("cosine", "cosine (after linear warmup) | onecycle | constant", choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warmup")
+    cutmix: float = setting(0.0, "Beta(alpha, alpha) of CutMix (0 = off; segmentation pastes mask and image); with mixup, one per batch")
+    class_weights: str = setting("none", "none | balanced: inverse class frequency in the loss (segmentation: pixel frequency, "
+                                 "on the ce term)", choices=("none", "balanced"))
+    sampler: str = setting("none", "none | balanced: oversample rare classes (segmentation: half the crops are centred on a "
+                           "random class present)", choices=("none", "balanced"))
+    grad_clip: float = setting(0.0, "clip the gradient norm to this (0 = off)")
+    accumulate: int = setting(1, "gradient accumulation: one optimiser step every K batches (global batch = batch_size x processes x K)")
+    backbone_lr_scale: float = setting(1.0, "lr of the pretrained body relative to lr (the new head always gets lr)")
+    ema: float = setting(0.0, "decay of an exponential moving average of the weights (0 = off); evaluated and saved")
+    tta: str = setting("none", "test-time augmentation: none | hflip | flips | d4 (saved with the weights; per tile for segmentation)",
+                       choices=("none", "hflip", "flips", "d4"))
+    early_stopping: int = setting(5, "epochs without improvement of 'monitor' before stopping (0 = off)", resume_safe=True)
+    monitor: str = setting("", "metric that picks best.pt, e.g. val_accuracy (default: val_ plus the kind's primary metric)")
+    max_steps_per_epoch: int = setting(0, "cap on the training steps of an epoch (0 = a full pass)")
+    checkpoint_every_steps: int = setting(0, "also write last.pt every N optimiser steps, resumable mid-epoch (0 = epoch ends only)",
+                                          resume_safe=True)
+    checkpoint_every_minutes: float = setting(10.0, "... or every M minutes of training, so long epochs on big data resume "
+                                              "mid-epoch (0 = off)", resume_safe=True)
+    augment: dict = setting(AUGMENT_DEFAULTS, "training-batch augmentation, keys of AUGMENT_DEFAULTS (validation and test are never augmented)")
+    options: KindOptions = field(default_factory=KindOptions, metadata={
+        "doc": "the keys of the task's kind (its Kind.options), written flat beside these in recipes and resolved configs",
+        "choices": (), "resume_safe": False, "instead": ""})
     # --- runtime
-    device: str = _key("auto", "auto | cpu | cuda | cuda:N", resume_safe=True)
-    precision: str = _key("auto", "auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16 (CUDA)",
-                          choices=PRECISIONS)
-    channels_last: bool = _key(True, "channels-last memory format for the model and batches")
-    compile: bool = _key(False, "torch.compile the model", resume_safe=True)
-    sync_batchnorm: bool = _key(False, "under torchrun on CUDA: batch-norm statistics over the global batch")
-    cache: str = _key("auto", "decode cache: auto (RAM + reusable memory-mapped file) | memory | disk | none (stream)",
-                      choices=("auto", "memory", "disk", "none"), resume_safe=True)
-    cache_budget_mb: int = _key(4096, "the in-memory cache never holds more than this, MiB", resume_safe=True)
-    num_workers: int = _key(-1, "data-loading worker processes (-1 = auto)", resume_safe=True)
-    out: str = _key("runs", "runs go to <out>/<task>/<name>/ (on resume: only where to look for the run)", resume_safe=True)
-    name: str | None = _key(None, "run folder name (default: a timestamp)")
-    track: list[str] = _key([], "experiment trackers besides metrics.csv: tensorboard, mlflow (on resume: only where else "
-                            "it is logged)", resume_safe=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", resume_safe=True)
+    precision: str = setting("auto", "auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16 (CUDA)",
+                             choices=PRECISIONS)
+    channels_last: bool = setting(True, "channels-last memory format for the model and batches")
+    compile: bool = setting(False, "torch.compile the model", resume_safe=True)
+    sync_batchnorm: bool = setting(False, "under torchrun on CUDA: batch-norm statistics over the global batch")
+    cache: str = setting("auto", "decode cache: auto (RAM + reusable memory-mapped file) | memory | disk | none (stream)",
+                         choices=("auto", "memory", "disk", "none"), resume_safe=True)
+    cache_budget_mb: int = setting(4096, "the in-memory cache never holds more than this, MiB", resume_safe=True)
+    num_workers: int = setting(-1, "data-loading worker processes (-1 = auto)", resume_safe=True)
+    out: str = setting("runs", "runs go to <out>/<task>/<name>/ (on resume: only where to look for the run)", resume_safe=True)
+    name: str | None = setting(None, "run folder name (default: a timestamp)")
+    track: list[str] = setting([], "experiment trackers besides metrics.csv: tensorboard, mlflow (on resume: only where else "
+                               "it is logged)", resume_safe=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every key, flat: the common ones in order, the kind's options where :attr:`options` stands."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out.update(asdict(value) if f.name == "options" else {f.name: copy.deepcopy(value)})
+        return out
 
     @property
     def is_synthetic(self) -> bool:
@@ -141,44 +137,50 @@ class Config:
 # Keys a resumed run may change: how long and where it runs, not what it learns from or what it is.
 RESUME_SAFE_KEYS = frozenset(f.name for f in fields(Config) if f.metadata["resume_safe"])
 
-_CHOICES = {f.name: f.metadata["choices"] for f in fields(Config) if f.metadata["choices"]}
+
+def _common() -> list[Any]:
+    """The fields of :class:`Config` every kind reads (all but ``options``)."""
+    return [f for f in fields(Config) if f.name != "options"]
 
 
-def kind_keys(kind: str) -> list[str]:
-    """The config keys only tasks of ``kind`` read (e.g. tile_size for segmentation)."""
-    return [f.name for f in fields(Config) if f.metadata["kind"] == kind]
+def _field_default(f: Any) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
 
 
-def check_kind_keys(cfg: Config, kind: str) -> None:
-    """Refuse a key of another kind set away from its default: a classifier has no tile_size to use.
-
-    Every key stays in the resolved config (complete for every kind), at its default where unused.
-    """
-    for f in fields(Config):
-        owner, value = f.metadata["kind"], getattr(cfg, f.name)
-        default = f.default_factory() if f.default is MISSING else f.default
-        if owner and owner != kind and value != default:
-            instead = f.metadata["instead"]
-            raise VisionlabError(
-                f"{f.name}={value!r} is a {owner} key; {cfg.task} is a {kind} task and does not use it.",
-                f"Remove {f.name!r} (or set it to {default!r}){'; ' + instead if instead else ''}.",
-            )
+def _option_fields(options: type[KindOptions]) -> dict[str, Any]:
+    return {f.name: f for f in fields(options)}
 
 
-def _valid_keys() -> list[str]:
-    return [f.name for f in fields(Config)]
+def _valid_keys(options: type[KindOptions]) -> list[str]:
+    """The keys a task whose kind declares ``options`` reads: the common ones, then the kind's."""
+    return [f.name for f in _common()] + list(_option_fields(options))
 
 
-def _unknown_key(key: str, where: str) -> VisionlabError:
-    valid = _valid_keys()
+def _unknown_key(key: Any, where: str, options: type[KindOptions]) -> VisionlabError:
+    valid = _valid_keys(options)
     close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
     hint = f"Did you mean {close[0]!r}? " if close else ""
     return VisionlabError(f"unknown config key {key!r} in {where}.", f"{hint}Valid keys: {', '.join(valid)}.")
 
 
-def _coerce(key: str, value: Any, where: str) -> Any:
-    hints = get_type_hints(Config)
-    typ = hints[key]
+def _foreign_key(key: str, value: Any, kind: Any, others: Iterable[Any], task: str) -> bool:
+    """Whether ``key`` belongs to another kind than ``kind`` (one of ``others``), at its default there:
+    such a key is no choice and is dropped. Set away from its default, it is refused: a classifier
+    has no tile_size to use. False when no other kind has the key."""
+    owners = [(k, _option_fields(k.options)[key]) for k in others if key in _option_fields(k.options)]
+    if not owners or any(value == _field_default(f) for _, f in owners):
+        return bool(owners)
+    owner, f = owners[0]
+    instead, default = f.metadata["instead"], _field_default(f)
+    raise VisionlabError(
+        f"{key}={value!r} is a {owner.name} key; {task} is a {kind.name} task and does not use it.",
+        f"Remove {key!r} (or set it to {default!r}){'; ' + instead if instead else ''}.",
+    )
+
+
+def _coerce(key: str, value: Any, where: str, owner: type) -> Any:
+    """``value`` in the type of the field ``key`` of ``owner`` (:class:`Config` or a kind's options)."""
+    typ = get_type_hints(owner)[key]
 
     def bad(expected: str) -> VisionlabError:
         return VisionlabError(f"config key {key!r} in {where} must be {expected}, got {value!r}.", "Fix the value.")
@@ -260,10 +262,18 @@ def _coerce_augment(key: str, value: Any) -> Any:
     return number
 
 
+def _check_choices(values: Any) -> None:
+    """Every field of the dataclass ``values`` (the config, a kind's options) that lists choices holds one of them."""
+    for f in fields(values):
+        value, choices = getattr(values, f.name), f.metadata.get("choices", ())
+        if choices and value not in choices:
+            raise VisionlabError(f"config key {f.name!r} must be one of {', '.join(choices)}, got {value!r}.", "Fix the value.")
+
+
 def _validate(cfg: Config) -> Config:
-    for key, choices in _CHOICES.items():
-        if getattr(cfg, key) not in choices:
-            raise VisionlabError(f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}.", "Fix the value.")
+    """Choices, types of the augment keys and ranges, of the common keys and of the kind's options."""
+    _check_choices(cfg)
+    _check_choices(cfg.options)
     unknown_aug = sorted(str(k) for k in set(cfg.augment) - set(AUGMENT_DEFAULTS))
     if unknown_aug:
         raise VisionlabError(
@@ -281,22 +291,18 @@ def _validate(cfg: Config) -> Config:
         (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1,
          "val_fraction and test_fraction must be in [0, 1) and sum to less than 1"),
         (cfg.image_size >= 16, "image_size must be >= 16"),
-        (0 <= cfg.tile_overlap < 0.9, "tile_overlap must be in [0, 0.9)"),
-        (cfg.tile_size >= 32 and cfg.tile_size % 32 == 0, "tile_size must be a multiple of 32 (U-Net downsamples 5 times)"),
-        (0.05 <= cfg.seg_scale <= 4, "seg_scale must be in [0.05, 4]"),
         (0 < cfg.backbone_lr_scale <= 10, "backbone_lr_scale must be in (0, 10]"),
         (0 <= cfg.ema < 1, "ema must be in [0, 1) (0 = off; 0.99-0.9999 usual)"),
-        (0 <= cfg.mixup <= 10 and 0 <= cfg.cutmix <= 10, "mixup and cutmix are Beta alphas in [0, 10] (0 = off; 0.2-1 usual)"),
+        (0 <= cfg.cutmix <= 10, "cutmix is a Beta alpha in [0, 10] (0 = off; 0.2-1 usual)"),
         (cfg.accumulate >= 1, "accumulate must be >= 1 (1 = a step per batch)"),
         (cfg.checkpoint_every_steps >= 0 and cfg.checkpoint_every_minutes >= 0,
          "checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = off)"),
         (0 <= cfg.seed < 2**32, "seed must be in [0, 2**32)"),
         (cfg.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0 (0 = a full pass)"),
         (cfg.early_stopping >= 0, "early_stopping must be >= 0 (0 = off)"),
-        (min(cfg.weight_decay, cfg.grad_clip, cfg.warmup_epochs, cfg.focal_gamma) >= 0,
-         "weight_decay, grad_clip, warmup_epochs and focal_gamma must be >= 0"),
-        (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (min(cfg.weight_decay, cfg.grad_clip, cfg.warmup_epochs) >= 0, "weight_decay, grad_clip and warmup_epochs must be >= 0"),
         (cfg.num_workers >= -1 and cfg.cache_budget_mb >= 0, "num_workers must be >= -1 (-1 = auto) and cache_budget_mb >= 0"),
+        *cfg.options.checks(),
     ]
     for ok, msg in checks:
         if not ok:
@@ -326,13 +332,6 @@ def _trackers(names: list[str]) -> list[str]:
             raise VisionlabError(f"unknown tracker {name!r} in track.", f"{hint}Use {', '.join(TRACKER_NAMES)} or none.")
         out.append(name)
     return out
-
-
-def config_path(task: str) -> Path | None:
-    """The recipe of ``task`` (its :attr:`~visionlab.registry.TaskSpec.recipe_path`), if any."""
-    from visionlab.registry import get_task
-
-    return get_task(task).recipe_path
 
 
 # What yaml.safe_load raises on bad input: its own errors, and Python's from a tag or a timestamp it
@@ -426,41 +425,53 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
     return out
 
 
-def _merge(base: dict[str, Any], layer: Mapping[str, Any], where: str) -> dict[str, Any]:
-    valid = set(_valid_keys())
+def _merge(base: dict[str, Any], layer: Mapping[str, Any], where: str, kind: Any, others: Iterable[Any] = ()) -> dict[str, Any]:
+    """Lay the keys of ``layer`` over the flat ``base``: each routed by name to the common keys or to
+    the options of ``kind``; a key of one of the ``others`` kinds at its default there is dropped."""
+    owners = {**{f.name: Config for f in _common()}, **{name: kind.options for name in _option_fields(kind.options)}}
     if "model" in layer and layer["model"] != base.get("model"):
         base["model_args"] = {}  # another model: the previous model's arguments do not apply
     for key, value in layer.items():
-        if key not in valid:
-            raise _unknown_key(key, where)
+        if key not in owners:
+            if isinstance(key, str) and _foreign_key(key, value, kind, others, str(base.get("task", ""))):
+                continue
+            raise _unknown_key(key, where, kind.options)
         if key in ("augment", "model_args") and isinstance(value, Mapping) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
         else:
-            base[key] = _coerce(key, value, where)
+            base[key] = _coerce(key, value, where, owners[key])
     return base
 
 
-def load_config(
-    task: str,
+def _build(values: Mapping[str, Any], options: type[KindOptions]) -> Config:
+    """The :class:`Config` of the flat ``values`` (every key of the common ones and of ``options``), validated."""
+    own = _option_fields(options)
+    common = {k: v for k, v in values.items() if k not in own}
+    return _validate(Config(**common, options=options(**{k: values[k] for k in own})))
+
+
+def resolve_config(
+    spec: Any,
+    kind: Any,
     config: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    others: Iterable[Any] = (),
 ) -> Config:
-    """Resolve the config of ``task``: dataclass defaults, the task's recipe, a user file, overrides."""
-    from visionlab.registry import get_task
-
-    spec = get_task(task)
-    values: dict[str, Any] = asdict(Config())
+    """Resolve the config of the task ``spec`` (its name, model, input_size, recipe_path) of ``kind``
+    (whose ``options`` class holds its own keys): dataclass defaults, the task's recipe, a user file,
+    overrides. A key of one of the ``others`` kinds is refused with what to use instead (dropped at its
+    default there). The caller looks the task and the kinds up (:func:`visionlab.api.load_config`)."""
+    others = [k for k in others if k.name != kind.name]
+    values = Config(options=kind.options()).to_dict()
     values.update(task=spec.name, model=spec.model, image_size=spec.input_size)
     default = spec.recipe_path
     if default is not None:
-        _merge(values, _read_yaml(default), str(default))
+        _merge(values, _read_yaml(default), str(default), kind, others)
     if config is not None:
-        _merge(values, _user_config(config, spec.name, "Pass the matching --task."), str(config))
-    _merge(values, parse_overrides(overrides), "--set")
+        _merge(values, _user_config(config, spec.name, "Pass the matching --task."), str(config), kind, others)
+    _merge(values, parse_overrides(overrides), "--set", kind, others)
     values["task"] = spec.name
-    cfg = _validate(Config(**values))
-    check_kind_keys(cfg, spec.kind)
-    return cfg
+    return _build(values, kind.options)
 
 
 def resume_differences(saved: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
@@ -484,44 +495,52 @@ def _user_config(config: str | os.PathLike, task: str, hint: str) -> dict[str, A
 
 def resume_config(
     saved: Mapping[str, Any] | Config,
+    kind: Any,
     config: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
 ) -> tuple[Config, dict[str, tuple[Any, Any]]]:
-    """The config a resumed run continues with: the run's own resolved config, with only the
+    """The config a resumed run of ``kind`` continues with: the run's own resolved config, with only the
     resume-safe keys (:data:`RESUME_SAFE_KEYS`) changed by ``config``/``overrides``.
 
     A layer that would change anything else (data, model, image size, classes, lr, ...) is an
     error that names the differences. Returns the config and the keys it changed."""
-    base = saved if isinstance(saved, Config) else config_from_dict(saved)
+    base = saved if isinstance(saved, Config) else config_from_dict(saved, kind.options)
     values = base.to_dict()
     if config is not None:
-        _merge(values, _user_config(config, base.task, "A resumed run keeps its task: pass a config of that task, or none."), str(config))
-    _merge(values, parse_overrides(overrides), "--set")
+        _merge(values, _user_config(config, base.task, "A resumed run keeps its task: pass a config of that task, or none."),
+               str(config), kind)
+    _merge(values, parse_overrides(overrides), "--set", kind)
     values["task"] = base.task
-    cfg = _validate(Config(**values))
+    cfg = _build(values, kind.options)
     return cfg, check_resume(base, cfg)
 
 
 def check_resume(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """The resume-safe keys ``cfg`` changes from a run's ``saved`` config; any other change is an error."""
     changed = resume_differences(saved, cfg)
-    unsafe = {k: v for k, v in changed.items() if k not in RESUME_SAFE_KEYS}
+    safe = RESUME_SAFE_KEYS | {f.name for f in fields(saved.options) if f.metadata["resume_safe"]}
+    unsafe = {k: v for k, v in changed.items() if k not in safe}
     if unsafe:
         what = "; ".join(f"{k}: run {a!r}, asked {b!r}" for k, (a, b) in unsafe.items())
         raise VisionlabError(
             f"cannot resume with a different {', '.join(unsafe)} ({what}).",
-            f"Resume continues the run as it was (only {', '.join(sorted(RESUME_SAFE_KEYS - {'out'}))} may change); "
+            f"Resume continues the run as it was (only {', '.join(sorted(safe - {'out'}))} may change); "
             "drop those options, or start a new run without --resume.",
         )
     return {k: v for k, v in changed.items() if k != "out"}
 
 
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Rebuild a Config saved in a checkpoint (unknown keys from other versions are dropped)."""
-    valid = set(_valid_keys())
-    return Config(**{k: v for k, v in data.items() if k in valid})
+def config_from_dict(data: Mapping[str, Any], options: type[KindOptions]) -> Config:
+    """Rebuild a Config saved flat in a run folder or a checkpoint, the kind's keys into ``options`` (the
+    kind's :attr:`~visionlab.kinds.base.Kind.options`); keys neither knows (other versions', other kinds'
+    keys that older versions saved in every config) are dropped."""
+    own = _option_fields(options)
+    common = {f.name for f in _common()}
+    return Config(**{k: v for k, v in data.items() if k in common},
+                  options=options(**{k: v for k, v in data.items() if k in own}))
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    """The resolved config, flat, as YAML (a valid --config of its task)."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

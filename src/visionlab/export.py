@@ -57,9 +57,10 @@ import numpy as np
 import torch
 
 from visionlab._version import __version__
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 from visionlab.engine.onnx_model import OnnxModule, onnx_state
-from visionlab.kinds import get_kind
+from visionlab.kinds import Output, get_kind
 from visionlab.runtime import FORMAT, JSON_FIELDS, open_session
 
 __all__ = ["export_onnx", "ExportResult", "Parity", "EndToEnd", "OnnxModule", "onnx_state", "check_parity", "check_end_to_end",
@@ -67,7 +68,7 @@ __all__ = ["export_onnx", "ExportResult", "Parity", "EndToEnd", "OnnxModule", "o
 
 DEFAULT_OPSET = 17
 PARITY_BATCHES = (1, 2, 5)  # batch 1, a batch of 2 (the traced size) and an odd one
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INPUT_NAME = "image"
 
 
 # ------------------------------------------------------------------ parity
@@ -97,11 +98,12 @@ class Parity:
                 f"{self.agreement:.2%} of {self.counted} (required {self.min_agreement:.1%})")
 
 
-def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tensor], source: str, atol: float = 1e-4,
-                 rtol: float = 1e-3, min_labels: float = 1.0, min_pixels: float = 0.999) -> Parity:
-    """Run every batch through ``session`` and ``model`` (fp32) and compare logits and top-1 labels."""
-    name = session.get_inputs()[0].name
-    worst, close, equal, counted, dense = 0.0, True, 0, 0, False
+def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tensor], source: str, output: Output,
+                 atol: float = 1e-4, rtol: float = 1e-3, min_labels: float = 1.0, min_pixels: float = 0.999) -> Parity:
+    """Run every batch through ``session`` and ``model`` (fp32) and compare logits and top-1 labels
+    (per pixel when the kind's ``output`` scores pixels)."""
+    name, dense = session.get_inputs()[0].name, output.dense
+    worst, close, equal, counted = 0.0, True, 0, 0
     for x in batches:
         with torch.inference_mode():
             ref = model(x).float().numpy()
@@ -113,7 +115,7 @@ def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tenso
         worst = max(worst, float(diff.max()))
         close = close and bool((diff <= atol + rtol * np.abs(ref)).all())
         same = got.argmax(1) == ref.argmax(1)
-        equal, counted, dense = equal + int(same.sum()), counted + same.size, ref.ndim > 2
+        equal, counted = equal + int(same.sum()), counted + same.size
     return Parity([tuple(b.shape) for b in batches], worst, close, equal / max(1, counted), counted,
                   "pixels" if dense else "labels", atol, rtol, min_pixels if dense else min_labels, source)
 
@@ -177,7 +179,7 @@ def check_end_to_end(state: dict[str, Any], onnx_path: str | os.PathLike, inputs
     rows = Runtime(onnx_path).predict(inputs, top_k=k)
     fp32 = dict(state, config=dict(state["config"], channels_last=False))
     worst, equal, counted = _answers_difference(kind, Predictor(fp32, device="cpu").predict(inputs, top_k=k), rows)
-    dense = kind.tiled
+    dense = kind.outputs[0].dense
     result = EndToEnd(len(inputs), worst, equal / max(1, counted), counted, "pixels" if dense else "labels",
                       max_prob_diff, min_pixels if dense else min_labels, source)
     own = resolve_precision("auto", torch.device("cpu"))
@@ -226,10 +228,10 @@ def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0) 
     return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), f"{count} random uint8 images"
 
 
-def _parity_batches(images: np.ndarray, pre: dict[str, Any], dense: bool) -> list[torch.Tensor]:
+def _parity_batches(images: np.ndarray, pre: Preprocessing, dense: bool) -> list[torch.Tensor]:
     from visionlab.data.transforms import Normalize
 
-    x = Normalize(pre["mean"], pre["std"])(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    x = Normalize(pre.mean, pre.std)(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     out, start = [], 0
     for b in PARITY_BATCHES:
         out.append(x[start : start + b])
@@ -274,21 +276,23 @@ def _without_local_paths(state: dict[str, Any]) -> tuple[dict[str, Any], dict[st
 
 def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int) -> dict[str, str]:
     config, data = _without_local_paths(state)
+    kind, pre = get_kind(state["kind"]), Preprocessing.from_dict(state["preprocessing"])
     values: dict[str, Any] = {
         "visionlab_format": FORMAT,
         "visionlab_version": __version__,
         "task": state["task"],
         "kind": state["kind"],
         "classes": list(state["classes"]),
-        "preprocessing": state["preprocessing"],
-        "tta": str(state["preprocessing"].get("tta", "none")),
+        "preprocessing": pre.to_dict(),
+        "tta": pre.tta_mode,
         "config": config,
         "model_name": state["model_name"],
         "model_args": state["model_args"],
         "data": data,
         "input": f"{INPUT_NAME}: float32 N x 3 x H x W, RGB, (pixel / 255 - mean) / std; H = W = {size}"
-                 + (" (or any multiples of 32)" if get_kind(state["kind"]).tiled else ""),
-        "output": f"{OUTPUT_NAME}: float32, before softmax, class axis 1",
+                 + (" (or any multiples of 32)" if kind.outputs[0].dense else ""),
+        "output": "; ".join(o.line() for o in kind.outputs),
+        "outputs": [o.to_dict() for o in kind.outputs],
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256_file(checkpoint),
         "trained_from_visionlab": str(state.get("visionlab_version", "")),
@@ -314,21 +318,24 @@ def _native_stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dense: bool) -> str:
-    """Trace with a batch of 2 (batch 1 would be baked in); returns the exporter used.
+def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, outputs: tuple[Output, ...]) -> str:
+    """Trace with a batch of 2 (batch 1 would be baked in), the graph's outputs named and shaped as
+    the kind's ``outputs`` say (per-pixel ones with dynamic height and width); returns the exporter used.
 
     The TorchScript-based exporter first (see the module docstring for why). Where it cannot
     express an operator (e.g. an adaptive pooling whose output size does not divide its input,
     as in waste_cnn at small image sizes), the dynamo exporter is tried; parity judges either."""
     import io
 
+    dense = outputs[0].dense
+    names = [o.name for o in outputs]
     axes = {0: "batch", 2: "height", 3: "width"} if dense else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice and tracer warnings: parity is the judge
         try:
             with _native_stdout_silenced():
                 torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                                  output_names=names, dynamic_axes={INPUT_NAME: axes, **{n: axes for n in names}},
                                   do_constant_folding=True)
             return "torchscript"
         except Exception as legacy_error:  # noqa: BLE001 (an operator it cannot express)
@@ -339,7 +346,7 @@ def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, ops
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
                     torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=max(opset, 18),
-                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+                                      input_names=[INPUT_NAME], output_names=names, dynamic_shapes=shapes,
                                       verbose=False)
             except Exception as exc:  # noqa: BLE001
                 first = lambda e: (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # noqa: E731
@@ -390,11 +397,11 @@ def _destination(src: Path, out: str | os.PathLike | None) -> Path:
 
 
 def _save_graph(onnx: Any, model: torch.nn.Module, state: dict[str, Any], src: Path, example: torch.Tensor, staged: Path,
-                opset: int, dense: bool, external_data: bool) -> tuple[str, Any]:
+                opset: int, external_data: bool) -> tuple[str, Any]:
     """Export ``model`` with visionlab's metadata to ``staged`` (with ``external_data``, its weights in
     ``<name>.data`` beside it); returns the exporter used and the graph saved."""
     graph = staged.parent / "graph.onnx"
-    exporter = _export_graph(model, example, graph, opset, dense)
+    exporter = _export_graph(model, example, graph, opset, get_kind(state["kind"]).outputs)
     proto = _finalize(onnx.load(str(graph)), _metadata(state, src, exporter, int(state["preprocessing"]["image_size"])))
     onnx.save_model(proto, str(staged), save_as_external_data=external_data, all_tensors_to_one_file=True,
                     location=f"{staged.name}.data", size_threshold=0)
@@ -418,7 +425,8 @@ def _prove_parity(staged: Path, state: dict[str, Any], model: torch.nn.Module, b
                   source: str, atol: float, rtol: float, min_labels: float, min_pixels: float,
                   max_prob_diff: float) -> tuple[Parity, EndToEnd]:
     """Both parity checks of the staged export (logits, then files in and answers out); raises when one fails."""
-    parity = check_parity(open_session(staged), model, batches, source, atol, rtol, min_labels, min_pixels)
+    parity = check_parity(open_session(staged), model, batches, source, get_kind(state["kind"]).outputs[0], atol, rtol,
+                          min_labels, min_pixels)
     if not parity.passed:
         raise VisionlabError(f"export failed the parity check, nothing was written: {parity.line()}.",
                              "Try another --opset, or report the model (run with --debug for details).")
@@ -468,17 +476,15 @@ def export_onnx(
     dest = _destination(src, out)
     state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
-    pre = state["preprocessing"]
-    size = int(pre["image_size"])
+    pre = Preprocessing.from_dict(state["preprocessing"])
+    size = pre.image_size
     images, source = _sample_images(state, sum(PARITY_BATCHES), size)
-    with torch.inference_mode():
-        dense = model(torch.zeros(1, 3, size, size)).dim() > 2
-    batches = _parity_batches(images, pre, dense)
+    batches = _parity_batches(images, pre, get_kind(state["kind"]).outputs[0].dense)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         staged = work / dest.name
-        exporter, proto = _save_graph(onnx, model, state, src, batches[1], staged, opset, dense, external_data)
+        exporter, proto = _save_graph(onnx, model, state, src, batches[1], staged, opset, external_data)
         parity, end_to_end = _prove_parity(staged, state, model, batches, images, source, atol, rtol, min_labels, min_pixels,
                                            max_prob_diff)
         files = _publish(staged, dest, external_data)

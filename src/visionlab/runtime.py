@@ -37,16 +37,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
-from visionlab.kinds import get_kind
+from visionlab.kinds import Output, get_kind
 
 __all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]
 
 FORMAT = "visionlab-onnx/1"
-# metadata_props holding JSON (all others are plain strings)
-JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data")
+# metadata_props holding JSON (all others are plain strings); files exported before the kinds
+# described their outputs lack "outputs" (derived from the graph, :func:`_outputs`)
+JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs")
 
 
 def default_threads() -> int:
@@ -102,14 +104,26 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
                              "Export the checkpoint again with this version of visionlab.")
     try:
         for key in JSON_FIELDS:
-            meta[key] = json.loads(meta[key])
+            if key in meta or key != "outputs":
+                meta[key] = json.loads(meta[key])
         for key in ("task", "kind"):
             meta[key] = str(meta[key])
+        meta["outputs"] = _outputs(meta.get("outputs"), session.get_outputs())
         _check_fields(meta, session.get_inputs()[0].shape, session.get_outputs()[0].shape)
     except (KeyError, TypeError, ValueError) as exc:
         raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged ({type(exc).__name__}: {exc}).",
                              "Export the checkpoint again.") from None
     return meta
+
+
+def _outputs(described: Any, graph_outputs: Sequence[Any]) -> list[Output]:
+    """The network's outputs as the file describes them (its kind's ``Kind.outputs``, written at
+    export); a file exported before that says nothing, and its one output is read as older
+    versions did: class logits before softmax, per pixel when it has 4 axes, else per image."""
+    if described is not None:
+        return [Output.from_dict(d) for d in described]
+    first = graph_outputs[0]
+    return [Output(first.name, "pixel" if len(first.shape) == 4 else "image", "softmax")]
 
 
 def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape: Sequence[Any]) -> None:
@@ -144,6 +158,15 @@ def check_top_k(top_k: Any) -> None:
 def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def activate(x: np.ndarray, activation: str) -> np.ndarray:
+    """An output's scores as probabilities: softmax over the class axis, sigmoid per class, or as they are."""
+    if activation == "softmax":
+        return softmax(x, 1)
+    if activation == "sigmoid":
+        return (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32)
+    return x
 
 
 def _view(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -190,10 +213,11 @@ class Runtime:
         self.task: str = self.metadata["task"]
         self.kind: str = self.metadata["kind"]
         self.classes: list[str] = list(self.metadata["classes"])
-        self.preprocessing: dict[str, Any] = dict(self.metadata["preprocessing"])
-        self.tta: str = str(self.preprocessing.get("tta", "none"))  # as validated; set another mode to change it
-        mean = np.asarray(self.preprocessing["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.preprocessing["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+        self.preprocessing = Preprocessing.from_dict(self.metadata["preprocessing"])
+        self.output: Output = self.metadata["outputs"][0]  # what the network returns: per image or pixel, its activation
+        self.tta: str = self.preprocessing.tta_mode  # as validated; set another mode to change it
+        mean = np.asarray(self.preprocessing.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.preprocessing.std, dtype=np.float32).reshape(1, -1, 1, 1)
         self._scale, self._shift = np.float32(1.0) / std, -mean / std  # as visionlab's Normalize
         self._input = self.session.get_inputs()[0].name
         self.kind_of = get_kind(self.kind)  # what a result of this kind is (visionlab.kinds)
@@ -209,14 +233,14 @@ class Runtime:
         """The model's raw output for a normalised float32 NCHW batch."""
         return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
-    def probs(self, x: np.ndarray, dense: bool = False) -> np.ndarray:
-        """Class probabilities, averaged over the test-time augmentation's views (as
-        :func:`visionlab.engine.tta.tta_logits`); ``dense``: each view is mapped back first."""
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (the output's activation), averaged over the test-time augmentation's
+        views (as :func:`visionlab.engine.tta.tta_logits`); a per-pixel output's views are mapped back first."""
         views = view_plan(self.tta, x.shape[-1] == x.shape[-2])
         total = None
         for k, flip in views:
-            p = softmax(self.logits(_view(x, k, flip)).astype(np.float32), 1)
-            p = _unview(p, k, flip) if dense else p
+            p = activate(self.logits(_view(x, k, flip)).astype(np.float32), self.output.activation)
+            p = _unview(p, k, flip) if self.output.dense else p
             total = p if total is None else total + p
         return total / np.float32(len(views))
 
@@ -224,7 +248,7 @@ class Runtime:
         """(C, H, W) probabilities of a normalised (3, H, W) image by blended tiles
         (:func:`visionlab.engine.tiling.predict_tiled`)."""
         _, h, w = image.shape
-        plan = tile_plan(h, w, int(self.preprocessing["tile_size"]), float(self.preprocessing["tile_overlap"]))
+        plan = tile_plan(h, w, self.preprocessing.tile_size, self.preprocessing.tile_overlap)
         th, tw = plan.tile_h, plan.tile_w
         if plan.pad_h or plan.pad_w:
             image = _pad(image, plan.pad_h, plan.pad_w, plan.pad_mode)
@@ -233,7 +257,7 @@ class Runtime:
         weight = np.zeros((1,) + image.shape[1:], dtype=np.float32)
         for i in range(0, len(plan.coords), batch_size):
             chunk = plan.coords[i : i + batch_size]
-            out = self.probs(np.stack([image[:, y : y + th, x : x + tw] for y, x in chunk]), dense=True)
+            out = self.probs(np.stack([image[:, y : y + th, x : x + tw] for y, x in chunk]))
             for (y, x), p in zip(chunk, out):
                 probs[:, y : y + th, x : x + tw] += p * win
                 weight[:, y : y + th, x : x + tw] += win

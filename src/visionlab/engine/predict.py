@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_for_model, scan_inputs
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, load_model
 from visionlab.engine.device import resolve_device, resolve_precision
@@ -53,16 +54,16 @@ class Predictor:
         self.task: str = state["task"]
         self.kind: Kind = get_kind(state["kind"])
         self.classes: list[str] = list(state["classes"])
-        self.preprocessing: dict[str, Any] = dict(state["preprocessing"])
+        self.preprocessing = Preprocessing.from_dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
         self.device = resolve_device(device)
         # fp32 by default: the same answers as the exported .onnx; "auto" (bf16 where the CPU/GPU has it) is faster
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = bool(state["config"].get("channels_last", False))
         self.model = load_model(state, device=self.device, channels_last=self.channels_last)
-        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
-        self.tta: str = str(self.preprocessing.get("tta", "none"))  # as validated; set another mode to change it
-        self.input_size = int(self.preprocessing["image_size"])  # classifier input, or segmentation tile
+        self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
+        self.tta: str = self.preprocessing.tta_mode  # as validated; set another mode to change it
+        self.input_size = self.preprocessing.image_size  # classifier input, or segmentation tile
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from visionlab.config import Config, config_from_dict
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.engine.distributed import Dist
 from visionlab.errors import VisionlabError
 from visionlab.kinds import EvaluationReport, Kind, get_kind
@@ -74,10 +75,10 @@ class TaskRunner(ABC):
         self.task_kind: Kind = get_kind(spec.kind)
         self.kind: str = spec.kind
         self.classes: list[str] = []
-        self.preprocessing: dict[str, Any] = {}
+        self.preprocessing: Preprocessing | None = None  # set by prepare (a plugin's runner may set the dict form)
         self.data_info: dict[str, Any] = {}
         # Set by evaluate: the checkpoint's preprocessing wins over one recomputed from config.
-        self.fixed_preprocessing: dict[str, Any] | None = None
+        self.fixed_preprocessing: Preprocessing | None = None
         # Set by evaluate: how many examples worth a look (with thumbnails) ``evaluate`` returns.
         self.examples: int = 0
         # Set by the trainer under torchrun: this process's rank and the number of processes.
@@ -106,9 +107,8 @@ class TaskRunner(ABC):
     def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
         """Evaluate the model saved in ``state``: its preprocessing (``tta`` replaced when given)
         wins over one recomputed from the config. Call before :meth:`prepare`."""
-        self.fixed_preprocessing = dict(state["preprocessing"])
-        if tta is not None:
-            self.fixed_preprocessing["tta"] = tta
+        saved = Preprocessing.from_dict(state["preprocessing"])
+        self.fixed_preprocessing = saved if tta is None else saved.replace(tta=tta)
 
     def has_split_folders(self) -> bool:
         """Whether the dataset brings its own train/val/test split."""
@@ -200,7 +200,7 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
     from visionlab.engine.device import resolve_device, resolve_precision
 
     kind = get_kind(spec.kind)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], kind.options)
     if not cfg.data and data is None:  # an exported model keeps no local path
         raise VisionlabError(f"{path} does not say where its data is.", "Pass --data with the folder it was trained on "
                                                                        "(its test split is evaluated; --split all: every image).")
@@ -226,5 +226,5 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
     return EvaluationReport(
         task=spec.name, kind=kind.name, checkpoint=str(path), data=cfg.data, split=split,
         synthetic=bool(runner.data_info.get("synthetic")), images=runner.split_size(split),
-        seconds=time.perf_counter() - t0, tta=str(runner.preprocessing.get("tta", "none")), classes=list(state["classes"]),
+        seconds=time.perf_counter() - t0, tta=Preprocessing.from_dict(runner.preprocessing).tta_mode, classes=list(state["classes"]),
         detail={**result.report, **({"loss": result.metrics["loss"]} if "loss" in result.metrics else {})}, files=result.files, files_note=result.files_note, examples=result.examples)

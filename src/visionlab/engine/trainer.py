@@ -29,6 +29,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.engine.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Notice, ProgressBar, ResumeInfo,
                                         RunInfo, TrainingCurves)
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
@@ -472,7 +473,7 @@ class Trainer:
             path = resolve_resume(resume, self.spec.name, cfg.out)
             check_shared(self.dist, path.parent)
             state = load_checkpoint(path, expect_task=self.spec.name, resume=True)
-            changed = check_resume(config_from_dict(state["config"]), cfg)
+            changed = check_resume(config_from_dict(state["config"], type(cfg.options)), cfg)
             self.run_dir = path.parent
             self._saved = {"last.pt": (int(state["epoch"]), int(state.get("step", 0)))}  # what an interrupt from here leaves
         else:
@@ -640,7 +641,7 @@ class Trainer:
         """Everything last.pt holds; best.pt holds its :func:`inference_state`."""
         from dataclasses import asdict
 
-        from visionlab.models import no_weights_kwargs
+        from visionlab.models import without_weights
 
         cfg, loop, best = self.cfg, self.loop, self.checkpoint_callback.best
         return _py({
@@ -648,9 +649,9 @@ class Trainer:
             "task": self.spec.name,
             "kind": self.spec.kind,
             "model_name": cfg.model,
-            "model_args": {**cfg.model_args, **no_weights_kwargs(cfg.model)},  # rebuilt without downloads
+            "model_args": without_weights(cfg.model, cfg.model_args),  # rebuilt without downloads
             "classes": list(self.runner.classes),
-            "preprocessing": self.runner.preprocessing,
+            "preprocessing": Preprocessing.from_dict(self.runner.preprocessing).to_dict(),  # plain: weights_only loads it
             "config": cfg.to_dict(),
             "data": self.runner.data_info,
             "epoch": loop.epoch,

@@ -13,10 +13,10 @@ import importlib
 from typing import Any
 
 from visionlab.errors import VisionlabError
-from visionlab.kinds.base import EvaluationReport, Kind, Prediction
+from visionlab.kinds.base import EvaluationReport, Kind, KindOptions, Output, Prediction
 from visionlab.plugins import load_plugins
 
-__all__ = ["Kind", "Prediction", "EvaluationReport", "register_kind", "get_kind", "kind_names", "runner_for"]
+__all__ = ["Kind", "KindOptions", "Output", "Prediction", "EvaluationReport", "register_kind", "get_kind", "kind_names", "runner_for"]
 
 #: Built-in kinds: name -> the package whose ``KIND`` it is (imported on first lookup).
 _BUILTIN = {"classification": "visionlab.kinds.classification", "segmentation": "visionlab.kinds.segmentation"}

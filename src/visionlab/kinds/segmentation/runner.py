@@ -19,6 +19,7 @@ from visionlab.data.augment import Augment
 from visionlab.data.cache import RecordCache, build_record_cache, decode_each
 from visionlab.data.io import UnreadableImage, load_mask, resize_mask
 from visionlab.data.layout import SegmentationIndex, find_segmentation
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.errors import VisionlabError
@@ -37,32 +38,25 @@ def value_lut(values: list[int], ignore_index: int, ignored_values: list[int] = 
     return lut
 
 
-def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> dict[str, Any]:
-    from visionlab.models import model_defaults
+def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> Preprocessing:
+    """The preprocessing that travels with the weights and every checkpoint: whole images scaled by
+    ``seg_scale`` (never squashed: tiled instead), normalised as the encoder's weights were trained,
+    with the masks' pixel values, colours and ignored values of ``index``'s classes."""
+    from visionlab.models import model_weights
 
-    d = model_defaults(cfg.model, **cfg.model_args)
-    ignored = [c.value for c in index.classes if c.name in set(cfg.ignore_classes)]
-    return {
-        "kind": "segmentation",
-        "resize": "scale",  # by seg_scale; never squashed (tiled instead)
-        "image_size": int(cfg.tile_size),
-        "tile_size": int(cfg.tile_size),
-        "tile_overlap": float(cfg.tile_overlap),
-        "seg_scale": float(cfg.seg_scale),
-        "mean": [float(v) for v in d["mean"]],
-        "std": [float(v) for v in d["std"]],
-        "values": [c.value for c in index.classes],
-        "colors": [c.color for c in index.classes],
-        "ignore_index": int(index.ignore_index),
-        "ignored_values": ignored,
-        "tta": str(cfg.tta),
-    }
+    w = model_weights(cfg.model, **cfg.model_args)
+    opts = cfg.options
+    ignored = [c.value for c in index.classes if c.name in set(opts.ignore_classes)]
+    return Preprocessing(kind="segmentation", resize="scale", image_size=int(opts.tile_size), tile_size=int(opts.tile_size),
+                         tile_overlap=float(opts.tile_overlap), seg_scale=float(opts.seg_scale), mean=w.mean, std=w.std,
+                         values=tuple(c.value for c in index.classes), colors=tuple(c.color for c in index.classes),
+                         ignore_index=int(index.ignore_index), ignored_values=tuple(ignored), tta=str(cfg.tta))
 
 
 def predict_probs(
     model: torch.nn.Module,
     img: np.ndarray,
-    pre: dict[str, Any],
+    pre: Preprocessing,
     normalize: Normalize,
     autocast: Any,
     batch_size: int = 8,
@@ -78,16 +72,16 @@ def predict_probs(
 
     device = normalize.mean.device
     x = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device))[0]
-    n_classes = len(pre["values"])
+    n_classes = len(pre.values)
 
-    mode = str(pre.get("tta", "none")) if tta is None else tta
+    mode = pre.tta_mode if tta is None else tta
 
     def forward(b: torch.Tensor) -> torch.Tensor:
         if channels_last:
             b = b.contiguous(memory_format=torch.channels_last)
         return tta_logits(model, b, mode, autocast, dense=True)
 
-    probs = predict_tiled(forward, x, n_classes, int(pre["tile_size"]), float(pre["tile_overlap"]), batch_size)
+    probs = predict_tiled(forward, x, n_classes, pre.tile_size, pre.tile_overlap, batch_size)
     if out_size is not None and tuple(probs.shape[1:]) != tuple(out_size):
         probs = F.interpolate(probs[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
     return probs
@@ -103,7 +97,7 @@ class _CropDataset(torch.utils.data.Dataset):
 
         cfg = runner.cfg
         self.r, self.indices, self.epoch = runner, indices, epoch
-        self.tile = cfg.tile_size
+        self.tile = cfg.options.tile_size
         self.aug = aug = Augment.from_config(cfg.augment)
         ops = [A.PadIfNeeded(self.tile, self.tile, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=runner.ignore_index)]
         if aug.hflip:
@@ -120,7 +114,7 @@ class _CropDataset(torch.utils.data.Dataset):
         self.transform = A.Compose(ops)
 
     def __len__(self) -> int:
-        return len(self.indices) * self.r.cfg.crops_per_image
+        return len(self.indices) * self.r.cfg.options.crops_per_image
 
     def _crop_origin(self, mask: np.ndarray, rng: np.random.Generator, t: int) -> tuple[int, int]:
         h, w = mask.shape
@@ -136,7 +130,7 @@ class _CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng((self.r.cfg.seed, self.epoch, i))
-        k = int(self.indices[i // self.r.cfg.crops_per_image])
+        k = int(self.indices[i // self.r.cfg.options.crops_per_image])
         img, mask = self.r.train_pair(k)
         t = self.tile
         # 'scale': the side of the region that fills the crop, relative to tile_size; 'translate': the
@@ -162,22 +156,17 @@ class _CropDataset(torch.utils.data.Dataset):
 class SegmentationRunner(TaskRunner):
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        if cfg.mixup > 0 and self.fixed_preprocessing is None:
-            raise VisionlabError(
-                "mixup blends the labels of whole images; segmentation masks cannot be blended.",
-                "Remove 'mixup' (or set it to 0); 'cutmix' works for segmentation (a box of image and mask is pasted).",
-            )
         root = resolve_data_path(cfg, self.spec)
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
-        unknown = [c for c in cfg.ignore_classes if c not in self.classes]
+        unknown = [c for c in cfg.options.ignore_classes if c not in self.classes]
         if unknown:
             raise VisionlabError(f"ignore_classes {unknown} are not in classes.json ({', '.join(self.classes)}).", "Fix 'ignore_classes'.")
         self.ignore_index = self.index.ignore_index
-        self.preprocessing = self.fixed_preprocessing or segmentation_preprocessing(cfg, self.index)
-        self.lut = value_lut(self.preprocessing["values"], self.ignore_index, self.preprocessing["ignored_values"])
-        self.exclude = [i for i, c in enumerate(self.classes) if c in set(cfg.ignore_classes)]
-        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.preprocessing = Preprocessing.from_dict(self.fixed_preprocessing or segmentation_preprocessing(cfg, self.index))
+        self.lut = value_lut(list(self.preprocessing.values), self.ignore_index, list(self.preprocessing.ignored_values))
+        self.exclude = [i for i, c in enumerate(self.classes) if c in set(cfg.options.ignore_classes)]
+        self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
         keys = split_keys(self.index.images, self.index.root)
         self.splits = split_indices(keys, None, self.index.splits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if len(self.splits["train"]) == 0:
@@ -215,7 +204,7 @@ class SegmentationRunner(TaskRunner):
 
     def _decoding(self) -> dict[str, Any]:
         """What a decoded pair depends on besides its two files (the decode cache's key)."""
-        return {"kind": "segmentation", "seg_scale": float(self.preprocessing.get("seg_scale", 1.0)), "mask_lut": self.lut.tolist()}
+        return {"kind": "segmentation", "seg_scale": self.preprocessing.scale, "mask_lut": self.lut.tolist()}
 
     def _decode_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``k`` as the model sees it and its mask of class indices at the same size (nearest neighbour only)."""
@@ -240,7 +229,7 @@ class SegmentationRunner(TaskRunner):
 
     # ----------------------------------------------------------------- batches
     def num_train_batches(self) -> int:
-        return self.global_batches(len(self.splits["train"]) * self.cfg.crops_per_image)
+        return self.global_batches(len(self.splits["train"]) * self.cfg.options.crops_per_image)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         ds = _CropDataset(self, self.splits["train"], epoch)
@@ -279,14 +268,14 @@ class SegmentationRunner(TaskRunner):
         if not hasattr(self, "_loss_fns"):
             from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 
-            parts = self.cfg.loss.split("+")
+            parts = self.cfg.options.loss.split("+")
             fns = []
             weight = self._class_weights()
             for p in parts:
                 if p == "ce":
                     fns.append(lambda o, t, w=weight: F.cross_entropy(o, t, weight=w, ignore_index=self.ignore_index))
                 elif p == "focal":
-                    fns.append(FocalLoss(mode="multiclass", gamma=self.cfg.focal_gamma, ignore_index=self.ignore_index))
+                    fns.append(FocalLoss(mode="multiclass", gamma=self.cfg.options.focal_gamma, ignore_index=self.ignore_index))
                 elif p == "dice":
                     fns.append(DiceLoss(mode="multiclass", ignore_index=self.ignore_index, from_logits=True))
                 elif p == "lovasz":  # Lovasz-softmax: a convex surrogate of per-class IoU (Berman et al. 2018)
@@ -297,7 +286,7 @@ class SegmentationRunner(TaskRunner):
 
     def _eval_mask(self, k: int, shape: tuple[int, int]) -> np.ndarray:
         """The mask at the image's original resolution (metrics are always computed there)."""
-        if self.cfg.seg_scale == 1.0:
+        if self.cfg.options.seg_scale == 1.0:
             return self.train_pair(k)[1]
         if k not in self._full_masks:
             self._full_masks[k] = self.lut[load_mask(self.index.masks[k])]
@@ -355,7 +344,7 @@ class SegmentationRunner(TaskRunner):
         from visionlab.engine.plots import overlay_mask
 
         photo = Image.fromarray(self.train_pair(k)[0]).resize((truth.shape[1], truth.shape[0]), Image.BILINEAR)
-        colors = {i: c for i, c in enumerate(self.preprocessing["colors"]) if c}
+        colors = {i: c for i, c in enumerate(self.preprocessing.colors) if c}
         layers = {name: overlay_mask(photo, m, colors, alpha=0.55, ignore_index=self.ignore_index)
                   for name, m in (("truth", truth), ("prediction", pred))}
         return {"title": str(self.index.images[k]), "images": {"photo": thumbnail(photo), **layers},

@@ -1,0 +1,25 @@
+"""The config keys only classification tasks read (``Kind.options`` of the classification kind)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from visionlab.config import setting
+from visionlab.kinds.base import KindOptions
+
+__all__ = ["ClassificationOptions"]
+
+
+@dataclass
+class ClassificationOptions(KindOptions):
+    """A classifier's own keys, written flat in its recipes beside the common ones."""
+
+    background_removal: bool = setting(False, "remove the background before resizing (the minerals seed's edges and contours; "
+                                       "at train and predict time)")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    mixup: float = setting(0.0, "Beta(alpha, alpha) of mixup between pairs of training images (0 = off)",
+                           instead="masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+                (0 <= self.mixup <= 10, "mixup is a Beta alpha in [0, 10] (0 = off; 0.2-1 usual)")]
