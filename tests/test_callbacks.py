@@ -286,7 +286,7 @@ def test_a_callbacks_own_state_survives_a_resume(fast, capsys):
 
 
 def test_two_stateful_callbacks_need_two_state_keys():
-    from visionlab.config import load_config
+    from visionlab.api import load_config
 
     with pytest.raises(VisionlabError, match="same state_key 'Counter\\[a\\]'"):
         Trainer(load_config("cracks"), callbacks=[_Counter("a", 1), _Counter("a", 2)])
