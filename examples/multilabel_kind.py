@@ -144,3 +144,98 @@ def _preprocessing(cfg: Any, kind: str) -> dict[str, Any]:
     d = model_defaults(cfg.model, **cfg.model_args)
     return {"kind": kind, "resize": "squash", "image_size": int(cfg.image_size), "mean": [float(v) for v in d["mean"]],
             "std": [float(v) for v in d["std"]], "tta": "none", "threshold": THRESHOLD}
+
+
+def label_report(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float) -> dict[str, Any]:
+    """Per-label precision, recall, F1 (at ``threshold``), average precision and support; their macro
+    means (``map`` over the labels with a positive example) and the share of photos with every label right."""
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+
+    pred = probs >= threshold
+    p, r, f1, support = precision_recall_fscore_support(y, pred, average=None, zero_division=0, labels=range(len(classes)))
+    ap = [float(average_precision_score(y[:, j], probs[:, j])) if y[:, j].any() else None for j in range(len(classes))]
+    scored = [a for a in ap if a is not None]
+    per_class = {c: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f1[j]), "ap": ap[j], "support": int(support[j])}
+                 for j, c in enumerate(classes)}
+    metrics = {"map": float(np.mean(scored)) if scored else 0.0, "f1": float(np.mean(f1)), "precision": float(np.mean(p)),
+               "recall": float(np.mean(r)), "exact_match": float((pred == (y > 0.5)).all(1).mean())}
+    return {"metrics": metrics, "per_class": per_class, "threshold": threshold}
+
+
+class MultilabelRunner(TaskRunner):
+    """Every image decoded once into memory; batches in a seeded random order, augmented on the device; BCE loss."""
+
+    def prepare(self, console: Any = None) -> None:
+        cfg = self.cfg
+        root = resolve_data_path(cfg, self.spec)
+        wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
+        paths, y, self.classes, splits = read_labels(root, wanted)
+        self.preprocessing = self.fixed_preprocessing or _preprocessing(cfg, self.kind)
+        self.threshold = float(self.preprocessing["threshold"])
+        self.normalize = Normalize(self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+        self.augment = BatchAugment(cfg.augment)
+        arrays, unreadable, keep = [], [], []
+        for i, p in enumerate(paths):
+            try:
+                arrays.append(load_for_model(p, self.preprocessing))
+                keep.append(i)
+            except UnreadableImage:
+                unreadable.append(str(p))
+        if not arrays:
+            raise VisionlabError(f"no readable images in {root}.", f"Check the paths in {LABELS}.")
+        self.paths, self.targets = [paths[i] for i in keep], y[keep]
+        self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        self.splits = split_indices(split_keys(self.paths, root), None, [splits[i] for i in keep], cfg.val_fraction,
+                                    cfg.test_fraction, cfg.seed)
+        self.data_info = {"root": str(root), "synthetic": cfg.is_synthetic, "images": len(self.paths), "unreadable": unreadable,
+                          "split_sizes": {k: int(len(v)) for k, v in self.splits.items()}, "cache": "memory",
+                          "label_counts": dict(zip(self.classes, map(int, self.targets[self.splits["train"]].sum(0))))}
+
+    def has_split_folders(self) -> bool:
+        return False
+
+    def num_train_batches(self) -> int:
+        return self.global_batches(len(self.splits["train"]))
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        order = np.random.default_rng(self.cfg.seed * 1000 + epoch).permutation(self.splits["train"])
+        targets = torch.from_numpy(self.targets)
+        for step in range(start_step, self.num_train_batches()):
+            idx = torch.from_numpy(shard_batch(order, step, self.cfg.batch_size, self.dist))
+            yield self.images[idx], targets[idx]
+
+    def on_device(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        return self.normalize(self.augment(x) if train else x)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(output.float(), target.float())
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
+        model.eval()
+        idx = self.splits[split]
+        if not len(idx):
+            return EvalResult({}, {}, self.primary)
+        logits = []
+        for chunk in self.iter_chunks(idx, batch_size or 64):
+            x = self.on_device(self.images[torch.from_numpy(chunk)].to(self.device), train=False)
+            with autocast():
+                logits.append(model(x).float().cpu())
+        out, y = torch.cat(logits), self.targets[idx]
+        probs = torch.sigmoid(out).numpy()
+        detail = label_report(y, probs, self.classes, self.threshold)
+        metrics = {**detail["metrics"], "loss": float(F.binary_cross_entropy_with_logits(out, torch.from_numpy(y)))}
+        rows = [self._row(i, t, p) for i, t, p in zip(idx, y, probs)]
+        rows.sort(key=lambda r: (-r["wrong_labels"], r["path"]))
+        wrong = sum(r["wrong_labels"] > 0 for r in rows)
+        report = {"kind": self.kind, "primary": self.primary, "class_names": self.classes, "num_samples": int(len(idx)), **detail}
+        return EvalResult(metrics, report, self.primary, rows, f"{wrong} of {len(rows)} images with a wrong label, listed first")
+
+    def _row(self, i: int, truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """One evaluated photo as a flat row: its labels, the predicted ones, how many differ, every probability."""
+        got = answer(self.classes, probs, self.threshold)
+        true = [c for c, t in zip(self.classes, truth) if t > 0.5]
+        return {"path": str(self.paths[i]), "labels": SEPARATOR.join(true), "predicted": got["label"],
+                "wrong_labels": len(set(true) ^ set(got["labels"])),
+                **{f"{c}_probability": p for c, p in got["probabilities"].items()}}
