@@ -239,3 +239,59 @@ class MultilabelRunner(TaskRunner):
         return {"path": str(self.paths[i]), "labels": SEPARATOR.join(true), "predicted": got["label"],
                 "wrong_labels": len(set(true) ^ set(got["labels"])),
                 **{f"{c}_probability": p for c, p in got["probabilities"].items()}}
+
+
+class MultilabelKind(Kind):
+    name = "multilabel"
+    primary = "map"
+    demo_options = {"epochs": 3, "batch_size": 16, "early_stopping": 0}
+    per_class_columns = ("precision", "recall", "f1", "ap", "support")
+    examples_heading = "Images with a wrong label"
+    detail_column = "probabilities"
+
+    def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
+        return MultilabelRunner(cfg, spec, device)
+
+    def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
+        make_shapes(root, classes, seed=seed)
+
+    def demo_inputs(self, root: Path) -> list[Path]:
+        return read_labels(root)[0][:4]
+
+    def recognizes(self, path: Path) -> bool:
+        """A folder with labels.csv whose labels column gives some photo several labels."""
+        try:
+            return bool((read_labels(path)[1].sum(1) > 1).any())
+        except (VisionlabError, OSError, UnicodeDecodeError, csv.Error):
+            return False
+
+    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+                       originals: Sequence[Any]) -> list[Prediction]:
+        """One batch: normalise, the model, sigmoid, the labels at or over the saved threshold."""
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).permute(0, 3, 1, 2)
+        x = predictor.normalize(x.to(predictor.device))
+        with predictor.precision.autocast():
+            probs = torch.sigmoid(predictor.model(x).float()).cpu().numpy()
+        threshold = float(predictor.preprocessing["threshold"])
+        return [LabelsPrediction(s, **answer(predictor.classes, p, threshold)) for s, p in zip(sources, probs)]
+
+    def answer_difference(self, prediction: Any, row: Mapping[str, Any]) -> tuple[float, int, int]:
+        """Every label's probability, and whether the sets of labels agree."""
+        ours, theirs = prediction.probabilities, row["probabilities"]
+        if ours.keys() != theirs.keys():
+            return float("inf"), 0, 1
+        return max(abs(ours[c] - theirs[c]) for c in ours), int(set(prediction.labels) == set(row["labels"])), 1
+
+    def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
+        """One batch through the ONNX model with numpy: normalise, sigmoid, the threshold."""
+        x = runtime.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2))
+        threshold = float(runtime.preprocessing["threshold"])
+        return [{**answer(runtime.classes, p, threshold), "error": None} for p in sigmoid(runtime.logits(x))]
+
+
+register_kind(MultilabelKind())
+register_task(TaskSpec(
+    name="shapes", kind="multilabel", default_classes=SHAPES, seed_model="cracks_cnn",
+    recipe=str(Path(__file__).with_name("shapes.yaml")),
+    description="Which of four coloured shapes are on a photo (several labels per photo; an example plugin).",
+))
