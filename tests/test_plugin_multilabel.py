@@ -54,7 +54,8 @@ def _serve_one(ckpt: Path, photo: Path) -> dict:
             time.sleep(0.1)
         r = httpx.post(url + "/predict", files={"image": (photo.name, photo.read_bytes(), "image/png")}, timeout=60)
         assert r.status_code == 200, r.text
-        return r.json()
+        assert r.json()["task"] == "shapes"
+        return r.json()["results"][0]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
