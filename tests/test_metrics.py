@@ -13,7 +13,6 @@ from rich.console import Console
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from visionlab.engine.metrics import (
-    ClassificationMeter,
     SegmentationMeter,
     render_report,
     write_confusion_csv,
@@ -25,6 +24,7 @@ from visionlab.engine.plots import (
     save_training_curves,
 )
 from visionlab.errors import VisionlabError
+from visionlab.kinds.classification.meter import ClassificationMeter
 
 
 def _logits_from_probs(probs) -> torch.Tensor:

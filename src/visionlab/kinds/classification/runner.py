@@ -253,7 +253,7 @@ class ClassificationRunner(TaskRunner):
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
-        from visionlab.engine.metrics import ClassificationMeter
+        from visionlab.kinds.classification.meter import ClassificationMeter
 
         meter = ClassificationMeter(len(self.classes))
         model.eval()
