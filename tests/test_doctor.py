@@ -22,9 +22,9 @@ from visionlab.data.doctor import (
     near_duplicate_pairs,
     phash,
     run_check,
-    training_warnings,
 )
-from visionlab.data.layout import find_classification
+from visionlab.kinds.classification.checks import training_warnings
+from visionlab.kinds.classification.layout import find_classification
 
 SHARED = Path(os.environ.get("VISIONLAB_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 

@@ -33,7 +33,8 @@ from visionlab.data.download import (
     get_source,
     run_download,
 )
-from visionlab.data.layout import find_classification, find_segmentation
+from visionlab.data.layout import find_segmentation
+from visionlab.kinds.classification.layout import find_classification
 from visionlab.errors import VisionlabError
 
 # --------------------------------------------------------------------------- a local server

@@ -60,7 +60,7 @@ class ClassificationKind(Kind):
         return ClassificationRunner(cfg, spec, device)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
-        from visionlab.data.synthetic import make_classification
+        from visionlab.kinds.classification.synthetic import make_classification
 
         make_classification(root, classes, seed=seed)
 
@@ -71,7 +71,7 @@ class ClassificationKind(Kind):
         return [Path(expand_inputs([d])[0]) for d in sorted(root.iterdir()) if d.is_dir()][:6]
 
     def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
-        from visionlab.data.doctor import check_classification
+        from visionlab.kinds.classification.checks import check_classification
 
         return check_classification(path, classes, **options)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.io import DECODE_ERRORS, UnreadableImage
-from visionlab.data.layout import ClassificationIndex, find_classification
+from visionlab.kinds.classification.layout import ClassificationIndex, find_classification
 from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import tta_logits
@@ -125,7 +125,7 @@ class ClassificationRunner(TaskRunner):
         """The data doctor's cheap pre-training checks (duplicates across classes or splits, imbalance)."""
         if self.data_info.get("synthetic"):
             return []
-        from visionlab.data.doctor import training_warnings
+        from visionlab.kinds.classification.checks import training_warnings
 
         try:
             return training_warnings(self.index)
