@@ -1,6 +1,8 @@
 """The classification kind: one label per photo (folders or a CSV of labelled images).
 
-Its runner is :class:`visionlab.kinds.classification.runner.ClassificationRunner`; predictions are
+Everything the kind is lives in this package: ``runner`` (data, training step, evaluation),
+``step`` (the one inference step of predict, evaluate and serve, and the ranking the runtime
+shares), ``meter``, ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
 batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
 """
 
