@@ -55,7 +55,7 @@ def ready():
 
 @app.post("/predict")
 def predict(image: UploadFile = File(...)):  # one forward pass per request
-    p = predictor.predict(Image.open(io.BytesIO(image.file.read())).convert("RGB"), top_k=3)[0]
+    p = predictor.predict(Image.open(io.BytesIO(image.file.read())).convert("RGB"))[0]
     return {"label": p.label, "confidence": p.confidence, "top_k": p.top_k}
 
 if __name__ == "__main__":

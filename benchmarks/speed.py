@@ -261,7 +261,7 @@ def child_visionlab(p: SimpleNamespace) -> dict[str, Any]:
     from visionlab.data.cache import build_cache
 
     visionlab.tune_process()  # as the visionlab command runs
-    from visionlab.data.layout import find_classification
+    from visionlab.kinds.classification.layout import find_classification
     from visionlab.kinds.classification.runner import classification_preprocessing
 
     options = _train_options(p)
@@ -298,7 +298,7 @@ def _limit_steps(p: SimpleNamespace, cfg: Any) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from visionlab.data.layout import find_classification
+    from visionlab.kinds.classification.layout import find_classification
     from visionlab.engine.device import resolve_device, resolve_precision
     from visionlab.models import build_model, no_weights_kwargs
 
@@ -408,7 +408,7 @@ CHILDREN: dict[str, Callable[[SimpleNamespace], dict[str, Any]]] = {
 # ============================================================================ sections
 def make_synthetic_cracks(root: Path, per_class: int, size: int) -> Path:
     """A cracks-shaped folder of synthetic images (Negative/, Positive/) made by visionlab."""
-    from visionlab.data.synthetic import make_classification
+    from visionlab.kinds.classification.synthetic import make_classification
 
     return make_classification(root / "cracks-synthetic", ["Negative", "Positive"], per_class=per_class, size=size, seed=0)
 
@@ -729,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import torch
 
-    from visionlab.data.layout import find_classification
+    from visionlab.kinds.classification.layout import find_classification
     from visionlab.engine.device import resolve_device
 
     args.device = str(resolve_device(args.device))

@@ -21,9 +21,9 @@ from visionlab.data.doctor import (
     guess_kind,
     near_duplicate_pairs,
     phash,
-    training_warnings,
 )
-from visionlab.data.layout import find_classification
+from visionlab.kinds.classification.checks import training_warnings
+from visionlab.kinds.classification.layout import find_classification
 from visionlab.present.doctor import run_check
 
 SHARED = Path(os.environ.get("VISIONLAB_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))

@@ -34,7 +34,8 @@ from visionlab.data.download import (
     get_source,
     download_task,
 )
-from visionlab.data.layout import find_classification, find_segmentation
+from visionlab.data.layout import find_segmentation
+from visionlab.kinds.classification.layout import find_classification
 from visionlab.errors import VisionlabError
 
 # --------------------------------------------------------------------------- a local server

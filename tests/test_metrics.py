@@ -12,7 +12,7 @@ from PIL import Image
 from rich.console import Console
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from visionlab.engine.metrics import ClassificationMeter, SegmentationMeter
+from visionlab.engine.metrics import SegmentationMeter
 from visionlab.engine.plots import (
     colorize_mask,
     overlay_mask,
@@ -20,6 +20,7 @@ from visionlab.engine.plots import (
     save_training_curves,
 )
 from visionlab.errors import VisionlabError
+from visionlab.kinds.classification.meter import ClassificationMeter
 from visionlab.present.evaluation import show_tables, write_confusion_csv
 
 

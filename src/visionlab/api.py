@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from visionlab.errors import VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
 if TYPE_CHECKING:
     from visionlab.config import Config
@@ -201,14 +202,6 @@ def run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     return write_report(run, out=out, eval_dir=eval_dir)
 
 
-def _check_top_k(top_k: int | None) -> None:
-    if top_k is None:
-        return
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise VisionlabError(f"--top-k must be an integer >= 1, got {top_k!r}.",
-                             "Pass e.g. --top-k 3 (a value above the number of classes shows them all).")
-
-
 def _entries_to_predict(paths: Sequence[str | os.PathLike] | str, out_path: Path | None, console: Any) -> list[InputEntry]:
     """The entries ``paths`` names (:func:`visionlab.engine.predict.scan_inputs`); raises, before a
     model is loaded, when none matched or all were skipped (those are shown, and written to ``out_path``)."""
@@ -259,7 +252,7 @@ def predict(
     Returns one result per entry named (see :func:`visionlab.engine.predict.scan_inputs`), of the
     task kind's result type (``.to_dict()`` is its row): a prediction, an ``error`` (a file that
     could not be read) or ``skipped`` (why an entry was not predicted: not an image, a broken
-    link, a directory...), in the order they were named. ``top_k`` (>= 1; default 3) is clipped
+    link, a directory...), in the order they were named. ``top_k`` (>= 1; default :data:`visionlab.kinds.base.DEFAULT_TOP_K`) is clipped
     to the number of classes; an explicit value above it is said so."""
     from visionlab import present
     from visionlab.engine.predict import Predictor
@@ -267,7 +260,8 @@ def predict(
 
     console = present.console(console)
     _check_batch_size(batch_size)
-    _check_top_k(top_k)
+    if top_k is not None:
+        check_top_k(top_k, "--top-k")
     out_path = Path(out) if out else None
     if out_path is not None:  # before any work is done
         check_output_file(out_path)
@@ -278,7 +272,7 @@ def predict(
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
     if mask_dir is not None and out_path is None:
         check_writable(mask_dir, "files of the predictions")
-    asked, top_k = top_k, 3 if top_k is None else top_k
+    asked, top_k = top_k, DEFAULT_TOP_K if top_k is None else top_k
     todo = [e.path for e in entries if e.skipped is None]
     done = iter(predictor.predict(todo, top_k=top_k, batch_size=batch_size) if todo else [])
     preds = [Prediction(e.path, skipped=e.skipped) if e.skipped else next(done) for e in entries]

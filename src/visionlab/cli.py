@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 import typer
 
 from visionlab.errors import TrainingInterrupted, VisionlabError
+from visionlab.kinds.base import DEFAULT_TOP_K
 
 app = typer.Typer(
     name="visionlab",
@@ -325,7 +326,7 @@ def predict_cmd(
     paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-k", help="Checkpoint (.pt) or exported model (.onnx)."),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Classes to list per image, >= 1 (default 3; at most the model's classes)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=f"Classes to list per image, >= 1 (default {DEFAULT_TOP_K}; at most the model's classes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json; segmentation masks go next to it."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),

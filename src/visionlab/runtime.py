@@ -42,6 +42,7 @@ from visionlab.engine.tiling import tile_plan
 from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Output, get_kind
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
 __all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]
 
@@ -147,12 +148,6 @@ def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape
         raise ValueError("preprocessing 'std' has a zero")
     if str(pre.get("tta", "none")) not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
-
-
-def check_top_k(top_k: Any) -> None:
-    """``top_k`` is an integer >= 1 (both prediction paths take it); else one line that says so."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise VisionlabError(f"top_k must be an integer >= 1, got {top_k!r}.", "Pass e.g. top_k=3.")
 
 
 def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -263,7 +258,7 @@ class Runtime:
                 weight[:, y : y + th, x : x + tw] += win
         return (probs / weight)[:, :h, :w]
 
-    def predict(self, images: Any, top_k: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32) -> list[dict[str, Any]]:
         """Predict one image or several (paths, folders, globs, PIL images or HxWx3 uint8 arrays).
 
         Each result is a dict like :meth:`visionlab.engine.predict.Prediction.to_dict`
@@ -315,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m visionlab.runtime", description=main.__doc__)
     ap.add_argument("model", help="an .onnx file written by visionlab export")
     ap.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
-    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the CPU count)")
     ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png files here")

@@ -14,9 +14,10 @@ every image once with :func:`visionlab.data.io.load_image` (the decoder training
 * for segmentation: missing, unreadable or wrong-size masks, pixel values that
   ``classes.json`` does not define, and the pixel share of every class.
 
-:func:`training_warnings` is the cheap subset (byte hashes and counts, no decoding) that the
-trainer can print before it starts. :func:`check_dataset` returns a :class:`Report`; the tables
-and the JSON of ``visionlab data check`` are :mod:`visionlab.present.doctor`'s.
+:func:`check_dataset` returns a :class:`Report`; the tables and the JSON of ``visionlab data check``
+are :mod:`visionlab.present.doctor`'s. The generic machinery lives here (the report, the scan,
+hashes, duplicates, :func:`check_files`); each kind's checks live with the kind
+(:mod:`visionlab.kinds.classification.checks`: class balance, and the cheap pre-training warnings).
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ from PIL import Image
 from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask, open_image
 from visionlab.data.layout import (
     SPLIT_NAMES,
-    ClassificationIndex,
     SegmentationIndex,
-    find_classification,
     find_segmentation,
     unwrap_root,
 )
@@ -48,9 +47,10 @@ __all__ = [
     "Finding",
     "Report",
     "check_dataset",
-    "check_classification",
     "check_segmentation",
-    "training_warnings",
+    "check_files",
+    "file_hash",
+    "says",
     "phash",
     "near_duplicate_pairs",
     "guess_kind",
@@ -58,8 +58,6 @@ __all__ = [
     "NEAR_DUP_THRESHOLD",
     "NEAR_DUP_MAX_MAE",
     "TINY_SIDE",
-    "IMBALANCE_WARN",
-    "IMBALANCE_SEVERE",
 ]
 
 Severity = Literal["error", "warning", "info"]
@@ -74,10 +72,6 @@ NEAR_DUP_THRESHOLD = 8
 NEAR_DUP_MAX_MAE = 6.0
 #: Images whose shorter side is below this many pixels are reported as tiny.
 TINY_SIDE = 32
-#: Largest/smallest class count above which the doctor warns.
-IMBALANCE_WARN = 5.0
-#: Largest/smallest class count above which :func:`training_warnings` speaks up.
-IMBALANCE_SEVERE = 10.0
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -194,7 +188,8 @@ def near_duplicate_pairs(hashes: Sequence[int] | np.ndarray, threshold: int, blo
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d).astype(np.int64)
 
 
-def _file_hash(data: bytes) -> str:
+def file_hash(data: bytes) -> str:
+    """The digest by which two files are the same (exact duplicates)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -229,7 +224,7 @@ def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Sca
         s.error_code = "missing_file" if not path.exists() else "unreadable"
         s.error = f"{type(exc).__name__}: {exc.strerror or exc}"
         return s
-    s.sha = _file_hash(data)
+    s.sha = file_hash(data)
     try:
         with open_image(io.BytesIO(data)) as im:
             s.fmt, s.mode, s.frames = im.format, im.mode, getattr(im, "n_frames", 1)
@@ -293,7 +288,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _says(n: int, word: str, verb: str) -> str:
+def says(n: int, word: str, verb: str) -> str:
     """'1 file holds' / '2 files hold': a count, its noun and a verb that agrees (``verb`` in plural form)."""
     if n != 1:
         return f"{_plural(n, word)} {verb}"
@@ -335,29 +330,22 @@ def check_dataset(
     """Inspect a dataset folder (or CSV) and return a :class:`Report`; nothing is modified.
 
     ``kind`` (a task kind's name) is guessed when None (see :func:`guess_kind`); the kind runs
-    its checks (:func:`check_classification`, :func:`check_segmentation`). ``classes`` restricts
-    a classification dataset to those class folders, as the config's ``classes`` does. The
-    ``options`` are those of :func:`check_classification`.
+    its checks (:meth:`visionlab.kinds.Kind.check_data`). ``classes`` restricts a classification
+    dataset to those class folders, as the config's ``classes`` does. The ``options`` are those of
+    :func:`check_files` and the kind's checks.
     """
     from visionlab.kinds import get_kind
 
     return get_kind(kind or guess_kind(path)).check_data(path, classes=classes, **options)
 
 
-def check_classification(path: str | os.PathLike, classes: list[str] | None = None, **options: Any) -> Report:
-    """The checks of a classification dataset (class folders or a CSV); see :func:`_check` for ``options``."""
-    cidx = find_classification(path, classes)
-    return _check("classification", cidx.root, cidx.paths, [None] * len(cidx.paths), cidx.splits, cidx.labels, cidx.classes,
-                  None, **options)
-
-
 def check_segmentation(path: str | os.PathLike, **options: Any) -> Report:
     """The checks of a segmentation dataset (images, masks, classes.json), masks included."""
     sidx = find_segmentation(path, require_masks=False)
-    return _check("segmentation", sidx.root, sidx.images, sidx.masks, sidx.splits, None, sidx.class_names, sidx, **options)
+    return check_files("segmentation", sidx.root, sidx.images, sidx.masks, sidx.splits, None, sidx.class_names, sidx, **options)
 
 
-def _check(
+def check_files(
     kind: str,
     root: Path,
     files: list[Path],
@@ -369,12 +357,13 @@ def _check(
     near_dup_threshold: int = NEAR_DUP_THRESHOLD,
     near_dup_max_mae: float = NEAR_DUP_MAX_MAE,
     tiny_side: int = TINY_SIDE,
-    imbalance_warn: float = IMBALANCE_WARN,
+    label_findings: Callable[[Report, list[str]], None] | None = None,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """The checks every dataset gets; ``labels`` (per image) add the balance checks, ``sidx`` the
-    mask checks. ``progress(done, total)`` is called as files are decoded."""
+    """The checks every dataset gets (decoding, sizes, duplicates, unused files); ``labels`` add counts per
+    class, ``label_findings(report, splits)`` the kind's checks of them, ``sidx`` the mask checks.
+    ``progress(done, total)`` is called as files are decoded."""
     t0 = time.perf_counter()
     want_mask = sidx is not None
     done = 0
@@ -407,8 +396,8 @@ def _check(
         report.counts = counts
 
     _decode_findings(report, scans, tiny_side)
-    if labels is not None:
-        _balance_findings(report, split_keys, imbalance_warn)
+    if label_findings is not None:
+        label_findings(report, split_keys)
     _duplicate_findings(report, scans, labels, splits, class_names, near_dup_threshold, near_dup_max_mae)
     if sidx is not None:
         _mask_findings(report, scans, masks, sidx)
@@ -442,18 +431,18 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
             report.add(Finding("error", code, f"{_plural(len(bad), 'file')} {what}; training skips them and says how many (first: {first}). Remove or replace them.", [str(s.path) for s in bad]))
     tail = [s for s in ok if s.no_jpeg_end]
     if tail:
-        report.add(Finding("warning", "jpeg_no_end_marker", f"{_says(len(tail), 'JPEG', 'lack')} the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
+        report.add(Finding("warning", "jpeg_no_end_marker", f"{says(len(tail), 'JPEG', 'lack')} the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
 
     mismatched = [s for s in scans if s.fmt and IMAGE_FORMATS.get(s.path.suffix.lower(), s.fmt) != s.fmt]
     if mismatched:
         kinds = Counter(f"{s.fmt} named {s.path.suffix.lower()}" for s in mismatched)
         detail = ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
-        report.add(Finding("warning", "extension_mismatch", f"{_says(len(mismatched), 'file', 'hold')} another format than the extension says ({detail}); visionlab reads them, other tools may not.", [str(s.path) for s in mismatched]))
+        report.add(Finding("warning", "extension_mismatch", f"{says(len(mismatched), 'file', 'hold')} another format than the extension says ({detail}); visionlab reads them, other tools may not.", [str(s.path) for s in mismatched]))
 
     tiny = [s for s in ok if min(s.width, s.height) < tiny_side]
     if tiny:
         smallest = min(tiny, key=lambda s: s.width * s.height)
-        report.add(Finding("warning", "tiny_image", f"{_says(len(tiny), 'image', 'have')} a side under {tiny_side} px (smallest {smallest.width}x{smallest.height}); upscaling them adds blur, not detail.", [str(s.path) for s in tiny]))
+        report.add(Finding("warning", "tiny_image", f"{says(len(tiny), 'image', 'have')} a side under {tiny_side} px (smallest {smallest.width}x{smallest.height}); upscaling them adds blur, not detail.", [str(s.path) for s in tiny]))
 
     for mode, note in (("RGBA", "alpha is composited on white"), ("LA", "alpha is composited on white"), ("P", "palette is expanded"),
                        ("CMYK", "colours are converted, check they look right"), ("L", "grey is copied to 3 channels"),
@@ -463,28 +452,7 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
             report.add(Finding("info", f"mode_{mode.replace(';', '_').lower()}", f"{_plural(len(hit), 'image')} in mode {mode}: converted to RGB on load ({note}).", [str(s.path) for s in hit]))
     animated = [s for s in ok if s.frames > 1]
     if animated:
-        report.add(Finding("info", "animated", f"{_says(len(animated), 'image', 'have')} several frames; only the first is used.", [str(s.path) for s in animated]))
-
-
-def _balance_findings(report: Report, split_keys: list[str], imbalance_warn: float) -> None:
-    totals = {c: sum(v.values()) for c, v in report.counts.items()}
-    if len(totals) < 2:
-        report.add(Finding("warning", "single_class", f"only one class ({', '.join(totals)}); a classifier needs at least two."))
-        return
-    ranked = sorted(totals, key=totals.get)
-    small, big = ranked[0], ranked[-1]
-    ratio = totals[big] / max(totals[small], 1)
-    report.imbalance_ratio = round(ratio, 2)
-    if ratio > imbalance_warn:
-        report.add(Finding("warning", "class_imbalance", f"class imbalance {ratio:.1f}:1 ({big} {totals[big]} vs {small} {totals[small]}); use class weights or oversampling, and judge by per-class recall, not accuracy."))
-    else:
-        report.add(Finding("info", "class_balance", f"largest/smallest class {ratio:.1f}:1 ({big} {totals[big]}, {small} {totals[small]})."))
-    for sp in split_keys:
-        if sp == "all":
-            continue
-        empty = [c for c, v in report.counts.items() if v.get(sp, 0) == 0]
-        if empty:
-            report.add(Finding("warning", "class_missing_in_split", f"split {sp} has no images of {', '.join(empty)}; its metrics will not cover them."))
+        report.add(Finding("info", "animated", f"{says(len(animated), 'image', 'have')} several frames; only the first is used.", [str(s.path) for s in animated]))
 
 
 def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | None, splits: list[str | None], class_names: list[str], threshold: int, max_mae: float) -> None:
@@ -552,14 +520,14 @@ def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | 
 def _mask_findings(report: Report, scans: list[_Scan], masks: list[Path | None], sidx: SegmentationIndex) -> None:
     missing = [s for s, m in zip(scans, masks) if m is None]
     if missing:
-        report.add(Finding("error", "missing_mask", f"{_says(len(missing), 'image', 'have')} no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
+        report.add(Finding("error", "missing_mask", f"{says(len(missing), 'image', 'have')} no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
     bad = [s for s in scans if s.mask_error]
     if bad:
         report.add(Finding("error", "unreadable_mask", f"{_plural(len(bad), 'mask')} cannot be used (first: {bad[0].mask_error}).", [str(m) for s, m in zip(scans, masks) if s.mask_error]))
     wrong = [(s, m) for s, m in zip(scans, masks) if s.mask_shape is not None and s.mask_shape != (s.height, s.width)]
     if wrong:
         s0, _ = wrong[0]
-        report.add(Finding("error", "mask_size_mismatch", f"{_says(len(wrong), 'mask', 'differ')} in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
+        report.add(Finding("error", "mask_size_mismatch", f"{says(len(wrong), 'mask', 'differ')} in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
 
     hists = [s.mask_hist for s in scans if s.mask_hist is not None]
     if not hists:
@@ -601,60 +569,6 @@ def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Pat
             except DECODE_ERRORS:
                 pass
     if hidden_images:
-        report.add(Finding("warning", "image_without_extension", f"{_says(len(hidden_images), 'file', 'hold')} an image but no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))
+        report.add(Finding("warning", "image_without_extension", f"{says(len(hidden_images), 'file', 'hold')} an image but no image extension, so they are not used; rename them (e.g. to .jpg).", sorted(hidden_images)))
     if stray:
-        report.add(Finding("warning", "unused_image", f"{_says(len(stray), 'image file', 'lie')} outside the layout (not in a class folder, or masks without an image) and are not used.", sorted(stray)))
-
-
-# ----------------------------------------------------------------------------- cheap pre-training check
-
-
-def training_warnings(index: ClassificationIndex | SegmentationIndex, imbalance: float = IMBALANCE_SEVERE) -> list[str]:
-    """Short one-line warnings the trainer prints before training, without decoding anything.
-
-    Exact duplicates (same file bytes) across classes or splits, and class imbalance above
-    ``imbalance``. Unreadable files are the loader's business. Costs one read of every file.
-    """
-    if isinstance(index, ClassificationIndex):
-        paths, labels, names = index.paths, index.labels, index.classes
-    else:
-        paths, labels, names = index.images, None, index.class_names
-    splits = index.splits or [None] * len(paths)
-
-    def digest(p: Path) -> str | None:
-        try:
-            return _file_hash(p.read_bytes())
-        except OSError:
-            return None
-
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        digests = list(ex.map(digest, paths))
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(digests):
-        if d is not None:
-            groups[d].append(i)
-    across_classes, across_splits = [], []
-    for g in groups.values():
-        if len(g) < 2:
-            continue
-        if labels is not None and len({labels[i] for i in g}) > 1:
-            across_classes.append(g)
-        elif len({splits[i] for i in g}) > 1:
-            across_splits.append(g)
-    out: list[str] = []
-    hint = f"run 'visionlab data check {index.root}' for the list."
-    if across_classes:
-        g = across_classes[0]
-        out.append(f"{_says(len(across_classes), 'file', 'appear')} in two classes (e.g. {paths[g[0]].name} in {names[labels[g[0]]]} and {names[labels[g[1]]]}): conflicting labels; {hint}")
-    if across_splits:
-        g = across_splits[0]
-        out.append(f"{_says(len(across_splits), 'file', 'appear')} in two splits (e.g. {paths[g[0]].name} in {splits[g[0]]} and {splits[g[1]]}): test scores will be inflated; {hint}")
-    if labels is not None and len(names) > 1:
-        counts = Counter(labels)
-        sizes = {names[k]: counts.get(k, 0) for k in range(len(names))}
-        ranked = sorted(sizes, key=sizes.get)
-        small, big = ranked[0], ranked[-1]
-        ratio = sizes[big] / max(sizes[small], 1)
-        if ratio > imbalance:
-            out.append(f"severe class imbalance {ratio:.0f}:1 ({big} {sizes[big]} vs {small} {sizes[small]}); consider class weights or oversampling.")
-    return out
+        report.add(Finding("warning", "unused_image", f"{says(len(stray), 'image file', 'lie')} outside the layout (not in a class folder, or masks without an image) and are not used.", sorted(stray)))

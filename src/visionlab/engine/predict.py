@@ -22,7 +22,7 @@ from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, load_model
 from visionlab.engine.device import resolve_device, resolve_precision
 from visionlab.kinds import Kind, Prediction, get_kind
-from visionlab.runtime import check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
@@ -74,7 +74,7 @@ class Predictor:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
 
     @torch.inference_mode()
-    def predict(self, images: Any, top_k: int = 3, batch_size: int = 32, num_workers: int | None = None) -> list[Prediction]:
+    def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32, num_workers: int | None = None) -> list[Prediction]:
         """Predict one image or a list of them (paths, PIL images or HxWx3 uint8 arrays).
 
         ``top_k`` (>= 1) is clipped to the number of classes."""
@@ -108,7 +108,7 @@ class Predictor:
         return np.ascontiguousarray(load_for_model(image, self.preprocessing))
 
     @torch.inference_mode()
-    def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int = 3, sources: Sequence[str] | None = None,
+    def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int = DEFAULT_TOP_K, sources: Sequence[str] | None = None,
                        originals: Sequence[Any] | None = None) -> list[Prediction]:
         """The model step on images already :meth:`preprocess`-ed, one result per image, in order.
 

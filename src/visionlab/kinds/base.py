@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from visionlab.errors import VisionlabError
 
-__all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport"]
+__all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k"]
 
 #: How an output's scores become probabilities: one class per image or pixel (softmax over the
 #: class axis), each class on its own (sigmoid: several labels at once), or none (a number).
@@ -67,6 +67,18 @@ class KindOptions:
     def checks(self) -> list[tuple[bool, str]]:
         """(holds, what must hold) range checks of the values; any that fails is an invalid config."""
         return []
+
+
+#: Classes listed per image when no ``top_k`` is given (predict, serve, the runtime, evaluation rows).
+DEFAULT_TOP_K = 3
+
+
+def check_top_k(top_k: Any, name: str = "top_k") -> None:
+    """``top_k`` is an integer >= 1 (every prediction path takes it); else one line that says so,
+    naming it as the caller's user knows it (``name``: top_k, --top-k)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise VisionlabError(f"{name} must be an integer >= 1, got {top_k!r}.",
+                             f"Pass e.g. {DEFAULT_TOP_K} (a value above the number of classes lists them all).")
 
 
 @dataclass
@@ -264,6 +276,11 @@ class Kind:
         file: (largest absolute probability difference, equal units, units counted); by default the
         confidences, and whether the labels agree."""
         return abs(float(prediction.confidence) - float(row["confidence"])), int(prediction.label == row["label"]), 1
+
+    def flat_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """One row of an evaluation's per-image listing as flat CSV columns (nested fields spread
+        over several); the row as it is by default."""
+        return dict(row)
 
     # ------------------------------------------------------------------ the torch-free runtime
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:

@@ -151,21 +151,14 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
     if report.files:
         import pandas as pd
 
-        pd.DataFrame([inert_row(_flat(r)) for r in report.files]).to_csv(folder / "predictions.csv", index=False)
+        kind = get_kind(report.kind)
+        pd.DataFrame([inert_row(kind.flat_row(r)) for r in report.files]).to_csv(folder / "predictions.csv", index=False)
         written.append(f"predictions.csv ({report.files_note})" if report.files_note else "predictions.csv")
     if report.examples is not None:  # also when there is none (no mistakes): examples.json says so
         write_examples(report.examples, folder / "examples")
         n = len(report.examples)
         written.append(f"examples/ ({n} image{'' if n == 1 else 's'} worth a look)")
     return written
-
-
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """An evaluation row for CSV: top_k spread over top1_label, top1_probability, ..."""
-    from visionlab.kinds.classification import top_k_columns
-
-    flat = {k: v for k, v in row.items() if k != "top_k"}
-    return {**flat, **top_k_columns((t["label"], t["probability"]) for t in row.get("top_k", []))}
 
 
 def write_examples(examples: list[dict[str, Any]], folder: Path) -> None:

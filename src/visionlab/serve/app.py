@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from visionlab._version import __version__
 from visionlab.errors import VisionlabError
+from visionlab.kinds.base import DEFAULT_TOP_K
 from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
 from visionlab.serve.routes import ServerState, problem, router
@@ -72,7 +73,7 @@ class Settings:
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers; slower -> closed
     max_megapixels: float = 24.0  # all the images of one request together (a LandCover.ai orthophoto is 85 MP)
     max_queue_megapixels: float = 96.0  # pixels admitted and not yet answered, all requests together; more -> 503
-    top_k: int = 3
+    top_k: int = DEFAULT_TOP_K
     device: str = "auto"
     precision: str = "fp32"  # as the exported .onnx answers; auto: bf16 where the CPU/GPU has it
     drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish

@@ -1,6 +1,8 @@
 """The classification kind: one label per photo (folders or a CSV of labelled images).
 
-Its runner is :class:`visionlab.kinds.classification.runner.ClassificationRunner`; predictions are
+Everything the kind is lives in this package: ``runner`` (data, training step, evaluation),
+``step`` (the one inference step of predict, evaluate and serve, and the ranking the runtime
+shares), ``meter``, ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
 batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
 """
 
@@ -62,7 +64,7 @@ class ClassificationKind(Kind):
         return ClassificationRunner(cfg, spec, device)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
-        from visionlab.data.synthetic import make_classification
+        from visionlab.kinds.classification.synthetic import make_classification
 
         make_classification(root, classes, seed=seed)
 
@@ -73,7 +75,7 @@ class ClassificationKind(Kind):
         return [Path(expand_inputs([d])[0]) for d in sorted(root.iterdir()) if d.is_dir()][:6]
 
     def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
-        from visionlab.data.doctor import check_classification
+        from visionlab.kinds.classification.checks import check_classification
 
         return check_classification(path, classes, **options)
 
@@ -82,23 +84,14 @@ class ClassificationKind(Kind):
 
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
-        """One batch: normalise, the model (with the saved test-time augmentation), softmax, top-k."""
-        import numpy as np
-        import torch
+        """One batch through :func:`visionlab.kinds.classification.step.run_step`, ranked by its :func:`rank`."""
+        from visionlab.kinds.classification.step import StepContext, rank, run_step
 
-        from visionlab.engine.tta import tta_logits
-
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
-        x = predictor.normalize(x.permute(0, 3, 1, 2).to(predictor.device))
-        if predictor.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        probs = tta_logits(predictor.model, x, predictor.tta, predictor.precision.autocast).softmax(1).cpu()
-        conf, idx = probs.topk(min(top_k, len(predictor.classes)), dim=1)
-        out: list[Prediction] = []
-        for source, c_row, i_row in zip(sources, conf.tolist(), idx.tolist()):
-            top = [(predictor.classes[j], float(c)) for c, j in zip(c_row, i_row)]
-            out.append(ClassPrediction(source, label=top[0][0], confidence=top[0][1], top_k=top))
-        return out
+        ctx = StepContext(predictor.model, predictor.normalize, predictor.device, predictor.tta,
+                          predictor.precision.autocast, predictor.channels_last, tuple(predictor.classes))
+        _, probs = run_step(ctx, arrays)
+        return [ClassPrediction(source, label=r.label, confidence=r.confidence, top_k=r.top_k)
+                for source, r in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k))]
 
     def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
         """Every class's probability (both ranked over all classes), and whether the labels agree."""
@@ -109,17 +102,20 @@ class ClassificationKind(Kind):
         return diff, int(prediction.label == row["label"]), 1
 
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
-        """One batch through the ONNX model: normalise, the saved test-time augmentation, softmax, top-k."""
+        """One batch through the ONNX model (the runtime's numpy normalisation, test-time augmentation
+        and softmax), ranked by the step's :func:`visionlab.kinds.classification.step.rank`."""
         import numpy as np
 
+        from visionlab.kinds.classification.step import rank
+
         probs = runtime.probs(runtime.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2)))
-        k = max(1, min(top_k, len(runtime.classes)))
-        out = []
-        for row in probs:
-            idx = np.argsort(-row, kind="stable")[:k]
-            top = [{"label": runtime.classes[j], "probability": float(row[j])} for j in idx]
-            out.append({"label": top[0]["label"], "confidence": top[0]["probability"], "error": None, "top_k": top})
-        return out
+        return [{"label": r.label, "confidence": r.confidence, "error": None,
+                 "top_k": [{"label": lab, "probability": p} for lab, p in r.top_k]} for r in rank(probs, runtime.classes, top_k)]
+
+    def flat_row(self, row: Any) -> dict[str, Any]:
+        """An evaluation row with its top_k spread over top1_label, top1_probability, ..."""
+        flat = {k: v for k, v in row.items() if k != "top_k"}
+        return {**flat, **top_k_columns((t["label"], t["probability"]) for t in row.get("top_k", []))}
 
 
 #: The kind's one instance, registered by :mod:`visionlab.kinds` on first lookup.

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 
 from visionlab.data.cache import ImageCache, build_cache
 from visionlab.data.io import DECODE_ERRORS, UnreadableImage
-from visionlab.data.layout import ClassificationIndex, find_classification
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
-from visionlab.engine.tta import tta_logits
 from visionlab.errors import VisionlabError
+from visionlab.kinds.base import DEFAULT_TOP_K
+from visionlab.kinds.classification.layout import ClassificationIndex, find_classification
+from visionlab.kinds.classification.step import StepContext, rank, run_step
 from visionlab.data.splits import split_indices, split_keys
 from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
 
@@ -115,7 +116,7 @@ class ClassificationRunner(TaskRunner):
         """The data doctor's cheap pre-training checks (duplicates across classes or splits, imbalance)."""
         if self.data_info.get("synthetic"):
             return []
-        from visionlab.data.doctor import training_warnings
+        from visionlab.kinds.classification.checks import training_warnings
 
         try:
             return training_warnings(self.index)
@@ -243,26 +244,26 @@ class ClassificationRunner(TaskRunner):
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
-        from visionlab.engine.metrics import ClassificationMeter
+        from visionlab.kinds.classification.meter import ClassificationMeter
 
         meter = ClassificationMeter(len(self.classes))
         model.eval()
+        ctx = StepContext(model, self.normalize, self.device, self.preprocessing.tta_mode, autocast,
+                          self.cfg.channels_last, tuple(self.classes))
         total, n = 0.0, 0
         rows: list[dict[str, Any]] = []
         for x, y, paths in self.eval_batches(split, batch_size or max(self.cfg.batch_size, 64), with_paths=True):
             if len(y) == 0:
                 continue
-            x = self.on_device(x.to(self.device, non_blocking=True), train=False)
             y = y.to(self.device)
-            out = tta_logits(model, x, self.preprocessing.tta_mode, autocast)
+            out, probs = run_step(ctx, x)
             total += float(F.cross_entropy(out, y, reduction="sum"))
             n += len(y)
             meter.update(out, y)
-            probs, top = out.softmax(1).topk(min(3, len(self.classes)), dim=1)
-            for path, t, ps, ks in zip(paths, y.tolist(), probs.tolist(), top.tolist()):
-                rows.append({"path": path, "label": self.classes[t], "predicted": self.classes[ks[0]],
-                             "confidence": round(float(ps[0]), 4), "correct": t == ks[0],
-                             "top_k": [{"label": self.classes[k], "probability": round(float(p), 4)} for k, p in zip(ks, ps)]})
+            for path, t, r in zip(paths, y.tolist(), rank(probs.cpu().numpy(), self.classes, DEFAULT_TOP_K)):
+                rows.append({"path": path, "label": self.classes[t], "predicted": r.label,
+                             "confidence": round(r.confidence, 4), "correct": self.classes[t] == r.label,
+                             "top_k": [{"label": lab, "probability": round(p, 4)} for lab, p in r.top_k]})
         merged = self.merge_shards({"meter": meter, "loss": total, "n": n, "rows": rows})
         meter, total, n, rows = merged["meter"], merged["loss"], merged["n"], merged["rows"]
         if n == 0:

@@ -1,0 +1,69 @@
+"""The classification step, written once: normalise, the model (with the saved test-time
+augmentation), softmax (:func:`run_step`, torch: predict, serve and evaluate), then the ranking of
+the classes (:func:`rank`, numpy: also the torch-free runtime's rows).
+
+torch is imported inside :func:`run_step` only, so the runtime reaches :func:`rank` without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["StepContext", "Ranking", "run_step", "rank"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the step needs of a loaded model: the model, its normalisation, where it runs, the
+    test-time augmentation mode, the mixed-precision context, the memory format and the classes."""
+
+    model: Callable[["torch.Tensor"], "torch.Tensor"]
+    normalize: Callable[["torch.Tensor"], "torch.Tensor"]
+    device: Any
+    tta: str = "none"
+    autocast: Callable[[], Any] | None = None
+    channels_last: bool = False
+    classes: tuple[str, ...] = ()
+
+
+class Ranking(NamedTuple):
+    """One image's answer: the most probable class, its probability, and the top-k (class, probability) pairs."""
+
+    label: str
+    confidence: float
+    top_k: list[tuple[str, float]]
+
+
+def run_step(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(scores, probabilities) of a uint8 batch (an NCHW tensor, or HxWx3 arrays), both float32 (N, C)
+    on the device: the scores are the model's logits, with TTA the log of the views' mean probabilities
+    (:func:`visionlab.engine.tta.tta_logits`), so the loss and the meter read them as logits."""
+    import torch
+
+    from visionlab.engine.tta import tta_logits
+
+    if not isinstance(batch, torch.Tensor):
+        batch = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in batch]).permute(0, 3, 1, 2)
+    x = ctx.normalize(batch.to(ctx.device, non_blocking=True))
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scores = tta_logits(ctx.model, x, ctx.tta, ctx.autocast)
+    return scores, scores.softmax(1)
+
+
+def rank(probs: np.ndarray, classes: Sequence[str], top_k: int) -> list[Ranking]:
+    """Each row of an (N, C) probability matrix ranked: its ``top_k`` classes (clipped to 1..C), most
+    probable first, ties in class order."""
+    k = max(1, min(top_k, len(classes)))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out = []
+    for row, idx in zip(probs, order):
+        top = [(classes[j], float(row[j])) for j in idx]
+        out.append(Ranking(top[0][0], top[0][1], top))
+    return out
