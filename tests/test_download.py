@@ -33,8 +33,9 @@ from visionlab.data.download import (
     get_source,
     run_download,
 )
-from visionlab.data.layout import find_classification, find_segmentation
+from visionlab.data.layout import find_classification
 from visionlab.errors import VisionlabError
+from visionlab.kinds.segmentation.layout import find_segmentation
 
 # --------------------------------------------------------------------------- a local server
 

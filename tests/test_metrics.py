@@ -14,7 +14,6 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from visionlab.engine.metrics import (
     ClassificationMeter,
-    SegmentationMeter,
     render_report,
     write_confusion_csv,
 )
@@ -24,6 +23,7 @@ from visionlab.engine.plots import (
     save_confusion_matrix,
     save_training_curves,
 )
+from visionlab.kinds.segmentation.meter import SegmentationMeter
 from visionlab.errors import VisionlabError
 
 

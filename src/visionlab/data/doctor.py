@@ -11,8 +11,8 @@ every image once with :func:`visionlab.data.io.load_image` (the decoder training
 * exact duplicates (hash of the file bytes) and near duplicates (64-bit perceptual hash,
   Hamming distance), within a class, across classes (conflicting labels) and across
   train/val/test (leakage);
-* for segmentation: missing, unreadable or wrong-size masks, pixel values that
-  ``classes.json`` does not define, and the pixel share of every class.
+* whatever the kind adds in the same pass (:class:`KindChecks`; segmentation's mask checks are
+  :mod:`visionlab.kinds.segmentation.checks`).
 
 :func:`training_warnings` is the cheap subset (byte hashes and counts, no decoding) that the
 trainer can print before it starts.
@@ -29,20 +29,17 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
-from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask, open_image
+from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, open_image
 from visionlab.data.layout import (
-    SPLIT_NAMES,
     ClassificationIndex,
-    SegmentationIndex,
     find_classification,
-    find_segmentation,
-    unwrap_root,
 )
 
 __all__ = [
@@ -50,13 +47,12 @@ __all__ = [
     "Report",
     "check_dataset",
     "check_classification",
-    "check_segmentation",
+    "KindChecks",
     "run_check",
     "training_warnings",
     "phash",
     "near_duplicate_pairs",
     "guess_kind",
-    "looks_like_segmentation",
     "NEAR_DUP_THRESHOLD",
     "NEAR_DUP_MAX_MAE",
     "TINY_SIDE",
@@ -219,13 +215,21 @@ class _Scan:
     error: str | None = None  # why it cannot be decoded
     error_code: str | None = None  # missing_file | not_an_image | truncated | unreadable
     no_jpeg_end: bool = False
-    mask_error: str | None = None
-    mask_shape: tuple[int, int] | None = None
-    mask_hist: np.ndarray | None = None
+    extra: Any = None  # what the kind's checks read beside a decoded image (KindChecks.read), e.g. its mask
 
 
-def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Scan:
-    """Read, hash and decode one image (and its mask): everything the report needs, in one go."""
+@dataclass(frozen=True)
+class KindChecks:
+    """A kind's own checks, run in the doctor's one pass over the files: ``read(i)`` beside the
+    decode of image ``i`` (its answer is that scan's ``extra``; not called for an image that does
+    not decode), then ``findings(report, scans)`` after the checks every dataset gets."""
+
+    read: Callable[[int], Any]
+    findings: Callable[[Report, list[_Scan]], None]
+
+
+def _scan(path: Path, read_extra: Callable[[], Any] | None = None) -> _Scan:
+    """Read, hash and decode one image (and what the kind reads beside it): everything the report needs, in one go."""
     s = _Scan(path)
     try:
         data = path.read_bytes()
@@ -254,14 +258,8 @@ def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Sca
     s.no_jpeg_end = s.fmt == "JPEG" and b"\xff\xd9" not in data
     s.phash = phash(rgb)
     s.thumb = np.asarray(rgb.resize((16, 16), Image.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
-    if want_mask and mask is not None:
-        try:
-            m = load_mask(mask)
-        except UnreadableImage as exc:
-            s.mask_error = exc.message.split(": ", 1)[-1]
-        else:
-            s.mask_shape = m.shape
-            s.mask_hist = np.bincount(m.ravel(), minlength=256)
+    if read_extra is not None:
+        s.extra = read_extra()
     return s
 
 
@@ -307,18 +305,6 @@ def _says(n: int, word: str, verb: str) -> str:
 # ----------------------------------------------------------------------------- the check
 
 
-def looks_like_segmentation(path: str | os.PathLike) -> bool:
-    """A folder with ``classes.json`` and an ``images/`` folder (maybe per split)."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        return False
-    p = unwrap_root(p)
-    if not (p / "classes.json").is_file():
-        return False
-    candidates = [p] + [d for d in p.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES]
-    return any((d / n).is_dir() for d in candidates for n in ("images", "imgs", "image"))
-
-
 def guess_kind(path: str | os.PathLike) -> str:
     """The name of the kind whose layout ``path`` has: each registered kind is asked
     (:meth:`visionlab.kinds.Kind.recognizes`), those registered last (plugins) first, so the
@@ -339,7 +325,7 @@ def check_dataset(
     """Inspect a dataset folder (or CSV) and return a :class:`Report`; nothing is modified.
 
     ``kind`` (a task kind's name) is guessed when None (see :func:`guess_kind`); the kind runs
-    its checks (:func:`check_classification`, :func:`check_segmentation`). ``classes`` restricts
+    its checks (e.g. :func:`check_classification`). ``classes`` restricts
     a classification dataset to those class folders, as the config's ``classes`` does. The
     ``options`` are those of :func:`check_classification`.
     """
@@ -355,12 +341,6 @@ def check_classification(path: str | os.PathLike, classes: list[str] | None = No
                   None, **options)
 
 
-def check_segmentation(path: str | os.PathLike, **options: Any) -> Report:
-    """The checks of a segmentation dataset (images, masks, classes.json), masks included."""
-    sidx = find_segmentation(path, require_masks=False)
-    return _check("segmentation", sidx.root, sidx.images, sidx.masks, sidx.splits, None, sidx.class_names, sidx, **options)
-
-
 def _check(
     kind: str,
     root: Path,
@@ -369,7 +349,7 @@ def _check(
     splits: list[str | None],
     labels: list[int] | None,
     class_names: list[str],
-    sidx: SegmentationIndex | None,
+    extra: KindChecks | None,
     near_dup_threshold: int = NEAR_DUP_THRESHOLD,
     near_dup_max_mae: float = NEAR_DUP_MAX_MAE,
     tiny_side: int = TINY_SIDE,
@@ -377,14 +357,14 @@ def _check(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """The checks every dataset gets; ``labels`` (per image) add the balance checks, ``sidx`` the
-    mask checks. ``progress(done, total)`` is called as files are decoded."""
+    """The checks every dataset gets; ``labels`` (per image) add the balance checks, ``extra`` the
+    kind's own. ``masks`` are the files the layout pairs with the images (used, so not reported as
+    unused). ``progress(done, total)`` is called as files are decoded."""
     t0 = time.perf_counter()
-    want_mask = sidx is not None
     done = 0
     scans: list[_Scan] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
-        for s in ex.map(lambda fm: _scan(fm[0], fm[1], want_mask), zip(files, masks)):
+        for s in ex.map(lambda i: _scan(files[i], None if extra is None else partial(extra.read, i)), range(len(files))):
             scans.append(s)
             done += 1
             if progress is not None:
@@ -414,8 +394,8 @@ def _check(
     if labels is not None:
         _balance_findings(report, split_keys, imbalance_warn)
     _duplicate_findings(report, scans, labels, splits, class_names, near_dup_threshold, near_dup_max_mae)
-    if sidx is not None:
-        _mask_findings(report, scans, masks, sidx)
+    if extra is not None:
+        extra.findings(report, scans)
     if root.is_dir():
         _unused_files(report, root, files, masks)
     report.seconds = round(time.perf_counter() - t0, 3)
@@ -553,37 +533,6 @@ def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | 
         add("near", cat, _components(pairs_by_cat[cat]), f"near-identical images (perceptual hash within {threshold} bits, thumbnails within {max_mae:g})")
 
 
-def _mask_findings(report: Report, scans: list[_Scan], masks: list[Path | None], sidx: SegmentationIndex) -> None:
-    missing = [s for s, m in zip(scans, masks) if m is None]
-    if missing:
-        report.add(Finding("error", "missing_mask", f"{_says(len(missing), 'image', 'have')} no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
-    bad = [s for s in scans if s.mask_error]
-    if bad:
-        report.add(Finding("error", "unreadable_mask", f"{_plural(len(bad), 'mask')} cannot be used (first: {bad[0].mask_error}).", [str(m) for s, m in zip(scans, masks) if s.mask_error]))
-    wrong = [(s, m) for s, m in zip(scans, masks) if s.mask_shape is not None and s.mask_shape != (s.height, s.width)]
-    if wrong:
-        s0, _ = wrong[0]
-        report.add(Finding("error", "mask_size_mismatch", f"{_says(len(wrong), 'mask', 'differ')} in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
-
-    hists = [s.mask_hist for s in scans if s.mask_hist is not None]
-    if not hists:
-        return
-    known = {c.value for c in sidx.classes}
-    total = np.sum(hists, axis=0)
-    unknown_vals = [v for v in np.nonzero(total)[0].tolist() if v not in known and v != sidx.ignore_index]
-    if unknown_vals:
-        files = [str(m) for s, m in zip(scans, masks) if s.mask_hist is not None and any(s.mask_hist[v] for v in unknown_vals)]
-        report.add(Finding("error", "unknown_mask_value", f"mask pixel value(s) {', '.join(map(str, unknown_vals))} are not in classes.json (ignore_index {sidx.ignore_index}) in {_plural(len(files), 'mask')}; add the class or map them to ignore_index.", files))
-    labelled = int(sum(total[c.value] for c in sidx.classes if c.value < 256))
-    report.pixel_shares = {c.name: round(float(total[c.value]) / max(labelled, 1), 5) for c in sidx.classes if c.value < 256}
-    ignored = float(total[sidx.ignore_index]) / max(int(total.sum()), 1) if sidx.ignore_index < 256 else 0.0
-    shares = ", ".join(f"{k} {v:.1%}" for k, v in sorted(report.pixel_shares.items(), key=lambda kv: -kv[1]))
-    report.add(Finding("info", "pixel_shares", f"class pixel shares: {shares}; ignored {ignored:.1%}."))
-    absent = [c.name for c in sidx.classes if c.value < 256 and total[c.value] == 0]
-    if absent:
-        report.add(Finding("warning", "class_absent", f"class(es) {', '.join(absent)} never appear in any mask; the model cannot learn them."))
-
-
 def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Path | None]) -> None:
     """Files under the dataset folder that the layout does not use (wrong extension, orphan masks...)."""
     used = {os.path.abspath(p) for p in files} | {os.path.abspath(m) for m in masks if m is not None}
@@ -613,16 +562,13 @@ def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Pat
 # ----------------------------------------------------------------------------- cheap pre-training check
 
 
-def training_warnings(index: ClassificationIndex | SegmentationIndex, imbalance: float = IMBALANCE_SEVERE) -> list[str]:
+def training_warnings(index: ClassificationIndex, imbalance: float = IMBALANCE_SEVERE) -> list[str]:
     """Short one-line warnings the trainer prints before training, without decoding anything.
 
     Exact duplicates (same file bytes) across classes or splits, and class imbalance above
     ``imbalance``. Unreadable files are the loader's business. Costs one read of every file.
     """
-    if isinstance(index, ClassificationIndex):
-        paths, labels, names = index.paths, index.labels, index.classes
-    else:
-        paths, labels, names = index.images, None, index.class_names
+    paths, labels, names = index.paths, index.labels, index.classes
     splits = index.splits or [None] * len(paths)
 
     def digest(p: Path) -> str | None:
