@@ -34,9 +34,9 @@ from visionlab.data.download import (
     get_source,
     download_task,
 )
-from visionlab.data.layout import find_segmentation
 from visionlab.kinds.classification.layout import find_classification
 from visionlab.errors import VisionlabError
+from visionlab.kinds.segmentation.layout import find_segmentation
 
 # --------------------------------------------------------------------------- a local server
 

@@ -12,13 +12,13 @@ from PIL import Image
 from rich.console import Console
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from visionlab.engine.metrics import SegmentationMeter
 from visionlab.engine.plots import (
     colorize_mask,
     overlay_mask,
     save_confusion_matrix,
     save_training_curves,
 )
+from visionlab.kinds.segmentation.meter import SegmentationMeter
 from visionlab.errors import VisionlabError
 from visionlab.kinds.classification.meter import ClassificationMeter
 from visionlab.present.evaluation import show_tables, write_confusion_csv

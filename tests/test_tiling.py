@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from visionlab.engine.tiling import blend_window, predict_tiled, tile_starts
+from visionlab.data.geometry import tile_starts
+from visionlab.engine.tiling import blend_window, predict_tiled
 
 
 @pytest.mark.parametrize("length, tile, stride", [(100, 32, 24), (32, 32, 24), (20, 32, 24), (257, 256, 192), (64, 32, 32), (65, 32, 1)])
@@ -84,17 +85,16 @@ def test_blending_hides_seams_of_a_position_dependent_model():
 
 
 def test_predict_probs_resizes_to_the_original_size():
-    import contextlib
-
     from visionlab.data.preprocessing import Preprocessing
     from visionlab.data.transforms import Normalize
-    from visionlab.kinds.segmentation.runner import predict_probs
+    from visionlab.kinds.segmentation.step import TileStep, predict_probs
 
     model = _per_pixel_model(3)
     img = np.random.default_rng(0).integers(0, 256, (35, 45, 3), dtype=np.uint8)
     pre = Preprocessing(kind="segmentation", image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, values=(0, 1, 2), tile_size=32,
                         tile_overlap=0.25)
-    probs = predict_probs(model, img, pre, Normalize([0.5] * 3, [0.5] * 3), contextlib.nullcontext, out_size=(70, 90))
+    step = TileStep.of(model, pre, Normalize([0.5] * 3, [0.5] * 3), torch.device("cpu"))
+    probs = predict_probs(step, img, out_size=(70, 90))
     assert probs.shape == (3, 70, 90)
     assert torch.allclose(probs.sum(0), torch.ones(70, 90), atol=1e-5)
 

@@ -319,7 +319,7 @@ def test_long_parameters_are_cut_to_mlflows_limit():
 def test_segmentation_logs_a_per_class_iou_table(tmp_path: Path):
     import torch
 
-    from visionlab.engine.metrics import SegmentationMeter
+    from visionlab.kinds.segmentation.meter import SegmentationMeter
 
     meter = SegmentationMeter(3)
     target = torch.tensor([[[0, 0, 1, 1], [2, 2, 1, 0]]])

@@ -158,7 +158,7 @@ def evaluate(
     Returns the :class:`~visionlab.kinds.EvaluationReport` (``report["metrics"]`` reads metrics.json's keys)."""
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint
-    from visionlab.engine.tta import TTA_MODES
+    from visionlab.data.geometry import TTA_MODES
     from visionlab.present.evaluation import show_evaluation, show_written, write_evaluation
     from visionlab.registry import get_task
     from visionlab.engine.runner import evaluate_checkpoint

@@ -5,8 +5,9 @@ A file written by ``visionlab export`` carries everything inference needs in its
 it and predicts images and folders exactly as :class:`visionlab.engine.predict.Predictor` does:
 the same decoding (:func:`visionlab.data.io.load_for_model`: EXIF orientation, RGB conversion,
 the same resize), the same normalisation, the same flipped/rotated views averaged on
-probabilities (:func:`visionlab.engine.tta.view_plan`) and, for segmentation, the same blended
-sliding-window tiles (:func:`visionlab.engine.tiling.tile_plan`), here in numpy.
+probabilities (:func:`visionlab.data.geometry.view_plan`) and whatever else the kind's step does
+(:meth:`visionlab.kinds.Kind.runtime_rows`; segmentation: the same blended sliding-window tiles,
+:func:`visionlab.data.arrays.predict_tiled`), here in numpy.
 
 Install on a machine without torch::
 
@@ -36,10 +37,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from visionlab.data.arrays import apply_view, softmax, undo_view
+from visionlab.data.geometry import TTA_MODES, view_plan
 from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
 from visionlab.data.preprocessing import Preprocessing
-from visionlab.engine.tiling import tile_plan
-from visionlab.engine.tta import TTA_MODES, view_plan
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Output, get_kind
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
@@ -150,11 +151,6 @@ def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape
         raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
 
 
-def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def activate(x: np.ndarray, activation: str) -> np.ndarray:
     """An output's scores as probabilities: softmax over the class axis, sigmoid per class, or as they are."""
     if activation == "softmax":
@@ -162,40 +158,6 @@ def activate(x: np.ndarray, activation: str) -> np.ndarray:
     if activation == "sigmoid":
         return (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32)
     return x
-
-
-def _view(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    x = np.rot90(x, k, axes=(-2, -1)) if k else x
-    return x[..., ::-1] if flip else x
-
-
-def _unview(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    x = x[..., ::-1] if flip else x
-    return np.rot90(x, -k, axes=(-2, -1)) if k else x
-
-
-def _hann(n: int) -> np.ndarray:
-    """``torch.hann_window(n, periodic=False).clamp_min(1e-3)``."""
-    return np.maximum(np.hanning(n), 1e-3).astype(np.float32)
-
-
-def _pad(x: np.ndarray, pad_h: int, pad_w: int, mode: str) -> np.ndarray:
-    """``F.pad(..., mode='reflect' | 'replicate')`` on the bottom and right of a (C, H, W) array."""
-    return np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect" if mode == "reflect" else "edge")
-
-
-def _resize_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
-
-
-def resize_bilinear(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``F.interpolate(p[None], size, mode='bilinear', align_corners=False)[0]`` for (C, H, W)."""
-    y0, y1, ly = _resize_axis(p.shape[1], size[0])
-    x0, x1, lx = _resize_axis(p.shape[2], size[1])
-    rows = p[:, y0] * (1 - ly)[None, :, None] + p[:, y1] * ly[None, :, None]
-    return rows[:, :, x0] * (1 - lx) + rows[:, :, x1] * lx
 
 
 class Runtime:
@@ -234,29 +196,10 @@ class Runtime:
         views = view_plan(self.tta, x.shape[-1] == x.shape[-2])
         total = None
         for k, flip in views:
-            p = activate(self.logits(_view(x, k, flip)).astype(np.float32), self.output.activation)
-            p = _unview(p, k, flip) if self.output.dense else p
+            p = activate(self.logits(apply_view(x, k, flip)).astype(np.float32), self.output.activation)
+            p = undo_view(p, k, flip) if self.output.dense else p
             total = p if total is None else total + p
         return total / np.float32(len(views))
-
-    def predict_tiled(self, image: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """(C, H, W) probabilities of a normalised (3, H, W) image by blended tiles
-        (:func:`visionlab.engine.tiling.predict_tiled`)."""
-        _, h, w = image.shape
-        plan = tile_plan(h, w, self.preprocessing.tile_size, self.preprocessing.tile_overlap)
-        th, tw = plan.tile_h, plan.tile_w
-        if plan.pad_h or plan.pad_w:
-            image = _pad(image, plan.pad_h, plan.pad_w, plan.pad_mode)
-        win = _hann(th)[:, None] * _hann(tw)[None, :]
-        probs = np.zeros((len(self.classes),) + image.shape[1:], dtype=np.float32)
-        weight = np.zeros((1,) + image.shape[1:], dtype=np.float32)
-        for i in range(0, len(plan.coords), batch_size):
-            chunk = plan.coords[i : i + batch_size]
-            out = self.probs(np.stack([image[:, y : y + th, x : x + tw] for y, x in chunk]))
-            for (y, x), p in zip(chunk, out):
-                probs[:, y : y + th, x : x + tw] += p * win
-                weight[:, y : y + th, x : x + tw] += win
-        return (probs / weight)[:, :h, :w]
 
     def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32) -> list[dict[str, Any]]:
         """Predict one image or several (paths, folders, globs, PIL images or HxWx3 uint8 arrays).

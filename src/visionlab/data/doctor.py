@@ -11,8 +11,8 @@ every image once with :func:`visionlab.data.io.load_image` (the decoder training
 * exact duplicates (hash of the file bytes) and near duplicates (64-bit perceptual hash,
   Hamming distance), within a class, across classes (conflicting labels) and across
   train/val/test (leakage);
-* for segmentation: missing, unreadable or wrong-size masks, pixel values that
-  ``classes.json`` does not define, and the pixel share of every class.
+* whatever the kind adds in the same pass (:class:`KindChecks`; segmentation's mask checks are
+  :mod:`visionlab.kinds.segmentation.checks`).
 
 :func:`check_dataset` returns a :class:`Report`; the tables and the JSON of ``visionlab data check``
 are :mod:`visionlab.present.doctor`'s. The generic machinery lives here (the report, the scan,
@@ -29,32 +29,28 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
-from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, load_mask, open_image
-from visionlab.data.layout import (
-    SPLIT_NAMES,
-    SegmentationIndex,
-    find_segmentation,
-    unwrap_root,
-)
+from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, UnreadableImage, is_image_file, load_image, open_image
 
 __all__ = [
     "Finding",
     "Report",
     "check_dataset",
-    "check_segmentation",
     "check_files",
     "file_hash",
     "says",
+    "plural",
+    "Scan",
+    "KindChecks",
     "phash",
     "near_duplicate_pairs",
     "guess_kind",
-    "looks_like_segmentation",
     "NEAR_DUP_THRESHOLD",
     "NEAR_DUP_MAX_MAE",
     "TINY_SIDE",
@@ -197,7 +193,7 @@ def file_hash(data: bytes) -> str:
 
 
 @dataclass
-class _Scan:
+class Scan:
     path: Path
     sha: str | None = None
     fmt: str | None = None
@@ -210,14 +206,22 @@ class _Scan:
     error: str | None = None  # why it cannot be decoded
     error_code: str | None = None  # missing_file | not_an_image | truncated | unreadable
     no_jpeg_end: bool = False
-    mask_error: str | None = None
-    mask_shape: tuple[int, int] | None = None
-    mask_hist: np.ndarray | None = None
+    extra: Any = None  # what the kind's checks read beside a decoded image (KindChecks.read), e.g. its mask
 
 
-def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Scan:
-    """Read, hash and decode one image (and its mask): everything the report needs, in one go."""
-    s = _Scan(path)
+@dataclass(frozen=True)
+class KindChecks:
+    """A kind's own checks, run in the doctor's one pass over the files: ``read(i)`` beside the
+    decode of image ``i`` (its answer is that scan's ``extra``; not called for an image that does
+    not decode), then ``findings(report, scans)`` after the checks every dataset gets."""
+
+    read: Callable[[int], Any]
+    findings: Callable[[Report, list[Scan]], None]
+
+
+def _scan(path: Path, read_extra: Callable[[], Any] | None = None) -> Scan:
+    """Read, hash and decode one image (and what the kind reads beside it): everything the report needs, in one go."""
+    s = Scan(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -245,14 +249,8 @@ def _scan(path: Path, mask: Path | None = None, want_mask: bool = False) -> _Sca
     s.no_jpeg_end = s.fmt == "JPEG" and b"\xff\xd9" not in data
     s.phash = phash(rgb)
     s.thumb = np.asarray(rgb.resize((16, 16), Image.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
-    if want_mask and mask is not None:
-        try:
-            m = load_mask(mask)
-        except UnreadableImage as exc:
-            s.mask_error = exc.message.split(": ", 1)[-1]
-        else:
-            s.mask_shape = m.shape
-            s.mask_hist = np.bincount(m.ravel(), minlength=256)
+    if read_extra is not None:
+        s.extra = read_extra()
     return s
 
 
@@ -284,30 +282,18 @@ def _summary(values: list[int]) -> dict[str, float]:
     return {"min": int(a.min()), "median": float(np.median(a)), "max": int(a.max())}
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def says(n: int, word: str, verb: str) -> str:
     """'1 file holds' / '2 files hold': a count, its noun and a verb that agrees (``verb`` in plural form)."""
     if n != 1:
-        return f"{_plural(n, word)} {verb}"
-    return f"{_plural(n, word)} {'has' if verb == 'have' else verb + 's'}"
+        return f"{plural(n, word)} {verb}"
+    return f"{plural(n, word)} {'has' if verb == 'have' else verb + 's'}"
 
 
 # ----------------------------------------------------------------------------- the check
-
-
-def looks_like_segmentation(path: str | os.PathLike) -> bool:
-    """A folder with ``classes.json`` and an ``images/`` folder (maybe per split)."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        return False
-    p = unwrap_root(p)
-    if not (p / "classes.json").is_file():
-        return False
-    candidates = [p] + [d for d in p.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES]
-    return any((d / n).is_dir() for d in candidates for n in ("images", "imgs", "image"))
 
 
 def guess_kind(path: str | os.PathLike) -> str:
@@ -339,12 +325,6 @@ def check_dataset(
     return get_kind(kind or guess_kind(path)).check_data(path, classes=classes, **options)
 
 
-def check_segmentation(path: str | os.PathLike, **options: Any) -> Report:
-    """The checks of a segmentation dataset (images, masks, classes.json), masks included."""
-    sidx = find_segmentation(path, require_masks=False)
-    return check_files("segmentation", sidx.root, sidx.images, sidx.masks, sidx.splits, None, sidx.class_names, sidx, **options)
-
-
 def check_files(
     kind: str,
     root: Path,
@@ -353,7 +333,7 @@ def check_files(
     splits: list[str | None],
     labels: list[int] | None,
     class_names: list[str],
-    sidx: SegmentationIndex | None,
+    extra: KindChecks | None,
     near_dup_threshold: int = NEAR_DUP_THRESHOLD,
     near_dup_max_mae: float = NEAR_DUP_MAX_MAE,
     tiny_side: int = TINY_SIDE,
@@ -361,15 +341,16 @@ def check_files(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """The checks every dataset gets (decoding, sizes, duplicates, unused files); ``labels`` add counts per
-    class, ``label_findings(report, splits)`` the kind's checks of them, ``sidx`` the mask checks.
+    """The checks every dataset gets (decoding, sizes, duplicates, unused files); ``labels`` add counts
+    per class, ``label_findings(report, splits)`` the kind's checks of them, and ``extra``
+    (:class:`KindChecks`) what the kind reads beside each decoded image and finds in it (masks).
+    ``masks`` are the files the layout pairs with the images (used, so not reported as unused).
     ``progress(done, total)`` is called as files are decoded."""
     t0 = time.perf_counter()
-    want_mask = sidx is not None
     done = 0
-    scans: list[_Scan] = []
+    scans: list[Scan] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
-        for s in ex.map(lambda fm: _scan(fm[0], fm[1], want_mask), zip(files, masks)):
+        for s in ex.map(lambda i: _scan(files[i], None if extra is None else partial(extra.read, i)), range(len(files))):
             scans.append(s)
             done += 1
             if progress is not None:
@@ -399,15 +380,15 @@ def check_files(
     if label_findings is not None:
         label_findings(report, split_keys)
     _duplicate_findings(report, scans, labels, splits, class_names, near_dup_threshold, near_dup_max_mae)
-    if sidx is not None:
-        _mask_findings(report, scans, masks, sidx)
+    if extra is not None:
+        extra.findings(report, scans)
     if root.is_dir():
         _unused_files(report, root, files, masks)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
 
-def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None:
+def _decode_findings(report: Report, scans: list[Scan], tiny_side: int) -> None:
     ok = [s for s in scans if s.error is None]
     report.modes = dict(Counter(s.mode for s in scans if s.mode).most_common())
     report.formats = dict(Counter(s.fmt for s in scans if s.fmt).most_common())
@@ -428,7 +409,7 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
         if bad:
             first = f"{bad[0].path.name}: {bad[0].error}"
             what = one if len(bad) == 1 else several
-            report.add(Finding("error", code, f"{_plural(len(bad), 'file')} {what}; training skips them and says how many (first: {first}). Remove or replace them.", [str(s.path) for s in bad]))
+            report.add(Finding("error", code, f"{plural(len(bad), 'file')} {what}; training skips them and says how many (first: {first}). Remove or replace them.", [str(s.path) for s in bad]))
     tail = [s for s in ok if s.no_jpeg_end]
     if tail:
         report.add(Finding("warning", "jpeg_no_end_marker", f"{says(len(tail), 'JPEG', 'lack')} the end marker: cut short, decoded only because PIL's LOAD_TRUNCATED_IMAGES is on (the bottom is grey); replace them.", [str(s.path) for s in tail]))
@@ -449,13 +430,13 @@ def _decode_findings(report: Report, scans: list[_Scan], tiny_side: int) -> None
                        ("1", "bilevel, grey is copied to 3 channels"), ("I;16", "16-bit, scaled to 8 bits")):
         hit = [s for s in scans if s.mode == mode]
         if hit:
-            report.add(Finding("info", f"mode_{mode.replace(';', '_').lower()}", f"{_plural(len(hit), 'image')} in mode {mode}: converted to RGB on load ({note}).", [str(s.path) for s in hit]))
+            report.add(Finding("info", f"mode_{mode.replace(';', '_').lower()}", f"{plural(len(hit), 'image')} in mode {mode}: converted to RGB on load ({note}).", [str(s.path) for s in hit]))
     animated = [s for s in ok if s.frames > 1]
     if animated:
         report.add(Finding("info", "animated", f"{says(len(animated), 'image', 'have')} several frames; only the first is used.", [str(s.path) for s in animated]))
 
 
-def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | None, splits: list[str | None], class_names: list[str], threshold: int, max_mae: float) -> None:
+def _duplicate_findings(report: Report, scans: list[Scan], labels: list[int] | None, splits: list[str | None], class_names: list[str], threshold: int, max_mae: float) -> None:
     def where(i: int) -> tuple[int | None, str | None]:
         return (labels[i] if labels is not None else None), splits[i]
 
@@ -486,7 +467,7 @@ def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | 
         code = f"{prefix}_duplicate" + ("" if cat == "within" else f"_{cat}")
         report.add(Finding(
             severity, code,
-            f"{_plural(len(groups), 'group')} of {what} ({n_files} files) {text} (e.g. {example}).",
+            f"{plural(len(groups), 'group')} of {what} ({n_files} files) {text} (e.g. {example}).",
             [str(scans[i].path) for g in groups for i in g],
             [[str(scans[i].path) for i in g] for g in groups],
         ))
@@ -515,37 +496,6 @@ def _duplicate_findings(report: Report, scans: list[_Scan], labels: list[int] | 
         pairs_by_cat[category([a, b])].append((a, b))
     for cat in ("across_classes", "across_splits", "within"):
         add("near", cat, _components(pairs_by_cat[cat]), f"near-identical images (perceptual hash within {threshold} bits, thumbnails within {max_mae:g})")
-
-
-def _mask_findings(report: Report, scans: list[_Scan], masks: list[Path | None], sidx: SegmentationIndex) -> None:
-    missing = [s for s, m in zip(scans, masks) if m is None]
-    if missing:
-        report.add(Finding("error", "missing_mask", f"{says(len(missing), 'image', 'have')} no mask (expected masks/<same stem>.png); training refuses the dataset until they do.", [str(s.path) for s in missing]))
-    bad = [s for s in scans if s.mask_error]
-    if bad:
-        report.add(Finding("error", "unreadable_mask", f"{_plural(len(bad), 'mask')} cannot be used (first: {bad[0].mask_error}).", [str(m) for s, m in zip(scans, masks) if s.mask_error]))
-    wrong = [(s, m) for s, m in zip(scans, masks) if s.mask_shape is not None and s.mask_shape != (s.height, s.width)]
-    if wrong:
-        s0, _ = wrong[0]
-        report.add(Finding("error", "mask_size_mismatch", f"{says(len(wrong), 'mask', 'differ')} in size from their image (first: {s0.path.name} is {s0.width}x{s0.height}, mask {s0.mask_shape[1]}x{s0.mask_shape[0]}); masks must match pixel for pixel.", [str(m) for _, m in wrong]))
-
-    hists = [s.mask_hist for s in scans if s.mask_hist is not None]
-    if not hists:
-        return
-    known = {c.value for c in sidx.classes}
-    total = np.sum(hists, axis=0)
-    unknown_vals = [v for v in np.nonzero(total)[0].tolist() if v not in known and v != sidx.ignore_index]
-    if unknown_vals:
-        files = [str(m) for s, m in zip(scans, masks) if s.mask_hist is not None and any(s.mask_hist[v] for v in unknown_vals)]
-        report.add(Finding("error", "unknown_mask_value", f"mask pixel value(s) {', '.join(map(str, unknown_vals))} are not in classes.json (ignore_index {sidx.ignore_index}) in {_plural(len(files), 'mask')}; add the class or map them to ignore_index.", files))
-    labelled = int(sum(total[c.value] for c in sidx.classes if c.value < 256))
-    report.pixel_shares = {c.name: round(float(total[c.value]) / max(labelled, 1), 5) for c in sidx.classes if c.value < 256}
-    ignored = float(total[sidx.ignore_index]) / max(int(total.sum()), 1) if sidx.ignore_index < 256 else 0.0
-    shares = ", ".join(f"{k} {v:.1%}" for k, v in sorted(report.pixel_shares.items(), key=lambda kv: -kv[1]))
-    report.add(Finding("info", "pixel_shares", f"class pixel shares: {shares}; ignored {ignored:.1%}."))
-    absent = [c.name for c in sidx.classes if c.value < 256 and total[c.value] == 0]
-    if absent:
-        report.add(Finding("warning", "class_absent", f"class(es) {', '.join(absent)} never appear in any mask; the model cannot learn them."))
 
 
 def _unused_files(report: Report, root: Path, files: list[Path], masks: list[Path | None]) -> None:

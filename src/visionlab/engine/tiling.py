@@ -2,54 +2,20 @@
 
 Large aerial images are cut into overlapping tiles that are run in batches; tile outputs are
 blended with a smooth window so seams vanish, giving a full-resolution mask without holding
-the whole image's activations in memory. :func:`tile_plan` (the geometry) is free of torch, so the
-numpy runtime (:mod:`visionlab.runtime`) cuts exactly the same tiles.
+the whole image's activations in memory. The geometry (:func:`visionlab.data.geometry.tile_plan`) is
+free of torch, so the numpy runtime cuts exactly the same tiles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from visionlab.data.geometry import tile_plan
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["tile_starts", "TilePlan", "tile_plan", "blend_window", "predict_tiled"]
-
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets covering ``[0, length)`` with tiles of ``tile`` px; the last tile is flush."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Where the tiles of an (h, w) image go: tile size, padding (bottom/right) and tile origins."""
-
-    tile_h: int
-    tile_w: int
-    pad_h: int
-    pad_w: int
-    pad_mode: str  # "reflect", or "replicate" where the image is too small to reflect
-    coords: list[tuple[int, int]]
-
-
-def tile_plan(h: int, w: int, tile: int, overlap: float, multiple: int = 32) -> TilePlan:
-    """Tiles of ``tile`` px with ``overlap``; an image smaller than a tile is padded up to a
-    multiple of ``multiple`` (a size the network accepts) and run as one tile."""
-    th = tile if h >= tile else -(-h // multiple) * multiple
-    tw = tile if w >= tile else -(-w // multiple) * multiple
-    pad_h, pad_w = max(0, th - h), max(0, tw - w)
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    sy = max(1, int(th * (1 - overlap)))
-    sx = max(1, int(tw * (1 - overlap)))
-    coords = [(y, x) for y in tile_starts(h + pad_h, th, sy) for x in tile_starts(w + pad_w, tw, sx)]
-    return TilePlan(th, tw, pad_h, pad_w, mode, coords)
+__all__ = ["blend_window", "predict_tiled"]
 
 
 def blend_window(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

@@ -5,38 +5,21 @@ and both flips (4 views); ``d4`` all 8 rotations and reflections of the square (
 no up or down: minerals, textures, aerial views). The mode is saved in a checkpoint's
 preprocessing, so ``evaluate`` and ``predict`` score exactly what validation scored.
 Segmentation (``tta_logits(..., dense=True)``) maps each view's per-pixel probabilities back onto the
-input before averaging; it runs per tile, inside the blended sliding window.
+input before averaging; it runs per tile, inside the blended sliding window. The modes and their views
+(:data:`visionlab.data.geometry.TTA_MODES`, :func:`~visionlab.data.geometry.view_plan`) are free of torch,
+so the numpy runtime averages the same views in the same order.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from visionlab.data.geometry import view_plan
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["TTA_MODES", "view_plan", "tta_views", "tta_logits"]
-
-TTA_MODES = ("none", "hflip", "flips", "d4")
-
-
-def view_plan(mode: str, square: bool) -> list[tuple[int, bool]]:
-    """The views of ``mode`` as (quarter turns on the last two dims, then a horizontal flip),
-    identity first. A view's inverse is the flip, then the turns back.
-
-    Plain data, free of torch, so the numpy runtime (:mod:`visionlab.runtime`) averages exactly
-    the views, in the same order, that PyTorch does here.
-    """
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown tta mode {mode!r}; choose from {', '.join(TTA_MODES)}")
-    if mode == "none":
-        return [(0, False)]
-    if mode == "hflip":
-        return [(0, False), (0, True)]
-    if mode == "flips" or not square:  # quarter turns of a non-square input change its shape
-        return [(0, False), (0, True), (2, True), (2, False)]  # identity, h, v (= half turn + h), h + v
-    return [(k, f) for k in range(4) for f in (False, True)]
-
+__all__ = ["tta_views", "tta_logits"]
 
 Op = Callable[["torch.Tensor"], "torch.Tensor"]
 
@@ -59,7 +42,7 @@ def _ops(mode: str, square: bool) -> list[tuple[Op, Op]]:
 
 
 def _like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    import torch  # here, not at the top: view_plan stays importable without torch
+    import torch
 
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return v.contiguous(memory_format=torch.channels_last) if channels_last else v

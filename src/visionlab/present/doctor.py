@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from visionlab.data.doctor import Finding, Report, _plural, check_dataset
+from visionlab.data.doctor import Finding, Report, plural, check_dataset
 from visionlab.present import console as default_console
 
 __all__ = ["show_report", "run_check", "MAX_FILES_SHOWN"]
@@ -95,8 +95,8 @@ def show_report(report: Report, console: Any = None) -> None:
             style = _STYLE[f.severity]
             f_table.add_row(f"[{style}]{f.severity}[/]", f.code, f.message, _show_files(f, report.root))
         console.print(f_table)
-    verdict = (f"[bold red]{_plural(len(report.errors), 'error')}[/]" if report.errors else "[green]no errors[/]")
-    console.print(f"{verdict}, {_plural(len(report.warnings), 'warning')}, {len(report.info)} info.")
+    verdict = (f"[bold red]{plural(len(report.errors), 'error')}[/]" if report.errors else "[green]no errors[/]")
+    console.print(f"{verdict}, {plural(len(report.warnings), 'warning')}, {len(report.info)} info.")
 
 
 def run_check(path: str | os.PathLike, task: str | None = None, as_json: bool = False, strict: bool = False) -> int:

@@ -1,17 +1,23 @@
 """The segmentation kind: a class per pixel (``images/``, ``masks/`` and ``classes.json``).
 
-Its runner is :class:`visionlab.kinds.segmentation.runner.SegmentationRunner`; predictions run blended
-tiles over each whole image, answered by :class:`MaskPrediction` (mask, class shares, legend).
+Everything the kind is lives in this package: the layout (``layout``: :class:`SegmentationIndex`), the
+runner (``runner``: data, training step, evaluation), the one decode-and-run step that predict, evaluate,
+serve and the runtime share (``step``: blended tiles over each whole image), the meter (``meter``), the
+data doctor's mask checks (``checks``) and the synthetic data (``synthetic``). Predictions are answered
+by :class:`MaskPrediction` (mask, class shares, legend).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from visionlab.kinds.base import Kind, Output, Prediction, image_base64
 from visionlab.kinds.segmentation.options import SegmentationOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from visionlab.kinds.segmentation.step import TileStep
 
 __all__ = ["KIND", "SegmentationKind", "MaskPrediction"]
 
@@ -88,17 +94,6 @@ class MaskPrediction(Prediction):
         self.files = {"mask": str(mask_path), "overlay": str(overlay_path)}
 
 
-def _mask_fields(channel: Any, values: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
-    """A result's fields from the HxW map of winning class indices: the mask in the dataset's pixel
-    ``values``, each class's share of the pixels, and the largest share as label and confidence."""
-    import numpy as np
-
-    shares = np.bincount(channel.ravel(), minlength=len(classes)) / channel.size
-    return {"label": classes[int(shares.argmax())], "confidence": float(shares.max()),
-            "class_shares": {c: round(float(s), 4) for c, s in zip(classes, shares)},
-            "mask": np.asarray(values, dtype=np.uint8)[channel]}
-
-
 class SegmentationKind(Kind):
     name = "segmentation"
     options = SegmentationOptions
@@ -120,7 +115,7 @@ class SegmentationKind(Kind):
         return SegmentationRunner(cfg, spec, device)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
-        from visionlab.data.synthetic import make_segmentation
+        from visionlab.kinds.segmentation.synthetic import make_segmentation
 
         make_segmentation(root, classes, seed=seed)
 
@@ -131,35 +126,32 @@ class SegmentationKind(Kind):
         return [Path(p) for p in expand_inputs([root / "images"])[:2]]
 
     def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
-        from visionlab.data.doctor import check_segmentation
+        from visionlab.kinds.segmentation.checks import check_segmentation
 
         return check_segmentation(path, **options)
 
     def recognizes(self, path: Path) -> bool:
-        from visionlab.data.doctor import looks_like_segmentation
+        from visionlab.kinds.segmentation.checks import looks_like_segmentation
 
         return looks_like_segmentation(path)
 
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
-        return [self._segment(predictor, s, o, a) for s, o, a in zip(sources, originals, arrays)]
+        from visionlab.kinds.segmentation.step import TileStep
 
-    def _segment(self, predictor: Any, name: str, original: Any, img: Any) -> MaskPrediction:
+        step = TileStep.of(predictor.model, predictor.preprocessing, predictor.normalize, predictor.device, tta=predictor.tta,
+                           autocast=predictor.precision.autocast, channels_last=predictor.channels_last)
+        return [self._segment(predictor, step, s, o, a) for s, o, a in zip(sources, originals, arrays)]
+
+    def _segment(self, predictor: Any, step: TileStep, name: str, original: Any, img: Any) -> MaskPrediction:
         """Blended tiles over the whole image, back at its original resolution when it was scaled."""
         import numpy as np
 
-        from visionlab.kinds.segmentation.runner import predict_probs
+        from visionlab.kinds.segmentation.step import mask_fields, original_size, predict_probs
 
         pre = predictor.preprocessing
-        out_size = None
-        if pre.scale != 1.0:  # back to the original resolution
-            from visionlab.data.io import load_image
-
-            w, h = load_image(original).size
-            out_size = (h, w)
-        probs = predict_probs(predictor.model, img, pre, predictor.normalize, predictor.precision.autocast,
-                              channels_last=predictor.channels_last, out_size=out_size, tta=predictor.tta)
-        fields = _mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre.values, predictor.classes)
+        probs = predict_probs(step, img, out_size=original_size(pre, original))
+        fields = mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre.values, predictor.classes)
         return MaskPrediction(name, **fields, legend=self.legend(predictor), ignore_index=pre.ignore_index)
 
     def sample_inputs(self, root: Path, count: int) -> list[Path]:
@@ -176,16 +168,12 @@ class SegmentationKind(Kind):
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """Blended tiles through the ONNX model, back at the original resolution when the image was
         scaled; ``mask`` holds the dataset's pixel values."""
-        from visionlab.data.io import load_image
-        from visionlab.runtime import resize_bilinear
+        from visionlab.kinds.segmentation.step import mask_fields, original_size, runtime_probs
 
         out = []
         for src, img in batch:
-            probs = runtime.predict_tiled(runtime.normalize(img.transpose(2, 0, 1)[None])[0])
-            if runtime.preprocessing.scale != 1.0:
-                w, h = load_image(src).size
-                probs = resize_bilinear(probs, (h, w))
-            fields = _mask_fields(probs.argmax(0), runtime.preprocessing.values, runtime.classes)
+            probs = runtime_probs(runtime, img, out_size=original_size(runtime.preprocessing, src))
+            fields = mask_fields(probs.argmax(0), runtime.preprocessing.values, runtime.classes)
             out.append({"label": fields["label"], "confidence": fields["confidence"], "error": None, **fields})  # as classifiers' rows
         return out
 

@@ -2,7 +2,7 @@
 
 Images are never squashed: training samples random ``tile_size`` crops of the full images
 (optionally biased towards rare classes), evaluation and prediction run sliding windows over
-the whole image (:func:`visionlab.engine.tiling.predict_tiled`). Masks are only ever resized
+the whole image (:func:`visionlab.kinds.segmentation.step.predict_probs`). Masks are only ever resized
 with nearest neighbour; ``ignore_index`` (255) and the classes in ``ignore_classes`` count in
 neither loss nor metrics.
 """
@@ -18,15 +18,17 @@ import torch.nn.functional as F
 from visionlab.data.augment import Augment
 from visionlab.data.cache import RecordCache, build_record_cache, decode_each
 from visionlab.data.io import UnreadableImage, load_mask, resize_mask
-from visionlab.data.layout import SegmentationIndex, find_segmentation
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.errors import VisionlabError
 from visionlab.data.splits import split_indices, split_keys
 from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
+from visionlab.kinds.segmentation.layout import SegmentationIndex, find_segmentation
+from visionlab.kinds.segmentation.meter import SegmentationMeter
+from visionlab.kinds.segmentation.step import TileStep, predict_probs
 
-__all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut", "predict_probs"]
+__all__ = ["SegmentationRunner", "segmentation_preprocessing", "value_lut"]
 
 
 def value_lut(values: list[int], ignore_index: int, ignored_values: list[int] = ()) -> np.ndarray:
@@ -51,40 +53,6 @@ def segmentation_preprocessing(cfg: Any, index: SegmentationIndex) -> Preprocess
                          tile_overlap=float(opts.tile_overlap), seg_scale=float(opts.seg_scale), mean=w.mean, std=w.std,
                          values=tuple(c.value for c in index.classes), colors=tuple(c.color for c in index.classes),
                          ignore_index=int(index.ignore_index), ignored_values=tuple(ignored), tta=str(cfg.tta))
-
-
-def predict_probs(
-    model: torch.nn.Module,
-    img: np.ndarray,
-    pre: Preprocessing,
-    normalize: Normalize,
-    autocast: Any,
-    batch_size: int = 8,
-    channels_last: bool = False,
-    out_size: tuple[int, int] | None = None,
-    tta: str | None = None,
-) -> torch.Tensor:
-    """(C, H, W) class probabilities of one preprocessed uint8 image by blended tiles,
-    resized (bilinear, on probabilities) to ``out_size`` = (H, W) of the original image.
-    ``tta`` (default: the preprocessing's) averages flipped/rotated views of every tile."""
-    from visionlab.engine.tiling import predict_tiled
-    from visionlab.engine.tta import tta_logits
-
-    device = normalize.mean.device
-    x = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device))[0]
-    n_classes = len(pre.values)
-
-    mode = pre.tta_mode if tta is None else tta
-
-    def forward(b: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            b = b.contiguous(memory_format=torch.channels_last)
-        return tta_logits(model, b, mode, autocast, dense=True)
-
-    probs = predict_tiled(forward, x, n_classes, pre.tile_size, pre.tile_overlap, batch_size)
-    if out_size is not None and tuple(probs.shape[1:]) != tuple(out_size):
-        probs = F.interpolate(probs[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
-    return probs
 
 
 class _CropDataset(torch.utils.data.Dataset):
@@ -294,21 +262,21 @@ class SegmentationRunner(TaskRunner):
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
-        from visionlab.engine.metrics import SegmentationMeter
-
-        meter = SegmentationMeter(len(self.classes), ignore_index=self.ignore_index, exclude=self.exclude)
+        meter = self._meter()
         model.eval()
+        step = TileStep.of(model, self.preprocessing, self.normalize, self.device, autocast=autocast,
+                           batch_size=batch_size or 8, channels_last=self.cfg.channels_last)
         rows: list[dict[str, Any]] = []
         worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # (mIoU, k, truth, prediction), the lowest kept
         for k in self.shard(self.splits[split]):
             img = self.train_pair(int(k))[0]
             mask = self._eval_mask(int(k), img.shape[:2])
-            probs = predict_probs(model, img, self.preprocessing, self.normalize, autocast, batch_size or 8,
-                                  self.cfg.channels_last, out_size=mask.shape)
-            pred = probs.argmax(0).cpu()
-            meter.update(pred[None], torch.from_numpy(mask.astype(np.int64))[None])
+            pred = predict_probs(step, img, out_size=mask.shape).argmax(0).cpu()
+            image = self._meter()  # this image's pixels: its own scores, then added to the split's
+            image.update(pred[None], torch.from_numpy(mask.astype(np.int64))[None])
+            meter.merge(image)
             if self.examples:  # evaluate only: per-image scores, and the worst images kept as thumbnails
-                row = self._image_scores(mask, pred.numpy().astype(np.uint8))
+                row = image.image_scores()
                 rows.append({"path": str(self.index.images[int(k)]), **row})
                 if row["miou"] is not None:
                     worst = sorted(worst + [(row["miou"], int(k), *self._small_masks(mask, pred.numpy()))])[: self.examples]
@@ -321,16 +289,9 @@ class SegmentationRunner(TaskRunner):
         return EvalResult(metrics, meter.report(self.classes), self.primary, rows or None, "lowest IoU first",
                           [self._example(*w) for w in worst])
 
-    def _image_scores(self, truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-        """One image's mIoU (over the classes in its truth or prediction) and pixel accuracy."""
-        n = len(self.classes)
-        valid = truth != self.ignore_index
-        cm = np.bincount(truth[valid].astype(np.int64) * n + pred[valid], minlength=n * n).reshape(n, n)
-        tp, gt, pr = np.diag(cm), cm.sum(1), cm.sum(0)
-        keep = np.array([c not in self.exclude and (gt[c] + pr[c]) > 0 for c in range(n)], dtype=bool)
-        iou = tp[keep] / np.maximum(gt[keep] + pr[keep] - tp[keep], 1)
-        return {"miou": round(float(iou.mean()), 4) if keep.any() else None,
-                "pixel_accuracy": round(float(tp.sum() / max(1, cm.sum())), 4)}
+    def _meter(self) -> SegmentationMeter:
+        """An empty meter of this dataset's classes, ignore index and excluded classes."""
+        return SegmentationMeter(len(self.classes), ignore_index=self.ignore_index, exclude=self.exclude)
 
     def _small_masks(self, truth: np.ndarray, pred: np.ndarray, side: int = 320) -> tuple[np.ndarray, np.ndarray]:
         h, w = truth.shape
