@@ -341,10 +341,9 @@ def check_files(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """The checks every dataset gets (decoding, sizes, duplicates, unused files); ``labels`` add counts
-    per class, ``label_findings(report, splits)`` the kind's checks of them, and ``extra``
-    (:class:`KindChecks`) what the kind reads beside each decoded image and finds in it (masks).
-    ``masks`` are the files the layout pairs with the images (used, so not reported as unused).
+    """The checks every dataset gets (decoding, sizes, duplicates, unused files); ``labels`` add counts per
+    class, ``label_findings(report, splits)`` the kind's checks of them, ``extra`` (:class:`KindChecks`)
+    what it reads beside each image and finds (masks, not reported as unused files: ``masks``).
     ``progress(done, total)`` is called as files are decoded."""
     t0 = time.perf_counter()
     done = 0

@@ -79,6 +79,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
                                        f"{free / 2**20:.0f} MB free).") from None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         raise CheckpointWriteError(f"could not write {path} ({reason}).") from None
+    except BaseException:  # Ctrl-C or SIGTERM mid-write: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

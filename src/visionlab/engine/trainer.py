@@ -252,6 +252,14 @@ def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return convert_sync_batchnorm(model)
 
 
+def _inode(path: Path) -> int | None:
+    """The file's inode, or None: an atomic rename gives ``path`` a new one."""
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 def _py(obj: Any) -> Any:
     """numpy scalars and paths -> plain Python, so checkpoints load with weights_only=True."""
     if isinstance(obj, dict):
@@ -680,13 +688,18 @@ class Trainer:
             return
         files = [(self.run_dir / "last.pt", state)] + ([(self.run_dir / "best.pt", inference_state(state))] if best else [])
         for path, content in files:
+            before = _inode(path)
             try:
                 save_checkpoint(content, path)
+                self._saved[path.name] = (self.loop.epoch, self.loop.step)
+            except KeyboardInterrupt:  # a Ctrl-C right after the rename: the new file is complete, and says so
+                if _inode(path) != before:
+                    self._saved[path.name] = (self.loop.epoch, self.loop.step)
+                raise
             except CheckpointWriteError as exc:
                 raise CheckpointWriteError(f"{exc.message[:-1]}; {self._saved_note()}.",
                                            "Free some space (or pass --out elsewhere), then --resume "
                                            f"{self.run_dir / 'last.pt'}." if self._saved else "Free some space and train again.") from None
-            self._saved[path.name] = (self.loop.epoch, self.loop.step)
             self._emit("on_checkpoint", path)
         if not self._marked:  # the latest-run pointer only ever names a run that has a checkpoint
             mark_latest(self.run_dir, self.runs_folder, self.spec.name)
