@@ -100,8 +100,9 @@ class Parity:
 
 def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tensor], source: str, output: Output,
                  atol: float = 1e-4, rtol: float = 1e-3, min_labels: float = 1.0, min_pixels: float = 0.999) -> Parity:
-    """Run every batch through ``session`` and ``model`` (fp32) and compare logits and top-1 labels
-    (per pixel when the kind's ``output`` scores pixels)."""
+    """Run every batch through ``session`` and ``model`` (fp32) and compare the logits and what is
+    decided from them (:meth:`Output.decisions`: top-1 labels, per pixel when the kind's ``output``
+    scores pixels, or each label's yes/no for sigmoid outputs)."""
     name, dense = session.get_inputs()[0].name, output.dense
     worst, close, equal, counted = 0.0, True, 0, 0
     for x in batches:
@@ -114,7 +115,7 @@ def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tenso
         diff = np.abs(got.astype(np.float64) - ref)
         worst = max(worst, float(diff.max()))
         close = close and bool((diff <= atol + rtol * np.abs(ref)).all())
-        same = got.argmax(1) == ref.argmax(1)
+        same = output.decisions(got) == output.decisions(ref)
         equal, counted = equal + int(same.sum()), counted + same.size
     return Parity([tuple(b.shape) for b in batches], worst, close, equal / max(1, counted), counted,
                   "pixels" if dense else "labels", atol, rtol, min_pixels if dense else min_labels, source)

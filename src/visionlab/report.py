@@ -109,7 +109,7 @@ def render_report(run: Path, eval_dir: Path) -> str:
     if history:
         parts.append(_section("Training curves", _curves(history)))
     if rep.get("per_class"):
-        parts.append(_section("Per class", _per_class(rep["per_class"])))
+        parts.append(_section("Per class", _per_class(rep["per_class"], task_kind.per_class_columns)))
     if rep.get("confusion_matrix"):
         parts.append(_section("Confusion matrix", _confusion(rep["confusion_matrix"], classes, task_kind.confusion_unit)))
     if examples:
@@ -157,13 +157,15 @@ def _metric_cards(metrics: Mapping[str, Any], primary: str | None) -> str:
     return f"<div class='metrics'>{''.join(cards)}</div>"
 
 
-def _per_class(per_class: Mapping[str, Mapping[str, Any]]) -> str:
-    cols = [c for c in ("precision", "recall", "f1", "iou", "dice", "roc_auc", "pixel_share", "support")
-            if any(c in row for row in per_class.values())]
+def _per_class(per_class: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """The per-class table: the kind's declared columns that the rows hold (else every key they hold),
+    shares as bars and counts as numbers."""
+    keys = list(dict.fromkeys(k for row in per_class.values() for k in row))
+    cols = [c for c in columns if c in keys] or keys
     head = "".join(f"<th scope='col'>{esc(c.replace('_', ' '))}</th>" for c in cols)
     body = ""
     for name, row in per_class.items():
-        cells = "".join(f"<td>{_bar_cell(row.get(c)) if c not in ('support',) else _fmt(row.get(c))}</td>" for c in cols)
+        cells = "".join(f"<td>{_fmt(row.get(c)) if isinstance(row.get(c), int) else _bar_cell(row.get(c))}</td>" for c in cols)
         body += f"<tr><th scope='row'>{esc(str(name))}</th>{cells}</tr>"
     return f"<div class='scroll'><table class='grid'><thead><tr><th scope='col'>class</th>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 

@@ -42,6 +42,12 @@ class Output:
         """Whether it scores every pixel (spatial axes of any size; views are mapped back before averaging)."""
         return self.per == "pixel"
 
+    def decisions(self, scores: Any) -> Any:
+        """What a surface decides from raw scores (a numpy array, class axis 1): the top class for
+        softmax (and for a plain number, whose one channel makes it always 0), each label's yes/no
+        at probability 0.5 for sigmoid. Export's parity check compares these."""
+        return scores > 0 if self.activation == "sigmoid" else scores.argmax(1)
+
     def line(self) -> str:
         """Its one-line description for the .onnx metadata's ``output`` field."""
         before = f"before {self.activation}" if self.activation != "none" else "no activation"

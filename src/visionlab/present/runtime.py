@@ -1,5 +1,5 @@
 """The torch-free runtime's output (``python -m visionlab.runtime``): one tab-separated line per
-image (path, label, confidence, the top classes or class shares), the masks as PNG files, the
+image (path, label, confidence, the top classes, class shares or labels' probabilities), the masks as PNG files, the
 rows as JSON, and its one-line errors on stderr.
 
 Plain ``print``, no rich: the runtime's install (numpy, Pillow, onnxruntime) has no rich.
@@ -33,7 +33,8 @@ def show_rows(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | No
         if r["error"] or r.get("skipped"):
             print(f"{printable_name(r['path'])}\t{'error' if r['error'] else 'skipped'}\t{r['error'] or r['skipped']}")
             continue
-        detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in r.get("class_shares", {}).items() if s > 0.005]
+        scores = r.get("class_shares") or r.get("probabilities") or {}  # per-pixel shares, or several labels' probabilities
+        detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in scores.items() if s > 0.005]
         print(f"{printable_name(r['path'])}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
         if masks is not None and r.get("mask") is not None:
             masks.mkdir(parents=True, exist_ok=True)

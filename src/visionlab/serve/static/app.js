@@ -1,6 +1,7 @@
 // visionlab serve: the upload/camera page. Served by visionlab itself; talks to this origin only.
 // It renders whatever fields a result has: top_k -> a bar per class, overlay_jpeg -> the overlay,
-// legend -> colour swatches, class_shares -> a bar per class share.
+// legend -> colour swatches, class_shares -> a bar per class share, probabilities (with labels:
+// several labels per photo) -> a bar per label, those given marked.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -99,12 +100,13 @@ function barRow(name, value, top, color) {
 function render(result, seconds) {
   $("result-empty").hidden = true;
   $("result").hidden = false;
-  $("label").textContent = result.label ?? "—";
+  $("label").textContent = result.labels ? result.labels.join(", ") || "no label" : result.label ?? "—";
   const colors = Object.fromEntries((result.legend || []).map((c) => [c.name, c.color]));
   const conf = $("confidence");
   conf.replaceChildren();
   if (result.top_k) conf.append(el("strong", {}, pct(result.confidence)), " confident");
   else if (result.class_shares) conf.append(el("strong", {}, pct(result.confidence)), " of the image");
+  else if (result.labels) conf.append(el("strong", {}, pct(result.confidence)), " sure of exactly these labels");
   const fig = $("figure");
   if (result.overlay_jpeg) {
     $("result-image").src = `data:image/jpeg;base64,${result.overlay_jpeg}`;
@@ -116,13 +118,17 @@ function render(result, seconds) {
   legend.replaceChildren(...(result.legend || []).map((c) =>
     el("span", {}, el("span", { class: "swatch", style: { background: c.color } }), c.name)));
   legend.hidden = !(result.legend && result.legend.length);
-  $("result-kicker").textContent = result.top_k ? "Prediction" : result.class_shares ? "Mostly" : "Result";
+  $("result-kicker").textContent = result.top_k ? "Prediction" : result.class_shares ? "Mostly" : result.labels ? "Labels" : "Result";
   const rows = [];
   if (result.top_k) {
     result.top_k.forEach((t, i) => rows.push(barRow(t.label, t.probability, i === 0, colors[t.label])));
   } else if (result.class_shares) {
     Object.entries(result.class_shares).sort((a, b) => b[1] - a[1])
       .forEach(([name, share], i) => rows.push(barRow(name, share, i === 0, colors[name])));
+  } else if (result.labels && result.probabilities) {
+    const given = new Set(result.labels);
+    Object.entries(result.probabilities).sort((a, b) => b[1] - a[1])
+      .forEach(([name, p]) => rows.push(barRow(name, p, given.has(name), colors[name])));
   }
   $("bars").replaceChildren(...rows);
   $("timing").textContent = seconds != null ? `Answered in ${Math.round(seconds * 1000)} ms by ${state.current.task}` : "";
