@@ -57,14 +57,17 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
-def _data_folder(data: str | os.PathLike, what: str) -> tuple[Path, Any, list[str]]:
+def _data_folder(data: str | os.PathLike, hint: str) -> tuple[Path, Any, list[str]]:
     """The folder ``data``, the kind its layout has (the kinds' ``recognizes``) and its classes;
     a missing folder or one with no data of that kind is a one-line error."""
     from visionlab.data.doctor import guess_kind
 
     root = Path(str(data)).expanduser()
-    if str(data) == "synthetic" or not root.exists():
-        raise VisionlabError(f"--data {data} is not a folder.", f"{what} needs --data DIR: the folder of your photos (or pass --task T).")
+    if str(data) == "synthetic":
+        raise VisionlabError("--data synthetic needs --task: synthetic data is made for a task's classes.",
+                             "Pass --task T (see 'visionlab tasks'), or --data DIR, a folder of photos.")
+    if not root.exists():
+        raise VisionlabError(f"--data {data} does not exist.", hint)
     kind = get_kind(guess_kind(root))
     return root, kind, kind.dataset_classes(root)
 
@@ -78,8 +81,9 @@ def folder_task(data: str | os.PathLike) -> tuple["TaskSpec", str]:
 
     from visionlab.registry import TaskSpec, find_task
 
-    root, kind, classes = _data_folder(data, "Training with no --task")
-    name = re.sub(r"[^a-z0-9_.-]+", "-", root.resolve().name.lower()).strip("-.") or "photos"
+    root, kind, classes = _data_folder(data, "Pass --data DIR, the folder of your photos, or --task T (see 'visionlab tasks').")
+    folder = root.resolve()
+    name = re.sub(r"[^a-z0-9_.-]+", "-", (folder.stem if folder.is_file() else folder.name).lower()).strip("-.") or "photos"
     looks = f"No --task: {data} looks like {_a(kind.name)} dataset ({len(classes)} classes)"
     known = find_task(name)
     if known is not None:
@@ -125,7 +129,7 @@ def new_task(name: str, data: str | os.PathLike, from_task: str | None = None, f
         raise VisionlabError(f"{dest} already exists.", "Pass --force to overwrite it, or choose another name.")
     if known is not None and known.source != str(dest):
         raise VisionlabError(f"task {name!r} is already registered ({known.origin}).", "Choose another name.")
-    root, kind, classes = _data_folder(data, "visionlab tasks new")
+    root, kind, classes = _data_folder(data, "Pass --data DIR, the folder of the task's photos.")
     recipe, origin = f"configs/{kind.general_recipe}.yaml", f"the {kind.name} kind's general recipe"
     if from_task is not None:
         base = get_task(from_task)

@@ -47,14 +47,11 @@ def packaged_recipe(name: str) -> Path | None:
 
 
 def resolve_recipe(ref: str, base: Path | None = None) -> Path:
-    """The file a recipe reference names: an absolute (or ``~``) path; else relative to ``base`` (a task
-    YAML's folder; the current folder when None) if it is there; else ``configs/<name>.yaml`` is visionlab's own."""
+    """The file a recipe reference names: ``configs/<name>.yaml`` is visionlab's own recipe when it ships
+    one; any other relative path is relative to ``base`` (a task YAML's folder; the current folder when None)."""
     path = Path(ref).expanduser()
-    if path.is_absolute():
-        return path
-    local = (base or Path()) / path
-    own = packaged_recipe(path.stem) if path.parent == Path("configs") and not local.exists() else None
-    return own or local
+    own = packaged_recipe(path.stem) if path.parent == Path("configs") else None
+    return own or (path if path.is_absolute() else (base or Path()) / path)
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,13 +123,13 @@ def _yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise _bad(path, f"cannot be read ({type(exc).__name__}).", "Fix or remove the file.") from None
+        raise _bad(path, f"unreadable ({type(exc).__name__}).", "Fix or remove the file.") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise _bad(path, f"is not valid YAML{line}.", "Fix the syntax, or remove the file.") from None
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise _bad(path, f"not valid YAML{line}.", "Fix the syntax, or remove the file.") from None
     if not isinstance(data, dict):
-        raise _bad(path, "must be a mapping of key: value.")
+        raise _bad(path, "not a mapping of key: value.")
     return data
 
 
