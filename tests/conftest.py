@@ -1,6 +1,6 @@
 """Shared fixtures: an isolated environment for every test, tiny real image folders, shared data.
 
-Every test runs with ``VISIONLAB_CACHE``, ``VISIONLAB_RUNS`` and ``TORCH_HOME`` inside pytest's
+Every test runs with ``VISIONLAB_CACHE``, ``VISIONLAB_RUNS``, ``VISIONLAB_TASKS`` and ``TORCH_HOME`` inside pytest's
 temporary folders, so no test reads or writes the user's caches or runs and nothing is ever
 downloaded. The synthetic datasets and the decoded-image cache live in one cache folder per
 session (they are made once and reused, as they would be for a user); runs are per test.
@@ -97,11 +97,12 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, session_cache: Path) -> dict[str, Path]:
-    """Point every visionlab and torch cache into tmp; nothing can download or touch ~/.cache."""
+    """Point every visionlab and torch cache into tmp; nothing can download or touch ~/.cache (or ~/.config)."""
     runs = tmp_path / "runs"
     env = {
         "VISIONLAB_CACHE": session_cache,
         "VISIONLAB_RUNS": runs,
+        "VISIONLAB_TASKS": tmp_path / "user-tasks",  # the user task folder: empty unless a test writes there
         "TORCH_HOME": session_cache / "torch-home",
         "HF_HOME": session_cache / "hf-home",
     }

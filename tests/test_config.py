@@ -15,13 +15,16 @@ from visionlab.api import load_config, resume_config
 from visionlab.config import AUGMENT_DEFAULTS, RESUME_SAFE_KEYS, Config, config_from_dict, dump_config, parse_overrides
 from visionlab.errors import VisionlabError
 from visionlab.kinds import get_kind
-from visionlab.registry import get_task, task_names
+from visionlab.registry import TaskSpec, get_task, task_names
 
 pytestmark = pytest.mark.torchfree
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(CONFIGS.glob("*.yaml"))
 KINDS = [get_kind("classification"), get_kind("segmentation")]
+#: The kinds' general recipes (configs/classify.yaml, configs/segment.yaml): what a folder no task
+#: describes trains with (visionlab train --data DIR); every other recipe is a task's.
+GENERAL = {kind.general_recipe: kind for kind in KINDS}
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in GENERAL)
 #: Each built-in kind's own keys (the fields of its Kind.options).
 KIND_KEYS = {k.name: [f.name for f in fields(k.options)] for k in KINDS}
 COMMON_KEYS = [f.name for f in fields(Config) if f.name != "options"]
@@ -50,19 +53,34 @@ def test_every_recipe_loads_for_its_task(path: Path):
     task = _task_of(path)
     assert task in task_names(), f"{path.name} names no registered task"
     raw = yaml.safe_load(path.read_text())
-    assert isinstance(raw, dict) and raw
-    assert set(raw) <= VALID_KEYS, f"{path.name}: unknown keys {sorted(set(raw) - VALID_KEYS)}"
-    assert set(raw.get("augment") or {}) <= set(AUGMENT_DEFAULTS)
     cfg = load_config(task, config=path)
     assert cfg.task == task
-    resolved = cfg.to_dict()
+    _assert_resolved(raw, cfg.to_dict())
+    # its model takes the recipe's model_args: test_models.test_every_recipes_model_accepts_its_arguments
+
+
+@pytest.mark.parametrize("name", sorted(GENERAL))
+def test_every_kinds_general_recipe_loads_for_a_folder_task(name: str):
+    path = CONFIGS / f"{name}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    spec = TaskSpec(name="photos", kind=GENERAL[name].name, default_classes=("a", "b"), description="", recipe=f"configs/{name}.yaml")
+    assert spec.recipe_path == path.resolve()
+    cfg = load_config(spec)
+    assert cfg.task == "photos" and cfg.data == "synthetic"
+    _assert_resolved(raw, cfg.to_dict())
+
+
+def _assert_resolved(raw: dict, resolved: dict) -> None:
+    """Every key of the recipe ``raw`` is known, and resolved to the value it gives."""
+    assert isinstance(raw, dict) and raw
+    assert set(raw) <= VALID_KEYS, f"unknown keys {sorted(set(raw) - VALID_KEYS)}"
+    assert set(raw.get("augment") or {}) <= set(AUGMENT_DEFAULTS)
     for key, value in raw.items():
         got = resolved[key]
         if key == "augment":
             assert {k: got[k] for k in value} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items()}
         else:
             assert got == value or (isinstance(value, (int, float)) and got == pytest.approx(value)), (key, got, value)
-    # its model takes the recipe's model_args: test_models.test_every_recipes_model_accepts_its_arguments
 
 
 @pytest.mark.parametrize("task", task_names())

@@ -23,20 +23,22 @@ from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 if TYPE_CHECKING:
     from visionlab.config import Config
     from visionlab.data.io import InputEntry
+    from visionlab.registry import TaskSpec
 
-__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config"]
+__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config", "folder_task", "new_task"]
 
 
-def load_config(task: str, config: str | os.PathLike | None = None,
+def load_config(task: "str | TaskSpec", config: str | os.PathLike | None = None,
                 overrides: Iterable[str] | Mapping[str, Any] | None = None) -> "Config":
-    """The resolved :class:`visionlab.config.Config` of the task called ``task``: defaults, its recipe,
-    ``config`` (a YAML file), ``overrides`` (``["lr=0.01"]`` or a mapping). Its kind's own keys go to
-    ``cfg.options``; a key of another kind is refused, saying what to use instead."""
+    """The resolved :class:`visionlab.config.Config` of the task called ``task`` (or of the
+    :class:`~visionlab.registry.TaskSpec` given): defaults, its recipe, ``config`` (a YAML file),
+    ``overrides`` (``["lr=0.01"]`` or a mapping). Its kind's own keys go to ``cfg.options``; a key of
+    another kind is refused, saying what to use instead."""
     from visionlab.config import resolve_config
     from visionlab.kinds import kind_names
     from visionlab.registry import get_task
 
-    spec = get_task(task)
+    spec = get_task(task) if isinstance(task, str) else task
     return resolve_config(spec, get_kind(spec.kind), config, overrides, others=[get_kind(n) for n in kind_names()])
 
 
@@ -51,8 +53,117 @@ def resume_config(saved: "Config | Mapping[str, Any]", config: str | os.PathLike
     return resume(saved, get_kind(get_task(task).kind), config, overrides)
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def _data_folder(data: str | os.PathLike, hint: str) -> tuple[Path, Any, list[str]]:
+    """The folder ``data``, the kind its layout has (the kinds' ``recognizes``) and its classes;
+    a missing folder or one with no data of that kind is a one-line error."""
+    from visionlab.data.doctor import guess_kind
+
+    root = Path(str(data)).expanduser()
+    if str(data) == "synthetic":
+        raise VisionlabError("--data synthetic needs --task: synthetic data is made for a task's classes.",
+                             "Pass --task T (see 'visionlab tasks'), or --data DIR, a folder of photos.")
+    if not root.exists():
+        raise VisionlabError(f"--data {data} does not exist.", hint)
+    kind = get_kind(guess_kind(root))
+    return root, kind, kind.dataset_classes(root)
+
+
+def folder_task(data: str | os.PathLike) -> tuple["TaskSpec", str]:
+    """The task ``visionlab train --data DIR`` trains with no ``--task``: the registered task (or user
+    task YAML) named as the folder, if there is one of the kind DIR's layout has; else a task named after
+    the folder (sanitized), of that kind, with the kind's general recipe (``configs/<kind.general_recipe>.yaml``).
+    Returns the task and the line that says which (and why)."""
+    import re
+
+    from visionlab.registry import TaskSpec, find_task
+
+    root, kind, classes = _data_folder(data, "Pass --data DIR, the folder of your photos, or --task T (see 'visionlab tasks').")
+    folder = root.resolve()
+    name = re.sub(r"[^a-z0-9_.-]+", "-", (folder.stem if folder.is_file() else folder.name).lower()).strip("-.") or "photos"
+    looks = f"No --task: {data} looks like {_a(kind.name)} dataset ({len(classes)} classes)"
+    known = find_task(name)
+    if known is not None:
+        if known.kind != kind.name:
+            raise VisionlabError(f"{data} looks like {_a(kind.name)} dataset, but task {name!r} (the folder's name) is {known.kind}.",
+                                 "Pass --task T, or train a copy of the folder under another name.")
+        recipe = known.recipe or f"configs/{known.name}.yaml"
+        return known, f"{looks}; training task {name!r} ({known.origin}, named as the folder) with its recipe ({recipe})."
+    if not kind.general_recipe:
+        raise VisionlabError(f"{data} looks like {_a(kind.name)} dataset, and that kind has no general recipe.", "Pass --task T (see 'visionlab tasks').")
+    recipe = f"configs/{kind.general_recipe}.yaml"
+    spec = TaskSpec(name=name, kind=kind.name, default_classes=tuple(classes), recipe=recipe,
+                    description=f"{kind.name} of the photos in {root} ({kind.general_recipe} recipe)")
+    return spec, f"{looks}; training task {name!r} with the {kind.general_recipe} recipe ({recipe})."
+
+
+def _recipe_reference(base: "TaskSpec", where: Path) -> str:
+    """``base``'s recipe as a task YAML in the folder ``where`` names it: its reference when that names
+    the same file from there (``configs/cracks.yaml``), else the file's absolute path."""
+    from visionlab.registry import resolve_recipe
+
+    path = base.recipe_path
+    if path is None or not path.is_file():
+        raise VisionlabError(f"task {base.name!r} has no recipe to start from.", "Leave --from out: the kind's general recipe is used.")
+    ref = base.recipe or f"configs/{base.name}.yaml"
+    return ref if resolve_recipe(ref, where).resolve() == path.resolve() else str(path.resolve())
+
+
+def new_task(name: str, data: str | os.PathLike, from_task: str | None = None, force: bool = False) -> tuple[Path, "TaskSpec"]:
+    """Write the task YAML ``<name>.yaml`` into the user task folder (:func:`visionlab.paths.tasks_home`):
+    the kind and the classes of the folder ``data``, and ``from_task``'s recipe (of the same kind) or
+    the kind's general one. Refuses a built-in name, an existing file (unless ``force``), a missing
+    folder and one with no recognisable data. Returns the file and the task read back from it."""
+    from visionlab.paths import tasks_home
+    from visionlab.registry import TaskSpec, check_task_name, find_task, get_task, read_task_file, task_yaml
+
+    check_task_name(name)
+    dest = tasks_home() / f"{name}.yaml"
+    known = find_task(name)
+    if known is not None and known.origin == "built-in":
+        raise VisionlabError(f"{name!r} is a built-in task.", f"Choose another name (e.g. my-{name}); --from {name} starts from its recipe.")
+    if dest.exists() and not force:
+        raise VisionlabError(f"{dest} already exists.", "Pass --force to overwrite it, or choose another name.")
+    if known is not None and known.source != str(dest):
+        raise VisionlabError(f"task {name!r} is already registered ({known.origin}).", "Choose another name.")
+    root, kind, classes = _data_folder(data, "Pass --data DIR, the folder of the task's photos.")
+    recipe, origin = f"configs/{kind.general_recipe}.yaml", f"the {kind.name} kind's general recipe"
+    if from_task is not None:
+        base = get_task(from_task)
+        if base.kind != kind.name:
+            raise VisionlabError(f"{data} looks like {_a(kind.name)} dataset, but task {from_task!r} is {base.kind}.",
+                                 f"Pass --from a {kind.name} task (see 'visionlab tasks'), or leave --from out.")
+        recipe, origin = _recipe_reference(base, dest.parent), f"the recipe of task {from_task!r}"
+    elif not kind.general_recipe:
+        raise VisionlabError(f"{kind.name} has no general recipe.", f"Pass --from T, a {kind.name} task to copy the recipe of.")
+    spec = TaskSpec(name=name, kind=kind.name, default_classes=tuple(classes), recipe=recipe,
+                    description=f"{kind.name.capitalize()} of the photos in {root.resolve()}, trained with {origin}.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(task_yaml(spec, f"Task {name!r}, written by 'visionlab tasks new' from {root.resolve()} "
+                                    f"({time.strftime('%Y-%m-%d')}).\nKeys: README, Adding a task."), encoding="utf-8")
+    return dest, read_task_file(dest)
+
+
+def _train_task(task: "str | TaskSpec | None", layers: Mapping[str, Any], console: Any, shown: bool) -> "TaskSpec":
+    """The task ``train`` trains: the one named or given, else the folder's (:func:`folder_task`, said first)."""
+    from visionlab import present
+    from visionlab.registry import get_task
+
+    if task is not None:
+        return get_task(task) if isinstance(task, str) else task
+    if "data" not in layers:
+        raise VisionlabError("no task and no data to train.", "Pass --data DIR (a folder of your photos) or --task T (see 'visionlab tasks').")
+    spec, note = folder_task(layers["data"])
+    if shown and os.environ.get("RANK", "0") == "0":
+        present.console(console).print(note, markup=False, highlight=False, soft_wrap=True)
+    return spec
+
+
 def train(
-    task: str,
+    task: "str | TaskSpec | None",
     data: str | os.PathLike | None = None,
     config: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
@@ -62,7 +173,8 @@ def train(
     progress: bool = True,
     **options: Any,
 ):
-    """Train ``task``. ``options`` are config keys (epochs=3, lr=1e-3, ...); see configs/<task>.yaml.
+    """Train ``task`` (a name or a :class:`~visionlab.registry.TaskSpec`; None: the task of the folder
+    ``data``, see :func:`folder_task`). ``options`` are config keys (epochs=3, lr=1e-3, ...); see configs/<task>.yaml.
 
     ``resume`` (a last.pt, or 'last' for the latest run of ``task``) continues that run with its own
     saved config: ``config``, ``overrides`` and ``options`` may then change only the keys in
@@ -81,21 +193,22 @@ def train(
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tracking import build_trackers
     from visionlab.engine.trainer import Trainer, resolve_resume
-    from visionlab.registry import get_task
+    from visionlab.config import resume_config as resumed
 
     layers = parse_overrides(overrides)
     layers.update(options)
     if data is not None:
         layers["data"] = os.fspath(data)
+    shown = progress and not any(isinstance(cb, ProgressBar) for cb in callbacks)
+    spec = _train_task(task, layers, console, shown)
     if resume is None:
-        cfg = load_config(task, config, layers)
+        cfg = load_config(spec, config, layers)
     else:
-        path = resolve_resume(resume, get_task(task).name, layers.get("out"))
-        cfg, _ = resume_config(load_checkpoint(path, expect_task=task)["config"], config, layers)
+        path = resolve_resume(resume, spec.name, layers.get("out"))
+        cfg, _ = resumed(load_checkpoint(path, expect_task=spec.name)["config"], get_kind(spec.kind), config, layers)
         resume = path
     trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
-    shown = progress and not any(isinstance(cb, ProgressBar) for cb in callbacks)
-    trainer = Trainer(cfg, callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
+    trainer = Trainer(cfg, spec=spec, callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
     try:
         return trainer.fit(resume=resume)
     except BaseException as exc:
@@ -160,7 +273,7 @@ def evaluate(
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.data.geometry import TTA_MODES
     from visionlab.present.evaluation import show_evaluation, show_written, write_evaluation
-    from visionlab.registry import get_task
+    from visionlab.registry import checkpoint_task
     from visionlab.engine.runner import evaluate_checkpoint
 
     console = present.console(console)
@@ -171,7 +284,7 @@ def evaluate(
         raise VisionlabError(f"unknown tta mode {tta!r}.", f"Use one of {', '.join(TTA_MODES)}.")
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
-    spec = get_task(state["task"])
+    spec = checkpoint_task(state)
     report = evaluate_checkpoint(spec, state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
                                  examples=examples, console=console, precision=precision)
     show_evaluation(report, console)

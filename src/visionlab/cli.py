@@ -109,23 +109,34 @@ def _root(
     tune_process()  # visionlab's own commands tune their process; a library import does not
 
 
-@app.command("tasks")
+tasks_app = typer.Typer(help="List the tasks (built-in, plugins', the user folder's); 'tasks new' writes one for a folder of photos.")
+app.add_typer(tasks_app, name="tasks")
+
+
+def _short(names: tuple[str, ...], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+@tasks_app.callback(invoke_without_command=True)
 @handle_errors
-def tasks_cmd(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also build the models and count their parameters (imports torch).")) -> None:
-    """List the registered tasks: kind, the model its recipe trains (and the seed's), input size, classes."""
+def tasks_cmd(ctx: typer.Context,
+              verbose: bool = typer.Option(False, "--verbose", "-v", help="Also build the models and count their parameters (imports torch).")) -> None:
+    """List the registered tasks: kind, the model its recipe trains (and the seed's), input size, classes, where it comes from."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.table import Table
 
     from visionlab.registry import list_tasks
 
     table = Table(title="visionlab tasks")
-    for col in ("task", "kind", "model (recipe / seed)", "input", "default classes", "description"):
+    for col in ("task", "kind", "model (recipe / seed)", "input", "default classes", "description", "source"):
         table.add_column(col, overflow="fold")
     if verbose:
         table.add_column("params (recipe / seed)", justify="right")
     for spec in list_tasks():
         seed = spec.seed_model or spec.model
         model = spec.model if seed == spec.model else f"{spec.model} / {seed}"
-        row = [spec.name, spec.kind, model, f"{spec.input_size} px", ", ".join(spec.default_classes), spec.description]
+        row = [spec.name, spec.kind, model, f"{spec.input_size} px", _short(spec.default_classes), spec.description, spec.origin]
         if verbose:
             from visionlab.models import build_model, no_weights_kwargs
 
@@ -139,10 +150,30 @@ def tasks_cmd(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also 
     _console().print(table)
 
 
+@tasks_app.command("new")
+@handle_errors
+def tasks_new_cmd(
+    name: str = typer.Argument(..., help="The new task's name (also its file: NAME.yaml in the user task folder)."),
+    data: str = typer.Option(..., "--data", "-d", help="The folder of photos the task is for: its kind and classes are read from it."),
+    from_task: Optional[str] = typer.Option(None, "--from", help="Train with this task's recipe (a task of the same kind; default: the kind's general recipe)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite NAME.yaml if it exists."),
+) -> None:
+    """Write a task YAML for a folder of photos into the user task folder ($VISIONLAB_TASKS, else ~/.config/visionlab/tasks)."""
+    import shlex
+
+    from visionlab.api import new_task
+
+    path, spec = new_task(name, data, from_task=from_task, force=force)
+    typer.echo(f"wrote {path}: task {spec.name!r}, {spec.kind}, {len(spec.default_classes)} classes "
+               f"({_short(spec.default_classes)}), recipe {spec.recipe}.")
+    typer.echo(f"Train it with: visionlab train --task {shlex.quote(spec.name)} --data {shlex.quote(data)}")
+
+
 @app.command("train")
 @handle_errors
 def train_cmd(
-    task: str = typer.Option(..., "--task", "-t", help="Task name (see 'visionlab tasks')."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name (see 'visionlab tasks'). Without it, --data DIR is "
+                                       "trained as a task named after the folder, with its kind's general recipe."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder/CSV, or 'synthetic'."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults: configs/<task>.yaml)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
@@ -158,7 +189,7 @@ def train_cmd(
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Train as one job of N processes on this machine "
                                           "(torchrun --standalone --nproc_per_node N; one per GPU, or gloo on CPU)."),
 ) -> None:
-    """Train a task; writes checkpoints, metrics.csv and curves to runs/<task>/<name>/."""
+    """Train a task (or, with no --task, the folder --data DIR); writes checkpoints, metrics.csv and curves to runs/<task>/<name>/."""
     import os
     import signal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_home"]
+__all__ = ["cache_home", "tasks_home"]
 
 
 def cache_home() -> Path:
@@ -19,3 +19,16 @@ def cache_home() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "visionlab"
+
+
+def tasks_home() -> Path:
+    """``$VISIONLAB_TASKS``, else ``$XDG_CONFIG_HOME/visionlab/tasks``, else ``~/.config/visionlab/tasks``.
+
+    Holds the user's task YAMLs (one ``<name>.yaml`` per task, as ``visionlab tasks new`` writes
+    them), registered after the built-in tasks; the folder need not exist.
+    """
+    env = os.environ.get("VISIONLAB_TASKS")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".config") / "visionlab" / "tasks"

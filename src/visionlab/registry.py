@@ -1,15 +1,21 @@
 """The task registry: one place where every task is described by name, the five built-in ones too.
 
-A task (:class:`TaskSpec`) names its kind, its recipe and its dataset; what it trains and at
-which size is read from the recipe, how it is trained and scored belongs to the kind
-(:mod:`visionlab.kinds`). Registering the same name twice is refused; an unknown name fails
-with the list of known ones. Importing this module does not import torch, so ``visionlab
-tasks`` is fast. Plugins (:mod:`visionlab.plugins`) register their tasks before the first lookup.
+A task (:class:`TaskSpec`) names its kind, its classes, its recipe and its dataset; what it trains
+and at which size is read from the recipe, how it is trained and scored belongs to the kind
+(:mod:`visionlab.kinds`). Tasks are data: the built-in ones are ``configs/tasks/<name>.yaml``
+(shipped in the wheel beside the recipes), a user's are the YAMLs of the user task folder
+(:func:`visionlab.paths.tasks_home`, registered after the built-in and plugin tasks on the first
+lookup they are needed for), and plugins (:mod:`visionlab.plugins`) register theirs with
+:func:`register_task`. Registering the same name twice is refused; an unknown name fails with the
+list of known ones. Importing this module does not import torch, so ``visionlab tasks`` is fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +23,35 @@ from typing import Any
 from visionlab.errors import VisionlabError
 from visionlab.plugins import load_plugins
 
-__all__ = ["TaskSpec", "register_task", "get_task", "list_tasks", "task_names", "packaged_recipe"]
+__all__ = ["TaskSpec", "TASK_KEYS", "BUILTIN_TASKS", "register_task", "get_task", "find_task", "checkpoint_task", "list_tasks",
+           "task_names", "packaged_recipe", "read_task_file", "task_yaml", "check_task_name"]
+
+#: The keys of a task YAML, in the order ``visionlab tasks new`` writes them.
+TASK_KEYS = ("name", "kind", "classes", "description", "dataset", "recipe", "seed_model", "seed_project")
+#: The built-in tasks, in the order they are listed: ``configs/tasks/<name>.yaml`` each.
+BUILTIN_TASKS = ("minerals", "waste", "cracks", "caltech", "landcover")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def packaged_configs() -> Path | None:
+    """The ``configs/`` folder shipped with visionlab (in the wheel, or in the source checkout), if any."""
+    here = Path(__file__).resolve().parent
+    return next((cand for cand in (here / "configs", here.parents[1] / "configs") if cand.is_dir()), None)
 
 
 def packaged_recipe(name: str) -> Path | None:
     """``configs/<name>.yaml`` shipped with visionlab (in the wheel, or in the source checkout), if any."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "configs" / f"{name}.yaml", here.parents[1] / "configs" / f"{name}.yaml"):
-        if cand.exists():
-            return cand
-    return None
+    folder = packaged_configs()
+    cand = folder / f"{name}.yaml" if folder is not None else None
+    return cand if cand is not None and cand.exists() else None
+
+
+def resolve_recipe(ref: str, base: Path | None = None) -> Path:
+    """The file a recipe reference names: ``configs/<name>.yaml`` is visionlab's own recipe when it ships
+    one; any other relative path is relative to ``base`` (a task YAML's folder; the current folder when None)."""
+    path = Path(ref).expanduser()
+    own = packaged_recipe(path.stem) if path.parent == Path("configs") else None
+    return own or (path if path.is_absolute() else (base or Path()) / path)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,21 +66,31 @@ class TaskSpec:
     """What a task is: its kind, its recipe (the YAML of its default training), its dataset and classes.
 
     ``model`` and ``input_size`` are what the recipe trains; ``seed_model`` is the architecture
-    of the seed project (trained by the seed-faithful recipe ``configs/<name>-scratch.yaml``)."""
+    of the seed project (trained by the seed-faithful recipe ``configs/<name>-scratch.yaml``).
+    ``source`` is the task YAML it was read from ("" for a task registered in Python)."""
 
     name: str
     kind: str  # a registered kind: visionlab.kinds.get_kind(kind)
     default_classes: tuple[str, ...]  # the classes of the seed dataset (and of its synthetic stand-in)
     description: str
     dataset: str = ""  # name understood by ``visionlab data download``
-    recipe: str = ""  # the recipe's YAML file; "" = configs/<name>.yaml shipped with visionlab
+    recipe: str = ""  # the recipe's YAML file (relative to ``source``'s folder); "" = configs/<name>.yaml shipped with visionlab
     seed_model: str = ""
     seed_project: str = ""
+    source: str = ""
 
     @property
     def recipe_path(self) -> Path | None:
         """The recipe's file (None for a task registered without one)."""
-        return Path(self.recipe).expanduser() if self.recipe else packaged_recipe(self.name)
+        if not self.recipe:
+            return packaged_recipe(self.name)
+        return resolve_recipe(self.recipe, Path(self.source).parent if self.source else None)
+
+    @property
+    def origin(self) -> str:
+        """Where the task comes from: 'built-in', the path of its task YAML, or 'Python (register_task)'."""
+        builtin = self.name in BUILTIN_TASKS and self.source == str(_builtin_file(self.name))
+        return "built-in" if builtin else self.source or "Python (register_task)"
 
     def recipe_values(self) -> dict[str, Any]:
         """The recipe's keys as written (read once)."""
@@ -75,42 +110,115 @@ class TaskSpec:
         return int(self.recipe_values().get(get_kind(self.kind).input_key) or 0)
 
 
-_LITE0 = "EfficientNet-Lite0 (ImageNet weights) fine-tuned"
-_BUILTIN_TASKS = (
-    TaskSpec(
-        name="minerals", kind="classification", dataset="minerals",
-        default_classes=("biotite", "bornite", "chrysocolla", "malachite", "muscovite", "pyrite", "quartz"),
-        description=f"Mineral photo classifier: {_LITE0}. Seed model minerals_cnn: CNN from scratch "
-                    "(conv 64-128-256-512, GAP, dense 256) with background removal.",
-        seed_model="minerals_cnn", seed_project="MinDat Keras CNN, 96 px, 73 % val accuracy (10 classes)",
-    ),
-    TaskSpec(
-        name="waste", kind="classification", dataset="waste", default_classes=("O", "R"),
-        description=f"Organic (O) vs recyclable (R) waste: {_LITE0}. Seed model waste_cnn: CNN from scratch "
-                    "(conv 32-64-128-256, dense 128-64).",
-        seed_model="waste_cnn", seed_project="Thesis Keras CNN, 224 px, 90.7 % test accuracy",
-    ),
-    TaskSpec(
-        name="cracks", kind="classification", dataset="cracks", default_classes=("Negative", "Positive"),
-        description=f"Concrete crack (Positive) vs no crack (Negative): {_LITE0}. Seed model cracks_cnn: "
-                    "3-conv-block CNN from scratch.",
-        seed_model="cracks_cnn", seed_project="Course project CNN, 150 px, 99.4 % test accuracy",
-    ),
-    TaskSpec(
-        name="caltech", kind="classification", dataset="caltech101",
-        default_classes=("Faces", "brain", "camera", "dollar_bill", "ketch", "watch"),
-        description=f"Six Caltech101 classes: {_LITE0}. Seed model resnet18 (ImageNet weights), fine-tuned.",
-        seed_model="resnet18", seed_project="Notebook ResNet18, 98 % on 99 test images",
-    ),
-    TaskSpec(
-        name="landcover", kind="segmentation", dataset="landcover",
-        default_classes=("building", "land", "road", "vegetation", "water", "unlabeled"),
-        description="Land-cover segmentation of aerial images: U-Net with an EfficientNet-Lite0 encoder (ImageNet "
-                    "weights), focal+dice loss, tiled training and inference. Seed model: the same U-Net from scratch.",
-        seed_model="unet", seed_project="LandCover.ai U-Net, F1 0.43",
-    ),
-)
-_TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN_TASKS}
+# ----------------------------------------------------------------------------- task YAMLs
+
+
+def _bad(path: Path, what: str, hint: str | None = None) -> VisionlabError:
+    return VisionlabError(f"{path}: {what}", hint or f"Known keys: {', '.join(TASK_KEYS)} (README: Adding a task).")
+
+
+def _yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _bad(path, f"unreadable ({type(exc).__name__}).", "Fix or remove the file.") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise _bad(path, f"not valid YAML{line}.", "Fix the syntax, or remove the file.") from None
+    if not isinstance(data, dict):
+        raise _bad(path, "not a mapping of key: value.")
+    return data
+
+
+def check_task_name(name: Any, where: str = "") -> str:
+    """``name`` if it can name a task (and its runs folder): letters, digits, ``_ . -``, not starting with a dot."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise VisionlabError(f"{where + ' ' if where else ''}{name!r} is not a task name.", "Use letters, digits, '_', '-' and '.', e.g. bees or my-bees.")
+    return name
+
+
+def read_task_file(path: str | Path) -> TaskSpec:
+    """The :class:`TaskSpec` a task YAML describes (its ``name`` defaults to the file's stem); a
+    missing or unknown key, or a value of the wrong type, is a one-line error naming the file and the key."""
+    path = Path(path)
+    data = _yaml_mapping(path)
+    for key in data:
+        if key not in TASK_KEYS:
+            close = difflib.get_close_matches(str(key), TASK_KEYS, n=1)
+            raise _bad(path, f"unknown key {key!r}{f' (did you mean {close[0]!r}?)' if close else ''}.")
+    for key in ("kind", "classes"):
+        if data.get(key) in (None, "", []):
+            raise _bad(path, f"key {key!r} is missing.")
+    for key in set(TASK_KEYS) - {"classes"}:
+        if not isinstance(data.get(key, ""), str):
+            raise _bad(path, f"key {key!r} must be text, got {data[key]!r}.")
+    classes = data["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) and str(c) for c in classes):
+        raise _bad(path, f"key 'classes' must be a list of class names, got {classes!r}.")
+    if len(set(map(str, classes))) != len(classes):
+        raise _bad(path, "key 'classes' names a class twice.")
+    name = check_task_name(data.get("name", path.stem), f"{path}: key 'name':")
+    return TaskSpec(name=name, kind=data["kind"], default_classes=tuple(map(str, classes)), description=data.get("description", ""),
+                    dataset=data.get("dataset", ""), recipe=data.get("recipe", ""), seed_model=data.get("seed_model", ""),
+                    seed_project=data.get("seed_project", ""), source=str(path))
+
+
+def task_yaml(spec: TaskSpec, comment: str = "") -> str:
+    """The text of ``spec``'s task YAML (the keys of :data:`TASK_KEYS` it sets), under ``comment`` lines."""
+    import yaml
+
+    values = {"name": spec.name, "kind": spec.kind, "classes": list(spec.default_classes), "description": spec.description,
+              "dataset": spec.dataset, "recipe": spec.recipe, "seed_model": spec.seed_model, "seed_project": spec.seed_project}
+    body = yaml.safe_dump({k: v for k, v in values.items() if v}, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    return "".join(f"# {line}\n" for line in comment.splitlines()) + body
+
+
+def _builtin_file(name: str) -> Path:
+    return (packaged_configs() or Path("configs")) / "tasks" / f"{name}.yaml"
+
+
+_TASKS: dict[str, TaskSpec] = {name: read_task_file(_builtin_file(name)) for name in BUILTIN_TASKS}
+#: The user task folders read, each with the registry dict it was read into (a test may swap ``_TASKS``).
+_USER_READ: dict[Path, dict[str, TaskSpec]] = {}
+
+
+def _user_task(path: Path) -> TaskSpec:
+    """A task YAML of the user folder, checked: a known kind, a recipe that exists (default: the kind's general one)."""
+    from visionlab.kinds import get_kind, kind_names
+
+    spec = read_task_file(path)
+    try:
+        kind = get_kind(spec.kind)
+    except VisionlabError:
+        raise _bad(path, f"key 'kind': unknown task kind {spec.kind!r}.", f"Known kinds: {', '.join(kind_names())}.") from None
+    if not spec.recipe and kind.general_recipe:
+        spec = dataclasses.replace(spec, recipe=f"configs/{kind.general_recipe}.yaml")
+    recipe = spec.recipe_path
+    if recipe is None or not recipe.is_file():
+        raise _bad(path, f"key 'recipe': {spec.recipe or 'none given'} is not a file.",
+                   "Name a recipe YAML: a path relative to this file, or configs/<recipe>.yaml of visionlab's own.")
+    return spec
+
+
+def _load_user_tasks() -> None:
+    """Register the task YAMLs of the user folder (once per folder); a name taken by a built-in or
+    another task is a one-line error naming the file."""
+    from visionlab.paths import tasks_home
+
+    folder = tasks_home()
+    if _USER_READ.get(folder) is _TASKS or not folder.is_dir():
+        return
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        spec = _user_task(path)
+        have = _TASKS.get(spec.name)
+        if have is not None and have.source != spec.source:
+            taken = "is a built-in task" if have.origin == "built-in" else f"is already registered ({have.origin})"
+            raise _bad(path, f"task {spec.name!r} {taken}.", "Rename the task: its 'name' key, or the file when it has none.")
+        _TASKS[spec.name] = spec
+    _USER_READ[folder] = _TASKS
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
@@ -124,24 +232,43 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def task_names() -> list[str]:
+def _load_all() -> None:
     load_plugins()
+    _load_user_tasks()
+
+
+def task_names() -> list[str]:
+    _load_all()
     return list(_TASKS)
 
 
 def list_tasks() -> list[TaskSpec]:
-    """All registered tasks: the built-in ones, then those registered since, in order."""
-    load_plugins()
+    """All registered tasks: the built-in ones, then those of plugins, then the user folder's."""
+    _load_all()
     return list(_TASKS.values())
+
+
+def find_task(name: str) -> TaskSpec | None:
+    """The task called ``name``, or None when none is (plugins and the user folder are read first)."""
+    if name not in _TASKS:
+        _load_all()
+    return _TASKS.get(name)
 
 
 def get_task(name: str) -> TaskSpec:
     """Look a task up by name; unknown names fail with the list of known ones."""
-    if name not in _TASKS:
-        load_plugins()
-    try:
-        return _TASKS[name]
-    except KeyError:
+    spec = find_task(name)
+    if spec is None:
         raise VisionlabError(
             f"unknown task {name!r}.", f"Known tasks: {', '.join(_TASKS)} (see 'visionlab tasks')."
-        ) from None
+        )
+    return spec
+
+
+def checkpoint_task(state: dict[str, Any]) -> TaskSpec:
+    """The task of a checkpoint: the registered one of its name, else the task it describes itself
+    (its name, kind and classes), so a model trained on a folder with no task YAML (``visionlab train
+    --data DIR``) is evaluated, predicted, served and exported without one."""
+    name = str(state["task"])
+    return find_task(name) or TaskSpec(name=name, kind=str(state["kind"]), default_classes=tuple(map(str, state["classes"])),
+                                       description=f"task of the checkpoint (not registered): {len(state['classes'])} classes")

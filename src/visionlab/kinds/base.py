@@ -222,6 +222,9 @@ class Kind:
     #: A per-pixel model run over whole images by blended tiles (one image per decoded batch; its
     #: exported graph takes any height and width that are multiples of 32).
     tiled: ClassVar[bool] = False
+    #: The general recipe of the kind, ``configs/<general_recipe>.yaml``: what a folder of this kind
+    #: trains with when no task describes it (``visionlab train --data DIR``, ``visionlab tasks new``).
+    general_recipe: ClassVar[str] = ""
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
@@ -253,6 +256,11 @@ class Kind:
     def check_data(self, path: Any, classes: list[str] | None = None, **options: Any) -> Any:
         """The data doctor's :class:`visionlab.data.doctor.Report` of a dataset of this kind."""
         raise VisionlabError(f"the data doctor has no checks for {self.name} datasets.", "Check the folder by hand.")
+
+    def dataset_classes(self, path: Path) -> list[str]:
+        """The class names of the dataset at ``path``, in the order training numbers them (from the
+        data, as the runner reads it); a folder that holds no data of this kind is a one-line error."""
+        raise VisionlabError(f"{self.name} datasets cannot list their classes.", "Write the task YAML's 'classes' by hand.")
 
     def recognizes(self, path: Path) -> bool:
         """Whether the existing folder (or file) ``path`` is laid out as this kind's datasets are;

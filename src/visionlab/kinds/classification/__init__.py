@@ -57,6 +57,7 @@ class ClassificationKind(Kind):
     examples_note = "the wrong answers the model was surest of, most confident first"
     detail_column = "top-{k}"
     ranks_classes = True
+    general_recipe = "classify"
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.classification.runner import ClassificationRunner
@@ -78,6 +79,11 @@ class ClassificationKind(Kind):
         from visionlab.kinds.classification.checks import check_classification
 
         return check_classification(path, classes, **options)
+
+    def dataset_classes(self, path: Path) -> list[str]:
+        from visionlab.kinds.classification.layout import find_classification
+
+        return find_classification(path).classes
 
     def recognizes(self, path: Path) -> bool:
         return True  # the fallback: class folders, or a CSV of labelled images (the doctor says what is wrong)

@@ -108,6 +108,7 @@ class SegmentationKind(Kind):
     detail_column = "class shares"
     writes_files = True
     tiled = True  # each image is tiled, and its tiles are batched
+    general_recipe = "segment"
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.segmentation.runner import SegmentationRunner
@@ -129,6 +130,11 @@ class SegmentationKind(Kind):
         from visionlab.kinds.segmentation.checks import check_segmentation
 
         return check_segmentation(path, **options)
+
+    def dataset_classes(self, path: Path) -> list[str]:
+        from visionlab.kinds.segmentation.layout import find_segmentation
+
+        return find_segmentation(path).class_names
 
     def recognizes(self, path: Path) -> bool:
         from visionlab.kinds.segmentation.checks import looks_like_segmentation
