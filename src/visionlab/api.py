@@ -22,9 +22,10 @@ from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
 if TYPE_CHECKING:
     from visionlab.config import Config
+    from visionlab.data.download import Source
     from visionlab.data.io import InputEntry
 
-__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config"]
+__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config", "download_task"]
 
 
 def load_config(task: str, config: str | os.PathLike | None = None,
@@ -313,3 +314,28 @@ def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console:
     sample = kind.demo_inputs(kind.synthetic_data(spec))
     preds = predict(sample, checkpoint=result.best_checkpoint, console=console)
     return {"train": result, "evaluate": report, "predict": preds}
+
+
+def dataset_source(name: str) -> Source:
+    """The download source (:class:`visionlab.data.download.Source`) of ``name``: a dataset's
+    name, or a task's, whose seed dataset it is."""
+    from visionlab.data.download import SOURCES, get_source
+
+    if name in SOURCES:
+        return get_source(name)
+    from visionlab.registry import get_task
+
+    spec = get_task(name)  # unknown names fail with the list of tasks
+    if not spec.dataset or spec.dataset not in SOURCES:
+        raise VisionlabError(f"task {name!r} has no downloadable dataset.", f"Datasets: {', '.join(SOURCES)}.")
+    return get_source(spec.dataset)
+
+
+def download_task(task: str, root: str | os.PathLike | None = None, force: bool = False, console: Any = None) -> tuple[Source, Path, int]:
+    """Download the seed dataset of ``task`` (a task or dataset name); returns its source, the
+    folder it is in and how many images that holds (masks not counted)."""
+    from visionlab.data.download import download_source
+
+    source = dataset_source(task)
+    target, images = download_source(source, root, force, console=console)
+    return source, target, images
