@@ -71,17 +71,17 @@ def train(
 
     ``callbacks`` are :class:`visionlab.engine.trainer.Callback` objects (reports...); the experiment
     trackers of the config key ``track`` (:mod:`visionlab.engine.tracking`) are added after them.
-    The progress display (:class:`visionlab.engine.callbacks.ProgressBar`, on ``console``: stdout by
+    The progress display (:class:`visionlab.present.training.ProgressBar`, on ``console``: stdout by
     default) comes first, unless ``progress`` is false or ``callbacks`` hold a ProgressBar of their
     own: then the library prints nothing.
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
     from visionlab import present
     from visionlab.config import parse_overrides
-    from visionlab.engine.callbacks import ProgressBar
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tracking import build_trackers
     from visionlab.engine.trainer import Trainer, resolve_resume
+    from visionlab.present.training import ProgressBar
     from visionlab.registry import get_task
 
     layers = parse_overrides(overrides)
@@ -96,7 +96,9 @@ def train(
         resume = path
     trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
     shown = progress and not any(isinstance(cb, ProgressBar) for cb in callbacks)
-    trainer = Trainer(cfg, callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
+    spec = get_task(cfg.task)
+    trainer = Trainer(cfg, spec, get_kind(spec.kind),
+                      callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
     try:
         return trainer.fit(resume=resume)
     except BaseException as exc:
@@ -112,9 +114,13 @@ def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task
     """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run). It
     computes in ``precision``: fp32 (the same answers as the exported .onnx), or auto (bf16 where
     the CPU/GPU has it: faster, probabilities a little apart), bf16, fp16 (CUDA)."""
-    from visionlab.engine.predict import load as _load
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.predict import Predictor
+    from visionlab.engine.runs import latest_checkpoint
 
-    return _load(checkpoint, device=device, task=task, precision=precision)
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
+    state = load_checkpoint(path, expect_task=task)
+    return Predictor(state, get_kind(state["kind"]), device=device, source=str(path), precision=precision)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -173,7 +179,7 @@ def evaluate(
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = get_task(state["task"])
-    report = evaluate_checkpoint(spec, state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
+    report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
                                  examples=examples, console=console, precision=precision)
     show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -256,7 +262,6 @@ def predict(
     link, a directory...), in the order they were named. ``top_k`` (>= 1; default :data:`visionlab.kinds.base.DEFAULT_TOP_K`) is clipped
     to the number of classes; an explicit value above it is said so."""
     from visionlab import present
-    from visionlab.engine.predict import Predictor
     from visionlab.present.predictions import check_output_file, check_writable, show_predictions, show_top_k_clipped
 
     console = present.console(console)
@@ -268,7 +273,7 @@ def predict(
         check_output_file(out_path)
     entries = _entries_to_predict(paths, out_path, console)
     path = _checkpoint(checkpoint, task, console)
-    predictor = Predictor.from_checkpoint(path, device=device, task=task, precision=precision)
+    predictor = load(path, device=device, task=task, precision=precision)
     kind = predictor.kind
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
     if mask_dir is not None and out_path is None:
