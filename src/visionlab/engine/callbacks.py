@@ -50,7 +50,7 @@ __all__ = ["Callback", "Notice", "RunInfo", "ResumeInfo", "BestScore", "ModelChe
 @dataclass(frozen=True)
 class Notice:
     """A line the trainer or a callback has for the user (a data warning, early stopping, a
-    tracker's address); :class:`ProgressBar` shows it as ``label: text``."""
+    tracker's address); :class:`visionlab.present.training.ProgressBar` shows it as ``label: text``."""
 
     label: str  # "warning", "SYNTHETIC DATA", "no validation split", "early stopping", "mlflow", ...
     text: str

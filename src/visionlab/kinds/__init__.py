@@ -5,6 +5,8 @@ outside the kinds' own modules asks it and never compares kind names. The built-
 packages (``visionlab.kinds.<kind>``), each holding everything its kind is; they are imported by
 module path on first lookup (their ``KIND``), so importing this module stays torch-free and cheap.
 Registering a name twice is refused; an unknown name fails with the list of known ones.
+Which kind a dataset folder is (:func:`guess_kind`) and the data doctor's check of one
+(:func:`check_dataset`) ask the registered kinds, so they live here, not in :mod:`visionlab.data.doctor`.
 """
 
 from __future__ import annotations
