@@ -179,8 +179,8 @@ def evaluate(
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = get_task(state["task"])
-    report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
-                                 examples=examples, console=console, precision=precision)
+    report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device,
+                                 batch_size=batch_size, tta=tta, examples=examples, console=console, precision=precision)
     show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     show_written(out_dir, write_evaluation(report, out_dir), console)
