@@ -172,7 +172,7 @@ class MultilabelRunner(TaskRunner):
 
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        root = resolve_data_path(cfg, self.spec)
+        root = resolve_data_path(cfg, self.spec, self.task_kind)
         wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
         paths, y, self.classes, splits = read_labels(root, wanted)
         self.preprocessing = self.fixed_preprocessing or _preprocessing(cfg, self.kind)
@@ -257,7 +257,7 @@ class MultilabelKind(Kind):
     detail_column = "probabilities"
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
-        return MultilabelRunner(cfg, spec, device)
+        return MultilabelRunner(cfg, spec, device, self)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         make_shapes(root, classes, seed=seed)

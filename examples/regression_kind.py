@@ -109,7 +109,7 @@ class RegressionKind(Kind):
     detail_column = "value"
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
-        return _runner_class()(cfg, spec, device)
+        return _runner_class()(cfg, spec, device, self)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         make_discs(root, seed=seed)
@@ -150,7 +150,7 @@ def _runner_class() -> type:
 
         def prepare(self, console: Any = None) -> None:
             cfg = self.cfg
-            root = resolve_data_path(cfg, self.spec)
+            root = resolve_data_path(cfg, self.spec, self.task_kind)
             self.paths, targets = read_targets(root)
             self.targets = np.asarray(targets, dtype=np.float32)
             self.classes = list(self.spec.default_classes)  # one output: the quantity's name

@@ -15,14 +15,21 @@ from rich.console import Console
 
 import visionlab
 from visionlab.engine import trainer as trainer_module
-from visionlab.engine.callbacks import (BestScore, Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Notice, ProgressBar,
-                                        TrainingCurves)
+from visionlab.engine.callbacks import BestScore, Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Notice, TrainingCurves
 from visionlab.engine.checkpoint import RESUME_REQUIRED, TRAINING_STATE, load_checkpoint, save_checkpoint
 from visionlab.engine.trainer import Trainer
 from visionlab.errors import VisionlabError
+from visionlab.kinds import get_kind
 from visionlab.kinds.classification.runner import ClassificationRunner
+from visionlab.present.training import ProgressBar
 
 HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
+
+
+def _task(name: str) -> tuple:
+    """The task ``name`` and its kind, as a :class:`Trainer` is given them."""
+    spec = visionlab.get_task(name)
+    return spec, get_kind(spec.kind)
 
 
 class Record(Callback):
@@ -69,7 +76,7 @@ def test_the_defaults_are_installed_around_the_users_callbacks(fast, monkeypatch
     from visionlab.api import load_config
 
     mine = Callback()
-    trainer = Trainer(load_config("cracks"), callbacks=[mine])  # no progress display: a Trainer is silent
+    trainer = Trainer(load_config("cracks"), *_task("cracks"), callbacks=[mine])  # no progress display: a Trainer is silent
     assert [type(cb) for cb in trainer.callbacks] == [CSVLogger, TrainingCurves, Callback, EarlyStopping, ModelCheckpoint]
     assert trainer.callbacks[2] is mine
     assert (trainer.checkpoint_callback, trainer.early_stopping_callback) == (trainer.callbacks[4], trainer.callbacks[3])
@@ -178,14 +185,13 @@ def test_an_interrupt_during_set_up_says_only_what_is_on_disk(fast, monkeypatch)
     """Ctrl-C or SIGTERM before the first step (while the data is decoded...) is a TrainingInterrupted
     naming what exists: the run folder without a checkpoint, or no run folder at all."""
     import visionlab.engine.trainer as trainer_module
-    import visionlab.kinds
     from visionlab.errors import TrainingInterrupted
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
     opts = fast("cracks")
-    monkeypatch.setattr(visionlab.kinds, "runner_for", stop)  # the run folder exists by then
+    monkeypatch.setattr(type(get_kind("classification")), "runner", stop)  # the run folder exists by then
     with pytest.raises(TrainingInterrupted, match=r"interrupted: no checkpoint was saved \(run folder ") as info:
         visionlab.train("cracks", data="synthetic", console=_quiet(), **opts)
     assert info.value.hint == "Nothing to resume; train again."
@@ -289,8 +295,8 @@ def test_two_stateful_callbacks_need_two_state_keys():
     from visionlab.api import load_config
 
     with pytest.raises(VisionlabError, match="same state_key 'Counter\\[a\\]'"):
-        Trainer(load_config("cracks"), callbacks=[_Counter("a", 1), _Counter("a", 2)])
-    Trainer(load_config("cracks"), callbacks=[Callback(), Callback()])  # no state, no clash
+        Trainer(load_config("cracks"), *_task("cracks"), callbacks=[_Counter("a", 1), _Counter("a", 2)])
+    Trainer(load_config("cracks"), *_task("cracks"), callbacks=[Callback(), Callback()])  # no state, no clash
 
 
 def test_the_trainer_prints_nothing():

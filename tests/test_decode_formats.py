@@ -98,7 +98,7 @@ def test_doctor_and_training_call_refused_files_unreadable(tmp_path: Path, runs_
 
     import visionlab
     from conftest import fast_options
-    from visionlab.data.doctor import check_dataset
+    from visionlab.kinds import check_dataset
 
     root = write_class_folder(tmp_path / "data", per_class=8, size=32)
     planted = [root / "apple" / f"{fmt.lower()}.png" for fmt in REFUSED]

@@ -71,6 +71,8 @@ def _train_worker(rank: int, world: int, port: int, out: str, options: dict, che
     _register_plain_net()
     from visionlab.api import load_config
     from visionlab.engine.trainer import Trainer
+    from visionlab.kinds import get_kind
+    from visionlab.registry import get_task
 
     class Checked(Trainer):
         steps_checked = 0
@@ -85,7 +87,8 @@ def _train_worker(rank: int, world: int, port: int, out: str, options: dict, che
             return out
 
     cfg = load_config("cracks", None, {"data": "synthetic", **options})
-    trainer = Checked(cfg)  # no progress display: silent on every rank
+    spec = get_task("cracks")
+    trainer = Checked(cfg, spec, get_kind(spec.kind))  # no progress display: silent on every rank
     res = trainer.fit()
     cache = trainer.runner.cache
     result[f"cache_{rank}"] = (str(cache.file), cache.location) if cache is not None else None

@@ -17,11 +17,10 @@ from typer.testing import CliRunner
 from visionlab.cli import app
 from visionlab.data.doctor import (
     Report,
-    check_dataset,
-    guess_kind,
     near_duplicate_pairs,
     phash,
 )
+from visionlab.kinds import check_dataset, guess_kind
 from visionlab.kinds.classification.checks import training_warnings
 from visionlab.kinds.classification.layout import find_classification
 from visionlab.present.doctor import run_check

@@ -32,8 +32,8 @@ from visionlab.data.download import (
     fetch,
     fetch_manifest,
     get_source,
-    download_task,
 )
+from visionlab.api import dataset_source, download_task
 from visionlab.kinds.classification.layout import find_classification
 from visionlab.errors import VisionlabError
 from visionlab.kinds.segmentation.layout import find_segmentation
@@ -565,6 +565,6 @@ def test_registry_covers_every_task():
     from visionlab.registry import list_tasks
 
     for spec in list_tasks():
-        src = dl._resolve(spec.name)
+        src = dataset_source(spec.name)
         assert src.task == spec.name
         assert src.method == "manifest" or src.expect

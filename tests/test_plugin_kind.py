@@ -97,7 +97,7 @@ def test_the_data_doctor_and_the_runtime_ask_the_plugin_kind(plugin, cls_folder:
     """The doctor's guess asks every kind, the plugin's first; a kind without a torch-free runtime
     step says so in one line instead of being run as a classifier."""
     import visionlab
-    from visionlab.data.doctor import check_dataset, guess_kind
+    from visionlab.kinds import check_dataset, guess_kind
     from visionlab.errors import VisionlabError
     from visionlab.kinds import get_kind
 

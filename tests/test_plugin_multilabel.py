@@ -119,7 +119,7 @@ def plugin(monkeypatch: pytest.MonkeyPatch):
 
 def test_the_doctor_recognizes_a_labels_csv_with_several_labels(plugin, tmp_path: Path, cls_folder: Path):
     import visionlab
-    from visionlab.data.doctor import guess_kind
+    from visionlab.kinds import guess_kind
     from visionlab.errors import VisionlabError
     from visionlab.kinds import get_kind
 

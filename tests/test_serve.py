@@ -32,6 +32,7 @@ httpx = pytest.importorskip("httpx")
 
 from conftest import REPO, make_class_image, offline_page, save_shot  # noqa: E402
 
+from visionlab.api import load  # noqa: E402
 from visionlab.engine.predict import Predictor  # noqa: E402
 
 MAX_UPLOAD_MB = 2  # small, so the oversized bodies of the tests are quick to send
@@ -81,7 +82,7 @@ def server(tiny_models: dict[str, Path]) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def offline(tiny_models: dict[str, Path]) -> dict[str, Predictor]:
-    return {task: Predictor.from_checkpoint(path, device="cpu") for task, path in tiny_models.items()}
+    return {task: load(path, device="cpu") for task, path in tiny_models.items()}
 
 
 def _jpeg(img: Image.Image, quality: int = 90) -> bytes:

@@ -1,9 +1,11 @@
-"""The shape of the source tree: no import circles in ``src/``, no code outside the task kinds'
+"""The shape of the source tree: every module in one of the :data:`LAYERS` and no import from a
+lower layer to a higher one, no import circles in ``src/``, no code outside the task kinds'
 own modules that decides what to do by comparing kind names, no function over
 ``MAX_FUNCTION_LINES`` lines, and no printing outside the CLI and the presentation layer.
 
-Both read the source with :mod:`ast` (nothing is imported). Every import counts, at module
-level or inside a function, except those under ``if TYPE_CHECKING:``.
+All read the source with :mod:`ast` (nothing is imported). Every import counts, at module
+level or inside a function, except those under ``if TYPE_CHECKING:``; so do the built-in kinds
+that ``visionlab.kinds`` imports by module path (its ``_BUILTIN`` table).
 """
 
 from __future__ import annotations
@@ -19,8 +21,38 @@ KIND_MODULES = ("visionlab.kinds",)
 #: decorators not.
 MAX_FUNCTION_LINES = 60
 #: The modules that may print (call ``print()`` or make a rich ``Console``): the CLI and the
-#: presentation layer. The trainer and its callbacks print until their events go to a progress callback.
-PRINTING_MODULES = ("visionlab.cli", "visionlab.present", "visionlab.engine.trainer", "visionlab.engine.callbacks")
+#: presentation layer (the progress display of a training run is ``present.training``'s). The trainer
+#: stays listed until nothing of it prints.
+PRINTING_MODULES = ("visionlab.cli", "visionlab.present", "visionlab.engine.trainer")
+#: The layers of the package, lowest first: a module may import its own layer and those below,
+#: never one above. A name covers the module and, written ``pkg.*``, every module under the package.
+#: A new module fails :func:`test_every_module_is_in_exactly_one_layer` until it is placed here.
+LAYERS: list[tuple[str, ...]] = [
+    # what everything may use: the version, the error type, the cache folders, subprocesses, plugin loading
+    ("_version", "errors", "paths", "process", "plugins"),
+    # generic data: decoding, layouts, transforms and augmentation, geometry, the doctor's machinery,
+    # downloads; they know no kind, no task and no config
+    ("data", "data.*"),
+    # what a kind, a run's settings and an exported file are. Above data because that is what their
+    # code really uses: the Kind protocol's default methods read images (data.io) and make the
+    # synthetic data (data.synthetic), the config takes the augment keys from data.augment, and the
+    # .onnx format's checks the test-time views from data.geometry
+    ("kinds.base", "config", "onnx_file"),
+    # the networks and their registry
+    ("models", "models.*"),
+    # the kind-neutral training and inference machinery: told its kind and task by the caller
+    ("engine", "engine.*"),
+    # each built-in kind: its runner, step, meter, checks, layout and synthetic data
+    ("kinds.classification", "kinds.classification.*", "kinds.segmentation", "kinds.segmentation.*"),
+    # the registries: the kinds by name (imports the built-in ones) and the tasks
+    ("kinds", "registry"),
+    # what a user is shown or given: tables and messages, the HTML report, export and the torch-free runtime
+    ("present", "present.*", "report", "export", "runtime"),
+    # the HTTP service
+    ("serve", "serve.*"),
+    # the surfaces: the library's functions, the CLI, the package and ``python -m visionlab``
+    ("api", "cli", "", "__main__"),
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -40,16 +72,20 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(module: str, path: Path, known: set[str]) -> set[str]:
-    """The package's modules that ``module`` imports (``from pkg import mod`` names the module ``pkg.mod``)."""
+def _imports(module: str, path: Path, known: set[str]) -> dict[str, int]:
+    """The package's modules that ``module`` imports, each with the line of its first import
+    (``from pkg import mod`` names the module ``pkg.mod``); ``visionlab.kinds`` also imports the
+    modules named in its ``_BUILTIN`` table (by :func:`importlib.import_module`)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node) for n in ast.walk(node)}
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
+    found: dict[str, int] = {}
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and module == f"{PACKAGE}.kinds" and _is_builtin_table(node):
+            targets = [v.value for v in node.value.values]
+        elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -63,13 +99,42 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
             while t and t not in known:  # `import visionlab.engine.trainer` is an edge to that module
                 t = t.rpartition(".")[0]
             if t and t != module:
-                found.add(t)
+                found[t] = min(found.get(t, node.lineno), node.lineno)
     return found
 
 
-def _graph() -> dict[str, set[str]]:
+def _is_builtin_table(node: ast.Assign | ast.AnnAssign) -> bool:
+    """Whether ``node`` assigns the ``_BUILTIN`` table (kind name -> module path) a dict."""
+    targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+    return isinstance(node.value, ast.Dict) and any(isinstance(t, ast.Name) and t.id == "_BUILTIN" for t in targets)
+
+
+def _import_lines() -> dict[str, dict[str, int]]:
+    """Module -> {imported module: line of the first such import}."""
     mods = _modules()
     return {m: _imports(m, p, set(mods)) for m, p in mods.items()}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {m: set(targets) for m, targets in _import_lines().items()}
+
+
+def _covers(pattern: str, module: str) -> bool:
+    """Whether a :data:`LAYERS` name covers ``module`` (a dotted name without the package)."""
+    return module.startswith(pattern[:-1]) if pattern.endswith(".*") else module == pattern
+
+
+def _layer_claims(module: str, layers: list[tuple[str, ...]]) -> list[int]:
+    """The indices of the layers that name ``module`` (a full dotted name), one per naming."""
+    short = module.removeprefix(PACKAGE).removeprefix(".")
+    return [i for i, layer in enumerate(layers) for pattern in layer if _covers(pattern, short)]
+
+
+def _climbs(lines: dict[str, dict[str, int]], layers: list[tuple[str, ...]]) -> list[str]:
+    """``a -> b (line N)`` for every import from a module to one in a higher layer."""
+    level = {m: claims[0] for m in lines if (claims := _layer_claims(m, layers))}
+    return [f"{a} -> {b} (line {n})" for a, targets in sorted(lines.items()) for b, n in sorted(targets.items())
+            if a in level and b in level and level[b] > level[a]]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -135,14 +200,37 @@ def test_no_import_cycles_in_src():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_layer_check_sees_climbs_and_unplaced_modules():
+    layers = [("a", "b.*"), ("c",)]
+    lines = {"visionlab.a": {"visionlab.c": 3}, "visionlab.b.x": {"visionlab.a": 1}, "visionlab.c": {"visionlab.b.x": 7}}
+    assert _climbs(lines, layers) == ["visionlab.a -> visionlab.c (line 3)"]
+    assert _layer_claims("visionlab.b", layers) == []  # ``b.*`` is what is under b, not b itself
+    assert _layer_claims("visionlab", [("",), ("a",)]) == [0]
+    assert _layer_claims("visionlab.b.x", [("b.*",), ("b.x",)]) == [0, 1]
+    assert _imports("visionlab.kinds", SRC / PACKAGE / "kinds" / "__init__.py", set(_modules()))[
+        "visionlab.kinds.segmentation"] > 0  # the _BUILTIN table is an import
+
+
+def test_every_module_is_in_exactly_one_layer():
+    wrong = {m: claims for m in _modules() if len(claims := _layer_claims(m, LAYERS)) != 1}
+    assert not wrong, "modules in no layer or in several (place each in one of LAYERS):\n" + "\n".join(
+        f"{m}: layers {[i + 1 for i in claims] or 'none'}" for m, claims in sorted(wrong.items()))
+    shorts = [m.removeprefix(PACKAGE).removeprefix(".") for m in _modules()]
+    stale = [pattern for layer in LAYERS for pattern in layer if not any(_covers(pattern, m) for m in shorts)]
+    assert not stale, f"names in LAYERS that no module has (remove or rename them): {stale}"
+
+
+def test_no_import_climbs_to_a_higher_layer():
+    climbs = _climbs(_import_lines(), LAYERS)
+    assert not climbs, "imports from a lower layer to a higher one (move the code down, or pass in what it needs):\n" + "\n".join(climbs)
+
+
 def _kind_names() -> set[str]:
     """The names of the built-in kinds, read from visionlab.kinds' table of them."""
     tree = ast.parse((SRC / PACKAGE / "kinds" / "__init__.py").read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(getattr(node, "value", None), ast.Dict):
-            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
-            if any(isinstance(t, ast.Name) and t.id == "_BUILTIN" for t in targets):
-                return {k.value for k in node.value.keys}
+        if isinstance(node, ast.AnnAssign | ast.Assign) and _is_builtin_table(node):
+            return {k.value for k in node.value.keys}
     raise AssertionError("visionlab.kinds has no _BUILTIN table")
 
 

@@ -319,13 +319,14 @@ def test_long_parameters_are_cut_to_mlflows_limit():
 def test_segmentation_logs_a_per_class_iou_table(tmp_path: Path):
     import torch
 
+    from visionlab.kinds import get_kind
     from visionlab.kinds.segmentation.meter import SegmentationMeter
 
     meter = SegmentationMeter(3)
     target = torch.tensor([[[0, 0, 1, 1], [2, 2, 1, 0]]])
     meter.update(torch.tensor([[[0, 1, 1, 1], [2, 2, 1, 0]]]), target)  # predicted indices
     report = meter.report(["ground", "water", "roof"])
-    written = write_test_figures(report, tmp_path)
+    written = write_test_figures(report, tmp_path, get_kind("segmentation").confusion_unit)
     assert [p.name for p in written] == ["test_confusion_matrix.png", "test_per_class.csv"]
     with (tmp_path / "test_per_class.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -22,10 +22,12 @@ from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
 if TYPE_CHECKING:
     from visionlab.config import Config
+    from visionlab.data.download import Source
     from visionlab.data.io import InputEntry
     from visionlab.registry import TaskSpec
 
-__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config", "folder_task", "new_task"]
+__all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config", "folder_task", "new_task",
+           "download_task"]
 
 
 def load_config(task: "str | TaskSpec", config: str | os.PathLike | None = None,
@@ -60,7 +62,7 @@ def _a(word: str) -> str:
 def _data_folder(data: str | os.PathLike, hint: str) -> tuple[Path, Any, list[str]]:
     """The folder ``data``, the kind its layout has (the kinds' ``recognizes``) and its classes;
     a missing folder or one with no data of that kind is a one-line error."""
-    from visionlab.data.doctor import guess_kind
+    from visionlab.kinds import guess_kind
 
     root = Path(str(data)).expanduser()
     if str(data) == "synthetic":
@@ -182,18 +184,18 @@ def train(
 
     ``callbacks`` are :class:`visionlab.engine.trainer.Callback` objects (reports...); the experiment
     trackers of the config key ``track`` (:mod:`visionlab.engine.tracking`) are added after them.
-    The progress display (:class:`visionlab.engine.callbacks.ProgressBar`, on ``console``: stdout by
+    The progress display (:class:`visionlab.present.training.ProgressBar`, on ``console``: stdout by
     default) comes first, unless ``progress`` is false or ``callbacks`` hold a ProgressBar of their
     own: then the library prints nothing.
     Returns a :class:`visionlab.engine.trainer.TrainResult` (run_dir, best_checkpoint, history, ...).
     """
     from visionlab import present
     from visionlab.config import parse_overrides
-    from visionlab.engine.callbacks import ProgressBar
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.tracking import build_trackers
     from visionlab.engine.trainer import Trainer, resolve_resume
     from visionlab.config import resume_config as resumed
+    from visionlab.present.training import ProgressBar
 
     layers = parse_overrides(overrides)
     layers.update(options)
@@ -208,7 +210,8 @@ def train(
         cfg, _ = resumed(load_checkpoint(path, expect_task=spec.name)["config"], get_kind(spec.kind), config, layers)
         resume = path
     trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
-    trainer = Trainer(cfg, spec=spec, callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
+    trainer = Trainer(cfg, spec, get_kind(spec.kind),
+                      callbacks=[*([ProgressBar(present.console(console))] if shown else []), *callbacks, *trackers])
     try:
         return trainer.fit(resume=resume)
     except BaseException as exc:
@@ -224,9 +227,13 @@ def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task
     """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run). It
     computes in ``precision``: fp32 (the same answers as the exported .onnx), or auto (bf16 where
     the CPU/GPU has it: faster, probabilities a little apart), bf16, fp16 (CUDA)."""
-    from visionlab.engine.predict import load as _load
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.predict import Predictor
+    from visionlab.engine.runs import latest_checkpoint
 
-    return _load(checkpoint, device=device, task=task, precision=precision)
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
+    state = load_checkpoint(path, expect_task=task)
+    return Predictor(state, get_kind(state["kind"]), device=device, source=str(path), precision=precision)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -285,8 +292,8 @@ def evaluate(
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = checkpoint_task(state)
-    report = evaluate_checkpoint(spec, state, path, data=data, split=split, device=device, batch_size=batch_size, tta=tta,
-                                 examples=examples, console=console, precision=precision)
+    report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device,
+                                 batch_size=batch_size, tta=tta, examples=examples, console=console, precision=precision)
     show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     show_written(out_dir, write_evaluation(report, out_dir), console)
@@ -368,7 +375,6 @@ def predict(
     link, a directory...), in the order they were named. ``top_k`` (>= 1; default :data:`visionlab.kinds.base.DEFAULT_TOP_K`) is clipped
     to the number of classes; an explicit value above it is said so."""
     from visionlab import present
-    from visionlab.engine.predict import Predictor
     from visionlab.present.predictions import check_output_file, check_writable, show_predictions, show_top_k_clipped
 
     console = present.console(console)
@@ -380,7 +386,7 @@ def predict(
         check_output_file(out_path)
     entries = _entries_to_predict(paths, out_path, console)
     path = _checkpoint(checkpoint, task, console)
-    predictor = Predictor.from_checkpoint(path, device=device, task=task, precision=precision)
+    predictor = load(path, device=device, task=task, precision=precision)
     kind = predictor.kind
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
     if mask_dir is not None and out_path is None:
@@ -426,3 +432,28 @@ def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console:
     sample = kind.demo_inputs(kind.synthetic_data(spec))
     preds = predict(sample, checkpoint=result.best_checkpoint, console=console)
     return {"train": result, "evaluate": report, "predict": preds}
+
+
+def dataset_source(name: str) -> Source:
+    """The download source (:class:`visionlab.data.download.Source`) of ``name``: a dataset's
+    name, or a task's, whose seed dataset it is."""
+    from visionlab.data.download import SOURCES, get_source
+
+    if name in SOURCES:
+        return get_source(name)
+    from visionlab.registry import get_task
+
+    spec = get_task(name)  # unknown names fail with the list of tasks
+    if not spec.dataset or spec.dataset not in SOURCES:
+        raise VisionlabError(f"task {name!r} has no downloadable dataset.", f"Datasets: {', '.join(SOURCES)}.")
+    return get_source(spec.dataset)
+
+
+def download_task(task: str, root: str | os.PathLike | None = None, force: bool = False, console: Any = None) -> tuple[Source, Path, int]:
+    """Download the seed dataset of ``task`` (a task or dataset name); returns its source, the
+    folder it is in and how many images that holds (masks not counted)."""
+    from visionlab.data.download import download_source
+
+    source = dataset_source(task)
+    target, images = download_source(source, root, force, console=console)
+    return source, target, images

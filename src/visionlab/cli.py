@@ -424,7 +424,7 @@ def data_download_cmd(
     force: bool = typer.Option(False, "--force", help="Download again even if present."),
 ) -> None:
     """Download a seed dataset (checksummed, resumable) into the data root."""
-    from visionlab.data.download import download_task
+    from visionlab.api import download_task
     from visionlab.present.messages import show_download
 
     console = _console()

@@ -61,7 +61,7 @@ from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 from visionlab.engine.onnx_model import OnnxModule, onnx_state
 from visionlab.kinds import Output, get_kind
-from visionlab.runtime import FORMAT, JSON_FIELDS, open_session
+from visionlab.onnx_file import FORMAT, JSON_FIELDS, open_session
 
 __all__ = ["export_onnx", "ExportResult", "Parity", "EndToEnd", "OnnxModule", "onnx_state", "check_parity", "check_end_to_end",
            "DEFAULT_OPSET", "PARITY_BATCHES"]
@@ -179,14 +179,14 @@ def check_end_to_end(state: dict[str, Any], onnx_path: str | os.PathLike, inputs
     kind, k = get_kind(state["kind"]), len(state["classes"])
     rows = Runtime(onnx_path).predict(inputs, top_k=k)
     fp32 = dict(state, config=dict(state["config"], channels_last=False))
-    worst, equal, counted = _answers_difference(kind, Predictor(fp32, device="cpu").predict(inputs, top_k=k), rows)
+    worst, equal, counted = _answers_difference(kind, Predictor(fp32, kind, device="cpu").predict(inputs, top_k=k), rows)
     dense = kind.outputs[0].dense
     result = EndToEnd(len(inputs), worst, equal / max(1, counted), counted, "pixels" if dense else "labels",
                       max_prob_diff, min_pixels if dense else min_labels, source)
     own = resolve_precision("auto", torch.device("cpu"))
     if own.name != "fp32":
         result.own_precision = own.name
-        own_run = Predictor(state, device="cpu", precision=own.name).predict(inputs, top_k=k)
+        own_run = Predictor(state, kind, device="cpu", precision=own.name).predict(inputs, top_k=k)
         result.own_max_prob_diff = _answers_difference(kind, own_run, rows)[0]
     return result
 

@@ -30,7 +30,6 @@ several workers, each given its share of the cores, do not oversubscribe them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,117 +37,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from visionlab.data.arrays import apply_view, softmax, undo_view
-from visionlab.data.geometry import TTA_MODES, view_plan
+from visionlab.data.geometry import view_plan
 from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Output, get_kind
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
+from visionlab.onnx_file import FORMAT, JSON_FIELDS, default_threads, open_session, read_metadata
 
-__all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]
-
-FORMAT = "visionlab-onnx/1"
-# metadata_props holding JSON (all others are plain strings); files exported before the kinds
-# described their outputs lack "outputs" (derived from the graph, :func:`_outputs`)
-JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs")
-
-
-def default_threads() -> int:
-    """``OMP_NUM_THREADS`` when set, else the number of CPUs this process may run on."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def open_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread
-    (``optimize=False``: no graph optimisation, for reading the metadata only).
-
-    Weights stored as external data are found beside the file (onnxruntime resolves the
-    relative location against the model's folder)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise VisionlabError("running an .onnx model needs onnxruntime, which is not installed.",
-                             "pip install onnxruntime (or pip install 'visionlab[export]').") from None
-    if threads is not None and threads < 1:
-        raise VisionlabError(f"threads must be >= 1, got {threads}.", "Pass e.g. --threads 2, or leave it out for the CPU count.")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise VisionlabError(f"model {p} does not exist.", "Pass the .onnx file written by visionlab export.")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or default_threads())
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's concern
-    try:
-        return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # InvalidProtobuf, Fail, missing external data, ...
-        text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise VisionlabError(f"{p} is not a readable ONNX model ({text}).", "Export it again with visionlab export.") from None
-
-
-def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """The visionlab metadata of an open session, JSON fields decoded; a foreign model is refused."""
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    fmt = meta.get("visionlab_format")
-    if fmt is None:
-        raise VisionlabError(f"{path} is an ONNX model without visionlab metadata (not written by visionlab export).",
-                             "Export a visionlab checkpoint with: visionlab export CKPT --format onnx.")
-    if fmt != FORMAT:
-        raise VisionlabError(f"{path} has metadata format {fmt!r}; this visionlab reads {FORMAT!r}.",
-                             "Export the checkpoint again with this version of visionlab.")
-    try:
-        for key in JSON_FIELDS:
-            if key in meta or key != "outputs":
-                meta[key] = json.loads(meta[key])
-        for key in ("task", "kind"):
-            meta[key] = str(meta[key])
-        meta["outputs"] = _outputs(meta.get("outputs"), session.get_outputs())
-        _check_fields(meta, session.get_inputs()[0].shape, session.get_outputs()[0].shape)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged ({type(exc).__name__}: {exc}).",
-                             "Export the checkpoint again.") from None
-    return meta
-
-
-def _outputs(described: Any, graph_outputs: Sequence[Any]) -> list[Output]:
-    """The network's outputs as the file describes them (its kind's ``Kind.outputs``, written at
-    export); a file exported before that says nothing, and its one output is read as older
-    versions did: class logits before softmax, per pixel when it has 4 axes, else per image."""
-    if described is not None:
-        return [Output.from_dict(d) for d in described]
-    first = graph_outputs[0]
-    return [Output(first.name, "pixel" if len(first.shape) == 4 else "image", "softmax")]
-
-
-def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape: Sequence[Any]) -> None:
-    """The classes and the preprocessing every prediction reads, there and fitting the network
-    (its class axis, and its input size where fixed); else ValueError saying what is wrong."""
-    classes, pre = meta["classes"], meta["preprocessing"]
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise ValueError("'classes' is not a list of class names")
-    if len(output_shape) > 1 and isinstance(output_shape[1], int) and output_shape[1] != len(classes):
-        raise ValueError(f"{len(classes)} classes for a network with {output_shape[1]} outputs")
-    if not isinstance(pre, dict):
-        raise ValueError("'preprocessing' is not an object")
-    size, fixed = int(pre["image_size"]), [d for d in input_shape[2:] if isinstance(d, int)]
-    if fixed and (fixed != [size, size] or pre.get("resize") != "squash"):
-        raise ValueError(f"the network takes {'x'.join(map(str, fixed))} inputs, the preprocessing makes "
-                         + (f"{size}x{size}" if pre.get("resize") == "squash" else "whole images of any size"))
-    for key in ("mean", "std"):
-        if not (isinstance(pre[key], list) and len(pre[key]) == 3 and all(isinstance(v, (int, float)) for v in pre[key])):
-            raise ValueError(f"preprocessing {key!r} is not three numbers")
-    if not all(pre["std"]):
-        raise ValueError("preprocessing 'std' has a zero")
-    if str(pre.get("tta", "none")) not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
+__all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]  # the file's format: visionlab.onnx_file
 
 
 def activate(x: np.ndarray, activation: str) -> np.ndarray:

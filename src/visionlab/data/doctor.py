@@ -14,10 +14,12 @@ every image once with :func:`visionlab.data.io.load_image` (the decoder training
 * whatever the kind adds in the same pass (:class:`KindChecks`; segmentation's mask checks are
   :mod:`visionlab.kinds.segmentation.checks`).
 
-:func:`check_dataset` returns a :class:`Report`; the tables and the JSON of ``visionlab data check``
+:func:`visionlab.kinds.check_dataset` returns a :class:`Report`; the tables and the JSON of ``visionlab data check``
 are :mod:`visionlab.present.doctor`'s. The generic machinery lives here (the report, the scan,
 hashes, duplicates, :func:`check_files`); each kind's checks live with the kind
-(:mod:`visionlab.kinds.classification.checks`: class balance, and the cheap pre-training warnings).
+(:mod:`visionlab.kinds.classification.checks`: class balance, and the cheap pre-training warnings);
+which kind a folder is, and the check of a whole dataset, ask the kinds' registry (:func:`visionlab.kinds.guess_kind`,
+:func:`visionlab.kinds.check_dataset`), so nothing here knows a kind.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from visionlab.data.io import DECODE_ERRORS, FORMAT_NAMES, IMAGE_FORMATS, Unread
 __all__ = [
     "Finding",
     "Report",
-    "check_dataset",
     "check_files",
     "file_hash",
     "says",
@@ -50,7 +51,6 @@ __all__ = [
     "KindChecks",
     "phash",
     "near_duplicate_pairs",
-    "guess_kind",
     "NEAR_DUP_THRESHOLD",
     "NEAR_DUP_MAX_MAE",
     "TINY_SIDE",
@@ -294,35 +294,6 @@ def says(n: int, word: str, verb: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the check
-
-
-def guess_kind(path: str | os.PathLike) -> str:
-    """The name of the kind whose layout ``path`` has: each registered kind is asked
-    (:meth:`visionlab.kinds.Kind.recognizes`), those registered last (plugins) first, so the
-    most specific layout wins over the built-in fallback of class folders."""
-    from visionlab.kinds import get_kind, kind_names
-
-    p = Path(path).expanduser()
-    names = kind_names()
-    return next((n for n in reversed(names) if get_kind(n).recognizes(p)), names[0])
-
-
-def check_dataset(
-    path: str | os.PathLike,
-    kind: str | None = None,
-    classes: list[str] | None = None,
-    **options: Any,
-) -> Report:
-    """Inspect a dataset folder (or CSV) and return a :class:`Report`; nothing is modified.
-
-    ``kind`` (a task kind's name) is guessed when None (see :func:`guess_kind`); the kind runs
-    its checks (:meth:`visionlab.kinds.Kind.check_data`). ``classes`` restricts a classification
-    dataset to those class folders, as the config's ``classes`` does. The ``options`` are those of
-    :func:`check_files` and the kind's checks.
-    """
-    from visionlab.kinds import get_kind
-
-    return get_kind(kind or guess_kind(path)).check_data(path, classes=classes, **options)
 
 
 def check_files(

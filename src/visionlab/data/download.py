@@ -1,6 +1,7 @@
 """Download the seed datasets into the data root, checksummed and resumable.
 
-``visionlab data download TASK`` calls :func:`download_task`; the same work is available from
+``visionlab data download TASK`` calls :func:`visionlab.api.download_task`, which finds the task's
+dataset and calls :func:`download_source`; the same work is available from
 Python as :func:`download_dataset` (one :class:`Source`) and :func:`fetch` (one file). They say
 what they do (progress bars, checksums) to the ``console`` they are given, and nothing without one.
 
@@ -66,7 +67,7 @@ __all__ = [
     "fetch_manifest",
     "download_dataset",
     "is_present",
-    "download_task",
+    "download_source",
     "LANDCOVER_CLASSES",
 ]
 
@@ -933,22 +934,12 @@ def download_dataset(
     return target
 
 
-def _resolve(task: str) -> Source:
-    if task in SOURCES:
-        return get_source(task)
-    from visionlab.registry import get_task
-
-    spec = get_task(task)  # unknown names fail with the list of tasks
-    if not spec.dataset or spec.dataset not in SOURCES:
-        raise VisionlabError(f"task {task!r} has no downloadable dataset.", f"Datasets: {', '.join(SOURCES)}.")
-    return get_source(spec.dataset)
-
-
-def download_task(task: str, root: str | os.PathLike | None = None, force: bool = False, console: Any = None) -> tuple[Source, Path, int]:
-    """Download the seed dataset of ``task`` (a task or dataset name); returns its source, the
-    folder it is in and how many images that holds (masks not counted)."""
-    source = _resolve(task)
+def download_source(source: Source, root: str | os.PathLike | None = None, force: bool = False,
+                    console: Any = None) -> tuple[Path, int]:
+    """Download ``source`` (:func:`download_dataset`); returns the folder it is in and how many
+    images that holds (masks not counted). Which dataset a task has is the task registry's:
+    :func:`visionlab.api.download_task` looks it up."""
     target = download_dataset(source, root, force, console=console)
     from visionlab.data.layout import list_images
 
-    return source, target, sum(1 for p in list_images(target) if "masks" not in p.relative_to(target).parts)
+    return target, sum(1 for p in list_images(target) if "masks" not in p.relative_to(target).parts)

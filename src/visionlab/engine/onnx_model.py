@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from visionlab.runtime import open_session, read_metadata
+from visionlab.onnx_file import open_session, read_metadata
 
 __all__ = ["OnnxModule", "onnx_state"]
 

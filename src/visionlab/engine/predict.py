@@ -1,4 +1,5 @@
-"""Inference from a checkpoint alone: :func:`load` returns a :class:`Predictor`.
+"""Inference from a checkpoint alone: a :class:`Predictor` (:func:`visionlab.load` makes one from a
+path, finding the checkpoint's kind).
 
 Images are decoded by a DataLoader with the exact preprocessing saved in the checkpoint and run
 in batches under ``inference_mode``; how a batch is run, and what a result holds, is the task
@@ -10,7 +11,6 @@ not stop the batch.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,12 +19,11 @@ import torch
 from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_for_model, scan_inputs
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import Normalize
-from visionlab.engine.checkpoint import load_checkpoint, load_model
+from visionlab.engine.checkpoint import load_model
 from visionlab.engine.device import resolve_device, resolve_precision
-from visionlab.kinds import Kind, Prediction, get_kind
-from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, Kind, Prediction, check_top_k
 
-__all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
+__all__ = ["Predictor", "Prediction", "InputEntry", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -46,13 +45,15 @@ def _collate(batch: list) -> list:
 
 
 class Predictor:
-    """A trained model with its classes and preprocessing, ready to predict."""
+    """A trained model with its classes and preprocessing, ready to predict: ``state`` is a checkpoint's
+    (:func:`visionlab.engine.checkpoint.load_checkpoint`) and ``kind`` the kind it names."""
 
-    def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None, precision: str = "fp32") -> None:
+    def __init__(self, state: dict[str, Any], kind: Kind, device: str = "auto", source: str | None = None,
+                 precision: str = "fp32") -> None:
         self.state = state
         self.source = source
         self.task: str = state["task"]
-        self.kind: Kind = get_kind(state["kind"])
+        self.kind: Kind = kind
         self.classes: list[str] = list(state["classes"])
         self.preprocessing = Preprocessing.from_dict(state["preprocessing"])
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
@@ -64,11 +65,6 @@ class Predictor:
         self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
         self.tta: str = self.preprocessing.tta_mode  # as validated; set another mode to change it
         self.input_size = self.preprocessing.image_size  # classifier input, or segmentation tile
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None,
-                        precision: str = "fp32") -> "Predictor":
-        return cls(load_checkpoint(path, expect_task=task), device=device, source=str(path), precision=precision)
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
@@ -125,12 +121,3 @@ class Predictor:
         from PIL import Image
 
         self.predict(Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128)), top_k=1)
-
-
-def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None,
-         precision: str = "fp32") -> Predictor:
-    """Load a trained model for prediction: a checkpoint path, or the latest run of ``task``."""
-    from visionlab.engine.runs import latest_checkpoint
-
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
-    return Predictor.from_checkpoint(path, device=device, task=task, precision=precision)

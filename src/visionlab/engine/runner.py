@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ from visionlab.config import Config, config_from_dict
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.engine.distributed import Dist
 from visionlab.errors import VisionlabError
-from visionlab.kinds import EvaluationReport, Kind, get_kind
-from visionlab.registry import TaskSpec
+from visionlab.kinds.base import EvaluationReport, Kind
+
+if TYPE_CHECKING:
+    from visionlab.registry import TaskSpec
 
 __all__ = ["TaskRunner", "EvalResult", "evaluate_checkpoint", "resolve_data_path", "loader_generator", "thumbnail"]
 
@@ -47,10 +49,10 @@ def thumbnail(image: Any, max_side: int = 320) -> Any:
     return out
 
 
-def resolve_data_path(cfg: Config, spec: TaskSpec) -> Path:
-    """``cfg.data`` as a folder; 'synthetic' makes (once) the task's synthetic dataset."""
+def resolve_data_path(cfg: Config, spec: TaskSpec, kind: Kind) -> Path:
+    """``cfg.data`` as a folder; 'synthetic' makes (once) the task's synthetic dataset (of ``kind``, the task's)."""
     if cfg.is_synthetic:
-        return get_kind(spec.kind).synthetic_data(spec)
+        return kind.synthetic_data(spec)
     return Path(cfg.data).expanduser()
 
 
@@ -68,11 +70,12 @@ def default_workers(cfg: Config, device: torch.device) -> int:
 
 
 class TaskRunner(ABC):
-    """One run's data and step for a task kind (see module docstring)."""
+    """One run's data and step for a task kind (see module docstring); ``kind`` is the task's kind,
+    which makes the runner (:meth:`visionlab.kinds.Kind.runner` passes itself)."""
 
-    def __init__(self, cfg: Config, spec: TaskSpec, device: torch.device) -> None:
+    def __init__(self, cfg: Config, spec: TaskSpec, device: torch.device, kind: Kind) -> None:
         self.cfg, self.spec, self.device = cfg, spec, device
-        self.task_kind: Kind = get_kind(spec.kind)
+        self.task_kind: Kind = kind
         self.kind: str = spec.kind
         self.classes: list[str] = []
         self.preprocessing: Preprocessing | None = None  # set by prepare (a plugin's runner may set the dict form)
@@ -189,17 +192,16 @@ class TaskRunner(ABC):
             yield indices[i : i + batch_size]
 
 
-def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
+def evaluate_checkpoint(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
                         examples: int = 0, console: Any = None, precision: str = "fp32") -> EvaluationReport:
-    """Evaluate the model saved in ``state`` (read from ``path``) on a split of its data or, with
+    """Evaluate the model saved in ``state`` (read from ``path``; task ``spec``, of ``kind``) on a split of its data or, with
     ``data`` another folder than the training data's, on that whole folder (its own test/ split
     if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
     augmentation; ``examples`` images worth a look come back as thumbnails."""
     from visionlab.engine.checkpoint import load_model
     from visionlab.engine.device import resolve_device, resolve_precision
 
-    kind = get_kind(spec.kind)
     cfg = config_from_dict(state["config"], kind.options)
     if not cfg.data and data is None:  # an exported model keeps no local path
         raise VisionlabError(f"{path} does not say where its data is.", "Pass --data with the folder it was trained on "

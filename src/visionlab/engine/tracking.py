@@ -90,18 +90,16 @@ def per_class_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"class": name, **stats} for name, stats in (report.get("per_class") or {}).items()]
 
 
-def write_test_figures(report: dict[str, Any], folder: Path) -> list[Path]:
-    """test_confusion_matrix.png and test_per_class.csv of a test report, in ``folder``."""
+def write_test_figures(report: dict[str, Any], folder: Path, confusion_unit: str) -> list[Path]:
+    """test_confusion_matrix.png and test_per_class.csv of a test report, in ``folder``; the matrix
+    counts ``confusion_unit`` (the kind's :attr:`~visionlab.kinds.Kind.confusion_unit`)."""
     from visionlab.engine.plots import save_confusion_matrix
 
     written = []
     cm, names = report.get("confusion_matrix"), report.get("class_names") or list(report.get("per_class") or {})
     if cm is not None and len(cm) and names:
-        from visionlab.kinds import get_kind
-
-        unit = get_kind(report["kind"]).confusion_unit
-        written.append(save_confusion_matrix(cm, names, folder / "test_confusion_matrix.png",
-                                             title="Test confusion matrix" + ("" if unit == "images" else f" ({unit})")))
+        written.append(save_confusion_matrix(cm, names, folder / "test_confusion_matrix.png", title="Test confusion matrix"
+                                             + ("" if confusion_unit == "images" else f" ({confusion_unit})")))
     rows = per_class_rows(report)
     if rows:
         path = folder / "test_per_class.csv"
@@ -195,7 +193,7 @@ class TensorBoardTracker(Tracker):
         for key, value in held_out_scalars(result).items():
             self.writer.add_scalar(key, value, step)
         with tempfile.TemporaryDirectory() as tmp:
-            for path in write_test_figures(result.test_report, Path(tmp)):
+            for path in write_test_figures(result.test_report, Path(tmp), trainer.kind.confusion_unit):
                 if path.suffix == ".png":
                     with Image.open(path) as png:
                         image = np.asarray(png.convert("RGB"))
@@ -372,7 +370,7 @@ class MLflowTracker(Tracker):
             if (result.run_dir / name).exists():
                 self.client.log_artifact(self.run_id, str(result.run_dir / name))
         with tempfile.TemporaryDirectory() as tmp:
-            for path in write_test_figures(result.test_report, Path(tmp)):
+            for path in write_test_figures(result.test_report, Path(tmp), trainer.kind.confusion_unit):
                 self.client.log_artifact(self.run_id, str(path))
         run_id, artifacts = self.run_id, self.client.get_run(self.run_id).info.artifact_uri
         self._end("FINISHED")

@@ -7,7 +7,9 @@ and the final test evaluation. Checkpoints (best and last, atomic), early stoppi
 (``metrics.csv``, curves PNG) are callbacks with named hooks (:mod:`visionlab.engine.callbacks`),
 installed by default beside the user's; the callbacks keep their own state in last.pt. The trainer
 prints nothing: what a user is told are events (``on_notice``, ``on_resume``, ``on_fit_start`` with
-``trainer.info``, ``on_fit_end``) that a :class:`~visionlab.engine.callbacks.ProgressBar` shows.
+``trainer.info``, ``on_fit_end``) that a progress display (:class:`visionlab.present.training.ProgressBar`) shows.
+The caller names the task and its kind (:class:`~visionlab.registry.TaskSpec`, :class:`~visionlab.kinds.Kind`):
+the loop looks nothing up.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,15 +32,18 @@ from timm.utils.model_ema import ModelEmaV3
 from visionlab._version import __version__
 from visionlab.config import Config, check_resume, config_from_dict, dump_config
 from visionlab.data.preprocessing import Preprocessing
-from visionlab.engine.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Notice, ProgressBar, ResumeInfo,
-                                        RunInfo, TrainingCurves)
+from visionlab.engine.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Notice, ResumeInfo, RunInfo,
+                                        TrainingCurves)
 from visionlab.engine.checkpoint import (CheckpointWriteError, inference_state, load_checkpoint, load_model,
                                          remove_stale_temporaries, save_checkpoint)
 from visionlab.engine.device import peak_memory_mb, resolve_device, resolve_precision, speed_settings
 from visionlab.engine.distributed import INTERRUPTED, check_shared, node_first, peer_failure, rank_gpu, record_failure
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import PeerFailed, TrainingInterrupted, VisionlabError
-from visionlab.registry import TaskSpec, get_task
+from visionlab.kinds.base import Kind
+
+if TYPE_CHECKING:
+    from visionlab.registry import TaskSpec
 
 __all__ = ["Trainer", "TrainResult", "Callback", "seed_everything", "build_optimizer", "build_scheduler", "resolve_resume"]
 
@@ -280,11 +285,12 @@ class Trainer:
     :class:`EarlyStopping` (``early_stopping_callback``) and :class:`ModelCheckpoint`
     (``checkpoint_callback``), last so that an epoch's last.pt holds every callback's state of that
     epoch (see :mod:`visionlab.engine.callbacks`); ``self.callbacks`` is the whole list. Without a
-    :class:`ProgressBar` among them the fit is silent."""
+    progress display among them (a callback with a ``console``) the fit is silent. ``spec`` is the
+    task of ``cfg.task`` and ``kind`` its kind, which makes the run's runner."""
 
-    def __init__(self, cfg: Config, spec: TaskSpec | None = None, callbacks: list[Callback] | None = None) -> None:
+    def __init__(self, cfg: Config, spec: TaskSpec, kind: Kind, callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg
-        self.spec = spec or get_task(cfg.task)
+        self.spec, self.kind = spec, kind
         self.checkpoint_callback = ModelCheckpoint(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes)
         self.early_stopping_callback = EarlyStopping(cfg.early_stopping)
         self.callbacks: list[Callback] = [CSVLogger(), TrainingCurves(), *(callbacks or []),
@@ -511,7 +517,6 @@ class Trainer:
                             self.dist.world, cfg.batch_size, cfg.accumulate)
 
     def _setup(self, resume_state: dict | None) -> None:
-        from visionlab.kinds import runner_for
         from visionlab.models import build_model
 
         cfg = self.cfg
@@ -519,7 +524,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", rank_gpu(cfg.device, self.dist.local_rank))
-        self.runner = runner_for(cfg, self.spec, self.device)
+        self.runner = self.kind.runner(cfg, self.spec, self.device)
         self.runner.dist = self.dist
         # each machine's first process decodes the cache; the others then read it, not decode it again
         node_first(self.dist, lambda: self.runner.prepare(self._display_console()))
@@ -604,7 +609,7 @@ class Trainer:
         """The console of the progress display, on the process that talks (the cache's decoding bar goes there), else None."""
         if not self.dist.is_main:
             return None
-        return next((cb.console for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+        return next((cb.console for cb in self.callbacks if cb.console is not None), None)
 
     @property
     def runs_folder(self) -> Path:

@@ -5,18 +5,26 @@ outside the kinds' own modules asks it and never compares kind names. The built-
 packages (``visionlab.kinds.<kind>``), each holding everything its kind is; they are imported by
 module path on first lookup (their ``KIND``), so importing this module stays torch-free and cheap.
 Registering a name twice is refused; an unknown name fails with the list of known ones.
+Which kind a dataset folder is (:func:`guess_kind`) and the data doctor's check of one
+(:func:`check_dataset`) ask the registered kinds, so they live here, not in :mod:`visionlab.data.doctor`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from visionlab.errors import VisionlabError
 from visionlab.kinds.base import EvaluationReport, Kind, KindOptions, Output, Prediction
 from visionlab.plugins import load_plugins
 
-__all__ = ["Kind", "KindOptions", "Output", "Prediction", "EvaluationReport", "register_kind", "get_kind", "kind_names", "runner_for"]
+if TYPE_CHECKING:
+    from visionlab.data.doctor import Report
+
+__all__ = ["Kind", "KindOptions", "Output", "Prediction", "EvaluationReport", "register_kind", "get_kind", "kind_names", "runner_for",
+           "guess_kind", "check_dataset"]
 
 #: Built-in kinds: name -> the package whose ``KIND`` it is (imported on first lookup).
 _BUILTIN = {"classification": "visionlab.kinds.classification", "segmentation": "visionlab.kinds.segmentation"}
@@ -54,3 +62,24 @@ def kind_names() -> list[str]:
 def runner_for(cfg: Any, spec: Any, device: Any) -> Any:
     """The runner (:class:`visionlab.engine.runner.TaskRunner`) of one run of task ``spec``."""
     return get_kind(spec.kind).runner(cfg, spec, device)
+
+
+def guess_kind(path: str | os.PathLike) -> str:
+    """The name of the kind whose layout ``path`` has: each registered kind is asked
+    (:meth:`visionlab.kinds.Kind.recognizes`), those registered last (plugins) first, so the
+    most specific layout wins over the built-in fallback of class folders."""
+    p = Path(path).expanduser()
+    names = kind_names()
+    return next((n for n in reversed(names) if get_kind(n).recognizes(p)), names[0])
+
+
+def check_dataset(path: str | os.PathLike, kind: str | None = None, classes: list[str] | None = None, **options: Any) -> Report:
+    """Inspect a dataset folder (or CSV) and return the data doctor's
+    :class:`~visionlab.data.doctor.Report`; nothing is modified.
+
+    ``kind`` (a task kind's name) is guessed when None (see :func:`guess_kind`); the kind runs
+    its checks (:meth:`visionlab.kinds.Kind.check_data`). ``classes`` restricts a classification
+    dataset to those class folders, as the config's ``classes`` does. The ``options`` are those of
+    :func:`visionlab.data.doctor.check_files` and the kind's checks.
+    """
+    return get_kind(kind or guess_kind(path)).check_data(path, classes=classes, **options)

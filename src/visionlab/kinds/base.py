@@ -264,7 +264,7 @@ class Kind:
 
     def recognizes(self, path: Path) -> bool:
         """Whether the existing folder (or file) ``path`` is laid out as this kind's datasets are;
-        :func:`visionlab.data.doctor.guess_kind` asks the most recently registered kinds first."""
+        :func:`visionlab.kinds.guess_kind` asks the most recently registered kinds first."""
         return False
 
     # ------------------------------------------------------------------ prediction

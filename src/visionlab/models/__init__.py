@@ -213,12 +213,8 @@ def without_weights(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     return {**_renamed(_entry(name), args), **no_weights_kwargs(name)}
 
 
-def count_parameters(task_name: str) -> int:
-    """Parameters of a task's seed-faithful model with its default arguments (built with random
-    init: nothing is downloaded)."""
-    from visionlab.registry import get_task
-
-    spec = get_task(task_name)
-    name = spec.seed_model or spec.model
-    model = build_model(name, len(spec.default_classes), **no_weights_kwargs(name))
+def count_parameters(name: str, num_classes: int) -> int:
+    """Parameters of model ``name`` for ``num_classes`` classes with its default arguments (built
+    with random init: nothing is downloaded)."""
+    model = build_model(name, num_classes, **no_weights_kwargs(name))
     return sum(p.numel() for p in model.parameters())

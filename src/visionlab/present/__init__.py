@@ -9,6 +9,7 @@ here show them, each driven by what the task kind declares, never by its name:
   (CSV and PNG), predictions.csv and the example thumbnails;
 * :mod:`visionlab.present.predictions`: ``predict``'s table, its closing line and its CSV/JSON;
 * :mod:`visionlab.present.doctor`: ``visionlab data check``'s tables or JSON;
+* :mod:`visionlab.present.training`: a training run's progress display (a callback of the trainer);
 * :mod:`visionlab.present.runtime`: the torch-free runtime's lines, masks and JSON (no rich);
 * :mod:`visionlab.present.messages`: the lines of checkpoint lookup, the demo, export, download and serve.
 

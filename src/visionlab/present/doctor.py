@@ -10,7 +10,8 @@ import os
 import sys
 from typing import Any
 
-from visionlab.data.doctor import Finding, Report, plural, check_dataset
+from visionlab.data.doctor import Finding, Report, plural
+from visionlab.kinds import check_dataset
 from visionlab.present import console as default_console
 
 __all__ = ["show_report", "run_check", "MAX_FILES_SHOWN"]

@@ -105,8 +105,9 @@ class ServedModel:
 
     def load(self, device: str, precision: str = "fp32") -> None:
         from visionlab.engine.predict import Predictor
+        from visionlab.kinds import get_kind
 
-        predictor = Predictor(self.state, device=device, source=str(self.path), precision=precision)
+        predictor = Predictor(self.state, get_kind(self.state["kind"]), device=device, source=str(self.path), precision=precision)
         predictor.warmup()
         self.predictor = predictor
 

@@ -62,7 +62,7 @@ class ClassificationKind(Kind):
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.classification.runner import ClassificationRunner
 
-        return ClassificationRunner(cfg, spec, device)
+        return ClassificationRunner(cfg, spec, device, self)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         from visionlab.kinds.classification.synthetic import make_classification

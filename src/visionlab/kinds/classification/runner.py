@@ -69,7 +69,7 @@ class ClassificationRunner(TaskRunner):
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
         wanted = cfg.classes or (list(self.spec.default_classes) if cfg.is_synthetic else None)
-        root = resolve_data_path(cfg, self.spec)
+        root = resolve_data_path(cfg, self.spec, self.task_kind)
         self.index: ClassificationIndex = find_classification(root, wanted)
         self.classes = list(self.index.classes)
         self.labels = np.asarray(self.index.labels, dtype=np.int64)

@@ -113,7 +113,7 @@ class SegmentationKind(Kind):
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.segmentation.runner import SegmentationRunner
 
-        return SegmentationRunner(cfg, spec, device)
+        return SegmentationRunner(cfg, spec, device, self)
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         from visionlab.kinds.segmentation.synthetic import make_segmentation

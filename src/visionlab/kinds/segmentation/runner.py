@@ -124,7 +124,7 @@ class _CropDataset(torch.utils.data.Dataset):
 class SegmentationRunner(TaskRunner):
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
-        root = resolve_data_path(cfg, self.spec)
+        root = resolve_data_path(cfg, self.spec, self.task_kind)
         self.index: SegmentationIndex = find_segmentation(root)
         self.classes = self.index.class_names
         unknown = [c for c in cfg.options.ignore_classes if c not in self.classes]
