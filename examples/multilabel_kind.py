@@ -15,7 +15,10 @@ The task ``shapes`` learns which of four coloured shapes are on a synthetic phot
     PYTHONPATH=examples VISIONLAB_PLUGINS=multilabel_kind visionlab train --task shapes --data synthetic
 
 The runner is a module-level class built on visionlab's TaskRunner, so importing this module
-imports torch (the price of one module at module level).
+imports torch (the price of one module at module level): its exported .onnx runs through the
+torch-free runtime's code (onnxruntime, numpy) on a machine that has torch installed. A plugin
+whose models must run where torch is not installed is split as the built-in kinds are: the kind in
+a torch-free module, its runner in a second one that ``runner()`` imports.
 """
 
 from __future__ import annotations

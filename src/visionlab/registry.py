@@ -181,9 +181,6 @@ def _builtin_file(name: str) -> Path:
 
 
 _TASKS: dict[str, TaskSpec] = {name: read_task_file(_builtin_file(name)) for name in BUILTIN_TASKS}
-#: The user task folders read, each with the registry dict it was read into (a test may swap ``_TASKS``).
-_USER_READ: dict[Path, dict[str, TaskSpec]] = {}
-
 
 def _user_task(path: Path) -> TaskSpec:
     """A task YAML of the user folder, checked: a known kind, a recipe that exists (default: the kind's general one)."""
@@ -203,22 +200,29 @@ def _user_task(path: Path) -> TaskSpec:
     return spec
 
 
-def _load_user_tasks() -> None:
-    """Register the task YAMLs of the user folder (once per folder); a name taken by a built-in or
-    another task is a one-line error naming the file."""
+def _user_tasks() -> dict[str, TaskSpec]:
+    """The task YAMLs of the user folder, read at each lookup (a file written a moment ago counts;
+    each file is parsed once while unchanged); a name taken by a built-in, a registered task or
+    another file is a one-line error naming the file."""
     from visionlab.paths import tasks_home
 
     folder = tasks_home()
-    if _USER_READ.get(folder) is _TASKS or not folder.is_dir():
-        return
+    if not folder.is_dir():
+        return {}
+    found: dict[str, TaskSpec] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        spec = _user_task(path)
-        have = _TASKS.get(spec.name)
-        if have is not None and have.source != spec.source:
+        spec = _user_task_cached(path.resolve(), path.stat().st_mtime_ns)
+        have = _TASKS.get(spec.name) or found.get(spec.name)
+        if have is not None:
             taken = "is a built-in task" if have.origin == "built-in" else f"is already registered ({have.origin})"
             raise _bad(path, f"task {spec.name!r} {taken}.", "Rename the task: its 'name' key, or the file when it has none.")
-        _TASKS[spec.name] = spec
-    _USER_READ[folder] = _TASKS
+        found[spec.name] = spec
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _user_task_cached(path: Path, mtime_ns: int) -> TaskSpec:
+    return _user_task(path)
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
@@ -232,27 +236,24 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def _load_all() -> None:
+def _all_tasks() -> dict[str, TaskSpec]:
+    """Every task: the built-in ones, then those of plugins, then the user folder's."""
     load_plugins()
-    _load_user_tasks()
+    return {**_TASKS, **_user_tasks()}
 
 
 def task_names() -> list[str]:
-    _load_all()
-    return list(_TASKS)
+    return list(_all_tasks())
 
 
 def list_tasks() -> list[TaskSpec]:
-    """All registered tasks: the built-in ones, then those of plugins, then the user folder's."""
-    _load_all()
-    return list(_TASKS.values())
+    """All tasks: the built-in ones, then those of plugins, then the user folder's."""
+    return list(_all_tasks().values())
 
 
 def find_task(name: str) -> TaskSpec | None:
     """The task called ``name``, or None when none is (plugins and the user folder are read first)."""
-    if name not in _TASKS:
-        _load_all()
-    return _TASKS.get(name)
+    return _TASKS.get(name) or _all_tasks().get(name)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -260,7 +261,7 @@ def get_task(name: str) -> TaskSpec:
     spec = find_task(name)
     if spec is None:
         raise VisionlabError(
-            f"unknown task {name!r}.", f"Known tasks: {', '.join(_TASKS)} (see 'visionlab tasks')."
+            f"unknown task {name!r}.", f"Known tasks: {', '.join(task_names())} (see 'visionlab tasks')."
         )
     return spec
 

@@ -254,6 +254,10 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.best.begin(trainer.higher)
+        if self.patience and self.wait >= self.patience:  # resumed after it stopped the run: nothing more to train
+            trainer.notify("early stopping", f"this run stopped at epoch {trainer.loop.epoch}: {trainer.monitor} "
+                                             f"had not improved for {self.wait} epochs (raise early_stopping to train on)")
+            trainer.should_stop = True
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if trainer.monitor not in row:  # ModelCheckpoint says so

@@ -111,6 +111,9 @@ class TaskRunner(ABC):
         """Evaluate the model saved in ``state``: its preprocessing (``tta`` replaced when given)
         wins over one recomputed from the config. Call before :meth:`prepare`."""
         saved = Preprocessing.from_dict(state["preprocessing"])
+        if tta is not None and tta not in self.task_kind.tta_modes:
+            raise VisionlabError(f"tta={tta!r}: the {self.task_kind.name} kind does no test-time augmentation of that kind.",
+                                 f"Use --tta {' or '.join(self.task_kind.tta_modes)}.")
         self.fixed_preprocessing = saved if tta is None else saved.replace(tta=tta)
 
     def has_split_folders(self) -> bool:

@@ -331,11 +331,11 @@ class Trainer:
         try:
             self._emit("on_fit_start")
             for epoch in range(self.loop.epoch, self.cfg.epochs):
+                if self.should_stop:  # a resumed run that had stopped early (EarlyStopping says so)
+                    break
                 self._emit("on_train_epoch_start", epoch)
                 self._train_epoch(epoch)
                 self._emit("on_epoch_end", self._validate(epoch))
-                if self.should_stop:
-                    break
             self._emit("on_train_end")
         except KeyboardInterrupt:
             exc = self._stopped_by(None)
@@ -528,6 +528,10 @@ class Trainer:
         self.runner.dist = self.dist
         # each machine's first process decodes the cache; the others then read it, not decode it again
         node_first(self.dist, lambda: self.runner.prepare(self._display_console()))
+        if not self.runner.split_size("train"):  # a plugin runner may not check it itself
+            sizes = "/".join(str(self.runner.split_size(s)) for s in ("train", "val", "test"))
+            raise VisionlabError(f"no training images in {cfg.data} (train/val/test {sizes}).",
+                                 "Add training images, or give fewer of them to the val and test splits.")
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",
@@ -691,7 +695,9 @@ class Trainer:
         state = self._state()
         if not self.dist.is_main:
             return
-        files = [(self.run_dir / "last.pt", state)] + ([(self.run_dir / "best.pt", inference_state(state))] if best else [])
+        # best.pt first: an interrupt between the two leaves last.pt one save behind, so a resume redoes
+        # that stretch and writes best.pt again; the other order could leave a best.pt no resume rewrites
+        files = ([(self.run_dir / "best.pt", inference_state(state))] if best else []) + [(self.run_dir / "last.pt", state)]
         for path, content in files:
             before = _inode(path)
             try:

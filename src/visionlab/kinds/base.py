@@ -201,6 +201,10 @@ class Kind:
     outputs: ClassVar[tuple[Output, ...]] = (Output(),)
     #: The validation metric that selects best.pt.
     primary: ClassVar[str] = ""
+    #: The test-time augmentation modes its evaluation and prediction carry out (``tta``).
+    tta_modes: ClassVar[tuple[str, ...]] = ("none",)
+    #: The test metrics the closing line of training names (empty: the primary metric).
+    headline: ClassVar[tuple[str, ...]] = ()
     #: Metric names for which lower is better (besides every name ending in 'loss').
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     #: The config key that holds the model's input side (shown by ``visionlab tasks``).

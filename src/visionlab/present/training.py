@@ -26,8 +26,6 @@ class ProgressBar(Callback):
     #: the colour of a notice's label (others are plain)
     LABEL_STYLES: ClassVar[dict[str, str]] = {"warning": "yellow", "no validation split": "yellow",
                                               "SYNTHETIC DATA": "bold magenta"}
-    #: the test metrics the closing line names, where a kind measures them
-    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "roc_auc", "miou", "pixel_accuracy")
 
     def __init__(self, console: Any = None) -> None:
         self.console = default_console(console)
@@ -97,7 +95,8 @@ class ProgressBar(Callback):
         self.progress.stop()
 
     def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
-        test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items() if k in self.HEADLINE_METRICS)
+        named = trainer.kind.headline or (trainer.kind.primary,)  # the test metrics the kind names
+        test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items() if k in named)
         memory = ", ".join(f"{k.replace('peak_', '').replace('_mb', '')} {v:.0f} MB" for k, v in result.peak_memory_mb.items())
         self._line("done", (" (SYNTHETIC DATA)", "bold magenta") if trainer.cfg.is_synthetic else "",
                    f": best {result.monitor} {result.best_metric:.4f} | {result.train_seconds:.1f} s training, "

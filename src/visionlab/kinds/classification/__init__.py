@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from visionlab.data.geometry import TTA_MODES
 from visionlab.kinds.base import Kind, Prediction
 from visionlab.kinds.classification.options import ClassificationOptions
 
@@ -50,6 +51,8 @@ class ClassificationKind(Kind):
     name = "classification"
     options = ClassificationOptions
     primary = "accuracy"
+    headline = ("accuracy", "macro_f1", "roc_auc")
+    tta_modes = TTA_MODES
     demo_options = {"epochs": 4, "batch_size": 16, "early_stopping": 0, "lr": 2e-3}
     per_class_columns = ("precision", "recall", "f1", "support", "roc_auc")
     confusion_unit = "images"

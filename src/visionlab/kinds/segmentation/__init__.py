@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from visionlab.data.geometry import TTA_MODES
 from visionlab.kinds.base import Kind, Output, Prediction, image_base64
 from visionlab.kinds.segmentation.options import SegmentationOptions
 
@@ -99,6 +100,8 @@ class SegmentationKind(Kind):
     options = SegmentationOptions
     outputs = (Output("logits", "pixel", "softmax", "logits over the classes, per pixel"),)
     primary = "miou"
+    headline = ("miou", "pixel_accuracy")
+    tta_modes = TTA_MODES
     input_key = "tile_size"
     demo_options = {"epochs": 3, "batch_size": 8, "tile_size": 128, "crops_per_image": 8, "early_stopping": 0}
     per_class_columns = ("iou", "dice", "precision", "recall", "pixel_share", "support")
