@@ -308,6 +308,13 @@ def test_a_plugin_kind_that_shadows_a_common_key_is_a_one_line_cli_error(tmp_pat
     assert "task kind 'shadow' declares the option(s) lr of ShadowKind.options, which are common config keys." in lines[0]
 
 
+def test_in_chans_other_than_rgb_is_refused_before_training():
+    """model_args.in_chans=1 trained into a raw conv shape error on the first batch."""
+    msg = _error(overrides=["model_args.in_chans=1"])
+    assert msg.startswith("model 'efficientnet_lite0' with model_args.in_chans=1 would take 1-channel input, but visionlab feeds it RGB")
+    assert load_config("cracks", overrides=["model_args.in_chans=3"]).model_args["in_chans"] == 3
+
+
 def _message(call) -> str:
     with pytest.raises(VisionlabError) as info:
         call()

@@ -336,6 +336,7 @@ def _validate(cfg: Config) -> Config:
     not_names = [k for k in cfg.model_args if not (isinstance(k, str) and k.isidentifier())]
     if not_names:
         raise VisionlabError(f"model_args keys must be argument names of the model builder, got {not_names[0]!r}.", "Fix the key.")
+    _check_in_chans(cfg.model, cfg.model_args)
     cfg.augment = {k: _coerce_augment(k, v) for k, v in {**AUGMENT_DEFAULTS, **cfg.augment}.items()}
     cfg.track = _trackers(cfg.track)
     checks = [
@@ -363,6 +364,16 @@ def _validate(cfg: Config) -> Config:
             raise VisionlabError(f"invalid config: {msg}.", "Fix the value in the config or --set.")
     _check_name(cfg.name)
     return cfg
+
+
+def _check_in_chans(model: str, args: Mapping[str, Any]) -> None:
+    """Every image visionlab decodes is RGB (grey and CMYK photos are converted): a model built for
+    other than 3 input channels would fail on the first batch, with a shape error."""
+    chans = args.get("in_chans", 3)
+    if chans != 3:
+        raise VisionlabError(f"model {model!r} with model_args.in_chans={chans!r} would take {chans}-channel input, "
+                             "but visionlab feeds it RGB images (3 channels; grey photos are converted).",
+                             "Leave in_chans out of model_args.")
 
 
 def _check_name(name: str | None) -> None:
