@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import pytest
 import yaml
@@ -12,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from visionlab.api import load_config, resume_config
-from visionlab.config import AUGMENT_DEFAULTS, RESUME_SAFE_KEYS, Config, config_from_dict, dump_config, parse_overrides
+from visionlab.config import (AUGMENT_DEFAULTS, RESUME_SAFE_KEYS, Config, clashing_keys, config_from_dict, dump_config, parse_overrides,
+                              resolve_config, setting)
 from visionlab.errors import VisionlabError
-from visionlab.kinds import get_kind
+from visionlab.kinds import Kind, KindOptions, get_kind
 from visionlab.registry import TaskSpec, get_task, task_names
 
 pytestmark = pytest.mark.torchfree
@@ -132,7 +138,7 @@ def test_every_key_is_documented_once_in_config():
 
 @pytest.mark.parametrize(
     "task, override, fragments",
-    [("cracks", "tile_size=512", ["tile_size=512 is a segmentation key", "cracks is a classification task", "256"]),
+    [("cracks", "tile_size=512", ["tile_size=512 is a segmentation key", "cracks is a classification task", "Remove 'tile_size'."]),
      ("cracks", "loss=focal", ["loss='focal' is a segmentation key", "label_smoothing and class_weights"]),
      ("waste", "ignore_classes=[a]", ["ignore_classes=['a'] is a segmentation key"]),
      ("landcover", "mixup=0.4", ["mixup=0.4 is a classification key", "landcover is a segmentation task", "'cutmix' works"]),
@@ -144,14 +150,176 @@ def test_a_key_of_the_other_kind_is_refused(task: str, override: str, fragments:
         assert fragment in msg, (fragment, msg)
 
 
-def test_keys_of_both_kinds_and_defaults_of_the_other_are_accepted():
+def test_keys_both_kinds_read_are_free_and_a_file_may_hold_the_other_kinds_defaults(tmp_path: Path):
     assert {"tile_size", "loss", "ignore_classes"} <= set(KIND_KEYS["segmentation"])
     assert {"mixup", "label_smoothing"} <= set(KIND_KEYS["classification"])
-    # the same value as the default is no choice (dropped); keys both kinds read (cutmix, class_weights, sampler) are free
-    cfg = load_config("cracks", overrides=["tile_size=256", "loss=ce", "cutmix=1.0", "sampler=balanced"])
-    assert cfg.cutmix == 1.0 and "tile_size" not in cfg.to_dict() and not hasattr(cfg.options, "tile_size")
-    seg = load_config("landcover", overrides=["mixup=0", "cutmix=1.0", "class_weights=balanced"])
-    assert seg.class_weights == "balanced" and seg.options.tile_size == 256 and "mixup" not in seg.to_dict()
+    cfg = load_config("cracks", overrides=["cutmix=1.0", "sampler=balanced"])
+    seg = load_config("landcover", overrides=["cutmix=1.0", "class_weights=balanced"])
+    assert cfg.cutmix == 1.0 and seg.class_weights == "balanced" and seg.options.tile_size == 256
+    # a config file of an older version held every kind's keys, at their defaults where unused: dropped
+    old = tmp_path / "old.yaml"
+    old.write_text("epochs: 2\ntile_size: 256\nloss: ce\nmixup: 0.0\n")
+    cfg = load_config("cracks", config=old)
+    assert cfg.epochs == 2 and "tile_size" not in cfg.to_dict() and not hasattr(cfg.options, "tile_size")
+    assert "mixup" not in load_config("landcover", config=old).to_dict()
+    old.write_text("tile_size: 512\n")
+    assert "Remove 'tile_size' (or set it to 256)." in _error("cracks", config=old)
+
+
+@pytest.mark.parametrize("task, override", [("cracks", "tile_size=256"), ("cracks", "loss=ce"), ("landcover", "mixup=0")])
+def test_a_key_of_the_other_kind_set_on_purpose_is_refused_at_its_default_too(task: str, override: str):
+    """--set tile_size=256 on a classifier was dropped silently (256 is segmentation's default): the
+    user meant something a classifier has no key for."""
+    key = override.split("=")[0]
+    msg = _error(task, overrides=[override])
+    assert f"{key}=" in msg and "does not use it" in msg and f"Remove {key!r}" in msg and "(or set it to" not in msg
+
+
+@pytest.mark.parametrize("override", ["tile_size=256", "tile_size=512", "mixup=0.2"])
+def test_resume_judges_a_key_of_another_kind_as_a_fresh_run_does(override: str):
+    """On --resume the other kinds were not asked: 'unknown config key tile_size... Did you mean image_size?'."""
+    fresh = _error("cracks" if "tile" in override else "landcover", overrides=[override])
+    saved = load_config("cracks" if "tile" in override else "landcover", None, {"epochs": 2}).to_dict()
+    with pytest.raises(VisionlabError) as info:
+        resume_config(saved, overrides=[override])
+    assert str(info.value) == fresh and "unknown" not in fresh
+
+
+def _plugin_kind(name: str, options: type, tmp_path: Path) -> tuple[Any, Any]:
+    """A task (what resolve_config reads of a TaskSpec) of a plugin kind ``name`` with the options
+    ``options``, neither registered: nothing else sees them."""
+    kind = type(f"{name.title()}Kind", (Kind,), {"name": name, "options": options})()
+    return SimpleNamespace(name=f"{name}task", model="cracks_cnn", input_size=32, recipe_path=None), kind
+
+
+def _resolve(spec: Any, kind: Any, overrides: list[str]) -> Config:
+    return resolve_config(spec, kind, overrides=overrides, others=[*KINDS, kind])
+
+
+def test_the_advice_of_another_kinds_key_is_given_to_the_kind_it_is_about(tmp_path: Path):
+    """mixup on a multi-label task ended "masks cannot be blended; 'cutmix' works for segmentation"."""
+    spec, kind = _plugin_kind("tagging", _TaggingOptions, tmp_path)
+    msg = _message(lambda: _resolve(spec, kind, ["mixup=0.2"]))
+    assert msg == ("mixup=0.2 is a classification key; taggingtask is a tagging task and does not use it. Remove 'mixup'.")
+    assert "'cutmix' works for segmentation" in _error("landcover", overrides=["mixup=0.2"])
+    with pytest.raises(TypeError, match="keyed by the kind it advises"):
+        setting(0.0, "a key", instead="use something else")
+
+
+@dataclass
+class _TaggingOptions(KindOptions):
+    """A plugin kind's optional keys, their types written as strings (this module's ``from __future__ import annotations``)."""
+
+    max_side: int | None = setting(None, "an optional integer")
+    ratio: Optional[float] = setting(None, "an optional number")
+    strict: bool | None = setting(None, "an optional bool")
+    label_threshold: float = setting(0.5, "a number")
+    note: str | None = setting(None, "an optional string")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["max_side=12", "ratio=0.25", "strict=yes"], (12, 0.25, True)),
+    (["max_side=12.0", "ratio=1"], (12, 1.0, None)),
+    (["max_side=none", "ratio=null", "strict=None"], (None, None, None)),
+    (["max_side=", "ratio="], (None, None, None)),
+    ([], (None, None, None)),
+])
+def test_optional_numbers_of_a_plugin_kind_are_coerced(tmp_path: Path, overrides: list[str], expected: tuple):
+    """--set max_side=12 gave the string '12', and ratio=abc was accepted."""
+    spec, kind = _plugin_kind("tagging", _TaggingOptions, tmp_path)
+    options = _resolve(spec, kind, overrides).options
+    assert (options.max_side, options.ratio, options.strict) == expected
+    assert type(options.max_side) is type(expected[0]) and type(options.ratio) is type(expected[1])
+    assert _resolve(spec, kind, ["note=none"]).options.note == "none"  # a string stays the text written
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("ratio=abc", "config key 'ratio' in --set must be a number, got 'abc'."),
+    ("max_side=1.5", "config key 'max_side' in --set must be an integer, got 1.5."),
+    ("max_side=[1]", "config key 'max_side' in --set must be an integer, got [1]."),
+    ("strict=maybe", "config key 'strict' in --set must be true or false, got 'maybe'."),
+])
+def test_optional_numbers_of_a_plugin_kind_are_refused_as_a_built_in_key_is(tmp_path: Path, override: str, expected: str):
+    spec, kind = _plugin_kind("tagging", _TaggingOptions, tmp_path)
+    assert _message(lambda: _resolve(spec, kind, [override])) == f"{expected} Fix the value."
+    builtin = {"ratio=abc": "lr=abc", "max_side=1.5": "epochs=1.5", "max_side=[1]": "epochs=[1]", "strict=maybe": "compile=maybe"}
+    key, value = builtin[override].split("=")
+    assert _error(overrides=[builtin[override]]) == f"config key {key!r} in --set must be {expected.split(' must be ')[1].split(', got')[0]}, " \
+        f"got {parse_overrides([builtin[override]])[key]!r}. Fix the value."
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("lr=", "config key 'lr' in --set needs a value (a number), e.g. --set lr=0.001."),
+    ("epochs= ", "config key 'epochs' in --set needs a value (an integer), e.g. --set epochs=10."),
+    ("compile=", "config key 'compile' in --set needs a value (true or false), e.g. --set compile=false."),
+    ("optimizer=", "config key 'optimizer' in --set needs a value (a string), e.g. --set optimizer=adamw."),
+    ("augment=", "config key 'augment' in --set needs a value (a mapping)."),
+    ("label_threshold=", "config key 'label_threshold' in --set needs a value (a number), e.g. --set label_threshold=0.5."),
+])
+def test_a_key_given_no_value_says_it_needs_one(tmp_path: Path, override: str, expected: str):
+    """It was "must be <class 'float'>, got None"."""
+    spec, kind = _plugin_kind("tagging", _TaggingOptions, tmp_path)
+    assert _message(lambda: _resolve(spec, kind, [override])) == f"{expected} Give the value, or leave the key out for its default."
+
+
+def test_a_key_given_no_value_in_a_file_says_it_needs_one(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("lr:\n")
+    assert _error(config=path).startswith(f"config key 'lr' in {path} needs a value (a number), e.g. lr: 0.001.")
+
+
+@dataclass
+class _ShadowOptions(KindOptions):
+    lr: float = setting(0.5, "the same name as the common lr")
+    tta: str = setting("none", "the same name as the common tta")
+    own: int = setting(1, "a key of its own")
+
+
+def test_a_kind_whose_options_shadow_common_keys_is_refused(tmp_path: Path):
+    """Its lr took the value of --set lr=-1 while cfg.lr stayed at its default, unchecked."""
+    from visionlab.kinds import kind_names, register_kind
+
+    spec, kind = _plugin_kind("shadow", _ShadowOptions, tmp_path)
+    msg = _message(lambda: register_kind(kind))
+    assert msg.startswith("task kind 'shadow' declares the option(s) lr, tta of ShadowKind.options, which are common config keys.")
+    assert "Rename them" in msg and "shadow" not in kind_names()
+    assert clashing_keys(_ShadowOptions) == ["lr", "tta"] and not any(clashing_keys(k.options) for k in KINDS)
+
+
+def test_a_plugin_kind_that_shadows_a_common_key_is_a_one_line_cli_error(tmp_path: Path):
+    (tmp_path / "shadow_plugin.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from visionlab.config import setting\n"
+        "from visionlab.kinds import KindOptions, register_kind\n"
+        "from visionlab.kinds.classification import ClassificationKind\n"
+        "@dataclass\n"
+        "class ShadowOptions(KindOptions):\n"
+        "    lr: float = setting(0.5, 'shadows the common lr')\n"
+        "class ShadowKind(ClassificationKind):\n"
+        "    name = 'shadow'\n"
+        "    options = ShadowOptions\n"
+        "register_kind(ShadowKind())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "VISIONLAB_PLUGINS": "shadow_plugin"}
+    done = subprocess.run([sys.executable, "-m", "visionlab", "train", "--task", "cracks", "--set", "lr=-1"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1, lines
+    assert "task kind 'shadow' declares the option(s) lr of ShadowKind.options, which are common config keys." in lines[0]
+
+
+def test_in_chans_other_than_rgb_is_refused_before_training():
+    """model_args.in_chans=1 trained into a raw conv shape error on the first batch."""
+    msg = _error(overrides=["model_args.in_chans=1"])
+    assert msg.startswith("model 'efficientnet_lite0' with model_args.in_chans=1 would take 1-channel input, but visionlab feeds it RGB")
+    assert load_config("cracks", overrides=["model_args.in_chans=3"]).model_args["in_chans"] == 3
+
+
+def _message(call) -> str:
+    with pytest.raises(VisionlabError) as info:
+        call()
+    assert "\n" not in str(info.value), "errors are one line"
+    return str(info.value)
 
 
 def _error(task: str = "cracks", **kwargs) -> str:

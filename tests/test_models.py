@@ -192,6 +192,18 @@ def test_bad_values_are_user_errors():
         build_model("unet", 3, encoder="vgg99")
 
 
+@pytest.mark.parametrize("args, said", [({"dropout": "abc"}, "TypeError: '<=' not supported"),
+                                        ({"input_size": "big"}, "ValueError: invalid literal for int()")])
+def test_a_value_the_builder_refuses_is_one_line_naming_the_model_and_the_argument(args: dict, said: str):
+    """--set model_args.dropout=abc was a TypeError traceback from the builder."""
+    with pytest.raises(VisionlabError) as exc:
+        build_model("cracks_cnn", 2, **args)
+    msg = str(exc.value)
+    (key, value), = args.items()
+    assert msg.startswith(f"model 'cracks_cnn' cannot be built with {key}={value!r} ({said}") and "\n" not in msg
+    assert msg.endswith("Fix model_args (accepted arguments: in_chans, dropout, pool, input_size, flatten_grid).")
+
+
 def test_duplicate_registration_is_refused():
     def resnet18(num_classes: int, in_chans: int = 3):  # same name as the built-in
         return torch.nn.Linear(in_chans, num_classes)

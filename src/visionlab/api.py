@@ -37,11 +37,17 @@ def load_config(task: "str | TaskSpec", config: str | os.PathLike | None = None,
     ``overrides`` (``["lr=0.01"]`` or a mapping). Its kind's own keys go to ``cfg.options``; a key of
     another kind is refused, saying what to use instead."""
     from visionlab.config import resolve_config
-    from visionlab.kinds import kind_names
     from visionlab.registry import get_task
 
     spec = get_task(task) if isinstance(task, str) else task
-    return resolve_config(spec, get_kind(spec.kind), config, overrides, others=[get_kind(n) for n in kind_names()])
+    return resolve_config(spec, get_kind(spec.kind), config, overrides, others=_kinds())
+
+
+def _kinds() -> list[Any]:
+    """Every registered kind: what a key of another kind than a task's is judged against."""
+    from visionlab.kinds import kind_names
+
+    return [get_kind(n) for n in kind_names()]
 
 
 def resume_config(saved: "Config | Mapping[str, Any]", config: str | os.PathLike | None = None,
@@ -52,7 +58,7 @@ def resume_config(saved: "Config | Mapping[str, Any]", config: str | os.PathLike
     from visionlab.registry import get_task
 
     task = saved.task if isinstance(saved, Config) else str(saved["task"])
-    return resume(saved, get_kind(get_task(task).kind), config, overrides)
+    return resume(saved, get_kind(get_task(task).kind), config, overrides, others=_kinds())
 
 
 def _a(word: str) -> str:
@@ -207,7 +213,7 @@ def train(
         cfg = load_config(spec, config, layers)
     else:
         path = resolve_resume(resume, spec.name, layers.get("out"))
-        cfg, _ = resumed(load_checkpoint(path, expect_task=spec.name)["config"], get_kind(spec.kind), config, layers)
+        cfg, _ = resumed(load_checkpoint(path, expect_task=spec.name)["config"], get_kind(spec.kind), config, layers, _kinds())
         resume = path
     trackers = build_trackers(cfg.track)  # a missing package is an error now, before any work
     trainer = Trainer(cfg, spec, get_kind(spec.kind),

@@ -16,6 +16,8 @@ import copy
 import difflib
 import math
 import os
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
@@ -28,7 +30,7 @@ from visionlab.kinds.base import KindOptions
 
 __all__ = [
     "Config", "AUGMENT_DEFAULTS", "PRECISIONS", "RESUME_SAFE_KEYS", "TRACKER_NAMES", "setting", "resolve_config",
-    "parse_overrides", "config_from_dict", "dump_config", "resume_config", "resume_differences", "check_resume",
+    "parse_overrides", "config_from_dict", "dump_config", "resume_config", "resume_differences", "check_resume", "clashing_keys",
 ]
 
 # Experiment trackers the config key ``track`` may name (visionlab.engine.tracking implements them).
@@ -40,14 +42,18 @@ TRACKER_NAMES = ("tensorboard", "mlflow")
 AUGMENT_DEFAULTS: dict[str, Any] = Augment().as_config()
 
 
-def setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), resume_safe: bool = False, instead: str = "") -> Any:
+def setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), resume_safe: bool = False,
+            instead: Mapping[str, str] | None = None) -> Any:
     """One config key: a dataclass field of :class:`Config` or of a kind's options
     (:class:`~visionlab.kinds.base.KindOptions`), with its default and one-line meaning, written there and nowhere else.
 
     ``choices``: its allowed values; ``resume_safe``: a resumed run may change it; ``instead``: what
-    a task of another kind uses in its place (said when the key is set on one).
+    a task of another kind uses in its place, keyed by that kind's name (``{"segmentation": "..."}``),
+    said when the key is set on a task of that kind and on no other.
     """
-    meta = {"doc": doc, "choices": choices, "resume_safe": resume_safe, "instead": instead}
+    if instead is not None and not isinstance(instead, Mapping):
+        raise TypeError(f"setting(instead=...) is keyed by the kind it advises, e.g. instead={{'segmentation': {instead!r}}}")
+    meta = {"doc": doc, "choices": choices, "resume_safe": resume_safe, "instead": dict(instead or {})}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -104,7 +110,7 @@ class Config:
     augment: dict = setting(AUGMENT_DEFAULTS, "training-batch augmentation, keys of AUGMENT_DEFAULTS (validation and test are never augmented)")
     options: KindOptions = field(default_factory=KindOptions, metadata={
         "doc": "the keys of the task's kind (its Kind.options), written flat beside these in recipes and resolved configs",
-        "choices": (), "resume_safe": False, "instead": ""})
+        "choices": (), "resume_safe": False, "instead": {}})
     # --- runtime
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", resume_safe=True)
     precision: str = setting("auto", "auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16 (CUDA)",
@@ -151,6 +157,12 @@ def _option_fields(options: type[KindOptions]) -> dict[str, Any]:
     return {f.name: f for f in fields(options)}
 
 
+def clashing_keys(options: type[KindOptions]) -> list[str]:
+    """The keys of a kind's ``options`` that are also keys of :class:`Config`: written flat beside the
+    common ones, such a key would shadow the common key (its checks, its meaning), so a kind may not declare one."""
+    return sorted(set(_option_fields(options)) & {f.name for f in fields(Config)})
+
+
 def _valid_keys(options: type[KindOptions]) -> list[str]:
     """The keys a task whose kind declares ``options`` reads: the common ones, then the kind's."""
     return [f.name for f in _common()] + list(_option_fields(options))
@@ -163,72 +175,114 @@ def _unknown_key(key: Any, where: str, options: type[KindOptions]) -> VisionlabE
     return VisionlabError(f"unknown config key {key!r} in {where}.", f"{hint}Valid keys: {', '.join(valid)}.")
 
 
-def _foreign_key(key: str, value: Any, kind: Any, others: Iterable[Any], task: str) -> bool:
-    """Whether ``key`` belongs to another kind than ``kind`` (one of ``others``), at its default there:
-    such a key is no choice and is dropped. Set away from its default, it is refused: a classifier
-    has no tile_size to use. False when no other kind has the key."""
+def _foreign_key(key: str, value: Any, kind: Any, others: Iterable[Any], task: str, explicit: bool) -> bool:
+    """Whether ``key`` belongs to another kind than ``kind`` (one of ``others``); False when none has it.
+
+    Set on purpose (``explicit``: --set, a keyword of train) it is refused, at any value: a classifier
+    has no tile_size to use, and a user who sets one made a mistake. In a file (a recipe, --config) one
+    at its default there is dropped: the resolved configs of older versions held every kind's keys, at
+    their defaults where unused; away from its default it is refused. The refusal says what a task of
+    ``kind`` uses instead where the key's owner says so for that kind (``setting(instead=...)``)."""
     owners = [(k, _option_fields(k.options)[key]) for k in others if key in _option_fields(k.options)]
-    if not owners or any(value == _field_default(f) for _, f in owners):
+    at_default = any(value == _field_default(f) for _, f in owners)
+    if not owners or (at_default and not explicit):
         return bool(owners)
+    advice = next((f.metadata["instead"][kind.name] for _, f in owners if kind.name in f.metadata["instead"]), "")
     owner, f = owners[0]
-    instead, default = f.metadata["instead"], _field_default(f)
+    keep = "" if explicit else f" (or set it to {_field_default(f)!r})"
     raise VisionlabError(
         f"{key}={value!r} is a {owner.name} key; {task} is a {kind.name} task and does not use it.",
-        f"Remove {key!r} (or set it to {default!r}){'; ' + instead if instead else ''}.",
+        f"Remove {key!r}{keep}{'; ' + advice if advice else ''}.",
     )
 
 
+#: What a value of each field type must be, as the errors say it.
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", dict: "a mapping", list: "a list", str: "a string"}
+#: What a value that means "none" is written as, where a field may be None (``max_side: int | None``).
+_NONE_WORDS = ("none", "null", "~")
+
+
+def _field_type(typ: Any) -> tuple[Any, bool]:
+    """The type a field holds (``list`` for ``list[str]``) and whether it may be None: ``int | None``,
+    ``Optional[int]`` and their string forms (``from __future__ import annotations``, resolved by
+    :func:`typing.get_type_hints`) are ``(int, True)``."""
+    nullable = False
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(typ))
+        typ = args[0] if len(args) == 1 else str
+    return (typing.get_origin(typ) or typ), nullable
+
+
+def _needs_value(key: str, where: str, typ: Any, default: Any) -> VisionlabError:
+    """The error of a key given no value (``--set lr=``, ``lr:`` in a file), with an example where the default makes one."""
+    example = ""
+    if typ in (bool, int, float, str) and default not in (None, ""):
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        example = f", e.g. --set {key}={text}" if where == "--set" else f", e.g. {key}: {text}"
+    return VisionlabError(f"config key {key!r} in {where} needs a value ({_EXPECTED.get(typ, 'a value')}){example}.",
+                          "Give the value, or leave the key out for its default.")
+
+
 def _coerce(key: str, value: Any, where: str, owner: type) -> Any:
-    """``value`` in the type of the field ``key`` of ``owner`` (:class:`Config` or a kind's options)."""
-    typ = get_type_hints(owner)[key]
+    """``value`` in the type of the field ``key`` of ``owner`` (:class:`Config` or a kind's options);
+    None (or none/null for a number or a bool) where the field may be None."""
+    typ, nullable = _field_type(get_type_hints(owner)[key])
 
     def bad(expected: str) -> VisionlabError:
         return VisionlabError(f"config key {key!r} in {where} must be {expected}, got {value!r}.", "Fix the value.")
 
+    if nullable and typ in (bool, int, float) and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+        value = None
     if value is None:
-        if "None" in str(typ):
+        if nullable:
             return None
-        raise bad(str(typ).replace("typing.", ""))
+        raise _needs_value(key, where, typ, _field_default(_option_fields(owner)[key]))
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise bad("true or false")
+        raise bad(_EXPECTED[bool])
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise bad("an integer")
+            raise bad(_EXPECTED[int])
         try:
             f = float(value)
         except ValueError:
-            raise bad("an integer") from None
+            raise bad(_EXPECTED[int]) from None
         if not math.isfinite(f) or f != int(f):
-            raise bad("an integer")
+            raise bad(_EXPECTED[int])
         return int(f)
     if typ is float:
-        if isinstance(value, bool):
-            raise bad("a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad("a number") from None
-        if not math.isfinite(number):
-            raise bad("a finite number")
-        return number
+        return _number(value, bad)
     if typ is dict:
         if not isinstance(value, dict):
-            raise bad("a mapping")
+            raise bad(_EXPECTED[dict])
         return dict(value)
-    if "list" in str(typ):
+    if typ is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise bad("a list")
+            raise bad(_EXPECTED[list])
         return [str(v) for v in value]
-    # str or str | None
+    # str (or a type no branch knows: kept as its text)
     if isinstance(value, (dict, list)):
-        raise bad("a string")
+        raise bad(_EXPECTED[str])
     return str(value)
+
+
+def _number(value: Any, bad: Any) -> float:
+    """A finite float of ``value`` (not a bool), else ``bad(expected)`` raised."""
+    if isinstance(value, bool):
+        raise bad(_EXPECTED[float])
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad(_EXPECTED[float]) from None
+    if not math.isfinite(number):
+        raise bad("a finite number")
+    return number
 
 
 def _coerce_augment(key: str, value: Any) -> Any:
@@ -282,6 +336,7 @@ def _validate(cfg: Config) -> Config:
     not_names = [k for k in cfg.model_args if not (isinstance(k, str) and k.isidentifier())]
     if not_names:
         raise VisionlabError(f"model_args keys must be argument names of the model builder, got {not_names[0]!r}.", "Fix the key.")
+    _check_in_chans(cfg.model, cfg.model_args)
     cfg.augment = {k: _coerce_augment(k, v) for k, v in {**AUGMENT_DEFAULTS, **cfg.augment}.items()}
     cfg.track = _trackers(cfg.track)
     checks = [
@@ -309,6 +364,16 @@ def _validate(cfg: Config) -> Config:
             raise VisionlabError(f"invalid config: {msg}.", "Fix the value in the config or --set.")
     _check_name(cfg.name)
     return cfg
+
+
+def _check_in_chans(model: str, args: Mapping[str, Any]) -> None:
+    """Every image visionlab decodes is RGB (grey and CMYK photos are converted): a model built for
+    other than 3 input channels would fail on the first batch, with a shape error."""
+    chans = args.get("in_chans", 3)
+    if chans != 3:
+        raise VisionlabError(f"model {model!r} with model_args.in_chans={chans!r} would take {chans}-channel input, "
+                             "but visionlab feeds it RGB images (3 channels; grey photos are converted).",
+                             "Leave in_chans out of model_args.")
 
 
 def _check_name(name: str | None) -> None:
@@ -427,13 +492,14 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any], where: str, kind: Any, others: Iterable[Any] = ()) -> dict[str, Any]:
     """Lay the keys of ``layer`` over the flat ``base``: each routed by name to the common keys or to
-    the options of ``kind``; a key of one of the ``others`` kinds at its default there is dropped."""
+    the options of ``kind``; a key of one of the ``others`` kinds is refused, or dropped where a file
+    holds it at its default there (:func:`_foreign_key`; ``where`` is '--set' for the explicit layer)."""
     owners = {**{f.name: Config for f in _common()}, **{name: kind.options for name in _option_fields(kind.options)}}
     if "model" in layer and layer["model"] != base.get("model"):
         base["model_args"] = {}  # another model: the previous model's arguments do not apply
     for key, value in layer.items():
         if key not in owners:
-            if isinstance(key, str) and _foreign_key(key, value, kind, others, str(base.get("task", ""))):
+            if isinstance(key, str) and _foreign_key(key, value, kind, others, str(base.get("task", "")), where == "--set"):
                 continue
             raise _unknown_key(key, where, kind.options)
         if key in ("augment", "model_args") and isinstance(value, Mapping) and isinstance(base.get(key), dict):
@@ -498,18 +564,21 @@ def resume_config(
     kind: Any,
     config: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    others: Iterable[Any] = (),
 ) -> tuple[Config, dict[str, tuple[Any, Any]]]:
     """The config a resumed run of ``kind`` continues with: the run's own resolved config, with only the
     resume-safe keys (:data:`RESUME_SAFE_KEYS`) changed by ``config``/``overrides``.
 
     A layer that would change anything else (data, model, image size, classes, lr, ...) is an
-    error that names the differences. Returns the config and the keys it changed."""
+    error that names the differences; a key of one of the ``others`` kinds is judged as
+    :func:`resolve_config` judges it. Returns the config and the keys it changed."""
+    others = [k for k in others if k.name != kind.name]
     base = saved if isinstance(saved, Config) else config_from_dict(saved, kind.options)
     values = base.to_dict()
     if config is not None:
         _merge(values, _user_config(config, base.task, "A resumed run keeps its task: pass a config of that task, or none."),
-               str(config), kind)
-    _merge(values, parse_overrides(overrides), "--set", kind)
+               str(config), kind, others)
+    _merge(values, parse_overrides(overrides), "--set", kind, others)
     values["task"] = base.task
     cfg = _build(values, kind.options)
     return cfg, check_resume(base, cfg)

@@ -32,11 +32,20 @@ _KINDS: dict[str, Kind] = {}
 
 
 def register_kind(kind: Kind) -> Kind:
-    """Add a kind (an instance of a :class:`Kind` subclass); a duplicate name is an error."""
+    """Add a kind (an instance of a :class:`Kind` subclass); a duplicate name is an error, and so is
+    an option of its (:attr:`Kind.options`) named as a common config key (``lr``): written flat
+    beside that key in recipes and configs, it would shadow it."""
+    from visionlab.config import clashing_keys
+
     if not kind.name:
         raise ValueError(f"{type(kind).__name__} has no name")
     if kind.name in _KINDS or kind.name in _BUILTIN:
         raise ValueError(f"task kind {kind.name!r} is already registered")
+    clash = clashing_keys(kind.options)
+    if clash:
+        raise VisionlabError(f"task kind {kind.name!r} declares the option(s) {', '.join(clash)} of "
+                             f"{type(kind).__name__}.options, which are common config keys.",
+                             "Rename them: a kind's keys sit flat beside the common ones and may not share their names.")
     _KINDS[kind.name] = kind
     return kind
 

@@ -183,14 +183,21 @@ def _bind(entry: _Entry, num_classes: int | None, kwargs: dict[str, Any]) -> ins
 def build_model(name: str, num_classes: int, **kwargs: Any) -> "nn.Module":
     """Build a registered model with a ``num_classes``-way head (or ``num_classes`` mask channels).
 
-    Unknown names and unknown keyword arguments fail with the list of valid ones. Pretrained
-    weights, where the builder uses them, are loaded here and nowhere else.
+    Unknown names and unknown keyword arguments fail with the list of valid ones, and a value the
+    builder refuses (``dropout='abc'``) with one line naming the model, the arguments and what the
+    builder said. Pretrained weights, where the builder uses them, are loaded here and nowhere else.
     """
     entry = _entry(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise VisionlabError(f"num_classes must be a positive integer, got {num_classes!r}.")
     bound = _bind(entry, num_classes, kwargs)
-    return entry.fn(*bound.args, **bound.kwargs)
+    try:
+        return entry.fn(*bound.args, **bound.kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:  # what a bad argument value makes a builder raise
+        given = ", ".join(f"{k}={v!r}" for k, v in _renamed(entry, kwargs).items()) or "its default arguments"
+        said = (str(exc).strip().splitlines() or [""])[0]
+        raise VisionlabError(f"model {name!r} cannot be built with {given} ({type(exc).__name__}: {said}).",
+                             f"Fix model_args (accepted arguments: {', '.join(_accepted(entry))}).") from None
 
 
 def model_weights(name: str, **kwargs: Any) -> Weights:

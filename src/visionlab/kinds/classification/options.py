@@ -18,7 +18,7 @@ class ClassificationOptions(KindOptions):
                                        "at train and predict time)")
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
     mixup: float = setting(0.0, "Beta(alpha, alpha) of mixup between pairs of training images (0 = off)",
-                           instead="masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)")
+                           instead={"segmentation": "masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)"})
 
     def checks(self) -> list[tuple[bool, str]]:
         return [(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),

@@ -18,7 +18,7 @@ class SegmentationOptions(KindOptions):
     """A segmentation task's own keys, written flat in its recipes beside the common ones."""
 
     loss: str = setting("ce", "ce | focal | focal+dice | ce+dice | focal+lovasz | ce+lovasz (smp losses)", choices=LOSSES,
-                        instead="a classifier trains with cross-entropy; shape it with label_smoothing and class_weights")
+                        instead={"classification": "a classifier trains with cross-entropy; shape it with label_smoothing and class_weights"})
     focal_gamma: float = setting(2.0, "focusing exponent of the focal loss")
     tile_size: int = setting(256, "training crop and inference tile, px (a multiple of 32)")
     tile_overlap: float = setting(0.25, "inference tiles overlap by this fraction and are blended")
