@@ -66,8 +66,9 @@ class KindOptions:
     """The config keys of one kind of task, beside :class:`visionlab.config.Config`'s common ones.
 
     A kind declares a dataclass subclass as :attr:`Kind.options`; each field is one key, made with
-    :func:`visionlab.config.setting` (default, one-line meaning, choices, what other kinds use
-    instead). Recipes write the keys flat (``tile_size: 256``); the config routes them here by
+    :func:`visionlab.config.setting` (default, one-line meaning, choices, and ``instead``: advice
+    keyed by the kind it is for, shown when the key is set on a task of that kind). A field may not
+    reuse a common key's name (``register_kind`` refuses it). Recipes write the keys flat (``tile_size: 256``); the config routes them here by
     name, coerces them to the fields' types and refuses unknown ones. No fields by default."""
 
     def checks(self) -> list[tuple[bool, str]]:
