@@ -110,7 +110,7 @@ class TaskRunner(ABC):
     def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
         """Evaluate the model saved in ``state``: its preprocessing (``tta`` replaced when given)
         wins over one recomputed from the config. Call before :meth:`prepare`."""
-        saved = Preprocessing.from_dict(state["preprocessing"])
+        saved = self.task_kind.saved_preprocessing(state["preprocessing"], "the checkpoint")
         self.fixed_preprocessing = saved if tta is None else saved.replace(tta=tta)
 
     def has_split_folders(self) -> bool:
