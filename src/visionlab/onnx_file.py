@@ -100,10 +100,10 @@ def _outputs(described: Any, graph_outputs: Sequence[Any]) -> list[Output] | Non
 
 
 def fitting_outputs(outputs: Sequence[Output], graph_outputs: Sequence[Any]) -> list[Output]:
-    """``outputs`` when the first fits the graph's first output (N x C per image, N x C x H x W per
-    pixel); else ValueError saying how they differ."""
+    """``outputs`` when the first fits the graph's first output (N x C x H x W per pixel; per image
+    N x C, or N x K x D for several rows per image); else ValueError saying how they differ."""
     first, rank = outputs[0], len(graph_outputs[0].shape)
-    if rank != (4 if first.dense else 2):
+    if not (rank == 4 if first.dense else 2 <= rank < 4):
         raise ValueError(f"output {first.name!r} scores per {first.per}, but the network's output has {rank} axes")
     return list(outputs)
 

@@ -3,7 +3,8 @@
 :class:`Preprocessing` is built by a kind's runner from the config and the model's weights
 (:func:`visionlab.models.model_weights`), saved in every checkpoint and every ``.onnx`` file's
 metadata as a plain dict (:meth:`Preprocessing.to_dict`, which ``torch.load(weights_only=True)``
-reads) and rebuilt from one (:meth:`Preprocessing.from_dict`, older checkpoints' dicts too). It is
+reads) and rebuilt from one (:meth:`Preprocessing.from_dict`, older checkpoints' dicts too; every field checked, so a
+damaged record is a ValueError naming the field, never a wrong answer later). It is
 also a read-only mapping of that dict, so code that reads ``pre["image_size"]`` (the decoder, the
 decode cache's key) reads the same values. Torch-free.
 """
