@@ -163,3 +163,10 @@ def test_an_unknown_kind_says_how_a_plugins_kind_becomes_known():
         get_kind("no_such_kind_here")
     assert str(info.value).startswith("unknown task kind 'no_such_kind_here'. Known kinds: classification, segmentation")
     assert str(info.value).endswith("A plugin's kind is known once its plugin is installed or named (VISIONLAB_PLUGINS=module).")
+
+
+def test_a_record_of_another_kind_is_damaged():
+    saved = {"kind": "classification", "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "threshold": 0.4}
+    with pytest.raises(VisionlabError, match=r"x.pt is damaged \(preprocessing: kind is 'classification', but the model is of the "
+                                             r"thresholded_for_tests kind\)"):
+        _Thresholded().saved_preprocessing(saved, "x.pt")

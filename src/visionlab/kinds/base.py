@@ -238,6 +238,8 @@ class Kind:
         and this kind's own :attr:`preprocessing_keys` checked; a damaged one is a one-line error."""
         try:
             pre = Preprocessing.from_dict(saved)
+            if pre.kind != self.name:
+                raise ValueError(f"kind is {pre.kind!r}, but the model is of the {self.name} kind")
             for key, typ in self.preprocessing_keys.items():
                 value = pre.get(key)
                 if key not in pre:
