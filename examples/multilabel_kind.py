@@ -254,6 +254,7 @@ class MultilabelKind(Kind):
     primary = "map"
     options = MultilabelOptions
     outputs = (Output(name="logits", per="image", activation="sigmoid", meaning="logits of each label, per image"),)
+    preprocessing_keys = {"threshold": float}  # saved with the weights (multilabel_preprocessing)
     demo_options = {"epochs": 3, "batch_size": 16, "early_stopping": 0}
     per_class_columns = ("precision", "recall", "f1", "ap", "support")
     examples_heading = "Images with a wrong label"

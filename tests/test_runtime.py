@@ -205,12 +205,20 @@ def test_the_command_line_needs_neither_torch_nor_rich(classifier: Path, photos:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    ({"preprocessing": {"image_size": None}}, "KeyError: 'image_size'"), ({"classes": ["red", "green"]}, "2 classes for a network with 3 outputs"),
-    ({"classes": []}, "not a list of class names"), ({"preprocessing": {"tta": "bogus"}}, "unknown test-time augmentation 'bogus'"),
-    ({"preprocessing": {"std": [0.5, 0.5]}}, "'std' is not three numbers"), ({"preprocessing": {"std": [0, 1, 1]}}, "'std' has a zero"),
-    ({"preprocessing": {"image_size": [16]}}, "TypeError"),
+    ({"preprocessing": {"image_size": None}}, "image_size is missing"), ({"classes": ["red", "green"]}, "2 classes for a network with 3 outputs"),
+    ({"classes": []}, "not a list of class names"), ({"preprocessing": {"tta": "bogus"}}, "tta is 'bogus', not one of none, hflip"),
+    ({"preprocessing": {"std": [0.5, 0.5]}}, "std is [0.5, 0.5], not three numbers"), ({"preprocessing": {"std": [0, 1, 1]}}, "not three numbers > 0"),
+    ({"preprocessing": {"image_size": [16]}}, "image_size is [16], not a whole number in 8..4096"),
     ({"preprocessing": {"image_size": 24}}, "the network takes 16x16 inputs, the preprocessing makes 24x24"),
     ({"preprocessing": {"resize": "scale"}}, "the network takes 16x16 inputs, the preprocessing makes whole images of any size"),
+    ({"preprocessing": {"resize": "weird"}}, "resize is 'weird', not one of squash, scale"),
+    ({"preprocessing": {"mean": "abc"}}, "mean is 'abc', not three numbers"), ({"preprocessing": {"mean": None}}, "mean is missing"),
+    ({"preprocessing": {"image_size": 0}}, "image_size is 0, not a whole number in 8..4096"),
+    ({"preprocessing": {"image_size": 100000}}, "image_size is 100000, not a whole number in 8..4096"),
+    ({"preprocessing": {"background_removal": "no"}}, "background_removal is 'no', not true or false"),
+    ({"outputs": []}, "'outputs' is [], not a list of the network's outputs"),
+    ({"outputs": [{"name": "logits", "per": "voxel", "activation": "softmax"}]}, "per must be image or pixel"),
+    ({"outputs": [{"name": "logits", "per": "pixel", "activation": "softmax"}]}, "scores per pixel, but the network's output has 2 axes"),
 ])
 def test_metadata_the_runtime_cannot_use_is_one_line(tmp_path: Path, photos: dict[str, Path], change: dict[str, dict],
                                                      expected: str, capsys: pytest.CaptureFixture[str]):
@@ -220,6 +228,7 @@ def test_metadata_the_runtime_cannot_use_is_one_line(tmp_path: Path, photos: dic
     meta = _metadata("classification", {"image_size": 16, "resize": "squash", "tta": "none"})
     meta["preprocessing"] = {k: v for k, v in {**meta["preprocessing"], **change.get("preprocessing", {})}.items() if v is not None}
     meta["classes"] = change.get("classes", meta["classes"])
+    meta.update({k: v for k, v in change.items() if k == "outputs"})
     path = _model(tmp_path / "tampered.onnx", dense=False, metadata=meta, size=16)
     with pytest.raises(VisionlabError, match="its visionlab metadata is incomplete or damaged") as info:
         load(path)
@@ -265,3 +274,31 @@ def test_the_described_activation_is_the_one_applied(tmp_path: Path):
     logits = 10 * (np.asarray(yellow) / 255 - 0.5) / 0.5
     assert probs == pytest.approx(dict(zip(COLOURS, 1 / (1 + np.exp(-logits)))), abs=1e-4)
     assert probs["red"] > 0.99 and probs["green"] > 0.99  # both labels: not a softmax over them
+
+
+def test_a_file_without_outputs_takes_its_kinds_not_a_guess_from_the_graph(tmp_path: Path):
+    """A file exported before the metadata described its outputs: its kind's declared outputs apply
+    (a sigmoid kind's scores each label on its own; the graph's rank alone would have said softmax)."""
+    from visionlab.kinds import Kind, Output, kind_names, register_kind
+
+    class Labels(Kind):
+        name = "colour_labels_without_outputs"
+        outputs = (Output("logits", "image", "sigmoid", "a score per label"),)
+
+    if Labels.name not in kind_names():
+        register_kind(Labels())
+    model = load(_model(tmp_path / "labels.onnx", dense=False, metadata=_metadata(Labels.name, {"image_size": 16, "resize": "squash"})))
+    assert [(o.per, o.activation) for o in model.metadata["outputs"]] == [("image", "sigmoid")]
+    yellow = np.full((1, 16, 16, 3), (230, 230, 20), dtype=np.uint8).transpose(0, 3, 1, 2)
+    probs = model.probs(model.normalize(yellow))[0]
+    logits = 10 * (np.asarray((230, 230, 20)) / 255 - 0.5) / 0.5
+    assert probs == pytest.approx(1 / (1 + np.exp(-logits)), abs=1e-4)  # a softmax would give red and green ~0.5 each
+
+
+def test_a_file_of_a_kind_not_registered_here_says_to_load_its_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = _model(tmp_path / "plugin.onnx", dense=False, metadata=_metadata("kind_of_no_plugin_here", {"image_size": 16, "resize": "squash"}))
+    with pytest.raises(VisionlabError, match="exported from the task kind 'kind_of_no_plugin_here', which is not registered here") as info:
+        load(path)
+    assert "install or name its plugin (VISIONLAB_PLUGINS=module) and run again." in str(info.value)
+    assert main([str(path), str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

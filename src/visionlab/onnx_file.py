@@ -11,15 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from visionlab.data.geometry import TTA_MODES
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 from visionlab.kinds.base import Output
 
-__all__ = ["FORMAT", "JSON_FIELDS", "open_session", "read_metadata", "default_threads"]
+__all__ = ["FORMAT", "JSON_FIELDS", "open_session", "read_metadata", "fitting_outputs", "default_threads"]
 
 FORMAT = "visionlab-onnx/1"
 # metadata_props holding JSON (all others are plain strings); files exported before the kinds
-# described their outputs lack "outputs" (derived from the graph, :func:`_outputs`)
+# described their outputs lack "outputs" (read_metadata gives None: their kind's outputs apply)
 JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs")
 
 
@@ -88,14 +88,24 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _outputs(described: Any, graph_outputs: Sequence[Any]) -> list[Output]:
+def _outputs(described: Any, graph_outputs: Sequence[Any]) -> list[Output] | None:
     """The network's outputs as the file describes them (its kind's ``Kind.outputs``, written at
-    export); a file exported before that says nothing, and its one output is read as older
-    versions did: class logits before softmax, per pixel when it has 4 axes, else per image."""
-    if described is not None:
-        return [Output.from_dict(d) for d in described]
-    first = graph_outputs[0]
-    return [Output(first.name, "pixel" if len(first.shape) == 4 else "image", "softmax")]
+    export), checked against the graph; None for a file exported before that, whose reader takes
+    its kind's (:func:`fitting_outputs`)."""
+    if described is None:
+        return None
+    if not (isinstance(described, list) and described and all(isinstance(d, dict) for d in described)):
+        raise ValueError(f"'outputs' is {described!r}, not a list of the network's outputs")
+    return fitting_outputs([Output.from_dict(d) for d in described], graph_outputs)
+
+
+def fitting_outputs(outputs: Sequence[Output], graph_outputs: Sequence[Any]) -> list[Output]:
+    """``outputs`` when the first fits the graph's first output (N x C x H x W per pixel; per image
+    N x C, or N x K x D for several rows per image); else ValueError saying how they differ."""
+    first, rank = outputs[0], len(graph_outputs[0].shape)
+    if not (rank == 4 if first.dense else 2 <= rank < 4):
+        raise ValueError(f"output {first.name!r} scores per {first.per}, but the network's output has {rank} axes")
+    return list(outputs)
 
 
 def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape: Sequence[Any]) -> None:
@@ -108,14 +118,8 @@ def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape
         raise ValueError(f"{len(classes)} classes for a network with {output_shape[1]} outputs")
     if not isinstance(pre, dict):
         raise ValueError("'preprocessing' is not an object")
-    size, fixed = int(pre["image_size"]), [d for d in input_shape[2:] if isinstance(d, int)]
-    if fixed and (fixed != [size, size] or pre.get("resize") != "squash"):
+    record = Preprocessing.from_dict(pre)  # every field checked as a checkpoint's are
+    size, fixed = record.image_size, [d for d in input_shape[2:] if isinstance(d, int)]
+    if fixed and (fixed != [size, size] or record.resize != "squash"):
         raise ValueError(f"the network takes {'x'.join(map(str, fixed))} inputs, the preprocessing makes "
-                         + (f"{size}x{size}" if pre.get("resize") == "squash" else "whole images of any size"))
-    for key in ("mean", "std"):
-        if not (isinstance(pre[key], list) and len(pre[key]) == 3 and all(isinstance(v, (int, float)) for v in pre[key])):
-            raise ValueError(f"preprocessing {key!r} is not three numbers")
-    if not all(pre["std"]):
-        raise ValueError("preprocessing 'std' has a zero")
-    if str(pre.get("tta", "none")) not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {pre['tta']!r}")
+                         + (f"{size}x{size}" if record.resize == "squash" else "whole images of any size"))

@@ -39,11 +39,10 @@ import numpy as np
 from visionlab.data.arrays import apply_view, softmax, undo_view
 from visionlab.data.geometry import view_plan
 from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
-from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
-from visionlab.kinds import Output, get_kind
+from visionlab.kinds import Kind, Output, get_kind, kind_names
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
-from visionlab.onnx_file import FORMAT, JSON_FIELDS, default_threads, open_session, read_metadata
+from visionlab.onnx_file import FORMAT, JSON_FIELDS, default_threads, fitting_outputs, open_session, read_metadata
 
 __all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]  # the file's format: visionlab.onnx_file
 
@@ -67,14 +66,15 @@ class Runtime:
         self.task: str = self.metadata["task"]
         self.kind: str = self.metadata["kind"]
         self.classes: list[str] = list(self.metadata["classes"])
-        self.preprocessing = Preprocessing.from_dict(self.metadata["preprocessing"])
+        self.kind_of = _kind_of(self.kind, self.path)  # what a result of this kind is (visionlab.kinds)
+        self.preprocessing = self.kind_of.saved_preprocessing(self.metadata["preprocessing"], self.path)
+        self.metadata["outputs"] = _outputs(self.metadata["outputs"], self.kind_of, self.session, self.path)
         self.output: Output = self.metadata["outputs"][0]  # what the network returns: per image or pixel, its activation
         self.tta: str = self.preprocessing.tta_mode  # as validated; set another mode to change it
         mean = np.asarray(self.preprocessing.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.preprocessing.std, dtype=np.float32).reshape(1, -1, 1, 1)
         self._scale, self._shift = np.float32(1.0) / std, -mean / std  # as visionlab's Normalize
         self._input = self.session.get_inputs()[0].name
-        self.kind_of = get_kind(self.kind)  # what a result of this kind is (visionlab.kinds)
 
     def __repr__(self) -> str:
         return f"Runtime(task={self.task!r}, classes={self.classes}, file={self.path!r})"
@@ -132,6 +132,31 @@ class Runtime:
                     results[j] = {"path": names[j], **row}
                 pending = []
         return [r for r in results if r is not None]
+
+
+def _kind_of(name: str, path: str) -> Kind:
+    """The kind a file was exported from; one that is not registered here is a plugin's (the built-in
+    kinds always are), so the error says to load it."""
+    try:
+        return get_kind(name)
+    except VisionlabError:
+        raise VisionlabError(f"{path} was exported from the task kind {name!r}, which is not registered here "
+                             f"(known kinds: {', '.join(kind_names())}).",
+                             "This file was exported from a plugin kind: install or name its plugin (VISIONLAB_PLUGINS=module) "
+                             "and run again.") from None
+
+
+def _outputs(described: list[Output] | None, kind: Kind, session: Any, path: str) -> list[Output]:
+    """The file's outputs as its metadata describes them, or for a file exported before the metadata
+    did, its kind's declared ones (those of the built-in kinds are what such files always held),
+    checked against the graph."""
+    if described is not None:
+        return described
+    try:
+        return fitting_outputs(kind.outputs, session.get_outputs())
+    except ValueError as exc:
+        raise VisionlabError(f"{path}: its visionlab metadata is incomplete or damaged (no 'outputs', and the {kind.name} kind's: "
+                             f"{exc}).", "Export the checkpoint again.") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
 __all__ = ["FORMAT", "REQUIRED", "RESUME_REQUIRED", "TRAINING_STATE", "CheckpointWriteError", "save_checkpoint",
@@ -140,6 +141,11 @@ def _load_torch(p: Path) -> dict[str, Any]:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"wrong type of {', '.join(wrong)}"] if wrong else [])
         raise VisionlabError(f"checkpoint {p} is incomplete ({'; '.join(parts)}).",
                              "It is damaged or was not written by visionlab train: pass the run's best.pt or last.pt.")
+    try:  # what every prediction reads, checked once here: a damaged record is named, never a traceback later
+        Preprocessing.from_dict(state["preprocessing"])
+    except ValueError as exc:
+        raise VisionlabError(f"checkpoint {p} is damaged (preprocessing: {exc}).",
+                             "Train again, or pass the run's other checkpoint (best.pt or last.pt).") from None
     return state
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_for_model, scan_inputs
-from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_model
 from visionlab.engine.device import resolve_device, resolve_precision
@@ -55,7 +54,7 @@ class Predictor:
         self.task: str = state["task"]
         self.kind: Kind = kind
         self.classes: list[str] = list(state["classes"])
-        self.preprocessing = Preprocessing.from_dict(state["preprocessing"])
+        self.preprocessing = kind.saved_preprocessing(state["preprocessing"], f"checkpoint {source}" if source else "the checkpoint")
         self.synthetic: bool = bool(state.get("data", {}).get("synthetic", False))
         self.device = resolve_device(device)
         # fp32 by default: the same answers as the exported .onnx; "auto" (bf16 where the CPU/GPU has it) is faster

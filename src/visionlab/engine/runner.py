@@ -110,7 +110,7 @@ class TaskRunner(ABC):
     def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
         """Evaluate the model saved in ``state``: its preprocessing (``tta`` replaced when given)
         wins over one recomputed from the config. Call before :meth:`prepare`."""
-        saved = Preprocessing.from_dict(state["preprocessing"])
+        saved = self.task_kind.saved_preprocessing(state["preprocessing"], "the checkpoint")
         if tta is not None and tta not in self.task_kind.tta_modes:
             raise VisionlabError(f"tta={tta!r}: the {self.task_kind.name} kind does no test-time augmentation of that kind.",
                                  f"Use --tta {' or '.join(self.task_kind.tta_modes)}.")

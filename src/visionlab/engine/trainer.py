@@ -505,7 +505,7 @@ class Trainer:
         # the kind knows its metrics' directions; the training loss is the trainer's own
         self.higher = self.monitor != "train_loss" and self.runner.higher_is_better(self.monitor.removeprefix("val_"))
         if state is not None:
-            self._restore(state)
+            self._restore(state, path)
             self._resumed(changed)
         if self.dist.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
@@ -562,7 +562,7 @@ class Trainer:
         self.ema = ModelEma(self.model, cfg.ema) if cfg.ema > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
         self.model.load_state_dict(state.get("train_model", state["model"]))
         if self.ema is not None:
             self.ema.module.load_state_dict(state["model"])
@@ -570,7 +570,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.loop = LoopState.saved(state)
-        self._restore_callbacks(state)
+        self._restore_callbacks(state, path)
         saved_world = self.saved_world = int(state.get("world", 1))
         rngs = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
         if saved_world == self.dist.world and len(rngs) == self.dist.world:
@@ -586,19 +586,27 @@ class Trainer:
             self.loop.epoch * self.optimizer_steps + math.ceil(self.loop.step / self.cfg.accumulate)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.optimizer_steps, done=done)
 
-    def _restore_callbacks(self, state: dict[str, Any]) -> None:
-        """Hand each callback its state from last.pt (before training goes on). A last.pt without
+    def _restore_callbacks(self, state: dict[str, Any], path: Path) -> None:
+        """Hand each callback its state from last.pt (``path``, before training goes on). A last.pt without
         ``callbacks`` (visionlab before callbacks kept state) gives the checkpoint and early-stopping
         callbacks what it held of theirs and the others nothing. A state whose callback is not in this
-        session (a tracker left out on this resume) is kept for the next last.pt."""
+        session (a tracker left out on this resume) is kept for the next last.pt. A state its callback
+        cannot take (a damaged file) is a one-line error naming it, checked here for every callback."""
         saved = state.get("callbacks")
         if saved is None:
             saved = legacy_callback_states(state, self.checkpoint_callback, self.early_stopping_callback)
+        hint = "Train again (a new run), or resume from an undamaged copy of it."
+        if not (isinstance(saved, dict) and all(isinstance(v, dict) for v in saved.values())):
+            raise VisionlabError(f"{path} is damaged (the callbacks' states: {type(saved).__name__}, not a state per callback).", hint)
         present = {cb.state_key for cb in self.callbacks}
         self._kept_states = {k: v for k, v in saved.items() if k not in present}
         for cb in self.callbacks:
             if cb.state_key in saved:
-                cb.load_state_dict(saved[cb.state_key])
+                try:
+                    cb.load_state_dict(saved[cb.state_key])
+                except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                    reason = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc).split("\n")[0]
+                    raise VisionlabError(f"{path} is damaged (the {cb.state_key} state: {reason or type(exc).__name__}).", hint) from None
 
     def _callback_states(self) -> dict[str, dict[str, Any]]:
         """What last.pt holds under ``callbacks``: every callback's non-empty state, by its state_key."""

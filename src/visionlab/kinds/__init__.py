@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionlab.errors import VisionlabError
 from visionlab.kinds.base import EvaluationReport, Kind, KindOptions, Output, Prediction
-from visionlab.plugins import load_plugins
+from visionlab.plugins import ENV_VAR, load_plugins
 
 if TYPE_CHECKING:
     from visionlab.data.doctor import Report
@@ -59,7 +59,8 @@ def get_kind(name: str) -> Kind:
     try:
         return _KINDS[name]
     except KeyError:
-        raise VisionlabError(f"unknown task kind {name!r}.", f"Known kinds: {', '.join(kind_names())}.") from None
+        raise VisionlabError(f"unknown task kind {name!r}.", f"Known kinds: {', '.join(kind_names())}. A plugin's kind is known once "
+                             f"its plugin is installed or named ({ENV_VAR}=module).") from None
 
 
 def kind_names() -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
 __all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k"]
@@ -200,6 +201,9 @@ class Kind:
     options: ClassVar[type[KindOptions]] = KindOptions
     #: What the network returns (export writes it into the .onnx metadata, the runtime reads it).
     outputs: ClassVar[tuple[Output, ...]] = (Output(),)
+    #: The kind's own keys of its preprocessing record (a plugin's ``extra``: a label threshold) and the
+    #: type each holds; a saved record without one, or with another type, is damaged (:meth:`saved_preprocessing`).
+    preprocessing_keys: ClassVar[Mapping[str, type]] = {}
     #: The validation metric that selects best.pt.
     primary: ClassVar[str] = ""
     #: The test-time augmentation modes its evaluation and prediction carry out (``tta``).
@@ -233,6 +237,25 @@ class Kind:
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
+
+    def saved_preprocessing(self, saved: Mapping[str, Any], source: str) -> Preprocessing:
+        """The preprocessing record of a checkpoint or .onnx file (``source``) of this kind, its fields
+        and this kind's own :attr:`preprocessing_keys` checked; a damaged one is a one-line error."""
+        try:
+            pre = Preprocessing.from_dict(saved)
+            if pre.kind != self.name:
+                raise ValueError(f"kind is {pre.kind!r}, but the model is of the {self.name} kind")
+            for key, typ in self.preprocessing_keys.items():
+                value = pre.get(key)
+                if key not in pre:
+                    raise ValueError(f"{key} is missing")
+                number = typ is float and isinstance(value, (int, float))
+                if isinstance(value, bool) or not (isinstance(value, typ) or number):
+                    raise ValueError(f"{key} is {value!r}, not {'a number' if typ is float else 'a ' + typ.__name__}")
+        except ValueError as exc:
+            raise VisionlabError(f"{source} is damaged (preprocessing: {exc}).",
+                                 "Train (or export) it again, or pass the run's other checkpoint.") from None
+        return pre
 
     def higher_is_better(self, metric: str) -> bool:
         """The direction of a logged metric (its name without the ``val_``/``test_`` prefix)."""
