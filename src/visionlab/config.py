@@ -345,7 +345,7 @@ def _validate(cfg: Config) -> Config:
         (cfg.lr > 0, "lr must be > 0"),
         (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1,
          "val_fraction and test_fraction must be in [0, 1) and sum to less than 1"),
-        (cfg.image_size >= 16, "image_size must be >= 16"),
+        (16 <= cfg.image_size <= 4096, "image_size must be in 16..4096"),
         (0 < cfg.backbone_lr_scale <= 10, "backbone_lr_scale must be in (0, 10]"),
         (0 <= cfg.ema < 1, "ema must be in [0, 1) (0 = off; 0.99-0.9999 usual)"),
         (0 <= cfg.cutmix <= 10, "cutmix is a Beta alpha in [0, 10] (0 = off; 0.2-1 usual)"),

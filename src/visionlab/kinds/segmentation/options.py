@@ -30,5 +30,6 @@ class SegmentationOptions(KindOptions):
     def checks(self) -> list[tuple[bool, str]]:
         return [(0 <= self.tile_overlap < 0.9, "tile_overlap must be in [0, 0.9)"),
                 (self.tile_size >= 32 and self.tile_size % 32 == 0, "tile_size must be a multiple of 32 (U-Net downsamples 5 times)"),
+                (self.tile_size <= 4096, "tile_size must be <= 4096"),
                 (0.05 <= self.seg_scale <= 4, "seg_scale must be in [0.05, 4]"),
                 (self.focal_gamma >= 0, "focal_gamma must be >= 0")]
