@@ -43,14 +43,16 @@ from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Output, get_kind
-from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, temperature_of
 
 __all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]
 
 FORMAT = "visionlab-onnx/1"
 # metadata_props holding JSON (all others are plain strings); files exported before the kinds
-# described their outputs lack "outputs" (derived from the graph, :func:`_outputs`)
-JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs")
+# described their outputs lack "outputs" (derived from the graph, :func:`_outputs`), and those of
+# models without a fitted calibration (a classifier's temperature) lack "calibration"
+JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs", "calibration")
+OPTIONAL_FIELDS = ("outputs", "calibration")
 
 
 def default_threads() -> int:
@@ -106,7 +108,7 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
                              "Export the checkpoint again with this version of visionlab.")
     try:
         for key in JSON_FIELDS:
-            if key in meta or key != "outputs":
+            if key in meta or key not in OPTIONAL_FIELDS:
                 meta[key] = json.loads(meta[key])
         for key in ("task", "kind"):
             meta[key] = str(meta[key])
@@ -161,9 +163,12 @@ def activate(x: np.ndarray, activation: str) -> np.ndarray:
 
 
 class Runtime:
-    """An exported model with its classes and preprocessing, run by onnxruntime on the CPU."""
+    """An exported model with its classes and preprocessing, run by onnxruntime on the CPU.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    The file's fitted calibration (a classifier's temperature) divides the logits before the
+    activation unless ``calibration`` is False (the raw softmax), as in :class:`visionlab.engine.predict.Predictor`."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, calibration: bool = True) -> None:
         self.path = str(path)
         self.session = open_session(path, threads)
         self.metadata = read_metadata(self.session, path)
@@ -178,6 +183,9 @@ class Runtime:
         self._scale, self._shift = np.float32(1.0) / std, -mean / std  # as visionlab's Normalize
         self._input = self.session.get_inputs()[0].name
         self.kind_of = get_kind(self.kind)  # what a result of this kind is (visionlab.kinds)
+        self.calibration: dict[str, Any] | None = self.metadata.get("calibration")
+        self.temperature = np.float32(temperature_of(self.calibration, calibration))  # logits / temperature before the activation
+        self.calibration_note = self.kind_of.calibration_note(self.path, self.calibration) if calibration else ""
 
     def __repr__(self) -> str:
         return f"Runtime(task={self.task!r}, classes={self.classes}, file={self.path!r})"
@@ -191,12 +199,13 @@ class Runtime:
         return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (the output's activation), averaged over the test-time augmentation's
-        views (as :func:`visionlab.engine.tta.tta_logits`); a per-pixel output's views are mapped back first."""
+        """Class probabilities (the output's activation of the logits divided by :attr:`temperature`),
+        averaged over the test-time augmentation's views (as :func:`visionlab.engine.tta.mean_scores`);
+        a per-pixel output's views are mapped back first."""
         views = view_plan(self.tta, x.shape[-1] == x.shape[-2])
         total = None
         for k, flip in views:
-            p = activate(self.logits(apply_view(x, k, flip)).astype(np.float32), self.output.activation)
+            p = activate(self.logits(apply_view(x, k, flip)).astype(np.float32) / self.temperature, self.output.activation)
             p = undo_view(p, k, flip) if self.output.dense else p
             total = p if total is None else total + p
         return total / np.float32(len(views))
@@ -241,9 +250,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Runtime:
+def load(path: str | os.PathLike, threads: int | None = None, calibration: bool = True) -> Runtime:
     """Open an exported ``.onnx`` model for prediction (see :class:`Runtime`)."""
-    return Runtime(path, threads=threads)
+    return Runtime(path, threads=threads, calibration=calibration)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,11 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the CPU count)")
     ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png files here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--no-calibration", action="store_true", help="the raw softmax, without the model's fitted temperature")
     args = ap.parse_args(argv)
-    from visionlab.present.runtime import show_error, show_rows
+    from visionlab.present.runtime import show_error, show_note, show_rows
 
     try:
-        model = load(args.model, threads=args.threads)
+        model = load(args.model, threads=args.threads, calibration=not args.no_calibration)
+        if model.calibration_note:
+            show_note(model.calibration_note)
         rows = model.predict(list(args.paths), top_k=args.top_k, batch_size=args.batch_size)
     except VisionlabError as exc:
         show_error(str(exc))

@@ -22,7 +22,7 @@ from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_checkpoint, load_model
 from visionlab.engine.device import resolve_device, resolve_precision
 from visionlab.kinds import Kind, Prediction, get_kind
-from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, temperature_of
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "load", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
@@ -46,9 +46,14 @@ def _collate(batch: list) -> list:
 
 
 class Predictor:
-    """A trained model with its classes and preprocessing, ready to predict."""
+    """A trained model with its classes and preprocessing, ready to predict.
 
-    def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None, precision: str = "fp32") -> None:
+    Its fitted calibration (a classifier's temperature, saved in the checkpoint) is applied unless
+    ``calibration`` is False (the raw softmax); :attr:`calibration_note` is the one notice to give
+    for a model of a calibrating kind that carries none ("" otherwise)."""
+
+    def __init__(self, state: dict[str, Any], device: str = "auto", source: str | None = None, precision: str = "fp32",
+                 calibration: bool = True) -> None:
         self.state = state
         self.source = source
         self.task: str = state["task"]
@@ -64,11 +69,15 @@ class Predictor:
         self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
         self.tta: str = self.preprocessing.tta_mode  # as validated; set another mode to change it
         self.input_size = self.preprocessing.image_size  # classifier input, or segmentation tile
+        self.calibration: dict[str, Any] | None = state.get("calibration")
+        self.temperature = temperature_of(self.calibration, calibration)  # what logits are divided by before softmax
+        self.calibration_note = self.kind.calibration_note(source or "the model", self.calibration) if calibration else ""
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", task: str | None = None,
-                        precision: str = "fp32") -> "Predictor":
-        return cls(load_checkpoint(path, expect_task=task), device=device, source=str(path), precision=precision)
+                        precision: str = "fp32", calibration: bool = True) -> "Predictor":
+        return cls(load_checkpoint(path, expect_task=task), device=device, source=str(path), precision=precision,
+                   calibration=calibration)
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
@@ -128,9 +137,9 @@ class Predictor:
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None,
-         precision: str = "fp32") -> Predictor:
+         precision: str = "fp32", calibration: bool = True) -> Predictor:
     """Load a trained model for prediction: a checkpoint path, or the latest run of ``task``."""
     from visionlab.engine.runs import latest_checkpoint
 
     path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
-    return Predictor.from_checkpoint(path, device=device, task=task, precision=precision)
+    return Predictor.from_checkpoint(path, device=device, task=task, precision=precision, calibration=calibration)

@@ -135,9 +135,10 @@ def inert_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
-    """metrics.json, the confusion matrix (CSV and PNG), predictions.csv (one row per image, in the
-    runner's order: the images worth a look first) and examples/; returns what was written, in words."""
-    from visionlab.engine.plots import save_confusion_matrix
+    """metrics.json, the confusion matrix (CSV and PNG), the reliability diagram (PNG, when the kind
+    measures calibration), predictions.csv (one row per image, in the runner's order: the images
+    worth a look first) and examples/; returns what was written, in words."""
+    from visionlab.engine.plots import save_confusion_matrix, save_reliability_diagram
 
     folder.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
@@ -148,6 +149,11 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
         write_confusion_csv(cm, report.classes, folder / "confusion_matrix.csv")
         save_confusion_matrix(cm, report.classes, folder / "confusion_matrix.png")
         written.append("confusion_matrix.csv/png")
+    if data.get("reliability"):
+        metrics = data.get("metrics", {})
+        eces = {k: metrics[f"ece{suffix}"] for k, suffix in (("before", "_before"), ("after", "")) if f"ece{suffix}" in metrics}
+        save_reliability_diagram(data["reliability"], folder / "reliability.png", eces)
+        written.append("reliability.png")
     if report.files:
         import pandas as pd
 
