@@ -95,35 +95,32 @@ def save_confusion_matrix(
 
 
 def save_reliability_diagram(reliability: Mapping[str, Mapping[str, Sequence[Any]]], path: str | os.PathLike,
-                             eces: Mapping[str, float] | None = None) -> Path:
-    """PNG of a reliability diagram: for each panel of ``reliability`` ("before" and "after"
-    calibration: equal-width confidence bins with their mean confidence, accuracy and count) the
-    accuracy of each bin's images as a bar over its confidence range, the bin's mean confidence as a
-    mark, the diagonal of perfect calibration, and the bin's count above the bar; ``eces`` titles the panels."""
-    panels = [k for k in ("before", "after") if k in reliability]
-    fig = _figure(5.2 * len(panels), 4.6)
-    for i, name in enumerate(panels):
-        bins = reliability[name]
+                             titles: Mapping[str, str] | None = None) -> Path:
+    """PNG of a reliability diagram, one panel per entry of ``reliability`` (e.g. "before" and "after"
+    calibration: equal-width confidence bins with their mean confidence, accuracy and count): each
+    bin's accuracy as a bar over its confidence range, its mean confidence as a red mark, the diagonal
+    of perfect calibration, and its number of images on the bar; ``titles`` names the panels."""
+    fig = _figure(5.2 * len(reliability), 4.6)
+    for i, (name, bins) in enumerate(reliability.items()):
         edges = np.asarray(bins["edges"], dtype=np.float64)
         width, left = np.diff(edges), edges[:-1]
         acc = np.array([a if a is not None else 0.0 for a in bins["accuracy"]])
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(1, len(reliability), i + 1)
         ax.bar(left, acc, width=width, align="edge", color="#1f77b4", edgecolor="white", label="accuracy")
         filled = [j for j, c in enumerate(bins["confidence"]) if c is not None]
-        ax.plot([bins["confidence"][j] for j in filled], [bins["confidence"][j] for j in filled], "_", color="#d62728",
-                markersize=10, mew=2, label="mean confidence")
+        ax.plot([left[j] + width[j] / 2 for j in filled], [bins["confidence"][j] for j in filled], "_", color="#d62728",
+                markersize=12, mew=2.5, label="mean confidence")
         ax.plot([0, 1], [0, 1], "--", color="#7f7f7f", linewidth=1, label="perfectly calibrated")
         for j, n in enumerate(bins["count"]):
             if n:
-                ax.text(left[j] + width[j] / 2, min(acc[j], 0.9) + 0.02, _compact(int(n)), ha="center", va="bottom",
-                        fontsize=7, rotation=90)
+                high = acc[j] > 0.85
+                ax.text(left[j] + width[j] / 2, acc[j] - 0.02 if high else acc[j] + 0.01, _compact(int(n)), ha="center",
+                        va="top" if high else "bottom", fontsize=6, rotation=90, color="white" if high else "black")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("confidence (top class probability)")
-        ax.set_ylabel("accuracy")
-        what = "raw softmax" if name == "before" else "with the fitted temperature"
-        ece = f", ECE {eces[name]:.3f}" if eces and name in eces else ""
-        ax.set_title(f"{name} calibration ({what}){ece}", fontsize=10)
+        ax.set_xlabel("confidence (probability of the top class)")
+        ax.set_ylabel("accuracy (share right)")
+        ax.set_title((titles or {}).get(name, name), fontsize=10)
         ax.legend(loc="upper left", fontsize=7)
     return _save(fig, path)
 

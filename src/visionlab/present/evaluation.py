@@ -150,9 +150,7 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
         save_confusion_matrix(cm, report.classes, folder / "confusion_matrix.png")
         written.append("confusion_matrix.csv/png")
     if data.get("reliability"):
-        metrics = data.get("metrics", {})
-        eces = {k: metrics[f"ece{suffix}"] for k, suffix in (("before", "_before"), ("after", "")) if f"ece{suffix}" in metrics}
-        save_reliability_diagram(data["reliability"], folder / "reliability.png", eces)
+        save_reliability_diagram(data["reliability"], folder / "reliability.png", _reliability_titles(data))
         written.append("reliability.png")
     if report.files:
         import pandas as pd
@@ -165,6 +163,17 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
         n = len(report.examples)
         written.append(f"examples/ ({n} image{'' if n == 1 else 's'} worth a look)")
     return written
+
+
+def _reliability_titles(data: dict[str, Any]) -> dict[str, str]:
+    """The reliability diagram's panel titles: what was scored, and its ECE."""
+    metrics, cal = data.get("metrics", {}), data.get("calibration") or {}
+    after = f"temperature {cal['temperature']:.3f}" if cal.get("applied") else "no temperature applied (raw softmax)"
+    titles = {"before": "before: raw softmax", "after": f"after: {after}"}
+    for name, key in (("before", "ece_before"), ("after", "ece")):
+        if isinstance(metrics.get(key), float):
+            titles[name] += f", ECE {metrics[key]:.3f}"
+    return titles
 
 
 def write_examples(examples: list[dict[str, Any]], folder: Path) -> None:

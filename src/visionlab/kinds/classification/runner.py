@@ -302,8 +302,8 @@ class ClassificationRunner(TaskRunner):
         report["metrics"].update(calibration_metrics(scores, y))
         report["metrics"].update({f"{k}_before": v for k, v in calibration_metrics(raw, y).items()})
         target = y.numpy()
-        report["reliability"] = {"after": reliability_bins(scores.softmax(1).numpy(), target),
-                                 "before": reliability_bins(raw.softmax(1).numpy(), target)}
+        report["reliability"] = {"before": reliability_bins(raw.softmax(1).numpy(), target),
+                                 "after": reliability_bins(scores.softmax(1).numpy(), target)}
         report["calibration"] = {**(self.calibration or {}), "temperature": self.temperature,
                                  "applied": bool(self.calibration) and self.calibrated}
         return report
