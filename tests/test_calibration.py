@@ -233,6 +233,13 @@ def test_the_exported_file_carries_the_temperature_and_the_runtime_applies_it(tr
     assert np.allclose(_probs_of(runtime.predict(photos, top_k=4)), _probs_of([p.to_dict() for p in ours]), atol=1e-5)
     raw = _expected_probs(best, photos, 1.0)
     assert np.allclose(_probs_of(Runtime(onnx, calibration=False).predict(photos, top_k=4)), raw, atol=1e-5)
+    # python -m visionlab.runtime, with and without it
+    from visionlab.runtime import main
+
+    for flags, want in (((), _probs_of([p.to_dict() for p in ours])), (("--no-calibration",), raw)):
+        out = tmp_path / f"runtime{len(flags)}.json"
+        assert main([str(onnx), *photos, "--top-k", "4", "--json", str(out), *flags]) == 0
+        assert np.allclose(_probs_of(json.loads(out.read_text())), want, atol=1e-5)
     # the .onnx file as a checkpoint of predict applies the same temperature
     assert np.allclose(_probs_of([p.to_dict() for p in Predictor.from_checkpoint(onnx, device="cpu").predict(photos, top_k=4)]),
                        _expected_probs(best, photos, _temperature(best)), atol=1e-5)

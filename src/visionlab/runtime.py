@@ -273,13 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         model = load(args.model, threads=args.threads, calibration=not args.no_calibration)
-        if model.calibration_note:
-            show_note(model.calibration_note)
         rows = model.predict(list(args.paths), top_k=args.top_k, batch_size=args.batch_size)
     except VisionlabError as exc:
         show_error(str(exc))
         return 2
     show_rows(rows, args.masks, args.json)
+    if rows and model.calibration_note:  # once, after the answers it is about
+        show_note(model.calibration_note)
     if not rows:
         show_error("no images matched the given paths. Pass image files, folders or glob patterns.")
     return 0 if any(r["error"] is None and not r.get("skipped") for r in rows) else 1
