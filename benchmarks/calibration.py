@@ -13,7 +13,9 @@ Target: ECE <= 0.03 after, on each task.
     python benchmarks/calibration.py --tasks cracks --seeds 0 --epochs 2 --json /tmp/cal.json
 
 ``--runs`` keeps the runs (default: a temporary folder); a run already there is measured again
-without training it again.
+without training it again. ``--refit`` fits the temperature of such a run again with the code on
+``PYTHONPATH`` (``Kind.calibrate`` on best.pt and its validation split, as training ends), for runs
+trained before the fit changed.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def train(task: str, data: Path, seed: int, epochs: int | None, runs: Path) -> t
     return best, time.perf_counter() - start
 
 
-def test_scores(best: Path) -> dict[str, Any]:
-    """best.pt's raw (V, N, C) test-split logits, their labels and its temperature."""
+def test_scores(best: Path, refit: bool = False) -> dict[str, Any]:
+    """best.pt's raw (V, N, C) test-split logits, their labels and its temperature (fitted again: ``refit``)."""
     import torch
 
     from visionlab.config import config_from_dict
@@ -65,8 +67,11 @@ def test_scores(best: Path) -> dict[str, Any]:
     runner = kind.runner(cfg, get_task(state["task"]), torch.device("cpu"))
     runner.use_saved(state)
     runner.prepare()
-    views, y, _ = runner.views(load_model(state), "test", resolve_precision("fp32", torch.device("cpu")).autocast)
-    return {"views": views, "y": y, "temperature": runner.temperature, "calibration": state.get("calibration")}
+    model = load_model(state)
+    if refit:
+        runner.calibration = kind.calibrate(runner, model)
+    views, y, _ = runner.views(model, "test", resolve_precision("fp32", torch.device("cpu")).autocast)
+    return {"views": views, "y": y, "temperature": runner.temperature, "calibration": runner.calibration}
 
 
 def measure(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,20 +86,22 @@ def measure(parts: list[dict[str, Any]]) -> dict[str, Any]:
     before = torch.cat([mean_scores(p["views"], 1.0) for p in parts])
     return {"images": int(len(y)), "accuracy": float((after.argmax(1) == y).float().mean()),
             "temperatures": [round(p["temperature"], 4) for p in parts],
-            "kept": [p["calibration"].get("kept", "") if p["calibration"] else "no calibration" for p in parts],
+            "methods": [p["calibration"].get("method", "nll") if p["calibration"] else "none" for p in parts],
             "before": calibration_metrics(before, y), "after": calibration_metrics(after, y)}
 
 
 def table(results: dict[str, dict[str, Any]], seeds: list[int], epochs: int | None) -> str:
     lines = [f"- command: `python benchmarks/calibration.py {' '.join(sys.argv[1:])}`",
              f"- machine: {platform.processor() or platform.machine()}, {platform.system()}; seeds {', '.join(map(str, seeds))}; "
-             + (f"--epochs {epochs} (shorter than the recipes)" if epochs else "the recipes' own epochs"),
+             + (f"--epochs {epochs} (shorter than the recipes)" if epochs else "the recipes' own epochs")
+             + ("; temperatures of reused runs fitted again (--refit)" if "--refit" in sys.argv else ""),
              f"- date: {time.strftime('%Y-%m-%d %H:%M')}", "",
              "| task | test images (pooled) | accuracy | temperature per seed | ECE before | ECE after | NLL before | NLL after "
              "| Brier before | Brier after | ECE <= 0.03 after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task, r in results.items():
         b, a = r["before"], r["after"]
-        lines.append(f"| {task} | {r['images']} | {r['accuracy']:.2%} | {', '.join(f'{t:.3f}' for t in r['temperatures'])} "
+        temps = ", ".join(f"{t:.3f}" + (" (by confidence)" if m == "confidence" else "") for t, m in zip(r["temperatures"], r["methods"]))
+        lines.append(f"| {task} | {r['images']} | {r['accuracy']:.2%} | {temps} "
                      f"| {b['ece']:.4f} | {a['ece']:.4f} | {b['nll']:.4f} | {a['nll']:.4f} | {b['brier']:.4f} | {a['brier']:.4f} "
                      f"| {'pass' if a['ece'] <= TARGET_ECE else 'MISS'} |")
     return "\n".join(lines)
@@ -107,6 +114,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of the recipe's (faster, not the recipe)")
     ap.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    ap.add_argument("--refit", action="store_true", help="fit the temperature of reused runs again with this code")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = args.runs or Path(tempfile.mkdtemp(prefix="calibration-"))
@@ -119,7 +127,7 @@ def main() -> None:
         parts = []
         for seed in seeds:
             best, seconds = train(task, data, seed, args.epochs, runs)
-            parts.append(test_scores(best))
+            parts.append(test_scores(best, refit=args.refit and not seconds))
             print(f"{task} seed {seed}: T {parts[-1]['temperature']:.3f}, {len(parts[-1]['y'])} test images"
                   + (f", trained in {seconds:.0f} s" if seconds else ", run reused"), file=sys.stderr, flush=True)
         results[task] = measure(parts)

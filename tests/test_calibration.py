@@ -95,7 +95,7 @@ def test_training_fits_a_temperature_that_lowers_the_validation_nll_and_stores_i
     cal = state["calibration"]
     assert cal["fitted_on"] == "val" and cal["images"] == state["data"]["split_sizes"]["val"] > 0
     # the fit moved T off 1, so it lowered the NLL it minimised
-    assert cal["temperature"] != 1.0 and not cal.get("kept")
+    assert cal["temperature"] != 1.0 and cal["method"] == "nll"
     assert cal["nll_after"] < cal["nll_before"]
     # evaluate on the split it was fitted on gives the same two numbers, before and after
     metrics = _evaluate(trained, "val")["metrics"]
@@ -134,15 +134,20 @@ def test_the_fit_finds_the_temperature_that_made_logits_over_confident_and_is_de
     labels = torch.multinomial(logits.softmax(1), 1, generator=gen).squeeze(1)  # calibrated by construction
     fit = fit_temperature(3.0 * logits, labels)  # three times too sure
     assert fit.temperature == pytest.approx(3.0, rel=0.08)
-    assert fit.nll_after < fit.nll_before and not fit.kept
+    assert fit.nll_after < fit.nll_before and fit.method == "nll"
     assert fit_temperature(3.0 * logits, labels) == fit
     # test-time augmentation: (V, N, C) views, each divided by T before their probabilities are averaged
     views = torch.stack([3.0 * logits, 3.0 * logits + 0.1 * torch.randn(4000, 5, generator=gen)])
     assert fit_temperature(views, labels).temperature == pytest.approx(3.0, rel=0.1)
-    # a split without a mistake has no finite optimum (surer is always better there): T = 1 is kept, and said why
-    right = torch.eye(3)[torch.tensor([0, 1, 2, 1])] * 4
-    none = fit_temperature(right, torch.tensor([0, 1, 2, 1]))
-    assert none.temperature == 1.0 and none.nll_after == none.nll_before and "no mistakes" in none.kept
+    # a split without a mistake has no NLL optimum (surer is always better there): an under-confident model is
+    # sharpened until its mean confidence is (n + 1) / (n + 2), one already surer than that keeps T = 1
+    labels4 = torch.tensor([0, 1, 2, 1])
+    meek = torch.eye(3)[labels4] * 2  # right, at softmax probability 0.79 each
+    fit = fit_temperature(meek, labels4)
+    assert fit.method == "confidence" and fit.temperature < 1.0 and fit.nll_after < fit.nll_before
+    assert float((meek / fit.temperature).softmax(1).max(1).values.mean()) == pytest.approx(5 / 6, abs=1e-6)
+    sure = fit_temperature(meek * 5, labels4)
+    assert (sure.temperature, sure.method, sure.nll_after) == (1.0, "confidence", sure.nll_before)
     # the bounds hold for labels the logits get wrong every time
     worst = fit_temperature(torch.tensor([[5.0, 0.0], [0.0, 5.0]]), torch.tensor([1, 0]))
     assert BOUNDS[0] <= worst.temperature <= BOUNDS[1] and worst.nll_after <= worst.nll_before

@@ -67,8 +67,8 @@ class ClassificationKind(Kind):
 
     def calibrate(self, runner: Any, model: Any) -> dict[str, Any] | None:
         """One temperature fitted on the validation split's logits by NLL (Guo et al. 2017:
-        :func:`visionlab.kinds.classification.calibration.fit_temperature`), in fp32 as evaluate runs;
-        None without validation images."""
+        :func:`visionlab.kinds.classification.calibration.fit_temperature`; a split without mistakes
+        by its mean confidence), in fp32 as evaluate runs; None without validation images."""
         from visionlab.engine.device import resolve_precision
         from visionlab.kinds.classification.calibration import fit_temperature
 
@@ -79,12 +79,12 @@ class ClassificationKind(Kind):
             return None
         fit = fit_temperature(views, y)
         return {"temperature": fit.temperature, "fitted_on": "val", "images": int(len(y)),
-                "nll_before": fit.nll_before, "nll_after": fit.nll_after, **({"kept": fit.kept} if fit.kept else {})}
+                "nll_before": fit.nll_before, "nll_after": fit.nll_after, "method": fit.method}
 
     def calibration_line(self, calibration: Any) -> str:
-        if calibration.get("kept"):
-            return f"temperature 1 kept on {calibration['images']} validation images ({calibration['kept']})"
-        return (f"temperature {calibration['temperature']:.3f} fitted on {calibration['images']} validation images "
+        how = (" (no mistakes there: sharpened until the mean confidence is (n + 1) / (n + 2))"
+               if calibration.get("method") == "confidence" else "")
+        return (f"temperature {calibration['temperature']:.3f} fitted on {calibration['images']} validation images{how} "
                 f"(NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f})")
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
