@@ -210,14 +210,16 @@ def test_evaluate_reports_ece_nll_and_brier_before_and_after_and_draws_the_relia
     for key in ("ece", "nll", "brier", "ece_before", "nll_before", "brier_before"):
         assert isinstance(m[key], float) and math.isfinite(m[key]) and m[key] >= 0, key
     assert m["ece"] <= 1 and m["brier"] <= 2
-    assert rep["calibration"]["applied"] and rep["calibration"]["temperature"] == _temperature(trained["best"])
+    fitted = torch.load(trained["best"], map_location="cpu", weights_only=True)["calibration"]
+    assert rep["calibration"] == {"temperature": fitted["temperature"], "applied": True, "fitted": fitted}
+    assert f"fitted on the val split ({fitted['images']} images)" in (out / "report.html").read_text()
     assert sum(rep["reliability"]["after"]["count"]) == rep["images"] == sum(rep["reliability"]["before"]["count"])
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "<h2>Calibration</h2>" in page and "data:image/png;base64," in page and f"{m['ece']:.4f}" in page
     # --no-calibration: the raw softmax is what is scored, so after equals before
     raw = _evaluate(trained, "test", "--no-calibration")
-    assert not raw["calibration"]["applied"]
+    assert raw["calibration"] == {"temperature": 1.0, "applied": False, "fitted": fitted}
     for key in ("ece", "nll", "brier"):
         assert raw["metrics"][key] == pytest.approx(raw["metrics"][f"{key}_before"], abs=1e-7)
         assert raw["metrics"][f"{key}_before"] == pytest.approx(m[f"{key}_before"], abs=1e-6)

@@ -200,7 +200,8 @@ def _calibration(rep: Mapping[str, Any], eval_dir: Path) -> str:
     cal, m = rep.get("calibration") or {}, rep.get("metrics", {})
     t = cal.get("temperature")
     if cal.get("applied") and isinstance(t, (int, float)):
-        note = f"temperature {t:.3f}, fitted on the {esc(str(cal.get('fitted_on', 'validation')))} split ({esc(str(cal.get('images', '?')))} images)"
+        fit = cal.get("fitted") or {}
+        note = f"temperature {t:.3f}, fitted on the {esc(str(fit.get('fitted_on', 'validation')))} split ({esc(str(fit.get('images', '?')))} images)"
     else:
         note = "no temperature applied: the probabilities are the raw softmax"
     rows = "".join(f"<tr><th scope='row'>{k}</th><td>{_fmt(m.get(k + '_before'))}</td><td>{_fmt(m.get(k))}</td></tr>"

@@ -295,7 +295,7 @@ class ClassificationRunner(TaskRunner):
                             y: torch.Tensor) -> dict[str, Any]:
         """The meter's report with the calibration of its probabilities: ECE, NLL and Brier score with
         the temperature applied and, as ``*_before``, of the raw softmax; the reliability diagram's bins
-        of both; the temperature and whether it was applied."""
+        of both; the temperature applied, whether the fitted one was, and the fit as the checkpoint holds it."""
         from visionlab.kinds.classification.meter import calibration_metrics, reliability_bins
 
         raw = mean_scores(views, 1.0)
@@ -304,8 +304,8 @@ class ClassificationRunner(TaskRunner):
         target = y.numpy()
         report["reliability"] = {"before": reliability_bins(raw.softmax(1).numpy(), target),
                                  "after": reliability_bins(scores.softmax(1).numpy(), target)}
-        report["calibration"] = {**(self.calibration or {}), "temperature": self.temperature,
-                                 "applied": bool(self.calibration) and self.calibrated}
+        report["calibration"] = {"temperature": self.temperature, "applied": bool(self.calibration) and self.calibrated,
+                                 **({"fitted": self.calibration} if self.calibration else {})}
         return report
 
     def _mistakes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
