@@ -229,17 +229,19 @@ def train(
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None,
-         precision: str = "fp32"):
+         precision: str = "fp32", calibration: bool = True):
     """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run). It
     computes in ``precision``: fp32 (the same answers as the exported .onnx), or auto (bf16 where
-    the CPU/GPU has it: faster, probabilities a little apart), bf16, fp16 (CUDA)."""
+    the CPU/GPU has it: faster, probabilities a little apart), bf16, fp16 (CUDA). ``calibration``
+    False: the raw softmax, without the model's fitted temperature."""
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.predict import Predictor
     from visionlab.engine.runs import latest_checkpoint
 
     path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
     state = load_checkpoint(path, expect_task=task)
-    return Predictor(state, get_kind(state["kind"]), device=device, source=str(path), precision=precision)
+    return Predictor(state, get_kind(state["kind"]), device=device, source=str(path), precision=precision,
+                     calibration=calibration)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -272,6 +274,7 @@ def evaluate(
     examples: int = 12,
     report_html: bool = False,
     precision: str = "fp32",
+    calibration: bool = True,
 ) -> EvaluationReport:
     """Evaluate a trained model on a split of its data, or on any folder in the task's layout.
 
@@ -285,7 +288,9 @@ def evaluate(
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.data.geometry import TTA_MODES
+    from visionlab.kinds import get_kind
     from visionlab.present.evaluation import show_evaluation, show_written, write_evaluation
+    from visionlab.present.messages import show_note
     from visionlab.registry import checkpoint_task
     from visionlab.engine.runner import evaluate_checkpoint
 
@@ -298,8 +303,11 @@ def evaluate(
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = checkpoint_task(state)
+    if calibration:
+        show_note(get_kind(spec.kind).calibration_note(path, state.get("calibration")), console)
     report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device,
-                                 batch_size=batch_size, tta=tta, examples=examples, console=console, precision=precision)
+                                 batch_size=batch_size, tta=tta, examples=examples, console=console, precision=precision,
+                                 calibration=calibration)
     show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     show_written(out_dir, write_evaluation(report, out_dir), console)
@@ -372,6 +380,7 @@ def predict(
     batch_size: int = 32,
     console: Any = None,
     precision: str = "fp32",
+    calibration: bool = True,
 ) -> list[Prediction]:
     """Predict files, folders or globs; print a table; write CSV/JSON (and masks for kinds that draw them).
 
@@ -379,8 +388,10 @@ def predict(
     task kind's result type (``.to_dict()`` is its row): a prediction, an ``error`` (a file that
     could not be read) or ``skipped`` (why an entry was not predicted: not an image, a broken
     link, a directory...), in the order they were named. ``top_k`` (>= 1; default :data:`visionlab.kinds.base.DEFAULT_TOP_K`) is clipped
-    to the number of classes; an explicit value above it is said so."""
+    to the number of classes; an explicit value above it is said so. The model's fitted calibration
+    (a classifier's temperature) is applied unless ``calibration`` is False (the raw softmax)."""
     from visionlab import present
+    from visionlab.present.messages import show_note
     from visionlab.present.predictions import check_output_file, check_writable, show_predictions, show_top_k_clipped
 
     console = present.console(console)
@@ -392,7 +403,8 @@ def predict(
         check_output_file(out_path)
     entries = _entries_to_predict(paths, out_path, console)
     path = _checkpoint(checkpoint, task, console)
-    predictor = load(path, device=device, task=task, precision=precision)
+    predictor = load(path, device=device, task=task, precision=precision, calibration=calibration)
+    show_note(predictor.calibration_note, console)
     kind = predictor.kind
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
     if mask_dir is not None and out_path is None:

@@ -267,12 +267,13 @@ def evaluate_cmd(
     tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip, flips or d4 (default: as saved with the model)."),
     report: bool = typer.Option(False, "--report", help="Also write the run's HTML report (report.html in the output folder)."),
     precision: str = _precision_option(),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
 ) -> None:
     """Evaluate a trained model: accuracy, P/R/F1, confusion matrix, ROC AUC; IoU for segmentation."""
     from visionlab.api import evaluate
 
     evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out, tta=tta,
-             report_html=report, precision=_precision(precision))
+             report_html=report, precision=_precision(precision), calibration=calibration)
 
 
 @app.command("report")
@@ -311,6 +312,7 @@ def serve_cmd(
     device: str = typer.Option("auto", "--device"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
     precision: str = _precision_option(),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
 ) -> None:
     """Serve models over HTTP: a JSON API with batching, metrics, and a camera/upload page at /."""
     try:
@@ -347,7 +349,7 @@ def serve_cmd(
     run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
                         cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, max_upload_mb=max_upload_mb, max_bodies_mb=max_bodies_mb, max_megapixels=max_megapixels, device=device,
-                        precision=_precision(precision),
+                        precision=_precision(precision), calibration=calibration,
                         drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
 
 
@@ -362,12 +364,13 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     precision: str = _precision_option(),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
 ) -> None:
     """Predict labels (or masks) for images with a trained model."""
     from visionlab.api import predict
 
     predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size,
-            precision=_precision(precision))
+            precision=_precision(precision), calibration=calibration)
 
 
 @app.command("export")

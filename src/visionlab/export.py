@@ -299,6 +299,7 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int)
         "trained_from_visionlab": str(state.get("visionlab_version", "")),
         "exporter": f"torch {torch.__version__} torch.onnx.export, {exporter} exporter",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"calibration": state["calibration"]} if state.get("calibration") else {}),  # the runtime divides logits by its temperature
     }
     return {k: json.dumps(v, default=str) if k in JSON_FIELDS else str(v) for k, v in values.items()}
 

@@ -19,8 +19,10 @@ __all__ = ["FORMAT", "JSON_FIELDS", "open_session", "read_metadata", "fitting_ou
 
 FORMAT = "visionlab-onnx/1"
 # metadata_props holding JSON (all others are plain strings); files exported before the kinds
-# described their outputs lack "outputs" (read_metadata gives None: their kind's outputs apply)
-JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs")
+# described their outputs lack "outputs" (read_metadata gives None: their kind's outputs apply), and those
+# of models without a fitted calibration (a classifier's temperature) lack "calibration"
+JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs", "calibration")
+OPTIONAL_FIELDS = ("outputs", "calibration")
 
 
 def default_threads() -> int:
@@ -76,7 +78,7 @@ def read_metadata(session: Any, path: str | os.PathLike) -> dict[str, Any]:
                              "Export the checkpoint again with this version of visionlab.")
     try:
         for key in JSON_FIELDS:
-            if key in meta or key != "outputs":
+            if key in meta or key not in OPTIONAL_FIELDS:
                 meta[key] = json.loads(meta[key])
         for key in ("task", "kind"):
             meta[key] = str(meta[key])

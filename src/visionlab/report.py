@@ -112,6 +112,8 @@ def render_report(run: Path, eval_dir: Path) -> str:
         parts.append(_section("Per class", _per_class(rep["per_class"], task_kind.per_class_columns)))
     if rep.get("confusion_matrix"):
         parts.append(_section("Confusion matrix", _confusion(rep["confusion_matrix"], classes, task_kind.confusion_unit)))
+    if rep.get("reliability"):
+        parts.append(_section("Calibration", _calibration(rep, eval_dir)))
     if examples:
         parts.append(_section(task_kind.examples_heading, f"<p class='note'>{esc(task_kind.examples_note)}</p>"
                               + _examples(examples, eval_dir / "examples")))
@@ -193,6 +195,28 @@ def _confusion(cm: Sequence[Sequence[int]], classes: list[str], what: str) -> st
     return (f"<p class='note'>counts of {esc(what)}; the percentage is the share of the true class (each row adds up to 100%)</p>"
             f"<div class='scroll'><table class='cm'><thead><tr><th></th><th colspan='{n}' class='axis'>predicted →</th><th></th></tr>"
             f"<tr><th class='axis'>true ↓</th>{head}<th class='pred'>total</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _calibration(rep: Mapping[str, Any], eval_dir: Path) -> str:
+    """The temperature, ECE/NLL/Brier before and after it, and the reliability diagram evaluate drew."""
+    cal, m = rep.get("calibration") or {}, rep.get("metrics", {})
+    t = cal.get("temperature")
+    if cal.get("applied") and isinstance(t, (int, float)):
+        fit = cal.get("fitted") or {}
+        note = f"temperature {t:.3f}, fitted on the {esc(str(fit.get('fitted_on', 'validation')))} split ({esc(str(fit.get('images', '?')))} images)"
+    else:
+        note = "no temperature applied: the probabilities are the raw softmax"
+    rows = "".join(f"<tr><th scope='row'>{k}</th><td>{_fmt(m.get(k + '_before'))}</td><td>{_fmt(m.get(k))}</td></tr>"
+                   for k in ("ece", "nll", "brier"))
+    table = (f"<table class='grid'><thead><tr><th></th><th scope='col'>raw softmax</th><th scope='col'>calibrated</th></tr></thead>"
+             f"<tbody>{rows}</tbody></table>")
+    png = _inside(eval_dir, "reliability.png")
+    figure = ""
+    if png is not None and png.is_file() and png.stat().st_size <= MAX_EXAMPLE_BYTES and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        figure = f"<figure><img src='data:image/png;base64,{data}' alt='reliability diagram' style='max-width:100%'></figure>"
+    return (f"<p class='note'>{note}; ECE: expected calibration error over 15 confidence bins, NLL in nats per image, "
+            f"Brier: mean squared distance of the probabilities from the true class</p>{table}{figure}")
 
 
 def _inside(folder: Path, name: str) -> Path | None:

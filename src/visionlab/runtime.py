@@ -41,7 +41,7 @@ from visionlab.data.geometry import view_plan
 from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Kind, Output, get_kind, kind_names
-from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, temperature_of
 from visionlab.onnx_file import FORMAT, JSON_FIELDS, default_threads, fitting_outputs, open_session, read_metadata
 
 __all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]  # the file's format: visionlab.onnx_file
@@ -57,9 +57,12 @@ def activate(x: np.ndarray, activation: str) -> np.ndarray:
 
 
 class Runtime:
-    """An exported model with its classes and preprocessing, run by onnxruntime on the CPU."""
+    """An exported model with its classes and preprocessing, run by onnxruntime on the CPU.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    The file's fitted calibration (a classifier's temperature) divides the logits before the
+    activation unless ``calibration`` is False (the raw softmax), as in :class:`visionlab.engine.predict.Predictor`."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, calibration: bool = True) -> None:
         self.path = str(path)
         self.session = open_session(path, threads)
         self.metadata = read_metadata(self.session, path)
@@ -75,6 +78,9 @@ class Runtime:
         std = np.asarray(self.preprocessing.std, dtype=np.float32).reshape(1, -1, 1, 1)
         self._scale, self._shift = np.float32(1.0) / std, -mean / std  # as visionlab's Normalize
         self._input = self.session.get_inputs()[0].name
+        self.calibration: dict[str, Any] | None = self.metadata.get("calibration")
+        self.temperature = np.float32(temperature_of(self.calibration, calibration))  # logits / temperature before the activation
+        self.calibration_note = self.kind_of.calibration_note(self.path, self.calibration) if calibration else ""
 
     def __repr__(self) -> str:
         return f"Runtime(task={self.task!r}, classes={self.classes}, file={self.path!r})"
@@ -88,12 +94,13 @@ class Runtime:
         return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (the output's activation), averaged over the test-time augmentation's
-        views (as :func:`visionlab.engine.tta.tta_logits`); a per-pixel output's views are mapped back first."""
+        """Class probabilities (the output's activation of the logits divided by :attr:`temperature`),
+        averaged over the test-time augmentation's views (as :func:`visionlab.engine.tta.mean_scores`);
+        a per-pixel output's views are mapped back first."""
         views = view_plan(self.tta, x.shape[-1] == x.shape[-2])
         total = None
         for k, flip in views:
-            p = activate(self.logits(apply_view(x, k, flip)).astype(np.float32), self.output.activation)
+            p = activate(self.logits(apply_view(x, k, flip)).astype(np.float32) / self.temperature, self.output.activation)
             p = undo_view(p, k, flip) if self.output.dense else p
             total = p if total is None else total + p
         return total / np.float32(len(views))
@@ -163,9 +170,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Runtime:
+def load(path: str | os.PathLike, threads: int | None = None, calibration: bool = True) -> Runtime:
     """Open an exported ``.onnx`` model for prediction (see :class:`Runtime`)."""
-    return Runtime(path, threads=threads)
+    return Runtime(path, threads=threads, calibration=calibration)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,16 +187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the CPU count)")
     ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png files here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--no-calibration", action="store_true", help="the raw softmax, without the model's fitted temperature")
     args = ap.parse_args(argv)
-    from visionlab.present.runtime import show_error, show_rows
+    from visionlab.present.runtime import show_error, show_note, show_rows
 
     try:
-        model = load(args.model, threads=args.threads)
+        model = load(args.model, threads=args.threads, calibration=not args.no_calibration)
         rows = model.predict(list(args.paths), top_k=args.top_k, batch_size=args.batch_size)
     except VisionlabError as exc:
         show_error(str(exc))
         return 2
     show_rows(rows, args.masks, args.json)
+    if rows and model.calibration_note:  # once, after the answers it is about
+        show_note(model.calibration_note)
     if not rows:
         show_error("no images matched the given paths. Pass image files, folders or glob patterns.")
     return 0 if any(r["error"] is None and not r.get("skipped") for r in rows) else 1

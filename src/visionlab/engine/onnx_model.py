@@ -46,4 +46,4 @@ def onnx_state(path: str | os.PathLike) -> dict[str, Any]:
             "preprocessing": dict(meta["preprocessing"]), "config": config, "model_name": meta.get("model_name", ""),
             "model_args": dict(meta["model_args"]), "data": dict(meta["data"]),
             "visionlab_version": meta.get("visionlab_version", ""), "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
-            "onnx": str(path)}
+            "onnx": str(path), **({"calibration": dict(meta["calibration"])} if meta.get("calibration") else {})}

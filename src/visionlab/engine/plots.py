@@ -1,4 +1,4 @@
-"""Figures written next to a run: confusion matrix, training curves, mask overlays.
+"""Figures written next to a run: confusion matrix, reliability diagram, training curves, mask overlays.
 
 Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas, never through
 ``pyplot``, so nothing here changes the global backend, opens a window or leaks figures;
@@ -22,6 +22,7 @@ __all__ = [
     "default_color",
     "overlay_mask",
     "save_confusion_matrix",
+    "save_reliability_diagram",
     "save_training_curves",
 ]
 
@@ -90,6 +91,37 @@ def save_confusion_matrix(
                 text += "\n<1%" if 0 < share < 0.005 else f"\n{share:.0%}"
             dark = values[i, j] / vmax > 0.55
             ax.text(j, i, text, ha="center", va="center", fontsize=font - 1, color="white" if dark else "black")
+    return _save(fig, path)
+
+
+def save_reliability_diagram(reliability: Mapping[str, Mapping[str, Sequence[Any]]], path: str | os.PathLike,
+                             titles: Mapping[str, str] | None = None) -> Path:
+    """PNG of a reliability diagram, one panel per entry of ``reliability`` (e.g. "before" and "after"
+    calibration: equal-width confidence bins with their mean confidence, accuracy and count): each
+    bin's accuracy as a bar over its confidence range, its mean confidence as a red mark, the diagonal
+    of perfect calibration, and its number of images on the bar; ``titles`` names the panels."""
+    fig = _figure(5.2 * len(reliability), 4.6)
+    for i, (name, bins) in enumerate(reliability.items()):
+        edges = np.asarray(bins["edges"], dtype=np.float64)
+        width, left = np.diff(edges), edges[:-1]
+        acc = np.array([a if a is not None else 0.0 for a in bins["accuracy"]])
+        ax = fig.add_subplot(1, len(reliability), i + 1)
+        ax.bar(left, acc, width=width, align="edge", color="#1f77b4", edgecolor="white", label="accuracy")
+        filled = [j for j, c in enumerate(bins["confidence"]) if c is not None]
+        ax.plot([left[j] + width[j] / 2 for j in filled], [bins["confidence"][j] for j in filled], "_", color="#d62728",
+                markersize=12, mew=2.5, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="#7f7f7f", linewidth=1, label="perfectly calibrated")
+        for j, n in enumerate(bins["count"]):
+            if n:
+                high = acc[j] > 0.85
+                ax.text(left[j] + width[j] / 2, acc[j] - 0.02 if high else acc[j] + 0.01, _compact(int(n)), ha="center",
+                        va="top" if high else "bottom", fontsize=6, rotation=90, color="white" if high else "black")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("confidence (probability of the top class)")
+        ax.set_ylabel("accuracy (share right)")
+        ax.set_title((titles or {}).get(name, name), fontsize=10)
+        ax.legend(loc="upper left", fontsize=7)
     return _save(fig, path)
 
 

@@ -20,7 +20,7 @@ from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_f
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_model
 from visionlab.engine.device import resolve_device, resolve_precision
-from visionlab.kinds.base import DEFAULT_TOP_K, Kind, Prediction, check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, Kind, Prediction, check_top_k, temperature_of
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
@@ -45,10 +45,14 @@ def _collate(batch: list) -> list:
 
 class Predictor:
     """A trained model with its classes and preprocessing, ready to predict: ``state`` is a checkpoint's
-    (:func:`visionlab.engine.checkpoint.load_checkpoint`) and ``kind`` the kind it names."""
+    (:func:`visionlab.engine.checkpoint.load_checkpoint`) and ``kind`` the kind it names.
+
+    Its fitted calibration (a classifier's temperature, saved in the checkpoint) is applied unless
+    ``calibration`` is False (the raw softmax); :attr:`calibration_note` is the one notice to give
+    for a model of a calibrating kind that carries none ("" otherwise)."""
 
     def __init__(self, state: dict[str, Any], kind: Kind, device: str = "auto", source: str | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", calibration: bool = True) -> None:
         self.state = state
         self.source = source
         self.task: str = state["task"]
@@ -64,6 +68,9 @@ class Predictor:
         self.normalize = Normalize(self.preprocessing.mean, self.preprocessing.std).to(self.device)
         self.tta: str = self.preprocessing.tta_mode  # as validated; set another mode to change it
         self.input_size = self.preprocessing.image_size  # classifier input, or segmentation tile
+        self.calibration: dict[str, Any] | None = state.get("calibration")
+        self.temperature = temperature_of(self.calibration, calibration)  # what logits are divided by before softmax
+        self.calibration_note = self.kind.calibration_note(source or "the model", self.calibration) if calibration else ""
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"

@@ -86,6 +86,11 @@ class TaskRunner(ABC):
         self.examples: int = 0
         # Set by the trainer under torchrun: this process's rank and the number of processes.
         self.dist = Dist()
+        # The fitted calibration of the model evaluated (:meth:`Kind.calibrate`: a temperature for
+        # classifiers): read by use_saved from the checkpoint, or set by the trainer after fitting it;
+        # ``calibrated`` False (evaluate --no-calibration) scores the raw outputs.
+        self.calibration: dict[str, Any] | None = None
+        self.calibrated: bool = True
 
     @property
     def cache_mode(self) -> str:
@@ -109,12 +114,14 @@ class TaskRunner(ABC):
     # ------------------------------------------------------------ a saved model
     def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
         """Evaluate the model saved in ``state``: its preprocessing (``tta`` replaced when given)
-        wins over one recomputed from the config. Call before :meth:`prepare`."""
+        wins over one recomputed from the config, and its fitted calibration is applied (unless
+        :attr:`calibrated` is off). Call before :meth:`prepare`."""
         saved = self.task_kind.saved_preprocessing(state["preprocessing"], "the checkpoint")
         if tta is not None and tta not in self.task_kind.tta_modes:
             raise VisionlabError(f"tta={tta!r}: the {self.task_kind.name} kind does no test-time augmentation of that kind.",
                                  f"Use --tta {' or '.join(self.task_kind.tta_modes)}.")
         self.fixed_preprocessing = saved if tta is None else saved.replace(tta=tta)
+        self.calibration = state.get("calibration")
 
     def has_split_folders(self) -> bool:
         """Whether the dataset brings its own train/val/test split."""
@@ -197,11 +204,12 @@ class TaskRunner(ABC):
 
 def evaluate_checkpoint(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
-                        examples: int = 0, console: Any = None, precision: str = "fp32") -> EvaluationReport:
+                        examples: int = 0, console: Any = None, precision: str = "fp32", calibration: bool = True) -> EvaluationReport:
     """Evaluate the model saved in ``state`` (read from ``path``; task ``spec``, of ``kind``) on a split of its data or, with
     ``data`` another folder than the training data's, on that whole folder (its own test/ split
     if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
-    augmentation; ``examples`` images worth a look come back as thumbnails."""
+    augmentation; ``examples`` images worth a look come back as thumbnails; ``calibration`` False
+    scores the raw outputs, without the checkpoint's fitted calibration (its temperature)."""
     from visionlab.engine.checkpoint import load_model
     from visionlab.engine.device import resolve_device, resolve_precision
 
@@ -217,6 +225,7 @@ def evaluate_checkpoint(spec: TaskSpec, kind: Kind, state: dict[str, Any], path:
     runner = kind.runner(cfg, spec, dev)
     runner.use_saved(state, tta)
     runner.examples = examples
+    runner.calibrated = calibration
     runner.prepare(console)
     if list(runner.classes) != list(state["classes"]):
         raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.",

@@ -761,13 +761,29 @@ class Trainer:
         files = " and ".join(f"{name} ({where(*at)})" for name, at in sorted(self._saved.items()))
         return f"{files} {'are' if len(self._saved) > 1 else 'is'} intact in {self.run_dir}"
 
+    def _calibrate(self, best: Path) -> None:
+        """The kind's calibration of the model (best.pt's weights), fitted on the validation split
+        (:meth:`visionlab.kinds.Kind.calibrate`: a temperature for classifiers), stored in best.pt as
+        ``calibration`` and applied by the test evaluation that follows; nothing for kinds that do not calibrate."""
+        calibration = self.runner.task_kind.calibrate(self.runner, self.model)
+        if calibration is None:
+            return
+        self.runner.calibration = calibration
+        if self.dist.is_main:
+            save_checkpoint({**load_checkpoint(best), "calibration": _py(calibration)}, best)
+            self.notify("calibration", f"{self.runner.task_kind.calibration_line(calibration)}, stored in {best.name}")
+
     def _finish(self, result: TrainResult) -> None:
-        """The test split's score with best.pt's weights, the peak memory and summary.json."""
+        """best.pt's calibration (fitted on the validation split, stored in it), the test split's score
+        with best.pt's weights and calibration, the peak memory and summary.json."""
         main = self.dist.is_main
         self.dist.barrier()
-        if self.dist.broadcast(result.best_checkpoint.exists() if main else None) and self.runner.split_size("test"):
+        best = self.dist.broadcast(result.best_checkpoint.exists() if main else None)
+        if best:
             # rank 0 reads best.pt (other nodes may not see its folder) and hands the weights on
             self.model.load_state_dict(self.dist.broadcast(load_checkpoint(result.best_checkpoint)["model"] if main else None))
+            self._calibrate(result.best_checkpoint)
+        if best and self.runner.split_size("test"):
             # in fp32, as 'evaluate', 'predict' and the exported .onnx run this checkpoint by default,
             # so the test score of the closing line is the one they give
             ev = self.runner.evaluate(self.model, "test", resolve_precision("fp32", self.device).autocast)
@@ -780,5 +796,6 @@ class Trainer:
             "monitor": result.monitor, "best": result.best_metric, "epochs": result.epochs_run,
             "train_seconds": round(result.train_seconds, 2), "images_per_second": round(result.images_per_second, 1),
             "test": result.test_metrics, **{k: round(v, 1) for k, v in mem.items()},
+            **({"calibration": self.runner.calibration} if self.runner.calibration else {}),
         }
         (result.run_dir / "summary.json").write_text(json.dumps(_py(summary), indent=2))

@@ -19,7 +19,7 @@ from visionlab.data.geometry import view_plan
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["tta_views", "tta_logits"]
+__all__ = ["tta_views", "tta_logits", "view_logits", "mean_scores"]
 
 Op = Callable[["torch.Tensor"], "torch.Tensor"]
 
@@ -53,16 +53,40 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return [x] + [_like(f(x), x) for f, _ in _ops(mode, x.shape[-1] == x.shape[-2])[1:]]
 
 
+def view_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "none",
+                autocast: Callable[[], Any] | None = None) -> torch.Tensor:
+    """Float32 (V, N, C) logits of each view of ``x`` (identity first), the views made one at a time."""
+    import torch
+    from contextlib import nullcontext
+
+    ctx = autocast or nullcontext
+    out = []
+    for fwd, _ in _ops(mode, x.shape[-1] == x.shape[-2]):
+        with ctx():
+            out.append(model(_like(fwd(x), x)).float())
+    return torch.stack(out)
+
+
+def mean_scores(views: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The scores of (V, N, C) view logits divided by ``temperature``: those logits for one view, else
+    the log of the views' mean softmax, so ``softmax``/``argmax``/cross-entropy of the result mean what they say."""
+    if views.shape[0] == 1:
+        return views[0] / temperature
+    return (views / temperature).softmax(2).mean(0).clamp_min(1e-12).log()
+
+
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "none",
                autocast: Callable[[], Any] | None = None, dense: bool = False) -> torch.Tensor:
     """Float32 scores of ``x``: the model's logits for ``none``, otherwise the log of the views'
-    mean softmax, so ``softmax``/``argmax``/cross-entropy of the result mean what they say.
+    mean softmax (:func:`mean_scores` of :func:`view_logits`).
 
     ``dense=True`` is for per-pixel outputs (B, C, H, W): each view's probabilities are mapped
     back onto the input's geometry before averaging.
     """
     from contextlib import nullcontext
 
+    if not dense:
+        return mean_scores(view_logits(model, x, mode, autocast))
     ctx = autocast or nullcontext
     if mode == "none":
         with ctx():
@@ -71,8 +95,6 @@ def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m
     probs = None
     for fwd, inv in ops:
         with ctx():
-            p = model(_like(fwd(x), x)).float().softmax(1)
-        if dense:
-            p = inv(p)
+            p = inv(model(_like(fwd(x), x)).float().softmax(1))
         probs = p if probs is None else probs.add_(p)
     return probs.div_(len(ops)).clamp_min_(1e-12).log_()

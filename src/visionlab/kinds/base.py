@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
-__all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k"]
+__all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k",
+           "temperature_of"]
 
 #: How an output's scores become probabilities: one class per image or pixel (softmax over the
 #: class axis), each class on its own (sigmoid: several labels at once), or none (a number).
@@ -87,6 +88,13 @@ def check_top_k(top_k: Any, name: str = "top_k") -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise VisionlabError(f"{name} must be an integer >= 1, got {top_k!r}.",
                              f"Pass e.g. {DEFAULT_TOP_K} (a value above the number of classes lists them all).")
+
+
+def temperature_of(calibration: Mapping[str, Any] | None, use: bool = True) -> float:
+    """What a model's logits are divided by before softmax: the temperature of its fitted
+    ``calibration`` (a checkpoint's or an .onnx file's ``calibration`` entry, see
+    :meth:`Kind.calibrate`); 1 (the raw softmax) without one, or when ``use`` is off (--no-calibration)."""
+    return float(calibration["temperature"]) if use and calibration and "temperature" in calibration else 1.0
 
 
 @dataclass
@@ -234,6 +242,8 @@ class Kind:
     #: The general recipe of the kind, ``configs/<general_recipe>.yaml``: what a folder of this kind
     #: trains with when no task describes it (``visionlab train --data DIR``, ``visionlab tasks new``).
     general_recipe: ClassVar[str] = ""
+    #: Whether training fits a calibration of its probabilities (:meth:`calibrate`), that every surface applies.
+    calibrates: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
@@ -265,6 +275,25 @@ class Kind:
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         """The :class:`visionlab.engine.runner.TaskRunner` of one run of ``spec`` (data, step, evaluation)."""
         raise NotImplementedError
+
+    def calibrate(self, runner: Any, model: Any) -> dict[str, Any] | None:
+        """After training, the calibration of ``model`` (best.pt's weights) fitted on ``runner``'s
+        validation split: a JSON-ready dict the trainer stores in best.pt as ``calibration`` and export
+        in the .onnx metadata; ``temperature`` in it divides the logits before softmax on every surface.
+        None for kinds that do not calibrate (the default) or without validation images."""
+        return None
+
+    def calibration_line(self, calibration: Mapping[str, Any]) -> str:
+        """What a fitted calibration is, in words (the trainer's notice after fitting it)."""
+        return "calibration fitted on the validation split"
+
+    def calibration_note(self, source: Any, calibration: Mapping[str, Any] | None) -> str:
+        """The one notice a surface gives for a model of a calibrating kind that carries no fitted
+        calibration (a checkpoint from before it existed, or a run without validation images); "" otherwise."""
+        if not self.calibrates or calibration:
+            return ""
+        return (f"note: {source} carries no fitted temperature, so its probabilities are the raw softmax (as before "
+                "calibration existed); train it again with a validation split to calibrate them.")
 
     # ------------------------------------------------------------------ data
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:

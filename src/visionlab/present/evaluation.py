@@ -135,9 +135,10 @@ def inert_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
-    """metrics.json, the confusion matrix (CSV and PNG), predictions.csv (one row per image, in the
-    runner's order: the images worth a look first) and examples/; returns what was written, in words."""
-    from visionlab.engine.plots import save_confusion_matrix
+    """metrics.json, the confusion matrix (CSV and PNG), the reliability diagram (PNG, when the kind
+    measures calibration), predictions.csv (one row per image, in the runner's order: the images
+    worth a look first) and examples/; returns what was written, in words."""
+    from visionlab.engine.plots import save_confusion_matrix, save_reliability_diagram
 
     folder.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
@@ -148,6 +149,9 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
         write_confusion_csv(cm, report.classes, folder / "confusion_matrix.csv")
         save_confusion_matrix(cm, report.classes, folder / "confusion_matrix.png")
         written.append("confusion_matrix.csv/png")
+    if data.get("reliability"):
+        save_reliability_diagram(data["reliability"], folder / "reliability.png", _reliability_titles(data))
+        written.append("reliability.png")
     if report.files:
         import pandas as pd
 
@@ -159,6 +163,17 @@ def write_evaluation(report: EvaluationReport, folder: Path) -> list[str]:
         n = len(report.examples)
         written.append(f"examples/ ({n} image{'' if n == 1 else 's'} worth a look)")
     return written
+
+
+def _reliability_titles(data: dict[str, Any]) -> dict[str, str]:
+    """The reliability diagram's panel titles: what was scored, and its ECE."""
+    metrics, cal = data.get("metrics", {}), data.get("calibration") or {}
+    after = f"temperature {cal['temperature']:.3f}" if cal.get("applied") else "no temperature applied (raw softmax)"
+    titles = {"before": "before: raw softmax", "after": f"after: {after}"}
+    for name, key in (("before", "ece_before"), ("after", "ece")):
+        if isinstance(metrics.get(key), float):
+            titles[name] += f", ECE {metrics[key]:.3f}"
+    return titles
 
 
 def write_examples(examples: list[dict[str, Any]], folder: Path) -> None:

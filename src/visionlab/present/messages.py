@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from visionlab.data.download import Source
     from visionlab.export import ExportResult
 
-__all__ = ["show_chosen_checkpoint", "show_report_written", "show_demo_start", "show_export", "show_download", "show_serving", "show_unkeyed", "show_stopped"]
+__all__ = ["show_note", "show_chosen_checkpoint", "show_report_written", "show_demo_start", "show_export", "show_download", "show_serving", "show_unkeyed", "show_stopped"]
+
+
+def show_note(note: str, out: Any) -> None:
+    """A notice about the model in use (one line; nothing when ``note`` is empty)."""
+    if note:
+        out.print(note, markup=False, highlight=False)
 
 
 def show_chosen_checkpoint(path: Path, task: str | None, out: Any) -> None:
@@ -53,10 +59,13 @@ def show_download(source: Source, images: int, target: Path, out: Any) -> None:
     out.print(f"train with:  visionlab train --task {source.task} --data {target}")
 
 
-def show_serving(models: Sequence[Any], url: str, keyed: bool) -> None:
-    """The served models (task, file, sha256) and the line that says where the server listens."""
+def show_serving(models: Sequence[Any], url: str, keyed: bool, calibration: bool = True) -> None:
+    """The served models (task, file, sha256, a notice about its calibration) and the line that says
+    where the server listens."""
     for m in models:
         print(f"model {m.task}: {m.path} (sha256 {m.sha256[:12]})", flush=True)
+        if m.calibration_note(calibration):
+            print(m.calibration_note(calibration), flush=True)
     print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
           + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if keyed else ""), flush=True)

@@ -14,7 +14,12 @@ from typing import Any, Iterable
 
 from visionlab.data.io import printable_name
 
-__all__ = ["show_rows", "show_error"]
+__all__ = ["show_rows", "show_error", "show_note"]
+
+
+def show_note(note: str) -> None:
+    """A notice about the model (one line on stderr, so the rows on stdout stay rows)."""
+    print(note, file=sys.stderr)
 
 
 def show_error(message: str) -> None:

@@ -76,6 +76,7 @@ class Settings:
     top_k: int = DEFAULT_TOP_K
     device: str = "auto"
     precision: str = "fp32"  # as the exported .onnx answers; auto: bf16 where the CPU/GPU has it
+    calibration: bool = True  # the model's fitted temperature applied; False (--no-calibration): the raw softmax
     drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))
 
@@ -101,13 +102,22 @@ class ServedModel:
                 "checkpoint": self.path.name, "checkpoint_sha256": self.sha256,
                 "trained_with_visionlab": self.state.get("visionlab_version"), "visionlab_version": __version__,
                 "synthetic_data": bool(self.state.get("data", {}).get("synthetic", False)),
+                "calibration": self.state.get("calibration"),
+                "temperature": self.predictor.temperature if self.predictor is not None else None,
                 "loaded": self.predictor is not None}
 
-    def load(self, device: str, precision: str = "fp32") -> None:
+    def calibration_note(self, use: bool = True) -> str:
+        """The one notice for a model of a calibrating kind without a fitted calibration ("" otherwise)."""
+        from visionlab.kinds import get_kind
+
+        return get_kind(self.state["kind"]).calibration_note(self.path, self.state.get("calibration")) if use else ""
+
+    def load(self, device: str, precision: str = "fp32", calibration: bool = True) -> None:
         from visionlab.engine.predict import Predictor
         from visionlab.kinds import get_kind
 
-        predictor = Predictor(self.state, get_kind(self.state["kind"]), device=device, source=str(self.path), precision=precision)
+        predictor = Predictor(self.state, get_kind(self.state["kind"]), device=device, source=str(self.path), precision=precision,
+                              calibration=calibration)
         predictor.warmup()
         self.predictor = predictor
 
@@ -312,7 +322,7 @@ class _Gate:
 def _load_all(server: ServerState) -> None:
     t0 = time.perf_counter()
     for m in server.models:
-        m.load(server.settings.device, server.settings.precision)
+        m.load(server.settings.device, server.settings.precision, server.settings.calibration)
     server.loaded_in = round(time.perf_counter() - t0, 2)
 
 
@@ -473,7 +483,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    show_serving(models, url, bool(settings.api_key))
+    show_serving(models, url, bool(settings.api_key), settings.calibration)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = uvicorn.Config(app, http=_http_protocol(settings.header_timeout), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")

@@ -2,7 +2,8 @@
 
 Everything the kind is lives in this package: ``runner`` (data, training step, evaluation),
 ``step`` (the one inference step of predict, evaluate and serve, and the ranking the runtime
-shares), ``meter``, ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
+shares), ``calibration`` (the temperature fitted after training), ``meter`` (with the calibration
+metrics), ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
 batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
 """
 
@@ -61,11 +62,34 @@ class ClassificationKind(Kind):
     detail_column = "top-{k}"
     ranks_classes = True
     general_recipe = "classify"
+    calibrates = True
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.classification.runner import ClassificationRunner
 
         return ClassificationRunner(cfg, spec, device, self)
+
+    def calibrate(self, runner: Any, model: Any) -> dict[str, Any] | None:
+        """One temperature fitted on the validation split's logits by NLL (Guo et al. 2017:
+        :func:`visionlab.kinds.classification.calibration.fit_temperature`; a split without mistakes
+        by its mean confidence), in fp32 as evaluate runs; None without validation images."""
+        from visionlab.engine.device import resolve_precision
+        from visionlab.kinds.classification.calibration import fit_temperature
+
+        if not runner.split_size("val"):
+            return None
+        views, y, _ = runner.views(model, "val", resolve_precision("fp32", runner.device).autocast)
+        if len(y) == 0:
+            return None
+        fit = fit_temperature(views, y)
+        return {"temperature": fit.temperature, "fitted_on": "val", "images": int(len(y)),
+                "nll_before": fit.nll_before, "nll_after": fit.nll_after, "method": fit.method}
+
+    def calibration_line(self, calibration: Any) -> str:
+        how = (" (no mistakes there: sharpened until the mean confidence is (n + 1) / (n + 2))"
+               if calibration.get("method") == "confidence" else "")
+        return (f"temperature {calibration['temperature']:.3f} fitted on {calibration['images']} validation images{how} "
+                f"(NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f})")
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         from visionlab.kinds.classification.synthetic import make_classification
@@ -93,11 +117,12 @@ class ClassificationKind(Kind):
 
     def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
-        """One batch through :func:`visionlab.kinds.classification.step.run_step`, ranked by its :func:`rank`."""
+        """One batch through :func:`visionlab.kinds.classification.step.run_step` (the predictor's
+        temperature applied), ranked by its :func:`rank`."""
         from visionlab.kinds.classification.step import StepContext, rank, run_step
 
         ctx = StepContext(predictor.model, predictor.normalize, predictor.device, predictor.tta,
-                          predictor.precision.autocast, predictor.channels_last, tuple(predictor.classes))
+                          predictor.precision.autocast, predictor.channels_last, tuple(predictor.classes), predictor.temperature)
         _, probs = run_step(ctx, arrays)
         return [ClassPrediction(source, label=r.label, confidence=r.confidence, top_k=r.top_k)
                 for source, r in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k))]
@@ -112,7 +137,7 @@ class ClassificationKind(Kind):
 
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """One batch through the ONNX model (the runtime's numpy normalisation, test-time augmentation
-        and softmax), ranked by the step's :func:`visionlab.kinds.classification.step.rank`."""
+        and softmax of the logits divided by the file's temperature), ranked by the step's :func:`visionlab.kinds.classification.step.rank`."""
         import numpy as np
 
         from visionlab.kinds.classification.step import rank

@@ -1,6 +1,8 @@
 """The classification meter: accuracy, macro precision/recall/F1, ROC AUC and top-k accuracy of
 softmax probabilities, from scikit-learn; undefined values are left out of ``compute`` and
-reported as ``None``, never averaged in as 0."""
+reported as ``None``, never averaged in as 0. How well the probabilities are calibrated
+(:func:`calibration_metrics`: expected calibration error from torchmetrics, NLL, Brier score) and
+the reliability diagram's bins (:func:`reliability_bins`)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,39 @@ from torch import Tensor
 from visionlab.engine.metrics import check_class_names, nan_to_none
 from visionlab.errors import VisionlabError
 
-__all__ = ["ClassificationMeter"]
+__all__ = ["ClassificationMeter", "ECE_BINS", "calibration_metrics", "reliability_bins"]
 
 #: The k of the top-k accuracies (given when there are more classes than k).
 _TOP_K = (3, 5)
+#: Confidence bins of the expected calibration error and of the reliability diagram.
+ECE_BINS = 15
+
+
+def calibration_metrics(scores: Tensor, target: Tensor, n_bins: int = ECE_BINS) -> dict[str, float]:
+    """``ece`` (expected calibration error: torchmetrics' ``MulticlassCalibrationError``, ``n_bins``
+    equal-width confidence bins, L1), ``nll`` (mean cross-entropy, nats) and ``brier`` (mean over
+    images of the sum over classes of (probability - one-hot)^2) of (N, C) scores read as logits."""
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    scores, target = scores.detach().to("cpu", torch.float32), target.detach().to("cpu", torch.int64).reshape(-1)
+    probs = scores.softmax(1)
+    ece = MulticlassCalibrationError(num_classes=probs.shape[1], n_bins=n_bins, norm="l1")(probs, target)
+    onehot = torch.nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
+    return {"ece": float(ece), "nll": float(torch.nn.functional.cross_entropy(scores, target)),
+            "brier": float(((probs - onehot) ** 2).sum(1).mean())}
+
+
+def reliability_bins(probs: np.ndarray, target: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, list]:
+    """The reliability diagram's bins: equal-width confidence bins (as the ECE's), each with its
+    images' mean confidence and accuracy (None when empty) and its count."""
+    conf, correct = probs.max(1), probs.argmax(1) == target
+    which = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)  # [lo, hi) as torchmetrics' bins (1.0: the last)
+    count = np.bincount(which, minlength=n_bins)
+    mean_conf = np.bincount(which, weights=conf, minlength=n_bins)
+    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=n_bins)
+    return {"edges": np.linspace(0, 1, n_bins + 1).round(6).tolist(), "count": count.tolist(),
+            "confidence": [float(c / n) if n else None for c, n in zip(mean_conf, count)],
+            "accuracy": [float(h / n) if n else None for h, n in zip(hits, count)]}
 
 
 class ClassificationMeter:

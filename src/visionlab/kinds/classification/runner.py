@@ -19,10 +19,11 @@ from visionlab.data.io import DECODE_ERRORS, UnreadableImage
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_for_model
 from visionlab.engine.distributed import shard_batch
+from visionlab.engine.tta import mean_scores
 from visionlab.errors import VisionlabError
-from visionlab.kinds.base import DEFAULT_TOP_K
+from visionlab.kinds.base import DEFAULT_TOP_K, temperature_of
 from visionlab.kinds.classification.layout import ClassificationIndex, find_classification
-from visionlab.kinds.classification.step import StepContext, rank, run_step
+from visionlab.kinds.classification.step import StepContext, rank, run_views
 from visionlab.data.splits import split_indices, split_keys
 from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
 
@@ -243,38 +244,69 @@ class ClassificationRunner(TaskRunner):
         return x, y
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
-        from visionlab.kinds.classification.meter import ClassificationMeter
-
-        meter = ClassificationMeter(len(self.classes))
+    def views(self, model: torch.nn.Module, split: str, autocast: Any,
+              batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """The raw logits of every test-time augmentation view of a split's images ((V, N, C), on the
+        CPU), their labels and their files, in order (merged over the processes under torchrun)."""
         model.eval()
         ctx = StepContext(model, self.normalize, self.device, self.preprocessing.tta_mode, autocast,
                           self.cfg.channels_last, tuple(self.classes))
-        total, n = 0.0, 0
-        rows: list[dict[str, Any]] = []
+        part: dict[str, list] = {"views": [], "targets": [], "paths": []}
         for x, y, paths in self.eval_batches(split, batch_size or max(self.cfg.batch_size, 64), with_paths=True):
-            if len(y) == 0:
-                continue
-            y = y.to(self.device)
-            out, probs = run_step(ctx, x)
-            total += float(F.cross_entropy(out, y, reduction="sum"))
-            n += len(y)
-            meter.update(out, y)
-            for path, t, r in zip(paths, y.tolist(), rank(probs.cpu().numpy(), self.classes, DEFAULT_TOP_K)):
-                rows.append({"path": path, "label": self.classes[t], "predicted": r.label,
-                             "confidence": round(r.confidence, 4), "correct": self.classes[t] == r.label,
-                             "top_k": [{"label": lab, "probability": round(p, 4)} for lab, p in r.top_k]})
-        merged = self.merge_shards({"meter": meter, "loss": total, "n": n, "rows": rows})
-        meter, total, n, rows = merged["meter"], merged["loss"], merged["n"], merged["rows"]
-        if n == 0:
+            if len(y):
+                part["views"].append(run_views(ctx, x).cpu())
+                part["targets"].append(y.cpu())
+                part["paths"] += paths
+        merged = self.merge_shards(part)
+        if not merged["targets"]:
+            return torch.zeros(1, 0, len(self.classes)), torch.zeros(0, dtype=torch.long), []
+        return torch.cat(merged["views"], 1), torch.cat(merged["targets"]), merged["paths"]
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before softmax: the model's fitted temperature, 1 without one
+        or when :attr:`calibrated` is off."""
+        return temperature_of(self.calibration, self.calibrated)
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
+        from visionlab.kinds.classification.meter import ClassificationMeter
+
+        views, y, paths = self.views(model, split, autocast, batch_size)
+        if len(y) == 0:
             return EvalResult({}, {}, self.primary)
+        scores = mean_scores(views, self.temperature)
+        meter = ClassificationMeter(len(self.classes))
+        meter.update(scores, y)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}
-        metrics["loss"] = total / n
-        report = meter.report(self.classes)
+        metrics["loss"] = float(F.cross_entropy(scores, y))
+        report = self._calibration_report(meter.report(self.classes), views, scores, y)
+        rows = []
+        for path, t, r in zip(paths, y.tolist(), rank(meter.probs, self.classes, DEFAULT_TOP_K)):
+            rows.append({"path": path, "label": self.classes[t], "predicted": r.label,
+                         "confidence": round(r.confidence, 4), "correct": self.classes[t] == r.label,
+                         "top_k": [{"label": lab, "probability": round(p, 4)} for lab, p in r.top_k]})
         rows.sort(key=lambda r: (r["correct"], -r["confidence"]))  # the mistakes first, most confident first
         wrong = sum(not r["correct"] for r in rows)
         return EvalResult(metrics, report, self.primary, rows, f"{wrong} of {len(rows)} images wrong, listed first",
                           self._mistakes(rows[: min(wrong, self.examples)]))
+
+    def _calibration_report(self, report: dict[str, Any], views: torch.Tensor, scores: torch.Tensor,
+                            y: torch.Tensor) -> dict[str, Any]:
+        """The meter's report with the calibration of its probabilities: ECE, NLL and Brier score with
+        the temperature applied and, as ``*_before``, of the raw softmax; the reliability diagram's bins
+        of both; the temperature applied, whether the fitted one was, and the fit as the checkpoint holds it."""
+        from visionlab.kinds.classification.meter import calibration_metrics, reliability_bins
+
+        raw = mean_scores(views, 1.0)
+        report["metrics"].update(calibration_metrics(scores, y))
+        report["metrics"].update({f"{k}_before": v for k, v in calibration_metrics(raw, y).items()})
+        target = y.numpy()
+        report["reliability"] = {"before": reliability_bins(raw.softmax(1).numpy(), target),
+                                 "after": reliability_bins(scores.softmax(1).numpy(), target)}
+        report["calibration"] = {"temperature": self.temperature, "applied": bool(self.calibration) and self.calibrated,
+                                 **({"fitted": self.calibration} if self.calibration else {})}
+        return report
 
     def _mistakes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Thumbnails of the given (mistaken) rows, with the true and predicted labels and top-k."""

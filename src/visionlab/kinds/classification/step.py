@@ -1,8 +1,9 @@
 """The classification step, written once: normalise, the model (with the saved test-time
-augmentation), softmax (:func:`run_step`, torch: predict, serve and evaluate), then the ranking of
-the classes (:func:`rank`, numpy: also the torch-free runtime's rows).
+augmentation: :func:`run_views`), the logits divided by the model's fitted temperature, softmax
+(:func:`run_step`, torch: predict, serve and evaluate), then the ranking of the classes
+(:func:`rank`, numpy: also the torch-free runtime's rows).
 
-torch is imported inside :func:`run_step` only, so the runtime reaches :func:`rank` without it.
+torch is imported inside :func:`run_views` only, so the runtime reaches :func:`rank` without it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["StepContext", "Ranking", "run_step", "rank"]
+__all__ = ["StepContext", "Ranking", "run_views", "run_step", "rank"]
 
 
 @dataclass(frozen=True)
 class StepContext:
     """What the step needs of a loaded model: the model, its normalisation, where it runs, the
-    test-time augmentation mode, the mixed-precision context, the memory format and the classes."""
+    test-time augmentation mode, the mixed-precision context, the memory format, the classes and the
+    temperature the logits are divided by before softmax (1: the raw softmax)."""
 
     model: Callable[["torch.Tensor"], "torch.Tensor"]
     normalize: Callable[["torch.Tensor"], "torch.Tensor"]
@@ -30,6 +32,7 @@ class StepContext:
     autocast: Callable[[], Any] | None = None
     channels_last: bool = False
     classes: tuple[str, ...] = ()
+    temperature: float = 1.0
 
 
 class Ranking(NamedTuple):
@@ -40,20 +43,28 @@ class Ranking(NamedTuple):
     top_k: list[tuple[str, float]]
 
 
-def run_step(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """(scores, probabilities) of a uint8 batch (an NCHW tensor, or HxWx3 arrays), both float32 (N, C)
-    on the device: the scores are the model's logits, with TTA the log of the views' mean probabilities
-    (:func:`visionlab.engine.tta.tta_logits`), so the loss and the meter read them as logits."""
+def run_views(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]") -> "torch.Tensor":
+    """The raw float32 (V, N, C) logits of each test-time augmentation view of a uint8 batch (an NCHW
+    tensor, or HxWx3 arrays), on the device (:func:`visionlab.engine.tta.view_logits`)."""
     import torch
 
-    from visionlab.engine.tta import tta_logits
+    from visionlab.engine.tta import view_logits
 
     if not isinstance(batch, torch.Tensor):
         batch = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in batch]).permute(0, 3, 1, 2)
     x = ctx.normalize(batch.to(ctx.device, non_blocking=True))
     if ctx.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    scores = tta_logits(ctx.model, x, ctx.tta, ctx.autocast)
+    return view_logits(ctx.model, x, ctx.tta, ctx.autocast)
+
+
+def run_step(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(scores, probabilities) of a uint8 batch, both float32 (N, C) on the device: the scores are the
+    model's logits divided by ``ctx.temperature``, with TTA the log of the views' mean probabilities
+    (:func:`visionlab.engine.tta.mean_scores`), so the loss and the meter read them as logits."""
+    from visionlab.engine.tta import mean_scores
+
+    scores = mean_scores(run_views(ctx, batch), ctx.temperature)
     return scores, scores.softmax(1)
 
 
