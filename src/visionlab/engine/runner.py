@@ -24,7 +24,7 @@ from visionlab.errors import VisionlabError
 from visionlab.kinds import EvaluationReport, Kind, get_kind
 from visionlab.registry import TaskSpec
 
-__all__ = ["TaskRunner", "EvalResult", "evaluate_checkpoint", "resolve_data_path", "loader_generator", "thumbnail"]
+__all__ = ["TaskRunner", "EvalResult", "evaluate_checkpoint", "prepared_runner", "resolve_data_path", "loader_generator", "thumbnail"]
 
 
 @dataclass
@@ -184,20 +184,22 @@ class TaskRunner(ABC):
     def split_size(self, split: str) -> int:
         return len(self.splits.get(split, ()))  # type: ignore[attr-defined]
 
+    def split_files(self, split: str) -> list[Path]:
+        """The image files of ``split`` (after :meth:`prepare`), in the split's order (int8 export
+        calibrates on the training split's); a kind whose runner does not list them cannot be quantised."""
+        raise VisionlabError(f"the {self.task_kind.name} runner does not list its image files.",
+                             "Export without --int8.")
+
     def iter_chunks(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         for i in range(0, len(indices), batch_size):
             yield indices[i : i + batch_size]
 
 
-def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
-                        split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
-                        examples: int = 0, console: Any = None, precision: str = "fp32") -> EvaluationReport:
-    """Evaluate the model saved in ``state`` (read from ``path``) on a split of its data or, with
-    ``data`` another folder than the training data's, on that whole folder (its own test/ split
-    if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
-    augmentation; ``examples`` images worth a look come back as thumbnails."""
-    from visionlab.engine.checkpoint import load_model
-    from visionlab.engine.device import resolve_device, resolve_precision
+def prepared_runner(spec: TaskSpec, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
+                    device: str = "auto", tta: str | None = None, console: Any = None) -> tuple["TaskRunner", bool]:
+    """The prepared runner of the data the model saved in ``state`` was trained on (or of ``data``),
+    with the model's own preprocessing; and whether ``data`` is another folder than the training data's."""
+    from visionlab.engine.device import resolve_device
 
     kind = get_kind(spec.kind)
     cfg = config_from_dict(state["config"], kind.options)
@@ -208,14 +210,29 @@ def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data:
     if data is not None:
         cfg.data = os.fspath(data)
     cfg.cache = "none" if cfg.cache == "none" else "auto"
-    dev = resolve_device(device)
-    runner = kind.runner(cfg, spec, dev)
+    runner = kind.runner(cfg, spec, resolve_device(device))
     runner.use_saved(state, tta)
-    runner.examples = examples
     runner.prepare(console)
     if list(runner.classes) != list(state["classes"]):
         raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.",
                              "Evaluate on data of the same classes.")
+    return runner, whole_folder
+
+
+def evaluate_checkpoint(spec: TaskSpec, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
+                        split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
+                        examples: int = 0, console: Any = None, precision: str = "fp32") -> EvaluationReport:
+    """Evaluate the model saved in ``state`` (read from ``path``) on a split of its data or, with
+    ``data`` another folder than the training data's, on that whole folder (its own test/ split
+    if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
+    augmentation; ``examples`` images worth a look come back as thumbnails."""
+    from visionlab.engine.checkpoint import load_model
+    from visionlab.engine.device import resolve_precision
+
+    kind = get_kind(spec.kind)
+    runner, whole_folder = prepared_runner(spec, state, path, data, device, tta, console)
+    cfg, dev = runner.cfg, runner.device
+    runner.examples = examples
     split = runner.evaluation_split(split, whole_folder)
     if runner.split_size(split) == 0:
         raise VisionlabError(f"the {split} split of {cfg.data} is empty.", "Pass --split all, or --data with a held-out folder.")
