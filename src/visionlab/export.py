@@ -466,8 +466,7 @@ def export_onnx(
     ``min_labels`` (``min_pixels`` for masks) of the top-1 labels agree, and when, files in and
     answers out, the runtime and the fp32 PyTorch predictor differ by more than ``max_prob_diff``
     in a probability (a class share for masks) or agree on fewer labels (mask pixels) than that.
-    ``quantize`` (``visionlab.quantize``'s int8 step) rewrites the checked file before it is moved
-    to ``out``, given (staged file, checkpoint state, checkpoint path); it may refuse, and then nothing is written.
+    ``quantize(staged, state, checkpoint)`` (int8: :class:`visionlab.quantize.Quantizer`) may rewrite or refuse the checked file.
     """
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint, load_model
@@ -486,8 +485,7 @@ def export_onnx(
     state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
     pre = Preprocessing.from_dict(state["preprocessing"])
-    size = pre.image_size
-    images, source = _sample_images(state, sum(PARITY_BATCHES), size)
+    images, source = _sample_images(state, sum(PARITY_BATCHES), pre.image_size)
     batches = _parity_batches(images, pre, get_kind(state["kind"]).outputs[0].dense)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
