@@ -170,3 +170,48 @@ def test_calibration_uses_the_training_split_only(tiny_models) -> None:
     runner, _ = prepared_runner(get_task("cracks"), state, ckpt, device="cpu")
     train, held = set(map(str, runner.split_files("train"))), set(map(str, runner.split_files("val") + runner.split_files("test")))
     assert train and held and not train & held
+
+
+def _table_rows(output: str) -> dict[str, str]:
+    """The benchmark table's rows by format (rich draws them between box characters)."""
+    rows = {}
+    for line in output.splitlines():
+        line = line.strip()
+        cells = [c.strip() for c in line[1:-1].split("│")] if line.startswith("│") else []
+        if len(cells) == 6 and cells[0] and cells[0] != "format":
+            rows[cells[0]] = line
+    return rows
+
+
+def test_benchmark_prints_a_row_per_format_with_ratios_and_a_pick(tiny_models) -> None:
+    from visionlab.benchmark import benchmark
+
+    r = invoke("benchmark", tiny_models["cracks"], "--formats", "onnx,onnx-int8,pytorch-bf16", "--images", "6")
+    assert r.exit_code == 0, r.output
+    rows = _table_rows(r.stdout)
+    assert list(rows) == ["pytorch", "onnx", "onnx-int8", "pytorch-bf16"]  # the baseline first, always measured
+    assert "accuracy " in rows["onnx-int8"] and "(1.00x)" in rows["pytorch"] and "failed" not in r.stdout
+    assert "pick: " in r.stdout and "within 0.005 of PyTorch fp32" in r.stdout
+    result = benchmark(tiny_models["cracks"], formats="onnx,onnx-int8", images=6, console=_quiet())
+    assert [row.format for row in result.rows] == ["pytorch", "onnx", "onnx-int8"]
+    for row in result.rows:
+        assert row.error is None and row.size_bytes > 0 and 0.0 <= row.metric <= 1.0 and row.throughput > 0
+        median, p95 = row.latency_ms
+        assert 0 < median <= p95 and 1 <= row.calls[0] <= 50 and 1 <= row.calls[1] <= 8  # bounded loops
+    assert result.rows[2].size_bytes < 0.5 * result.rows[1].size_bytes
+    best, why = result.choice()
+    fine = [row for row in result.rows if result.within_tolerance(row)]
+    assert best in fine and best.latency_ms[0] == min(row.latency_ms[0] for row in fine) and "fastest" in why
+
+
+def test_a_format_that_fails_gets_a_row_saying_why(tiny_models) -> None:
+    """--max-drop -1: the int8 export is refused, and its row says so; the others are measured."""
+    r = invoke("benchmark", tiny_models["cracks"], "--formats", "pytorch,onnx-int8,openvino", "--images", "6", "--max-drop", "-1")
+    assert r.exit_code == 0, r.output
+    rows = _table_rows(r.stdout)
+    assert list(rows) == ["pytorch", "onnx-int8", "openvino"] and "Traceback" not in r.output
+    assert "failed: int8 export refused, nothing was written" in rows["onnx-int8"]
+    assert "failed: " in rows["openvino"] and "failed" not in rows["pytorch"]
+    assert "pick: none (no format ran within the accuracy tolerance" in r.stdout
+    assert_one_line_error(invoke("benchmark", tiny_models["cracks"], "--formats", "onnx,tflite"),
+                          "unknown benchmark format(s): tflite", "pytorch,pytorch-bf16,onnx")

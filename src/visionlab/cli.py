@@ -368,6 +368,24 @@ def export_cmd(
     export_onnx(checkpoint, **options)
 
 
+@app.command("benchmark")
+@handle_errors
+def benchmark_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt) of a trained run (its data's test split is scored)."),
+    formats: str = typer.Option(",".join(("pytorch", "pytorch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")),
+                                "--formats", help="Comma-separated formats to measure (PyTorch fp32 is always measured)."),
+    images: int = typer.Option(200, "--images", help="At most this many test-split images scored per format."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy tolerance of the int8 exports and of the pick "
+                                             "(default: the kind's, 0.005 accuracy or 0.01 mIoU)."),
+) -> None:
+    """Export a checkpoint to every format and measure size, test metric, batch-1 latency and batch-16 throughput."""
+    from visionlab.benchmark import benchmark
+    from visionlab.present.benchmark import show_benchmark
+
+    console = _console()
+    show_benchmark(benchmark(checkpoint, formats=formats, images=images, max_drop=max_drop, console=console), console)
+
+
 @app.command("demo")
 @handle_errors
 def demo_cmd(
