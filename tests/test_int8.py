@@ -206,12 +206,119 @@ def test_benchmark_prints_a_row_per_format_with_ratios_and_a_pick(tiny_models) -
 
 def test_a_format_that_fails_gets_a_row_saying_why(tiny_models) -> None:
     """--max-drop -1: the int8 export is refused, and its row says so; the others are measured."""
-    r = invoke("benchmark", tiny_models["cracks"], "--formats", "pytorch,onnx-int8,openvino", "--images", "6", "--max-drop", "-1")
+    r = invoke("benchmark", tiny_models["cracks"], "--formats", "pytorch,onnx-int8,openvino-int8", "--images", "6", "--max-drop", "-1")
     assert r.exit_code == 0, r.output
     rows = _table_rows(r.stdout)
-    assert list(rows) == ["pytorch", "onnx-int8", "openvino"] and "Traceback" not in r.output
+    assert list(rows) == ["pytorch", "onnx-int8", "openvino-int8"] and "Traceback" not in r.output
     assert "failed: int8 export refused, nothing was written" in rows["onnx-int8"]
-    assert "failed: " in rows["openvino"] and "failed" not in rows["pytorch"]
+    assert "failed: openvino-int8: OpenVINO int8 export is not part of this version" in rows["openvino-int8"] and "failed" not in rows["pytorch"]
     assert "pick: none (no format ran within the accuracy tolerance" in r.stdout
     assert_one_line_error(invoke("benchmark", tiny_models["cracks"], "--formats", "onnx,tflite"),
                           "unknown benchmark format(s): tflite", "pytorch,pytorch-bf16,onnx")
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+_BLOCK = '''
+import importlib.abc, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+'''
+
+
+def _blocking(folder: Path, *names: str) -> dict[str, str]:
+    """An environment whose interpreter cannot import ``names``, visionlab from this tree."""
+    from conftest import REPO
+
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(_BLOCK.replace("BLOCKED", repr(names)))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def test_without_openvino_export_and_the_runtime_name_the_extra(tiny_models, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = _blocking(tmp_path / "block", "openvino")
+    proc = subprocess.run([sys.executable, "-m", "visionlab", "export", str(tiny_models["cracks"]), "--format", "openvino",
+                           "--out", str(tmp_path / "m.xml")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "error: --format openvino needs openvino, which is not installed. pip install 'visionlab[openvino]'."], proc.stderr[-2000:]
+    (tmp_path / "m.xml").write_text("<net/>")  # any .xml: the runtime asks for openvino before reading it
+    proc = subprocess.run([sys.executable, "-m", "visionlab.runtime", str(tmp_path / "m.xml"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "needs openvino, which is not installed. pip install 'visionlab[openvino]'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def openvino_models(tiny_models, tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("openvino")
+    from visionlab.export import export_onnx
+    from visionlab.openvino import export_openvino
+
+    folder = tmp_path_factory.mktemp("openvino")
+    out = {}
+    for task in ("cracks", "landcover"):
+        out[task] = (export_openvino(tiny_models[task], out=folder / f"{task}.xml", console=_quiet()),
+                     export_onnx(tiny_models[task], out=folder / f"{task}.onnx", console=_quiet()))
+    return out
+
+
+@pytest.mark.parametrize("task", ["cracks", "landcover"])
+def test_openvino_ir_carries_the_metadata_passes_parity_and_answers_as_the_onnx(openvino_models, tiny_models, task: str,
+                                                                                 tmp_path: Path) -> None:
+    from visionlab.runtime import load, open_session, read_metadata
+
+    ir, ox = openvino_models[task]
+    assert [f.name for f in ir.files] == [f"{task}.xml", f"{task}.bin"] and all(f.is_file() for f in ir.files)
+    assert not [f for f in ir.path.parent.iterdir() if f.name.startswith(".")]
+    assert ir.parity.passed and ir.parity.runtime == "OpenVINO" and ir.parity.max_abs_diff <= 1e-4 and ir.end_to_end.passed
+    assert "OpenVINO vs PyTorch fp32" in ir.parity.line()
+    if task == "landcover":
+        assert len(ir.parity.shapes) == 4  # another height and width: the IR keeps the dynamic spatial axes
+    meta, onnx_meta = (read_metadata(open_session(p, threads=1), p) for p in (ir.path, ox.path))
+    for key in ("task", "kind", "classes", "preprocessing", "outputs", "config", "checkpoint_sha256"):
+        assert meta[key] == onnx_meta[key], key
+    assert meta["visionlab_runtime"].startswith("openvino ")
+    files = _files(tiny_models[task], 2)
+    a, b = load(ox.path, threads=1).predict(files), load(ir.path, threads=1).predict(files)
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    assert all(abs(x["confidence"] - y["confidence"]) < 1e-3 for x, y in zip(a, b))
+    reports = {}
+    for name, model in (("onnx", ox.path), ("ir", ir.path)):
+        r = invoke("evaluate", "--checkpoint", model, "--out", tmp_path / name, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    for key, value in reports["onnx"].items():
+        assert reports["ir"][key] == pytest.approx(value, abs=1e-3), key
+
+
+def test_openvino_ir_runs_without_torch_and_in_serve(openvino_models, tiny_models, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    httpx = pytest.importorskip("httpx")
+    from conftest import make_class_image
+    from test_serve import Server, _jpeg
+
+    ir, _ = openvino_models["cracks"]
+    files = _files(tiny_models["cracks"], 2)
+    env = _blocking(tmp_path / "notorch", "torch", "torchvision")
+    proc = subprocess.run([sys.executable, "-m", "visionlab.runtime", str(ir.path), *files], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(proc.stdout.strip().splitlines()) == 2
+    s = Server([ir.path], device="cpu")
+    try:
+        s.wait_ready()
+        r = httpx.post(s.url + "/predict", content=_jpeg(make_class_image("zebra", 1, 48)), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200 and r.json()["results"][0]["label"] in ("Negative", "Positive"), r.text
+    finally:
+        s.stop()

@@ -86,6 +86,7 @@ class Parity:
     rtol: float
     min_agreement: float
     source: str
+    runtime: str = "onnxruntime"  # what ran the file (OpenVINO for an IR)
 
     @property
     def passed(self) -> bool:
@@ -93,7 +94,7 @@ class Parity:
 
     def line(self) -> str:
         batches = ", ".join("x".join(map(str, s)) for s in self.shapes)
-        return (f"parity, onnxruntime vs PyTorch fp32 on {self.source} (inputs {batches}): max |logit diff| "
+        return (f"parity, {self.runtime} vs PyTorch fp32 on {self.source} (inputs {batches}): max |logit diff| "
                 f"{self.max_abs_diff:.2e} (allowed {self.atol:g} + {self.rtol:g} x |logit|), equal {self.unit} "
                 f"{self.agreement:.2%} of {self.counted} (required {self.min_agreement:.1%})")
 
