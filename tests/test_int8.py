@@ -206,12 +206,12 @@ def test_benchmark_prints_a_row_per_format_with_ratios_and_a_pick(tiny_models) -
 
 def test_a_format_that_fails_gets_a_row_saying_why(tiny_models) -> None:
     """--max-drop -1: the int8 export is refused, and its row says so; the others are measured."""
-    r = invoke("benchmark", tiny_models["cracks"], "--formats", "pytorch,onnx-int8,openvino-int8", "--images", "6", "--max-drop", "-1")
+    r = invoke("benchmark", tiny_models["cracks"], "--formats", "pytorch,onnx-int8", "--images", "6", "--max-drop", "-1")
     assert r.exit_code == 0, r.output
     rows = _table_rows(r.stdout)
-    assert list(rows) == ["pytorch", "onnx-int8", "openvino-int8"] and "Traceback" not in r.output
+    assert list(rows) == ["pytorch", "onnx-int8"] and "Traceback" not in r.output
     assert "failed: int8 export refused, nothing was written" in rows["onnx-int8"]
-    assert "failed: openvino-int8: OpenVINO int8 export is not part of this version" in rows["openvino-int8"] and "failed" not in rows["pytorch"]
+    assert "failed" not in rows["pytorch"]
     assert "pick: none (no format ran within the accuracy tolerance" in r.stdout
     assert_one_line_error(invoke("benchmark", tiny_models["cracks"], "--formats", "onnx,tflite"),
                           "unknown benchmark format(s): tflite", "pytorch,pytorch-bf16,onnx")
@@ -322,3 +322,18 @@ def test_openvino_ir_runs_without_torch_and_in_serve(openvino_models, tiny_model
         assert r.status_code == 200 and r.json()["results"][0]["label"] in ("Negative", "Positive"), r.text
     finally:
         s.stop()
+
+
+def test_openvino_int8_is_the_int8_onnx_converted_and_scored_again(tiny_models, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from visionlab.openvino import export_openvino
+    from visionlab.runtime import load, open_session, read_metadata
+
+    result = export_openvino(tiny_models["cracks"], out=tmp_path / "m.int8.xml", int8=True, calibration_images=20, console=_quiet())
+    q = result.quantization
+    assert q.runtime == "OpenVINO" and q.passed and q.calibration["split"] == "train" and "in OpenVINO" in q.line()
+    meta = read_metadata(open_session(result.path, threads=1), result.path)
+    assert meta["precision"] == "int8" and json.loads(meta["calibration"])["inputs"] == q.calibration["inputs"]
+    rows = load(result.path, threads=1).predict(_files(tiny_models["cracks"], 3))
+    assert all(r["error"] is None and r["label"] in ("Negative", "Positive") for r in rows)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.int8.bin", "m.int8.xml"]

@@ -148,13 +148,10 @@ def _build(fmt: str, ckpt: Path, state: dict[str, Any], folder: Path, max_drop: 
         from visionlab.quantize import export_int8
 
         result = export_int8(ckpt, out=folder / "model.int8.onnx", max_drop=max_drop, console=console)
-    elif fmt == "openvino":
+    else:
         from visionlab.openvino import export_openvino
 
-        result = export_openvino(ckpt, out=folder / "model.xml", console=console)
-    else:
-        raise VisionlabError(f"{fmt}: OpenVINO int8 export is not part of this version of visionlab yet.",
-                             "Benchmark onnx-int8 for int8, openvino for fp32.")
+        result = export_openvino(ckpt, out=folder / f"{fmt}.xml", int8=fmt == "openvino-int8", max_drop=max_drop, console=console)
     return load_model(dict(state, onnx=str(result.path))), plain, result.size_bytes
 
 

@@ -344,7 +344,7 @@ def predict_cmd(
 def export_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt). Default: latest run of --task, or latest run overall."),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx, or openvino (NAME.xml + NAME.bin, fp32)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx, or openvino (NAME.xml + NAME.bin)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file (default: the checkpoint's name with .onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (11-20)."),
     atol: float = typer.Option(1e-4, "--atol", help="Parity: largest allowed |logit difference| (plus --rtol x |logit|)."),
@@ -359,12 +359,13 @@ def export_cmd(
     """Export a trained model to ONNX; fails unless onnxruntime's answers match PyTorch's (parity)."""
     options = dict(task=task, out=out, format=fmt, opset=opset, atol=atol, rtol=rtol, external_data=external_data)
     if str(fmt).lower() == "openvino":
-        if int8 or external_data:
-            raise VisionlabError("--format openvino is fp32 only in this version (its weights always go to NAME.bin).",
-                                 "Leave out --int8 and --external-data, or use --format onnx --int8.")
+        if external_data:
+            raise VisionlabError("--external-data is for .onnx files: an OpenVINO model's weights always go to NAME.bin.",
+                                 "Leave out --external-data.")
         from visionlab.openvino import export_openvino
 
-        export_openvino(checkpoint, task=task, out=out, opset=opset, atol=atol, rtol=rtol)
+        export_openvino(checkpoint, task=task, out=out, int8=int8, calibration_images=calibration_images, max_drop=max_drop,
+                        opset=opset, atol=atol, rtol=rtol)
         return
     if int8:
         from visionlab.quantize import export_int8

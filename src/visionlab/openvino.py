@@ -73,13 +73,44 @@ def _prove(staged: Path, src: Path, onnx_result: Any) -> tuple[Any, Any]:
     return _prove_parity(staged, state, model, batches, images, source, p.atol, p.rtol, 1.0, 0.999, e.max_allowed)
 
 
+def _rescore(staged: Path, src: Path, quantization: Any) -> Any:
+    """The int8 IR scored on the validation split as the int8 .onnx was; refused past the same ``max_drop``."""
+    import dataclasses
+
+    from visionlab.engine.checkpoint import load_checkpoint
+    from visionlab.engine.runner import prepared_runner
+    from visionlab.quantize import _score
+    from visionlab.registry import get_task
+
+    state = load_checkpoint(src)
+    runner, _ = prepared_runner(get_task(state["task"]), state, src, device="cpu")
+    result = dataclasses.replace(quantization, int8=_score(runner, state, staged), runtime="OpenVINO")
+    result.check()
+    return result
+
+
+def _onnx_first(src: Path, task: str | None, onnx_path: Path, int8: bool, quantize: dict[str, Any], console: Any,
+                options: dict[str, Any]) -> Any:
+    """The checked .onnx the IR is converted from: fp32, or int8 QDQ (:func:`visionlab.quantize.export_int8`)."""
+    if int8:
+        from visionlab.quantize import export_int8
+
+        return export_int8(src, task=task, out=onnx_path, console=console, **quantize, **options)
+    from visionlab.export import export_onnx
+
+    return export_onnx(src, task=task, out=onnx_path, console=console, **options)
+
+
 def export_openvino(checkpoint: str | os.PathLike | None = None, task: str | None = None, out: str | os.PathLike | None = None,
-                    console: Any = None, **options: Any) -> Any:
-    """Export a checkpoint to an OpenVINO IR (fp32) with parity proven (see the module docstring);
-    ``out`` defaults to the checkpoint's name with ``.xml``. ``options`` go to export_onnx (opset, atol, rtol)."""
+                    int8: bool = False, calibration_images: int = 300, max_drop: float | None = None, console: Any = None,
+                    **options: Any) -> Any:
+    """Export a checkpoint to an OpenVINO IR with parity proven (see the module docstring); ``out``
+    defaults to the checkpoint's name with ``.xml`` (``.int8.xml``). ``int8``: the IR of the int8
+    QDQ .onnx (OpenVINO runs its QuantizeLinear/DequantizeLinear pairs as int8), scored again on
+    the validation split and refused past ``max_drop``. ``options`` go to export_onnx (opset, atol, rtol)."""
     from visionlab import present
     from visionlab.engine.runs import resolve_checkpoint
-    from visionlab.export import ExportResult, export_onnx
+    from visionlab.export import ExportResult
     from visionlab.present.messages import show_chosen_checkpoint, show_export
     from visionlab.registry import get_task
 
@@ -89,21 +120,25 @@ def export_openvino(checkpoint: str | os.PathLike | None = None, task: str | Non
     src = resolve_checkpoint(checkpoint, task, check_task=get_task).expanduser()
     if not checkpoint:
         show_chosen_checkpoint(src, task, console)
-    dest = _destination(src, out)
+    dest = _destination(src, out if out or not int8 else src.with_name(src.stem + ".int8.xml"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        onnx_result = export_onnx(src, task=task, out=work / "model.onnx", console=console, **options)
+        onnx_result = _onnx_first(src, task, work / "model.onnx", int8, {"calibration_images": calibration_images,
+                                                                          "max_drop": max_drop}, console, options)
         staged = work / dest.name
         _convert(ov, onnx_result.path, staged)
-        parity, end_to_end = _prove(staged, src, onnx_result)
-        parity.runtime = "OpenVINO"
+        if int8:  # the logits' parity is the fp32 graph's, before quantisation; int8 is judged by its score
+            parity, end_to_end, quantized = onnx_result.parity, onnx_result.end_to_end, _rescore(staged, src, onnx_result.quantization)
+        else:
+            (parity, end_to_end), quantized = _prove(staged, src, onnx_result), None
+            parity.runtime = "OpenVINO"
         files = [dest, dest.with_suffix(".bin")]
         os.replace(staged.with_suffix(".bin"), files[1])
         os.replace(staged, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files),
-                          f"OpenVINO {ov.__version__.split('-')[0]} convert_model of the {onnx_result.exporter}", onnx_result.opset, files, end_to_end)
+                          f"OpenVINO {ov.__version__.split('-')[0]} convert_model of the {onnx_result.exporter}", onnx_result.opset, files, end_to_end, quantized)
     show_export(result, console)
     return result

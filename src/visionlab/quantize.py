@@ -50,6 +50,7 @@ class Quantization:
     split: str
     images: int  # scored
     calibration: dict[str, Any]  # inputs, split, run, source
+    runtime: str = "onnxruntime"  # what ran the int8 model (OpenVINO for an IR converted from the QDQ file)
 
     @property
     def drop(self) -> float:
@@ -62,12 +63,19 @@ class Quantization:
 
     def figures(self) -> str:
         return (f"{self.metric} on the {self.split} split ({self.images} images): fp32 {self.fp32:.4f}, int8 {self.int8:.4f} "
+                + (f"in {self.runtime} " if self.runtime != "onnxruntime" else "") +
                 f"(drop {self.drop:+.4f}, allowed {self.max_drop:g})")
 
     def line(self) -> str:
         cal = self.calibration
         return (f"int8 (QDQ, per-channel weights), calibrated on {cal['inputs']} inputs of the {cal['split']} split of run "
                 f"{cal['run']}: {self.figures()}: passed")
+
+    def check(self) -> None:
+        """Raise the refusal (both figures, what to do) when int8 dropped by more than allowed."""
+        if not self.passed:
+            raise VisionlabError(f"int8 export refused, nothing was written: {self.figures()}.",
+                                 "Raise --max-drop, calibrate on more images (--calibration-images), or export fp32 (without --int8).")
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "split": self.split, "images": self.images, "fp32": self.fp32, "int8": self.int8,
@@ -144,9 +152,7 @@ class Quantizer:
                               kind.higher_is_better(kind.primary), "val", runner.split_size("val"),
                               {"inputs": int(len(x)), "split": "train", "of_files": train_files, "run": checkpoint.parent.name,
                                "checkpoint": checkpoint.name, "method": "minmax"})
-        if not result.passed:
-            raise VisionlabError(f"int8 export refused, nothing was written: {result.figures()}.",
-                                 "Raise --max-drop, calibrate on more images (--calibration-images), or export fp32 (without --int8).")
+        result.check()
         _stamp(staged, int8, result)
         return result
 
