@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
     # the registries: the kinds by name (imports the built-in ones) and the tasks
     ("kinds", "registry"),
     # what a user is shown or given: tables and messages, the HTML report, export and the torch-free runtime
-    ("present", "present.*", "report", "export", "runtime"),
+    ("present", "present.*", "report", "export", "runtime", "quantize", "openvino", "benchmark"),
     # the HTTP service
     ("serve", "serve.*"),
     # the surfaces: the library's functions, the CLI, the package and ``python -m visionlab``

@@ -378,17 +378,55 @@ def predict_cmd(
 def export_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt). Default: latest run of --task, or latest run overall."),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx, or openvino (NAME.xml + NAME.bin)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file (default: the checkpoint's name with .onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (11-20)."),
     atol: float = typer.Option(1e-4, "--atol", help="Parity: largest allowed |logit difference| (plus --rtol x |logit|)."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Parity: relative part of the allowed logit difference."),
     external_data: bool = typer.Option(False, "--external-data", help="Store the weights in FILE.data beside the model."),
+    int8: bool = typer.Option(False, "--int8", help="Static int8 quantisation (QDQ), calibrated on training photos and "
+                                                    "scored on the validation split against fp32 (default out: NAME.int8.onnx)."),
+    calibration_images: int = typer.Option(300, "--calibration-images", help="--int8: training photos to calibrate on."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="--int8: largest allowed drop of the primary metric "
+                                             "on the validation split (default: the kind's, 0.005 accuracy or 0.01 mIoU)."),
 ) -> None:
     """Export a trained model to ONNX; fails unless onnxruntime's answers match PyTorch's (parity)."""
+    options = dict(task=task, out=out, format=fmt, opset=opset, atol=atol, rtol=rtol, external_data=external_data)
+    if str(fmt).lower() == "openvino":
+        if external_data:
+            raise VisionlabError("--external-data is for .onnx files: an OpenVINO model's weights always go to NAME.bin.",
+                                 "Leave out --external-data.")
+        from visionlab.openvino import export_openvino
+
+        export_openvino(checkpoint, task=task, out=out, int8=int8, calibration_images=calibration_images, max_drop=max_drop,
+                        opset=opset, atol=atol, rtol=rtol)
+        return
+    if int8:
+        from visionlab.quantize import export_int8
+
+        export_int8(checkpoint, calibration_images=calibration_images, max_drop=max_drop, **options)
+        return
     from visionlab.export import export_onnx
 
-    export_onnx(checkpoint, task=task, out=out, format=fmt, opset=opset, atol=atol, rtol=rtol, external_data=external_data)
+    export_onnx(checkpoint, **options)
+
+
+@app.command("benchmark")
+@handle_errors
+def benchmark_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt) of a trained run (its data's test split is scored)."),
+    formats: str = typer.Option(",".join(("pytorch", "pytorch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")),
+                                "--formats", help="Comma-separated formats to measure (PyTorch fp32 is always measured)."),
+    images: int = typer.Option(200, "--images", help="At most this many test-split images scored per format."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy tolerance of the int8 exports and of the pick "
+                                             "(default: the kind's, 0.005 accuracy or 0.01 mIoU)."),
+) -> None:
+    """Export a checkpoint to every format and measure size, test metric, batch-1 latency and batch-16 throughput."""
+    from visionlab.benchmark import benchmark
+    from visionlab.present.benchmark import show_benchmark
+
+    console = _console()
+    show_benchmark(benchmark(checkpoint, formats=formats, images=images, max_drop=max_drop, console=console), console)
 
 
 @app.command("demo")

@@ -51,7 +51,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -86,6 +86,7 @@ class Parity:
     rtol: float
     min_agreement: float
     source: str
+    runtime: str = "onnxruntime"  # what ran the file (OpenVINO for an IR)
 
     @property
     def passed(self) -> bool:
@@ -93,7 +94,7 @@ class Parity:
 
     def line(self) -> str:
         batches = ", ".join("x".join(map(str, s)) for s in self.shapes)
-        return (f"parity, onnxruntime vs PyTorch fp32 on {self.source} (inputs {batches}): max |logit diff| "
+        return (f"parity, {self.runtime} vs PyTorch fp32 on {self.source} (inputs {batches}): max |logit diff| "
                 f"{self.max_abs_diff:.2e} (allowed {self.atol:g} + {self.rtol:g} x |logit|), equal {self.unit} "
                 f"{self.agreement:.2%} of {self.counted} (required {self.min_agreement:.1%})")
 
@@ -202,17 +203,19 @@ def _sample_files(state: dict[str, Any], images: np.ndarray, source: str) -> tup
     return list(images[: 1 if kind.tiled else 8]), source
 
 
-def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0) -> tuple[np.ndarray, str]:
+def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0,
+                   files: list[Any] | None = None) -> tuple[np.ndarray, str]:
     """``count`` uint8 (size, size, 3) inputs: windows of the model's own images through its
     preprocessing when they are at hand (one per classifier photo, several per segmentation image),
-    else random uint8 images. Never zeros: parity on constant inputs proves little."""
+    else random uint8 images. Never zeros: parity on constant inputs proves little. Given ``files``
+    (int8 calibration: the training split's), windows of those only, as many as they give up to ``count``."""
     from visionlab.data.io import UnreadableImage, expand_inputs, load_for_model
 
     rng = np.random.default_rng(seed)
     root = (state.get("data") or {}).get("root")
     crops: list[np.ndarray] = []
-    if root and Path(root).is_dir():
-        files = expand_inputs([root])
+    if files is not None or (root and Path(root).is_dir()):
+        files = expand_inputs([root]) if files is None else files
         for i in np.linspace(0, len(files) - 1, num=min(len(files), count), dtype=int) if files else []:
             try:
                 img = load_for_model(files[i], state["preprocessing"])
@@ -226,6 +229,8 @@ def _sample_images(state: dict[str, Any], count: int, size: int, seed: int = 0) 
                 crops.append(img[y : y + size, x : x + size])
             if len(crops) >= count:
                 return np.stack(crops[:count]), f"{count} images of {root}"
+    if files is not None and crops:
+        return np.stack(crops), f"{len(crops)} images of {root}"
     return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), f"{count} random uint8 images"
 
 
@@ -254,6 +259,7 @@ class ExportResult:
     opset: int
     files: list[Path] = field(default_factory=list)  # the .onnx, and its .data when weights are external
     end_to_end: EndToEnd | None = None  # files in, answers out: the PyTorch predictor against the runtime
+    quantization: Any = None  # what the ``quantize`` step returned (int8: a visionlab.quantize.Quantization)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -452,6 +458,7 @@ def export_onnx(
     external_data: bool = False,
     console: Any = None,
     max_prob_diff: float = 1e-3,
+    quantize: Callable[[Path, dict[str, Any], Path], Any] | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the latest run of ``task``) to ONNX and prove parity.
 
@@ -461,6 +468,7 @@ def export_onnx(
     ``min_labels`` (``min_pixels`` for masks) of the top-1 labels agree, and when, files in and
     answers out, the runtime and the fp32 PyTorch predictor differ by more than ``max_prob_diff``
     in a probability (a class share for masks) or agree on fewer labels (mask pixels) than that.
+    ``quantize(staged, state, checkpoint)`` (int8: :class:`visionlab.quantize.Quantizer`) may rewrite or refuse the checked file.
     """
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint, load_model
@@ -479,8 +487,7 @@ def export_onnx(
     state = load_checkpoint(src, expect_task=task)
     model = load_model(state, channels_last=False).float()
     pre = Preprocessing.from_dict(state["preprocessing"])
-    size = pre.image_size
-    images, source = _sample_images(state, sum(PARITY_BATCHES), size)
+    images, source = _sample_images(state, sum(PARITY_BATCHES), pre.image_size)
     batches = _parity_batches(images, pre, get_kind(state["kind"]).outputs[0].dense)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -489,11 +496,12 @@ def export_onnx(
         exporter, proto = _save_graph(onnx, model, state, src, batches[1], staged, opset, external_data)
         parity, end_to_end = _prove_parity(staged, state, model, batches, images, source, atol, rtol, min_labels, min_pixels,
                                            max_prob_diff)
+        quantized = quantize(staged, state, src) if quantize else None
         files = _publish(staged, dest, external_data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     result = ExportResult(dest, src, parity, time.perf_counter() - t0, sum(f.stat().st_size for f in files), exporter, opset_used,
-                          files, end_to_end)
+                          files, end_to_end, quantized)
     show_export(result, console)
     return result

@@ -11,11 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 from visionlab.kinds.base import Output
 
-__all__ = ["FORMAT", "JSON_FIELDS", "open_session", "read_metadata", "fitting_outputs", "default_threads"]
+__all__ = ["FORMAT", "JSON_FIELDS", "OPENVINO_SUFFIX", "OPENVINO_METADATA", "OpenVINOSession", "open_session", "read_metadata", "fitting_outputs", "default_threads"]
 
 FORMAT = "visionlab-onnx/1"
 # metadata_props holding JSON (all others are plain strings); files exported before the kinds
@@ -36,12 +38,70 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+OPENVINO_SUFFIX = ".xml"  # an OpenVINO IR: NAME.xml with its weights in NAME.bin beside it
+OPENVINO_METADATA = "visionlab_metadata"  # the IR's rt_info key holding the .onnx metadata_props as one JSON object
+
+
+class _Port:
+    """A graph input or output as onnxruntime describes it: its name and shape (None: dynamic)."""
+
+    def __init__(self, port: Any) -> None:
+        self.name = port.get_any_name()
+        self.shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+
+class _Meta:
+    def __init__(self, custom: dict[str, str]) -> None:
+        self.custom_metadata_map = custom
+
+
+class OpenVINOSession:
+    """An OpenVINO IR compiled for the CPU behind onnxruntime's session interface (``get_inputs``,
+    ``get_outputs``, ``run``, ``get_modelmeta``), so every path that runs an .onnx runs it too.
+    ``threads`` inference threads; fp32 inference precision (no bf16 downcast), as onnxruntime."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise VisionlabError("running an OpenVINO model needs openvino, which is not installed.",
+                                 "pip install 'visionlab[openvino]'.") from None
+        try:
+            model = ov.Core().read_model(str(path))
+            meta = json.loads(model.get_rt_info([OPENVINO_METADATA]).value) if model.has_rt_info([OPENVINO_METADATA]) else {}
+            self._compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(threads),
+                                                                   "INFERENCE_PRECISION_HINT": "f32"})
+        except Exception as exc:  # a damaged IR, a missing .bin, ...
+            text = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise VisionlabError(f"{path} is not a readable OpenVINO model ({text}).", "Export it again with visionlab export.") from None
+        self._meta = _Meta({str(k): str(v) for k, v in meta.items()})
+        self._request = self._compiled.create_infer_request()
+
+    def get_inputs(self) -> list[_Port]:
+        return [_Port(p) for p in self._compiled.inputs]
+
+    def get_outputs(self) -> list[_Port]:
+        return [_Port(p) for p in self._compiled.outputs]
+
+    def get_modelmeta(self) -> _Meta:
+        return self._meta
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self._request.infer(feeds)
+        return [np.array(out[p]) for p in self._compiled.outputs]
+
+
 def open_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread
-    (``optimize=False``: no graph optimisation, for reading the metadata only).
+    (``optimize=False``: no graph optimisation, for reading the metadata only); for an OpenVINO
+    IR (``.xml``), an :class:`OpenVINOSession` with the same interface.
 
     Weights stored as external data are found beside the file (onnxruntime resolves the
     relative location against the model's folder)."""
+    if Path(path).suffix.lower() == OPENVINO_SUFFIX and Path(path).expanduser().is_file():
+        if threads is not None and threads < 1:
+            raise VisionlabError(f"threads must be >= 1, got {threads}.", "Pass e.g. --threads 2, or leave it out for the CPU count.")
+        return OpenVINOSession(Path(path).expanduser(), threads or default_threads())
     try:
         import onnxruntime as ort
     except ImportError:

@@ -42,9 +42,11 @@ from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Kind, Output, get_kind, kind_names
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, temperature_of
-from visionlab.onnx_file import FORMAT, JSON_FIELDS, default_threads, fitting_outputs, open_session, read_metadata
+from visionlab.onnx_file import (FORMAT, JSON_FIELDS, OpenVINOSession, default_threads, fitting_outputs, open_session,
+                                 read_metadata)
 
-__all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "load", "open_session", "read_metadata", "default_threads"]  # the file's format: visionlab.onnx_file
+__all__ = ["FORMAT", "JSON_FIELDS", "Runtime", "OpenVINOSession", "load", "open_session", "read_metadata",
+           "default_threads"]  # the file's format: visionlab.onnx_file
 
 
 def activate(x: np.ndarray, activation: str) -> np.ndarray:

@@ -107,7 +107,7 @@ def load_checkpoint(path: str | os.PathLike, expect_task: str | None = None, res
     p = Path(path).expanduser()
     if not p.exists():
         raise VisionlabError(f"checkpoint {p} does not exist.", "Train first (visionlab train --task T) or pass --checkpoint PATH.")
-    if p.suffix.lower() == ".onnx":
+    if p.suffix.lower() in (".onnx", ".xml"):  # an exported file: ONNX, or an OpenVINO IR
         from visionlab.engine.onnx_model import onnx_state
 
         state = onnx_state(p)

@@ -26,7 +26,7 @@ from visionlab.kinds.base import EvaluationReport, Kind
 if TYPE_CHECKING:
     from visionlab.registry import TaskSpec
 
-__all__ = ["TaskRunner", "EvalResult", "evaluate_checkpoint", "resolve_data_path", "loader_generator", "thumbnail"]
+__all__ = ["TaskRunner", "EvalResult", "evaluate_checkpoint", "prepared_runner", "resolve_data_path", "loader_generator", "thumbnail"]
 
 
 @dataclass
@@ -197,9 +197,41 @@ class TaskRunner(ABC):
     def split_size(self, split: str) -> int:
         return len(self.splits.get(split, ()))  # type: ignore[attr-defined]
 
+    def split_files(self, split: str) -> list[Path]:
+        """The image files of ``split`` (after :meth:`prepare`), in the split's order (int8 export
+        calibrates on the training split's); a kind whose runner does not list them cannot be quantised."""
+        raise VisionlabError(f"the {self.task_kind.name} runner does not list its image files.",
+                             "Export without --int8.")
+
     def iter_chunks(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         for i in range(0, len(indices), batch_size):
             yield indices[i : i + batch_size]
+
+
+def prepared_runner(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
+                    device: str = "auto", tta: str | None = None, console: Any = None,
+                    calibration: bool = True) -> tuple["TaskRunner", bool]:
+    """The prepared runner of the data the model saved in ``state`` was trained on (or of ``data``),
+    with the model's own preprocessing (and its fitted calibration unless ``calibration`` is False);
+    and whether ``data`` is another folder than the training data's."""
+    from visionlab.engine.device import resolve_device
+
+    cfg = config_from_dict(state["config"], kind.options)
+    if not cfg.data and data is None:  # an exported model keeps no local path
+        raise VisionlabError(f"{path} does not say where its data is.", "Pass --data with the folder it was trained on "
+                                                                       "(its test split is evaluated; --split all: every image).")
+    whole_folder = data is not None and bool(cfg.data) and os.fspath(data) != cfg.data
+    if data is not None:
+        cfg.data = os.fspath(data)
+    cfg.cache = "none" if cfg.cache == "none" else "auto"
+    runner = kind.runner(cfg, spec, resolve_device(device))
+    runner.use_saved(state, tta)
+    runner.calibrated = calibration
+    runner.prepare(console)
+    if list(runner.classes) != list(state["classes"]):
+        raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.",
+                             "Evaluate on data of the same classes.")
+    return runner, whole_folder
 
 
 def evaluate_checkpoint(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
@@ -211,25 +243,11 @@ def evaluate_checkpoint(spec: TaskSpec, kind: Kind, state: dict[str, Any], path:
     augmentation; ``examples`` images worth a look come back as thumbnails; ``calibration`` False
     scores the raw outputs, without the checkpoint's fitted calibration (its temperature)."""
     from visionlab.engine.checkpoint import load_model
-    from visionlab.engine.device import resolve_device, resolve_precision
+    from visionlab.engine.device import resolve_precision
 
-    cfg = config_from_dict(state["config"], kind.options)
-    if not cfg.data and data is None:  # an exported model keeps no local path
-        raise VisionlabError(f"{path} does not say where its data is.", "Pass --data with the folder it was trained on "
-                                                                       "(its test split is evaluated; --split all: every image).")
-    whole_folder = data is not None and bool(cfg.data) and os.fspath(data) != cfg.data
-    if data is not None:
-        cfg.data = os.fspath(data)
-    cfg.cache = "none" if cfg.cache == "none" else "auto"
-    dev = resolve_device(device)
-    runner = kind.runner(cfg, spec, dev)
-    runner.use_saved(state, tta)
+    runner, whole_folder = prepared_runner(spec, kind, state, path, data, device, tta, console, calibration)
+    cfg, dev = runner.cfg, runner.device
     runner.examples = examples
-    runner.calibrated = calibration
-    runner.prepare(console)
-    if list(runner.classes) != list(state["classes"]):
-        raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.",
-                             "Evaluate on data of the same classes.")
     split = runner.evaluation_split(split, whole_folder)
     if runner.split_size(split) == 0:
         raise VisionlabError(f"the {split} split of {cfg.data} is empty.", "Pass --split all, or --data with a held-out folder.")

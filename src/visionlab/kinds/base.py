@@ -218,6 +218,9 @@ class Kind:
     tta_modes: ClassVar[tuple[str, ...]] = ("none",)
     #: The test metrics the closing line of training names (empty: the primary metric).
     headline: ClassVar[tuple[str, ...]] = ()
+    #: How much an int8 export may lower :attr:`primary` on the validation split (in the metric's own
+    #: units) before it is refused: the default of ``visionlab export --int8 --max-drop``.
+    max_quantization_drop: ClassVar[float] = 0.01
     #: Metric names for which lower is better (besides every name ending in 'loss').
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     #: The config key that holds the model's input side (shown by ``visionlab tasks``).

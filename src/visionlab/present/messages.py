@@ -47,6 +47,8 @@ def show_export(result: ExportResult, out: Any) -> None:
               f"{result.exporter} exporter, opset {result.opset}, {result.seconds:.1f} s)")
     out.print(result.parity.line() + ": passed")
     out.print(result.end_to_end.line() + ": passed")
+    if result.quantization is not None:
+        out.print(result.quantization.line())
     if result.end_to_end.own_line():
         out.print(result.end_to_end.own_line())
 

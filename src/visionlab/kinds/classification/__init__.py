@@ -54,6 +54,7 @@ class ClassificationKind(Kind):
     primary = "accuracy"
     headline = ("accuracy", "macro_f1", "roc_auc")
     tta_modes = TTA_MODES
+    max_quantization_drop = 0.005  # half a point of accuracy
     demo_options = {"epochs": 4, "batch_size": 16, "early_stopping": 0, "lr": 2e-3}
     per_class_columns = ("precision", "recall", "f1", "support", "roc_auc")
     confusion_unit = "images"

@@ -8,6 +8,7 @@ augmentation.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -107,6 +108,9 @@ class ClassificationRunner(TaskRunner):
             if self.device.type == "cuda" and self._images.nbytes < 0.25 * torch.cuda.get_device_properties(self.device).total_memory:
                 # the whole uint8 cache on the GPU: batches are gathered there, no host copies at all
                 self._images = self._images.to(self.device)
+
+    def split_files(self, split: str) -> list[Path]:
+        return [Path(self.index.paths[i]) for i in self.splits[split]]
 
     def use_saved(self, state: dict[str, Any], tta: str | None = None) -> None:
         """Also the saved model's classes, in its order (an evaluation folder may hold others too)."""

@@ -102,6 +102,7 @@ class SegmentationKind(Kind):
     primary = "miou"
     headline = ("miou", "pixel_accuracy")
     tta_modes = TTA_MODES
+    max_quantization_drop = 0.01
     input_key = "tile_size"
     demo_options = {"epochs": 3, "batch_size": 8, "tile_size": 128, "crops_per_image": 8, "early_stopping": 0}
     per_class_columns = ("iou", "dice", "precision", "recall", "pixel_share", "support")

@@ -9,6 +9,7 @@ neither loss nor metrics.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -122,6 +123,9 @@ class _CropDataset(torch.utils.data.Dataset):
 
 
 class SegmentationRunner(TaskRunner):
+    def split_files(self, split: str) -> list[Path]:
+        return [Path(self.index.images[i]) for i in self.splits[split]]
+
     def prepare(self, console: Any = None) -> None:
         cfg = self.cfg
         root = resolve_data_path(cfg, self.spec, self.task_kind)
