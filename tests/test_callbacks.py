@@ -67,8 +67,9 @@ def test_a_callback_sees_the_hooks_in_order(fast):
             expected += [("on_train_batch_start",), ("on_train_batch_end",)]
             if s == 1:  # checkpoint_every_steps=2: a last.pt after step 2 (the epoch's end writes the one after step 3)
                 expected += [("on_checkpoint", "last.pt")]
-        expected += [("on_epoch_end", e + 1), ("on_checkpoint", "last.pt")]
-        expected += [("on_checkpoint", "best.pt")] if e == 0 or best_epoch == 2 else []
+        expected += [("on_epoch_end", e + 1)]
+        expected += [("on_checkpoint", "best.pt")] if e == 0 or best_epoch == 2 else []  # best.pt first, then last.pt
+        expected += [("on_checkpoint", "last.pt")]
     assert rec.calls == expected + [("on_train_end",), ("on_fit_end",)]
 
 
