@@ -41,7 +41,7 @@ from visionlab.data.transforms import BatchAugment, Normalize
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.runner import EvalResult, TaskRunner, resolve_data_path
 from visionlab.errors import VisionlabError
-from visionlab.kinds import Kind, KindOptions, Output, Prediction, register_kind
+from visionlab.kinds import Kind, KindOptions, LoadedModel, Output, Prediction, register_kind
 from visionlab.registry import TaskSpec, register_task
 
 __all__ = ["LABELS", "SEPARATOR", "LabelsPrediction", "MultilabelKind", "MultilabelOptions", "MultilabelRunner", "read_labels",
@@ -276,15 +276,15 @@ class MultilabelKind(Kind):
         except (VisionlabError, OSError, UnicodeDecodeError, csv.Error):
             return False
 
-    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+    def predict_arrays(self, model: LoadedModel, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
         """One batch: normalise, the model, sigmoid, the labels at or over the saved threshold."""
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).permute(0, 3, 1, 2)
-        x = predictor.normalize(x.to(predictor.device))
-        with predictor.precision.autocast():
-            probs = torch.sigmoid(predictor.model(x).float()).cpu().numpy()
-        threshold = float(predictor.preprocessing["threshold"])
-        return [LabelsPrediction(s, **answer(predictor.classes, p, threshold)) for s, p in zip(sources, probs)]
+        x = model.normalize(x.to(model.device))
+        with model.autocast():
+            probs = torch.sigmoid(model.model(x).float()).cpu().numpy()
+        threshold = float(model.preprocessing["threshold"])
+        return [LabelsPrediction(s, **answer(model.classes, p, threshold)) for s, p in zip(sources, probs)]
 
     def answer_difference(self, prediction: Any, row: Mapping[str, Any]) -> tuple[float, int, int]:
         """Every label's probability, and whether the sets of labels agree."""

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from visionlab.config import setting
 from visionlab.errors import VisionlabError
-from visionlab.kinds import Kind, KindOptions, Output, Prediction, register_kind
+from visionlab.kinds import Kind, KindOptions, LoadedModel, Output, Prediction, register_kind
 from visionlab.models import HALF, Weights, register_model
 from visionlab.registry import TaskSpec, register_task
 
@@ -120,15 +120,15 @@ class RegressionKind(Kind):
     def recognizes(self, path: Path) -> bool:
         return (path / TARGETS).is_file()  # the data doctor's guess: a folder with targets.csv
 
-    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+    def predict_arrays(self, model: LoadedModel, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
         import numpy as np
         import torch
 
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).permute(0, 3, 1, 2)
-        x = predictor.normalize(x.to(predictor.device))
-        with predictor.precision.autocast():
-            values = predictor.model(x).float()[:, 0].cpu().tolist()
+        x = model.normalize(x.to(model.device))
+        with model.autocast():
+            values = model.model(x).float()[:, 0].cpu().tolist()
         return [ValuePrediction(s, value=round(v, 5)) for s, v in zip(sources, values)]
 
 

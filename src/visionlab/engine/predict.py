@@ -20,7 +20,7 @@ from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_f
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_model
 from visionlab.engine.device import resolve_device, resolve_precision
-from visionlab.kinds.base import DEFAULT_TOP_K, Kind, Prediction, check_top_k, temperature_of
+from visionlab.kinds.base import DEFAULT_TOP_K, Kind, LoadedModel, Prediction, check_top_k, temperature_of
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
@@ -120,7 +120,12 @@ class Predictor:
             return []
         sources = list(sources) if sources is not None else [f"<image {i}>" for i in range(len(arrays))]
         originals = list(originals) if originals is not None else list(arrays)
-        return self.kind.predict_arrays(self, arrays, top_k, sources, originals)
+        return self.kind.predict_arrays(self.loaded(), arrays, top_k, sources, originals)
+
+    def loaded(self) -> LoadedModel:
+        """What the kind's predict step is given of this model (with the current :attr:`tta`)."""
+        return LoadedModel(self.model, self.normalize, self.device, tuple(self.classes), self.preprocessing,
+                           self.precision.autocast, self.tta, self.channels_last, self.temperature)
 
     def warmup(self) -> None:
         """One forward pass on a blank image of the input size (first-call allocations, lazy inits)."""

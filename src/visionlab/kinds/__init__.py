@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionlab.errors import VisionlabError
-from visionlab.kinds.base import EvaluationReport, Kind, KindOptions, Output, Prediction
+from visionlab.kinds.base import EvaluationReport, Kind, KindOptions, LoadedModel, Output, Prediction
 from visionlab.plugins import ENV_VAR, load_plugins
 
 if TYPE_CHECKING:
     from visionlab.data.doctor import Report
 
-__all__ = ["Kind", "KindOptions", "Output", "Prediction", "EvaluationReport", "register_kind", "get_kind", "kind_names", "runner_for",
+__all__ = ["Kind", "KindOptions", "LoadedModel", "Output", "Prediction", "EvaluationReport", "register_kind", "get_kind", "kind_names", "runner_for",
            "guess_kind", "check_dataset"]
 
 #: Built-in kinds: name -> the package whose ``KIND`` it is (imported on first lookup).

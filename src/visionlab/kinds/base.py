@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
-__all__ = ["Kind", "KindOptions", "Output", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k",
+__all__ = ["Kind", "KindOptions", "Output", "LoadedModel", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k",
            "temperature_of"]
 
 #: How an output's scores become probabilities: one class per image or pixel (softmax over the
@@ -95,6 +95,24 @@ def temperature_of(calibration: Mapping[str, Any] | None, use: bool = True) -> f
     ``calibration`` (a checkpoint's or an .onnx file's ``calibration`` entry, see
     :meth:`Kind.calibrate`); 1 (the raw softmax) without one, or when ``use`` is off (--no-calibration)."""
     return float(calibration["temperature"]) if use and calibration and "temperature" in calibration else 1.0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a kind's predict step (:meth:`Kind.predict_arrays`) is given of a loaded checkpoint: the
+    network, the normalisation of a uint8 NCHW batch and where it runs, the classes, the saved
+    preprocessing record, the mixed-precision context (``autocast()``), the test-time augmentation
+    mode, the memory format and the temperature a calibrated classifier divides its logits by."""
+
+    model: Any
+    normalize: Any
+    device: Any
+    classes: tuple[str, ...]
+    preprocessing: Any  # visionlab.data.preprocessing.Preprocessing
+    autocast: Any  # () -> a context manager
+    tta: str = "none"
+    channels_last: bool = False
+    temperature: float = 1.0
 
 
 @dataclass
@@ -332,9 +350,10 @@ class Kind:
         """Images per decoded batch of the predictor (whole-image kinds batch; tiled ones go one by one)."""
         return 1 if self.tiled else batch_size
 
-    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+    def predict_arrays(self, model: LoadedModel, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
-        """The model step of :class:`visionlab.engine.predict.Predictor` on preprocessed images."""
+        """The model step of :class:`visionlab.engine.predict.Predictor` on preprocessed images
+        (HxWx3 uint8 arrays; ``originals`` the images before preprocessing), one result per image."""
         raise NotImplementedError
 
     def sample_inputs(self, root: Path, count: int) -> list[Path]:

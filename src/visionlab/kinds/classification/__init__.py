@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from visionlab.data.geometry import TTA_MODES
-from visionlab.kinds.base import Kind, Prediction
+from visionlab.kinds.base import Kind, LoadedModel, Prediction
 from visionlab.kinds.classification.options import ClassificationOptions
 
 __all__ = ["KIND", "ClassificationKind", "ClassPrediction"]
@@ -116,14 +116,14 @@ class ClassificationKind(Kind):
     def recognizes(self, path: Path) -> bool:
         return True  # the fallback: class folders, or a CSV of labelled images (the doctor says what is wrong)
 
-    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+    def predict_arrays(self, model: LoadedModel, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
-        """One batch through :func:`visionlab.kinds.classification.step.run_step` (the predictor's
+        """One batch through :func:`visionlab.kinds.classification.step.run_step` (the model's
         temperature applied), ranked by its :func:`rank`."""
         from visionlab.kinds.classification.step import StepContext, rank, run_step
 
-        ctx = StepContext(predictor.model, predictor.normalize, predictor.device, predictor.tta,
-                          predictor.precision.autocast, predictor.channels_last, tuple(predictor.classes), predictor.temperature)
+        ctx = StepContext(model.model, model.normalize, model.device, model.tta, model.autocast, model.channels_last,
+                          model.classes, model.temperature)
         _, probs = run_step(ctx, arrays)
         return [ClassPrediction(source, label=r.label, confidence=r.confidence, top_k=r.top_k)
                 for source, r in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k))]

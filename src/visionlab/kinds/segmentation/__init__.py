@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from visionlab.data.geometry import TTA_MODES
-from visionlab.kinds.base import Kind, Output, Prediction, image_base64
+from visionlab.kinds.base import Kind, LoadedModel, Output, Prediction, image_base64
 from visionlab.kinds.segmentation.options import SegmentationOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,24 +145,24 @@ class SegmentationKind(Kind):
 
         return looks_like_segmentation(path)
 
-    def predict_arrays(self, predictor: Any, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
+    def predict_arrays(self, model: LoadedModel, arrays: Sequence[Any], top_k: int, sources: Sequence[str],
                        originals: Sequence[Any]) -> list[Prediction]:
         from visionlab.kinds.segmentation.step import TileStep
 
-        step = TileStep.of(predictor.model, predictor.preprocessing, predictor.normalize, predictor.device, tta=predictor.tta,
-                           autocast=predictor.precision.autocast, channels_last=predictor.channels_last)
-        return [self._segment(predictor, step, s, o, a) for s, o, a in zip(sources, originals, arrays)]
+        step = TileStep.of(model.model, model.preprocessing, model.normalize, model.device, tta=model.tta,
+                           autocast=model.autocast, channels_last=model.channels_last)
+        return [self._segment(model, step, s, o, a) for s, o, a in zip(sources, originals, arrays)]
 
-    def _segment(self, predictor: Any, step: TileStep, name: str, original: Any, img: Any) -> MaskPrediction:
+    def _segment(self, model: LoadedModel, step: TileStep, name: str, original: Any, img: Any) -> MaskPrediction:
         """Blended tiles over the whole image, back at its original resolution when it was scaled."""
         import numpy as np
 
         from visionlab.kinds.segmentation.step import mask_fields, original_size, predict_probs
 
-        pre = predictor.preprocessing
+        pre = model.preprocessing
         probs = predict_probs(step, img, out_size=original_size(pre, original))
-        fields = mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre.values, predictor.classes)
-        return MaskPrediction(name, **fields, legend=self.legend(predictor), ignore_index=pre.ignore_index)
+        fields = mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre.values, model.classes)
+        return MaskPrediction(name, **fields, legend=self.legend(model), ignore_index=pre.ignore_index)
 
     def sample_inputs(self, root: Path, count: int) -> list[Path]:
         """Photos of ``root/images`` (not the masks beside them)."""
@@ -188,13 +188,14 @@ class SegmentationKind(Kind):
         return out
 
     @staticmethod
-    def legend(predictor: Any) -> list[dict[str, Any]]:
-        """Each class's name, pixel value and the colour its masks are drawn in."""
+    def legend(model: Any) -> list[dict[str, Any]]:
+        """Each class's name, pixel value and the colour its masks are drawn in (``model``: anything
+        with ``classes`` and a ``preprocessing`` record: a loaded model, a runtime)."""
         from visionlab.engine.plots import default_color
 
-        pre = predictor.preprocessing
+        pre = model.preprocessing
         return [{"name": c, "value": int(v), "color": col or default_color(int(v))}
-                for c, v, col in zip(predictor.classes, pre.values, pre.colors)]
+                for c, v, col in zip(model.classes, pre.values, pre.colors)]
 
 
 #: The kind's one instance, registered by :mod:`visionlab.kinds` on first lookup.
