@@ -32,13 +32,16 @@ SHARED = REPO.parent / "shared" / "data"
 FOLDERS = {"cracks": "cracks", "caltech": "caltech101", "waste": "waste", "minerals": "minerals", "landcover": "landcover"}
 
 
-def run_task(task: str, data: Path, epochs: int, seed: int, runs: Path) -> dict:
+def run_task(task: str, data: Path, epochs: int, seed: int, runs: Path, timeout: float) -> dict:
     """One short training through the CLI; the numbers of its metrics.csv and summary.json."""
     name = f"same-{seed}-{epochs}"
     cmd = [sys.executable, "-m", "visionlab", "train", "--task", task, "--data", str(data), "--seed", str(seed),
            "--epochs", str(epochs), "--out", str(runs), "--name", name]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"still training after {timeout:.0f} s (raise --timeout)", "seconds": round(timeout, 1)}
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -94,7 +97,8 @@ def main() -> int:
     p.add_argument("--tasks", default=",".join(FOLDERS))
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--json", default=None, help="write every number here")
+    p.add_argument("--json", default=None, help="write every number here (after each task)")
+    p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds one training may take")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two --json files and exit")
     args = p.parse_args()
     if args.compare:
@@ -110,11 +114,11 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="same-numbers-") as runs:
         for task in args.tasks.split(","):
-            results[task] = run_task(task, root / FOLDERS[task], args.epochs, args.seed, Path(runs))
+            results[task] = run_task(task, root / FOLDERS[task], args.epochs, args.seed, Path(runs), args.timeout)
             r = results[task]
             print(f"{task}: {r.get('error') or r['test']}  ({r['seconds']} s)", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+            if args.json:  # after each task: a long run that is stopped keeps what it measured
+                Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
