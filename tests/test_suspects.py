@@ -100,7 +100,7 @@ def test_the_csv_and_the_page_are_written_and_nothing_moved(found):
     assert all(r["given_label"] == "apple" and float(r["given_probability"]) == pytest.approx(float(r["score"]), abs=1e-4) for r in rows)
     page = (out / "suspects.html").read_text()
     assert page.count("<article class='example'>") == len(rows) and page.count("data:image/jpeg;base64,") == len(rows)
-    assert "Nothing was moved or deleted" in page and "class='facts'" in page
+    assert "Writing this page moved or deleted nothing" in page and "class='facts'" in page
     for r in rows:
         assert Path(r["path"]).name in page
 

@@ -94,7 +94,7 @@ def render_suspects(result: Any) -> str:
     head = ("<header><p class='eyebrow'>visionlab data suspects</p><h1>" + esc(f"{result.task}: labels probably wrong") + "</h1>"
             "<dl class='facts'>" + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(str(v))}</dd></div>" for k, v in facts) + "</dl></header>")
     note = ("<p class='note'>most suspicious first. score: cleanlab's label quality (self-confidence: the out-of-fold probability "
-            "of the given label; 0 = surely wrong); suggested: the class the held-out model chose. Nothing was moved or deleted."
+            "of the given label; 0 = surely wrong); suggested: the class the held-out model chose. Writing this page moved or deleted nothing."
             + (f" The first {MAX_CARDS} of {n:,} are shown; {CSV_NAME} lists all." if n > MAX_CARDS else "") + "</p>")
     cards = "".join(_card(s) for s in result.suspects[:MAX_CARDS]) or "<p class='note'>no photo was flagged.</p>"
     made = time.strftime("%Y-%m-%d %H:%M")
