@@ -171,3 +171,44 @@ def test_bad_input_fails_in_one_line(tmp_path: Path):
     _one_line_error(_cli("--undo", str(tmp_path)), "holds no moved.csv")
     _one_line_error(_cli("--task", "cracks"), "--task and --data")
     assert not any((tmp_path / "few").rglob("moved.csv")) and len(list(few.rglob("*.png"))) == 6
+
+
+def test_the_budget_sets_the_epochs_of_the_folds():
+    from visionlab.kinds.classification.suspects import _Budget
+
+    b = _Budget(seconds=300.0, cap=8, fixed=None)
+    assert b.epochs(0.0, 5) == 8  # fold 1: the recipe's epochs as the cap, time-boxed to its share
+    b.epoch_s, b.setup_s = 12.0, 10.0
+    assert b.epochs(60.0, 4) == 4  # (240 s / 4 folds - 10 s of set-up) / 12 s per epoch
+    assert b.epochs(290.0, 4) == 1  # never less than one epoch
+    assert _Budget(seconds=3000.0, cap=8, fixed=None, epoch_s=12.0).epochs(0.0, 5) == 8  # never more than the cap
+    assert _Budget(seconds=1.0, cap=8, fixed=3).epochs(0.0, 5) == 3 and not _Budget(1.0, 8, 3).box(0.0, 5)
+
+
+def test_a_time_budget_stops_the_first_fold_and_sizes_the_others(tmp_path: Path):
+    import visionlab
+
+    data = tmp_path / "data"
+    _flipped_dataset(data, per_class=8)
+    quiet = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    # the config's epochs (200) cap the first fold; suspects(epochs=N) would train every fold N epochs instead
+    result = visionlab.suspects("cracks", data, out=tmp_path / "out", folds=2, minutes=0.25, console=quiet, overrides={"epochs": 200}, **FAST)
+    first, second = result.folds
+    assert 1 <= first.epochs < 200 and 1 <= second.epochs < 200  # 7.5 s a fold stops long before 200 epochs
+    assert "0.25 min over 2 folds" in result.budget and result.budget_seconds == 15.0
+    assert (tmp_path / "out" / "suspects.csv").is_file()
+
+
+def test_an_overrun_budget_is_said(tmp_path: Path):
+    from visionlab.kinds.classification.suspects import FoldDone, SuspectsResult
+    from visionlab.present.suspects import show_suspects
+
+    def said(seconds: float) -> str:
+        result = SuspectsResult("cracks", "d", ["a", "b"], 10, [], folds=[FoldDone(1, 2, 5, 5, 1, seconds), FoldDone(2, 2, 5, 5, 1, seconds)],
+                                budget_seconds=60.0, out_dir=tmp_path)
+        console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+        show_suspects(result, console)
+        return console.export_text()
+
+    assert "over the budget of 1 min" in said(50.0) and "took 1.7 min" in said(50.0)
+    assert "over the budget" not in said(25.0)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from visionlab.errors import VisionlabError
+from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
@@ -334,7 +334,8 @@ def suspects(
     and confident learning (cleanlab) ranks the out-of-fold probabilities. Writes suspects.csv and
     suspects.html into ``out`` (default: ``<runs>/<task>/suspects-<time>``); moves nothing, unless
     ``move_to`` is given: then the flagged photos go to ``move_to/<given label>/`` with a manifest
-    that :func:`undo_suspects` reads. ``options`` are config keys of the trainings. Returns the
+    that :func:`undo_suspects` reads. ``options`` are config keys of the trainings (``epochs`` here is
+    every fold's fixed count; the config key ``epochs``, in ``overrides``, caps the time-boxed first fold). Returns the
     :class:`visionlab.kinds.classification.suspects.SuspectsResult` (``.suspects``: the rows)."""
     from visionlab import present
     from visionlab.config import parse_overrides
@@ -348,12 +349,16 @@ def suspects(
     cfg = load_config(task, config, layers)
     spec = get_task(task)
 
-    def fit(**fold: Any) -> Any:  # one fold's training; in RAM only (no decoded-image file left per fold) unless cache is set
-        return train(task, config=config, overrides={"cache": "memory", **layers}, progress=False, console=console, **fold)
+    def fit(**fold: Any) -> Any:  # one fold's training: its decoded images in RAM only, no mid-epoch last.pt (unless set)
+        return train(task, config=config, overrides={"cache": "memory", "checkpoint_every_minutes": 0, **layers}, progress=False,
+                     console=console, **fold)
 
-    result = get_kind(spec.kind).suspects(cfg, spec, fit, folds=folds, minutes=minutes, epochs=epochs, device=cfg.device,
-                                          on_fold=lambda done: show_fold(done, console),
-                                          move_to=Path(move_to) if move_to is not None else None)
+    try:
+        result = get_kind(spec.kind).suspects(cfg, spec, fit, folds=folds, minutes=minutes, epochs=epochs, device=cfg.device,
+                                              on_fold=lambda done: show_fold(done, console),
+                                              move_to=Path(move_to) if move_to is not None else None)
+    except TrainingInterrupted:  # its message names a fold's checkpoint, which went with the temporary folder
+        raise TrainingInterrupted("data suspects interrupted: its temporary trainings were removed; nothing was written or moved.") from None
     result.out_dir = Path(out) if out else runs_root(cfg.out) / spec.name / f"suspects-{time.strftime('%Y%m%d-%H%M%S')}"
     result.files = write_suspects(result, result.out_dir)
     show_suspects(result, console, moving=move_to is not None)

@@ -415,7 +415,11 @@ def data_suspects_cmd(
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key of the trainings: --set lr=0.001 (repeatable)."),
 ) -> None:
     """Find photos whose label is probably wrong: out-of-fold predictions of K short trainings, ranked by confident learning."""
+    import signal
+
     from visionlab.api import suspects, undo_suspects
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: the temporary folds are removed
 
     if undo is not None:
         if task or data or move_to:

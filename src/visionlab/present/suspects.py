@@ -33,6 +33,10 @@ def show_suspects(result: Any, out: Any, moving: bool = False, rows: int = 20) -
 
     n = len(result.suspects)
     out.print(f"{n:,} of {result.images:,} photos flagged as probably mislabelled ({result.seconds:.0f} s; {result.budget})")
+    spent = sum(f.seconds for f in result.folds)
+    if result.budget_seconds and spent > 1.1 * result.budget_seconds:
+        out.print(f"the trainings took {spent / 60:.1f} min, over the budget of {result.budget_seconds / 60:g} min: an epoch is never "
+                  "cut short, and each fold trained at least one; pass more --minutes, or fewer --folds")
     if result.unreadable:
         out.print(f"{len(result.unreadable)} unreadable photo(s) left out, e.g. {result.unreadable[0]}")
     if n:

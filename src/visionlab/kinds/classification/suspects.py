@@ -73,6 +73,7 @@ class SuspectsResult:
     suspects: list[Suspect]
     folds: list[FoldDone] = field(default_factory=list)
     budget: str = ""  # how the time budget was split over the folds, in words
+    budget_seconds: float | None = None  # the time budget (None: --epochs)
     unreadable: list[str] = field(default_factory=list)
     seconds: float = 0.0
     out_dir: Path | None = None
@@ -255,7 +256,8 @@ def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any],
     budget = _Budget(float(minutes) * 60.0, int(cfg.epochs), epochs)
     probs, failed, done = out_of_fold(index, fit, folds, int(cfg.seed), budget, device, on_fold, batch_size=int(cfg.batch_size))
     result = SuspectsResult(cfg.task, str(index.root), list(index.classes), len(index), rank_suspects(index, probs),
-                            folds=done, budget=budget.words(folds), unreadable=failed)
+                            folds=done, budget=budget.words(folds), budget_seconds=None if epochs else budget.seconds,
+                            unreadable=failed)
     result.probabilities, result.paths = probs, [str(p) for p in index.paths]
     result.seconds = time.perf_counter() - t0
     return result
