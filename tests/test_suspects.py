@@ -212,3 +212,13 @@ def test_an_overrun_budget_is_said(tmp_path: Path):
 
     assert "over the budget of 1 min" in said(50.0) and "took 1.7 min" in said(50.0)
     assert "over the budget" not in said(25.0)
+
+
+def test_without_cleanlab_one_line_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import visionlab
+
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # import cleanlab now fails as it does where it is not installed
+    data = write_class_folder(tmp_path / "data", per_class=5)
+    with pytest.raises(VisionlabError, match=r"needs cleanlab, which is not installed\. pip install 'visionlab\[suspects\]'"):
+        visionlab.suspects("cracks", data, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -85,11 +85,13 @@ class SuspectsResult:
 
 def require_cleanlab() -> None:
     """cleanlab is importable; else one line naming the extra that brings it."""
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec("cleanlab") is None:
+    try:
+        importlib.import_module("cleanlab")
+    except ImportError:
         raise VisionlabError("finding suspect labels needs cleanlab, which is not installed.",
-                             "pip install 'visionlab[suspects]' (or pip install cleanlab).")
+                             "pip install 'visionlab[suspects]' (or pip install cleanlab).") from None
 
 
 def fold_of(labels: np.ndarray, classes: Sequence[str], folds: int, seed: int) -> np.ndarray:
