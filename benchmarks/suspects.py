@@ -98,7 +98,7 @@ def main() -> int:
         if "error" in r:
             print(f"{task}: failed after {r['seconds']:.0f} s: {r['error']}")
             continue
-        print("\n".join("  " + line for line in r["log"].splitlines() if line.startswith(("fold ", "  ")) or "flagged" in line))
+        print("\n".join("  " + line for line in r["log"].splitlines() if line.startswith("fold ") or "flagged" in line or "budget" in line))
         print(f"{task}: {n} photos, {len(flipped)} flipped (seed {args.seed}); {r['flagged_count']} flagged, {hit} of them flipped: "
               f"precision {r['precision']:.3f}, recall {r['recall']:.3f} ({r['seconds']:.0f} s)")
     if args.json:

@@ -22,8 +22,8 @@ COLUMNS = ("path", "given_label", "suggested_label", "score", "given_probability
 
 def show_fold(done: Any, out: Any) -> None:
     """One fold's line: what it trained on, how long, and what it predicted."""
-    out.print(f"fold {done.fold}/{done.folds}: trained on {done.trained_on:,} photos for {done.epochs} epoch(s) in "
-              f"{done.seconds:.0f} s, predicted the {done.held_out:,} held out")
+    out.print(f"fold {done.fold}/{done.folds}: {done.epochs} epoch(s) on the other folds ({done.trained_on:,} photos, "
+              f"validation carved from them) and a prediction of the {done.held_out:,} held out in {done.seconds:.0f} s")
 
 
 def show_suspects(result: Any, out: Any, moving: bool = False, rows: int = 20) -> None:
