@@ -234,7 +234,8 @@ def rank_suspects(index: ClassificationIndex, probs: np.ndarray) -> list[Suspect
     labels = np.asarray(index.labels, dtype=np.int64)[ok]
     p = np.clip(probs[ok], 1e-12, None)
     p = p / p.sum(axis=1, keepdims=True)
-    ranked = find_label_issues(labels, p, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's worker pool forks this process, whose torch threads can leave a child hung for ever
+    ranked = find_label_issues(labels, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     scores = get_label_quality_scores(labels, p, method="self_confidence")
     out = []
     for j in ranked:
