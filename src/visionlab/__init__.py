@@ -25,6 +25,7 @@ __all__ = [
     "predict",
     "load",
     "demo",
+    "suspects",
     "export_onnx",
     "tune_process",
 ]
@@ -35,6 +36,7 @@ _LAZY = {
     "predict": "visionlab.api",
     "load": "visionlab.api",
     "demo": "visionlab.api",
+    "suspects": "visionlab.api",
     "load_config": "visionlab.api",
     "export_onnx": "visionlab.export",
     "tune_process": "visionlab.process",

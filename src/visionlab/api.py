@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from visionlab.errors import VisionlabError
+from visionlab.errors import TrainingInterrupted, VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from visionlab.registry import TaskSpec
 
 __all__ = ["train", "evaluate", "run_report", "predict", "demo", "load", "load_config", "resume_config", "folder_task", "new_task",
-           "download_task"]
+           "download_task", "suspects", "undo_suspects"]
 
 
 def load_config(task: "str | TaskSpec", config: str | os.PathLike | None = None,
@@ -475,3 +475,67 @@ def download_task(task: str, root: str | os.PathLike | None = None, force: bool 
     source = dataset_source(task)
     target, images = download_source(source, root, force, console=console)
     return source, target, images
+def suspects(
+    task: str,
+    data: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    folds: int = 5,
+    minutes: float = 10.0,
+    epochs: int | None = None,
+    move_to: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    console: Any = None,
+    **options: Any,
+) -> Any:
+    """Photos of ``data`` whose label is probably wrong (``visionlab data suspects``): every labelled
+    photo, whatever its split, is held out once in ``folds`` stratified folds; each fold's recipe
+    training (:func:`train`, on the other folds; ``minutes`` in all, or ``epochs`` each) predicts it,
+    and confident learning (cleanlab) ranks the out-of-fold probabilities. Writes suspects.csv and
+    suspects.html into ``out`` (default: ``<runs>/<task>/suspects-<time>``); moves nothing, unless
+    ``move_to`` is given: then the flagged photos go to ``move_to/<given label>/`` with a manifest
+    that :func:`undo_suspects` reads. ``options`` are config keys of the trainings (``epochs`` here is
+    every fold's fixed count; the config key ``epochs``, in ``overrides``, caps the time-boxed first fold). Returns the
+    :class:`visionlab.kinds.classification.suspects.SuspectsResult` (``.suspects``: the rows)."""
+    from visionlab import present
+    from visionlab.config import parse_overrides
+    from visionlab.engine.runs import runs_root
+    from visionlab.present.suspects import show_fold, show_moved, show_suspects, write_suspects
+    from visionlab.registry import get_task
+
+    console = present.console(console)
+    layers = parse_overrides(overrides)
+    layers.update(options, data=os.fspath(data))
+    cfg = load_config(task, config, layers)
+    spec = get_task(task)
+
+    def fit(**fold: Any) -> Any:  # one fold's training: its decoded images in RAM only, no mid-epoch last.pt (unless set)
+        return train(task, config=config, overrides={"cache": "memory", "checkpoint_every_minutes": 0, **layers}, progress=False,
+                     console=console, **fold)
+
+    try:
+        result = get_kind(spec.kind).suspects(cfg, spec, fit, folds=folds, minutes=minutes, epochs=epochs, device=cfg.device,
+                                              on_fold=lambda done: show_fold(done, console),
+                                              move_to=Path(move_to) if move_to is not None else None)
+    except TrainingInterrupted:  # its message names a fold's checkpoint, which went with the temporary folder
+        raise TrainingInterrupted("data suspects interrupted: its temporary trainings were removed; nothing was written or moved.") from None
+    result.out_dir = Path(out) if out else runs_root(cfg.out) / spec.name / f"suspects-{time.strftime('%Y%m%d-%H%M%S')}"
+    result.files = write_suspects(result, result.out_dir)
+    show_suspects(result, console, moving=move_to is not None)
+    if move_to is not None and result.suspects:
+        from visionlab.data.quarantine import move_files
+
+        show_moved(move_files([(s.path, s.label) for s in result.suspects], Path(move_to)), Path(move_to).expanduser().resolve(), console)
+    return result
+
+
+def undo_suspects(folder: str | os.PathLike, console: Any = None) -> list[tuple[str, str]]:
+    """Move the photos a ``suspects(..., move_to=folder)`` quarantined back where they were, by the
+    folder's manifest (moved.csv); returns the (quarantined, restored) path pairs."""
+    from visionlab import present
+    from visionlab.data.quarantine import undo_move
+    from visionlab.present.suspects import show_undone
+
+    pairs = undo_move(Path(folder))
+    show_undone(pairs, Path(folder), present.console(console))
+    return pairs

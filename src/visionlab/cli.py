@@ -26,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Check and download datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Check and download datasets, and find photos whose label is probably wrong.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 _STATE = {"debug": False}
@@ -471,6 +471,36 @@ def data_download_cmd(
     console = _console()
     source, target, images = download_task(task, root=root, force=force, console=console)
     show_download(source, images, target, console)
+
+
+@data_app.command("suspects")
+@handle_errors
+def data_suspects_cmd(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Classification task whose recipe is trained (see 'visionlab tasks')."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder or CSV; every labelled photo is checked, whatever its split."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for suspects.csv and suspects.html (default: <runs>/<task>/suspects-<time>)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Trainings: each holds out one of K stratified folds."),
+    minutes: float = typer.Option(10.0, "--minutes", "-m", help="Time budget of all K trainings together."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold instead of a time budget."),
+    move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move the flagged photos into DIR/<given label>/ (with a moved.csv manifest)."),
+    undo: Optional[Path] = typer.Option(None, "--undo", help="Move the photos a --move-to put in DIR back where they were, and stop."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key of the trainings: --set lr=0.001 (repeatable)."),
+) -> None:
+    """Find photos whose label is probably wrong: out-of-fold predictions of K short trainings, ranked by confident learning."""
+    import signal
+
+    from visionlab.api import suspects, undo_suspects
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: the temporary folds are removed
+
+    if undo is not None:
+        if task or data or move_to:
+            raise VisionlabError("--undo takes only the quarantine folder.", f"Run: visionlab data suspects --undo {undo}")
+        undo_suspects(undo)
+        return
+    if not task or not data:
+        raise VisionlabError("--task and --data are needed.", "Run e.g.: visionlab data suspects --task cracks --data DIR")
+    suspects(task, data, out=out, folds=folds, minutes=minutes, epochs=epochs, move_to=move_to, overrides=list(set_))
 
 
 def main() -> None:

@@ -339,6 +339,13 @@ class Kind:
         """The class names of the dataset at ``path``, in the order training numbers them (from the
         data, as the runner reads it); a folder that holds no data of this kind is a one-line error."""
         raise VisionlabError(f"{self.name} datasets cannot list their classes.", "Write the task YAML's 'classes' by hand.")
+    def suspects(self, cfg: Any, spec: Any, fit: Any, *, folds: int = 5, minutes: float = 10.0, epochs: int | None = None,
+                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None) -> Any:
+        """``visionlab data suspects``: the photos of ``cfg.data`` whose label is probably wrong, from
+        ``folds`` trainings by ``fit`` (:func:`visionlab.api.suspects`); ``move_to`` is checked before
+        any training. Kinds without labels per photo cannot say."""
+        raise VisionlabError(f"finding wrong labels works on tasks with one label per photo; {spec.name} is a {self.name} task.",
+                             "Run it on a classifier's data, e.g. visionlab data suspects --task cracks --data DIR.")
 
     def recognizes(self, path: Path) -> bool:
         """Whether the existing folder (or file) ``path`` is laid out as this kind's datasets are;

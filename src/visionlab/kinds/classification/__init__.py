@@ -112,6 +112,22 @@ class ClassificationKind(Kind):
         from visionlab.kinds.classification.layout import find_classification
 
         return find_classification(path).classes
+    def suspects(self, cfg: Any, spec: Any, fit: Any, *, folds: int = 5, minutes: float = 10.0, epochs: int | None = None,
+                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None) -> Any:
+        """Out-of-fold probabilities and confident learning (:mod:`visionlab.kinds.classification.suspects`)
+        over every labelled photo of the dataset, whatever its split."""
+        from visionlab.data.quarantine import check_move_target
+        from visionlab.kinds.classification.layout import find_classification
+        from visionlab.kinds.classification.suspects import require_cleanlab
+
+        require_cleanlab()
+        root = self.synthetic_data(spec) if cfg.is_synthetic else Path(cfg.data).expanduser()
+        index = find_classification(root, cfg.classes or (list(spec.default_classes) if cfg.is_synthetic else None))
+        if move_to is not None:
+            check_move_target(move_to, index.root)
+        from visionlab.kinds.classification.suspects import find_suspects  # torch: after the checks of the input
+
+        return find_suspects(cfg, index, fit, folds=folds, minutes=minutes, epochs=epochs, device=device, on_fold=on_fold)
 
     def recognizes(self, path: Path) -> bool:
         return True  # the fallback: class folders, or a CSV of labelled images (the doctor says what is wrong)
