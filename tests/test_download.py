@@ -568,3 +568,19 @@ def test_registry_covers_every_task():
         src = dataset_source(spec.name)
         assert src.task == spec.name
         assert src.method == "manifest" or src.expect
+
+
+def test_the_seed_datasets_are_yaml_files_and_a_broken_one_is_one_line(tmp_path):
+    from visionlab.data.download import DATASETS, read_source
+    from visionlab.paths import packaged_configs
+
+    folder = packaged_configs() / "datasets"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(DATASETS) == sorted(SOURCES)
+    assert SOURCES["cracks"].prepare is not None and SOURCES["cracks"].urls[0].startswith("https://")
+    bad = tmp_path / "x.yaml"
+    bad.write_text("name: x\ntitle: t\ntask: x\nhomepage: h\nprepare: nowhere\n")
+    with pytest.raises(VisionlabError, match=r"x\.yaml: unknown prepare step 'nowhere'"):
+        read_source(bad)
+    bad.write_text("name: x\ntitle: t\ntask: x\nhomepage: h\nurl: https://a\n")
+    with pytest.raises(VisionlabError, match=r"unknown key 'url'"):
+        read_source(bad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_home", "tasks_home"]
+__all__ = ["cache_home", "packaged_configs", "tasks_home"]
 
 
 def cache_home() -> Path:
@@ -32,3 +32,11 @@ def tasks_home() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CONFIG_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".config") / "visionlab" / "tasks"
+
+
+def packaged_configs() -> Path | None:
+    """The ``configs/`` folder shipped with visionlab (in the wheel, or in the source checkout), if any:
+    the recipes, ``tasks/`` (the built-in tasks) and ``datasets/`` (the seed datasets)."""
+    here = Path(__file__).resolve().parent
+    return next((cand for cand in (here / "configs", here.parents[1] / "configs") if cand.is_dir()), None)
+

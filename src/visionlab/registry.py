@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from visionlab.errors import VisionlabError
+from visionlab.paths import packaged_configs
 from visionlab.plugins import load_plugins
 
 __all__ = ["TaskSpec", "TASK_KEYS", "BUILTIN_TASKS", "register_task", "get_task", "find_task", "checkpoint_task", "list_tasks",
@@ -31,12 +32,6 @@ TASK_KEYS = ("name", "kind", "classes", "description", "dataset", "recipe", "see
 #: The built-in tasks, in the order they are listed: ``configs/tasks/<name>.yaml`` each.
 BUILTIN_TASKS = ("minerals", "waste", "cracks", "caltech", "landcover")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def packaged_configs() -> Path | None:
-    """The ``configs/`` folder shipped with visionlab (in the wheel, or in the source checkout), if any."""
-    here = Path(__file__).resolve().parent
-    return next((cand for cand in (here / "configs", here.parents[1] / "configs") if cand.is_dir()), None)
 
 
 def packaged_recipe(name: str) -> Path | None:

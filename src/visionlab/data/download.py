@@ -199,78 +199,36 @@ def _prepare_waste(extracted: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------- the registry
 
-SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in (
-        Source(
-            name="cracks",
-            title="Concrete Crack Images for Classification (METU, Özgenel 2019, v2)",
-            task="cracks",
-            homepage="https://doi.org/10.17632/5y9wdsg2zt.2",
-            license="CC BY 4.0",
-            # Mendeley Data's public file link; size and sha256 from its file metadata.
-            urls=(
-                "https://data.mendeley.com/public-files/datasets/5y9wdsg2zt/files/"
-                "8a70d8a5-bce9-4291-bab9-b48cfb3e87c3/file_downloaded",
-            ),
-            filename="Concrete Crack Images for Classification.rar",
-            sha256="08d7dc505a4f5a0330cee2fa2a1ae4b5b4f98bcffd0549b774caf7959bb1f02f",
-            size=241_363_336,
-            archive="rar",
-            prepare=_prepare_cracks,
-            expect=("Positive", "Negative"),
-        ),
-        Source(
-            name="caltech101",
-            title="Caltech 101 (Li, Andreeto, Ranzato, Perona; CaltechDATA)",
-            task="caltech",
-            homepage="https://doi.org/10.22002/D1.20086",
-            license="CC BY 4.0",
-            urls=("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip?download=1",),
-            filename="caltech-101.zip",
-            md5="3138e1922a9193bfa496528edbbc45d0",  # as published by dataset loaders using this record
-            archive="zip",
-            prepare=_prepare_caltech,
-            expect=("101_ObjectCategories",),
-        ),
-        Source(
-            name="landcover",
-            title="LandCover.ai v1 (Boguszewski et al. 2021)",
-            task="landcover",
-            homepage="https://landcover.ai.linuxpolska.com/",
-            license="CC BY-NC-SA 4.0",
-            urls=("https://landcover.ai.linuxpolska.com/download/landcover.ai.v1.zip",),
-            filename="landcover.ai.v1.zip",
-            md5="3268c89070e8734b4e91d531c0617e03",  # torchgeo's LandCoverAI checksum
-            archive="zip",
-            prepare=_prepare_landcover,
-            expect=("images", "masks", "classes.json"),
-        ),
-        Source(
-            name="minerals",
-            title="Mineral photographs (MinDat), fetched one by one from a url,label manifest",
-            task="minerals",
-            homepage="https://www.mindat.org/",
-            license="per photograph (see MinDat); research use only",
-            method="manifest",
-            archive=None,
-            delay=1.0,
-        ),
-        Source(
-            name="waste",
-            title="Waste Classification data (Kaggle techsash, organic O / recyclable R)",
-            task="waste",
-            homepage="https://www.kaggle.com/datasets/techsash/waste-classification-data",
-            license="CC BY-SA 4.0",
-            method="kaggle",
-            kaggle_ref="techsash/waste-classification-data",
-            filename="waste-classification-data.zip",
-            archive="zip",
-            prepare=_prepare_waste,
-            expect=("DATASET/TRAIN", "DATASET/TEST"),
-        ),
-    )
-}
+#: The layout steps a dataset YAML names as its ``prepare``.
+PREPARE: dict[str, Prepare] = {"cracks": _prepare_cracks, "caltech": _prepare_caltech, "landcover": _prepare_landcover,
+                               "waste": _prepare_waste}
+#: The seed datasets, in the order they are listed: ``configs/datasets/<name>.yaml`` each.
+DATASETS = ("cracks", "caltech101", "landcover", "minerals", "waste")
+
+
+def read_source(path: Path) -> Source:
+    """A dataset YAML (``configs/datasets/<name>.yaml``): its keys are :class:`Source`'s fields,
+    ``prepare`` the name of a layout step (:data:`PREPARE`)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {f.name for f in dataclasses.fields(Source)}
+    unknown = sorted(set(data) - known)
+    if unknown or data.get("prepare") not in (None, *PREPARE):
+        bad = f"unknown key {unknown[0]!r}" if unknown else f"unknown prepare step {data['prepare']!r}"
+        raise VisionlabError(f"{path}: {bad}.", f"Keys: {', '.join(sorted(known))}; prepare steps: {', '.join(PREPARE)}.")
+    data["prepare"] = PREPARE[data["prepare"]] if data.get("prepare") else None
+    return Source(**{k: tuple(v) if k in ("urls", "expect") else v for k, v in data.items()})
+
+
+def _builtin_sources() -> dict[str, Source]:
+    from visionlab.paths import packaged_configs
+
+    folder = (packaged_configs() or Path("configs")) / "datasets"
+    return {name: read_source(folder / f"{name}.yaml") for name in DATASETS}
+
+
+SOURCES: dict[str, Source] = _builtin_sources()
 
 _OVERRIDABLE = {"urls", "filename", "sha256", "md5", "size", "archive", "kaggle_ref", "delay"}
 
