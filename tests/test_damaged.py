@@ -63,7 +63,10 @@ def _set_state(key: str, **values: Any):
     (_set_state("TensorBoardTracker", log_dir="/tmp/elsewhere"), "the TensorBoardTracker state: log_dir '/tmp/elsewhere' is not a folder inside"),
     (_set_state("TensorBoardTracker", log_dir="../../elsewhere"), "the TensorBoardTracker state: log_dir '../../elsewhere' is not a folder inside"),
     (_set_state("TensorBoardTracker", log_dir=7), "the TensorBoardTracker state: log_dir 7 is not a folder inside the run folder"),
-], ids=["no-best", "not-a-dict", "state-not-a-dict", "wait-x", "best-high", "logdir-absolute", "logdir-escapes", "logdir-number"])
+    (_set_state("TensorBoardTracker", log_dir="tb\x00x"), "the TensorBoardTracker state: log_dir 'tb\\x00x' is not a folder inside"),
+    (_set_state("TensorBoardTracker", log_dir="..\\..\\evil"), "the TensorBoardTracker state: log_dir '..\\\\..\\\\evil' is not a folder inside"),
+], ids=["no-best", "not-a-dict", "state-not-a-dict", "wait-x", "best-high", "logdir-absolute", "logdir-escapes", "logdir-number",
+        "logdir-nul", "logdir-windows-escape"])
 def test_a_damaged_callback_state_is_one_line_naming_it(tiny_run: Path, tmp_path: Path, change: Any, expected: str):
     last = _damaged_copy(tiny_run, tmp_path, "last.pt", change)
     with pytest.raises(VisionlabError) as info:
@@ -170,3 +173,18 @@ def test_a_record_of_another_kind_is_damaged():
     with pytest.raises(VisionlabError, match=r"x.pt is damaged \(preprocessing: kind is 'classification', but the model is of the "
                                              r"thresholded_for_tests kind\)"):
         _Thresholded().saved_preprocessing(saved, "x.pt")
+
+
+@pytest.mark.parametrize("temperature", ["hot", 0, float("nan"), -1, True, 1e9])
+def test_a_damaged_temperature_is_one_line_and_no_calibration_still_predicts(tiny_run: Path, tmp_path: Path, temperature: Any):
+    """A fitted temperature that is not a number in 0.05..20 (zero, negative, NaN, text) would give NaN
+    probabilities or an inverted ranking: the model is refused as damaged; --no-calibration still runs."""
+    import torch
+
+    best = tmp_path / "best.pt"
+    state = torch.load(tiny_run / "best.pt", weights_only=False)
+    state["calibration"] = {"temperature": temperature, "fitted_on": "val", "images": 4}
+    torch.save(state, best)
+    with pytest.raises(VisionlabError, match=r"the model's calibration is damaged \(temperature .*not a number in 0.05..20\)"):
+        visionlab.load(best, device="cpu")
+    assert visionlab.load(best, device="cpu", calibration=False).temperature == 1.0

@@ -239,3 +239,32 @@ def test_a_folder_named_as_a_task_trains_that_task_if_the_kinds_agree(tmp_path: 
     (folder / "my-roofs.yaml").write_text("kind: classification\nclasses: [ground, water, roof]\n")
     with pytest.raises(VisionlabError, match="looks like a segmentation dataset, but task 'my-roofs' .the folder's name. is classification"):
         folder_task(roofs)
+
+
+def test_a_broken_user_yaml_spoils_only_its_own_task():
+    """In process: a task file that does not read is said when the tasks are listed and when its own
+    name is looked up; built-in tasks, other user tasks and unknown names are found (or not) as before."""
+    from visionlab.errors import VisionlabError
+    from visionlab.registry import find_task, get_task, list_tasks
+
+    folder = _user_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.yaml").write_text("classes: [a, b\n")
+    (folder / "fine.yaml").write_text("kind: classification\nclasses: [a, b]\ndescription: fine\n")
+    assert get_task("cracks").name == "cracks" and find_task("fine").name == "fine"
+    assert find_task("nope") is None
+    with pytest.raises(VisionlabError, match=r"broken\.yaml"):
+        get_task("broken")
+    with pytest.raises(VisionlabError, match=r"broken\.yaml"):
+        list_tasks()
+
+
+def test_another_tasks_recipe_does_not_bring_its_class_picks():
+    """tasks new --from caltech: caltech's recipe picks six Caltech101 classes; the new task's classes are its folder's."""
+    from visionlab.api import load_config
+    from visionlab.registry import TaskSpec
+
+    assert load_config("caltech").classes == ["Faces", "brain", "camera", "dollar_bill", "ketch", "watch"]
+    bees = TaskSpec(name="bees", kind="classification", default_classes=("bee", "wasp"), description="", recipe="configs/caltech.yaml")
+    cfg = load_config(bees)
+    assert cfg.classes is None and cfg.image_size == 224 and cfg.model == "efficientnet_lite0"

@@ -124,6 +124,7 @@ def tasks_cmd(ctx: typer.Context,
     """List the registered tasks: kind, the model its recipe trains (and the seed's), input size, classes, where it comes from."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from visionlab.registry import list_tasks
@@ -136,7 +137,8 @@ def tasks_cmd(ctx: typer.Context,
     for spec in list_tasks():
         seed = spec.seed_model or spec.model
         model = spec.model if seed == spec.model else f"{spec.model} / {seed}"
-        row = [spec.name, spec.kind, model, f"{spec.input_size} px", _short(spec.default_classes), spec.description, spec.origin]
+        row = [escape(str(v)) for v in (spec.name, spec.kind, model, f"{spec.input_size} px", _short(spec.default_classes),
+                                        spec.description, spec.origin)]  # a user task's names are data, not rich markup
         if verbose:
             from visionlab.models import build_model, no_weights_kwargs
 

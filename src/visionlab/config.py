@@ -532,7 +532,10 @@ def resolve_config(
     values.update(task=spec.name, model=spec.model, image_size=spec.input_size)
     default = spec.recipe_path
     if default is not None:
-        _merge(values, _read_yaml(default), str(default), kind, others)
+        recipe = _read_yaml(default)
+        if default.stem.split("-")[0] != spec.name:  # another task's recipe (tasks new --from T): its data's
+            recipe.pop("classes", None)  # class picks are not this task's, whose classes are its folder's
+        _merge(values, recipe, str(default), kind, others)
     if config is not None:
         _merge(values, _user_config(config, spec.name, "Pass the matching --task."), str(config), kind, others)
     _merge(values, parse_overrides(overrides), "--set", kind, others)

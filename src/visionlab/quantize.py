@@ -162,9 +162,12 @@ def _stamp(staged: Path, int8: Path, result: Quantization) -> None:
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(staged), load_external_data=False).metadata_props}
+    # what the quantisation was calibrated on goes inside "quantization": "calibration" is the fp32
+    # file's fitted temperature, which the int8 file keeps
     meta.update(precision="int8", quantization=json.dumps({"format": "QDQ", "weights": "int8 per channel",
-                                                           "activations": "int8 per tensor"}),
-                calibration=json.dumps(result.calibration), quantization_check=json.dumps(result.to_dict()))
+                                                           "activations": "int8 per tensor",
+                                                           "calibrated_on": result.calibration}),
+                quantization_check=json.dumps(result.to_dict()))
     proto = onnx.load(str(int8))
     del proto.metadata_props[:]
     for key, value in meta.items():

@@ -195,24 +195,32 @@ def _user_task(path: Path) -> TaskSpec:
     return spec
 
 
-def _user_tasks() -> dict[str, TaskSpec]:
+def _user_tasks() -> tuple[dict[str, TaskSpec], dict[str, VisionlabError]]:
     """The task YAMLs of the user folder, read at each lookup (a file written a moment ago counts;
-    each file is parsed once while unchanged); a name taken by a built-in, a registered task or
-    another file is a one-line error naming the file."""
+    each file is parsed once while unchanged), and the broken ones: a file that does not read, or
+    whose name a built-in, a registered task or another file has, is its one-line error, by the
+    task's name (the file's stem when it does not read). A broken file spoils only its own task."""
     from visionlab.paths import tasks_home
 
     folder = tasks_home()
-    if not folder.is_dir():
-        return {}
     found: dict[str, TaskSpec] = {}
+    broken: dict[str, VisionlabError] = {}
+    if not folder.is_dir():
+        return found, broken
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        spec = _user_task_cached(path.resolve(), path.stat().st_mtime_ns)
+        try:
+            spec = _user_task_cached(path.resolve(), path.stat().st_mtime_ns)
+        except VisionlabError as exc:
+            broken.setdefault(path.stem, exc)
+            continue
         have = _TASKS.get(spec.name) or found.get(spec.name)
         if have is not None:
             taken = "is a built-in task" if have.origin == "built-in" else f"is already registered ({have.origin})"
-            raise _bad(path, f"task {spec.name!r} {taken}.", "Rename the task: its 'name' key, or the file when it has none.")
+            broken.setdefault(spec.name, _bad(path, f"task {spec.name!r} {taken}.",
+                                              "Rename the task: its 'name' key, or the file when it has none."))
+            continue
         found[spec.name] = spec
-    return found
+    return found, broken
 
 
 @functools.lru_cache(maxsize=256)
@@ -232,9 +240,10 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def _all_tasks() -> dict[str, TaskSpec]:
-    """Every task: the built-in ones, then those of plugins, then the user folder's."""
+    """Every task: the built-in ones, then those of plugins, then the user folder's (a broken user
+    file is said when the tasks are listed, and when its own task is looked up)."""
     load_plugins()
-    return {**_TASKS, **_user_tasks()}
+    return {**_TASKS, **_user_tasks()[0]}
 
 
 def task_names() -> list[str]:
@@ -242,13 +251,25 @@ def task_names() -> list[str]:
 
 
 def list_tasks() -> list[TaskSpec]:
-    """All tasks: the built-in ones, then those of plugins, then the user folder's."""
-    return list(_all_tasks().values())
+    """All tasks: the built-in ones, then those of plugins, then the user folder's; a broken user
+    task file is a one-line error naming it (fix or remove it to list the others)."""
+    load_plugins()
+    found, broken = _user_tasks()
+    if broken:
+        raise next(iter(broken.values()))
+    return list({**_TASKS, **found}.values())
 
 
 def find_task(name: str) -> TaskSpec | None:
-    """The task called ``name``, or None when none is (plugins and the user folder are read first)."""
-    return _TASKS.get(name) or _all_tasks().get(name)
+    """The task called ``name``, or None when none is (plugins and the user folder are read first);
+    a broken user file of that name is its one-line error."""
+    if name in _TASKS:
+        return _TASKS[name]
+    load_plugins()
+    found, broken = _user_tasks()
+    if name in broken and name not in _TASKS:
+        raise broken[name]
+    return _TASKS.get(name) or found.get(name)
 
 
 def get_task(name: str) -> TaskSpec:

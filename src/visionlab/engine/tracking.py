@@ -34,7 +34,7 @@ import re
 import tempfile
 import time
 from numbers import Real
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, ClassVar
 
 from visionlab._version import __version__
@@ -162,11 +162,10 @@ class TensorBoardTracker(Tracker):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The folder a resume goes on in: a folder inside the run folder, as saved; one that is not
-        (absolute, or out through '..') is a damaged last.pt, refused (the trainer says so)."""
+        (a path, absolute or out through '..', or odd bytes) is a damaged last.pt, refused (the trainer says so)."""
         log_dir = state["log_dir"]
-        parts = PurePosixPath(log_dir).parts if isinstance(log_dir, str) else ()
-        if not parts or PurePosixPath(log_dir).is_absolute() or PureWindowsPath(log_dir).is_absolute() or ".." in parts:
-            raise ValueError(f"log_dir {log_dir!r} is not a folder inside the run folder")
+        if not (isinstance(log_dir, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", log_dir) and ".." not in log_dir):
+            raise ValueError(f"log_dir {log_dir!r} is not a folder inside the run folder")  # one plain name, as saved
         self.log_dir = log_dir
 
     def on_fit_start(self, trainer: Trainer) -> None:

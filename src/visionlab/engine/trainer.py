@@ -530,8 +530,11 @@ class Trainer:
         node_first(self.dist, lambda: self.runner.prepare(self._display_console()))
         if not self.runner.split_size("train"):  # a plugin runner may not check it itself
             sizes = "/".join(str(self.runner.split_size(s)) for s in ("train", "val", "test"))
-            raise VisionlabError(f"no training images in {cfg.data} (train/val/test {sizes}).",
-                                 "Add training images, or give fewer of them to the val and test splits.")
+            unread = len(self.runner.data_info.get("unreadable", []))
+            raise VisionlabError(f"no training images in {cfg.data} (train/val/test {sizes}"
+                                 + (f"; {unread} file(s) could not be read as images" if unread else "") + ").",
+                                 f"Check the files (visionlab data check {cfg.data}), add training images, "
+                                 "or give fewer of them to the val and test splits.")
         if resume_state is not None and resume_state["classes"] != self.runner.classes:
             raise VisionlabError(
                 f"cannot resume: the checkpoint's classes {resume_state['classes']} differ from the data's {self.runner.classes}.",

@@ -93,8 +93,21 @@ def check_top_k(top_k: Any, name: str = "top_k") -> None:
 def temperature_of(calibration: Mapping[str, Any] | None, use: bool = True) -> float:
     """What a model's logits are divided by before softmax: the temperature of its fitted
     ``calibration`` (a checkpoint's or an .onnx file's ``calibration`` entry, see
-    :meth:`Kind.calibrate`); 1 (the raw softmax) without one, or when ``use`` is off (--no-calibration)."""
-    return float(calibration["temperature"]) if use and calibration and "temperature" in calibration else 1.0
+    :meth:`Kind.calibrate`); 1 (the raw softmax) without one, or when ``use`` is off (--no-calibration).
+    A temperature that is not a number in :data:`TEMPERATURES` is a damaged file, said in one line."""
+    if not use or not calibration:
+        return 1.0
+    value = calibration.get("temperature", 1.0) if isinstance(calibration, Mapping) else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and TEMPERATURES[0] <= value <= TEMPERATURES[1]
+    if not ok:
+        raise VisionlabError(f"the model's calibration is damaged (temperature {value!r}, not a number in "
+                             f"{TEMPERATURES[0]:g}..{TEMPERATURES[1]:g}).",
+                             "Export or train the model again, or pass --no-calibration for the raw softmax.")
+    return float(value)
+
+
+#: The temperatures a fitted calibration may hold (the bounds of its fit).
+TEMPERATURES = (0.05, 20.0)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ def show_tables(
     from visionlab.present import console as default_console
 
     console = default_console(console)
-    names = list(class_names) if class_names is not None else list(report["class_names"])
+    from rich.markup import escape
+
+    # class names are the data's folder names: shown as written, never read as rich markup ('[x]')
+    names = [escape(str(n)) for n in (class_names if class_names is not None else report["class_names"])]
     primary = report.get("primary")
 
     summary = Table(title=f"{title}: summary", show_header=True, header_style="bold")

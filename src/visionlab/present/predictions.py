@@ -68,7 +68,7 @@ def show_predictions(preds: Sequence[Prediction], kind: Kind, title: str, top_k:
         elif p.error:
             table.add_row(escape(p.source), "[red]error[/]", "", escape(p.error))
         else:
-            table.add_row(escape(p.source), *p.cells())
+            table.add_row(escape(p.source), *(escape(c) for c in p.cells()))  # class names are data, not markup
     out.print(table)
 
 

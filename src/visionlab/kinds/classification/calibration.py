@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from visionlab.engine.tta import mean_scores
+from visionlab.kinds.base import TEMPERATURES
 
 __all__ = ["BOUNDS", "TemperatureFit", "fit_temperature", "nll"]
 
 #: The smallest and largest temperature a fit may return.
-BOUNDS = (0.05, 20.0)
+BOUNDS = TEMPERATURES  # what a saved temperature may hold (kinds.base checks it on load)
 
 
 class TemperatureFit(NamedTuple):
