@@ -70,7 +70,8 @@ def test_a_callback_sees_the_hooks_in_order(fast):
         expected += [("on_epoch_end", e + 1)]
         expected += [("on_checkpoint", "best.pt")] if e == 0 or best_epoch == 2 else []  # best.pt first, then last.pt
         expected += [("on_checkpoint", "last.pt")]
-    assert rec.calls == expected + [("on_train_end",), ("on_fit_end",)]
+    # then the temperature fitted on the validation split (stored in best.pt), said as a notice
+    assert rec.calls == expected + [("on_train_end",), ("on_notice", "calibration"), ("on_fit_end",)]
 
 
 def test_the_defaults_are_installed_around_the_users_callbacks(fast, monkeypatch):

@@ -237,8 +237,8 @@ def test_sharded_evaluation_counts_every_image_once_and_equals_one_process(crack
     one, two = results
     assert two["n"] == one["n"] and two["paths"] == one["paths"] and len(set(two["paths"])) == two["n"]  # no padding duplicates
     assert two["cm"] == one["cm"]
-    for k, v in one["metrics"].items():
-        assert two["metrics"][k] == pytest.approx(v, abs=1e-9), k
+    for k, v in one["metrics"].items():  # the mean loss is a float32 sum in another order over two shards
+        assert two["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
 
 
 # --------------------------------------------------------------------------- torchrun, the real launcher
@@ -277,7 +277,8 @@ def test_validation_under_torchrun_scores_the_model_best_pt_holds(tmp_path: Path
     header, row = rows[0].split(","), rows[int(best["epoch"])].split(",")
     val_loss = float(row[header.index("val_loss")])
     ev = subprocess.run([sys.executable, "-m", "visionlab", "evaluate", "--checkpoint", str(run / "best.pt"), "--split", "val",
-                         "--device", "cpu", "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
+                         "--device", "cpu", "--out", str(tmp_path / "ev"), "--no-calibration"],  # training validates the raw softmax
+                        capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert evaluated["split"] == "val" and evaluated["loss"] == pytest.approx(val_loss, rel=1e-6, abs=1e-9)

@@ -10,7 +10,6 @@ from typing import Any
 
 from visionlab._version import __version__
 from visionlab.errors import VisionlabError
-from visionlab.registry import TaskSpec, get_task, list_tasks, register_task
 
 __all__ = [
     "__version__",
@@ -31,6 +30,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    # the registry reads the task YAMLs (pyyaml): not on import, so the torch-free runtime and the
+    # serve loop import visionlab with numpy, Pillow and onnxruntime alone
+    "TaskSpec": "visionlab.registry",
+    "get_task": "visionlab.registry",
+    "list_tasks": "visionlab.registry",
+    "register_task": "visionlab.registry",
     "train": "visionlab.api",
     "evaluate": "visionlab.api",
     "predict": "visionlab.api",

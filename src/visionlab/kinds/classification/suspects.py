@@ -181,9 +181,13 @@ class _Budget:
 def _predict_fold(checkpoint: Path, index: ClassificationIndex, held: np.ndarray, probs: np.ndarray,
                   device: str, batch_size: int) -> list[str]:
     """The held-out photos' probabilities (every class) into ``probs``; the paths that could not be read."""
+    from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.predict import Predictor
+    from visionlab.kinds.classification import KIND
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    # the raw softmax: a fold's temperature, fitted on a few validation photos, would rescale each
+    # fold's probabilities differently, and confident learning compares them across folds
+    predictor = Predictor(load_checkpoint(checkpoint), KIND, device=device, source=str(checkpoint), calibration=False)
     preds = predictor.predict([index.paths[i] for i in held], top_k=len(index.classes), batch_size=batch_size)
     column = {c: j for j, c in enumerate(index.classes)}
     failed = []
