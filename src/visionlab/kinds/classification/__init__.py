@@ -127,7 +127,7 @@ class ClassificationKind(Kind):
             check_move_target(move_to, index.root)
         from visionlab.kinds.classification.suspects import find_suspects  # torch: after the checks of the input
 
-        return find_suspects(cfg, index, fit, folds=folds, minutes=minutes, epochs=epochs, device=device, on_fold=on_fold)
+        return find_suspects(cfg, index, fit, self, folds=folds, minutes=minutes, epochs=epochs, device=device, on_fold=on_fold)
 
     def recognizes(self, path: Path) -> bool:
         return True  # the fallback: class folders, or a CSV of labelled images (the doctor says what is wrong)

@@ -178,16 +178,15 @@ class _Budget:
                 f"{self.cap} epochs: {self.epoch_s:.1f} s per epoch and {self.setup_s:.1f} s of set-up set the others' epochs")
 
 
-def _predict_fold(checkpoint: Path, index: ClassificationIndex, held: np.ndarray, probs: np.ndarray,
+def _predict_fold(checkpoint: Path, kind: Any, index: ClassificationIndex, held: np.ndarray, probs: np.ndarray,
                   device: str, batch_size: int) -> list[str]:
     """The held-out photos' probabilities (every class) into ``probs``; the paths that could not be read."""
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.predict import Predictor
-    from visionlab.kinds.classification import KIND
 
     # the raw softmax: a fold's temperature, fitted on a few validation photos, would rescale each
     # fold's probabilities differently, and confident learning compares them across folds
-    predictor = Predictor(load_checkpoint(checkpoint), KIND, device=device, source=str(checkpoint), calibration=False)
+    predictor = Predictor(load_checkpoint(checkpoint), kind, device=device, source=str(checkpoint), calibration=False)
     preds = predictor.predict([index.paths[i] for i in held], top_k=len(index.classes), batch_size=batch_size)
     column = {c: j for j, c in enumerate(index.classes)}
     failed = []
@@ -200,7 +199,7 @@ def _predict_fold(checkpoint: Path, index: ClassificationIndex, held: np.ndarray
     return failed
 
 
-def out_of_fold(index: ClassificationIndex, fit: Callable[..., Any], folds: int, seed: int, budget: _Budget,
+def out_of_fold(index: ClassificationIndex, fit: Callable[..., Any], kind: Any, folds: int, seed: int, budget: _Budget,
                 device: str, on_fold: Callable[[FoldDone], None] | None = None,
                 batch_size: int = 32) -> tuple[np.ndarray, list[str], list[FoldDone]]:
     """(N x C out-of-fold probabilities, NaN rows for unreadable photos; their paths; what each fold did). ``fit(data=csv,
@@ -221,7 +220,7 @@ def out_of_fold(index: ClassificationIndex, fit: Callable[..., Any], folds: int,
             result = fit(data=data, out=str(Path(tmp) / "runs"), name=f"fold-{k + 1}", epochs=budget.epochs(t0 - started, folds - k),
                          callbacks=box, classes=list(index.classes))
             budget.learn(box, time.perf_counter() - t0, result.epochs_run)
-            failed += _predict_fold(result.best_checkpoint, index, held, probs, device, batch_size)
+            failed += _predict_fold(result.best_checkpoint, kind, index, held, probs, device, batch_size)
             done.append(FoldDone(k + 1, folds, len(train_idx), len(held), result.epochs_run, time.perf_counter() - t0))
             if on_fold is not None:
                 on_fold(done[-1])
@@ -249,11 +248,12 @@ def rank_suspects(index: ClassificationIndex, probs: np.ndarray) -> list[Suspect
     return out
 
 
-def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any], folds: int = 5, minutes: float = 10.0,
+def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any], kind: Any, folds: int = 5, minutes: float = 10.0,
                   epochs: int | None = None, device: str = "auto",
                   on_fold: Callable[[FoldDone], None] | None = None) -> SuspectsResult:
     """The photos of ``index`` whose label is probably wrong (see the module docstring): ``folds``
-    trainings within ``minutes`` in all (or ``epochs`` each), then confident learning."""
+    trainings within ``minutes`` in all (or ``epochs`` each), predicted by ``kind`` (the classification
+    kind, which calls this), then confident learning."""
     require_cleanlab()
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise VisionlabError(f"--epochs must be an integer >= 1, got {epochs!r}.", "Pass e.g. --epochs 2, or leave it out to use --minutes.")
@@ -261,7 +261,7 @@ def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any],
         raise VisionlabError(f"--minutes must be a number > 0, got {minutes!r}.", "Pass e.g. --minutes 10.")
     t0 = time.perf_counter()
     budget = _Budget(float(minutes) * 60.0, int(cfg.epochs), epochs)
-    probs, failed, done = out_of_fold(index, fit, folds, int(cfg.seed), budget, device, on_fold, batch_size=int(cfg.batch_size))
+    probs, failed, done = out_of_fold(index, fit, kind, folds, int(cfg.seed), budget, device, on_fold, batch_size=int(cfg.batch_size))
     result = SuspectsResult(cfg.task, str(index.root), list(index.classes), len(index), rank_suspects(index, probs),
                             folds=done, budget=budget.words(folds), budget_seconds=None if epochs else budget.seconds,
                             unreadable=failed)
