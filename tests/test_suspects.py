@@ -144,7 +144,10 @@ def test_the_cli_moves_says_how_to_undo_and_undoes(tmp_path: Path):
     with (quarantine / "moved.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     moved = [r["source"] for r in rows]
-    assert moved and set(moved) & {str(p) for p in flipped}
+    # the CLI moves exactly what it flagged (how well it finds flipped labels: test_the_flipped_labels_are_found)
+    with (tmp_path / "out" / "suspects.csv").open(newline="") as f:
+        flagged = {os.path.abspath(r["path"]) for r in csv.DictReader(f)}
+    assert flipped and moved and {os.path.abspath(m) for m in moved} == flagged
     assert all((quarantine / r["given_label"] / Path(r["source"]).name).is_file() and not Path(r["source"]).exists() for r in rows)
     undo = f"visionlab data suspects --undo {quarantine.resolve()}"
     assert undo in " ".join(done.stdout.split())
