@@ -124,6 +124,17 @@ def test_a_damaged_preprocessing_record_is_one_line_naming_the_field(tiny_run: P
                                "Train again, or pass the run's other checkpoint (best.pt or last.pt).")
 
 
+@pytest.mark.parametrize("classes", [[], ["O", ""], ["O", "O"], ["O", 3]], ids=["none", "empty-name", "twice", "number"])
+def test_damaged_classes_are_one_line(tiny_run: Path, tmp_path: Path, classes: list[Any]):
+    """A checkpoint without classes, or with empty, repeated or non-text names, would predict
+    nothing or answer with the wrong name: it is refused as damaged."""
+    best = _damaged_copy(tiny_run, tmp_path, "best.pt", lambda state: state.__setitem__("classes", classes))
+    with pytest.raises(VisionlabError) as info:
+        load_checkpoint(best)
+    assert str(info.value) == (f"checkpoint {best} is damaged (classes: {classes!r}, not distinct non-empty names). "
+                               "Train again, or pass the run's other checkpoint (best.pt or last.pt).")
+
+
 def test_predict_with_a_huge_image_size_says_so_at_once(tiny_run: Path, tmp_path: Path):
     """Was: minutes of decoding to 100000 x 100000 px with nothing printed."""
     best = _damaged_copy(tiny_run, tmp_path, "best.pt", _set_pre(image_size=100000))

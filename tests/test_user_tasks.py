@@ -122,6 +122,8 @@ def test_tasks_new_refuses_with_one_line_each(tmp_path: Path):
     msg = _error("tasks", "new", "roofs", "--data", segs, "--from", "cracks")
     assert "looks like a segmentation dataset, but task 'cracks' is classification" in msg, msg
     assert "is not a task name" in _error("tasks", "new", "my bees", "--data", photos)
+    assert "Windows reserves it for a device" in _error("tasks", "new", "CON", "--data", photos)
+    assert "Windows reserves it for a device" in _error("tasks", "new", "lpt1.x", "--data", photos)
     assert sorted(p.name for p in _user_folder().iterdir()) == ["bees.yaml"]  # nothing written by a refusal
 
     # a segmentation folder: its kind and classes.json's classes, the general segment recipe

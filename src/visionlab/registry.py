@@ -32,6 +32,8 @@ TASK_KEYS = ("name", "kind", "classes", "description", "dataset", "recipe", "see
 #: The built-in tasks, in the order they are listed: ``configs/tasks/<name>.yaml`` each.
 BUILTIN_TASKS = ("minerals", "waste", "cracks", "caltech", "landcover")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: Names Windows gives to devices, with or without an extension: no folder can have them there.
+_RESERVED = re.compile(r"(?i)con|prn|aux|nul|com[0-9]|lpt[0-9]")
 
 
 def packaged_recipe(name: str) -> Path | None:
@@ -132,6 +134,9 @@ def check_task_name(name: Any, where: str = "") -> str:
     """``name`` if it can name a task (and its runs folder): letters, digits, ``_ . -``, not starting with a dot."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise VisionlabError(f"{where + ' ' if where else ''}{name!r} is not a task name.", "Use letters, digits, '_', '-' and '.', e.g. bees or my-bees.")
+    if _RESERVED.fullmatch(name.split(".")[0]):
+        raise VisionlabError(f"{where + ' ' if where else ''}{name!r} is not a task name: Windows reserves it for a device, "
+                             "so its runs folder could not be made there.", "Pick another name, e.g. my-bees.")
     return name
 
 

@@ -141,6 +141,10 @@ def _load_torch(p: Path) -> dict[str, Any]:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"wrong type of {', '.join(wrong)}"] if wrong else [])
         raise VisionlabError(f"checkpoint {p} is incomplete ({'; '.join(parts)}).",
                              "It is damaged or was not written by visionlab train: pass the run's best.pt or last.pt.")
+    classes = state["classes"]
+    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise VisionlabError(f"checkpoint {p} is damaged (classes: {list(classes)!r}, not distinct non-empty names).",
+                             "Train again, or pass the run's other checkpoint (best.pt or last.pt).")
     try:  # what every prediction reads, checked once here: a damaged record is named, never a traceback later
         Preprocessing.from_dict(state["preprocessing"])
     except ValueError as exc:
