@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -137,6 +138,48 @@ def shared_data() -> Path:
 # --------------------------------------------------------------------------- tiny datasets
 
 _COLOURS = {"apple": (200, 30, 30), "zebra": (235, 235, 235), "kiwi": (60, 160, 40)}
+
+
+def load_plugin(monkeypatch: pytest.MonkeyPatch, module: str):
+    """A generator for fixtures: the example plugin ``module`` (examples/), found through
+    VISIONLAB_PLUGINS in this process, its registrations of tasks, kinds and models undone afterwards."""
+    from visionlab import kinds, models, plugins, registry
+
+    models.list_models()  # the built-in models and kinds first, so the undo below keeps them
+    for name in kinds.kind_names():
+        kinds.get_kind(name)
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    monkeypatch.setenv(plugins.ENV_VAR, module)
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
+    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
+    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))
+    monkeypatch.setitem(plugins._STATE, "loaded", set())
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    yield
+    sys.modules.pop(module, None)
+
+
+def served_url(proc: Any, timeout: float = 120) -> tuple[str, str]:
+    """The URL a ``visionlab serve`` subprocess (stdout a text pipe, stderr joined to it) prints,
+    once its /ready answers 200, and what it printed up to then; fails with that output when it
+    exits or stays silent for ``timeout`` seconds."""
+    import time
+
+    import httpx
+
+    lines: list[str] = []
+    url, deadline = None, time.monotonic() + timeout
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("serving "):
+            url = line.split(" at ", 1)[1].split(" ", 1)[0]
+    assert url, "serve printed no address:\n" + "".join(lines)
+    while httpx.get(url + "/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return url, "".join(lines)
 
 
 def make_class_image(name: str, i: int, size: int = 24) -> Image.Image:

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, fast_options, write_class_folder
+from conftest import REPO, fast_options, served_url, write_class_folder
 
 CLASSES = ("zebra", "apple", "plum", "sloe")  # plum and sloe: the same colour, told apart by chance only
 ORDER: list[str] = []  # the trained model's class order (set by the fixture)
@@ -265,21 +264,11 @@ def _served(best: Path, photos: list[str], *flags: str) -> tuple[np.ndarray, str
     proc = subprocess.Popen([sys.executable, "-m", "visionlab", "serve", "--checkpoint", str(best), "--port", "0",
                              "--device", "cpu", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines, url, deadline = [], None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("serving "):
-                url = line.split(" at ", 1)[1].split(" ", 1)[0]
-        assert url, "".join(lines)
-        while httpx.get(url + "/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        url, printed = served_url(proc)
         files = [("images", (Path(p).name, Path(p).read_bytes(), "image/png")) for p in photos]
         r = httpx.post(url + "/predict?top_k=4", files=files, timeout=60)
         assert r.status_code == 200, r.text
-        return _probs_of(r.json()["results"]), "".join(lines)
+        return _probs_of(r.json()["results"]), printed
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+
+from conftest import load_plugin
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,20 +34,7 @@ def _quiet() -> Console:
 @pytest.fixture
 def plugin(monkeypatch: pytest.MonkeyPatch):
     """The example plugin, found through VISIONLAB_PLUGINS; its registrations are undone afterwards."""
-    from visionlab import kinds, models, plugins, registry
-
-    models.list_models()  # the built-in models and kinds first, so the undo below keeps them
-    for name in kinds.kind_names():
-        kinds.get_kind(name)
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    monkeypatch.setenv(plugins.ENV_VAR, PLUGIN)
-    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
-    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
-    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))
-    monkeypatch.setitem(plugins._STATE, "loaded", set())
-    monkeypatch.delitem(sys.modules, PLUGIN, raising=False)
-    yield
-    sys.modules.pop(PLUGIN, None)
+    yield from load_plugin(monkeypatch, PLUGIN)
 
 
 def test_the_plugin_kind_registers_with_its_task(plugin):

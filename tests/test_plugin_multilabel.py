@@ -11,11 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from conftest import load_plugin, served_url
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -45,14 +46,7 @@ def _serve_one(ckpt: Path, photo: Path) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "visionlab", "serve", "--checkpoint", str(ckpt), "--port", "0", "--device", "cpu"],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "serve exited before it printed its address"
-            if line.startswith("serving "):
-                url = line.split(" at ", 1)[1].split(" ", 1)[0]
-        while httpx.get(url + "/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        url = served_url(proc)[0]
         r = httpx.post(url + "/predict", files={"image": (photo.name, photo.read_bytes(), "image/png")}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["task"] == "shapes"
@@ -102,19 +96,7 @@ def test_the_multilabel_plugin_through_every_surface(runs_dir: Path, tmp_path: P
 @pytest.fixture
 def plugin(monkeypatch: pytest.MonkeyPatch):
     """The plugin found through VISIONLAB_PLUGINS in this process; its registrations undone afterwards."""
-    from visionlab import kinds, models, plugins, registry
-
-    models.list_models()
-    for name in kinds.kind_names():
-        kinds.get_kind(name)
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    monkeypatch.setenv(plugins.ENV_VAR, PLUGIN)
-    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
-    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
-    monkeypatch.setitem(plugins._STATE, "loaded", set())
-    monkeypatch.delitem(sys.modules, PLUGIN, raising=False)
-    yield
-    sys.modules.pop(PLUGIN, None)
+    yield from load_plugin(monkeypatch, PLUGIN)
 
 
 def test_the_doctor_recognizes_a_labels_csv_with_several_labels(plugin, tmp_path: Path, cls_folder: Path):

@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 
-from conftest import REPO, make_class_image, offline_page, save_shot  # noqa: E402
+from conftest import REPO, make_class_image, offline_page, save_shot, served_url  # noqa: E402
 
 from visionlab.api import load  # noqa: E402
 from visionlab.engine.predict import Predictor  # noqa: E402
@@ -247,7 +247,7 @@ def test_landcover_answers_mask_png_overlay_legend_and_shares(server: Server, of
     photo = sorted((shared_data / "landcover" / "images").iterdir())[0]
     with Image.open(photo) as im:
         size = im.size
-    r = httpx.post(server.url + "/predict/landcover", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+    r = httpx.post(server.url + "/predict/landcover", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=120)  # a tiled aerial photo: seconds on a busy CPU
     assert r.status_code == 200, r.text
     res = r.json()["results"][0]
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(res["mask_png"]))))
@@ -480,20 +480,7 @@ def _env() -> dict[str, str]:
 
 def _ready_url(proc: subprocess.Popen) -> str:
     """The URL a `visionlab serve` process prints, once its /ready answers 200."""
-    lines: list[str] = []
-    url = None
-    deadline = time.monotonic() + 60
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("serving "):
-            url = line.split(" at ", 1)[1].split(" ", 1)[0]
-    assert url, "".join(lines)
-    while httpx.get(url + "/ready").status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return url
+    return served_url(proc, timeout=60)[0]
 
 
 def test_sigterm_drains_requests_in_flight_then_exits(tiny_models: dict[str, Path]):

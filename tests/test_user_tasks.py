@@ -14,14 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, write_class_folder, write_seg_folder
+from conftest import REPO, served_url, write_class_folder, write_seg_folder
 from visionlab.api import folder_task, load_config
 from visionlab.errors import VisionlabError
 from visionlab.registry import BUILTIN_TASKS, TASK_KEYS, get_task
@@ -182,14 +181,7 @@ def _serve_one(checkpoint: Path, photo: Path) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "visionlab", "serve", "--checkpoint", str(checkpoint), "--port", "0",
                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "serve exited before it printed its address"
-            if line.startswith("serving "):
-                url = line.split(" at ", 1)[1].split(" ", 1)[0]
-        while httpx.get(url + "/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        url = served_url(proc)[0]
         r = httpx.post(url + "/predict", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=60)
         assert r.status_code == 200, r.text
         return r.json()
