@@ -144,6 +144,22 @@ class ClassificationKind(Kind):
         return [ClassPrediction(source, label=r.label, confidence=r.confidence, top_k=r.top_k)
                 for source, r in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k))]
 
+    def explain(self, model: LoadedModel, arrays: Sequence[Any], predictions: Sequence[Prediction]) -> list[Any]:
+        """Grad-CAM (:mod:`visionlab.kinds.classification.explain`) of each prediction's most probable
+        class (the answer, or the best guess behind an "unknown"), on the layer the model zoo names,
+        drawn over the image the model saw."""
+        import numpy as np
+
+        from visionlab.kinds.classification.explain import grad_cam, heat_overlay, require_captum, target_layer
+
+        require_captum()
+        layer = target_layer(model.model, model.cam_layer)
+        if not len(arrays):  # asked before any work whether it can
+            return []
+        targets = [model.classes.index(p.top_k[0][0] if getattr(p, "top_k", None) else p.label) for p in predictions]
+        heat = grad_cam(model.model, model.normalize, model.device, arrays, targets, layer, model.temperature, model.channels_last)
+        return [heat_overlay(np.asarray(a), h) for a, h in zip(arrays, heat)]
+
     def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
         """Every class's probability (both ranked over all classes), and whether the labels agree."""
         ours = dict(prediction.top_k)
