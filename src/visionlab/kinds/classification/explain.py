@@ -64,8 +64,8 @@ def grad_cam(model: Any, normalize: Any, device: Any, arrays: Sequence[np.ndarra
     import torch
     from captum.attr import LayerAttribution, LayerGradCam
 
-    batch = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).permute(0, 3, 1, 2)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # also when called under inference_mode (evaluate)
+        batch = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).permute(0, 3, 1, 2)
         x = normalize(batch.to(device)).float().clone()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
