@@ -427,7 +427,7 @@ class Kind:
         over the photo (``predict --explain``, serve's ``explain=1``, the report). Called first with no
         images, to say before any work whether it can: kinds that cannot raise one line (the default)."""
         raise VisionlabError(f"{self.name} models cannot explain their answers.",
-                             "Leave out --explain (serve: explain=1); this kind has no explanation.")
+                             "Leave out --explain (or explain=1 on serve): this kind has no explanation.")
 
     # ------------------------------------------------------------------ the torch-free runtime
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
