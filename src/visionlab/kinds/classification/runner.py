@@ -322,8 +322,7 @@ class ClassificationRunner(TaskRunner):
         from PIL import Image
 
         from visionlab.engine.predict import fit_to_original
-        from visionlab.kinds.base import LoadedModel
-        from visionlab.kinds.classification import ClassPrediction
+        from visionlab.kinds.base import LoadedModel, Prediction
         from visionlab.models import model_weights, without_weights
 
         if model is None or not rows:
@@ -342,7 +341,7 @@ class ClassificationRunner(TaskRunner):
             except UnreadableImage:
                 out.append(None)
                 continue
-            pred = ClassPrediction(r["path"], label=r["predicted"], top_k=[(r["predicted"], r["confidence"])])
+            pred = Prediction(r["path"], label=r["predicted"], confidence=r["confidence"])
             overlay = self.task_kind.explain(loaded, [array], [pred])[0]
             out.append(Image.fromarray(fit_to_original(overlay, r["path"])))
         return out
