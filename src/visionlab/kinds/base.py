@@ -145,7 +145,7 @@ class Prediction:
     error: str | None = None
     skipped: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # files written for it (a mask...): column -> path
-    explanation: Any = field(default=None, repr=False)  # why it was answered so: an RGB uint8 overlay (Kind.explain), when asked
+    explanation: Any = field(default=None, repr=False, compare=False)  # why it was answered so: an RGB uint8 overlay (Kind.explain), when asked
 
     def extra(self) -> dict[str, Any]:
         """The kind's own JSON-ready fields after the common ones (top_k, class_shares, value, ...)."""
