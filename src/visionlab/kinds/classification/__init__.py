@@ -3,7 +3,7 @@
 Everything the kind is lives in this package: ``runner`` (data, training step, evaluation),
 ``step`` (the one inference step of predict, evaluate and serve, and the ranking the runtime
 shares), ``calibration`` (the temperature fitted after training), ``meter`` (with the calibration
-metrics), ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
+metrics), ``explain`` (Grad-CAM: why it said that), ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
 batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
 """
 
