@@ -148,3 +148,10 @@ def test_train_evaluate_predict_through_the_cli(runs_dir: Path, tmp_path: Path):
     assert "brightness predictions" in out and "value" in out
     rows = json.loads((tmp_path / "p.json").read_text())
     assert len(rows) == len(list(Path(images).iterdir())) and all(isinstance(r["value"], float) for r in rows)
+    # a kind without explanations (Kind.explain's default): one line, before any image is predicted or written
+    done = subprocess.run([sys.executable, "-m", "visionlab", "predict", images, "--checkpoint", str(ckpt), "--explain",
+                           "--out", str(tmp_path / "why.json"), "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "error: regression models cannot explain their answers. Leave out --explain (or explain=1 on serve): "
+        "this kind has no explanation."], done.stderr
+    assert "predictions" not in done.stdout and not (tmp_path / "why.json").exists()

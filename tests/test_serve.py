@@ -263,6 +263,28 @@ def test_landcover_answers_mask_png_overlay_legend_and_shares(server: Server, of
     assert "top_k" not in res
 
 
+def test_explain_1_adds_the_grad_cam_overlay_as_a_png_of_the_photos_proportions(server: Server):
+    """?explain=1: each result also carries "explanation", a base64 PNG of the model's Grad-CAM over
+    the photo, in the photo's proportions; the same answer as without it; /models says who explains."""
+    models = {m["task"]: m for m in httpx.get(server.url + "/models").json()["models"]}
+    assert models["cracks"]["explains"] is True
+    photos = [make_class_image("zebra", 3, 48).resize((72, 48)), make_class_image("apple", 4, 40)]
+    files = [("images", (f"p{i}.jpg", _jpeg(im), "image/jpeg")) for i, im in enumerate(photos)]
+    plain = httpx.post(server.url + "/predict/cracks", files=files, timeout=60)
+    why = httpx.post(server.url + "/predict/cracks?explain=1", files=files, timeout=60)
+    assert plain.status_code == 200 and why.status_code == 200, why.text
+    for a, b, photo in zip(plain.json()["results"], why.json()["results"], photos):
+        assert "explanation" not in a and b["label"] == a["label"] and b["top_k"] == a["top_k"]
+        overlay = Image.open(io.BytesIO(base64.b64decode(b["explanation"])))
+        assert overlay.format == "PNG" and overlay.mode == "RGB" and overlay.size == photo.size
+        assert np.asarray(overlay).std() > 0
+    for value in ("0", "false"):
+        r = httpx.post(server.url + f"/predict/cracks?explain={value}", files=files[:1], timeout=60)
+        assert r.status_code == 200 and "explanation" not in r.json()["results"][0]
+    r = httpx.post(server.url + "/predict/cracks?explain=yes", files=files[:1], timeout=60)
+    assert r.status_code == 422 and r.json()["error"] == "explain='yes' is not 1 or 0.", r.text
+
+
 def test_concurrent_requests_are_batched_and_each_answer_is_its_own(server: Server, offline):
     """24 clients at once, each with its own image and id: every answer carries its id and the
     offline prediction of its image; the metrics show that images shared forward passes."""
@@ -642,6 +664,50 @@ def test_page_upload_and_camera_in_a_browser_with_the_network_blocked(server: Se
     assert label in ("Negative", "Positive")
     assert page.locator("#preview").is_visible()
     save_shot(page, tmp_path, "serve-upload.png")
+
+    # "Show why": the same photo asked again with explain=1, its Grad-CAM laid exactly over the photo
+    expect(page.locator("#why")).to_be_visible()
+    assert page.get_attribute("#why", "aria-pressed") == "false" and page.locator("#why-image").is_hidden()
+    with page.expect_response(lambda r: "explain=1" in r.url and r.request.method == "POST", timeout=30_000) as asked:
+        page.click("#why")
+    assert asked.value.ok and asked.value.json()["results"][0]["explanation"]
+    expect(page.locator("#why-image")).to_be_visible()
+    expect(page.locator("#why-note")).to_contain_text(f"made the model think of {label}")
+    assert page.get_attribute("#why", "aria-pressed") == "true" and page.inner_text("#why-label") == "Hide why"
+    assert page.get_attribute("#why-image", "src").startswith("data:image/png;base64,")
+    photo_box, why_box = page.locator("#preview").bounding_box(), page.locator("#why-image").bounding_box()
+    assert all(abs(photo_box[k] - why_box[k]) < 1 for k in ("x", "y", "width", "height")), (photo_box, why_box)
+    save_shot(page, tmp_path, "serve-why.png")
+    page.click("#why")  # off: the photo alone again, nothing asked
+    expect(page.locator("#why-image")).to_be_hidden()
+    expect(page.locator("#why-note")).to_be_hidden()
+    page.click("#why")  # on again: the explanation it has is shown at once
+
+    # an answer of "unknown" (the fields unknown and guess): said in words, the closest class named,
+    # the bars still shown. The photo the page sends, sent to the server at the page's URL (Playwright
+    # does not hand over a multipart body's file), whose real answer gets the two fields set as an unknown photo gets them.
+    odd = _cracks_photos(shared_data, 2)[1]
+
+    def unknown(route: Any) -> None:
+        answer = httpx.post(route.request.url, files={"image": (odd.name, odd.read_bytes(), "image/jpeg")}, timeout=60)
+        body = answer.json()
+        assert answer.status_code == 200, body
+        for r in body["results"]:
+            r.update(unknown=True, guess=r["top_k"][0]["label"], label="unknown")
+        route.fulfill(status=200, json=body)
+
+    page.route("**/predict/cracks*", unknown)
+    page.set_input_files("#file", str(odd))
+    expect(page.locator("#unknown")).to_be_visible()
+    guess = page.locator("#bars .bar-row.lead .bar-name").inner_text()
+    expect(page.locator("#unknown")).to_contain_text("does not look like any of the 2 kinds of things this model knows")
+    expect(page.locator("#unknown")).to_contain_text(f"The closest is {guess}")
+    assert page.inner_text("#label") == "Not something it knows" and page.inner_text("#result-kicker").lower() == "no match"
+    expect(page.locator("#bars .bar-row")).to_have_count(2)
+    expect(page.locator("#why-note")).to_contain_text(f"made the model think of {guess}")  # the guess is explained
+    save_shot(page, tmp_path, "serve-unknown.png")
+    page.unroute("**/predict/cracks*")
+    page.click("#why")  # off, for the rest of the tour
 
     # the fake camera: a live preview, then a still sent to the model
     page.click("#camera")

@@ -370,6 +370,21 @@ def _close_predictions(preds: list[Prediction], out_path: Path | None, mask_dir:
     show_closing(preds, out_path, mask_dir, console)
 
 
+def _write_files(preds: Sequence[Prediction], folder: Path, kind_files: bool) -> None:
+    """The files of each prediction beside the results: the kind's (masks...) when it writes any, and
+    the explanation when one was made; each kind of file picks its stems from a set of its own, so an
+    image's files share one stem."""
+    taken: set[str] = set()
+    why: set[str] = set()
+    for p in preds:
+        if p.skipped or p.error:
+            continue
+        if kind_files:
+            p.write_files(folder, taken)
+        if p.explanation is not None:
+            p.write_explanation(p.explanation, folder, why)
+
+
 def predict(
     paths: Sequence[str | os.PathLike] | str,
     checkpoint: str | os.PathLike | None = None,
@@ -381,6 +396,7 @@ def predict(
     console: Any = None,
     precision: str = "fp32",
     calibration: bool = True,
+    explain: bool = False,
 ) -> list[Prediction]:
     """Predict files, folders or globs; print a table; write CSV/JSON (and masks for kinds that draw them).
 
@@ -389,7 +405,9 @@ def predict(
     could not be read) or ``skipped`` (why an entry was not predicted: not an image, a broken
     link, a directory...), in the order they were named. ``top_k`` (>= 1; default :data:`visionlab.kinds.base.DEFAULT_TOP_K`) is clipped
     to the number of classes; an explicit value above it is said so. The model's fitted calibration
-    (a classifier's temperature) is applied unless ``calibration`` is False (the raw softmax)."""
+    (a classifier's temperature) is applied unless ``calibration`` is False (the raw softmax).
+    ``explain``: also, per image, <stem>_why.png (:meth:`visionlab.kinds.Kind.explain`: what the model
+    looked at) beside the CSV/JSON (else in the checkpoint's predictions/ folder), named in its ``explanation`` column."""
     from visionlab import present
     from visionlab.present.messages import show_note
     from visionlab.present.predictions import check_output_file, check_writable, show_predictions, show_top_k_clipped
@@ -406,18 +424,15 @@ def predict(
     predictor = load(path, device=device, task=task, precision=precision, calibration=calibration)
     show_note(predictor.calibration_note, console)
     kind = predictor.kind
-    mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files else None
+    mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files or explain else None
     if mask_dir is not None and out_path is None:
         check_writable(mask_dir, "files of the predictions")
     asked, top_k = top_k, DEFAULT_TOP_K if top_k is None else top_k
     todo = [e.path for e in entries if e.skipped is None]
-    done = iter(predictor.predict(todo, top_k=top_k, batch_size=batch_size) if todo else [])
+    done = iter(predictor.predict(todo, top_k=top_k, batch_size=batch_size, explain=explain) if todo else [])
     preds = [Prediction(e.path, skipped=e.skipped) if e.skipped else next(done) for e in entries]
     if mask_dir is not None:
-        taken: set[str] = set()
-        for p in preds:
-            if not (p.skipped or p.error):
-                p.write_files(mask_dir, taken)
+        _write_files(preds, mask_dir, kind.writes_files)
     k = min(top_k, len(predictor.classes))
     title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
     show_predictions(preds, kind, title, k, console)

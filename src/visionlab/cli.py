@@ -367,12 +367,14 @@ def predict_cmd(
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     precision: str = _precision_option(),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
+    explain: bool = typer.Option(False, "--explain", help="Also write, per image, IMAGE_why.png: what the model looked at "
+                                 "(Grad-CAM for classifiers), beside --out (named in its explanation column)."),
 ) -> None:
     """Predict labels (or masks) for images with a trained model."""
     from visionlab.api import predict
 
     predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size,
-            precision=_precision(precision), calibration=calibration)
+            precision=_precision(precision), calibration=calibration, explain=explain)
 
 
 @app.command("export")

@@ -264,7 +264,8 @@ def _examples(examples: list[dict[str, Any]], folder: Path) -> str:
         if not figs:
             figs = "<p class='missing'>image not found</p>"
         fields = "".join(f"<div><dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd></div>" for k, v in ex.get("fields", {}).items())
-        wide = " wide" if len(ex.get("images", {})) > 1 else ""
+        n = len(ex.get("images", {}))
+        wide = " wide" if n > 2 else " pair" if n == 2 else ""  # a photo and its explanation: two columns
         cards.append(f"<article class='example{wide}'><div class='figs'>{figs}</div>"
                      f"<p class='file' title='{esc(ex['title'])}'>{esc(Path(ex['title']).name)}</p><dl>{fields}</dl></article>")
     return f"<div class='examples'>{''.join(cards)}</div>"
@@ -354,11 +355,11 @@ h1{margin:2px 0 12px;font-size:1.7rem;letter-spacing:-.02em}h2{margin:0 0 14px;f
 .cm td.off{background:rgba(198,40,40,calc(var(--s)*.85))}.cm td.dark,.cm td.dark small{color:#fff}.cm td.total{color:var(--muted);border:0}
 .note{color:var(--muted);font-size:.88rem;margin:-6px 0 12px}
 .examples{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:16px}
-.example{border:1px solid var(--line);border-radius:12px;padding:10px;overflow:hidden}.example.wide{grid-column:1/-1}
+.example{border:1px solid var(--line);border-radius:12px;padding:10px;overflow:hidden}.example.wide{grid-column:1/-1}.example.pair{grid-column:span 2}
 .figs{display:flex;gap:8px}.figs figure{margin:0;flex:1;min-width:0}.figs img{display:block;width:100%;border-radius:8px;background:#000}
 .figs figcaption{font-size:.75rem;color:var(--muted);margin-top:4px;text-align:center}
 .file{margin:8px 0 4px;font-weight:650;font-size:.85rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .example dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 10px;font-size:.85rem}.example dl div{display:contents}.example dd{margin:0}
 .missing{color:var(--muted);font-size:.85rem}footer{color:var(--muted);font-size:.78rem;text-align:center;margin-top:10px;word-break:break-all}
-@media (max-width:640px){.example.wide .figs{flex-direction:column}}
+@media (max-width:640px){.example.wide .figs{flex-direction:column}.example.pair{grid-column:1/-1}}
 """

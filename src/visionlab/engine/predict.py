@@ -43,6 +43,40 @@ def _collate(batch: list) -> list:
     return batch
 
 
+#: The longest side of an explanation brought back to its photo's proportions (:func:`fit_to_original`).
+EXPLANATION_SIDE = 512
+
+
+def _cam_layer(state: dict[str, Any]) -> str:
+    """The layer the model zoo's record names for explanations ('' for an exported file, or none named)."""
+    if state.get("onnx"):
+        return ""
+    from visionlab.models import model_weights, without_weights
+
+    return model_weights(state["model_name"], **without_weights(state["model_name"], state["model_args"])).cam_layer
+
+
+def fit_to_original(overlay: np.ndarray, original: Any) -> np.ndarray:
+    """An explanation drawn on the model's input (squashed to a square for a classifier) resized to the
+    proportions of the photo it came from, its longest side that of the photo up to
+    :data:`EXPLANATION_SIDE` (never below the overlay's own); as it is when the photo is not at hand."""
+    from PIL import Image
+
+    from visionlab.data.io import load_image
+
+    if original is None:
+        return overlay
+    try:
+        w, h = load_image(original, draft=(EXPLANATION_SIDE, EXPLANATION_SIDE)).size  # a JPEG decodes scaled down
+    except UnreadableImage:  # gone or changed since it was read: the overlay as drawn
+        return overlay
+    side = min(max(w, h), max(EXPLANATION_SIDE, *overlay.shape[:2]))
+    size = (max(1, round(w * side / max(w, h))), max(1, round(h * side / max(w, h))))
+    if size == (overlay.shape[1], overlay.shape[0]):
+        return overlay
+    return np.asarray(Image.fromarray(overlay).resize(size, Image.BICUBIC))
+
+
 class Predictor:
     """A trained model with its classes and preprocessing, ready to predict: ``state`` is a checkpoint's
     (:func:`visionlab.engine.checkpoint.load_checkpoint`) and ``kind`` the kind it names.
@@ -71,15 +105,19 @@ class Predictor:
         self.calibration: dict[str, Any] | None = state.get("calibration")
         self.temperature = temperature_of(self.calibration, calibration)  # what logits are divided by before softmax
         self.calibration_note = self.kind.calibration_note(source or "the model", self.calibration) if calibration else ""
+        self.cam_layer = _cam_layer(state)  # the layer explanations weigh (the model zoo's record)
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
 
-    @torch.inference_mode()
-    def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32, num_workers: int | None = None) -> list[Prediction]:
+    def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32, num_workers: int | None = None,
+                explain: bool = False) -> list[Prediction]:
         """Predict one image or a list of them (paths, PIL images or HxWx3 uint8 arrays).
 
-        ``top_k`` (>= 1) is clipped to the number of classes."""
+        ``top_k`` (>= 1) is clipped to the number of classes. ``explain``: each result also carries
+        :attr:`Prediction.explanation`, the overlay of :meth:`explain` (the kind says whether it can, before any work)."""
+        if explain:
+            self.kind.explain(self.loaded(), [], [])  # a kind that cannot explain says so now
         check_top_k(top_k)
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
@@ -99,7 +137,11 @@ class Predictor:
             if not ok:
                 continue
             idx = [i for i, _ in ok]
-            preds = self.predict_arrays([x.numpy() for _, x in ok], top_k, [names[i] for i in idx], [images[i] for i in idx])
+            arrays = [x.numpy() for _, x in ok]
+            preds = self.predict_arrays(arrays, top_k, [names[i] for i in idx], [images[i] for i in idx])
+            if explain:
+                for pred, overlay in zip(preds, self.explain(arrays, preds, [images[i] for i in idx])):
+                    pred.explanation = overlay
             for i, pred in zip(idx, preds):
                 results[i] = pred
         return [r for r in results if r is not None]
@@ -122,10 +164,20 @@ class Predictor:
         originals = list(originals) if originals is not None else list(arrays)
         return self.kind.predict_arrays(self.loaded(), arrays, top_k, sources, originals)
 
+    def explain(self, arrays: Sequence[np.ndarray], predictions: Sequence[Prediction],
+                originals: Sequence[Any] | None = None) -> list[np.ndarray]:
+        """Why the model gave ``predictions`` for the :meth:`preprocess`-ed ``arrays``: the kind's overlays
+        (:meth:`visionlab.kinds.Kind.explain`; with gradients, so not under ``inference_mode``), each
+        brought back to its original's proportions (``originals``: the images before preprocessing)."""
+        if not len(arrays):
+            return []
+        overlays = self.kind.explain(self.loaded(), arrays, predictions)
+        return [fit_to_original(o, img) for o, img in zip(overlays, originals or [None] * len(overlays))]
+
     def loaded(self) -> LoadedModel:
         """What the kind's predict step is given of this model (with the current :attr:`tta`)."""
         return LoadedModel(self.model, self.normalize, self.device, tuple(self.classes), self.preprocessing,
-                           self.precision.autocast, self.tta, self.channels_last, self.temperature)
+                           self.precision.autocast, self.tta, self.channels_last, self.temperature, self.cam_layer)
 
     def warmup(self) -> None:
         """One forward pass on a blank image of the input size (first-call allocations, lazy inits)."""

@@ -17,7 +17,7 @@ from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
 __all__ = ["Kind", "KindOptions", "Output", "LoadedModel", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k",
-           "temperature_of"]
+           "temperature_of", "free_stem"]
 
 #: How an output's scores become probabilities: one class per image or pixel (softmax over the
 #: class axis), each class on its own (sigmoid: several labels at once), or none (a number).
@@ -115,7 +115,8 @@ class LoadedModel:
     """What a kind's predict step (:meth:`Kind.predict_arrays`) is given of a loaded checkpoint: the
     network, the normalisation of a uint8 NCHW batch and where it runs, the classes, the saved
     preprocessing record, the mixed-precision context (``autocast()``), the test-time augmentation
-    mode, the memory format and the temperature a calibrated classifier divides its logits by."""
+    mode, the memory format, the temperature a calibrated classifier divides its logits by and the
+    layer its explanations weigh (the model zoo's ``cam_layer``; '' for none named)."""
 
     model: Any
     normalize: Any
@@ -126,6 +127,7 @@ class LoadedModel:
     tta: str = "none"
     channels_last: bool = False
     temperature: float = 1.0
+    cam_layer: str = ""
 
 
 @dataclass
@@ -143,6 +145,7 @@ class Prediction:
     error: str | None = None
     skipped: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # files written for it (a mask...): column -> path
+    explanation: Any = field(default=None, repr=False, compare=False)  # why it was answered so: an RGB uint8 overlay (Kind.explain), when asked
 
     def extra(self) -> dict[str, Any]:
         """The kind's own JSON-ready fields after the common ones (top_k, class_shares, value, ...)."""
@@ -177,6 +180,17 @@ class Prediction:
         """The terminal table's (label, confidence, detail) cells of a predicted image."""
         return self.label or "", f"{self.confidence:.3f}" if self.confidence is not None else "", self.detail()
 
+    def write_explanation(self, overlay: Any, folder: Path, taken: set[str]) -> None:
+        """Write ``overlay`` (an RGB uint8 array: :meth:`Kind.explain`) as <stem>_why.png into ``folder``
+        and note it in :attr:`files` as ``explanation``; stems are picked as :meth:`write_files` picks
+        them (a stem in ``taken`` gets -2, -3, ...), so with a ``taken`` of its own the same image gets the same stem."""
+        from PIL import Image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{free_stem(self.source, taken)}_why.png"
+        Image.fromarray(overlay).save(path)
+        self.files = {**self.files, "explanation": str(path)}
+
     def with_top_k(self, k: int) -> "Prediction":
         """This result listing at most ``k`` classes (itself for kinds without a ranking)."""
         return self
@@ -184,6 +198,18 @@ class Prediction:
     def write_files(self, folder: Path, taken: set[str]) -> None:
         """Write the files this result has beside the predictions (masks...) into ``folder``, and
         note them in :attr:`files`; ``taken`` holds the file stems used so far. None by default."""
+
+
+def free_stem(source: str, taken: set[str]) -> str:
+    """The file stem of ``source`` for the files written beside the predictions, made unique among
+    ``taken`` (same file name from another folder: -2, -3, ...), and added to it."""
+    stem = base = Path(source).stem
+    n = 1
+    while stem in taken:
+        n += 1
+        stem = f"{base}-{n}"
+    taken.add(stem)
+    return stem
 
 
 def image_base64(image: Any, fmt: str, **options: Any) -> str:
@@ -394,6 +420,14 @@ class Kind:
         """One row of an evaluation's per-image listing as flat CSV columns (nested fields spread
         over several); the row as it is by default."""
         return dict(row)
+
+    def explain(self, model: LoadedModel, arrays: Sequence[Any], predictions: Sequence[Prediction]) -> list[Any]:
+        """Why the model gave each answer: one RGB uint8 overlay per preprocessed image (HxWx3 uint8
+        arrays, as :meth:`predict_arrays` got them) and its prediction, what the model looked at drawn
+        over the photo (``predict --explain``, serve's ``explain=1``, the report). Called first with no
+        images, to say before any work whether it can: kinds that cannot raise one line (the default)."""
+        raise VisionlabError(f"{self.name} models cannot explain their answers.",
+                             "Leave out --explain (or explain=1 on serve): this kind has no explanation.")
 
     # ------------------------------------------------------------------ the torch-free runtime
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:

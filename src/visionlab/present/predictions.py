@@ -90,6 +90,15 @@ def show_top_k_clipped(asked: int, shown: int, out: Any) -> None:
     out.print(f"--top-k {asked} is more than the model's {shown} classes: all {shown} are shown.")
 
 
+#: What a file column of the predictions holds, in words (a kind's own columns are named by their column).
+_FILE_WORDS = {"mask": "masks", "overlay": "overlays", "explanation": "explanations (<image>_why.png)"}
+
+
+def _files_in_words(columns: Sequence[str]) -> str:
+    words = [_FILE_WORDS.get(c, c) for c in columns]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def show_closing(preds: Sequence[Prediction], out_path: Path | None, mask_dir: Path | None, out: Any) -> None:
     """The closing line (how many were predicted, unreadable, skipped) and where files went."""
     errors = sum(1 for p in preds if p.error)
@@ -101,7 +110,8 @@ def show_closing(preds: Sequence[Prediction], out_path: Path | None, mask_dir: P
     if skipped:
         closing.append(f"[yellow]{skipped} skipped[/]")
     out.print(", ".join(closing) + (" (listed above)." if errors or skipped else "."))
-    if mask_dir is not None:
-        out.print(f"masks and overlays written to {mask_dir}")
+    written = list(dict.fromkeys(k for p in preds for k in p.files))  # the file columns: mask, overlay, explanation
+    if mask_dir is not None and written:
+        out.print(f"{_files_in_words(written)} written to {mask_dir}")
     if out_path is not None:
         out.print(f"wrote {out_path}")

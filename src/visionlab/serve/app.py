@@ -94,6 +94,7 @@ class ServedModel:
         self.sha256 = digest.hexdigest()
         self.predictor: Any = None
         self.batcher: Batcher | None = None
+        self.cannot_explain: str | None = None  # why its answers cannot be explained (explain=1), once loaded
 
     def info(self) -> dict[str, Any]:
         pre = self.state["preprocessing"]
@@ -104,6 +105,7 @@ class ServedModel:
                 "synthetic_data": bool(self.state.get("data", {}).get("synthetic", False)),
                 "calibration": self.state.get("calibration"),
                 "temperature": self.predictor.temperature if self.predictor is not None else None,
+                "explains": self.predictor is not None and self.cannot_explain is None,
                 "loaded": self.predictor is not None}
 
     def calibration_note(self, use: bool = True) -> str:
@@ -119,15 +121,24 @@ class ServedModel:
         predictor = Predictor(self.state, get_kind(self.state["kind"]), device=device, source=str(self.path), precision=precision,
                               calibration=calibration)
         predictor.warmup()
+        try:
+            predictor.kind.explain(predictor.loaded(), [], [])  # whether explain=1 can be answered, said at once
+        except VisionlabError as exc:
+            self.cannot_explain = exc.message
         self.predictor = predictor
 
-    def run(self, items: list[tuple[Any, str, Any, int]]) -> list[Any]:
-        """The batch step: items are (preprocessed array, name, decoded image, top_k). A batch that
+    def run(self, items: list[tuple[Any, str, Any, int, bool]]) -> list[Any]:
+        """The batch step: items are (preprocessed array, name, decoded image, top_k, explain); those
+        with explain set also get their :attr:`~visionlab.kinds.Prediction.explanation`. A batch that
         fails is run again item by item (see Batcher): an image that fails alone is a 413 when it ran out
         of memory, else a 500 that names it."""
-        arrays, names, images, ks = zip(*items)
+        arrays, names, images, ks, explain = zip(*items)
         try:
             preds = self.predictor.predict_arrays(list(arrays), max(ks), list(names), list(images))
+            asked = [i for i, e in enumerate(explain) if e]
+            overlays = self.predictor.explain([arrays[i] for i in asked], [preds[i] for i in asked], [images[i] for i in asked])
+            for i, overlay in zip(asked, overlays):
+                preds[i].explanation = overlay
         except Exception as exc:
             if len(items) > 1:
                 raise  # the batcher runs each item again alone

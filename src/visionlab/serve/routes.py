@@ -178,6 +178,28 @@ def _model_for(server: ServerState, task: str | None) -> tuple[str, ServedModel]
     return task, by_task[task]
 
 
+def _explain(request: Request, model: ServedModel) -> bool:
+    """Whether the query asks for explanations (``explain=1``/``true``); one the model cannot give is a 422."""
+    value = request.query_params.get("explain", "0").strip().lower()
+    if value not in ("0", "1", "true", "false", ""):
+        raise Problem(422, f"explain={request.query_params['explain']!r} is not 1 or 0.")
+    if value in ("1", "true") and model.cannot_explain:
+        raise Problem(422, f"{model.cannot_explain} Leave out explain=1.")
+    return value in ("1", "true")
+
+
+def _encode(pred: Any, image: Any) -> dict[str, Any]:
+    """In a decode thread: the result's JSON, with its explanation (when asked) as a base64 PNG."""
+    from PIL import Image
+
+    from visionlab.kinds.base import image_base64
+
+    out = pred.to_json(image)
+    if pred.explanation is not None:
+        out["explanation"] = image_base64(Image.fromarray(pred.explanation), "PNG")
+    return out
+
+
 def _top_k(request: Request, default: int) -> int:
     try:
         top_k = int(request.query_params.get("top_k", default))
@@ -194,6 +216,7 @@ async def answer(request: Request, task: str | None) -> JSONResponse:
     settings, loop = server.settings, asyncio.get_running_loop()
     task, model = _model_for(server, task)
     top_k = _top_k(request, settings.top_k)
+    explain = _explain(request, model)
     if server.pending >= settings.max_queue or server.pending_pixels >= settings.max_queue_megapixels * 1e6:
         raise server.busy()  # refused before its body is read
     reserved = pixels = held = 0
@@ -218,9 +241,9 @@ async def answer(request: Request, task: str | None) -> JSONResponse:
         server.pending_pixels += pixels
         prepared = await asyncio.gather(*(loop.run_in_executor(server.decode_pool, _prepare, model, u, f)
                                           for u, f in zip(uploads, files)))
-        items = [(arr, u.name, img, top_k) for u, (arr, img) in zip(uploads, prepared)]
+        items = [(arr, u.name, img, top_k, explain) for u, (arr, img) in zip(uploads, prepared)]
         preds = await _unless_gone(request, model.batcher.submit(items))
-        encoded = await asyncio.gather(*(loop.run_in_executor(server.decode_pool, p.to_json, img)
+        encoded = await asyncio.gather(*(loop.run_in_executor(server.decode_pool, _encode, p, img)
                                          for p, (_, img) in zip(preds, prepared)))
     finally:
         server.pending -= reserved

@@ -3,7 +3,7 @@
 Everything the kind is lives in this package: ``runner`` (data, training step, evaluation),
 ``step`` (the one inference step of predict, evaluate and serve, and the ranking the runtime
 shares), ``calibration`` (the temperature fitted after training), ``meter`` (with the calibration
-metrics), ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
+metrics), ``explain`` (Grad-CAM: why it said that), ``checks`` (the data doctor's), ``layout`` and ``synthetic``. Predictions are
 batches of squashed images, answered by :class:`ClassPrediction` (label, confidence, top-k).
 """
 
@@ -143,6 +143,22 @@ class ClassificationKind(Kind):
         _, probs = run_step(ctx, arrays)
         return [ClassPrediction(source, label=r.label, confidence=r.confidence, top_k=r.top_k)
                 for source, r in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k))]
+
+    def explain(self, model: LoadedModel, arrays: Sequence[Any], predictions: Sequence[Prediction]) -> list[Any]:
+        """Grad-CAM (:mod:`visionlab.kinds.classification.explain`) of each prediction's most probable
+        class (the answer, or the best guess behind an "unknown"), on the layer the model zoo names,
+        drawn over the image the model saw."""
+        import numpy as np
+
+        from visionlab.kinds.classification.explain import grad_cam, heat_overlay, require_captum, target_layer
+
+        require_captum()
+        layer = target_layer(model.model, model.cam_layer)
+        if not len(arrays):  # asked before any work whether it can
+            return []
+        targets = [model.classes.index(p.top_k[0][0] if getattr(p, "top_k", None) else p.label) for p in predictions]
+        heat = grad_cam(model.model, model.normalize, model.device, arrays, targets, layer, model.temperature, model.channels_last)
+        return [heat_overlay(np.asarray(a), h) for a, h in zip(arrays, heat)]
 
     def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
         """Every class's probability (both ranked over all classes), and whether the labels agree."""

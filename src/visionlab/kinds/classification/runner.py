@@ -28,7 +28,10 @@ from visionlab.kinds.classification.step import StepContext, rank, run_views
 from visionlab.data.splits import split_indices, split_keys
 from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
 
-__all__ = ["ClassificationRunner", "classification_preprocessing"]
+__all__ = ["ClassificationRunner", "classification_preprocessing", "WHY_CAPTION"]
+
+#: The caption of a mistake's explanation in the examples (evaluate's examples/, the report).
+WHY_CAPTION = "Grad-CAM"
 
 
 def classification_preprocessing(cfg: Any) -> Preprocessing:
@@ -293,7 +296,7 @@ class ClassificationRunner(TaskRunner):
         rows.sort(key=lambda r: (r["correct"], -r["confidence"]))  # the mistakes first, most confident first
         wrong = sum(not r["correct"] for r in rows)
         return EvalResult(metrics, report, self.primary, rows, f"{wrong} of {len(rows)} images wrong, listed first",
-                          self._mistakes(rows[: min(wrong, self.examples)]))
+                          self._mistakes(rows[: min(wrong, self.examples)], model))
 
     def _calibration_report(self, report: dict[str, Any], views: torch.Tensor, scores: torch.Tensor,
                             y: torch.Tensor) -> dict[str, Any]:
@@ -312,17 +315,54 @@ class ClassificationRunner(TaskRunner):
                                  **({"fitted": self.calibration} if self.calibration else {})}
         return report
 
-    def _mistakes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Thumbnails of the given (mistaken) rows, with the true and predicted labels and top-k."""
+    def _why(self, model: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """The kind's explanation (:meth:`visionlab.kinds.Kind.explain`: Grad-CAM) of each row's predicted
+        class as a PIL image in the photo's proportions; None for a photo unreadable now, and for
+        every row of a model that cannot explain (an exported .onnx file)."""
+        from PIL import Image
+
+        from visionlab.engine.predict import fit_to_original
+        from visionlab.kinds.base import LoadedModel, Prediction
+        from visionlab.models import model_weights, without_weights
+
+        if model is None or not rows:
+            return [None] * len(rows)
+        cam_layer = model_weights(self.cfg.model, **without_weights(self.cfg.model, self.cfg.model_args)).cam_layer
+        loaded = LoadedModel(model, self.normalize, self.device, tuple(self.classes), self.preprocessing, None,
+                             channels_last=self.cfg.channels_last, temperature=self.temperature, cam_layer=cam_layer)
+        try:
+            self.task_kind.explain(loaded, [], [])
+        except VisionlabError:
+            return [None] * len(rows)
+        out: list[Any] = []
+        for r in rows:
+            try:
+                array = load_for_model(r["path"], self.preprocessing)
+            except UnreadableImage:
+                out.append(None)
+                continue
+            pred = Prediction(r["path"], label=r["predicted"], confidence=r["confidence"])
+            overlay = self.task_kind.explain(loaded, [array], [pred])[0]
+            out.append(Image.fromarray(fit_to_original(overlay, r["path"])))
+        return out
+
+    def _mistakes(self, rows: list[dict[str, Any]], model: Any = None) -> list[dict[str, Any]]:
+        """Thumbnails of the given (mistaken) rows, with the true and predicted labels and top-k, and
+        beside each photo why the model answered so (:meth:`_why`)."""
         from visionlab.data.io import load_image
 
         out = []
-        for r in rows:
+        whys = self._why(model, rows)
+        for r, why in zip(rows, whys):
             try:
                 images = {"photo": thumbnail(load_image(r["path"]), 240)}
             except UnreadableImage:  # a file gone or broken since: the labels alone
                 images = {}
+            heat = {}
+            if why is not None and images:
+                images[WHY_CAPTION] = thumbnail(why, 240)
+                heat = {"Grad-CAM": f"red where it saw {r['predicted']}"}
             out.append({"title": r["path"], "images": images,
                         "fields": {"true": r["label"], "predicted": f"{r['predicted']} ({r['confidence']:.0%})",
-                                   "top-k": ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"])}})
+                                   "top-k": ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"]), **heat}})
         return out

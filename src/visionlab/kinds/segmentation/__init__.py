@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from visionlab.data.geometry import TTA_MODES
-from visionlab.kinds.base import Kind, LoadedModel, Output, Prediction, image_base64
+from visionlab.kinds.base import Kind, LoadedModel, Output, Prediction, free_stem, image_base64
 from visionlab.kinds.segmentation.options import SegmentationOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,12 +79,7 @@ class MaskPrediction(Prediction):
         from visionlab.data.io import UnreadableImage
 
         folder.mkdir(parents=True, exist_ok=True)
-        stem = base = Path(self.source).stem
-        n = 1
-        while stem in taken:  # same file name from another folder: a mask of its own
-            n += 1
-            stem = f"{base}-{n}"
-        taken.add(stem)
+        stem = free_stem(self.source, taken)  # same file name from another folder: a mask of its own
         mask_path, overlay_path = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
         Image.fromarray(self.mask).save(mask_path)
         try:

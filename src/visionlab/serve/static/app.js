@@ -1,11 +1,13 @@
 // visionlab serve: the upload/camera page. Served by visionlab itself; talks to this origin only.
 // It renders whatever fields a result has: top_k -> a bar per class, overlay_jpeg -> the overlay,
 // legend -> colour swatches, class_shares -> a bar per class share, probabilities (with labels:
-// several labels per photo) -> a bar per label, those given marked.
+// several labels per photo) -> a bar per label, those given marked; explanation (a PNG, asked for with
+// ?explain=1 while "Show why" is on) -> laid over the photo; unknown: true (with guess, the closest
+// class) -> says in words that the photo looks like none of the model's classes, and still shows the bars.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], current: null, stream: null, asked: 0 };
+const state = { models: [], current: null, stream: null, asked: 0, why: false, result: null };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -58,7 +60,9 @@ function selectModel(task) {
   const foot = `${state.current.task} · ${state.current.model} · ${state.current.input_size} px · checkpoint ${state.current.checkpoint_sha256.slice(0, 12)}`;
   $("foot-model").textContent = foot;
   if (state.current.synthetic_data) $("foot-model").append(el("span", { class: "badge" }, "trained on synthetic data"));
+  $("why").hidden = !state.current.explains;
   if (state.lastFile) predict(state.lastFile);
+  else showWhy();
 }
 
 async function loadModels() {
@@ -84,6 +88,43 @@ function showPhoto(blob) {
   $("video").hidden = true;
   $("drop-empty").hidden = true;
   $("drop").classList.add("filled");
+  state.result = null; // the explanation of the photo before is no longer shown
+  showWhy();
+}
+
+// "Show why": the answer's explanation over the photo, while the toggle is on and the answer has one.
+function showWhy() {
+  const on = state.why && !!(state.current && state.current.explains);
+  const button = $("why");
+  button.setAttribute("aria-pressed", String(on));
+  $("why-label").textContent = on ? "Hide why" : "Show why";
+  const r = state.result;
+  const shown = on && !!(r && r.explanation) && !$("preview").hidden;
+  const img = $("why-image");
+  if (shown) {
+    img.src = `data:image/png;base64,${r.explanation}`;
+    img.alt = r.top_k ? `Where the model looked to answer ${guessOf(r)}` : "The model's explanation over the photo";
+  }
+  img.hidden = !shown;
+  const note = $("why-note");
+  note.replaceChildren();
+  if (shown && r.top_k) note.append("Red marks the parts of the photo that made the model think of ", el("strong", {}, guessOf(r)), ".");
+  else if (shown) note.append("The model's explanation of its answer, over the photo.");
+  else if (on && r && !r.explanation) note.append("Working out why…");
+  note.hidden = !note.textContent;
+}
+
+// The class a classifier's answer is about: its label, or for an "unknown" answer the closest guess.
+function guessOf(result) {
+  if (result.unknown) return result.guess ?? (result.top_k && result.top_k[0] ? result.top_k[0].label : "?");
+  return result.label ?? "?";
+}
+
+function toggleWhy() {
+  state.why = !state.why;
+  const r = state.result;
+  if (state.why && state.lastFile && !(r && r.explanation)) predict(state.lastFile); // ask again, with the explanation
+  showWhy();
 }
 
 function barRow(name, value, top, color) {
@@ -97,14 +138,34 @@ function barRow(name, value, top, color) {
       "aria-valuenow": String(Math.round(value * 100)) }, fill));
 }
 
+// An "unknown" answer, in words: the photo looks like none of the classes; the closest guess is named.
+function sayUnknown(result) {
+  const box = $("unknown");
+  const known = state.current ? state.current.classes : [];
+  const guess = guessOf(result);
+  const p = result.top_k && result.top_k.find((t) => t.label === guess);
+  box.replaceChildren(
+    `This photo does not look like any of the ${known.length} kinds of things this model knows`,
+    known.length && known.length <= 12 ? ` (${known.join(", ")}). ` : ". ",
+    "The closest is ", el("strong", {}, guess), p ? ` (${pct(p.probability)})` : "",
+    ", but it is probably something else.");
+  box.hidden = false;
+}
+
 function render(result, seconds) {
   $("result-empty").hidden = true;
   $("result").hidden = false;
-  $("label").textContent = result.labels ? result.labels.join(", ") || "no label" : result.label ?? "—";
+  state.result = result;
+  const unknown = result.unknown === true;
+  $("result").classList.toggle("is-unknown", unknown);
+  $("unknown").hidden = true;
+  $("label").textContent = unknown ? "Not something it knows"
+    : result.labels ? result.labels.join(", ") || "no label" : result.label ?? "—";
   const colors = Object.fromEntries((result.legend || []).map((c) => [c.name, c.color]));
   const conf = $("confidence");
   conf.replaceChildren();
-  if (result.top_k) conf.append(el("strong", {}, pct(result.confidence)), " confident");
+  if (unknown) sayUnknown(result);
+  else if (result.top_k) conf.append(el("strong", {}, pct(result.confidence)), " confident");
   else if (result.class_shares) conf.append(el("strong", {}, pct(result.confidence)), " of the image");
   else if (result.labels) conf.append(el("strong", {}, pct(result.confidence)), " sure of exactly these labels");
   const fig = $("figure");
@@ -118,7 +179,7 @@ function render(result, seconds) {
   legend.replaceChildren(...(result.legend || []).map((c) =>
     el("span", {}, el("span", { class: "swatch", style: { background: c.color } }), c.name)));
   legend.hidden = !(result.legend && result.legend.length);
-  $("result-kicker").textContent = result.top_k ? "Prediction" : result.class_shares ? "Mostly" : result.labels ? "Labels" : "Result";
+  $("result-kicker").textContent = unknown ? "No match" : result.top_k ? "Prediction" : result.class_shares ? "Mostly" : result.labels ? "Labels" : "Result";
   const rows = [];
   if (result.top_k) {
     result.top_k.forEach((t, i) => rows.push(barRow(t.label, t.probability, i === 0, colors[t.label])));
@@ -132,6 +193,7 @@ function render(result, seconds) {
   }
   $("bars").replaceChildren(...rows);
   $("timing").textContent = seconds != null ? `Answered in ${Math.round(seconds * 1000)} ms by ${state.current.task}` : "";
+  showWhy();
 }
 
 async function predict(file) {
@@ -145,7 +207,8 @@ async function predict(file) {
     const form = new FormData();
     form.append("image", file, file.name || "photo.jpg");
     const k = state.current.classes.length;
-    const r = await fetch(`/predict/${encodeURIComponent(state.current.task)}?top_k=${k}`, { method: "POST", body: form });
+    const why = state.why && state.current.explains ? "&explain=1" : "";
+    const r = await fetch(`/predict/${encodeURIComponent(state.current.task)}?top_k=${k}${why}`, { method: "POST", body: form });
     const body = await r.json().catch(() => ({ error: `the server answered ${r.status}` }));
     if (ask !== state.asked) return;
     if (!r.ok) throw new Error(body.error || `the server answered ${r.status}`);
@@ -184,6 +247,7 @@ async function startCamera() {
   }
   video.hidden = false;
   $("preview").hidden = true;
+  showWhy(); // no explanation over the live view
   $("drop-empty").hidden = true;
   $("drop").classList.add("filled");
   $("shutter").hidden = false;
@@ -216,6 +280,7 @@ function wire() {
   $("capture").addEventListener("change", (e) => { takeFile(e.target.files[0]); e.target.value = ""; });
   $("camera").addEventListener("click", () => (state.stream ? stopCamera() : startCamera()));
   $("shutter").addEventListener("click", shoot);
+  $("why").addEventListener("click", toggleWhy);
   const drop = $("drop");
   drop.addEventListener("click", () => { if (!drop.classList.contains("filled")) $("file").click(); });
   drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); } });
