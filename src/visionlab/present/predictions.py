@@ -101,7 +101,8 @@ def show_closing(preds: Sequence[Prediction], out_path: Path | None, mask_dir: P
     if skipped:
         closing.append(f"[yellow]{skipped} skipped[/]")
     out.print(", ".join(closing) + (" (listed above)." if errors or skipped else "."))
-    if mask_dir is not None:
-        out.print(f"masks and overlays written to {mask_dir}")
+    written = list(dict.fromkeys(k for p in preds for k in p.files))  # what was written for the images, in order
+    if mask_dir is not None and written:
+        out.print(f"{', '.join(k.replace('_', ' ') for k in written)} files written to {mask_dir}")
     if out_path is not None:
         out.print(f"wrote {out_path}")
