@@ -80,7 +80,7 @@ class MaskPrediction(Prediction):
         if self.confidence_map is not None:
             from visionlab.kinds.segmentation.confidence import confidence_image
 
-            d["confidence_map"] = image_base64(confidence_image(self.confidence_map), "PNG")
+            d["confidence_map"] = image_base64(confidence_image(self.confidence_map), "PNG", compress_level=1)  # fast: per request
         return d
 
     def write_files(self, folder: Path, taken: set[str]) -> None:
