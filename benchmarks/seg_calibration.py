@@ -2,10 +2,11 @@
 landcover run on its test split, before and after the temperature fitted on its validation pixels (#22).
 
 The recipe (``configs/landcover.yaml``, ``--epochs`` to shorten it) is trained through the CLI of the
-checkout on ``PYTHONPATH`` on ``../shared/data/landcover``; training fits the temperature
-(``SegmentationKind.calibrate``) and stores it in best.pt. ``--refit`` fits it again with the code on
-``PYTHONPATH`` (for a run trained before the fit existed or changed) into ``best-refit.pt`` beside it.
-Then ``visionlab evaluate`` scores the test split once: ``ece``/``nll``/``brier`` with the temperature,
+checkout on ``PYTHONPATH`` on ``../shared/data/landcover`` (a finished run there is kept). Training
+fits no temperature for segmentation (this benchmark is why); ``--refit`` fits one on the validation
+pixels (:func:`visionlab.kinds.segmentation.calibration.fit_pixel_temperature`) into a copy,
+``best-refit.pt``, which every surface then applies. ``visionlab evaluate`` scores the test split
+of the checkpoint once: ``ece``/``nll``/``brier`` with its temperature (if any),
 ``*_before`` with the raw softmax (15 bins, torchmetrics; pixels marked 255 and the recipe's
 ``ignore_classes`` left out; a seeded sample of each image's pixels, see
 :mod:`visionlab.kinds.segmentation.calibration`).
@@ -45,12 +46,13 @@ def train(data: Path, runs: Path, name: str, seed: int, epochs: int | None) -> P
 
 
 def refit(best: Path) -> Path:
-    """best.pt with its temperature fitted again by the code on PYTHONPATH, as best-refit.pt."""
+    """best.pt with a temperature fitted on its validation pixels by the code on PYTHONPATH, as best-refit.pt."""
     import torch
 
     from visionlab.config import config_from_dict
     from visionlab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
     from visionlab.kinds import get_kind
+    from visionlab.kinds.segmentation.calibration import fit_pixel_temperature
     from visionlab.registry import get_task
 
     state = load_checkpoint(best)
@@ -58,7 +60,7 @@ def refit(best: Path) -> Path:
     runner = kind.runner(config_from_dict(state["config"], kind.options), get_task(state["task"]), torch.device("cpu"))
     runner.use_saved(state)
     runner.prepare()
-    calibration = kind.calibrate(runner, load_model(state))
+    calibration = fit_pixel_temperature(runner, load_model(state))
     out = best.with_name("best-refit.pt")
     save_checkpoint({**state, **({"calibration": calibration} if calibration else {})}, out)
     return out
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="segcal")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--refit", action="store_true", help="fit the temperature again into best-refit.pt")
+    ap.add_argument("--refit", action="store_true", help="fit a temperature on the validation pixels into best-refit.pt")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not args.data.is_dir():

@@ -4,7 +4,9 @@ evaluate reports (ECE, NLL, Brier, before and after the temperature fitted on va
 and the confidence overlay that is a segmentation's explanation.
 
 One tiny U-Net is trained for the module on a synthetic folder of images larger than its tiles,
-scaled by seg_scale 0.5, so that prediction blends several tiles and brings them back to full size.
+scaled by seg_scale 0.5, so that prediction blends several tiles and brings them back to full size;
+training fits no temperature for segmentation, so a copy of its checkpoint gets one fitted on the
+validation pixels, as ``benchmarks/seg_calibration.py --refit`` does.
 """
 
 from __future__ import annotations
@@ -35,10 +37,27 @@ def _quiet():
     return Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
 
 
+def _refit(best: Path) -> Path:
+    """A copy of ``best`` with a temperature fitted on its validation pixels (best-cal.pt)."""
+    from visionlab.config import config_from_dict
+    from visionlab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from visionlab.kinds import get_kind
+    from visionlab.registry import get_task
+
+    state = load_checkpoint(best)
+    kind = get_kind(state["kind"])
+    runner = kind.runner(config_from_dict(state["config"], kind.options), get_task(state["task"]), torch.device("cpu"))
+    runner.use_saved(state)
+    runner.prepare()
+    calibration = fit_pixel_temperature(runner, load_model(state))
+    return save_checkpoint({**state, "calibration": calibration}, best.with_name("best-cal.pt"))
+
+
 @pytest.fixture(scope="module")
 def seg_model(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> dict[str, Path]:
-    """best.pt of a tiny landcover U-Net (64 px tiles, seg_scale 0.5, 2 epochs) on 8 images of
-    180 x 140 px with a validation split, its data and a photo of 230 x 170 px (several tiles)."""
+    """A tiny landcover U-Net (64 px tiles, seg_scale 0.5, 2 epochs) on 8 images of 180 x 140 px
+    with a validation split: its best.pt as trained (``raw``) and with a fitted temperature
+    (``best``), its data and a photo of 230 x 170 px (several tiles)."""
     root = tmp_path_factory.mktemp("segconf")
     data = write_seg_folder(root / "seg", n_images=8, size=(180, 140))
     with pytest.MonkeyPatch.context() as mp:
@@ -46,12 +65,13 @@ def seg_model(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> 
         result = visionlab.train("landcover", data=str(data), console=_quiet(), **fast_options(
             "landcover", root / "runs", name="conf", epochs=2, seg_scale=0.5, ignore_classes=[],
             val_fraction=0.25, test_fraction=0.25, max_steps_per_epoch=3))
+        calibrated = _refit(result.best_checkpoint)
     photo = root / "photo.png"
     rng = np.random.default_rng(3)
     img = np.zeros((170, 230, 3), dtype=np.uint8) + np.array([70, 150, 70], dtype=np.uint8)
     img[40:120, 60:200] = [40, 70, 200]
     Image.fromarray(np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)).save(photo)
-    return {"best": result.best_checkpoint, "data": data, "photo": photo}
+    return {"raw": result.best_checkpoint, "best": calibrated, "data": data, "photo": photo}
 
 
 def _blended(predictor, photo: Path) -> np.ndarray:
@@ -62,9 +82,10 @@ def _blended(predictor, photo: Path) -> np.ndarray:
         return predict_probs(step, predictor.preprocess(str(photo)), out_size=original_size(pre, str(photo))).numpy()
 
 
-def test_training_fits_a_pixel_temperature_on_validation_and_stores_it(seg_model):
-    state = torch.load(seg_model["best"], weights_only=True)
-    cal = state["calibration"]
+def test_training_fits_no_temperature_and_a_refit_keeps_one_only_where_it_lowers_ece(seg_model):
+    assert "calibration" not in torch.load(seg_model["raw"], weights_only=True)  # measured to raise test ECE: not fitted
+    assert visionlab.load(seg_model["raw"], device="cpu").temperature == 1.0
+    cal = torch.load(seg_model["best"], weights_only=True)["calibration"]
     assert cal["fitted_on"] == "val" and cal["images"] >= 1 and cal["pixels"] > 1000
     assert 0.05 <= cal["temperature"] <= 20.0
     assert cal["nll_after"] <= cal["nll_before"]
@@ -166,6 +187,8 @@ def test_evaluate_reports_pixel_ece_nll_brier_before_and_after_with_a_reliabilit
     raw = visionlab.evaluate(checkpoint=seg_model["best"], device="cpu", console=_quiet(), calibration=False, out=tmp_path / "raw")
     assert not raw["calibration"]["applied"] and raw.metrics["ece"] == raw.metrics["ece_before"]
     assert raw.metrics["ece"] == pytest.approx(m["ece_before"], abs=1e-6)  # the raw softmax, scored two ways
+    trained = visionlab.evaluate(checkpoint=seg_model["raw"], device="cpu", console=_quiet(), out=tmp_path / "trained")
+    assert not trained["calibration"]["applied"] and trained.metrics["ece"] == pytest.approx(m["ece_before"], abs=1e-6)
     assert (tmp_path / "eval" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     html = write_report(seg_model["best"].parent, eval_dir=tmp_path / "eval").read_text()
     assert "Calibration" in html and "NLL in nats per pixel" in html and "alt='reliability diagram'" in html
@@ -205,7 +228,7 @@ def test_the_runtime_writes_the_same_confidence_map_from_the_onnx_file(seg_model
     exported = visionlab.export_onnx(seg_model["best"], out=tmp_path / "seg.onnx", console=_quiet())
     assert exported.end_to_end.passed, exported.end_to_end.line()  # confidence maps are part of its comparison
     runtime = load(exported.path, threads=1)
-    assert runtime.temperature == pytest.approx(torch.load(seg_model["best"], weights_only=True)["calibration"]["temperature"], rel=1e-6)
+    assert runtime.temperature == pytest.approx(torch.load(seg_model["best"], weights_only=True)["calibration"]["temperature"], rel=1e-4)
     (row,) = runtime.predict([seg_model["photo"]])
     (pred,) = visionlab.load(seg_model["best"], device="cpu").predict(str(seg_model["photo"]))
     assert row["confidence_map"].shape == (170, 230)
@@ -279,3 +302,24 @@ def test_real_landcover_photo_gets_a_full_size_map(seg_model, shared_data: Path)
     with Image.open(photo) as im:
         assert pred.confidence_map.shape == (im.size[1], im.size[0]) == pred.mask.shape
     assert np.isfinite(pred.confidence_map).all()
+
+
+def test_the_benchmark_refits_and_prints_before_and_after(seg_model, tmp_path: Path):
+    best = seg_model["raw"]  # runs/landcover/conf/best.pt, finished: the benchmark measures it without training
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "segcal.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "seg_calibration.py"), "--data", str(seg_model["data"]),
+                           "--runs", str(best.parents[2]), "--name", best.parent.name, "--refit", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(out.read_text())
+    refit = torch.load(best.with_name("best-refit.pt"), weights_only=True)["calibration"]
+    assert saved["checkpoint"] == str(best.with_name("best-refit.pt"))
+    assert saved["calibration"]["temperature"] == pytest.approx(refit["temperature"])
+    assert refit["temperature"] == pytest.approx(torch.load(seg_model["best"], weights_only=True)["calibration"]["temperature"], rel=1e-4)
+    lines = done.stdout.splitlines()
+    ece = next(ln for ln in lines if ln.startswith("ece"))
+    assert ece.split()[1:] == [f"{saved['metrics']['ece_before']:.4f}", f"{saved['metrics']['ece']:.4f}"]
+    missing = subprocess.run([sys.executable, str(REPO / "benchmarks" / "seg_calibration.py"), "--data", str(tmp_path / "nope"),
+                              "--runs", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode != 0 and "not found: pass --data" in missing.stderr and "Traceback" not in missing.stderr

@@ -4,7 +4,8 @@ Everything the kind is lives in this package: the layout (``layout``: :class:`Se
 runner (``runner``: data, training step, evaluation), the one decode-and-run step that predict, evaluate,
 serve and the runtime share (``step``: blended tiles over each whole image), the meter (``meter``), the
 data doctor's mask checks (``checks``), the per-pixel confidence map (``confidence``), the pixel-level
-calibration and its temperature (``calibration``) and the synthetic data (``synthetic``). Predictions are
+calibration (``calibration``: the ECE that evaluate reports, and a temperature that training does not
+fit, as it raised the test split's ECE where it was measured) and the synthetic data (``synthetic``). Predictions are
 answered by :class:`MaskPrediction` (mask, class shares, legend, confidence map).
 """
 
@@ -130,26 +131,11 @@ class SegmentationKind(Kind):
     writes_files = True
     tiled = True  # each image is tiled, and its tiles are batched
     general_recipe = "segment"
-    calibrates = True
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.segmentation.runner import SegmentationRunner
 
         return SegmentationRunner(cfg, spec, device, self)
-
-    def calibrate(self, runner: Any, model: Any) -> dict[str, Any] | None:
-        """One temperature for every pixel's logits, fitted by NLL on labelled pixels of the validation
-        images' tiles (:func:`visionlab.kinds.segmentation.calibration.fit_pixel_temperature`), kept only
-        where it lowers their ECE too; None without validation images."""
-        from visionlab.kinds.segmentation.calibration import fit_pixel_temperature
-
-        return fit_pixel_temperature(runner, model) if runner.split_size("val") else None
-
-    def calibration_line(self, calibration: Any) -> str:
-        c = calibration
-        return (f"temperature {c['temperature']:.3f} fitted on {c['pixels']} pixels of {c['images']} validation images "
-                f"(NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}, pixel ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}"
-                + (f"; {c['method']}" if str(c.get("method", "")).startswith("none") else "") + ")")
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         from visionlab.kinds.segmentation.synthetic import make_segmentation

@@ -9,11 +9,14 @@ a seeded random sample of its labelled pixels (all of them when there are few; a
 :data:`PIXEL_BUDGET` over the split), the same pixels every run.
 
 The temperature (:func:`fit_pixel_temperature`, Guo et al. 2017 as for classifiers: one scalar by
-NLL, :func:`~visionlab.kinds.classification.calibration.fit_temperature`) divides every tile's
-logits before softmax, as every surface then applies it (the blended tiles, the .onnx runtime). It
-is fitted on labelled pixels of the validation images' tiles, each view of the test-time
-augmentation kept apart, at the scale the model sees. It is kept only when it lowers the ECE of
-those pixels too; otherwise the stored temperature is 1 (the raw softmax) and says why.
+NLL, :func:`~visionlab.kinds.classification.calibration.fit_temperature`) is fitted on labelled
+pixels of the validation images' tiles, each view of the test-time augmentation kept apart, at the
+scale the model sees, and kept only when it lowers the ECE of those pixels too (else 1, saying
+why). Stored in a checkpoint as ``calibration`` (as a classifier's), it divides every tile's logits
+before softmax on every surface (the blended tiles, the .onnx runtime). Training does not fit it:
+on landcover it lowered the validation pixels' ECE and raised the test split's
+(``benchmarks/README.md``, ``seg_calibration.py``), so the segmentation kind does not calibrate, and
+``benchmarks/seg_calibration.py --refit`` fits it into a copy of a checkpoint to measure it again.
 """
 
 from __future__ import annotations
