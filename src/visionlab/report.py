@@ -206,6 +206,9 @@ def _calibration(rep: Mapping[str, Any], eval_dir: Path) -> str:
         note = f"temperature {t:.3f}, fitted on the {esc(str(fit.get('fitted_on', 'validation')))} split ({esc(str(fit.get('images', '?')))} images)"
     else:
         note = "no temperature applied: the probabilities are the raw softmax"
+    unit = esc(str(cal.get("unit", "image")))  # what is scored: images, or a segmentation's pixels
+    if isinstance(cal.get("pixels"), Mapping):
+        note += f"; scored on {_fmt(cal['pixels'].get('sampled'))} of the {_fmt(cal['pixels'].get('labelled'))} labelled pixels (a seeded sample)"
     rows = "".join(f"<tr><th scope='row'>{k}</th><td>{_fmt(m.get(k + '_before'))}</td><td>{_fmt(m.get(k))}</td></tr>"
                    for k in ("ece", "nll", "brier"))
     table = (f"<table class='grid'><thead><tr><th></th><th scope='col'>raw softmax</th><th scope='col'>calibrated</th></tr></thead>"
@@ -215,7 +218,7 @@ def _calibration(rep: Mapping[str, Any], eval_dir: Path) -> str:
     if png is not None and png.is_file() and png.stat().st_size <= MAX_EXAMPLE_BYTES and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         figure = f"<figure><img src='data:image/png;base64,{data}' alt='reliability diagram' style='max-width:100%'></figure>"
-    return (f"<p class='note'>{note}; ECE: expected calibration error over 15 confidence bins, NLL in nats per image, "
+    return (f"<p class='note'>{note}; ECE: expected calibration error over 15 confidence bins, NLL in nats per {unit}, "
             f"Brier: mean squared distance of the probabilities from the true class</p>{table}{figure}")
 
 

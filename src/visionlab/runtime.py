@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the CPU count)")
-    ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png files here")
+    ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png and <stem>_confidence.png files here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--no-calibration", action="store_true", help="the raw softmax, without the model's fitted temperature")
     args = ap.parse_args(argv)

@@ -19,7 +19,7 @@ from visionlab.data.geometry import view_plan
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["tta_views", "tta_logits", "view_logits", "mean_scores"]
+__all__ = ["tta_views", "tta_logits", "view_logits", "dense_view_logits", "mean_scores"]
 
 Op = Callable[["torch.Tensor"], "torch.Tensor"]
 
@@ -64,6 +64,22 @@ def view_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     for fwd, _ in _ops(mode, x.shape[-1] == x.shape[-2]):
         with ctx():
             out.append(model(_like(fwd(x), x)).float())
+    return torch.stack(out)
+
+
+def dense_view_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "none",
+                      autocast: Callable[[], Any] | None = None) -> torch.Tensor:
+    """Float32 (V, B, C, H, W) per-pixel logits of each view of ``x`` (identity first), each mapped
+    back onto ``x``'s geometry: what :func:`tta_logits` averages (``dense=True``), kept apart (a
+    segmentation's temperature is fitted on them)."""
+    import torch
+    from contextlib import nullcontext
+
+    ctx = autocast or nullcontext
+    out = []
+    for fwd, inv in _ops(mode, x.shape[-1] == x.shape[-2]):
+        with ctx():
+            out.append(inv(model(_like(fwd(x), x)).float()))
     return torch.stack(out)
 
 

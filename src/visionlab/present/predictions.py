@@ -91,7 +91,7 @@ def show_top_k_clipped(asked: int, shown: int, out: Any) -> None:
 
 
 #: What a file column of the predictions holds, in words (a kind's own columns are named by their column).
-_FILE_WORDS = {"mask": "masks", "overlay": "overlays", "explanation": "explanations (<image>_why.png)"}
+_FILE_WORDS = {"mask": "masks", "overlay": "overlays", "confidence_map": "confidence maps", "explanation": "explanations (<image>_why.png)"}
 
 
 def _files_in_words(columns: Sequence[str]) -> str:

@@ -1,6 +1,6 @@
 """The torch-free runtime's output (``python -m visionlab.runtime``): one tab-separated line per
-image (path, label, confidence, the top classes, class shares or labels' probabilities), the masks as PNG files, the
-rows as JSON, and its one-line errors on stderr.
+image (path, label, confidence, the top classes, class shares or labels' probabilities), the masks and
+confidence maps as PNG files, the rows as JSON, and its one-line errors on stderr.
 
 Plain ``print``, no rich: the runtime's install (numpy, Pillow, onnxruntime) has no rich.
 """
@@ -28,8 +28,9 @@ def show_error(message: str) -> None:
 
 
 def show_rows(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | None) -> None:
-    """A line per row; each mask into ``masks`` (``<stem>_mask.png``, named in the row as ``mask_file``);
-    the rows, masks left out, as JSON into ``out``."""
+    """A line per row; each mask into ``masks`` (``<stem>_mask.png``, named in the row as ``mask_file``)
+    and its confidence map beside it (``<stem>_confidence.png``, as ``confidence_file``); the rows,
+    those arrays left out, as JSON into ``out``."""
     from PIL import Image
 
     rows = list(rows)
@@ -49,5 +50,10 @@ def show_rows(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | No
             taken.add(stem)
             r["mask_file"] = str(masks / f"{stem}_mask.png")
             Image.fromarray(r["mask"]).save(r["mask_file"])
+            if r.get("confidence_map") is not None:
+                from visionlab.kinds.segmentation.confidence import confidence_image
+
+                r["confidence_file"] = str(masks / f"{stem}_confidence.png")
+                confidence_image(r["confidence_map"]).save(r["confidence_file"])
     if out is not None:
-        out.write_text(json.dumps([{k: v for k, v in r.items() if k != "mask"} for r in rows], indent=2))
+        out.write_text(json.dumps([{k: v for k, v in r.items() if k not in ("mask", "confidence_map")} for r in rows], indent=2))

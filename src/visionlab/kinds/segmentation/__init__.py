@@ -3,8 +3,10 @@
 Everything the kind is lives in this package: the layout (``layout``: :class:`SegmentationIndex`), the
 runner (``runner``: data, training step, evaluation), the one decode-and-run step that predict, evaluate,
 serve and the runtime share (``step``: blended tiles over each whole image), the meter (``meter``), the
-data doctor's mask checks (``checks``) and the synthetic data (``synthetic``). Predictions are answered
-by :class:`MaskPrediction` (mask, class shares, legend).
+data doctor's mask checks (``checks``), the per-pixel confidence map (``confidence``), the pixel-level
+calibration (``calibration``: the ECE that evaluate reports, and a temperature that training does not
+fit, as it raised the test split's ECE where it was measured) and the synthetic data (``synthetic``). Predictions are
+answered by :class:`MaskPrediction` (mask, class shares, legend, confidence map).
 """
 
 from __future__ import annotations
@@ -27,19 +29,24 @@ __all__ = ["KIND", "SegmentationKind", "MaskPrediction"]
 class MaskPrediction(Prediction):
     """A mask (H x W array of the dataset's pixel values), each class's share of the pixels and the
     legend that colours it (one ``{"name", "value", "color"}`` per class); ``label`` is the class
-    with the most pixels, ``confidence`` its share."""
+    with the most pixels, ``confidence`` its share. ``confidence_map`` (H x W, float32) is each
+    pixel's probability of the class the mask shows there, ``mean_confidence`` its mean."""
 
     mask: Any = None
     class_shares: dict[str, float] = field(default_factory=dict)
     legend: list[dict[str, Any]] = field(default_factory=list)
     ignore_index: int = 255
+    confidence_map: Any = None
+    mean_confidence: float | None = None
 
     def extra(self) -> dict[str, Any]:
-        return {"class_shares": self.class_shares} if self.class_shares else {}
+        out: dict[str, Any] = {"class_shares": self.class_shares} if self.class_shares else {}
+        return {**out, "mean_confidence": self.mean_confidence} if self.mean_confidence is not None else out
 
     def flat_extra(self) -> dict[str, Any]:
-        """class_shares as share_<class> columns."""
-        return {f"share_{c}": s for c, s in self.class_shares.items()}
+        """class_shares as share_<class> columns, then mean_confidence."""
+        shares = {f"share_{c}": s for c, s in self.class_shares.items()}
+        return {**shares, "mean_confidence": self.mean_confidence} if self.mean_confidence is not None else shares
 
     def detail(self) -> str:
         return ", ".join(f"{c} {s:.0%}" for c, s in sorted(self.class_shares.items(), key=lambda kv: -kv[1]) if s > 0.005)
@@ -62,7 +69,8 @@ class MaskPrediction(Prediction):
 
     def to_json(self, image: Any = None) -> dict[str, Any]:
         """Also ``mask_png`` (pixel value = class value), ``overlay_jpeg`` (the mask blended over
-        ``image``) as base64, and the ``legend``."""
+        ``image``) and ``confidence_map`` (the confidence map in colour with its legend, as
+        <stem>_confidence.png) as base64, and the ``legend``."""
         d = super().to_json(image)
         if self.mask is not None:
             from PIL import Image
@@ -70,10 +78,15 @@ class MaskPrediction(Prediction):
             d["mask_png"] = image_base64(Image.fromarray(self.mask), "PNG")
             d["overlay_jpeg"] = image_base64(self.overlay(image).convert("RGB"), "JPEG", quality=88)
             d["legend"] = self.legend
+        if self.confidence_map is not None:
+            from visionlab.kinds.segmentation.confidence import confidence_image
+
+            d["confidence_map"] = image_base64(confidence_image(self.confidence_map), "PNG", compress_level=1)  # fast: per request
         return d
 
     def write_files(self, folder: Path, taken: set[str]) -> None:
-        """<stem>_mask.png and <stem>_overlay.png in ``folder`` (a stem seen before gets -2, -3, ...)."""
+        """<stem>_mask.png, <stem>_overlay.png and <stem>_confidence.png (the confidence map in colour,
+        its legend under it) in ``folder`` (a stem seen before gets -2, -3, ...)."""
         from PIL import Image
 
         from visionlab.data.io import UnreadableImage
@@ -88,6 +101,11 @@ class MaskPrediction(Prediction):
             overlay = self.overlay()
         overlay.save(overlay_path)
         self.files = {"mask": str(mask_path), "overlay": str(overlay_path)}
+        if self.confidence_map is not None:
+            from visionlab.kinds.segmentation.confidence import confidence_image
+
+            confidence_image(self.confidence_map).save(folder / f"{stem}_confidence.png")
+            self.files["confidence_map"] = str(folder / f"{stem}_confidence.png")
 
 
 class SegmentationKind(Kind):
@@ -145,40 +163,61 @@ class SegmentationKind(Kind):
         from visionlab.kinds.segmentation.step import TileStep
 
         step = TileStep.of(model.model, model.preprocessing, model.normalize, model.device, tta=model.tta,
-                           autocast=model.autocast, channels_last=model.channels_last)
+                           autocast=model.autocast, channels_last=model.channels_last, temperature=model.temperature)
         return [self._segment(model, step, s, o, a) for s, o, a in zip(sources, originals, arrays)]
 
     def _segment(self, model: LoadedModel, step: TileStep, name: str, original: Any, img: Any) -> MaskPrediction:
         """Blended tiles over the whole image, back at its original resolution when it was scaled."""
         import numpy as np
 
+        from visionlab.kinds.segmentation.confidence import confidence_fields
         from visionlab.kinds.segmentation.step import mask_fields, original_size, predict_probs
 
         pre = model.preprocessing
-        probs = predict_probs(step, img, out_size=original_size(pre, original))
-        fields = mask_fields(probs.argmax(0).cpu().numpy().astype(np.uint8), pre.values, model.classes)
-        return MaskPrediction(name, **fields, legend=self.legend(model), ignore_index=pre.ignore_index)
+        probs = predict_probs(step, img, out_size=original_size(pre, original)).float().cpu().numpy()
+        fields = mask_fields(probs.argmax(0).astype(np.uint8), pre.values, model.classes)
+        return MaskPrediction(name, **fields, **confidence_fields(probs), legend=self.legend(model), ignore_index=pre.ignore_index)
+
+    def explain(self, model: LoadedModel, arrays: Sequence[Any], predictions: Sequence[Any]) -> list[Any]:
+        """The confidence map is a segmentation's explanation: per input (a preprocessed HxWx3 uint8
+        array and its :class:`MaskPrediction`), the map's colours blended over the photo, RGB uint8 at
+        the prediction's size. A prediction without a map (an error) is segmented again here."""
+        from visionlab.kinds.segmentation.confidence import confidence_overlay
+
+        out = []
+        for img, pred in zip(arrays, predictions):
+            conf = getattr(pred, "confidence_map", None)
+            if conf is None:
+                conf = self.predict_arrays(model, [img], 1, [getattr(pred, "source", "<image>")], [img])[0].confidence_map
+            out.append(confidence_overlay(img, conf))
+        return out
 
     def sample_inputs(self, root: Path, count: int) -> list[Path]:
         """Photos of ``root/images`` (not the masks beside them)."""
         return super().sample_inputs(root / "images", count)
 
     def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
-        """Each class's share of the pixels, and the pixels of equal mask value."""
+        """Each class's share of the pixels and each pixel's confidence, and the pixels of equal mask value."""
+        import numpy as np
+
         diff = max(abs(s - row["class_shares"].get(c, float("inf"))) for c, s in prediction.class_shares.items())
         if prediction.mask.shape != row["mask"].shape:
             return float("inf"), 0, prediction.mask.size
+        if prediction.confidence_map is not None and row.get("confidence_map") is not None:
+            diff = max(diff, float(np.abs(prediction.confidence_map - row["confidence_map"]).max()))
         return diff, int((prediction.mask == row["mask"]).sum()), prediction.mask.size
 
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
         """Blended tiles through the ONNX model, back at the original resolution when the image was
-        scaled; ``mask`` holds the dataset's pixel values."""
+        scaled; ``mask`` holds the dataset's pixel values, ``confidence_map`` each pixel's probability
+        of its class (the file's temperature applied, as the predictor does)."""
+        from visionlab.kinds.segmentation.confidence import confidence_fields
         from visionlab.kinds.segmentation.step import mask_fields, original_size, runtime_probs
 
         out = []
         for src, img in batch:
             probs = runtime_probs(runtime, img, out_size=original_size(runtime.preprocessing, src))
-            fields = mask_fields(probs.argmax(0), runtime.preprocessing.values, runtime.classes)
+            fields = {**mask_fields(probs.argmax(0), runtime.preprocessing.values, runtime.classes), **confidence_fields(probs)}
             out.append({"label": fields["label"], "confidence": fields["confidence"], "error": None, **fields})  # as classifiers' rows
         return out
 

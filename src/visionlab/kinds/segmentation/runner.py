@@ -9,6 +9,7 @@ neither loss nor metrics.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,6 +24,7 @@ from visionlab.data.preprocessing import Preprocessing
 from visionlab.data.transforms import Normalize, cutmix_pairs, load_for_model
 from visionlab.engine.distributed import shard_batch
 from visionlab.errors import VisionlabError
+from visionlab.kinds.base import temperature_of
 from visionlab.data.splits import split_indices, split_keys
 from visionlab.engine.runner import EvalResult, TaskRunner, default_workers, loader_generator, resolve_data_path, thumbnail
 from visionlab.kinds.segmentation.layout import SegmentationIndex, find_segmentation
@@ -264,18 +266,33 @@ class SegmentationRunner(TaskRunner):
             self._full_masks[k] = self.lut[load_mask(self.index.masks[k])]
         return self._full_masks[k]
 
+    @property
+    def temperature(self) -> float:
+        """What every tile's logits are divided by before softmax: the model's fitted temperature, 1
+        without one or when :attr:`calibrated` is off."""
+        return temperature_of(self.calibration, self.calibrated)
+
+    def _steps(self, model: torch.nn.Module, autocast: Any, batch_size: int | None) -> tuple[TileStep, TileStep | None]:
+        """The step that scores (the temperature applied) and, when that is not the raw softmax, the raw one."""
+        step = TileStep.of(model, self.preprocessing, self.normalize, self.device, autocast=autocast,
+                           batch_size=batch_size or 8, channels_last=self.cfg.channels_last, temperature=self.temperature)
+        return step, (dataclasses.replace(step, temperature=1.0) if step.temperature != 1.0 else None)
+
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
-        meter = self._meter()
+        from visionlab.kinds.segmentation.calibration import PixelCalibration
+
+        meter, calibration = self._meter(), PixelCalibration(len(self.splits[split]), self.ignore_index)
         model.eval()
-        step = TileStep.of(model, self.preprocessing, self.normalize, self.device, autocast=autocast,
-                           batch_size=batch_size or 8, channels_last=self.cfg.channels_last)
+        step, raw = self._steps(model, autocast, batch_size)
         rows: list[dict[str, Any]] = []
         worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # (mIoU, k, truth, prediction), the lowest kept
         for k in self.shard(self.splits[split]):
             img = self.train_pair(int(k))[0]
             mask = self._eval_mask(int(k), img.shape[:2])
-            pred = predict_probs(step, img, out_size=mask.shape).argmax(0).cpu()
+            probs = predict_probs(step, img, out_size=mask.shape)
+            calibration.update(int(k), probs, mask, predict_probs(raw, img, out_size=mask.shape) if raw else None)
+            pred = probs.argmax(0).cpu()
             image = self._meter()  # this image's pixels: its own scores, then added to the split's
             image.update(pred[None], torch.from_numpy(mask.astype(np.int64))[None])
             meter.merge(image)
@@ -284,14 +301,27 @@ class SegmentationRunner(TaskRunner):
                 rows.append({"path": str(self.index.images[int(k)]), **row})
                 if row["miou"] is not None:
                     worst = sorted(worst + [(row["miou"], int(k), *self._small_masks(mask, pred.numpy()))])[: self.examples]
-        merged = self.merge_shards({"meter": meter, "rows": rows, "worst": worst})
+        merged = self.merge_shards({"meter": meter, "rows": rows, "worst": worst, "calibration": calibration})
         meter, rows, worst = merged["meter"], merged["rows"], sorted(merged["worst"], key=lambda w: (w[0], w[1]))[: self.examples]
         if len(self.splits[split]) == 0:
             return EvalResult({}, {}, self.primary)
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None and np.isscalar(v)}
         rows.sort(key=lambda r: (r["miou"] is None, r["miou"] or 0.0))
-        return EvalResult(metrics, meter.report(self.classes), self.primary, rows or None, "lowest IoU first",
-                          [self._example(*w) for w in worst])
+        return EvalResult(metrics, self._calibration_report(meter.report(self.classes), merged["calibration"]), self.primary,
+                          rows or None, "lowest IoU first", [self._example(*w) for w in worst])
+
+    def _calibration_report(self, report: dict[str, Any], calibration: Any) -> dict[str, Any]:
+        """The meter's report with the pixels' calibration: ECE, NLL and Brier score as scored and, as
+        ``*_before``, of the raw softmax, the reliability bins of both, and the temperature applied."""
+        measured = calibration.report()
+        if not measured:
+            return report
+        report["metrics"].update(measured["metrics"])
+        report["reliability"] = measured["reliability"]
+        report["calibration"] = {"temperature": self.temperature, "applied": bool(self.calibration) and self.calibrated,
+                                 "unit": "pixel", "pixels": measured["pixels"],
+                                 **({"fitted": self.calibration} if self.calibration else {})}
+        return report
 
     def _meter(self) -> SegmentationMeter:
         """An empty meter of this dataset's classes, ignore index and excluded classes."""

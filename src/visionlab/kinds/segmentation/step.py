@@ -25,7 +25,8 @@ __all__ = ["TileStep", "predict_probs", "runtime_probs", "original_size", "mask_
 @dataclass(frozen=True)
 class TileStep:
     """What one image's step needs: the model and its input (normalisation, device, memory format),
-    the precision (``autocast``), the test-time augmentation and the tiles (size, overlap, batch)."""
+    the precision (``autocast``), the test-time augmentation, the tiles (size, overlap, batch) and
+    the temperature each tile's logits are divided by before softmax (a fitted calibration; 1: none)."""
 
     model: Callable[[Any], Any]
     normalize: Callable[[Any], Any]
@@ -37,6 +38,7 @@ class TileStep:
     autocast: Callable[[], Any] = nullcontext
     batch_size: int = 8
     channels_last: bool = False
+    temperature: float = 1.0
 
     @classmethod
     def of(cls, model: Callable[[Any], Any], pre: "Preprocessing", normalize: Callable[[Any], Any], device: Any,
@@ -61,12 +63,20 @@ def predict_probs(step: TileStep, img: np.ndarray, out_size: tuple[int, int] | N
     def forward(b: torch.Tensor) -> torch.Tensor:
         if step.channels_last:
             b = b.contiguous(memory_format=torch.channels_last)
-        return tta_logits(step.model, b, step.tta, step.autocast, dense=True)
+        return tta_logits(_scaled(step), b, step.tta, step.autocast, dense=True)
 
     probs = predict_tiled(forward, x, step.num_classes, step.tile_size, step.tile_overlap, step.batch_size)
     if out_size is not None and tuple(probs.shape[1:]) != tuple(out_size):
         probs = F.interpolate(probs[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
     return probs
+
+
+def _scaled(step: TileStep) -> Callable[[Any], Any]:
+    """The step's model with its logits divided by the step's temperature (each test-time view's,
+    before its softmax: as the torch-free runtime divides the .onnx logits)."""
+    if step.temperature == 1.0:
+        return step.model
+    return lambda b: step.model(b).float() / step.temperature
 
 
 def runtime_probs(runtime: Any, img: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
