@@ -3,6 +3,7 @@ as one 'error:' line with a non-zero exit and no traceback (a traceback only wit
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -244,10 +245,12 @@ def test_a_run_resumed_from_another_folder_marks_its_own_runs_folder(tmp_path: P
     run = first / "rel" / "cracks" / "r"
     (first / "rel" / "LATEST").unlink()
     monkeypatch.chdir(other)
-    result = invoke("train", "--task", "cracks", "--resume", run / "last.pt", "--epochs", "2")
+    result = invoke("train", "--resume", run / "last.pt", "--epochs", "2")  # the task is the checkpoint's
     assert result.exit_code == 0, result.output
     assert list(other.iterdir()) == []
     assert (first / "rel" / "LATEST").read_text().strip() == str(run)
+    assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())][-1] == "2"
+    assert_one_line_error(invoke("train", "--resume", "last"), "--resume last needs the task", "Pass --task T")
 
 
 def test_bad_set_key():

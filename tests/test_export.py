@@ -26,6 +26,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import visionlab  # noqa: E402
+import visionlab.registry  # noqa: E402  (a submodule is an attribute once imported)
 from visionlab.data.io import expand_inputs  # noqa: E402
 from visionlab.errors import VisionlabError  # noqa: E402
 from visionlab.kinds import get_kind  # noqa: E402

@@ -155,13 +155,22 @@ def new_task(name: str, data: str | os.PathLike, from_task: str | None = None, f
     return dest, read_task_file(dest)
 
 
-def _train_task(task: "str | TaskSpec | None", layers: Mapping[str, Any], console: Any, shown: bool) -> "TaskSpec":
-    """The task ``train`` trains: the one named or given, else the folder's (:func:`folder_task`, said first)."""
+def _train_task(task: "str | TaskSpec | None", layers: Mapping[str, Any], console: Any, shown: bool,
+                resume: "str | os.PathLike | None" = None) -> "TaskSpec":
+    """The task ``train`` trains: the one named or given, else the resumed checkpoint's, else the
+    folder's (:func:`folder_task`, said first)."""
     from visionlab import present
-    from visionlab.registry import get_task
+    from visionlab.registry import checkpoint_task, get_task
 
     if task is not None:
         return get_task(task) if isinstance(task, str) else task
+    if resume is not None and str(resume) != "last":
+        from visionlab.engine.checkpoint import load_checkpoint
+
+        return checkpoint_task(load_checkpoint(resume))
+    if resume is not None:
+        raise VisionlabError("--resume last needs the task whose latest run to continue.",
+                             "Pass --task T, or --resume PATH/last.pt.")
     if "data" not in layers:
         raise VisionlabError("no task and no data to train.", "Pass --data DIR (a folder of your photos) or --task T (see 'visionlab tasks').")
     spec, note = folder_task(layers["data"])
@@ -208,7 +217,7 @@ def train(
     if data is not None:
         layers["data"] = os.fspath(data)
     shown = progress and not any(isinstance(cb, ProgressBar) for cb in callbacks)
-    spec = _train_task(task, layers, console, shown)
+    spec = _train_task(task, layers, console, shown, resume)
     if resume is None:
         cfg = load_config(spec, config, layers)
     else:
