@@ -482,8 +482,10 @@ def data_suspects_cmd(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder or CSV; every labelled photo is checked, whatever its split."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for suspects.csv and suspects.html (default: <runs>/<task>/suspects-<time>)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Trainings: each holds out one of K stratified folds."),
-    minutes: float = typer.Option(10.0, "--minutes", "-m", help="Time budget of all K trainings together."),
+    minutes: float = typer.Option(10.0, "--minutes", "-m", help="Time budget of all K trainings together (--method fine-tune)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold instead of a time budget."),
+    method: str = typer.Option("auto", "--method", help="features: a logistic head per fold on the recipe backbone's frozen pretrained features; "
+                               "fine-tune: K trainings of the recipe (--minutes, --epochs); auto: features where the backbone is pretrained."),
     move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move the flagged photos into DIR/<given label>/ (with a moved.csv manifest)."),
     undo: Optional[Path] = typer.Option(None, "--undo", help="Move the photos a --move-to put in DIR back where they were, and stop."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key of the trainings: --set lr=0.001 (repeatable)."),
@@ -502,7 +504,7 @@ def data_suspects_cmd(
         return
     if not task or not data:
         raise VisionlabError("--task and --data are needed.", "Run e.g.: visionlab data suspects --task cracks --data DIR")
-    suspects(task, data, out=out, folds=folds, minutes=minutes, epochs=epochs, move_to=move_to, overrides=list(set_))
+    suspects(task, data, out=out, folds=folds, minutes=minutes, epochs=epochs, move_to=move_to, overrides=list(set_), method=method)
 
 
 def main() -> None:

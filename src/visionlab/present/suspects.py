@@ -22,6 +22,10 @@ COLUMNS = ("path", "given_label", "suggested_label", "score", "given_probability
 
 def show_fold(done: Any, out: Any) -> None:
     """One fold's line: what it trained on, how long, and what it predicted."""
+    if done.head:
+        out.print(f"fold {done.fold}/{done.folds}: {done.head} of the other folds ({done.trained_on:,} photos) predicted the "
+                  f"{done.held_out:,} held out")
+        return
     out.print(f"fold {done.fold}/{done.folds}: {done.epochs} epoch(s) on the other folds ({done.trained_on:,} photos, "
               f"validation carved from them) and a prediction of the {done.held_out:,} held out in {done.seconds:.0f} s")
 
