@@ -108,6 +108,7 @@ def _oof_for(features: np.ndarray, labels: np.ndarray, fold: np.ndarray, classes
     from sklearn.preprocessing import StandardScaler
 
     probs = np.zeros((len(labels), classes))
+    features = features.astype(np.float64)  # float32 probabilities miss sklearn's sum-to-one tolerance
     for k in np.unique(fold):
         train, held = fold != k, fold == k
         head = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(features[train], labels[train])

@@ -264,12 +264,13 @@ def features_out_of_fold(cfg: Any, index: ClassificationIndex, folds: int, devic
     a FoldDone per fold; what was done, in words) from the backbone's frozen features and a logistic head per fold."""
     from visionlab.kinds.classification.frozen import backbone_features, head_out_of_fold
 
+    labels = np.asarray(index.labels, dtype=np.int64)
+    fold = fold_of(labels, index.classes, folds, int(cfg.seed))  # before the long pass: too few photos is a one-line error
     t0 = time.perf_counter()
     features, failed = backbone_features(cfg, index, device, batch_size=int(cfg.batch_size))
     extracted = time.perf_counter() - t0
     ok = np.flatnonzero(~np.isnan(features).any(axis=1))
-    labels = np.asarray(index.labels, dtype=np.int64)
-    fold = fold_of(labels[ok], index.classes, folds, int(cfg.seed))
+    fold = fold[ok]
     held, fit, seconds = head_out_of_fold(features[ok], labels[ok], fold, len(index.classes))
     probs = np.full((len(labels), len(index.classes)), np.nan)
     probs[ok] = held
