@@ -242,9 +242,10 @@ def by_features(tmp_path_factory: pytest.TempPathFactory):
     data = tmp / "data"
     flipped = _flipped_dataset(data)
     before = _snapshot(data)
-    quiet = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
-    result = visionlab.suspects("cracks", data, out=tmp / "out", folds=4, console=quiet, **RECIPE_SMALL)
-    return {"result": result, "flipped": [str(p) for p in flipped], "data": data, "before": before, "out": tmp / "out"}
+    said = Console(record=True, file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    result = visionlab.suspects("cracks", data, out=tmp / "out", folds=4, console=said, **RECIPE_SMALL)
+    return {"result": result, "flipped": [str(p) for p in flipped], "data": data, "before": before, "out": tmp / "out",
+            "said": said.export_text()}
 
 
 def test_frozen_features_and_a_head_per_fold_find_the_flipped_labels(by_features):
@@ -263,6 +264,21 @@ def test_frozen_features_and_a_head_per_fold_find_the_flipped_labels(by_features
     assert np.allclose(result.probabilities.sum(axis=1), 1.0)
     assert _snapshot(by_features["data"]) == by_features["before"]
     assert (by_features["out"] / "suspects.csv").is_file() and (by_features["out"] / "suspects.html").is_file()
+    said = by_features["said"]
+    assert "frozen features of the recipe's backbone: 40 photos" in said and "frozen features: 40 of 40 photos (100%)" in said
+    assert said.count("a logistic head (C=") == 4 and f"{len(result.suspects)} of 40 photos flagged" in said
+
+
+def test_the_feature_pass_says_where_it_is():
+    from visionlab.present.suspects import show_features
+
+    console = Console(record=True, file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    for start in range(0, 100, 32):  # batches of 32 over 100 photos
+        show_features(start, min(100, start + 32), 100, console)
+    assert console.export_text().splitlines() == [
+        "frozen features of the recipe's backbone: 100 photos and their mirror images, once",
+        "frozen features: 32 of 100 photos (32%)", "frozen features: 64 of 100 photos (64%)",
+        "frozen features: 96 of 100 photos (96%)", "frozen features: 100 of 100 photos (100%)"]
 
 
 def test_the_heads_are_out_of_fold_and_the_strength_is_chosen_by_log_loss():

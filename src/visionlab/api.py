@@ -503,7 +503,7 @@ def suspects(
     from visionlab import present
     from visionlab.config import parse_overrides
     from visionlab.engine.runs import runs_root
-    from visionlab.present.suspects import show_fold, show_moved, show_suspects, write_suspects
+    from visionlab.present.suspects import show_features, show_fold, show_moved, show_suspects, write_suspects
     from visionlab.registry import get_task
 
     console = present.console(console)
@@ -519,6 +519,7 @@ def suspects(
     try:
         result = get_kind(spec.kind).suspects(cfg, spec, fit, folds=folds, minutes=minutes, epochs=epochs, device=cfg.device,
                                               on_fold=lambda done: show_fold(done, console), method=method,
+                                              on_features=lambda before, done, total: show_features(before, done, total, console),
                                               move_to=Path(move_to) if move_to is not None else None)
     except TrainingInterrupted:  # its message names a fold's checkpoint, which went with the temporary folder
         raise TrainingInterrupted("data suspects interrupted: its temporary trainings were removed; nothing was written or moved.") from None

@@ -353,7 +353,8 @@ class Kind:
         data, as the runner reads it); a folder that holds no data of this kind is a one-line error."""
         raise VisionlabError(f"{self.name} datasets cannot list their classes.", "Write the task YAML's 'classes' by hand.")
     def suspects(self, cfg: Any, spec: Any, fit: Any, *, folds: int = 5, minutes: float = 10.0, epochs: int | None = None,
-                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None, method: str = "auto") -> Any:
+                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None, method: str = "auto",
+                 on_features: Any = None) -> Any:
         """``visionlab data suspects``: the photos of ``cfg.data`` whose label is probably wrong, from
         ``folds`` out-of-fold models (``method``: heads on frozen features, or trainings by ``fit``) (:func:`visionlab.api.suspects`); ``move_to`` is checked before
         any training. Kinds without labels per photo cannot say."""

@@ -12,12 +12,21 @@ from typing import Any, Sequence
 
 from visionlab.present.evaluation import inert_row
 
-__all__ = ["show_fold", "show_suspects", "write_suspects", "render_suspects", "show_moved", "show_undone", "CSV_NAME", "HTML_NAME"]
+__all__ = ["show_features", "show_fold", "show_suspects", "write_suspects", "render_suspects", "show_moved", "show_undone", "CSV_NAME", "HTML_NAME"]
 
 CSV_NAME, HTML_NAME = "suspects.csv", "suspects.html"
 #: Thumbnails on the page, and their longest side in px (the CSV lists every flagged photo).
 MAX_CARDS, THUMB_SIDE = 500, 160
 COLUMNS = ("path", "given_label", "suggested_label", "score", "given_probability", "suggested_probability")
+
+
+def show_features(before: int, done: int, total: int, out: Any) -> None:
+    """``--method features``' pass over the photos (a batch took it from ``before`` to ``done`` of
+    ``total``): a line when it starts and each time it passes a tenth of the photos."""
+    if before == 0:
+        out.print(f"frozen features of the recipe's backbone: {total:,} photos and their mirror images, once")
+    if done * 10 // total > before * 10 // total:
+        out.print(f"frozen features: {done:,} of {total:,} photos ({done / total:.0%})")
 
 
 def show_fold(done: Any, out: Any) -> None:

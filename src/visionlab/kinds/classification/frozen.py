@@ -67,8 +67,9 @@ def _feature_model(cfg: Any, classes: int, device: torch.device) -> torch.nn.Mod
 
 @torch.inference_mode()
 def backbone_features(cfg: Any, index: ClassificationIndex, device: str = "auto", batch_size: int = 32,
-                      on_batch: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[str]]:
-    """(N x D features, the photo's and its mirror's mean, NaN rows for unreadable photos; those photos' paths)."""
+                      on_batch: Callable[[int, int, int], None] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(N x D features, the photo's and its mirror's mean, NaN rows for unreadable photos; those photos' paths).
+    ``on_batch(before, done, total)`` is called after each batch."""
     from visionlab.data.io import UnreadableImage, load_for_model
     from visionlab.data.transforms import Normalize, to_float
     from visionlab.engine.device import resolve_device
@@ -95,7 +96,7 @@ def backbone_features(cfg: Any, index: ClassificationIndex, device: str = "auto"
                 feats = np.full((n, f.shape[1]), np.nan, dtype=np.float32)
             feats[rows] = f
         if on_batch is not None:
-            on_batch(min(n, start + batch_size), n)
+            on_batch(start, min(n, start + batch_size), n)
     if feats is None:
         raise VisionlabError("no photo of the dataset could be read.", "Check the files with: visionlab data doctor DIR")
     return feats, failed

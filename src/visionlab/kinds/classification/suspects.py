@@ -258,8 +258,8 @@ def rank_suspects(index: ClassificationIndex, probs: np.ndarray) -> list[Suspect
     return out
 
 
-def features_out_of_fold(cfg: Any, index: ClassificationIndex, folds: int, device: str,
-                         on_fold: Callable[[FoldDone], None] | None = None) -> tuple[np.ndarray, list[str], list[FoldDone], str]:
+def features_out_of_fold(cfg: Any, index: ClassificationIndex, folds: int, device: str, on_fold: Callable[[FoldDone], None] | None = None,
+                         on_features: Callable[[int, int, int], None] | None = None) -> tuple[np.ndarray, list[str], list[FoldDone], str]:
     """``--method features``: (N x C out-of-fold probabilities, NaN rows for unreadable photos; their paths;
     a FoldDone per fold; what was done, in words) from the backbone's frozen features and a logistic head per fold."""
     from visionlab.kinds.classification.frozen import backbone_features, head_out_of_fold
@@ -267,7 +267,7 @@ def features_out_of_fold(cfg: Any, index: ClassificationIndex, folds: int, devic
     labels = np.asarray(index.labels, dtype=np.int64)
     fold = fold_of(labels, index.classes, folds, int(cfg.seed))  # before the long pass: too few photos is a one-line error
     t0 = time.perf_counter()
-    features, failed = backbone_features(cfg, index, device, batch_size=int(cfg.batch_size))
+    features, failed = backbone_features(cfg, index, device, batch_size=int(cfg.batch_size), on_batch=on_features)
     extracted = time.perf_counter() - t0
     ok = np.flatnonzero(~np.isnan(features).any(axis=1))
     fold = fold[ok]
@@ -305,7 +305,8 @@ def _method(method: str, cfg: Any, epochs: int | None) -> str:
 
 def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any], kind: Any, folds: int = 5, minutes: float = 10.0,
                   epochs: int | None = None, device: str = "auto",
-                  on_fold: Callable[[FoldDone], None] | None = None, method: str = "auto") -> SuspectsResult:
+                  on_fold: Callable[[FoldDone], None] | None = None, method: str = "auto",
+                  on_features: Callable[[int, int, int], None] | None = None) -> SuspectsResult:
     """The photos of ``index`` whose label is probably wrong (see the module docstring): by ``method``,
     a logistic head per fold on frozen features, or ``folds`` trainings within ``minutes`` in all (or
     ``epochs`` each), predicted by ``kind`` (the classification kind, which calls this); then confident learning."""
@@ -316,7 +317,7 @@ def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any],
         raise VisionlabError(f"--minutes must be a number > 0, got {minutes!r}.", "Pass e.g. --minutes 10.")
     t0 = time.perf_counter()
     if _method(method, cfg, epochs) == "features":
-        probs, failed, done, words = features_out_of_fold(cfg, index, folds, device, on_fold)
+        probs, failed, done, words = features_out_of_fold(cfg, index, folds, device, on_fold, on_features)
         budget_seconds = None
     else:
         budget = _Budget(float(minutes) * 60.0, int(cfg.epochs), epochs)
