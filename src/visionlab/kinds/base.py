@@ -356,8 +356,8 @@ class Kind:
                  device: str = "auto", on_fold: Any = None, move_to: Path | None = None, method: str = "auto",
                  on_features: Any = None) -> Any:
         """``visionlab data suspects``: the photos of ``cfg.data`` whose label is probably wrong, from
-        ``folds`` out-of-fold models (``method``: heads on frozen features, or trainings by ``fit``) (:func:`visionlab.api.suspects`); ``move_to`` is checked before
-        any training. Kinds without labels per photo cannot say."""
+        ``folds`` out-of-fold models (``method``: heads on frozen features, or trainings by ``fit``,
+        :func:`visionlab.api.suspects`); ``move_to`` is checked before any training. Kinds without labels per photo cannot say."""
         raise VisionlabError(f"finding wrong labels works on tasks with one label per photo; {spec.name} is a {self.name} task.",
                              "Run it on a classifier's data, e.g. visionlab data suspects --task cracks --data DIR.")
 
