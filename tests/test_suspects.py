@@ -101,6 +101,7 @@ def test_the_csv_and_the_page_are_written_and_nothing_moved(found):
     page = (out / "suspects.html").read_text()
     assert page.count("<article class='example'>") == len(rows) and page.count("data:image/jpeg;base64,") == len(rows)
     assert "Writing this page moved or deleted nothing" in page and "class='facts'" in page
+    assert "<dt>method</dt><dd>fine-tune</dd>" in page and f"how: {result.budget}." in page
     for r in rows:
         assert Path(r["path"]).name in page
 
@@ -264,6 +265,8 @@ def test_frozen_features_and_a_head_per_fold_find_the_flipped_labels(by_features
     assert np.allclose(result.probabilities.sum(axis=1), 1.0)
     assert _snapshot(by_features["data"]) == by_features["before"]
     assert (by_features["out"] / "suspects.csv").is_file() and (by_features["out"] / "suspects.html").is_file()
+    page = (by_features["out"] / "suspects.html").read_text()
+    assert "<dt>method</dt><dd>features</dd>" in page and "how: frozen efficientnet_lite0 features (64 px" in page
     said = by_features["said"]
     assert "frozen features of the recipe's backbone: 40 photos" in said and "frozen features: 40 of 40 photos (100%)" in said
     assert said.count("a logistic head (C=") == 4 and f"{len(result.suspects)} of 40 photos flagged" in said

@@ -107,12 +107,13 @@ def render_suspects(result: Any) -> str:
 
     n = len(result.suspects)
     facts = [("task", result.task), ("data", result.data), ("photos", f"{result.images:,}"), ("flagged", f"{n:,}"),
-             ("folds", len(result.folds)), ("budget", result.budget)]
+             ("folds", len(result.folds)), ("method", result.method)]
     head = ("<header><p class='eyebrow'>visionlab data suspects</p><h1>" + esc(f"{result.task}: labels probably wrong") + "</h1>"
             "<dl class='facts'>" + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(str(v))}</dd></div>" for k, v in facts) + "</dl></header>")
     note = ("<p class='note'>most suspicious first. score: cleanlab's label quality (self-confidence: the out-of-fold probability "
             "of the given label; 0 = surely wrong); suggested: the class the held-out model chose. Writing this page moved or deleted nothing."
-            + (f" The first {MAX_CARDS} of {n:,} are shown; {CSV_NAME} lists all." if n > MAX_CARDS else "") + "</p>")
+            + (f" The first {MAX_CARDS} of {n:,} are shown; {CSV_NAME} lists all." if n > MAX_CARDS else "") + "</p>"
+            + (f"<p class='note'>how: {esc(result.budget)}.</p>" if result.budget else ""))
     cards = "".join(_card(s) for s in result.suspects[:MAX_CARDS]) or "<p class='note'>no photo was flagged.</p>"
     made = time.strftime("%Y-%m-%d %H:%M")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, "

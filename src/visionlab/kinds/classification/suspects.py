@@ -82,7 +82,8 @@ class SuspectsResult:
     images: int
     suspects: list[Suspect]
     folds: list[FoldDone] = field(default_factory=list)
-    budget: str = ""  # how the time budget was split over the folds, in words
+    budget: str = ""  # how the out-of-fold probabilities were made (the time budget's split, or the features and heads), in words
+    method: str = "fine-tune"  # what ran: "features" or "fine-tune"
     budget_seconds: float | None = None  # the time budget (None: --epochs)
     unreadable: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -316,7 +317,8 @@ def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any],
     if epochs is None and not (isinstance(minutes, (int, float)) and minutes > 0):
         raise VisionlabError(f"--minutes must be a number > 0, got {minutes!r}.", "Pass e.g. --minutes 10.")
     t0 = time.perf_counter()
-    if _method(method, cfg, epochs) == "features":
+    method = _method(method, cfg, epochs)
+    if method == "features":
         probs, failed, done, words = features_out_of_fold(cfg, index, folds, device, on_fold, on_features)
         budget_seconds = None
     else:
@@ -324,7 +326,7 @@ def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any],
         probs, failed, done = out_of_fold(index, fit, kind, folds, int(cfg.seed), budget, device, on_fold, batch_size=int(cfg.batch_size))
         words, budget_seconds = budget.words(folds), None if epochs else budget.seconds
     result = SuspectsResult(cfg.task, str(index.root), list(index.classes), len(index), rank_suspects(index, probs),
-                            folds=done, budget=words, budget_seconds=budget_seconds, unreadable=failed)
+                            folds=done, budget=words, budget_seconds=budget_seconds, unreadable=failed, method=method)
     result.probabilities, result.paths = probs, [str(p) for p in index.paths]
     result.seconds = time.perf_counter() - t0
     return result
