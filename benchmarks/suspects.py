@@ -3,11 +3,13 @@
 For each task (cracks and waste by default) the photos of its folder of ``../shared/data`` are
 linked (symlinks, nothing is copied) into a temporary folder in the same class-folder layout, with a
 seeded random 5 % of them put under another class than their own. ``visionlab data suspects`` (the
-CLI of the checkout on ``PYTHONPATH``, the task's recipe, default 5 folds) runs on that folder within
-``--minutes`` per task, and the script prints, per task, the precision and the recall of its flagged
+CLI of the checkout on ``PYTHONPATH``, the task's recipe, default 5 folds, ``--method`` as given:
+by default frozen features and a head per fold; ``fine-tune`` trains within ``--minutes`` per task)
+runs on that folder, and the script prints, per task, the precision and the recall of its flagged
 photos against the flipped ones (targets: both >= 0.8), with the exact command that ran::
 
-    PYTHONPATH=src python benchmarks/suspects.py --minutes 6 --json /tmp/suspects.json
+    PYTHONPATH=src python benchmarks/suspects.py --json /tmp/suspects.json
+    PYTHONPATH=src python benchmarks/suspects.py --method fine-tune --minutes 6
 
 The temporary folder is removed afterwards; the shared data is never written.
 """
@@ -53,10 +55,10 @@ def flipped_copy(source: Path, target: Path, share: float, seed: int) -> tuple[s
     return flipped, len(photos)
 
 
-def run_task(task: str, data: Path, out: Path, minutes: float, folds: int, extra: list[str]) -> dict:
+def run_task(task: str, data: Path, out: Path, minutes: float, folds: int, extra: list[str], method: str = "auto") -> dict:
     """One ``visionlab data suspects`` run; precision and recall of its suspects.csv."""
     cmd = [sys.executable, "-m", "visionlab", "data", "suspects", "--task", task, "--data", str(data), "--out", str(out),
-           "--folds", str(folds), "--minutes", str(minutes), *extra]
+           "--folds", str(folds), "--method", method, *(["--minutes", str(minutes)] if method == "fine-tune" else []), *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600 + 120 * minutes, env={**os.environ, "COLUMNS": "200"})
     seconds = time.perf_counter() - start
@@ -72,7 +74,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED), help="the shared data folder")
     p.add_argument("--tasks", default="cracks,waste")
-    p.add_argument("--minutes", type=float, default=6.0, help="time budget of the K trainings, per task")
+    p.add_argument("--method", default="auto", choices=("auto", "features", "fine-tune"), help="data suspects' --method")
+    p.add_argument("--minutes", type=float, default=6.0, help="time budget of the K trainings, per task (--method fine-tune)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--share", type=float, default=0.05, help="share of the labels flipped")
     p.add_argument("--seed", type=int, default=0, help="seed of the flips")
@@ -88,7 +91,7 @@ def main() -> int:
     for task in args.tasks.split(","):
         with tempfile.TemporaryDirectory(prefix=f"suspects-bench-{task}-") as tmp:
             flipped, n = flipped_copy(root / FOLDERS[task], Path(tmp) / "data", args.share, args.seed)
-            r = run_task(task, Path(tmp) / "data", Path(tmp) / "out", args.minutes, args.folds, extra)
+            r = run_task(task, Path(tmp) / "data", Path(tmp) / "out", args.minutes, args.folds, extra, args.method)
         r.update(task=task, photos=n, flipped=len(flipped))
         if "error" not in r:
             hit = len(set(r["flagged"]) & flipped)

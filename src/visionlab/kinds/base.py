@@ -379,10 +379,11 @@ class Kind:
         data, as the runner reads it); a folder that holds no data of this kind is a one-line error."""
         raise VisionlabError(f"{self.name} datasets cannot list their classes.", "Write the task YAML's 'classes' by hand.")
     def suspects(self, cfg: Any, spec: Any, fit: Any, *, folds: int = 5, minutes: float = 10.0, epochs: int | None = None,
-                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None) -> Any:
+                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None, method: str = "auto",
+                 on_features: Any = None) -> Any:
         """``visionlab data suspects``: the photos of ``cfg.data`` whose label is probably wrong, from
-        ``folds`` trainings by ``fit`` (:func:`visionlab.api.suspects`); ``move_to`` is checked before
-        any training. Kinds without labels per photo cannot say."""
+        ``folds`` out-of-fold models (``method``: heads on frozen features, or trainings by ``fit``,
+        :func:`visionlab.api.suspects`); ``move_to`` is checked before any training. Kinds without labels per photo cannot say."""
         raise VisionlabError(f"finding wrong labels works on tasks with one label per photo; {spec.name} is a {self.name} task.",
                              "Run it on a classifier's data, e.g. visionlab data suspects --task cracks --data DIR.")
 

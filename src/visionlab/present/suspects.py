@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from visionlab.present.evaluation import inert_row
 
-__all__ = ["show_fold", "show_suspects", "write_suspects", "render_suspects", "show_moved", "show_undone", "CSV_NAME", "HTML_NAME"]
+__all__ = ["show_features", "show_fold", "show_suspects", "write_suspects", "render_suspects", "show_moved", "show_undone", "CSV_NAME", "HTML_NAME"]
 
 CSV_NAME, HTML_NAME = "suspects.csv", "suspects.html"
 #: Thumbnails on the page, and their longest side in px (the CSV lists every flagged photo).
@@ -20,8 +20,21 @@ MAX_CARDS, THUMB_SIDE = 500, 160
 COLUMNS = ("path", "given_label", "suggested_label", "score", "given_probability", "suggested_probability")
 
 
+def show_features(before: int, done: int, total: int, out: Any) -> None:
+    """``--method features``' pass over the photos (a batch took it from ``before`` to ``done`` of
+    ``total``): a line when it starts and each time it passes a tenth of the photos."""
+    if before == 0:
+        out.print(f"frozen features of the recipe's backbone: {total:,} photos and their mirror images, once")
+    if done * 10 // total > before * 10 // total:
+        out.print(f"frozen features: {done:,} of {total:,} photos ({done / total:.0%})")
+
+
 def show_fold(done: Any, out: Any) -> None:
     """One fold's line: what it trained on, how long, and what it predicted."""
+    if done.head:
+        out.print(f"fold {done.fold}/{done.folds}: {done.head} of the other folds ({done.trained_on:,} photos) predicted the "
+                  f"{done.held_out:,} held out")
+        return
     out.print(f"fold {done.fold}/{done.folds}: {done.epochs} epoch(s) on the other folds ({done.trained_on:,} photos, "
               f"validation carved from them) and a prediction of the {done.held_out:,} held out in {done.seconds:.0f} s")
 
@@ -94,12 +107,13 @@ def render_suspects(result: Any) -> str:
 
     n = len(result.suspects)
     facts = [("task", result.task), ("data", result.data), ("photos", f"{result.images:,}"), ("flagged", f"{n:,}"),
-             ("folds", len(result.folds)), ("budget", result.budget)]
+             ("folds", len(result.folds)), ("method", result.method)]
     head = ("<header><p class='eyebrow'>visionlab data suspects</p><h1>" + esc(f"{result.task}: labels probably wrong") + "</h1>"
             "<dl class='facts'>" + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(str(v))}</dd></div>" for k, v in facts) + "</dl></header>")
     note = ("<p class='note'>most suspicious first. score: cleanlab's label quality (self-confidence: the out-of-fold probability "
             "of the given label; 0 = surely wrong); suggested: the class the held-out model chose. Writing this page moved or deleted nothing."
-            + (f" The first {MAX_CARDS} of {n:,} are shown; {CSV_NAME} lists all." if n > MAX_CARDS else "") + "</p>")
+            + (f" The first {MAX_CARDS} of {n:,} are shown; {CSV_NAME} lists all." if n > MAX_CARDS else "") + "</p>"
+            + (f"<p class='note'>how: {esc(result.budget)}.</p>" if result.budget else ""))
     cards = "".join(_card(s) for s in result.suspects[:MAX_CARDS]) or "<p class='note'>no photo was flagged.</p>"
     made = time.strftime("%Y-%m-%d %H:%M")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, "

@@ -113,7 +113,8 @@ class ClassificationKind(Kind):
 
         return find_classification(path).classes
     def suspects(self, cfg: Any, spec: Any, fit: Any, *, folds: int = 5, minutes: float = 10.0, epochs: int | None = None,
-                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None) -> Any:
+                 device: str = "auto", on_fold: Any = None, move_to: Path | None = None, method: str = "auto",
+                 on_features: Any = None) -> Any:
         """Out-of-fold probabilities and confident learning (:mod:`visionlab.kinds.classification.suspects`)
         over every labelled photo of the dataset, whatever its split."""
         from visionlab.data.quarantine import check_move_target
@@ -127,7 +128,8 @@ class ClassificationKind(Kind):
             check_move_target(move_to, index.root)
         from visionlab.kinds.classification.suspects import find_suspects  # torch: after the checks of the input
 
-        return find_suspects(cfg, index, fit, self, folds=folds, minutes=minutes, epochs=epochs, device=device, on_fold=on_fold)
+        return find_suspects(cfg, index, fit, self, folds=folds, minutes=minutes, epochs=epochs, device=device, on_fold=on_fold,
+                             method=method, on_features=on_features)
 
     def recognizes(self, path: Path) -> bool:
         return True  # the fallback: class folders, or a CSV of labelled images (the doctor says what is wrong)

@@ -1,6 +1,11 @@
 """Which labels are probably wrong: out-of-fold probabilities from K short trainings, fed to
 confident learning (``cleanlab``).
 
+Two ways to get the out-of-fold probabilities (``method``): ``features`` (the default where the
+recipe's backbone loads pretrained weights) computes the backbone's frozen features once and fits a
+logistic head per fold (:mod:`visionlab.kinds.classification.frozen`); ``fine-tune`` trains the
+whole recipe per fold, as follows.
+
 Every labelled photo of the dataset (train, val and test of its layout) is put in one of K
 stratified, seeded folds. Each fold is held out once: the task's recipe is trained, with the one
 trainer (the ``fit`` callable :func:`visionlab.api.suspects` hands in), on a temporary CSV of the
@@ -26,9 +31,13 @@ import numpy as np
 
 from visionlab.engine.callbacks import Callback
 from visionlab.errors import VisionlabError
+from visionlab.kinds.classification.frozen import C_GRID
 from visionlab.kinds.classification.layout import ClassificationIndex
 
-__all__ = ["Suspect", "SuspectsResult", "FoldDone", "find_suspects", "fold_of", "rank_suspects", "require_cleanlab"]
+__all__ = ["Suspect", "SuspectsResult", "FoldDone", "METHODS", "find_suspects", "fold_of", "rank_suspects", "require_cleanlab"]
+
+#: How the out-of-fold probabilities are made (``auto``: features where the recipe's backbone is pretrained).
+METHODS = ("auto", "features", "fine-tune")
 
 
 @dataclass
@@ -60,6 +69,7 @@ class FoldDone:
     held_out: int
     epochs: int
     seconds: float
+    head: str = ""  # --method features: the head fitted instead of epochs of training, in words
 
 
 @dataclass
@@ -72,7 +82,8 @@ class SuspectsResult:
     images: int
     suspects: list[Suspect]
     folds: list[FoldDone] = field(default_factory=list)
-    budget: str = ""  # how the time budget was split over the folds, in words
+    budget: str = ""  # how the out-of-fold probabilities were made (the time budget's split, or the features and heads), in words
+    method: str = "fine-tune"  # what ran: "features" or "fine-tune"
     budget_seconds: float | None = None  # the time budget (None: --epochs)
     unreadable: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -248,23 +259,74 @@ def rank_suspects(index: ClassificationIndex, probs: np.ndarray) -> list[Suspect
     return out
 
 
+def features_out_of_fold(cfg: Any, index: ClassificationIndex, folds: int, device: str, on_fold: Callable[[FoldDone], None] | None = None,
+                         on_features: Callable[[int, int, int], None] | None = None) -> tuple[np.ndarray, list[str], list[FoldDone], str]:
+    """``--method features``: (N x C out-of-fold probabilities, NaN rows for unreadable photos; their paths;
+    a FoldDone per fold; what was done, in words) from the backbone's frozen features and a logistic head per fold."""
+    from visionlab.kinds.classification.frozen import backbone_features, head_out_of_fold
+
+    labels = np.asarray(index.labels, dtype=np.int64)
+    fold = fold_of(labels, index.classes, folds, int(cfg.seed))  # before the long pass: too few photos is a one-line error
+    t0 = time.perf_counter()
+    features, failed = backbone_features(cfg, index, device, batch_size=int(cfg.batch_size), on_batch=on_features)
+    extracted = time.perf_counter() - t0
+    ok = np.flatnonzero(~np.isnan(features).any(axis=1))
+    fold = fold[ok]
+    held, fit, seconds = head_out_of_fold(features[ok], labels[ok], fold, len(index.classes))
+    probs = np.full((len(labels), len(index.classes)), np.nan)
+    probs[ok] = held
+    done = []
+    for k in range(folds):
+        done.append(FoldDone(k + 1, folds, int(np.sum(fold != k)), int(np.sum(fold == k)), 0, seconds / folds,
+                             head=f"a logistic head (C={fit.c:g}) on the frozen features"))
+        if on_fold is not None:
+            on_fold(done[-1])
+    words = (f"frozen {cfg.model} features ({cfg.image_size} px, the photo and its mirror) of {len(ok):,} photos in {extracted:.0f} s, "
+             f"then a logistic head per fold for each of {len(C_GRID)} strengths in {seconds:.0f} s; C={fit.c:g} kept: out-of-fold "
+             f"log loss {fit.log_loss:.3f}, accuracy {fit.accuracy:.3f} against the given labels (--minutes is --method fine-tune's)")
+    return probs, failed, done, words
+
+
+def _method(method: str, cfg: Any, epochs: int | None) -> str:
+    """The method that runs: ``auto`` is features where the recipe's backbone is pretrained and no --epochs is given."""
+    from visionlab.kinds.classification.frozen import has_pretrained_backbone
+
+    if method not in METHODS:
+        raise VisionlabError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.", "Pass e.g. --method features.")
+    if method == "auto":
+        return "features" if epochs is None and has_pretrained_backbone(cfg) else "fine-tune"
+    if method == "features" and epochs is not None:
+        raise VisionlabError("--epochs counts the trainings of --method fine-tune; --method features trains no network.",
+                             "Leave out --epochs, or pass --method fine-tune.")
+    if method == "features" and not has_pretrained_backbone(cfg):
+        raise VisionlabError(f"the recipe's model {cfg.model} loads no pretrained weights, so its frozen features are random.",
+                             "Pass --method fine-tune, or a recipe with a pretrained backbone.")
+    return method
+
+
 def find_suspects(cfg: Any, index: ClassificationIndex, fit: Callable[..., Any], kind: Any, folds: int = 5, minutes: float = 10.0,
                   epochs: int | None = None, device: str = "auto",
-                  on_fold: Callable[[FoldDone], None] | None = None) -> SuspectsResult:
-    """The photos of ``index`` whose label is probably wrong (see the module docstring): ``folds``
-    trainings within ``minutes`` in all (or ``epochs`` each), predicted by ``kind`` (the classification
-    kind, which calls this), then confident learning."""
+                  on_fold: Callable[[FoldDone], None] | None = None, method: str = "auto",
+                  on_features: Callable[[int, int, int], None] | None = None) -> SuspectsResult:
+    """The photos of ``index`` whose label is probably wrong (see the module docstring): by ``method``,
+    a logistic head per fold on frozen features, or ``folds`` trainings within ``minutes`` in all (or
+    ``epochs`` each), predicted by ``kind`` (the classification kind, which calls this); then confident learning."""
     require_cleanlab()
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise VisionlabError(f"--epochs must be an integer >= 1, got {epochs!r}.", "Pass e.g. --epochs 2, or leave it out to use --minutes.")
     if epochs is None and not (isinstance(minutes, (int, float)) and minutes > 0):
         raise VisionlabError(f"--minutes must be a number > 0, got {minutes!r}.", "Pass e.g. --minutes 10.")
     t0 = time.perf_counter()
-    budget = _Budget(float(minutes) * 60.0, int(cfg.epochs), epochs)
-    probs, failed, done = out_of_fold(index, fit, kind, folds, int(cfg.seed), budget, device, on_fold, batch_size=int(cfg.batch_size))
+    method = _method(method, cfg, epochs)
+    if method == "features":
+        probs, failed, done, words = features_out_of_fold(cfg, index, folds, device, on_fold, on_features)
+        budget_seconds = None
+    else:
+        budget = _Budget(float(minutes) * 60.0, int(cfg.epochs), epochs)
+        probs, failed, done = out_of_fold(index, fit, kind, folds, int(cfg.seed), budget, device, on_fold, batch_size=int(cfg.batch_size))
+        words, budget_seconds = budget.words(folds), None if epochs else budget.seconds
     result = SuspectsResult(cfg.task, str(index.root), list(index.classes), len(index), rank_suspects(index, probs),
-                            folds=done, budget=budget.words(folds), budget_seconds=None if epochs else budget.seconds,
-                            unreadable=failed)
+                            folds=done, budget=words, budget_seconds=budget_seconds, unreadable=failed, method=method)
     result.probabilities, result.paths = probs, [str(p) for p in index.paths]
     result.seconds = time.perf_counter() - t0
     return result
