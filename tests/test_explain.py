@@ -193,3 +193,34 @@ def test_the_report_shows_the_explanation_of_the_most_confident_mistakes(squares
     page = (out / "report.html").read_text()
     assert page.count("<figcaption>Grad-CAM</figcaption>") == len(examples)
     assert page.count("alt='Grad-CAM of ") == len(examples) and "red where it saw" in page
+
+
+def test_an_explanation_stopped_mid_write_leaves_no_truncated_png(tmp_path: Path):
+    """Ctrl-C while a <image>_why.png is being encoded (a real SIGALRM raising KeyboardInterrupt in the
+    PNG encoder's loop, as Ctrl-C did in a real predict --explain run and left a truncated PNG under
+    the finished name): no file of that name, no leftover part; an uninterrupted one is whole."""
+    import signal
+
+    from visionlab.kinds.base import Prediction
+
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)  # seconds of zlib
+    pred = Prediction("photo.jpg", label="x")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            pred.write_explanation(noise, tmp_path, set())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert "explanation" not in pred.files
+
+    small = noise[:40, :60]
+    pred.write_explanation(small, tmp_path, set())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_why.png"]
+    assert np.array_equal(np.asarray(Image.open(pred.files["explanation"])), small)
