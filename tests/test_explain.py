@@ -224,3 +224,36 @@ def test_an_explanation_stopped_mid_write_leaves_no_truncated_png(tmp_path: Path
     pred.write_explanation(small, tmp_path, set())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_why.png"]
     assert np.array_equal(np.asarray(Image.open(pred.files["explanation"])), small)
+
+
+def test_sigterm_while_explanations_are_written_says_how_many_and_leaves_no_half_file(squares: dict[str, Any], tmp_path: Path):
+    """A real predict --explain stopped by SIGTERM once its first <image>_why.png is on disk: exit 130,
+    one line saying how many images' files were written (as many as are there, each whole), no CSV
+    and no part file. Before, SIGTERM killed it without a word (and Ctrl-C left a truncated PNG)."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(80):  # large photos: each overlay is 512 px, so writing them all takes seconds
+        Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(photos / f"p{i:02d}.png", compress_level=0)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "visionlab", "predict", str(photos), "--checkpoint", str(squares["best"]),
+                             "--explain", "--out", str(out / "p.csv"), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("*_why.png")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    written = sorted(out.glob("*_why.png"))
+    assert proc.returncode == 130, stdout + stderr
+    assert 0 < len(written) < 80, len(written)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: interrupted: the files of {len(written)} of 80 image(s) were written to {out}; "
+                                                    "no predictions file was written."), stderr
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in written]  # no CSV, no .part
+    for p in written:
+        Image.open(p).load()  # whole
