@@ -193,3 +193,67 @@ def test_the_report_shows_the_explanation_of_the_most_confident_mistakes(squares
     page = (out / "report.html").read_text()
     assert page.count("<figcaption>Grad-CAM</figcaption>") == len(examples)
     assert page.count("alt='Grad-CAM of ") == len(examples) and "red where it saw" in page
+
+
+def test_an_explanation_stopped_mid_write_leaves_no_truncated_png(tmp_path: Path):
+    """Ctrl-C while a <image>_why.png is being encoded (a real SIGALRM raising KeyboardInterrupt in the
+    PNG encoder's loop, as Ctrl-C did in a real predict --explain run and left a truncated PNG under
+    the finished name): no file of that name, no leftover part; an uninterrupted one is whole."""
+    import signal
+
+    from visionlab.kinds.base import Prediction
+
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)  # seconds of zlib
+    pred = Prediction("photo.jpg", label="x")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            pred.write_explanation(noise, tmp_path, set())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert "explanation" not in pred.files
+
+    small = noise[:40, :60]
+    pred.write_explanation(small, tmp_path, set())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_why.png"]
+    assert np.array_equal(np.asarray(Image.open(pred.files["explanation"])), small)
+
+
+def test_sigterm_while_explanations_are_written_says_how_many_and_leaves_no_half_file(squares: dict[str, Any], tmp_path: Path):
+    """A real predict --explain stopped by SIGTERM once its first <image>_why.png is on disk: exit 130,
+    one line saying how many images' files were written (as many as are there, each whole), no CSV
+    and no part file. Before, SIGTERM killed it without a word (and Ctrl-C left a truncated PNG)."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(80):  # large photos: each overlay is 512 px, so writing them all takes seconds
+        Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(photos / f"p{i:02d}.png", compress_level=0)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "visionlab", "predict", str(photos), "--checkpoint", str(squares["best"]),
+                             "--explain", "--out", str(out / "p.csv"), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("*_why.png")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    written = sorted(out.glob("*_why.png"))
+    assert proc.returncode == 130, stdout + stderr
+    assert 0 < len(written) < 80, len(written)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: interrupted: the files of {len(written)} of 80 image(s) were written to {out}; "
+                                                    "no predictions file was written."), stderr
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in written]  # no CSV, no .part
+    for p in written:
+        Image.open(p).load()  # whole

@@ -258,3 +258,21 @@ def test_connections_that_never_finish_their_headers_are_closed_after_the_header
             sock.close()
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def test_an_explained_image_holds_two_queue_places_so_explain_cannot_double_the_wait_the_queue_bounds(serve):
+    """Grad-CAM costs about the prediction again (benchmarks/README.md): 50 explained images made a
+    one-image request of another client wait 59 s, 50 plain ones 29 s (the caltech model, a loaded
+    2-core machine). With --max-queue 4, two explained images fill it as four plain ones do; three
+    explained are a 413 that says why, three plain are answered."""
+    s = serve(max_queue=4)
+    image = _jpeg(make_class_image("apple", 1, 32))
+    files = [("images", (f"{i}.jpg", image, "image/jpeg")) for i in range(3)]
+    r = httpx.post(s.url + "/predict?explain=1", files=files, timeout=60)
+    assert r.status_code == 413 and "retry-after" not in r.headers, r.text
+    assert r.json()["error"].startswith("3 images explained (each counts 2) in one request; this server admits at most 4"), r.text
+    r = httpx.post(s.url + "/predict", files=files, timeout=60)
+    assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+    r = httpx.post(s.url + "/predict?explain=1", files=files[:2], timeout=60)
+    assert r.status_code == 200 and all("explanation" in x for x in r.json()["results"]), r.text
+    assert _metric(s, "visionlab_pending_images") == 0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from visionlab.errors import TrainingInterrupted, VisionlabError
+from visionlab.errors import Interrupted, TrainingInterrupted, VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
 from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
 
@@ -385,13 +385,17 @@ def _write_files(preds: Sequence[Prediction], folder: Path, kind_files: bool) ->
     image's files share one stem."""
     taken: set[str] = set()
     why: set[str] = set()
-    for p in preds:
-        if p.skipped or p.error:
-            continue
-        if kind_files:
-            p.write_files(folder, taken)
-        if p.explanation is not None:
-            p.write_explanation(p.explanation, folder, why)
+    todo = [p for p in preds if not (p.skipped or p.error)]
+    try:
+        for p in todo:
+            if kind_files:
+                p.write_files(folder, taken)
+            if p.explanation is not None:
+                p.write_explanation(p.explanation, folder, why)
+    except KeyboardInterrupt:
+        done = sum(1 for p in todo if p.files)
+        raise Interrupted(f"interrupted: the files of {done} of {len(todo)} image(s) were written to {folder}; "
+                          "no predictions file was written.", "Run it again to write them all.") from None
 
 
 def predict(

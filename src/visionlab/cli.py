@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from visionlab.errors import TrainingInterrupted, VisionlabError
+from visionlab.errors import Interrupted, VisionlabError
 from visionlab.kinds.base import DEFAULT_TOP_K
 
 app = typer.Typer(
@@ -67,7 +67,7 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):  # typer.Exit is a RuntimeError: let it through
             raise
-        except TrainingInterrupted as exc:
+        except Interrupted as exc:
             _fail(str(exc), 130)
         except VisionlabError as exc:
             _fail(str(exc))
@@ -371,7 +371,11 @@ def predict_cmd(
                                  "(Grad-CAM for classifiers), beside --out (named in its explanation column)."),
 ) -> None:
     """Predict labels (or masks) for images with a trained model."""
+    import signal
+
     from visionlab.api import predict
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: it says what was written
 
     predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size,
             precision=_precision(precision), calibration=calibration, explain=explain)

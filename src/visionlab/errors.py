@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["VisionlabError", "TrainingInterrupted", "PeerFailed"]
+__all__ = ["VisionlabError", "Interrupted", "TrainingInterrupted", "PeerFailed"]
 
 
 class VisionlabError(Exception):
@@ -18,7 +18,11 @@ class VisionlabError(Exception):
         super().__init__(f"{message} {hint}" if hint else message)
 
 
-class TrainingInterrupted(VisionlabError):
+class Interrupted(VisionlabError):
+    """A command stopped by Ctrl-C or SIGTERM; the message says what it had written (the CLI exits 130)."""
+
+
+class TrainingInterrupted(Interrupted):
     """Training stopped by Ctrl-C or SIGTERM; the message says what was saved (the CLI exits 130)."""
 
 

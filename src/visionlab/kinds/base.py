@@ -8,6 +8,7 @@ are imported inside its methods, so ``visionlab tasks`` and ``--help`` stay fast
 from __future__ import annotations
 
 import base64
+import os
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,12 +184,19 @@ class Prediction:
     def write_explanation(self, overlay: Any, folder: Path, taken: set[str]) -> None:
         """Write ``overlay`` (an RGB uint8 array: :meth:`Kind.explain`) as <stem>_why.png into ``folder``
         and note it in :attr:`files` as ``explanation``; stems are picked as :meth:`write_files` picks
-        them (a stem in ``taken`` gets -2, -3, ...), so with a ``taken`` of its own the same image gets the same stem."""
+        them (a stem in ``taken`` gets -2, -3, ...), so with a ``taken`` of its own the same image gets the same stem.
+        Written whole or not at all (a hidden .part file renamed): a stop mid-write leaves no truncated PNG."""
         from PIL import Image
 
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{free_stem(self.source, taken)}_why.png"
-        Image.fromarray(overlay).save(path)
+        part = path.with_name(f".{path.name}.part")
+        try:
+            Image.fromarray(overlay).save(part, format="PNG")
+            os.replace(part, path)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: nothing half-written is left
+            part.unlink(missing_ok=True)
+            raise
         self.files = {**self.files, "explanation": str(path)}
 
     def with_top_k(self, k: int) -> "Prediction":

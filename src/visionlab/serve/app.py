@@ -45,7 +45,7 @@ from visionlab.errors import VisionlabError
 from visionlab.kinds.base import DEFAULT_TOP_K
 from visionlab.serve.batching import Batcher, BatcherStopped
 from visionlab.serve.metrics import Metrics
-from visionlab.serve.routes import ServerState, problem, router
+from visionlab.serve.routes import EXPLAINED_PLACES, ServerState, problem, router
 from visionlab.serve.uploads import BodyBudget, Problem
 
 __all__ = ["Settings", "ServedModel", "load_models", "create_app", "run"]
@@ -370,7 +370,8 @@ def _gauges(server: ServerState) -> None:
     metrics, models = server.metrics, server.models
     metrics.gauge("visionlab_queue_depth", "Images waiting for a forward pass, per model.",
                   lambda: {f'model="{m.task}"': m.batcher.depth if m.batcher else 0 for m in models})
-    metrics.gauge("visionlab_pending_images", "Images admitted and not yet answered (bounded by --max-queue).",
+    metrics.gauge("visionlab_pending_images", "Queue places held by images admitted and not yet answered, "
+                  f"{EXPLAINED_PLACES} per explained one (bounded by --max-queue).",
                   lambda: {"": server.pending})
     metrics.gauge("visionlab_pending_megapixels", "Pixels of the images admitted and not yet answered "
                   "(bounded by --max-queue-megapixels).", lambda: {"": server.pending_pixels / 1e6})

@@ -52,7 +52,7 @@ class ServerState:
     model_thread: ThreadPoolExecutor
     page: bytes = field(default_factory=lambda: _static("index.html"))
     assets: dict[str, bytes] = field(default_factory=lambda: {name: _static(name) for name in STATIC})
-    pending: int = 0  # images admitted and not yet answered
+    pending: int = 0  # queue places held by images admitted and not yet answered (EXPLAINED_PLACES for an explained one)
     pending_pixels: int = 0  # their pixels
     in_flight: int = 0  # predict requests being answered
     cut_off: int = 0  # requests answered 503 when --drain-seconds ran out
@@ -71,7 +71,7 @@ class ServerState:
     def busy(self) -> Problem:
         s = self.settings
         return Problem(503, f"the server is busy ({self.pending} images of {self.pending_pixels / 1e6:.1f} MP "
-                            f"queued, --max-queue {s.max_queue}, --max-queue-megapixels "
+                            f"queued (an explained image counts {EXPLAINED_PLACES}), --max-queue {s.max_queue}, --max-queue-megapixels "
                             f"{s.max_queue_megapixels:g}); retry shortly.", {"Retry-After": "1"})
 
 
@@ -178,6 +178,12 @@ def _model_for(server: ServerState, task: str | None) -> tuple[str, ServedModel]
     return task, by_task[task]
 
 
+#: Queue places (--max-queue) an image asked with explain=1 holds: its Grad-CAM (a forward and a backward
+#: pass) costs 0.6-0.9 of the prediction again (benchmarks/README.md, explain.py), so that many explained
+#: images cannot make the queue's wait twice what --max-queue bounds for other clients.
+EXPLAINED_PLACES = 2
+
+
 def _explain(request: Request, model: ServedModel) -> bool:
     """Whether the query asks for explanations (``explain=1``/``true``); one the model cannot give is a 422."""
     value = request.query_params.get("explain", "0").strip().lower()
@@ -229,14 +235,16 @@ async def answer(request: Request, task: str | None) -> JSONResponse:
         uploads, extra, files, size = await loop.run_in_executor(server.decode_pool, _unpack, request.headers.get(
             "content-type", ""), body, int(settings.max_megapixels * 1e6))
         del body
-        if len(uploads) > settings.max_queue:  # could never be admitted: a 503 would be retried for ever
-            raise Problem(413, f"{len(uploads)} images in one request; this server admits at most {settings.max_queue} "
+        places = len(uploads) * (EXPLAINED_PLACES if explain else 1)
+        if places > settings.max_queue:  # could never be admitted: a 503 would be retried for ever
+            each = f" explained (each counts {EXPLAINED_PLACES})" if explain else ""
+            raise Problem(413, f"{len(uploads)} images{each} in one request; this server admits at most {settings.max_queue} "
                                "at once (--max-queue); send fewer per request.")
-        # only images read and parsed hold a place, by count and by pixels (what decoding them costs)
-        if (server.pending + len(uploads) > settings.max_queue
+        # only images read and parsed hold places, by count (an explained one more) and by pixels (what decoding them costs)
+        if (server.pending + places > settings.max_queue
                 or server.pending_pixels + size > settings.max_queue_megapixels * 1e6):
             raise server.busy()
-        reserved, pixels = len(uploads), size
+        reserved, pixels = places, size
         server.pending += reserved
         server.pending_pixels += pixels
         prepared = await asyncio.gather(*(loop.run_in_executor(server.decode_pool, _prepare, model, u, f)
