@@ -379,23 +379,43 @@ def _close_predictions(preds: list[Prediction], out_path: Path | None, mask_dir:
     show_closing(preds, out_path, mask_dir, console)
 
 
-def _write_files(preds: Sequence[Prediction], folder: Path, kind_files: bool) -> None:
-    """The files of each prediction beside the results: the kind's (masks...) when it writes any, and
-    the explanation when one was made; each kind of file picks its stems from a set of its own, so an
-    image's files share one stem."""
-    taken: set[str] = set()
+def _stopped_writing(done: int, todo: int, folder: Path) -> Interrupted:
+    return Interrupted(f"interrupted: the files of {done} of {todo} image(s) were written to {folder}; "
+                       "no predictions file was written.", "Run it again to write them all.")
+
+
+def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, **options: Any) -> list[Prediction]:
+    """``predictor.predict(todo)``; with ``explain``, each batch's <stem>_why.png written into ``folder``
+    as soon as the batch is done and its overlay let go (a long run never holds them all). The stems
+    come from a set of their own in the order of the results, as :func:`_write_files`' do."""
     why: set[str] = set()
+    written: list[Prediction] = []
+
+    def write(batch: list[Prediction]) -> None:
+        for p in batch:
+            if p.explanation is not None:
+                p.write_explanation(p.explanation, folder, why)
+                p.explanation = None
+                written.append(p)
+
+    try:
+        return predictor.predict(todo, on_batch=write if options.get("explain") else None, **options) if todo else []
+    except KeyboardInterrupt:
+        if not written:
+            raise
+        raise _stopped_writing(len(written), len(todo), folder) from None
+
+
+def _write_files(preds: Sequence[Prediction], folder: Path) -> None:
+    """The kind's files of each prediction (masks...) beside the results; they pick their stems from a
+    set of their own, so an image's files share one stem with its explanation."""
+    taken: set[str] = set()
     todo = [p for p in preds if not (p.skipped or p.error)]
     try:
         for p in todo:
-            if kind_files:
-                p.write_files(folder, taken)
-            if p.explanation is not None:
-                p.write_explanation(p.explanation, folder, why)
+            p.write_files(folder, taken)
     except KeyboardInterrupt:
-        done = sum(1 for p in todo if p.files)
-        raise Interrupted(f"interrupted: the files of {done} of {len(todo)} image(s) were written to {folder}; "
-                          "no predictions file was written.", "Run it again to write them all.") from None
+        raise _stopped_writing(sum(1 for p in todo if p.files), len(todo), folder) from None
 
 
 def predict(
@@ -442,10 +462,10 @@ def predict(
         check_writable(mask_dir, "files of the predictions")
     asked, top_k = top_k, DEFAULT_TOP_K if top_k is None else top_k
     todo = [e.path for e in entries if e.skipped is None]
-    done = iter(predictor.predict(todo, top_k=top_k, batch_size=batch_size, explain=explain) if todo else [])
+    done = iter(_predict_explained(predictor, todo, mask_dir, top_k=top_k, batch_size=batch_size, explain=explain))
     preds = [Prediction(e.path, skipped=e.skipped) if e.skipped else next(done) for e in entries]
-    if mask_dir is not None:
-        _write_files(preds, mask_dir, kind.writes_files)
+    if kind.writes_files:
+        _write_files(preds, mask_dir)
     k = min(top_k, len(predictor.classes))
     title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
     show_predictions(preds, kind, title, k, console)

@@ -11,7 +11,7 @@ not stop the batch.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -111,11 +111,13 @@ class Predictor:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
 
     def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32, num_workers: int | None = None,
-                explain: bool = False) -> list[Prediction]:
+                explain: bool = False, on_batch: Callable[[list[Prediction]], None] | None = None) -> list[Prediction]:
         """Predict one image or a list of them (paths, PIL images or HxWx3 uint8 arrays).
 
         ``top_k`` (>= 1) is clipped to the number of classes. ``explain``: each result also carries
-        :attr:`Prediction.explanation`, the overlay of :meth:`explain` (the kind says whether it can, before any work)."""
+        :attr:`Prediction.explanation`, the overlay of :meth:`explain` (the kind says whether it can, before any work).
+        ``on_batch`` is called with each batch's results as soon as they are made (to write their files
+        and let go of their arrays, so a long run does not hold them all)."""
         if explain:
             self.kind.explain(self.loaded(), [], [])  # a kind that cannot explain says so now
         check_top_k(top_k)
@@ -142,6 +144,8 @@ class Predictor:
             if explain:
                 for pred, overlay in zip(preds, self.explain(arrays, preds, [images[i] for i in idx])):
                     pred.explanation = overlay
+            if on_batch is not None:
+                on_batch(preds)
             for i, pred in zip(idx, preds):
                 results[i] = pred
         return [r for r in results if r is not None]
