@@ -54,7 +54,8 @@ class ClassPrediction(Prediction):
         return {**{k: v for k, v in self.extra().items() if k != "top_k"}, **top_k_columns(self.top_k)}
 
     def detail(self) -> str:
-        return ", ".join(f"{lab} {p:.2f}" for lab, p in self.top_k)
+        ranked = ", ".join(f"{lab} {p:.2f}" for lab, p in self.top_k)
+        return f"none of the classes (best guess {self.guess}, score {self.known_score:.3f}): {ranked}" if self.unknown else ranked
 
     def with_top_k(self, k: int) -> "ClassPrediction":
         self.top_k = self.top_k[:k]

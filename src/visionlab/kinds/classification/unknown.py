@@ -72,6 +72,7 @@ class UnknownScorer(nn.Module):
         super().__init__()
         self.model, self.k = model, int(k)
         self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=1))
+        self.train(model.training)  # a new module is in training mode: export restores that mode onto the network
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tap = _Tap(self.model)  # on for this pass only: the wrapped network is left as it was
