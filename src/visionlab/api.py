@@ -262,6 +262,16 @@ def _checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console:
     return path
 
 
+def _model_notes(kind: Any, path: Path, state: dict[str, Any], calibration: bool, unknown: str | float, console: Any) -> None:
+    """The notices of a model without the calibration or the unknown detector its kind fits (once each)."""
+    from visionlab.present.messages import show_note
+
+    if calibration:
+        show_note(kind.calibration_note(path, state.get("calibration")), console)
+    if unknown != "off":
+        show_note(kind.unknown_note(path, state.get("unknown")), console)
+
+
 def evaluate(
     checkpoint: str | os.PathLike | None = None,
     task: str | None = None,
@@ -294,7 +304,6 @@ def evaluate(
     from visionlab.data.geometry import TTA_MODES
     from visionlab.kinds import get_kind
     from visionlab.present.evaluation import show_evaluation, show_written, write_evaluation
-    from visionlab.present.messages import show_note
     from visionlab.registry import checkpoint_task
     from visionlab.engine.runner import evaluate_checkpoint
 
@@ -308,10 +317,7 @@ def evaluate(
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = checkpoint_task(state)
-    if calibration:
-        show_note(get_kind(spec.kind).calibration_note(path, state.get("calibration")), console)
-    if unknown != "off":
-        show_note(get_kind(spec.kind).unknown_note(path, state.get("unknown")), console)
+    _model_notes(get_kind(spec.kind), path, state, calibration, unknown, console)
     report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device,
                                  batch_size=batch_size, tta=tta, examples=examples, console=console, precision=precision,
                                  calibration=calibration, unknown=unknown)

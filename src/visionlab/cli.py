@@ -330,8 +330,6 @@ def serve_cmd(
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise VisionlabError(f"visionlab serve needs {exc.name}, which is not installed.", 'pip install "visionlab[serve]"') from None
-    from visionlab.engine.runs import latest_checkpoint
-    from visionlab.registry import get_task
     from visionlab.serve.app import Settings, run
 
     for name, value in (("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
@@ -349,17 +347,25 @@ def serve_cmd(
                              "the largest request could never be admitted.", "Raise --max-queue-megapixels.")
     if max_wait_ms < 0 or drain_seconds < 0:
         raise VisionlabError("--max-wait-ms and --drain-seconds cannot be negative.")
+    run(_served_paths(checkpoint, task), Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
+                        cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_bodies_mb=max_bodies_mb, max_megapixels=max_megapixels, device=device,
+                        precision=_precision(precision), calibration=calibration, unknown=unknown_mode(unknown),
+                        drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
+
+
+def _served_paths(checkpoint: List[Path], task: List[str]) -> List[Path]:
+    """The checkpoints of serve: those given, and the latest run of each task given."""
+    from visionlab.engine.runs import latest_checkpoint
+    from visionlab.registry import get_task
+
     paths = list(checkpoint)
     for t in task:
         get_task(t)  # unknown task -> the list of known ones
         paths.append(latest_checkpoint(t))
     if not paths:
         raise VisionlabError("nothing to serve.", "Pass --checkpoint CKPT or --task T (repeatable), e.g. --task cracks.")
-    run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
-                        cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_bodies_mb=max_bodies_mb, max_megapixels=max_megapixels, device=device,
-                        precision=_precision(precision), calibration=calibration, unknown=unknown_mode(unknown),
-                        drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
+    return paths
 
 
 @app.command("predict")
