@@ -91,9 +91,9 @@ class TaskRunner(ABC):
         # ``calibrated`` False (evaluate --no-calibration) scores the raw outputs.
         self.calibration: dict[str, Any] | None = None
         self.calibrated: bool = True
-        # The model's unknown detector (:meth:`Kind.fit_unknown`) as its checkpoint holds it ("unknown",
-        # and "onnx" for an exported file, whose graph computes the score): read by use_saved, or set
-        # by the trainer after fitting it; ``unknown`` is 'auto' (its threshold), 'off' or a threshold.
+        # The model's unknown detector (:meth:`Kind.fit_unknown`) as its checkpoint holds it ("unknown"):
+        # read by use_saved, or set by the trainer after fitting it; ``unknown`` is 'auto' (its
+        # threshold), 'off' or a threshold.
         self.detector: dict[str, Any] = {}
         self.unknown: str | float = "auto"
 
@@ -127,7 +127,7 @@ class TaskRunner(ABC):
                                  f"Use --tta {' or '.join(self.task_kind.tta_modes)}.")
         self.fixed_preprocessing = saved if tta is None else saved.replace(tta=tta)
         self.calibration = state.get("calibration")
-        self.detector = {k: state[k] for k in ("unknown", "onnx") if state.get(k)}
+        self.detector = {"unknown": state["unknown"]} if state.get("unknown") else {}
 
     def has_split_folders(self) -> bool:
         """Whether the dataset brings its own train/val/test split."""

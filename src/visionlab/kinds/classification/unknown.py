@@ -152,15 +152,15 @@ def fit_detector(runner: Any, model: nn.Module, accept: float, k: int = DEFAULT_
 
 def scorer_of(state: Mapping[str, Any], model: nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """(logits, score) of a normalised batch for the model of ``state``: the .onnx graph's two outputs
-    (an exported file with a detector), or :class:`UnknownScorer` on the checkpoint's bank; None without a detector."""
+    (``model`` an exported file's module), or :class:`UnknownScorer` on the checkpoint's bank; None without a detector."""
     from visionlab.errors import VisionlabError
 
     detector = state.get("unknown")
     if not detector:
         return None
-    if state.get("onnx"):
+    if hasattr(model, "forward_all"):  # an exported file (visionlab.engine.onnx_model.OnnxModule): its graph scores
         if len(model.session.get_outputs()) < 2:
-            raise VisionlabError(f"{state['onnx']} is damaged (its metadata has an unknown detector, its graph no score output).",
+            raise VisionlabError(f"{model.path} is damaged (its metadata has an unknown detector, its graph no score output).",
                                  "Export the checkpoint again, or pass --unknown off.")
         return model.forward_all
     bank = detector.get("bank") if isinstance(detector, Mapping) else None
