@@ -297,3 +297,29 @@ def test_the_threshold_accepts_the_share_asked_for_and_the_score_is_the_kth_neig
     assert knn_similarity(q, bank, 2).item() == pytest.approx(2 ** -0.5)
     assert knn_similarity(q, bank, 3).item() == pytest.approx(0.0, abs=1e-7)
     assert list(bank_rows(5, 10)) == [0, 1, 2, 3, 4] and len(bank_rows(10000)) == 2048
+
+
+@pytest.mark.parametrize("flags", [("--int8",), ("--format", "openvino")], ids=["int8", "openvino"])
+def test_int8_and_openvino_files_give_the_same_score_through_the_same_paths(trained: dict[str, Any], tmp_path: Path,
+                                                                             flags: tuple[str, ...]):
+    """The score's nodes stay fp32 in the int8 file (only the network's part is quantised); the
+    OpenVINO IR answers it through the runtime's same code path."""
+    pytest.importorskip("onnxruntime")
+    if "openvino" in flags:
+        pytest.importorskip("openvino")
+    import onnx
+
+    fp32, other = tmp_path / "m.onnx", tmp_path / ("m.xml" if "openvino" in flags else "m.int8.onnx")
+    _cli("export", str(trained["best"]), "--out", str(fp32))
+    _cli("export", str(trained["best"]), *flags, "--out", str(other))
+    photos = trained["known"] + trained["strangers"][:4]
+    rows = {}
+    for name, path in (("fp32", fp32), ("other", other)):
+        _cli(str(path), *photos, "--json", str(tmp_path / f"{name}.json"), module="visionlab.runtime")
+        rows[name] = _rows(tmp_path / f"{name}.json")
+    assert [r["known_score"] for r in rows["other"]] == pytest.approx([r["known_score"] for r in rows["fp32"]], abs=2e-3)
+    if "--int8" in flags:
+        graph = onnx.load(str(other)).graph
+        makers = {o: n for n in graph.node for o in n.output}
+        assert makers["known_score"].op_type != "DequantizeLinear"  # the score itself is not quantised
+        assert any(n.op_type == "DequantizeLinear" for n in graph.node)  # the network is
