@@ -57,10 +57,12 @@ class _Tap:
 
 def knn_similarity(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
     """Cosine similarity of each row of ``features`` (N, D) to its ``k``-th most similar row of the
-    L2-normalised ``bank`` (M, D), in float32."""
-    f = nn.functional.normalize(features.float().flatten(1), dim=1)
-    sims = f @ bank.float().t()
-    return sims.topk(min(k, bank.shape[0]), dim=1).values[:, -1]
+    L2-normalised ``bank`` (M, D), in float32 (also under bf16 autocast: a score in bf16 would move
+    by whole hundredths around its threshold)."""
+    with torch.autocast(features.device.type, enabled=False):
+        f = nn.functional.normalize(features.float().flatten(1), dim=1)
+        sims = f @ bank.float().t()
+        return sims.topk(min(k, bank.shape[0]), dim=1).values[:, -1]
 
 
 class UnknownScorer(nn.Module):
