@@ -323,3 +323,11 @@ def test_int8_and_openvino_files_give_the_same_score_through_the_same_paths(trai
         makers = {o: n for n in graph.node for o in n.output}
         assert makers["known_score"].op_type != "DequantizeLinear"  # the score itself is not quantised
         assert any(n.op_type == "DequantizeLinear" for n in graph.node)  # the network is
+
+
+def test_the_report_says_what_the_detector_accepted(trained: dict[str, Any], tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["best"].parent, run)
+    _cli("report", str(run), "--out", str(tmp_path / "r.html"), "--device", "cpu")
+    html = (tmp_path / "r.html").read_text()
+    assert "Unknown photos" in html and "known photos accepted" in html
