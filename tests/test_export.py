@@ -30,6 +30,7 @@ import visionlab.registry  # noqa: E402  (a submodule is an attribute once impor
 from visionlab.data.io import expand_inputs  # noqa: E402
 from visionlab.errors import VisionlabError  # noqa: E402
 from visionlab.kinds import get_kind  # noqa: E402
+from visionlab.kinds.classification import KNOWN_SCORE  # noqa: E402
 
 # Per task: a model and options that cover the code paths (architectures, TTA modes, tiling, seg_scale).
 TASK_OPTIONS = {
@@ -103,7 +104,8 @@ def test_every_task_exports_with_parity_and_predicts_as_its_checkpoint(models, t
     assert json.loads(meta["classes"]) == state["classes"]
     assert json.loads(meta["preprocessing"]) == state["preprocessing"]
     assert meta["tta"] == state["preprocessing"]["tta"]
-    assert json.loads(meta["outputs"]) == [o.to_dict() for o in get_kind(state["kind"]).outputs]  # what the runtime reads
+    declared = [o.to_dict() for o in get_kind(state["kind"]).outputs]  # what the runtime reads, then a classifier's score
+    assert json.loads(meta["outputs"]) == declared + ([KNOWN_SCORE.to_dict()] if state.get("unknown") else [])
     assert json.loads(meta["outputs"])[0]["per"] == ("pixel" if state["kind"] == "segmentation" else "image")
     assert meta["visionlab_version"] == visionlab.__version__
     assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from visionlab.errors import Interrupted, TrainingInterrupted, VisionlabError
 from visionlab.kinds import EvaluationReport, Prediction, get_kind
-from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, unknown_mode
 
 if TYPE_CHECKING:
     from visionlab.config import Config
@@ -238,11 +238,12 @@ def train(
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task: str | None = None,
-         precision: str = "fp32", calibration: bool = True):
+         precision: str = "fp32", calibration: bool = True, unknown: str | float = "auto"):
     """A :class:`visionlab.engine.predict.Predictor` from a checkpoint (default: latest run). It
     computes in ``precision``: fp32 (the same answers as the exported .onnx), or auto (bf16 where
     the CPU/GPU has it: faster, probabilities a little apart), bf16, fp16 (CUDA). ``calibration``
-    False: the raw softmax, without the model's fitted temperature."""
+    False: the raw softmax, without the model's fitted temperature. ``unknown``: 'auto' answers 'unknown'
+    below the model's fitted threshold (a classifier's detector), a number below that one, 'off' never."""
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.engine.predict import Predictor
     from visionlab.engine.runs import latest_checkpoint
@@ -250,7 +251,7 @@ def load(checkpoint: str | os.PathLike | None = None, device: str = "auto", task
     path = Path(checkpoint) if checkpoint else latest_checkpoint(task)
     state = load_checkpoint(path, expect_task=task)
     return Predictor(state, get_kind(state["kind"]), device=device, source=str(path), precision=precision,
-                     calibration=calibration)
+                     calibration=calibration, unknown=unknown)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -270,6 +271,16 @@ def _checkpoint(checkpoint: str | os.PathLike | None, task: str | None, console:
     return path
 
 
+def _model_notes(kind: Any, path: Path, state: dict[str, Any], calibration: bool, unknown: str | float, console: Any) -> None:
+    """The notices of a model without the calibration or the unknown detector its kind fits (once each)."""
+    from visionlab.present.messages import show_note
+
+    if calibration:
+        show_note(kind.calibration_note(path, state.get("calibration")), console)
+    if unknown != "off":
+        show_note(kind.unknown_note(path, state.get("unknown")), console)
+
+
 def evaluate(
     checkpoint: str | os.PathLike | None = None,
     task: str | None = None,
@@ -284,6 +295,7 @@ def evaluate(
     report_html: bool = False,
     precision: str = "fp32",
     calibration: bool = True,
+    unknown: str | float = "auto",
 ) -> EvaluationReport:
     """Evaluate a trained model on a split of its data, or on any folder in the task's layout.
 
@@ -293,13 +305,14 @@ def evaluate(
     metrics.json (and the confusion matrix as CSV and PNG), predictions.csv, thumbnails of the
     ``examples`` images most worth a look into ``out`` (default: an ``eval-*`` folder beside the
     checkpoint), and with ``report_html`` the run's HTML report (:func:`visionlab.report.write_report`).
+    With the model's unknown detector (``unknown`` 'auto', or a threshold; 'off' leaves it out) it
+    also reports the share of the known photos it accepts; the accuracy is that of every photo either way.
     Returns the :class:`~visionlab.kinds.EvaluationReport` (``report["metrics"]`` reads metrics.json's keys)."""
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint
     from visionlab.data.geometry import TTA_MODES
     from visionlab.kinds import get_kind
     from visionlab.present.evaluation import show_evaluation, show_written, write_evaluation
-    from visionlab.present.messages import show_note
     from visionlab.registry import checkpoint_task
     from visionlab.engine.runner import evaluate_checkpoint
 
@@ -309,14 +322,14 @@ def evaluate(
         raise VisionlabError(f"unknown split {split!r}.", "Use test, val, train or all.")
     if tta is not None and tta not in TTA_MODES:
         raise VisionlabError(f"unknown tta mode {tta!r}.", f"Use one of {', '.join(TTA_MODES)}.")
+    unknown = unknown_mode(unknown)
     path = _checkpoint(checkpoint, task, console)
     state = load_checkpoint(path, expect_task=task)
     spec = checkpoint_task(state)
-    if calibration:
-        show_note(get_kind(spec.kind).calibration_note(path, state.get("calibration")), console)
+    _model_notes(get_kind(spec.kind), path, state, calibration, unknown, console)
     report = evaluate_checkpoint(spec, get_kind(spec.kind), state, path, data=data, split=split, device=device,
                                  batch_size=batch_size, tta=tta, examples=examples, console=console, precision=precision,
-                                 calibration=calibration)
+                                 calibration=calibration, unknown=unknown)
     show_evaluation(report, console)
     out_dir = Path(out) if out else path.parent / f"eval-{report.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     show_written(out_dir, write_evaluation(report, out_dir), console)
@@ -430,6 +443,7 @@ def predict(
     precision: str = "fp32",
     calibration: bool = True,
     explain: bool = False,
+    unknown: str | float = "auto",
 ) -> list[Prediction]:
     """Predict files, folders or globs; print a table; write CSV/JSON (and masks for kinds that draw them).
 
@@ -438,7 +452,9 @@ def predict(
     could not be read) or ``skipped`` (why an entry was not predicted: not an image, a broken
     link, a directory...), in the order they were named. ``top_k`` (>= 1; default :data:`visionlab.kinds.base.DEFAULT_TOP_K`) is clipped
     to the number of classes; an explicit value above it is said so. The model's fitted calibration
-    (a classifier's temperature) is applied unless ``calibration`` is False (the raw softmax).
+    (a classifier's temperature) is applied unless ``calibration`` is False (the raw softmax), and its
+    unknown detector unless ``unknown`` is 'off' (below the threshold: ``label`` 'unknown', the best
+    class in ``guess``, the score in ``known_score``).
     ``explain``: also, per image, <stem>_why.png (:meth:`visionlab.kinds.Kind.explain`: what the model
     looked at) beside the CSV/JSON (else in the checkpoint's predictions/ folder), named in its ``explanation`` column."""
     from visionlab import present
@@ -449,13 +465,15 @@ def predict(
     _check_batch_size(batch_size)
     if top_k is not None:
         check_top_k(top_k, "--top-k")
+    unknown = unknown_mode(unknown)
     out_path = Path(out) if out else None
     if out_path is not None:  # before any work is done
         check_output_file(out_path)
     entries = _entries_to_predict(paths, out_path, console)
     path = _checkpoint(checkpoint, task, console)
-    predictor = load(path, device=device, task=task, precision=precision, calibration=calibration)
+    predictor = load(path, device=device, task=task, precision=precision, calibration=calibration, unknown=unknown)
     show_note(predictor.calibration_note, console)
+    show_note(predictor.unknown_note, console)
     kind = predictor.kind
     mask_dir = (out_path.parent if out_path else path.parent / "predictions") if kind.writes_files or explain else None
     if mask_dir is not None and out_path is None:
@@ -591,3 +609,43 @@ def undo_suspects(folder: str | os.PathLike, console: Any = None) -> list[tuple[
     pairs = undo_move(Path(folder))
     show_undone(pairs, Path(folder), present.console(console))
     return pairs
+
+
+def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+              device: str = "auto", accept: float | None = None, console: Any = None) -> Path:
+    """Fit what training fits after it, for a checkpoint that lacks it (one from before these existed):
+    the kind's calibration (a classifier's temperature) and its unknown detector, on the run's own
+    splits of its data (``data``: the same folder elsewhere), with ``accept`` (default: the run's
+    ``unknown_accept``) of the validation photos accepted. Writes a new checkpoint, ``out`` (default
+    ``<name>-calibrated.pt`` beside it), never over an existing file; returns its path."""
+    from visionlab import present
+    from visionlab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from visionlab.engine.runner import prepared_runner
+    from visionlab.present.messages import show_fitted
+    from visionlab.registry import checkpoint_task
+
+    console = present.console(console)
+    path = Path(checkpoint).expanduser()
+    if path.suffix.lower() == ".onnx":
+        raise VisionlabError(f"{path} is an exported model: its weights cannot be calibrated here.",
+                             "Pass the .pt checkpoint it was exported from, then export the new one.")
+    dest = Path(out).expanduser() if out else path.with_name(f"{path.stem}-calibrated.pt")
+    if dest.exists():
+        raise VisionlabError(f"{dest} exists; calibrate never writes over a file.", "Pass --out with a new file name.")
+    state = load_checkpoint(path)
+    spec = checkpoint_task(state)
+    kind = get_kind(spec.kind)
+    if accept is not None:
+        state = {**state, "config": {**state["config"], "unknown_accept": float(accept)}}
+    runner, _ = prepared_runner(spec, kind, state, path, data, device, console=console)
+    model = load_model(state, device=runner.device, channels_last=runner.cfg.channels_last)
+    fitted = {k: v for k, v in (("calibration", kind.calibrate(runner, model)), ("unknown", kind.fit_unknown(runner, model)))
+              if v is not None}
+    if not fitted:
+        raise VisionlabError(f"nothing to fit for {path}: {spec.kind} models have no calibration or unknown detector, "
+                             "or the run has no validation images.", "Calibrate a classifier trained with a validation split.")
+    save_checkpoint({**state, **fitted}, dest)
+    lines = ([kind.calibration_line(fitted["calibration"])] if "calibration" in fitted else []) + (
+        [kind.unknown_line(fitted["unknown"])] if "unknown" in fitted else [])
+    show_fitted(lines, dest, console)
+    return dest

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 import typer
 
 from visionlab.errors import Interrupted, VisionlabError
-from visionlab.kinds.base import DEFAULT_TOP_K
+from visionlab.kinds.base import DEFAULT_TOP_K, unknown_mode
 
 app = typer.Typer(
     name="visionlab",
@@ -247,6 +247,11 @@ def _precision_option() -> typer.models.OptionInfo:
     return typer.Option("fp32", "--precision", help="fp32 (the same answers as the exported .onnx), auto (bf16 where the CPU/GPU has it: faster), bf16, fp16 (CUDA).")
 
 
+def _unknown_option() -> typer.models.OptionInfo:
+    return typer.Option("auto", "--unknown", help="Photos of none of the classes: auto (below the model's fitted threshold: "
+                        "'unknown', with the best guess), a threshold of your own, or off (every photo gets a class).")
+
+
 def _precision(value: str) -> str:
     """--precision of evaluate, predict and serve, checked before any model is loaded."""
     from visionlab.config import PRECISIONS
@@ -270,12 +275,13 @@ def evaluate_cmd(
     report: bool = typer.Option(False, "--report", help="Also write the run's HTML report (report.html in the output folder)."),
     precision: str = _precision_option(),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
+    unknown: str = _unknown_option(),
 ) -> None:
     """Evaluate a trained model: accuracy, P/R/F1, confusion matrix, ROC AUC; IoU for segmentation."""
     from visionlab.api import evaluate
 
     evaluate(checkpoint=checkpoint, task=task, data=data, split=split, device=device, batch_size=batch_size, out=out, tta=tta,
-             report_html=report, precision=_precision(precision), calibration=calibration)
+             report_html=report, precision=_precision(precision), calibration=calibration, unknown=unknown)
 
 
 @app.command("report")
@@ -315,6 +321,7 @@ def serve_cmd(
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long requests in flight may take to finish."),
     precision: str = _precision_option(),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
+    unknown: str = _unknown_option(),
 ) -> None:
     """Serve models over HTTP: a JSON API with batching, metrics, and a camera/upload page at /."""
     try:
@@ -323,8 +330,6 @@ def serve_cmd(
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise VisionlabError(f"visionlab serve needs {exc.name}, which is not installed.", 'pip install "visionlab[serve]"') from None
-    from visionlab.engine.runs import latest_checkpoint
-    from visionlab.registry import get_task
     from visionlab.serve.app import Settings, run
 
     for name, value in (("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
@@ -342,17 +347,25 @@ def serve_cmd(
                              "the largest request could never be admitted.", "Raise --max-queue-megapixels.")
     if max_wait_ms < 0 or drain_seconds < 0:
         raise VisionlabError("--max-wait-ms and --drain-seconds cannot be negative.")
+    run(_served_paths(checkpoint, task), Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
+                        cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_bodies_mb=max_bodies_mb, max_megapixels=max_megapixels, device=device,
+                        precision=_precision(precision), calibration=calibration, unknown=unknown_mode(unknown),
+                        drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
+
+
+def _served_paths(checkpoint: List[Path], task: List[str]) -> List[Path]:
+    """The checkpoints of serve: those given, and the latest run of each task given."""
+    from visionlab.engine.runs import latest_checkpoint
+    from visionlab.registry import get_task
+
     paths = list(checkpoint)
     for t in task:
         get_task(t)  # unknown task -> the list of known ones
         paths.append(latest_checkpoint(t))
     if not paths:
         raise VisionlabError("nothing to serve.", "Pass --checkpoint CKPT or --task T (repeatable), e.g. --task cracks.")
-    run(paths, Settings(host=host, port=port, api_key=api_key, insecure_no_key=insecure_no_key, allowed_hosts=list(allowed_host),
-                        cors_origins=list(cors_origin), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                        max_queue=max_queue, max_upload_mb=max_upload_mb, max_bodies_mb=max_bodies_mb, max_megapixels=max_megapixels, device=device,
-                        precision=_precision(precision), calibration=calibration,
-                        drain_seconds=drain_seconds, body_timeout=body_timeout, header_timeout=header_timeout, max_queue_megapixels=max_queue_megapixels))
+    return paths
 
 
 @app.command("predict")
@@ -369,6 +382,7 @@ def predict_cmd(
     calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Apply the model's fitted temperature (default), or show the raw softmax."),
     explain: bool = typer.Option(False, "--explain", help="Also write, per image, IMAGE_why.png: what the model looked at "
                                  "(Grad-CAM for classifiers), beside --out (named in its explanation column)."),
+    unknown: str = _unknown_option(),
 ) -> None:
     """Predict labels (or masks) for images with a trained model."""
     import signal
@@ -378,7 +392,24 @@ def predict_cmd(
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: it says what was written
 
     predict(paths, checkpoint=checkpoint, task=task, top_k=top_k, out=out, device=device, batch_size=batch_size,
-            precision=_precision(precision), calibration=calibration, explain=explain)
+            precision=_precision(precision), calibration=calibration, explain=explain, unknown=unknown)
+
+
+@app.command("calibrate")
+@handle_errors
+def calibrate_cmd(
+    checkpoint: Path = typer.Argument(..., help="A classifier's checkpoint (.pt), e.g. one trained before the unknown detector existed."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Its training data folder (default: where the run read it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The new checkpoint (default: NAME-calibrated.pt beside it; never an existing file)."),
+    accept: Optional[float] = typer.Option(None, "--accept", help="Share of known validation photos the unknown threshold accepts (default: the run's unknown_accept, 0.95)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Fit a checkpoint's temperature and unknown detector on its validation split, into a new checkpoint."""
+    from visionlab.api import calibrate
+
+    if accept is not None and not 0.5 <= accept < 1:
+        raise VisionlabError(f"--accept must be a share in [0.5, 1), got {accept:g}.", "Pass e.g. --accept 0.95.")
+    calibrate(checkpoint, data=data, out=out, device=device, accept=accept, console=_console())
 
 
 @app.command("export")

@@ -108,14 +108,18 @@ def check_parity(session: Any, model: torch.nn.Module, batches: list[torch.Tenso
     worst, close, equal, counted = 0.0, True, 0, 0
     for x in batches:
         with torch.inference_mode():
-            ref = model(x).float().numpy()
-        got = session.run(None, {name: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise VisionlabError(f"the exported model returns shape {got.shape} for input {tuple(x.shape)}, PyTorch {ref.shape}.",
-                                 "Export with another --opset, or report it (run with --debug).")
-        diff = np.abs(got.astype(np.float64) - ref)
-        worst = max(worst, float(diff.max()))
-        close = close and bool((diff <= atol + rtol * np.abs(ref)).all())
+            refs = model(x)
+        refs = [r.float().numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]  # the logits, then any others
+        gots = session.run(None, {name: x.numpy()})
+        for got, ref in zip(gots, refs):
+            if got.shape != ref.shape or len(gots) != len(refs):
+                raise VisionlabError(f"the exported model returns shape {got.shape} for input {tuple(x.shape)} "
+                                     f"({len(gots)} outputs), PyTorch {ref.shape} ({len(refs)}).",
+                                     "Export with another --opset, or report it (run with --debug).")
+            diff = np.abs(got.astype(np.float64) - ref)
+            worst = max(worst, float(diff.max()))
+            close = close and bool((diff <= atol + rtol * np.abs(ref)).all())
+        got, ref = gots[0], refs[0]
         same = output.decisions(got) == output.decisions(ref)
         equal, counted = equal + int(same.sum()), counted + same.size
     return Parity([tuple(b.shape) for b in batches], worst, close, equal / max(1, counted), counted,
@@ -281,7 +285,8 @@ def _without_local_paths(state: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return config, data
 
 
-def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int) -> dict[str, str]:
+def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int,
+              outputs: tuple[Output, ...] | None = None) -> dict[str, str]:
     config, data = _without_local_paths(state)
     kind, pre = get_kind(state["kind"]), Preprocessing.from_dict(state["preprocessing"])
     values: dict[str, Any] = {
@@ -298,14 +303,16 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int)
         "data": data,
         "input": f"{INPUT_NAME}: float32 N x 3 x H x W, RGB, (pixel / 255 - mean) / std; H = W = {size}"
                  + (" (or any multiples of 32)" if kind.outputs[0].dense else ""),
-        "output": "; ".join(o.line() for o in kind.outputs),
-        "outputs": [o.to_dict() for o in kind.outputs],
+        "output": "; ".join(o.line() for o in outputs or kind.outputs),
+        "outputs": [o.to_dict() for o in outputs or kind.outputs],
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256_file(checkpoint),
         "trained_from_visionlab": str(state.get("visionlab_version", "")),
         "exporter": f"torch {torch.__version__} torch.onnx.export, {exporter} exporter",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **({"calibration": state["calibration"]} if state.get("calibration") else {}),  # the runtime divides logits by its temperature
+        # the unknown detector's threshold and facts; its score is the graph's second output (the bank inside it)
+        **({"unknown": {k: v for k, v in state["unknown"].items() if k != "bank"}} if state.get("unknown") else {}),
     }
     return {k: json.dumps(v, default=str) if k in JSON_FIELDS else str(v) for k, v in values.items()}
 
@@ -409,8 +416,9 @@ def _save_graph(onnx: Any, model: torch.nn.Module, state: dict[str, Any], src: P
     """Export ``model`` with visionlab's metadata to ``staged`` (with ``external_data``, its weights in
     ``<name>.data`` beside it); returns the exporter used and the graph saved."""
     graph = staged.parent / "graph.onnx"
-    exporter = _export_graph(model, example, graph, opset, get_kind(state["kind"]).outputs)
-    proto = _finalize(onnx.load(str(graph)), _metadata(state, src, exporter, int(state["preprocessing"]["image_size"])))
+    module, outputs = get_kind(state["kind"]).exported(state, model)
+    exporter = _export_graph(module, example, graph, opset, outputs)
+    proto = _finalize(onnx.load(str(graph)), _metadata(state, src, exporter, int(state["preprocessing"]["image_size"]), outputs))
     onnx.save_model(proto, str(staged), save_as_external_data=external_data, all_tensors_to_one_file=True,
                     location=f"{staged.name}.data", size_threshold=0)
     return exporter, proto
@@ -433,8 +441,8 @@ def _prove_parity(staged: Path, state: dict[str, Any], model: torch.nn.Module, b
                   source: str, atol: float, rtol: float, min_labels: float, min_pixels: float,
                   max_prob_diff: float) -> tuple[Parity, EndToEnd]:
     """Both parity checks of the staged export (logits, then files in and answers out); raises when one fails."""
-    parity = check_parity(open_session(staged), model, batches, source, get_kind(state["kind"]).outputs[0], atol, rtol,
-                          min_labels, min_pixels)
+    parity = check_parity(open_session(staged), get_kind(state["kind"]).exported(state, model)[0], batches, source,
+                          get_kind(state["kind"]).outputs[0], atol, rtol, min_labels, min_pixels)
     if not parity.passed:
         raise VisionlabError(f"export failed the parity check, nothing was written: {parity.line()}.",
                              "Try another --opset, or report the model (run with --debug for details).")

@@ -23,8 +23,8 @@ FORMAT = "visionlab-onnx/1"
 # metadata_props holding JSON (all others are plain strings); files exported before the kinds
 # described their outputs lack "outputs" (read_metadata gives None: their kind's outputs apply), and those
 # of models without a fitted calibration (a classifier's temperature) lack "calibration"
-JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs", "calibration")
-OPTIONAL_FIELDS = ("outputs", "calibration")
+JSON_FIELDS = ("classes", "preprocessing", "config", "model_args", "data", "outputs", "calibration", "unknown")
+OPTIONAL_FIELDS = ("outputs", "calibration", "unknown")  # "unknown": a classifier's detector (its threshold; the score is an output)
 
 
 def default_threads() -> int:

@@ -146,7 +146,8 @@ class Quantizer:
         int8, prepared = staged.with_name("int8-" + staged.name), staged.with_name("prep-" + staged.name)
         quant_pre_process(str(staged), str(prepared), skip_symbolic_shape=kind.outputs[0].dense)  # shapes, fusions
         quantize_static(str(prepared), str(int8), _Batches(INPUT_NAME, x), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=_beside_the_first_output(prepared))
         limit = kind.max_quantization_drop if self.max_drop is None else float(self.max_drop)
         result = Quantization(kind.primary, _score(runner, state, staged), _score(runner, state, int8), limit,
                               kind.higher_is_better(kind.primary), "val", runner.split_size("val"),
@@ -155,6 +156,28 @@ class Quantizer:
         result.check()
         _stamp(staged, int8, result)
         return result
+
+
+def _beside_the_first_output(path: Path) -> list[str]:
+    """The nodes that only the graph's other outputs need (a classifier's unknown-detector score: its
+    features normalised, the similarities to the feature bank, the k-th largest): they stay fp32, as an
+    int8 score would move by whole quantisation steps around its threshold."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    makers = {out: node for node in graph.node for out in node.output}
+
+    def needed(names: list[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [makers[n] for n in names if n in makers]
+        while todo:
+            node = todo.pop()
+            if node.name not in seen:
+                seen.add(node.name)
+                todo += [makers[i] for i in node.input if i in makers]
+        return seen
+
+    return sorted(needed([o.name for o in graph.output[1:]]) - needed([graph.output[0].name]))
 
 
 def _stamp(staged: Path, int8: Path, result: Quantization) -> None:

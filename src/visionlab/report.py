@@ -114,6 +114,8 @@ def render_report(run: Path, eval_dir: Path) -> str:
         parts.append(_section("Confusion matrix", _confusion(rep["confusion_matrix"], classes, task_kind.confusion_unit)))
     if rep.get("reliability"):
         parts.append(_section("Calibration", _calibration(rep, eval_dir)))
+    if rep.get("unknown"):
+        parts.append(_section("Unknown photos", _unknown(rep["unknown"])))
     if examples:
         parts.append(_section(task_kind.examples_heading, f"<p class='note'>{esc(task_kind.examples_note)}</p>"
                               + _examples(examples, eval_dir / "examples")))
@@ -220,6 +222,15 @@ def _calibration(rep: Mapping[str, Any], eval_dir: Path) -> str:
         figure = f"<figure><img src='data:image/png;base64,{data}' alt='reliability diagram' style='max-width:100%'></figure>"
     return (f"<p class='note'>{note}; ECE: expected calibration error over 15 confidence bins, NLL in nats per {unit}, "
             f"Brier: mean squared distance of the probabilities from the true class</p>{table}{figure}")
+
+
+def _unknown(u: Mapping[str, Any]) -> str:
+    """What the unknown detector did on the evaluated (known) photos: its threshold and the share it accepted."""
+    on = f"; accuracy on those {_fmt(u.get('accuracy_accepted'))}, on all {_fmt(u.get('accuracy_all'))}" if u.get("accepted") else ""
+    return (f"<p class='note'>{esc(str(u.get('score')))} score, threshold {_fmt(u.get('threshold'))}: "
+            f"{esc(str(u.get('accepted')))} of {esc(str(u.get('images')))} known photos accepted ({_fmt(u.get('known_accepted'))}){on}; "
+            "the others would be answered 'unknown' (the photo looks like none of the classes). The accuracy above is of "
+            "every photo, as with --unknown off.</p>")
 
 
 def _inside(folder: Path, name: str) -> Path | None:

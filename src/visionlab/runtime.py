@@ -41,7 +41,7 @@ from visionlab.data.geometry import view_plan
 from visionlab.data.io import InputEntry, UnreadableImage, load_for_model, scan_inputs
 from visionlab.errors import VisionlabError
 from visionlab.kinds import Kind, Output, get_kind, kind_names
-from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, temperature_of
+from visionlab.kinds.base import DEFAULT_TOP_K, check_top_k, temperature_of, unknown_mode, unknown_threshold
 from visionlab.onnx_file import (FORMAT, JSON_FIELDS, OpenVINOSession, default_threads, fitting_outputs, open_session,
                                  read_metadata)
 
@@ -62,9 +62,12 @@ class Runtime:
     """An exported model with its classes and preprocessing, run by onnxruntime on the CPU.
 
     The file's fitted calibration (a classifier's temperature) divides the logits before the
-    activation unless ``calibration`` is False (the raw softmax), as in :class:`visionlab.engine.predict.Predictor`."""
+    activation unless ``calibration`` is False (the raw softmax), as in :class:`visionlab.engine.predict.Predictor`;
+    so does its unknown detector (the graph's second output, the score; the threshold in the metadata) unless
+    ``unknown`` is 'off' ('auto': the file's threshold; or a number)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, calibration: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, calibration: bool = True,
+                 unknown: str | float = "auto") -> None:
         self.path = str(path)
         self.session = open_session(path, threads)
         self.metadata = read_metadata(self.session, path)
@@ -83,6 +86,13 @@ class Runtime:
         self.calibration: dict[str, Any] | None = self.metadata.get("calibration")
         self.temperature = np.float32(temperature_of(self.calibration, calibration))  # logits / temperature before the activation
         self.calibration_note = self.kind_of.calibration_note(self.path, self.calibration) if calibration else ""
+        self.detector: dict[str, Any] | None = self.metadata.get("unknown")
+        unknown = unknown_mode(unknown)
+        self.threshold = unknown_threshold(self.detector, unknown)  # None: every photo gets a class
+        if self.threshold is not None and len(self.session.get_outputs()) < 2:
+            raise VisionlabError(f"{self.path} is damaged (its metadata has an unknown detector, its graph no score output).",
+                                 "Export the checkpoint again, or pass --unknown off.")
+        self.unknown_note = self.kind_of.unknown_note(self.path, self.detector) if unknown != "off" else ""
 
     def __repr__(self) -> str:
         return f"Runtime(task={self.task!r}, classes={self.classes}, file={self.path!r})"
@@ -93,19 +103,33 @@ class Runtime:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The model's raw output for a normalised float32 NCHW batch."""
-        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for a normalised float32 NCHW batch (the logits first)."""
+        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})
 
     def probs(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (the output's activation of the logits divided by :attr:`temperature`),
         averaged over the test-time augmentation's views (as :func:`visionlab.engine.tta.mean_scores`);
         a per-pixel output's views are mapped back first."""
+        return self.scored_probs(x)[0]
+
+    def scored_probs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`probs`, and with the unknown detector applied (:attr:`threshold` set) each image's score:
+        the graph's second output, the mean over the views (as :func:`visionlab.kinds.classification.unknown.scored_views`)."""
         views = view_plan(self.tta, x.shape[-1] == x.shape[-2])
-        total = None
+        total, known = None, None
         for k, flip in views:
-            p = activate(self.logits(apply_view(x, k, flip)).astype(np.float32) / self.temperature, self.output.activation)
+            out = self.outputs(apply_view(x, k, flip))
+            p = activate(out[0].astype(np.float32) / self.temperature, self.output.activation)
             p = undo_view(p, k, flip) if self.output.dense else p
             total = p if total is None else total + p
-        return total / np.float32(len(views))
+            if self.threshold is not None:
+                score = out[1].astype(np.float32).reshape(-1)
+                known = score if known is None else known + score
+        n = np.float32(len(views))
+        return total / n, (known / n if known is not None else None)
 
     def predict(self, images: Any, top_k: int = DEFAULT_TOP_K, batch_size: int = 32) -> list[dict[str, Any]]:
         """Predict one image or several (paths, folders, globs, PIL images or HxWx3 uint8 arrays).
@@ -172,9 +196,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def load(path: str | os.PathLike, threads: int | None = None, calibration: bool = True) -> Runtime:
+def load(path: str | os.PathLike, threads: int | None = None, calibration: bool = True, unknown: str | float = "auto") -> Runtime:
     """Open an exported ``.onnx`` model for prediction (see :class:`Runtime`)."""
-    return Runtime(path, threads=threads, calibration=calibration)
+    return Runtime(path, threads=threads, calibration=calibration, unknown=unknown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,18 +214,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--masks", type=Path, default=None, help="segmentation: write <stem>_mask.png and <stem>_confidence.png files here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--no-calibration", action="store_true", help="the raw softmax, without the model's fitted temperature")
+    ap.add_argument("--unknown", default="auto", help="off, auto (the file's threshold) or a threshold: below it a photo is 'unknown'")
     args = ap.parse_args(argv)
     from visionlab.present.runtime import show_error, show_note, show_rows
 
     try:
-        model = load(args.model, threads=args.threads, calibration=not args.no_calibration)
+        model = load(args.model, threads=args.threads, calibration=not args.no_calibration, unknown=args.unknown)
         rows = model.predict(list(args.paths), top_k=args.top_k, batch_size=args.batch_size)
     except VisionlabError as exc:
         show_error(str(exc))
         return 2
     show_rows(rows, args.masks, args.json)
-    if rows and model.calibration_note:  # once, after the answers it is about
-        show_note(model.calibration_note)
+    for note in (model.calibration_note, model.unknown_note):
+        if rows and note:  # once, after the answers it is about
+            show_note(note)
     if not rows:
         show_error("no images matched the given paths. Pass image files, folders or glob patterns.")
     return 0 if any(r["error"] is None and not r.get("skipped") for r in rows) else 1

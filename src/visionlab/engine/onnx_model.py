@@ -27,8 +27,12 @@ class OnnxModule(torch.nn.Module):
         self._input = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x)[0]
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every output of the graph (a classifier's logits and its unknown detector's score, when exported with one)."""
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self._input: arr})[0]).to(x.device)
+        return tuple(torch.from_numpy(out).to(x.device) for out in self.session.run(None, {self._input: arr}))
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}"
@@ -46,4 +50,5 @@ def onnx_state(path: str | os.PathLike) -> dict[str, Any]:
             "preprocessing": dict(meta["preprocessing"]), "config": config, "model_name": meta.get("model_name", ""),
             "model_args": dict(meta["model_args"]), "data": dict(meta["data"]),
             "visionlab_version": meta.get("visionlab_version", ""), "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
-            "onnx": str(path), **({"calibration": dict(meta["calibration"])} if meta.get("calibration") else {})}
+            "onnx": str(path), **({"calibration": dict(meta["calibration"])} if meta.get("calibration") else {}),
+            **({"unknown": dict(meta["unknown"])} if meta.get("unknown") else {})}

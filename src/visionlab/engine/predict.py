@@ -20,7 +20,7 @@ from visionlab.data.io import InputEntry, UnreadableImage, expand_inputs, load_f
 from visionlab.data.transforms import Normalize
 from visionlab.engine.checkpoint import load_model
 from visionlab.engine.device import resolve_device, resolve_precision
-from visionlab.kinds.base import DEFAULT_TOP_K, Kind, LoadedModel, Prediction, check_top_k, temperature_of
+from visionlab.kinds.base import DEFAULT_TOP_K, Kind, LoadedModel, Prediction, check_top_k, temperature_of, unknown_mode, unknown_threshold
 
 __all__ = ["Predictor", "Prediction", "InputEntry", "scan_inputs", "expand_inputs"]  # the input scan lives in data.io (torch-free)
 
@@ -83,10 +83,13 @@ class Predictor:
 
     Its fitted calibration (a classifier's temperature, saved in the checkpoint) is applied unless
     ``calibration`` is False (the raw softmax); :attr:`calibration_note` is the one notice to give
-    for a model of a calibrating kind that carries none ("" otherwise)."""
+    for a model of a calibrating kind that carries none ("" otherwise). Its unknown detector (a
+    classifier's, saved in the checkpoint) answers 'unknown' below its threshold: ``unknown`` 'auto'
+    (the fitted threshold), a number (that threshold) or 'off'; :attr:`unknown_note` is the one notice
+    for a model of a detecting kind that carries none."""
 
     def __init__(self, state: dict[str, Any], kind: Kind, device: str = "auto", source: str | None = None,
-                 precision: str = "fp32", calibration: bool = True) -> None:
+                 precision: str = "fp32", calibration: bool = True, unknown: str | float = "auto") -> None:
         self.state = state
         self.source = source
         self.task: str = state["task"]
@@ -106,6 +109,11 @@ class Predictor:
         self.temperature = temperature_of(self.calibration, calibration)  # what logits are divided by before softmax
         self.calibration_note = self.kind.calibration_note(source or "the model", self.calibration) if calibration else ""
         self.cam_layer = _cam_layer(state)  # the layer explanations weigh (the model zoo's record)
+        self.detector: dict[str, Any] | None = state.get("unknown")
+        unknown = unknown_mode(unknown)
+        self.threshold = unknown_threshold(self.detector, unknown)  # None: every photo gets a class
+        self.scorer = self.kind.unknown_scorer(state, self.model) if self.threshold is not None else None
+        self.unknown_note = self.kind.unknown_note(source or "the model", self.detector) if unknown != "off" else ""
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, classes={self.classes}, device={self.device})"
@@ -181,7 +189,8 @@ class Predictor:
     def loaded(self) -> LoadedModel:
         """What the kind's predict step is given of this model (with the current :attr:`tta`)."""
         return LoadedModel(self.model, self.normalize, self.device, tuple(self.classes), self.preprocessing,
-                           self.precision.autocast, self.tta, self.channels_last, self.temperature, self.cam_layer)
+                           self.precision.autocast, self.tta, self.channels_last, self.temperature, self.cam_layer,
+                           self.scorer, self.threshold if self.scorer is not None else None)
 
     def warmup(self) -> None:
         """One forward pass on a blank image of the input size (first-call allocations, lazy inits)."""

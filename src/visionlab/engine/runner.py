@@ -91,6 +91,11 @@ class TaskRunner(ABC):
         # ``calibrated`` False (evaluate --no-calibration) scores the raw outputs.
         self.calibration: dict[str, Any] | None = None
         self.calibrated: bool = True
+        # The model's unknown detector (:meth:`Kind.fit_unknown`) as its checkpoint holds it ("unknown"):
+        # read by use_saved, or set by the trainer after fitting it; ``unknown`` is 'auto' (its
+        # threshold), 'off' or a threshold.
+        self.detector: dict[str, Any] = {}
+        self.unknown: str | float = "auto"
 
     @property
     def cache_mode(self) -> str:
@@ -122,6 +127,7 @@ class TaskRunner(ABC):
                                  f"Use --tta {' or '.join(self.task_kind.tta_modes)}.")
         self.fixed_preprocessing = saved if tta is None else saved.replace(tta=tta)
         self.calibration = state.get("calibration")
+        self.detector = {"unknown": state["unknown"]} if state.get("unknown") else {}
 
     def has_split_folders(self) -> bool:
         """Whether the dataset brings its own train/val/test split."""
@@ -210,7 +216,7 @@ class TaskRunner(ABC):
 
 def prepared_runner(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
                     device: str = "auto", tta: str | None = None, console: Any = None,
-                    calibration: bool = True) -> tuple["TaskRunner", bool]:
+                    calibration: bool = True, unknown: str | float = "auto") -> tuple["TaskRunner", bool]:
     """The prepared runner of the data the model saved in ``state`` was trained on (or of ``data``),
     with the model's own preprocessing (and its fitted calibration unless ``calibration`` is False);
     and whether ``data`` is another folder than the training data's."""
@@ -226,7 +232,7 @@ def prepared_runner(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Pat
     cfg.cache = "none" if cfg.cache == "none" else "auto"
     runner = kind.runner(cfg, spec, resolve_device(device))
     runner.use_saved(state, tta)
-    runner.calibrated = calibration
+    runner.calibrated, runner.unknown = calibration, unknown
     runner.prepare(console)
     if list(runner.classes) != list(state["classes"]):
         raise VisionlabError(f"the data's classes {runner.classes} differ from the model's {state['classes']}.",
@@ -236,16 +242,18 @@ def prepared_runner(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Pat
 
 def evaluate_checkpoint(spec: TaskSpec, kind: Kind, state: dict[str, Any], path: Path, data: str | os.PathLike | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 32, tta: str | None = None,
-                        examples: int = 0, console: Any = None, precision: str = "fp32", calibration: bool = True) -> EvaluationReport:
+                        examples: int = 0, console: Any = None, precision: str = "fp32", calibration: bool = True,
+                        unknown: str | float = "auto") -> EvaluationReport:
     """Evaluate the model saved in ``state`` (read from ``path``; task ``spec``, of ``kind``) on a split of its data or, with
     ``data`` another folder than the training data's, on that whole folder (its own test/ split
     if it has one); ``split`` 'all' is every image. ``tta`` overrides the saved test-time
     augmentation; ``examples`` images worth a look come back as thumbnails; ``calibration`` False
-    scores the raw outputs, without the checkpoint's fitted calibration (its temperature)."""
+    scores the raw outputs, without the checkpoint's fitted calibration (its temperature); ``unknown``
+    'off' leaves its unknown detector out ('auto': its threshold; or a number)."""
     from visionlab.engine.checkpoint import load_model
     from visionlab.engine.device import resolve_precision
 
-    runner, whole_folder = prepared_runner(spec, kind, state, path, data, device, tta, console, calibration)
+    runner, whole_folder = prepared_runner(spec, kind, state, path, data, device, tta, console, calibration, unknown)
     cfg, dev = runner.cfg, runner.device
     runner.examples = examples
     split = runner.evaluation_split(split, whole_folder)

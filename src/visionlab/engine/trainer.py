@@ -767,14 +767,22 @@ class Trainer:
     def _calibrate(self, best: Path) -> None:
         """The kind's calibration of the model (best.pt's weights), fitted on the validation split
         (:meth:`visionlab.kinds.Kind.calibrate`: a temperature for classifiers), stored in best.pt as
-        ``calibration`` and applied by the test evaluation that follows; nothing for kinds that do not calibrate."""
-        calibration = self.runner.task_kind.calibrate(self.runner, self.model)
-        if calibration is None:
-            return
-        self.runner.calibration = calibration
-        if self.dist.is_main:
-            save_checkpoint({**load_checkpoint(best), "calibration": _py(calibration)}, best)
-            self.notify("calibration", f"{self.runner.task_kind.calibration_line(calibration)}, stored in {best.name}")
+        ``calibration``, and its unknown detector (:meth:`visionlab.kinds.Kind.fit_unknown`), stored as
+        ``unknown``; the test evaluation that follows applies both. Nothing for kinds without them."""
+        kind, fitted = self.runner.task_kind, {}
+        calibration = kind.calibrate(self.runner, self.model)
+        if calibration is not None:
+            self.runner.calibration = fitted["calibration"] = calibration
+        detector = kind.fit_unknown(self.runner, self.model)
+        if detector is not None:
+            self.runner.detector = {"unknown": detector}
+            fitted["unknown"] = detector
+        if fitted and self.dist.is_main:
+            save_checkpoint({**load_checkpoint(best), **_py(fitted)}, best)
+            if calibration is not None:
+                self.notify("calibration", f"{kind.calibration_line(calibration)}, stored in {best.name}")
+            if detector is not None:
+                self.notify("unknown", f"{kind.unknown_line(detector)}, stored in {best.name}")
 
     def _finish(self, result: TrainResult) -> None:
         """best.pt's calibration (fitted on the validation split, stored in it), the test split's score

@@ -18,7 +18,7 @@ from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
 __all__ = ["Kind", "KindOptions", "Output", "LoadedModel", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k",
-           "temperature_of", "free_stem"]
+           "temperature_of", "free_stem", "unknown_mode", "unknown_threshold", "SIMILARITY"]
 
 #: How an output's scores become probabilities: one class per image or pixel (softmax over the
 #: class axis), each class on its own (sigmoid: several labels at once), or none (a number).
@@ -110,6 +110,47 @@ def temperature_of(calibration: Mapping[str, Any] | None, use: bool = True) -> f
 #: The temperatures a fitted calibration may hold (the bounds of its fit).
 TEMPERATURES = (0.05, 20.0)
 
+#: What an unknown detector's score (a cosine similarity) and so its threshold may be.
+SIMILARITY = (-1.0, 1.0)
+
+
+def _similarity(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and SIMILARITY[0] <= value <= SIMILARITY[1]
+
+
+def unknown_mode(value: Any, name: str = "--unknown") -> str | float:
+    """``--unknown`` as given: 'off' (every photo gets a class), 'auto' (the model's own threshold)
+    or a threshold in :data:`SIMILARITY`; anything else is one line that says what to pass."""
+    text = str(value).strip().lower()
+    if text in ("off", "auto"):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not _similarity(number):
+        raise VisionlabError(f"{name} must be off, auto or a threshold from {SIMILARITY[0]:g} to {SIMILARITY[1]:g}, got {value!r}.",
+                             f"Pass e.g. {name} auto (the model's threshold, fitted on its validation split).")
+    return number
+
+
+def unknown_threshold(detector: Mapping[str, Any] | None, mode: str | float = "auto") -> float | None:
+    """The score below which a photo is 'unknown': the fitted ``detector``'s threshold (a checkpoint's
+    or an .onnx file's ``unknown`` entry, see :meth:`Kind.fit_unknown`) for 'auto', the number given,
+    None for 'off' or a model without a detector. A saved threshold that is not a number in
+    :data:`SIMILARITY` is a damaged file, said in one line."""
+    mode = unknown_mode(mode)
+    if mode == "off" or not detector:
+        return None
+    if mode != "auto":
+        return float(mode)
+    value = detector.get("threshold") if isinstance(detector, Mapping) else None
+    if not _similarity(value):
+        raise VisionlabError(f"the model's unknown detector is damaged (threshold {value!r}, not a number in "
+                             f"{SIMILARITY[0]:g}..{SIMILARITY[1]:g}).",
+                             "Fit it again (visionlab calibrate CHECKPOINT), or pass --unknown off.")
+    return float(value)
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -129,6 +170,10 @@ class LoadedModel:
     channels_last: bool = False
     temperature: float = 1.0
     cam_layer: str = ""
+    #: (logits, score) of a normalised batch (:meth:`Kind.unknown_scorer`) and the threshold below
+    #: which a photo is unknown; None when no detector applies (--unknown off, or a model without one).
+    scorer: Any = None
+    threshold: float | None = None
 
 
 @dataclass
@@ -362,6 +407,38 @@ class Kind:
             return ""
         return (f"note: {source} carries no fitted temperature, so its probabilities are the raw softmax (as before "
                 "calibration existed); train it again with a validation split to calibrate them.")
+
+    #: Whether training fits a detector of photos of none of its classes (:meth:`fit_unknown`).
+    detects_unknown: ClassVar[bool] = False
+
+    def fit_unknown(self, runner: Any, model: Any) -> dict[str, Any] | None:
+        """After training, the detector of photos that show none of the classes, fitted on ``runner``'s
+        splits (training photos' features, a threshold on the validation split): a dict the trainer
+        stores in best.pt as ``unknown``. None for kinds without one (the default) or without validation images."""
+        return None
+
+    def unknown_line(self, detector: Mapping[str, Any]) -> str:
+        """What a fitted detector is, in words (the trainer's notice after fitting it)."""
+        return "unknown detector fitted on the validation split"
+
+    def unknown_scorer(self, state: Mapping[str, Any], model: Any) -> Any:
+        """A callable: normalised batch -> (logits, score per image), for the model of ``state``
+        (a checkpoint's, or an .onnx file's whose graph has the score as its second output);
+        None without a fitted detector (the default)."""
+        return None
+
+    def exported(self, state: Mapping[str, Any], model: Any) -> tuple[Any, tuple[Output, ...]]:
+        """The module export traces for the model of ``state`` and the outputs it returns (the
+        network and :attr:`outputs` by default; a classifier with a detector adds its score)."""
+        return model, self.outputs
+
+    def unknown_note(self, source: Any, detector: Mapping[str, Any] | None) -> str:
+        """The one notice a surface gives for a model of a detecting kind that carries no detector
+        (a checkpoint from before it existed); "" otherwise."""
+        if not self.detects_unknown or detector:
+            return ""
+        return (f"note: {source} carries no unknown detector, so every photo gets one of its classes (as before it "
+                f"existed); add one with: visionlab calibrate {source}")
 
     # ------------------------------------------------------------------ data
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:

@@ -26,6 +26,12 @@ def show_evaluation(report: EvaluationReport, out: Any) -> None:
     title = f"{report.task} | {report.split} split of {report.data} | {report.images} images" + (
         " | SYNTHETIC DATA" if report.synthetic else "")
     show_tables(report.detail, report.classes, out, title=title, columns=get_kind(report.kind).per_class_columns)
+    u = report.detail.get("unknown")
+    if u:  # what the unknown detector did on these known photos; the accuracy above is of all of them
+        on = f", accuracy on those {u['accuracy_accepted']:.4f}" if u.get("accuracy_accepted") is not None else ""
+        out.print(f"unknown detector: threshold {u['threshold']:.4f} accepts {u['accepted']} of {u['images']} known photos "
+                  f"({u['known_accepted']:.1%}){on}; the rest would be answered 'unknown' (--unknown off: never)",
+                  markup=False, highlight=False)
 
 
 def show_written(folder: Path, written: Sequence[str], out: Any) -> None:

@@ -24,6 +24,13 @@ def show_note(note: str, out: Any) -> None:
         out.print(note, markup=False, highlight=False)
 
 
+def show_fitted(lines: Sequence[str], dest: Path, out: Any) -> None:
+    """What ``visionlab calibrate`` fitted, and the new checkpoint it wrote."""
+    for line in lines:
+        out.print(line, markup=False, highlight=False)
+    out.print(f"wrote {dest} (the checkpoint given is unchanged)", markup=False, highlight=False)
+
+
 def show_chosen_checkpoint(path: Path, task: str | None, out: Any) -> None:
     """Which checkpoint a command without ``--checkpoint`` uses."""
     out.print(f"using {'the latest ' + task + ' model' if task else 'the most recently trained model'}: {path}")
@@ -61,13 +68,14 @@ def show_download(source: Source, images: int, target: Path, out: Any) -> None:
     out.print(f"train with:  visionlab train --task {source.task} --data {target}")
 
 
-def show_serving(models: Sequence[Any], url: str, keyed: bool, calibration: bool = True) -> None:
-    """The served models (task, file, sha256, a notice about its calibration) and the line that says
-    where the server listens."""
+def show_serving(models: Sequence[Any], url: str, keyed: bool, calibration: bool = True, unknown: Any = "auto") -> None:
+    """The served models (task, file, sha256, a notice about its calibration and its unknown detector)
+    and the line that says where the server listens."""
     for m in models:
         print(f"model {m.task}: {m.path} (sha256 {m.sha256[:12]})", flush=True)
-        if m.calibration_note(calibration):
-            print(m.calibration_note(calibration), flush=True)
+        for note in (m.calibration_note(calibration), m.unknown_note(unknown)):
+            if note:
+                print(note, flush=True)
     print(f"serving {len(models)} model(s) at {url} | page {url}/ | POST {url}/predict"
           + ("/{task}" if len(models) > 1 else "") + f" | ready when {url}/ready answers 200"
           + (" | API key required" if keyed else ""), flush=True)

@@ -41,7 +41,8 @@ def show_rows(rows: Iterable[dict[str, Any]], masks: Path | None, out: Path | No
             continue
         scores = r.get("class_shares") or r.get("probabilities") or {}  # per-pixel shares, or several labels' probabilities
         detail = r.get("top_k") or [{"label": c, "probability": s} for c, s in scores.items() if s > 0.005]
-        print(f"{printable_name(r['path'])}\t{r['label']}\t{r['confidence']:.3f}\t" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
+        guess = f"none of the classes (best guess {r['guess']}, score {r['known_score']:.3f}): " if r.get("unknown") else ""
+        print(f"{printable_name(r['path'])}\t{r['label']}\t{r['confidence']:.3f}\t{guess}" + ", ".join(f"{d['label']} {d['probability']:.2f}" for d in detail))
         if masks is not None and r.get("mask") is not None:
             masks.mkdir(parents=True, exist_ok=True)
             stem = base = Path(r["path"]).stem

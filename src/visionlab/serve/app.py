@@ -77,6 +77,7 @@ class Settings:
     device: str = "auto"
     precision: str = "fp32"  # as the exported .onnx answers; auto: bf16 where the CPU/GPU has it
     calibration: bool = True  # the model's fitted temperature applied; False (--no-calibration): the raw softmax
+    unknown: str | float = "auto"  # its unknown detector: auto (its threshold), a threshold, or off
     drain_seconds: float = 30.0  # SIGTERM: how long requests in flight may take to finish
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))
 
@@ -106,6 +107,8 @@ class ServedModel:
                 "calibration": self.state.get("calibration"),
                 "temperature": self.predictor.temperature if self.predictor is not None else None,
                 "explains": self.predictor is not None and self.cannot_explain is None,
+                "unknown": {k: v for k, v in (self.state.get("unknown") or {}).items() if k != "bank"} or None,
+                "unknown_threshold": self.predictor.threshold if self.predictor is not None else None,
                 "loaded": self.predictor is not None}
 
     def calibration_note(self, use: bool = True) -> str:
@@ -114,12 +117,18 @@ class ServedModel:
 
         return get_kind(self.state["kind"]).calibration_note(self.path, self.state.get("calibration")) if use else ""
 
-    def load(self, device: str, precision: str = "fp32", calibration: bool = True) -> None:
+    def unknown_note(self, unknown: str | float = "auto") -> str:
+        """The one notice for a model of a detecting kind without an unknown detector ("" otherwise or when off)."""
+        from visionlab.kinds import get_kind
+
+        return get_kind(self.state["kind"]).unknown_note(self.path, self.state.get("unknown")) if unknown != "off" else ""
+
+    def load(self, device: str, precision: str = "fp32", calibration: bool = True, unknown: str | float = "auto") -> None:
         from visionlab.engine.predict import Predictor
         from visionlab.kinds import get_kind
 
         predictor = Predictor(self.state, get_kind(self.state["kind"]), device=device, source=str(self.path), precision=precision,
-                              calibration=calibration)
+                              calibration=calibration, unknown=unknown)
         predictor.warmup()
         try:
             predictor.kind.explain(predictor.loaded(), [], [])  # whether explain=1 can be answered, said at once
@@ -333,7 +342,7 @@ class _Gate:
 def _load_all(server: ServerState) -> None:
     t0 = time.perf_counter()
     for m in server.models:
-        m.load(server.settings.device, server.settings.precision, server.settings.calibration)
+        m.load(server.settings.device, server.settings.precision, server.settings.calibration, server.settings.unknown)
     server.loaded_in = round(time.perf_counter() - t0, 2)
 
 
@@ -495,7 +504,7 @@ def run(checkpoints: Sequence[str | os.PathLike], settings: Settings) -> None:
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    show_serving(models, url, bool(settings.api_key), settings.calibration)
+    show_serving(models, url, bool(settings.api_key), settings.calibration, settings.unknown)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = uvicorn.Config(app, http=_http_protocol(settings.header_timeout), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=settings.drain_seconds, lifespan="on")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from visionlab.data.geometry import TTA_MODES
-from visionlab.kinds.base import Kind, LoadedModel, Prediction
+from visionlab.kinds.base import Kind, LoadedModel, Output, Prediction
 from visionlab.kinds.classification.options import ClassificationOptions
 
 __all__ = ["KIND", "ClassificationKind", "ClassPrediction"]
@@ -28,20 +28,34 @@ def top_k_columns(top_k: Any) -> dict[str, Any]:
     return row
 
 
+#: The exported graph's second output with an unknown detector: its score per image.
+KNOWN_SCORE = Output("known_score", "image", "none", "the unknown detector's score per image (N x 1): cosine similarity of "
+                     "the features to the nearest training photos'; below the metadata's unknown threshold the photo is unknown")
+
+
 @dataclass
 class ClassPrediction(Prediction):
     """A class for the photo: ``label`` with its probability ``confidence``, and the ``top_k`` classes."""
 
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    #: With an unknown detector applied: whether the photo shows none of the classes (``label`` is
+    #: then 'unknown'), the best class either way and the detector's score (higher: more like the
+    #: training photos); None without one (--unknown off, or a model without a detector).
+    unknown: bool | None = None
+    guess: str | None = None
+    known_score: float | None = None
 
     def extra(self) -> dict[str, Any]:
-        return {"top_k": [{"label": lab, "probability": p} for lab, p in self.top_k]} if self.top_k else {}
+        fields = {k: v for k, v in (("unknown", self.unknown), ("guess", self.guess), ("known_score", self.known_score))
+                  if v is not None}
+        return {**fields, **({"top_k": [{"label": lab, "probability": p} for lab, p in self.top_k]} if self.top_k else {})}
 
     def flat_extra(self) -> dict[str, Any]:
-        return top_k_columns(self.top_k)
+        return {**{k: v for k, v in self.extra().items() if k != "top_k"}, **top_k_columns(self.top_k)}
 
     def detail(self) -> str:
-        return ", ".join(f"{lab} {p:.2f}" for lab, p in self.top_k)
+        ranked = ", ".join(f"{lab} {p:.2f}" for lab, p in self.top_k)
+        return f"none of the classes (best guess {self.guess}, score {self.known_score:.3f}): {ranked}" if self.unknown else ranked
 
     def with_top_k(self, k: int) -> "ClassPrediction":
         self.top_k = self.top_k[:k]
@@ -64,6 +78,7 @@ class ClassificationKind(Kind):
     ranks_classes = True
     general_recipe = "classify"
     calibrates = True
+    detects_unknown = True
 
     def runner(self, cfg: Any, spec: Any, device: Any) -> Any:
         from visionlab.kinds.classification.runner import ClassificationRunner
@@ -91,6 +106,29 @@ class ClassificationKind(Kind):
                if calibration.get("method") == "confidence" else "")
         return (f"temperature {calibration['temperature']:.3f} fitted on {calibration['images']} validation images{how} "
                 f"(NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f})")
+
+    def fit_unknown(self, runner: Any, model: Any) -> dict[str, Any] | None:
+        """The nearest-neighbour detector (:func:`visionlab.kinds.classification.unknown.fit_detector`):
+        training photos' features, a threshold that accepts ``unknown_accept`` of the validation photos."""
+        from visionlab.kinds.classification.unknown import fit_detector
+
+        return fit_detector(runner, model, runner.cfg.options.unknown_accept)
+
+    def unknown_line(self, detector: Any) -> str:
+        from visionlab.kinds.classification.unknown import detector_summary
+
+        return detector_summary(detector)
+
+    def unknown_scorer(self, state: Any, model: Any) -> Any:
+        from visionlab.kinds.classification.unknown import scorer_of
+
+        return scorer_of(state, model)
+
+    def exported(self, state: Any, model: Any) -> tuple[Any, tuple[Output, ...]]:
+        """With a detector: the network and its score (:class:`visionlab.kinds.classification.unknown.UnknownScorer`,
+        the feature bank a constant of the graph) as the second output, ``known_score`` (N x 1)."""
+        scorer = self.unknown_scorer(state, model) if state.get("unknown") else None
+        return (model, self.outputs) if scorer is None else (scorer, self.outputs + (KNOWN_SCORE,))
 
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:
         from visionlab.kinds.classification.synthetic import make_classification
@@ -142,9 +180,14 @@ class ClassificationKind(Kind):
 
         ctx = StepContext(model.model, model.normalize, model.device, model.tta, model.autocast, model.channels_last,
                           model.classes, model.temperature)
-        _, probs = run_step(ctx, arrays)
-        return [ClassPrediction(source, label=r.label, confidence=r.confidence, top_k=r.top_k)
-                for source, r in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k))]
+        scores = [None] * len(arrays)
+        if model.scorer is not None and model.threshold is not None:
+            _, probs, known = run_step(ctx, arrays, model.scorer)
+            scores = known.cpu().tolist()
+        else:
+            _, probs = run_step(ctx, arrays)
+        return [ClassPrediction(source, **_answer(r, score, model.threshold))
+                for source, r, score in zip(sources, rank(probs.cpu().numpy(), ctx.classes, top_k), scores)]
 
     def explain(self, model: LoadedModel, arrays: Sequence[Any], predictions: Sequence[Prediction]) -> list[Any]:
         """Grad-CAM (:mod:`visionlab.kinds.classification.explain`) of each prediction's most probable
@@ -163,11 +206,14 @@ class ClassificationKind(Kind):
         return [heat_overlay(np.asarray(a), h) for a, h in zip(arrays, heat)]
 
     def answer_difference(self, prediction: Any, row: Any) -> tuple[float, int, int]:
-        """Every class's probability (both ranked over all classes), and whether the labels agree."""
+        """Every class's probability (both ranked over all classes) and the unknown detector's score
+        (when either has one), and whether the labels (so also 'unknown') agree."""
         ours = dict(prediction.top_k)
-        if ours.keys() != {t["label"] for t in row["top_k"]}:
+        if ours.keys() != {t["label"] for t in row["top_k"]} or (prediction.known_score is None) != (row.get("known_score") is None):
             return float("inf"), 0, 1
         diff = max((abs(ours[t["label"]] - t["probability"]) for t in row["top_k"]), default=0.0)
+        if prediction.known_score is not None:
+            diff = max(diff, abs(prediction.known_score - row["known_score"]))
         return diff, int(prediction.label == row["label"]), 1
 
     def runtime_rows(self, runtime: Any, batch: Sequence[tuple[Any, Any]], top_k: int) -> list[dict[str, Any]]:
@@ -177,14 +223,26 @@ class ClassificationKind(Kind):
 
         from visionlab.kinds.classification.step import rank
 
-        probs = runtime.probs(runtime.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2)))
-        return [{"label": r.label, "confidence": r.confidence, "error": None,
-                 "top_k": [{"label": lab, "probability": p} for lab, p in r.top_k]} for r in rank(probs, runtime.classes, top_k)]
+        probs, scores = runtime.scored_probs(runtime.normalize(np.stack([a for _, a in batch]).transpose(0, 3, 1, 2)))
+        rows = []
+        for r, score in zip(rank(probs, runtime.classes, top_k), scores if scores is not None else [None] * len(probs)):
+            answer = _answer(r, score, runtime.threshold)
+            rows.append({"label": answer["label"], "confidence": r.confidence, "error": None,
+                         **{k: v for k, v in answer.items() if k not in ("label", "confidence", "top_k")},
+                         "top_k": [{"label": lab, "probability": p} for lab, p in r.top_k]})
+        return rows
 
     def flat_row(self, row: Any) -> dict[str, Any]:
         """An evaluation row with its top_k spread over top1_label, top1_probability, ..."""
         flat = {k: v for k, v in row.items() if k != "top_k"}
         return {**flat, **top_k_columns((t["label"], t["probability"]) for t in row.get("top_k", []))}
+
+
+def _answer(r: Any, score: float | None, threshold: float | None) -> dict[str, Any]:
+    """A ranking's fields of a :class:`ClassPrediction`, with the unknown detector's verdict when it applies."""
+    from visionlab.kinds.classification.step import unknown_fields
+
+    return {"label": r.label, "confidence": r.confidence, "top_k": r.top_k, **unknown_fields(r.label, score, threshold)}
 
 
 #: The kind's one instance, registered by :mod:`visionlab.kinds` on first lookup.

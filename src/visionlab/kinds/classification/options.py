@@ -19,7 +19,10 @@ class ClassificationOptions(KindOptions):
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
     mixup: float = setting(0.0, "Beta(alpha, alpha) of mixup between pairs of training images (0 = off)",
                            instead={"segmentation": "masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)"})
+    unknown_accept: float = setting(0.95, "share of known validation photos the unknown detector's threshold accepts (the rest "
+                                    "of its photos, and photos of none of the classes below it, are answered 'unknown')")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-                (0 <= self.mixup <= 10, "mixup is a Beta alpha in [0, 10] (0 = off; 0.2-1 usual)")]
+                (0 <= self.mixup <= 10, "mixup is a Beta alpha in [0, 10] (0 = off; 0.2-1 usual)"),
+                (0.5 <= self.unknown_accept < 1, "unknown_accept is a share of known photos in [0.5, 1) (0.95 usual)")]

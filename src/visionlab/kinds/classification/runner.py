@@ -8,6 +8,7 @@ augmentation.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -22,7 +23,7 @@ from visionlab.data.transforms import BatchAugment, BatchMix, Normalize, load_fo
 from visionlab.engine.distributed import shard_batch
 from visionlab.engine.tta import mean_scores
 from visionlab.errors import VisionlabError
-from visionlab.kinds.base import DEFAULT_TOP_K, temperature_of
+from visionlab.kinds.base import DEFAULT_TOP_K, temperature_of, unknown_threshold
 from visionlab.kinds.classification.layout import ClassificationIndex, find_classification
 from visionlab.kinds.classification.step import StepContext, rank, run_views
 from visionlab.data.splits import split_indices, split_keys
@@ -255,19 +256,54 @@ class ClassificationRunner(TaskRunner):
               batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """The raw logits of every test-time augmentation view of a split's images ((V, N, C), on the
         CPU), their labels and their files, in order (merged over the processes under torchrun)."""
+        return self.scored_views(model, split, autocast, None, batch_size)[:3]
+
+    @torch.inference_mode()
+    def scored_views(self, model: torch.nn.Module, split: str, autocast: Any, scorer: Any = None,
+                     batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+        """:meth:`views` and, with an unknown detector's ``scorer`` (:meth:`Kind.unknown_scorer`), each
+        image's score from the same forward passes (empty without one)."""
+        from visionlab.kinds.classification.unknown import scored_views
+
         model.eval()
         ctx = StepContext(model, self.normalize, self.device, self.preprocessing.tta_mode, autocast,
                           self.cfg.channels_last, tuple(self.classes))
-        part: dict[str, list] = {"views": [], "targets": [], "paths": []}
+        part: dict[str, list] = {"views": [], "targets": [], "paths": [], "scores": []}
         for x, y, paths in self.eval_batches(split, batch_size or max(self.cfg.batch_size, 64), with_paths=True):
             if len(y):
-                part["views"].append(run_views(ctx, x).cpu())
+                if scorer is None:
+                    part["views"].append(run_views(ctx, x).cpu())
+                else:
+                    v, score = scored_views(scorer, lambda f: run_views(replace(ctx, model=f), x))
+                    part["views"].append(v.cpu())
+                    part["scores"].append(score.cpu())
                 part["targets"].append(y.cpu())
                 part["paths"] += paths
         merged = self.merge_shards(part)
         if not merged["targets"]:
-            return torch.zeros(1, 0, len(self.classes)), torch.zeros(0, dtype=torch.long), []
-        return torch.cat(merged["views"], 1), torch.cat(merged["targets"]), merged["paths"]
+            return torch.zeros(1, 0, len(self.classes)), torch.zeros(0, dtype=torch.long), [], torch.zeros(0)
+        scores = torch.cat(merged["scores"]) if merged["scores"] else torch.zeros(0)
+        return torch.cat(merged["views"], 1), torch.cat(merged["targets"]), merged["paths"], scores
+
+    @torch.inference_mode()
+    def features(self, model: torch.nn.Module, split: str, autocast: Any, rows: np.ndarray | None = None,
+                 batch_size: int | None = None) -> torch.Tensor:
+        """The penultimate features (N, D) of a split's images (those at ``rows`` of it), the plain view
+        only, float32 on the CPU (:func:`visionlab.kinds.classification.unknown.feature_views`)."""
+        from visionlab.kinds.classification.unknown import feature_views
+
+        model.eval()
+        ctx = StepContext(model, self.normalize, self.device, "none", autocast, self.cfg.channels_last, tuple(self.classes))
+        self.splits["bank"] = self.splits[split] if rows is None else self.splits[split][rows]
+        part: dict[str, list] = {"features": []}
+        try:
+            for x, y in self.eval_batches("bank", batch_size or max(self.cfg.batch_size, 64)):
+                if len(y):
+                    part["features"].append(feature_views(model, lambda f: run_views(replace(ctx, model=f), x))[1][0].cpu())
+        finally:
+            del self.splits["bank"]
+        merged = self.merge_shards(part)
+        return torch.cat(merged["features"]) if merged["features"] else torch.zeros(0, 0)
 
     @property
     def temperature(self) -> float:
@@ -279,7 +315,9 @@ class ClassificationRunner(TaskRunner):
     def evaluate(self, model: torch.nn.Module, split: str, autocast: Any, batch_size: int | None = None) -> EvalResult:
         from visionlab.kinds.classification.meter import ClassificationMeter
 
-        views, y, paths = self.views(model, split, autocast, batch_size)
+        threshold = unknown_threshold(self.detector.get("unknown"), self.unknown)
+        scorer = self.task_kind.unknown_scorer(self.detector, model) if threshold is not None else None
+        views, y, paths, known = self.scored_views(model, split, autocast, scorer, batch_size)
         if len(y) == 0:
             return EvalResult({}, {}, self.primary)
         scores = mean_scores(views, self.temperature)
@@ -288,10 +326,15 @@ class ClassificationRunner(TaskRunner):
         metrics = {k: float(v) for k, v in meter.compute().items() if v is not None}
         metrics["loss"] = float(F.cross_entropy(scores, y))
         report = self._calibration_report(meter.report(self.classes), views, scores, y)
+        if scorer is not None:
+            report["unknown"] = _unknown_report(known, threshold, scores.argmax(1) == y, self.detector["unknown"])
+            metrics.update({k: report["unknown"][k] for k in ("known_accepted", "accuracy_accepted")})
+            report["metrics"].update({k: report["unknown"][k] for k in ("known_accepted", "accuracy_accepted")})
         rows = []
-        for path, t, r in zip(paths, y.tolist(), rank(meter.probs, self.classes, DEFAULT_TOP_K)):
+        for i, (path, t, r) in enumerate(zip(paths, y.tolist(), rank(meter.probs, self.classes, DEFAULT_TOP_K))):
             rows.append({"path": path, "label": self.classes[t], "predicted": r.label,
                          "confidence": round(r.confidence, 4), "correct": self.classes[t] == r.label,
+                         **({"unknown": bool(known[i] < threshold), "known_score": round(float(known[i]), 6)} if len(known) else {}),
                          "top_k": [{"label": lab, "probability": round(p, 4)} for lab, p in r.top_k]})
         rows.sort(key=lambda r: (r["correct"], -r["confidence"]))  # the mistakes first, most confident first
         wrong = sum(not r["correct"] for r in rows)
@@ -366,3 +409,14 @@ class ClassificationRunner(TaskRunner):
                         "fields": {"true": r["label"], "predicted": f"{r['predicted']} ({r['confidence']:.0%})",
                                    "top-k": ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"]), **heat}})
         return out
+
+
+def _unknown_report(known: torch.Tensor, threshold: float, correct: torch.Tensor, detector: dict[str, Any]) -> dict[str, Any]:
+    """What the unknown detector did on a split of known photos: the share it accepted (not 'unknown')
+    at ``threshold``, the accuracy on those and on all (the labels are the same with or without it)."""
+    accepted = known >= threshold
+    n = int(accepted.sum())
+    return {"threshold": float(threshold), "fitted_threshold": detector.get("threshold"), "score": detector.get("score"),
+            "known_accepted": float(accepted.float().mean()), "accepted": n, "images": int(len(known)),
+            "accuracy_accepted": float(correct[accepted].float().mean()) if n else None,
+            "accuracy_all": float(correct.float().mean())}

@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["StepContext", "Ranking", "run_views", "run_step", "rank"]
+__all__ = ["StepContext", "Ranking", "run_views", "run_step", "rank", "unknown_fields"]
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,24 @@ def run_views(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]") ->
     return view_logits(ctx.model, x, ctx.tta, ctx.autocast)
 
 
-def run_step(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]") -> tuple["torch.Tensor", "torch.Tensor"]:
+def run_step(ctx: StepContext, batch: "torch.Tensor | Sequence[np.ndarray]", scorer: Any = None) -> tuple["torch.Tensor", ...]:
     """(scores, probabilities) of a uint8 batch, both float32 (N, C) on the device: the scores are the
     model's logits divided by ``ctx.temperature``, with TTA the log of the views' mean probabilities
-    (:func:`visionlab.engine.tta.mean_scores`), so the loss and the meter read them as logits."""
+    (:func:`visionlab.engine.tta.mean_scores`), so the loss and the meter read them as logits. With an
+    unknown detector's ``scorer`` (normalised batch -> (logits, score)), also each image's score (N,),
+    the mean over the views, from the same forward passes."""
+    from dataclasses import replace
+
     from visionlab.engine.tta import mean_scores
 
-    scores = mean_scores(run_views(ctx, batch), ctx.temperature)
-    return scores, scores.softmax(1)
+    if scorer is None:
+        scores = mean_scores(run_views(ctx, batch), ctx.temperature)
+        return scores, scores.softmax(1)
+    from visionlab.kinds.classification.unknown import scored_views
+
+    views, known = scored_views(scorer, lambda f: run_views(replace(ctx, model=f), batch))
+    scores = mean_scores(views, ctx.temperature)
+    return scores, scores.softmax(1), known
 
 
 def rank(probs: np.ndarray, classes: Sequence[str], top_k: int) -> list[Ranking]:
@@ -78,3 +88,13 @@ def rank(probs: np.ndarray, classes: Sequence[str], top_k: int) -> list[Ranking]
         top = [(classes[j], float(row[j])) for j in idx]
         out.append(Ranking(top[0][0], top[0][1], top))
     return out
+
+
+def unknown_fields(label: str, score: float | None, threshold: float | None) -> dict[str, Any]:
+    """A classifier's answer with the unknown detector applied: 'unknown' below the threshold, the
+    best class as ``guess`` either way, and the score (higher: more like the training photos);
+    nothing without a detector (``score`` or ``threshold`` None)."""
+    if score is None or threshold is None:
+        return {}
+    unknown = bool(score < threshold)
+    return {"label": "unknown" if unknown else label, "unknown": unknown, "guess": label, "known_score": round(float(score), 6)}

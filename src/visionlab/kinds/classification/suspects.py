@@ -196,8 +196,10 @@ def _predict_fold(checkpoint: Path, kind: Any, index: ClassificationIndex, held:
     from visionlab.engine.predict import Predictor
 
     # the raw softmax: a fold's temperature, fitted on a few validation photos, would rescale each
-    # fold's probabilities differently, and confident learning compares them across folds
-    predictor = Predictor(load_checkpoint(checkpoint), kind, device=device, source=str(checkpoint), calibration=False)
+    # fold's probabilities differently, and confident learning compares them across folds (and no
+    # 'unknown': every held-out photo is of one of the classes, its probabilities are what is read)
+    predictor = Predictor(load_checkpoint(checkpoint), kind, device=device, source=str(checkpoint), calibration=False,
+                          unknown="off")
     preds = predictor.predict([index.paths[i] for i in held], top_k=len(index.classes), batch_size=batch_size)
     column = {c: j for j, c in enumerate(index.classes)}
     failed = []
