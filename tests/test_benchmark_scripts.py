@@ -73,3 +73,31 @@ def test_compile_benchmark_refuses_an_unknown_variant(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compile_speed.py"), "--variants", "compiled fp8"],
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown: compiled fp8" in proc.stderr
+
+
+def test_int8_ops_counts_what_onnxruntime_runs_in_int8_and_in_fp32(tiny_models, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime.quantization")
+    onnx = pytest.importorskip("onnx")
+    model = tmp_path / "tiny.int8.onnx"
+    exported = subprocess.run([sys.executable, "-m", "visionlab", "export", str(tiny_models["cracks"]), "--int8",
+                               "--calibration-images", "16", "--out", str(model)], env=_env(), capture_output=True, text=True,
+                              timeout=600)
+    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "int8_ops.py"), str(model)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    total = int(re.search(r"runs \((\d+) nodes\)", out).group(1))
+    counts = {op: int(n) for op, n in re.findall(r"(\w+) (\d+)", out.split("all operators: ")[1].splitlines()[0])}
+    assert sum(counts.values()) == total
+    convs = sum(1 for n in onnx.load(str(model)).graph.node if n.op_type == "Conv")  # the QDQ file's convolutions
+    fp32 = int(re.search(r"fp32 convolutions: (\d+)", out).group(1))
+    assert counts.get("QLinearConv", 0) + fp32 == convs and counts.get("QLinearConv", 0) > 0
+    assert f"QuantizeLinear {counts.get('QuantizeLinear', 0)}, DequantizeLinear {counts.get('DequantizeLinear', 0)}" in out
+    assert "CPU flags: " in out
+
+
+def test_int8_ops_says_what_to_pass_for_a_missing_file(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "int8_ops.py"), str(tmp_path / "nope.onnx")], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "is not a file: pass the .onnx that visionlab export --int8 wrote" in proc.stderr
