@@ -193,7 +193,11 @@ def serve(model: str, photos: list[tuple[str, bytes]], clients: list[int], args:
                   "--device", args.device, "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
                   "--max-queue", str(max(128, 2 * max(clients)))], url, "/ready")
     try:
-        return {c: measure(url + "/predict", photos, c, args) for c in clients}
+        out = {}
+        for c in clients:
+            out[c] = measure(url + "/predict", photos, c, args)
+            print(f"[serve {model}] {row(str(c), out[c])}", file=sys.stderr, flush=True)  # progress, in case the run is cut
+        return out
     finally:
         stop(proc)
 
