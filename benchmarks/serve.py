@@ -10,6 +10,13 @@ One run, the same checkpoint and the same real photos for all three:
 3. offline batched prediction: ``visionlab.load(ckpt).predict(paths, batch_size=...)`` in this
    process, the throughput ceiling.
 
+``--formats`` (default ``pytorch``: the checkpoint itself) adds the same two measurements, serve
+and offline batched, for exported files: ``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``
+(``visionlab benchmark``'s names), each made by ``visionlab export`` (a subprocess, with its
+parity and int8 accuracy checks) into a temporary folder and served with ``visionlab serve
+--checkpoint FILE``; the naive handler runs the checkpoint only. Each format's own line says how
+close its serve is to its own offline batched throughput.
+
 Each server gets a bounded load: ``--clients`` concurrent clients (16 and 64 by default) send
 ``--requests`` multipart uploads in total (each a photo from ``--photos``, round robin) and then
 stop; a request that fails or takes longer than ``--timeout`` counts as an error. The table has
@@ -22,6 +29,7 @@ Usage::
 
     python benchmarks/serve.py --checkpoint runs/cracks/<run>/best.pt            # the measurement
     python benchmarks/serve.py --checkpoint CKPT --quick                          # seconds: a smoke test
+    python benchmarks/serve.py --checkpoint CKPT --formats pytorch,openvino-int8 --clients 16
     python benchmarks/serve.py --task cracks --photos ../shared/data/cracks --requests 2000 --clients 16,64
 """
 
@@ -160,6 +168,40 @@ def offline(ckpt: str, paths: list[str], args: argparse.Namespace) -> float:
     return n / (time.perf_counter() - t0)
 
 
+EXPORTS = {"onnx": ("model.onnx", []), "onnx-int8": ("model.int8.onnx", ["--int8"]),
+           "openvino": ("model.xml", ["--format", "openvino"]), "openvino-int8": ("model.int8.xml", ["--format", "openvino", "--int8"])}
+
+
+def export(ckpt: str, fmt: str, folder: Path) -> str:
+    """The file ``fmt`` of ``ckpt``, written by ``visionlab export`` into ``folder`` (the checkpoint for pytorch)."""
+    if fmt == "pytorch":
+        return ckpt
+    name, flags = EXPORTS[fmt]
+    out = folder / name
+    proc = subprocess.run([sys.executable, "-m", "visionlab", "export", ckpt, "--out", str(out), *flags], env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"visionlab export {ckpt} as {fmt} failed:\n{proc.stdout[-2000:]}")
+    return str(out)
+
+
+def serve(model: str, photos: list[tuple[str, bytes]], clients: list[int], args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """``visionlab serve --checkpoint model`` measured at each client count."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start([sys.executable, "-m", "visionlab", "serve", "--checkpoint", model, "--port", str(port),
+                  "--device", args.device, "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+                  "--max-queue", str(max(128, 2 * max(clients)))], url, "/ready")
+    try:
+        out = {}
+        for c in clients:
+            out[c] = measure(url + "/predict", photos, c, args)
+            print(f"[serve {model}] {row(str(c), out[c])}", file=sys.stderr, flush=True)  # progress, in case the run is cut
+        return out
+    finally:
+        stop(proc)
+
+
 def _photos(args: argparse.Namespace) -> list[Path]:
     from visionlab.data.io import is_image_file
 
@@ -190,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--formats", default="pytorch", help="comma-separated: pytorch (the checkpoint), " + ",".join(EXPORTS))
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a request counts as an error")
     p.add_argument("--quick", action="store_true", help="a smoke test: a few requests, meaningless numbers")
     args = p.parse_args(argv)
@@ -198,25 +241,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if not clients or min(clients) < 1 or args.requests < 1:
         raise SystemExit("--clients and --requests must be positive")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats or any(f != "pytorch" and f not in EXPORTS for f in formats):
+        raise SystemExit(f"--formats takes pytorch,{','.join(EXPORTS)}; got {args.formats!r}")
     if args.checkpoint is None:
         from visionlab.engine.runs import latest_checkpoint
 
         args.checkpoint = str(latest_checkpoint(args.task))
     paths = _photos(args)
     photos = [(f.name, f.read_bytes()) for f in paths]
-    results: dict[str, dict[int, dict[str, Any]]] = {"visionlab serve": {}, "naive FastAPI": {}}
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start([sys.executable, "-m", "visionlab", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-                  "--device", args.device, "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-                  "--max-queue", str(max(128, 2 * max(clients)))], url, "/ready")
-    try:
-        for c in clients:
-            results["visionlab serve"][c] = measure(url + "/predict", photos, c, args)
-    finally:
-        stop(proc)
-
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    batched: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:  # the exported files
+        for fmt in formats:
+            model = export(args.checkpoint, fmt, Path(work))
+            results[_served(fmt)] = serve(model, photos, clients, args)
+            batched[fmt] = offline(model, [str(f) for f in paths], args)
+    results["naive FastAPI"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "naive_app.py"
         script.write_text(NAIVE_APP)
@@ -228,8 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["naive FastAPI"][c] = measure(url + "/predict", photos, c, args)
         finally:
             stop(proc)
-
-    batched = offline(args.checkpoint, [str(f) for f in paths], args)
     print(f"\ncheckpoint {args.checkpoint} | {len(paths)} photos from {args.photos} | {args.requests} requests per row"
           f" | max batch {args.max_batch_size}, max wait {args.max_wait_ms:g} ms | device {args.device}"
           + (" | --quick: the numbers mean nothing" if args.quick else ""))
@@ -237,14 +276,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, by_clients in results.items():
         for c, r in by_clients.items():
             print(row(f"{name} | {c}", r))
-    print(f"| offline batched predict | - | {batched:.1f} images/s | | | | |")
+    for fmt, ips in batched.items():
+        print(f"| offline batched predict{_suffix(fmt)} | - | {ips:.1f} images/s | | | | |")
     c0 = clients[0]
-    ours, naive = results["visionlab serve"][c0], results["naive FastAPI"][c0]
-    vs_naive, vs_offline = ours["rps"] / max(naive["rps"], 1e-9), ours["rps"] / max(batched, 1e-9)
-    print(f"\nat {c0} clients: {vs_naive:.2f}x the naive handler (target >= 3x: {'met' if vs_naive >= 3 else 'not met'}), "
-          f"{vs_offline:.2f}x offline batched (target >= 0.7x: {'met' if vs_offline >= 0.7 else 'not met'}), "
-          f"{ours['errors']} errors (target 0: {'met' if ours['errors'] == 0 else 'not met'})")
+    naive = results["naive FastAPI"][c0]
+    for fmt in formats:
+        ours = results[_served(fmt)][c0]
+        vs_naive, vs_offline = ours["rps"] / max(naive["rps"], 1e-9), ours["rps"] / max(batched[fmt], 1e-9)
+        print(f"\n{_served(fmt)} at {c0} clients: {vs_naive:.2f}x the naive handler (target >= 3x: "
+              f"{'met' if vs_naive >= 3 else 'not met'}), {vs_offline:.2f}x its own offline batched throughput (target >= 0.7x: "
+              f"{'met' if vs_offline >= 0.7 else 'not met'}), {ours['errors']} errors (target 0: "
+              f"{'met' if ours['errors'] == 0 else 'not met'})")
     return 0
+
+
+def _suffix(fmt: str) -> str:
+    return "" if fmt == "pytorch" else f" ({fmt})"
+
+
+def _served(fmt: str) -> str:
+    return "visionlab serve" + _suffix(fmt)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,43 @@ def test_benchmark_prints_a_row_per_format_with_ratios_and_a_pick(tiny_models) -
     assert best in fine and best.latency_ms[0] == min(row.latency_ms[0] for row in fine) and "fastest" in why
 
 
+def test_benchmark_times_the_formats_interleaved_in_rounds_and_a_failing_one_gets_its_reason() -> None:
+    """Each round gives every format a slice of its calls (so load that changes during the run slows
+    all alike); a model that breaks in round 2 loses its figures, gets a reason, and the others go on."""
+    import contextlib
+
+    import torch
+
+    from visionlab import benchmark as b
+
+    order: list[str] = []
+
+    class Net(torch.nn.Module):
+        def __init__(self, name: str, breaks_after: int | None = None) -> None:
+            super().__init__()
+            self.name, self.breaks_after, self.conv = name, breaks_after, torch.nn.Conv2d(3, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            order.append(self.name)
+            if self.breaks_after is not None and order.count(self.name) > self.breaks_after:
+                raise RuntimeError("the runtime lost its device\nsecond line")
+            return self.conv(x)
+
+    per_round = -(-b.LATENCY_CALLS // b.ROUNDS) + -(-b.THROUGHPUT_CALLS // b.ROUNDS)
+    warm = 2 * b.WARMUP_CALLS
+    rows = [b.FormatRow("a"), b.FormatRow("b"), b.FormatRow("c")]
+    b._interleaved([b._Timer(rows[0], Net("a"), contextlib.nullcontext, 8),
+                    b._Timer(rows[1], Net("b"), contextlib.nullcontext, 8),
+                    b._Timer(rows[2], Net("c", breaks_after=warm + per_round), contextlib.nullcontext, 8)])
+    timed = order[3 * warm:]
+    runs = [name for i, name in enumerate(timed) if i == 0 or timed[i - 1] != name]  # consecutive calls collapsed
+    assert runs == ["a", "b", "c"] + ["a", "b", "c"] + ["a", "b"] * (b.ROUNDS - 2)
+    for row in rows[:2]:
+        assert row.error is None and row.calls == (b.LATENCY_CALLS, b.THROUGHPUT_CALLS) and row.throughput > 0
+        assert 0 < row.latency_ms[0] <= row.latency_ms[1]
+    assert rows[2].error == "RuntimeError: the runtime lost its device" and rows[2].latency_ms is None
+
+
 def test_a_format_that_fails_gets_a_row_saying_why(tiny_models) -> None:
     """--max-drop -1: the int8 export is refused, and its row says so; the others are measured."""
     r = invoke("benchmark", tiny_models["cracks"], "--formats", "pytorch,onnx-int8", "--images", "6", "--max-drop", "-1")

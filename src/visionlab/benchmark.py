@@ -9,8 +9,10 @@ validation-split check for int8), then measured the same way on the same CPU thr
 * **batch-1 latency**: median and 95th percentile of single calls on one input of the model's size;
 * **batch-16 throughput**: images per second over batches of 16.
 
-Loops are bounded: a fixed number of calls, cut short by a time cap. Every figure is also given
-as a ratio to PyTorch fp32 measured in the same run. A format that fails to export or to run gets
+Loops are bounded: a fixed number of calls, cut short by a time cap. The formats are timed
+interleaved, in ``ROUNDS`` rounds that each give every format a share of its calls, so a machine
+whose load changes during the run (other jobs, thermal limits) slows every format alike, not the
+ones measured last. Every figure is also given as a ratio to PyTorch fp32 measured in the same run. A format that fails to export or to run gets
 a row saying why. The pick is the fastest format at batch 1 whose test metric is within the
 kind's tolerance (:attr:`~visionlab.kinds.Kind.max_quantization_drop`) of PyTorch fp32.
 """
@@ -34,7 +36,8 @@ __all__ = ["FORMATS", "FormatRow", "BenchmarkResult", "benchmark", "check_format
 
 FORMATS = ("pytorch", "pytorch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")
 LATENCY_CALLS, THROUGHPUT_CALLS, WARMUP_CALLS = 50, 8, 3
-TIME_CAP_S = 10.0  # per loop
+ROUNDS = 4  # interleaved rounds over the formats; each round times a quarter of the calls
+TIME_CAP_S = 10.0  # per loop and format, over all rounds
 THROUGHPUT_BATCH = 16
 
 
@@ -95,37 +98,64 @@ def check_formats(formats: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names if "pytorch" in names else ["pytorch", *names]))  # the baseline is always measured
 
 
-def _timed(fn: Callable[[], Any], calls: int) -> list[float]:
-    """Seconds of each of at most ``calls`` calls of ``fn`` (after warm-up), stopping at the time cap."""
-    for _ in range(WARMUP_CALLS):
-        fn()
+def _timed(fn: Callable[[], Any], calls: int, cap_s: float) -> list[float]:
+    """Seconds of each of at most ``calls`` calls of ``fn``, stopping after ``cap_s`` seconds."""
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < calls and time.perf_counter() - start < TIME_CAP_S:
+    while len(times) < calls and time.perf_counter() - start < cap_s:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return times
 
 
-def _speed(row: FormatRow, model: Any, context: Callable[[], Any], size: int) -> None:
-    import torch
+class _Timer:
+    """One format's timed calls: batch 1 and batch 16 on fixed inputs of the model's size, in slices."""
 
-    rng = np.random.default_rng(0)
-    one = torch.from_numpy(rng.standard_normal((1, 3, size, size), dtype=np.float32))
-    many = torch.from_numpy(rng.standard_normal((THROUGHPUT_BATCH, 3, size, size), dtype=np.float32))
+    def __init__(self, row: FormatRow, model: Any, context: Callable[[], Any], size: int) -> None:
+        import torch
 
-    def call(x: Any) -> Callable[[], Any]:
+        rng = np.random.default_rng(0)
+        self.row, self.single, self.batched = row, [], []
+        self.calls = [self._call(torch, model, context, rng.standard_normal((n, 3, size, size), dtype=np.float32))
+                      for n in (1, THROUGHPUT_BATCH)]
+
+    @staticmethod
+    def _call(torch: Any, model: Any, context: Callable[[], Any], x: np.ndarray) -> Callable[[], Any]:
+        tensor = torch.from_numpy(x)
+
         def run() -> Any:
             with torch.inference_mode(), context():
-                return model(x)
+                return model(tensor)
         return run
 
-    single = _timed(call(one), LATENCY_CALLS)
-    batched = _timed(call(many), THROUGHPUT_CALLS)
-    row.latency_ms = (float(np.median(single)) * 1e3, float(np.percentile(single, 95)) * 1e3)
-    row.throughput = THROUGHPUT_BATCH * len(batched) / sum(batched)
-    row.calls = (len(single), len(batched))
+    def warm_up(self) -> None:
+        for call in self.calls:
+            for _ in range(WARMUP_CALLS):
+                call()
+
+    def slice(self) -> None:
+        """This round's share of the calls (and of the time cap)."""
+        self.single += _timed(self.calls[0], -(-LATENCY_CALLS // ROUNDS), TIME_CAP_S / ROUNDS)
+        self.batched += _timed(self.calls[1], -(-THROUGHPUT_CALLS // ROUNDS), TIME_CAP_S / ROUNDS)
+
+    def finish(self) -> None:
+        row, single, batched = self.row, self.single[:LATENCY_CALLS], self.batched[:THROUGHPUT_CALLS]
+        row.latency_ms = (float(np.median(single)) * 1e3, float(np.percentile(single, 95)) * 1e3)
+        row.throughput = THROUGHPUT_BATCH * len(batched) / sum(batched)
+        row.calls = (len(single), len(batched))
+
+
+def _interleaved(timers: list[_Timer]) -> None:
+    """Time every format in ``ROUNDS`` interleaved rounds; a format that fails there gets a row saying why."""
+    live = []
+    for timer in timers:
+        if _guarded(timer.row, timer.warm_up):
+            live.append(timer)
+    for _ in range(ROUNDS):
+        live = [t for t in live if _guarded(t.row, t.slice)]
+    for timer in live:
+        timer.finish()
 
 
 def _build(fmt: str, ckpt: Path, state: dict[str, Any], folder: Path, max_drop: float | None,
@@ -160,19 +190,30 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _measure(fmt: str, ckpt: Path, state: dict[str, Any], runner: Any, folder: Path, max_drop: float | None,
-             console: Any) -> FormatRow:
-    """One row: export, test metric, speed; any failure becomes the row's one-line reason."""
-    row = FormatRow(fmt)
+def _guarded(row: FormatRow, fn: Callable[[], Any]) -> bool:
+    """Run ``fn``; any failure becomes ``row``'s one-line reason (and False)."""
     try:
-        model, context, row.size_bytes = _build(fmt, ckpt, state, folder, max_drop, console)
-        row.metric = float(runner.evaluate(model, "test", context).metrics[runner.primary])
-        _speed(row, model, context, int(state["preprocessing"]["image_size"]))
+        fn()
+        return True
     except VisionlabError as exc:
         row.error = (exc.message.splitlines() or [type(exc).__name__])[0][:300]
     except Exception as exc:  # noqa: BLE001 (a format that cannot run here: its row says why)
         row.error = f"{type(exc).__name__}: {_first_line(exc)}"
-    return row
+    row.latency_ms = row.throughput = None
+    return False
+
+
+def _measure(fmt: str, ckpt: Path, state: dict[str, Any], runner: Any, folder: Path, max_drop: float | None,
+             console: Any) -> tuple[FormatRow, _Timer | None]:
+    """One row with its export and test metric, and the timer of its speed (None when it failed)."""
+    row, built = FormatRow(fmt), []
+
+    def build() -> None:
+        model, context, row.size_bytes = _build(fmt, ckpt, state, folder, max_drop, console)
+        row.metric = float(runner.evaluate(model, "test", context).metrics[runner.primary])
+        built.append(_Timer(row, model, context, int(state["preprocessing"]["image_size"])))
+
+    return row, (built[0] if _guarded(row, build) else None)
 
 
 def benchmark(checkpoint: str | os.PathLike, formats: str | list[str] | tuple[str, ...] = FORMATS, images: int = 200,
@@ -205,6 +246,7 @@ def benchmark(checkpoint: str | os.PathLike, formats: str | list[str] | tuple[st
     result = BenchmarkResult(ckpt, kind.primary, "test", len(runner.splits["test"]), tolerance,
                              kind.higher_is_better(kind.primary), torch.get_num_threads())
     with tempfile.TemporaryDirectory(prefix="visionlab-benchmark-") as tmp:
-        for fmt in names:
-            result.rows.append(_measure(fmt, ckpt, state, runner, Path(tmp), max_drop, console))
+        measured = [_measure(fmt, ckpt, state, runner, Path(tmp), max_drop, console) for fmt in names]
+        result.rows = [row for row, _ in measured]
+        _interleaved([timer for _, timer in measured if timer is not None])
     return result
