@@ -285,6 +285,26 @@ def test_a_damaged_threshold_is_refused_in_one_line(trained: dict[str, Any], tmp
     assert ok.returncode == 0
 
 
+def _damaged_bank(state: dict[str, Any], damage: str) -> None:
+    bank = state["unknown"]["bank"]
+    changes = {"narrow": {"bank": bank[:, :3]}, "nan": {"bank": torch.full_like(bank, float("nan"))},
+               "empty": {"bank": bank[:0]}, "k0": {"k": 0}, "ktext": {"k": "abc"}}
+    state["unknown"].update(changes[damage])
+
+
+@pytest.mark.parametrize("damage", ["narrow", "nan", "empty", "k0", "ktext"])
+def test_a_damaged_bank_or_k_is_refused_in_one_line_not_a_traceback_nor_every_photo_known(
+        trained: dict[str, Any], tmp_path: Path, damage: str):
+    bad = tmp_path / "bad.pt"
+    state = torch.load(trained["best"], map_location="cpu", weights_only=True)
+    _damaged_bank(state, damage)
+    torch.save(state, bad)
+    done = _cli("predict", trained["strangers"][0], "--checkpoint", str(bad), "--device", "cpu", check=False)
+    said = (done.stdout + done.stderr).strip()
+    assert done.returncode != 0 and "unknown detector is damaged" in said and len(said.splitlines()) == 1, said
+    assert "Traceback" not in said and "visionlab calibrate" in said
+
+
 def test_the_threshold_accepts_the_share_asked_for_and_the_score_is_the_kth_neighbours_similarity():
     from visionlab.kinds.classification.unknown import bank_rows, fit_threshold, knn_similarity
 

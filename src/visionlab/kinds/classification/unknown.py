@@ -165,12 +165,32 @@ def scorer_of(state: Mapping[str, Any], model: nn.Module) -> Callable[[torch.Ten
             raise VisionlabError(f"{model.path} is damaged (its metadata has an unknown detector, its graph no score output).",
                                  "Export the checkpoint again, or pass --unknown off.")
         return model.forward_all
-    bank = detector.get("bank") if isinstance(detector, Mapping) else None
-    if not isinstance(bank, torch.Tensor) or bank.ndim != 2:
-        raise VisionlabError("the checkpoint's unknown detector is damaged (its feature bank is not a matrix).",
-                             "Fit it again (visionlab calibrate CHECKPOINT), or pass --unknown off.")
+    bank, k = _checked_bank(detector, model)
     device = next(model.parameters()).device
-    return UnknownScorer(model, bank, int(detector.get("k", DEFAULT_K))).to(device)
+    return UnknownScorer(model, bank, k).to(device)
+
+
+def _checked_bank(detector: Any, model: nn.Module) -> tuple[torch.Tensor, int]:
+    """A checkpoint's feature bank and ``k``, or one line saying the detector is damaged: a bank that
+    is not a non-empty matrix as wide as the classifier's input, holds a NaN or inf, or a ``k`` that
+    is not a whole number >= 1 (each would stop predict with torch's words or, for NaN, accept every photo)."""
+    from visionlab.errors import VisionlabError
+
+    bank = detector.get("bank") if isinstance(detector, Mapping) else None
+    k = detector.get("k", DEFAULT_K) if isinstance(detector, Mapping) else None
+    width = classifier_layer(model).in_features
+    if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not len(bank):
+        problem = "its feature bank is not a non-empty matrix"
+    elif bank.shape[1] != width:
+        problem = f"its feature bank is {bank.shape[1]} wide, the network's features {width}"
+    elif not bool(torch.isfinite(bank).all()):
+        problem = "its feature bank holds NaN or infinite values"
+    elif isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        problem = f"its k is {k!r}, not a whole number >= 1"
+    else:
+        return bank, k
+    raise VisionlabError(f"the checkpoint's unknown detector is damaged ({problem}).",
+                         "Fit it again (visionlab calibrate CHECKPOINT), or pass --unknown off.")
 
 
 def detector_summary(detector: Mapping[str, Any]) -> str:
