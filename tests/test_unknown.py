@@ -167,6 +167,37 @@ def test_export_carries_the_threshold_and_the_runtime_computes_the_same_score_fr
     assert [r["known_score"] for r in via_onnx] == pytest.approx([r["known_score"] for r in ours], abs=1e-4)
 
 
+def _with_unknown_metadata(onnx_path: Path, dest: Path, value: str | None) -> Path:
+    """A copy of ``onnx_path`` whose 'unknown' metadata is ``value`` (None: none at all)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != "unknown"] + ([("unknown", value)] if value else [])
+    del proto.metadata_props[:]
+    for key, text in kept:
+        proto.metadata_props.add(key=key, value=text)
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_an_exported_file_with_a_detector_that_is_not_an_object_or_none_says_so_truly(trained: dict[str, Any], tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    onnx_path = tmp_path / "m.onnx"
+    _cli("export", str(trained["best"]), "--out", str(onnx_path))
+    listed = _with_unknown_metadata(onnx_path, tmp_path / "list.onnx", "[1, 2]")
+    for args in (("predict", trained["known"][0], "--checkpoint", str(listed), "--device", "cpu"), (str(listed), trained["known"][0])):
+        done = _cli(*args, check=False, module="visionlab" if args[0] == "predict" else "visionlab.runtime")
+        said = (done.stdout + done.stderr).strip()
+        assert done.returncode != 0 and "'unknown' is not an object" in said and len(said.splitlines()) == 1, said
+    bare = _with_unknown_metadata(onnx_path, tmp_path / "bare.onnx", None)
+    done = _cli(str(bare), trained["known"][0], module="visionlab.runtime")
+    note = " ".join((done.stdout + done.stderr).split())
+    assert "carries no unknown detector" in note and f"visionlab calibrate {bare}" not in note  # calibrate refuses an .onnx
+    assert "checkpoint (.pt) it was exported from" in note
+    refused = _cli("calibrate", str(bare), check=False)
+    assert refused.returncode != 0 and "exported model" in refused.stdout + refused.stderr
+
+
 def test_the_parity_check_compares_the_exported_score(trained: dict[str, Any], tmp_path: Path):
     """check_parity runs every output of the wrapped network: a real graph whose score is shifted
     (its logits exact) fails it, the graph of the network itself passes."""
