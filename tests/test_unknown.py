@@ -303,6 +303,20 @@ def test_an_old_checkpoint_without_a_detector_works_as_before_says_so_once_and_c
     assert refused.returncode != 0 and "never writes over a file" in out and len(out.splitlines()) == 1
 
 
+def test_calibrate_on_data_without_validation_photos_says_that_not_that_classifiers_have_no_calibration(
+        trained: dict[str, Any], tmp_path: Path):
+    data = tmp_path / "no-val"
+    for split in ("train", "test"):  # a folder with its own splits and no val/: nothing to fit a threshold on
+        for c in CLASSES:
+            (data / split / c).mkdir(parents=True)
+            shutil.copy(trained["data"] / c / "img_1.png", data / split / c / "img_1.png")
+    done = _cli("calibrate", str(trained["best"]), "--data", str(data), "--out", str(tmp_path / "new.pt"), "--device", "cpu",
+                check=False)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0 and "no validation photos" in said and "models have no" not in said, said
+    assert not (tmp_path / "new.pt").exists()
+
+
 @pytest.mark.parametrize("threshold", ["x", 5.0, None])
 def test_a_damaged_threshold_is_refused_in_one_line(trained: dict[str, Any], tmp_path: Path, threshold: Any):
     bad = tmp_path / "bad.pt"
