@@ -78,7 +78,7 @@ def test_two_step_fit_checkpoint_reload_predict(task: str, fast):
             assert sum(p.class_shares.values()) == pytest.approx(1.0, abs=1e-3)
             assert set(p.class_shares) == set(state["classes"])
         else:
-            assert p.top_k[0] == (p.label, p.confidence)
+            assert p.top_k[0] == (answered(p), p.confidence)
             probs = [pr for _, pr in p.top_k]
             assert probs == sorted(probs, reverse=True)
             assert len(p.top_k) == min(3, len(state["classes"]))
