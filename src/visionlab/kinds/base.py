@@ -110,7 +110,7 @@ def temperature_of(calibration: Mapping[str, Any] | None, use: bool = True) -> f
 #: The temperatures a fitted calibration may hold (the bounds of its fit).
 TEMPERATURES = (0.05, 20.0)
 
-#: What an unknown detector's score (a cosine similarity) and so its threshold may be.
+#: What an unknown detector's score (a cosine similarity, or Mahalanobis' 1 / (1 + d2 / D)) and so its threshold may be.
 SIMILARITY = (-1.0, 1.0)
 
 
