@@ -436,3 +436,17 @@ def test_an_old_knn_checkpoint_answers_as_before_through_every_path(trained: dic
     _cli("export", str(knn), "--out", str(onnx_path))
     _cli(str(onnx_path), *photos, "--json", str(tmp_path / "rt.json"), module="visionlab.runtime")
     assert [r["known_score"] for r in _rows(tmp_path / "rt.json")] == pytest.approx([r["known_score"] for r in ours], abs=1e-4)
+
+
+def test_unknown_score_is_a_validated_config_key(trained: dict[str, Any], tmp_path: Path):
+    done = _cli("calibrate", str(trained["best"]), "--score", "cosine", "--out", str(tmp_path / "x.pt"), "--device", "cpu", check=False)
+    said = (done.stdout + done.stderr).strip()
+    assert done.returncode != 0 and "unknown_score must be mahalanobis or knn" in said and len(said.splitlines()) == 1, said
+    assert not (tmp_path / "x.pt").exists()
+    from visionlab.api import load_config
+    from visionlab.errors import VisionlabError
+
+    assert load_config("caltech").options.unknown_score == "mahalanobis"  # the measured default
+    assert load_config("caltech", overrides=["unknown_score=knn"]).options.unknown_score == "knn"
+    with pytest.raises(VisionlabError, match="unknown_score must be mahalanobis or knn"):
+        load_config("caltech", overrides=["unknown_score=cosine"])

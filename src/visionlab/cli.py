@@ -410,6 +410,8 @@ def calibrate_cmd(
 
     if accept is not None and not 0.5 <= accept < 1:
         raise VisionlabError(f"--accept must be a share in [0.5, 1), got {accept:g}.", "Pass e.g. --accept 0.95.")
+    if score is not None and score not in ("mahalanobis", "knn"):
+        raise VisionlabError(f"unknown_score must be mahalanobis or knn, got {score!r}.", "Pass --score mahalanobis (the default) or --score knn.")
     calibrate(checkpoint, data=data, out=out, device=device, accept=accept, score=score, console=_console())
 
 

@@ -211,7 +211,10 @@ def fit_detector(runner: Any, model: nn.Module, accept: float, score: str = SCOR
     spaced): their class means and shrunk covariance (``mahalanobis``) or the bank itself (``knn``,
     float16); the threshold accepts ``accept`` of the validation photos. None without both splits."""
     from visionlab.engine.device import resolve_precision
+    from visionlab.errors import VisionlabError
 
+    if score not in SCORES:  # a config written by hand into a checkpoint, or an API caller
+        raise VisionlabError(f"unknown_score must be {' or '.join(SCORES)}, got {score!r}.", "Set unknown_score: mahalanobis (the default) or knn.")
     if not runner.split_size("val") or not runner.split_size("train"):
         return None
     autocast = resolve_precision("fp32", runner.device).autocast
