@@ -159,6 +159,14 @@ def load_plugin(monkeypatch: pytest.MonkeyPatch, module: str):
     sys.modules.pop(module, None)
 
 
+def answered(result: Any) -> Any:
+    """The class an answer names (a Prediction, or a row/JSON dict of one): its label, or, where the
+    model's unknown detector answered 'unknown' (it rejects a share of known-looking photos too, and a
+    tiny test model's more), the best guess behind it."""
+    get = result.get if isinstance(result, dict) else (lambda key: getattr(result, key, None))
+    return get("guess") if get("label") == "unknown" else get("label")
+
+
 def served_url(proc: Any, timeout: float = 120) -> tuple[str, str]:
     """The URL a ``visionlab serve`` subprocess (stdout a text pipe, stderr joined to it) prints,
     once its /ready answers 200, and what it printed up to then; fails with that output when it

@@ -16,6 +16,8 @@ from visionlab.engine.checkpoint import load_checkpoint
 from visionlab.engine.runs import latest_checkpoint, mark_latest, new_run_dir
 from visionlab.errors import VisionlabError
 
+from conftest import answered
+
 
 def _console() -> Console:
     return Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
@@ -105,7 +107,7 @@ def test_predict_api_rows_csv_and_json(cracks_model: Path, cache_dir: Path, tmp_
     assert [Path(r["path"]).name for r in rows] == ["img_000.png", "img_000.png", "img_001.png", "missing.jpg"]
     assert rows[-1]["error"] and rows[-1]["label"] is None
     for r in rows[:3]:
-        assert r["error"] is None and r["label"] in ("Negative", "Positive") and len(r["top_k"]) == 2
+        assert r["error"] is None and answered(r) in ("Negative", "Positive") and len(r["top_k"]) == 2
         assert r["top_k"][0]["probability"] + r["top_k"][1]["probability"] == pytest.approx(1.0, abs=1e-4)
     table = pd.read_csv(tmp_path / "p.csv")
     assert list(table["label"].fillna("")) == [r["label"] or "" for r in rows]
@@ -180,7 +182,7 @@ def test_evaluate_lists_every_image_mistakes_first(cracks_model: Path, tmp_path:
         cracks_model = tmp_path / "stream.pt"
     report = visionlab.evaluate(cracks_model, split="all", out=tmp_path / "e", console=_console())
     rows = pd.read_csv(tmp_path / "e" / "predictions.csv")
-    assert list(rows.columns) == ["path", "label", "predicted", "confidence", "correct",
+    assert list(rows.columns) == ["path", "label", "predicted", "confidence", "correct", "unknown", "known_score",
                                   "top1_label", "top1_probability", "top2_label", "top2_probability"]
     assert (rows["top1_label"] == rows["predicted"]).all()
     assert len(rows) == report["images"] and rows["path"].is_unique

@@ -71,7 +71,7 @@ def test_a_callback_sees_the_hooks_in_order(fast):
         expected += [("on_checkpoint", "best.pt")] if e == 0 or best_epoch == 2 else []  # best.pt first, then last.pt
         expected += [("on_checkpoint", "last.pt")]
     # then the temperature fitted on the validation split (stored in best.pt), said as a notice
-    assert rec.calls == expected + [("on_train_end",), ("on_notice", "calibration"), ("on_fit_end",)]
+    assert rec.calls == expected + [("on_train_end",), ("on_notice", "calibration"), ("on_notice", "unknown"), ("on_fit_end",)]
 
 
 def test_the_defaults_are_installed_around_the_users_callbacks(fast, monkeypatch):
@@ -127,7 +127,7 @@ def test_a_callback_that_sets_should_stop_ends_the_run_cleanly(fast):
     result = visionlab.train("cracks", data="synthetic", callbacks=[StopAfterOne(), rec], console=_quiet(),
                              **fast("cracks", epochs=3, model="cracks_cnn", model_args={}))
     assert result.epochs_run == 1 and len((result.run_dir / "metrics.csv").read_text().splitlines()) == 2
-    hooks = [c for c in rec.calls if c[0] != "on_notice"]  # the calibration's notice comes between the two
+    hooks = [c for c in rec.calls if c[0] != "on_notice"]  # the calibration's and the unknown detector's notices come between the two
     assert hooks[-2:] == [("on_train_end",), ("on_fit_end",)]
     assert (result.run_dir / "curves.png").is_file()
 
@@ -170,8 +170,8 @@ def test_best_pt_holds_what_inference_needs_and_last_pt_what_resume_needs(fast, 
     # inference loads it: evaluate and predict
     report = visionlab.evaluate(result.best_checkpoint, split="test", console=_quiet())
     assert report["images"] == best["data"]["split_sizes"]["test"]
-    preds = visionlab.load(result.best_checkpoint, device="cpu").predict(sorted(cls_folder.rglob("*.png"))[:2])
-    assert len(preds) == 2 and all(p.label in best["classes"] for p in preds)
+    preds = visionlab.load(result.best_checkpoint, device="cpu", unknown="off").predict(sorted(cls_folder.rglob("*.png"))[:2])
+    assert len(preds) == 2 and all(p.label in best["classes"] for p in preds)  # photos of other things: unknown, were it on
 
     # resume does not: a best.pt-like file alone gives a one-line error naming what to pass
     alone = tmp_path / "alone" / "model.pt"

@@ -79,7 +79,7 @@ def test_predict_reports_each_refused_file_and_predicts_the_others(tiny_models: 
         (folder / f"ok.{ext}").write_bytes(_encoded(fmt))
     named = sorted(str(p) for p in folder.iterdir())
     out = tmp_path / "preds.json"
-    result = invoke("predict", *named, "--checkpoint", tiny_models["cracks"], "--out", out)
+    result = invoke("predict", *named, "--checkpoint", tiny_models["cracks"], "--out", out, "--unknown", "off")  # decoding is the point
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     for name, r in rows.items():

@@ -146,6 +146,16 @@ def test_predict_writes_a_confidence_map_beside_the_mask_named_in_csv_and_json(s
     assert (legend == 255).mean() > 0.3 and (legend < 128).any()  # white strip with a colour bar and black text
 
 
+def test_calibrate_says_a_segmentation_checkpoint_has_nothing_to_fit_not_that_it_lacks_validation_images(
+        seg_model, tmp_path: Path):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), COLUMNS="200")
+    done = subprocess.run([sys.executable, "-m", "visionlab", "calibrate", str(seg_model["raw"]), "--out", str(tmp_path / "c.pt"),
+                           "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0 and "segmentation models have no temperature or unknown detector" in said, said
+    assert "validation" not in said and not (tmp_path / "c.pt").exists()  # its run has a validation split
+
+
 def test_the_tiled_map_is_full_size_the_blend_of_the_tiles_and_has_no_seams(seg_model):
     from visionlab.data.geometry import tile_plan
 

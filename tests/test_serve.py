@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 
-from conftest import REPO, make_class_image, offline_page, save_shot, served_url  # noqa: E402
+from conftest import REPO, answered, make_class_image, offline_page, save_shot, served_url  # noqa: E402
 
 from visionlab.api import load  # noqa: E402
 from visionlab.engine.predict import Predictor  # noqa: E402
@@ -238,7 +238,7 @@ def test_raw_image_body_and_single_model_route(tiny_models: dict[str, Path]):
     try:
         s.wait_ready()
         r = httpx.post(s.url + "/predict", content=_jpeg(make_class_image("zebra", 1, 48)), headers={"content-type": "image/jpeg"})
-        assert r.status_code == 200 and r.json()["results"][0]["label"] in ("Negative", "Positive")
+        assert r.status_code == 200 and answered(r.json()["results"][0]) in ("Negative", "Positive")
     finally:
         s.stop()
 
@@ -373,7 +373,7 @@ def test_every_bad_input_gets_a_json_error_and_the_server_lives_on(server: Serve
 
     # the server still answers, and nothing is left admitted or queued
     r = httpx.post(url, content=photo, headers={"content-type": "image/jpeg"})
-    assert r.status_code == 200 and r.json()["results"][0]["label"] in ("Negative", "Positive")
+    assert r.status_code == 200 and answered(r.json()["results"][0]) in ("Negative", "Positive")
     assert _metric(server, "visionlab_pending_images") == 0
     assert _metric(server, "visionlab_requests_in_flight") == 0
 
@@ -661,7 +661,7 @@ def test_page_upload_and_camera_in_a_browser_with_the_network_blocked(server: Se
     page.set_input_files("#file", str(photo))
     expect(page.locator("#bars .bar-row")).to_have_count(2)  # a bar per class (locators: the page's CSP forbids eval)
     label = page.inner_text("#label")
-    assert label in ("Negative", "Positive")
+    assert label in ("Negative", "Positive", "Not something it knows")  # a tiny model's detector may reject it
     assert page.locator("#preview").is_visible()
     save_shot(page, tmp_path, "serve-upload.png")
 
@@ -718,7 +718,7 @@ def test_page_upload_and_camera_in_a_browser_with_the_network_blocked(server: Se
     assert answer.value.ok
     expect(page.locator("#timing")).to_contain_text("Answered in")
     expect(page.locator("#video")).to_be_hidden()  # the still replaces the live view
-    assert page.inner_text("#label") in ("Negative", "Positive")
+    assert page.inner_text("#label") in ("Negative", "Positive", "Not something it knows")  # a camera frame of no crack
     assert page.inner_text("#error") == ""
 
     # landcover: the overlay, its legend and the class shares

@@ -184,6 +184,37 @@ def test_export_carries_the_threshold_and_the_runtime_computes_the_same_score_fr
     assert [r["known_score"] for r in via_onnx] == pytest.approx([r["known_score"] for r in ours], abs=1e-4)
 
 
+def _with_unknown_metadata(onnx_path: Path, dest: Path, value: str | None) -> Path:
+    """A copy of ``onnx_path`` whose 'unknown' metadata is ``value`` (None: none at all)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != "unknown"] + ([("unknown", value)] if value else [])
+    del proto.metadata_props[:]
+    for key, text in kept:
+        proto.metadata_props.add(key=key, value=text)
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_an_exported_file_with_a_detector_that_is_not_an_object_or_none_says_so_truly(trained: dict[str, Any], tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    onnx_path = tmp_path / "m.onnx"
+    _cli("export", str(trained["best"]), "--out", str(onnx_path))
+    listed = _with_unknown_metadata(onnx_path, tmp_path / "list.onnx", "[1, 2]")
+    for args in (("predict", trained["known"][0], "--checkpoint", str(listed), "--device", "cpu"), (str(listed), trained["known"][0])):
+        done = _cli(*args, check=False, module="visionlab" if args[0] == "predict" else "visionlab.runtime")
+        said = (done.stdout + done.stderr).strip()
+        assert done.returncode != 0 and "'unknown' is not an object" in said and len(said.splitlines()) == 1, said
+    bare = _with_unknown_metadata(onnx_path, tmp_path / "bare.onnx", None)
+    done = _cli(str(bare), trained["known"][0], module="visionlab.runtime")
+    note = " ".join((done.stdout + done.stderr).split())
+    assert "carries no unknown detector" in note and f"visionlab calibrate {bare}" not in note  # calibrate refuses an .onnx
+    assert "checkpoint (.pt) it was exported from" in note
+    refused = _cli("calibrate", str(bare), check=False)
+    assert refused.returncode != 0 and "exported model" in refused.stdout + refused.stderr
+
+
 def test_the_parity_check_compares_the_exported_score(trained: dict[str, Any], tmp_path: Path):
     """check_parity runs every output of the wrapped network: a real graph whose score is shifted
     (its logits exact) fails it, the graph of the network itself passes."""
@@ -290,6 +321,20 @@ def test_an_old_checkpoint_without_a_detector_works_as_before_says_so_once_and_c
     assert refused.returncode != 0 and "never writes over a file" in out and len(out.splitlines()) == 1
 
 
+def test_calibrate_on_data_without_validation_photos_says_that_not_that_classifiers_have_no_calibration(
+        trained: dict[str, Any], tmp_path: Path):
+    data = tmp_path / "no-val"
+    for split in ("train", "test"):  # a folder with its own splits and no val/: nothing to fit a threshold on
+        for c in CLASSES:
+            (data / split / c).mkdir(parents=True)
+            shutil.copy(trained["data"] / c / "img_1.png", data / split / c / "img_1.png")
+    done = _cli("calibrate", str(trained["best"]), "--data", str(data), "--out", str(tmp_path / "new.pt"), "--device", "cpu",
+                check=False)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0 and "no validation photos" in said and "models have no" not in said, said
+    assert not (tmp_path / "new.pt").exists()
+
+
 @pytest.mark.parametrize("threshold", ["x", 5.0, None])
 def test_a_damaged_threshold_is_refused_in_one_line(trained: dict[str, Any], tmp_path: Path, threshold: Any):
     bad = tmp_path / "bad.pt"
@@ -301,6 +346,26 @@ def test_a_damaged_threshold_is_refused_in_one_line(trained: dict[str, Any], tmp
     assert done.returncode != 0 and "unknown detector is damaged" in said and len(said.splitlines()) == 1, said
     ok = _cli("predict", trained["known"][0], "--checkpoint", str(bad), "--device", "cpu", "--unknown", "off")
     assert ok.returncode == 0
+
+
+def _damaged_bank(state: dict[str, Any], damage: str) -> None:
+    bank = state["unknown"]["bank"]
+    changes = {"narrow": {"bank": bank[:, :3]}, "nan": {"bank": torch.full_like(bank, float("nan"))},
+               "empty": {"bank": bank[:0]}, "k0": {"k": 0}, "ktext": {"k": "abc"}}
+    state["unknown"].update(changes[damage])
+
+
+@pytest.mark.parametrize("damage", ["narrow", "nan", "empty", "k0", "ktext"])
+def test_a_damaged_bank_or_k_is_refused_in_one_line_not_a_traceback_nor_every_photo_known(
+        trained: dict[str, Any], knn_best: Path, tmp_path: Path, damage: str):
+    bad = tmp_path / "bad.pt"
+    state = torch.load(knn_best, map_location="cpu", weights_only=True)  # a kNN detector (as every one from before)
+    _damaged_bank(state, damage)
+    torch.save(state, bad)
+    done = _cli("predict", trained["strangers"][0], "--checkpoint", str(bad), "--device", "cpu", check=False)
+    said = (done.stdout + done.stderr).strip()
+    assert done.returncode != 0 and "unknown detector is damaged" in said and len(said.splitlines()) == 1, said
+    assert "Traceback" not in said and "visionlab calibrate" in said
 
 
 def test_the_threshold_accepts_the_share_asked_for_and_the_score_is_the_kth_neighbours_similarity():

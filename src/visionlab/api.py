@@ -636,6 +636,9 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike | None = No
     state = load_checkpoint(path)
     spec = checkpoint_task(state)
     kind = get_kind(spec.kind)
+    if not (kind.calibrates or kind.detects_unknown):
+        raise VisionlabError(f"nothing to fit for {path}: {spec.kind} models have no temperature or unknown detector to fit.",
+                             "Calibrate a classifier's checkpoint.")
     given = {k: v for k, v in (("unknown_accept", accept), ("unknown_score", score)) if v is not None}
     if given:
         state = {**state, "config": {**state["config"], **given}}
@@ -644,8 +647,9 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike | None = No
     fitted = {k: v for k, v in (("calibration", kind.calibrate(runner, model)), ("unknown", kind.fit_unknown(runner, model)))
               if v is not None}
     if not fitted:
-        raise VisionlabError(f"nothing to fit for {path}: {spec.kind} models have no calibration or unknown detector, "
-                             "or the run has no validation images.", "Calibrate a classifier trained with a validation split.")
+        raise VisionlabError(f"nothing to fit for {path}: its data has no validation photos to fit the "
+                             "temperature and the unknown threshold on.",
+                             "Pass --data with a folder that has a val/ split, or enough photos per class for its val_fraction.")
     save_checkpoint({**state, **fitted}, dest)
     lines = ([kind.calibration_line(fitted["calibration"])] if "calibration" in fitted else []) + (
         [kind.unknown_line(fitted["unknown"])] if "unknown" in fitted else [])

@@ -178,8 +178,9 @@ def _check_fields(meta: dict[str, Any], input_shape: Sequence[Any], output_shape
         raise ValueError("'classes' is not a list of class names")
     if len(output_shape) > 1 and isinstance(output_shape[1], int) and output_shape[1] != len(classes):
         raise ValueError(f"{len(classes)} classes for a network with {output_shape[1]} outputs")
-    if not isinstance(pre, dict):
-        raise ValueError("'preprocessing' is not an object")
+    for key in ("preprocessing", "config", "model_args", "data", "calibration", "unknown"):
+        if not isinstance(meta.get(key, {}), dict) and not (key in OPTIONAL_FIELDS and meta.get(key) is None):
+            raise ValueError(f"'{key}' is not an object")
     record = Preprocessing.from_dict(pre)  # every field checked as a checkpoint's are
     size, fixed = record.image_size, [d for d in input_shape[2:] if isinstance(d, int)]
     if fixed and (fixed != [size, size] or record.resize != "squash"):

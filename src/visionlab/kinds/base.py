@@ -110,6 +110,10 @@ def temperature_of(calibration: Mapping[str, Any] | None, use: bool = True) -> f
 #: The temperatures a fitted calibration may hold (the bounds of its fit).
 TEMPERATURES = (0.05, 20.0)
 
+#: What to do about a damaged unknown detector (a checkpoint's, or an exported file's).
+DAMAGED_DETECTOR_HINT = ("Fit it again (visionlab calibrate CHECKPOINT.pt, then export again for an exported file), "
+                         "or pass --unknown off.")
+
 #: What an unknown detector's score (a cosine similarity, or Mahalanobis' 1 / (1 + d2 / D)) and so its threshold may be.
 SIMILARITY = (-1.0, 1.0)
 
@@ -148,7 +152,7 @@ def unknown_threshold(detector: Mapping[str, Any] | None, mode: str | float = "a
     if not _similarity(value):
         raise VisionlabError(f"the model's unknown detector is damaged (threshold {value!r}, not a number in "
                              f"{SIMILARITY[0]:g}..{SIMILARITY[1]:g}).",
-                             "Fit it again (visionlab calibrate CHECKPOINT), or pass --unknown off.")
+                             DAMAGED_DETECTOR_HINT)
     return float(value)
 
 
@@ -437,8 +441,11 @@ class Kind:
         (a checkpoint from before it existed); "" otherwise."""
         if not self.detects_unknown or detector:
             return ""
+        exported = Path(str(source)).suffix.lower() in (".onnx", ".xml")  # calibrate takes the .pt it was exported from
+        how = ("visionlab calibrate on the checkpoint (.pt) it was exported from, then export that again" if exported
+               else f"visionlab calibrate {source}")
         return (f"note: {source} carries no unknown detector, so every photo gets one of its classes (as before it "
-                f"existed); add one with: visionlab calibrate {source}")
+                f"existed); add one with: {how}")
 
     # ------------------------------------------------------------------ data
     def make_synthetic(self, root: Path, classes: list[str], seed: int) -> None:

@@ -244,19 +244,19 @@ def _scorer(detector: Mapping[str, Any], model: nn.Module) -> _FeatureScorer:
 
 
 def _damage(detector: Mapping[str, Any], dims: int) -> str | None:
-    """What is wrong with a checkpoint's detector entry for a network of ``dims`` features, or None."""
-    method = detector.get("score", "knn")
+    """What is wrong with a checkpoint's Mahalanobis entry (or its method) for a network of ``dims``
+    features, or None (kNN entries: :func:`_checked_bank`)."""
+    method = detector.get("score")
     if method not in SCORES:
         return f"its score {method!r} is none of {', '.join(SCORES)}"
-    names = ("bank",) if method == "knn" else ("whiten", "centres")
+    names = ("whiten", "centres")
     tensors = [detector.get(n) for n in names]
-    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
-        return f"its {' and '.join(names)} {'is not a matrix' if method == 'knn' else 'are not matrices'}"
-    rows = [None] if method == "knn" else [dims, None]
-    if any((r is not None and t.shape[0] != r) or t.shape[1] != dims for t, r in zip(tensors, rows)):
-        return f"its {' and '.join(f'{n} {tuple(t.shape)}' for n, t in zip(names, tensors))} do not fit the network's {dims} features"
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 and len(t) for t in tensors):
+        return "its whiten and centres are not non-empty matrices"
+    if tensors[0].shape != (dims, dims) or tensors[1].shape[1] != dims:
+        return f"its whiten {tuple(tensors[0].shape)} and centres {tuple(tensors[1].shape)} do not fit the network's {dims} features"
     if not all(bool(torch.isfinite(t.float()).all()) for t in tensors):
-        return f"its {' or '.join(names)} hold NaN or infinite values"
+        return "its whiten or centres hold NaN or infinite values"
     return None
 
 
@@ -274,11 +274,38 @@ def scorer_of(state: Mapping[str, Any], model: nn.Module) -> Callable[[torch.Ten
             raise VisionlabError(f"{model.path} is damaged (its metadata has an unknown detector, its graph no score output).",
                                  "Export the checkpoint again, or pass --unknown off.")
         return model.forward_all
-    damage = _damage(detector, classifier_layer(model).in_features) if isinstance(detector, Mapping) else "it is not a mapping"
+    device = next(model.parameters()).device
+    if not isinstance(detector, Mapping) or detector.get("score", "knn") == "knn":  # every detector from before Mahalanobis
+        bank, k = _checked_bank(detector, model)
+        return UnknownScorer(model, bank, k).to(device)
+    damage = _damage(detector, classifier_layer(model).in_features)
     if damage:
         raise VisionlabError(f"the checkpoint's unknown detector is damaged ({damage}).",
                              "Fit it again (visionlab calibrate CHECKPOINT), or pass --unknown off.")
-    return _scorer(detector, model).to(next(model.parameters()).device)
+    return _scorer(detector, model).to(device)
+
+
+def _checked_bank(detector: Any, model: nn.Module) -> tuple[torch.Tensor, int]:
+    """A checkpoint's feature bank and ``k``, or one line saying the detector is damaged: a bank that
+    is not a non-empty matrix as wide as the classifier's input, holds a NaN or inf, or a ``k`` that
+    is not a whole number >= 1 (each would stop predict with torch's words or, for NaN, accept every photo)."""
+    from visionlab.errors import VisionlabError
+
+    bank = detector.get("bank") if isinstance(detector, Mapping) else None
+    k = detector.get("k", DEFAULT_K) if isinstance(detector, Mapping) else None
+    width = classifier_layer(model).in_features
+    if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not len(bank):
+        problem = "its feature bank is not a non-empty matrix"
+    elif bank.shape[1] != width:
+        problem = f"its feature bank is {bank.shape[1]} wide, the network's features {width}"
+    elif not bool(torch.isfinite(bank).all()):
+        problem = "its feature bank holds NaN or infinite values"
+    elif isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        problem = f"its k is {k!r}, not a whole number >= 1"
+    else:
+        return bank, k
+    raise VisionlabError(f"the checkpoint's unknown detector is damaged ({problem}).",
+                         "Fit it again (visionlab calibrate CHECKPOINT), or pass --unknown off.")
 
 
 def detector_summary(detector: Mapping[str, Any]) -> str:
