@@ -14,8 +14,11 @@ checkpoint's own test-time augmentation, fp32, CPU) over:
 Scores (higher = more known): ``msp`` the maximum softmax probability with the checkpoint's
 temperature (the baseline), ``energy`` T * logsumexp(logits / T), ``knn-k`` the cosine similarity
 of the L2-normalised penultimate features to the k-th nearest of the training split's (at most
-2048, evenly spaced: the bank the checkpoint stores), ``maha`` minus the Mahalanobis distance to
-the nearest class mean (shared covariance, on the same normalised features). Per score: AUROC of
+2048, evenly spaced: the bank a ``knn`` detector stores), ``maha`` the stored Mahalanobis score
+``1 / (1 + d2 / D)``, ``d2`` the squared distance to the nearest class mean of the same training
+features (normalised; shared covariance shrunk by Ledoit-Wolf, float16 whitening: the checkpoint's own
+when it stores one, else fitted here as training fits it). With TTA each view is scored and the
+scores averaged, as the surfaces do. Per score: AUROC of
 known test photos against near and far unknown ones, the share of unknown photos still accepted
 when 95 % of known test photos are (FPR at 95 % TPR), and at a threshold fitted on the validation
 split alone (95 % of known validation photos accepted, as training fits it) the shares of known
@@ -129,7 +132,7 @@ def _normed(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
 
 
-def scores(sets: dict[str, dict[str, np.ndarray]], temperature: float) -> dict[str, dict[str, np.ndarray]]:
+def scores(sets: dict[str, dict[str, np.ndarray]], temperature: float, detector: dict[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every candidate score of every set (higher = more known), as the surfaces compute them."""
     import torch
 
@@ -137,7 +140,7 @@ def scores(sets: dict[str, dict[str, np.ndarray]], temperature: float) -> dict[s
 
     bank = torch.from_numpy(_normed(sets["train"]["features"][0]).astype(np.float16))
     out: dict[str, dict[str, np.ndarray]] = {}
-    maha = _mahalanobis(sets["train"], sets["train"]["labels"])
+    maha = _mahalanobis(sets["train"], sets["train"]["labels"], detector)
     for name in ("val", "test", "near", "far"):
         lg, ft = sets[name]["logits"] / temperature, sets[name]["features"]
         probs = np.exp(lg - lg.max(2, keepdims=True))
@@ -153,19 +156,31 @@ def scores(sets: dict[str, dict[str, np.ndarray]], temperature: float) -> dict[s
     return out
 
 
-def _mahalanobis(train: dict[str, np.ndarray], y: np.ndarray) -> Any:
-    """Minus the distance to the nearest class mean under the shared covariance (normalised mean-view features)."""
-    f = _normed(train["features"].mean(0)).astype(np.float64)
-    means = np.stack([f[y == c].mean(0) for c in np.unique(y)])
-    centred = f - means[np.searchsorted(np.unique(y), y)]
-    precision = np.linalg.pinv(np.cov(centred, rowvar=False) + 1e-6 * np.eye(f.shape[1]))
+def _mahalanobis(train: dict[str, np.ndarray], y: np.ndarray, detector: dict[str, Any] | None) -> Any:
+    """The stored Mahalanobis score (:func:`visionlab.kinds.classification.unknown.mahalanobis_score`),
+    with the checkpoint's whitening and means when it stores them, else fitted on the plain view of
+    the training photos as training fits them; per view, then the mean over the views."""
+    import torch
+
+    from visionlab.kinds.classification.unknown import fit_mahalanobis, mahalanobis_score
+
+    if detector and detector.get("score") == "mahalanobis":
+        fitted = detector
+    else:
+        fitted = fit_mahalanobis(torch.from_numpy(train["features"][0]), torch.from_numpy(np.asarray(y)))
 
     def score(features: np.ndarray) -> np.ndarray:
-        q = _normed(features.mean(0)).astype(np.float64)
-        d = np.stack([np.einsum("nd,de,ne->n", q - m, precision, q - m) for m in means], 1)
-        return -d.min(1)
+        views = torch.from_numpy(features)
+        return torch.stack([mahalanobis_score(v, fitted["whiten"], fitted["centres"]) for v in views]).mean(0).numpy()
 
     return score
+
+
+def stored_name(detector: dict[str, Any] | None) -> str | None:
+    """The row of the score the checkpoint stores: ``maha``, or ``knn-k`` for a kNN detector."""
+    if not detector:
+        return None
+    return "maha" if detector.get("score") == "mahalanobis" else f"knn-{detector['k']}"
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -181,7 +196,7 @@ def measure(s: dict[str, dict[str, np.ndarray]], detector: dict[str, Any] | None
     from visionlab.kinds.classification.unknown import fit_threshold
 
     out = {}
-    stored = f"knn-{detector['k']}" if detector else None
+    stored = stored_name(detector)
     for score in s["test"]:
         known = s["test"][score]
         thr = float(detector["threshold"]) if score == stored else fit_threshold(s["val"][score], accept)
@@ -241,10 +256,10 @@ def main() -> None:
             print(f"{task}: skipped, no {best} or no {SHARED / NEAR}", file=sys.stderr)
             continue
         sets, facts = sets_of(best, args.far_per_task, args.near, args.cache, args.tta)
-        s = scores(sets, facts["temperature"])
         det = facts["detector"]
-        results[task] = {**facts, "detector": {k: v for k, v in (det or {}).items() if k != "bank"} or None,
-                         "scores": measure(s, det), "stored": f"knn-{det['k']}" if det else None}
+        s = scores(sets, facts["temperature"], det)
+        results[task] = {**facts, "detector": {k: v for k, v in (det or {}).items() if not hasattr(v, "shape")} or None,
+                         "scores": measure(s, det), "stored": stored_name(det)}
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str))
         print(f"{task}: done", file=sys.stderr, flush=True)

@@ -107,7 +107,7 @@ CHANGED_SINCE_MAIN = {"landcover.yaml": {"augment": {"translate": 0.0}}, "landco
 
 #: Keys a kind gained since main, at their defaults in every recipe of it: the share of known validation
 #: photos a classifier's unknown detector accepts (#22).
-NEW_SINCE_MAIN = {"classification": {"unknown_accept": 0.95}}
+NEW_SINCE_MAIN = {"classification": {"unknown_accept": 0.95, "unknown_score": "mahalanobis"}}
 
 
 def test_every_recipe_has_its_resolved_config_on_main():

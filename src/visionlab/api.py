@@ -612,11 +612,12 @@ def undo_suspects(folder: str | os.PathLike, console: Any = None) -> list[tuple[
 
 
 def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-              device: str = "auto", accept: float | None = None, console: Any = None) -> Path:
+              device: str = "auto", accept: float | None = None, score: str | None = None, console: Any = None) -> Path:
     """Fit what training fits after it, for a checkpoint that lacks it (one from before these existed):
     the kind's calibration (a classifier's temperature) and its unknown detector, on the run's own
     splits of its data (``data``: the same folder elsewhere), with ``accept`` (default: the run's
-    ``unknown_accept``) of the validation photos accepted. Writes a new checkpoint, ``out`` (default
+    ``unknown_accept``) of the validation photos accepted and the detector's ``score`` (default: the run's
+    ``unknown_score``, mahalanobis for a run from before the key). Writes a new checkpoint, ``out`` (default
     ``<name>-calibrated.pt`` beside it), never over an existing file; returns its path."""
     from visionlab import present
     from visionlab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -638,8 +639,9 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike | None = No
     if not (kind.calibrates or kind.detects_unknown):
         raise VisionlabError(f"nothing to fit for {path}: {spec.kind} models have no temperature or unknown detector to fit.",
                              "Calibrate a classifier's checkpoint.")
-    if accept is not None:
-        state = {**state, "config": {**state["config"], "unknown_accept": float(accept)}}
+    given = {k: v for k, v in (("unknown_accept", accept), ("unknown_score", score)) if v is not None}
+    if given:
+        state = {**state, "config": {**state["config"], **given}}
     runner, _ = prepared_runner(spec, kind, state, path, data, device, console=console)
     model = load_model(state, device=runner.device, channels_last=runner.cfg.channels_last)
     fitted = {k: v for k, v in (("calibration", kind.calibrate(runner, model)), ("unknown", kind.fit_unknown(runner, model)))

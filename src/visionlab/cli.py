@@ -402,6 +402,7 @@ def calibrate_cmd(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Its training data folder (default: where the run read it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The new checkpoint (default: NAME-calibrated.pt beside it; never an existing file)."),
     accept: Optional[float] = typer.Option(None, "--accept", help="Share of known validation photos the unknown threshold accepts (default: the run's unknown_accept, 0.95)."),
+    score: Optional[str] = typer.Option(None, "--score", help="The unknown detector's score: mahalanobis or knn (default: the run's unknown_score, mahalanobis)."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Fit a checkpoint's temperature and unknown detector on its validation split, into a new checkpoint."""
@@ -409,7 +410,9 @@ def calibrate_cmd(
 
     if accept is not None and not 0.5 <= accept < 1:
         raise VisionlabError(f"--accept must be a share in [0.5, 1), got {accept:g}.", "Pass e.g. --accept 0.95.")
-    calibrate(checkpoint, data=data, out=out, device=device, accept=accept, console=_console())
+    if score is not None and score not in ("mahalanobis", "knn"):
+        raise VisionlabError(f"unknown_score must be mahalanobis or knn, got {score!r}.", "Pass --score mahalanobis (the default) or --score knn.")
+    calibrate(checkpoint, data=data, out=out, device=device, accept=accept, score=score, console=_console())
 
 
 @app.command("export")

@@ -311,8 +311,8 @@ def _metadata(state: dict[str, Any], checkpoint: Path, exporter: str, size: int,
         "exporter": f"torch {torch.__version__} torch.onnx.export, {exporter} exporter",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **({"calibration": state["calibration"]} if state.get("calibration") else {}),  # the runtime divides logits by its temperature
-        # the unknown detector's threshold and facts; its score is the graph's second output (the bank inside it)
-        **({"unknown": {k: v for k, v in state["unknown"].items() if k != "bank"}} if state.get("unknown") else {}),
+        # the unknown detector's threshold and facts; its score is the graph's second output (its tensors inside it)
+        **({"unknown": {k: v for k, v in state["unknown"].items() if not isinstance(v, torch.Tensor)}} if state.get("unknown") else {}),
     }
     return {k: json.dumps(v, default=str) if k in JSON_FIELDS else str(v) for k, v in values.items()}
 

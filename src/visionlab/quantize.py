@@ -160,7 +160,8 @@ class Quantizer:
 
 def _beside_the_first_output(path: Path) -> list[str]:
     """The nodes that only the graph's other outputs need (a classifier's unknown-detector score: its
-    features normalised, the similarities to the feature bank, the k-th largest): they stay fp32, as an
+    features normalised, the whitening and the distances to the class means, or the similarities to the
+    feature bank and the k-th largest): they stay fp32, as an
     int8 score would move by whole quantisation steps around its threshold."""
     import onnx
 

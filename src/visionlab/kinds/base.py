@@ -114,7 +114,7 @@ TEMPERATURES = (0.05, 20.0)
 DAMAGED_DETECTOR_HINT = ("Fit it again (visionlab calibrate CHECKPOINT.pt, then export again for an exported file), "
                          "or pass --unknown off.")
 
-#: What an unknown detector's score (a cosine similarity) and so its threshold may be.
+#: What an unknown detector's score (a cosine similarity, or Mahalanobis' 1 / (1 + d2 / D)) and so its threshold may be.
 SIMILARITY = (-1.0, 1.0)
 
 

@@ -107,7 +107,7 @@ class ServedModel:
                 "calibration": self.state.get("calibration"),
                 "temperature": self.predictor.temperature if self.predictor is not None else None,
                 "explains": self.predictor is not None and self.cannot_explain is None,
-                "unknown": {k: v for k, v in (self.state.get("unknown") or {}).items() if k != "bank"} or None,
+                "unknown": {k: v for k, v in (self.state.get("unknown") or {}).items() if not hasattr(v, "shape")} or None,
                 "unknown_threshold": self.predictor.threshold if self.predictor is not None else None,
                 "loaded": self.predictor is not None}
 

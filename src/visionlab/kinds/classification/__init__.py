@@ -29,8 +29,10 @@ def top_k_columns(top_k: Any) -> dict[str, Any]:
 
 
 #: The exported graph's second output with an unknown detector: its score per image.
-KNOWN_SCORE = Output("known_score", "image", "none", "the unknown detector's score per image (N x 1): cosine similarity of "
-                     "the features to the nearest training photos'; below the metadata's unknown threshold the photo is unknown")
+KNOWN_SCORE = Output("known_score", "image", "none", "the unknown detector's score per image (N x 1), higher = more like the "
+                     "training photos (the metadata's unknown.score names it: mahalanobis, 1 / (1 + d2 / D) of the distance "
+                     "to the nearest class mean, or knn, the cosine similarity to the nearest training photo); below the "
+                     "metadata's unknown threshold the photo is unknown")
 
 
 @dataclass
@@ -108,11 +110,11 @@ class ClassificationKind(Kind):
                 f"(NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f})")
 
     def fit_unknown(self, runner: Any, model: Any) -> dict[str, Any] | None:
-        """The nearest-neighbour detector (:func:`visionlab.kinds.classification.unknown.fit_detector`):
-        training photos' features, a threshold that accepts ``unknown_accept`` of the validation photos."""
+        """The ``unknown_score`` detector (:func:`visionlab.kinds.classification.unknown.fit_detector`):
+        from training photos' features, a threshold that accepts ``unknown_accept`` of the validation photos."""
         from visionlab.kinds.classification.unknown import fit_detector
 
-        return fit_detector(runner, model, runner.cfg.options.unknown_accept)
+        return fit_detector(runner, model, runner.cfg.options.unknown_accept, runner.cfg.options.unknown_score)
 
     def unknown_line(self, detector: Any) -> str:
         from visionlab.kinds.classification.unknown import detector_summary

@@ -21,8 +21,12 @@ class ClassificationOptions(KindOptions):
                            instead={"segmentation": "masks cannot be blended; 'cutmix' works for segmentation (a box of image and mask is pasted)"})
     unknown_accept: float = setting(0.95, "share of known validation photos the unknown detector's threshold accepts (the rest "
                                     "of its photos, and photos of none of the classes below it, are answered 'unknown')")
+    unknown_score: str = setting("mahalanobis", "the unknown detector's score: mahalanobis (distance to the nearest class mean "
+                                 "of the training features, shared covariance shrunk by Ledoit-Wolf; measured best) or knn "
+                                 "(cosine similarity to the nearest training photo's features)")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
                 (0 <= self.mixup <= 10, "mixup is a Beta alpha in [0, 10] (0 = off; 0.2-1 usual)"),
-                (0.5 <= self.unknown_accept < 1, "unknown_accept is a share of known photos in [0.5, 1) (0.95 usual)")]
+                (0.5 <= self.unknown_accept < 1, "unknown_accept is a share of known photos in [0.5, 1) (0.95 usual)"),
+                (self.unknown_score in ("mahalanobis", "knn"), f"unknown_score must be mahalanobis or knn, got {self.unknown_score!r}")]

@@ -287,23 +287,27 @@ class ClassificationRunner(TaskRunner):
 
     @torch.inference_mode()
     def features(self, model: torch.nn.Module, split: str, autocast: Any, rows: np.ndarray | None = None,
-                 batch_size: int | None = None) -> torch.Tensor:
-        """The penultimate features (N, D) of a split's images (those at ``rows`` of it), the plain view
-        only, float32 on the CPU (:func:`visionlab.kinds.classification.unknown.feature_views`)."""
+                 batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The penultimate features (N, D) of a split's readable images (those at ``rows`` of it), the
+        plain view only, float32 on the CPU (:func:`visionlab.kinds.classification.unknown.feature_views`),
+        and their labels (N,)."""
         from visionlab.kinds.classification.unknown import feature_views
 
         model.eval()
         ctx = StepContext(model, self.normalize, self.device, "none", autocast, self.cfg.channels_last, tuple(self.classes))
         self.splits["bank"] = self.splits[split] if rows is None else self.splits[split][rows]
-        part: dict[str, list] = {"features": []}
+        part: dict[str, list] = {"features": [], "labels": []}
         try:
             for x, y in self.eval_batches("bank", batch_size or max(self.cfg.batch_size, 64)):
                 if len(y):
                     part["features"].append(feature_views(model, lambda f: run_views(replace(ctx, model=f), x))[1][0].cpu())
+                    part["labels"].append(torch.as_tensor(y).cpu())
         finally:
             del self.splits["bank"]
         merged = self.merge_shards(part)
-        return torch.cat(merged["features"]) if merged["features"] else torch.zeros(0, 0)
+        if not merged["features"]:
+            return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+        return torch.cat(merged["features"]), torch.cat(merged["labels"])
 
     @property
     def temperature(self) -> float:
