@@ -148,6 +148,25 @@ def test_the_map_peaks_on_the_square_and_follows_the_answer(squares: dict[str, A
     assert predictor.explain([], []) == []
 
 
+def test_predict_explain_into_the_photos_folder_overwrites_no_photo_named_like_its_files(squares: dict[str, Any], tmp_path: Path):
+    """--out in the folder being predicted, which holds a.png and a photo named a_why.png (a user's, or an
+    earlier run's output read back): a.png's explanation takes another stem and both photos stay as they were."""
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(rng, (4, 4)).save(photos / "a.png")
+    _photo(rng, None).save(photos / "a_why.png")
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    out = photos / "p.json"
+    done = _cli("predict", str(photos), "--checkpoint", str(squares["best"]), "--explain", "--out", str(out), "--device", "cpu")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {n: (photos / n).read_bytes() for n in before} == before
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert rows["a.png"]["explanation"] == str(photos / "a-2_why.png")
+    assert rows["a_why.png"]["explanation"] == str(photos / "a_why_why.png")
+    assert all(Path(r["explanation"]).is_file() for r in rows.values())
+
+
 def test_an_exported_model_cannot_explain_and_says_so_in_one_line(squares: dict[str, Any], tmp_path: Path):
     from visionlab.errors import VisionlabError
     from visionlab.kinds.classification.explain import target_layer

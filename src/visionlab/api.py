@@ -397,11 +397,26 @@ def _stopped_writing(done: int, todo: int, folder: Path) -> Interrupted:
                        "no predictions file was written.", "Run it again to write them all.")
 
 
+def _input_stems(todo: Sequence[str], folder: Path | None) -> set[str]:
+    """The stems no file written beside the predictions may take: those of ``STEM_word.png`` images
+    being predicted that lie in ``folder`` itself (``a_mask.png``, ``a_why.png``: a user's photo, or an
+    earlier run's output read back), so ``a.jpg``'s files become ``a-2_mask.png``... and overwrite no input."""
+    if folder is None:
+        return set()
+    try:
+        here = folder.resolve()
+    except OSError:
+        return set()
+    return {f.stem.rsplit("_", 1)[0] for f in map(Path, todo)
+            if f.suffix.lower() == ".png" and "_" in f.stem and f.resolve().parent == here}
+
+
 def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, **options: Any) -> list[Prediction]:
     """``predictor.predict(todo)``; with ``explain``, each batch's <stem>_why.png written into ``folder``
     as soon as the batch is done and its overlay let go (a long run never holds them all). The stems
-    come from a set of their own in the order of the results, as :func:`_write_files`' do."""
-    why: set[str] = set()
+    come from a set of their own in the order of the results, as :func:`_write_files`' do, both
+    starting from the stems the inputs hold (:func:`_input_stems`)."""
+    why: set[str] = _input_stems(todo, folder)
     written: list[Prediction] = []
 
     def write(batch: list[Prediction]) -> None:
@@ -422,8 +437,8 @@ def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, **o
 def _write_files(preds: Sequence[Prediction], folder: Path) -> None:
     """The kind's files of each prediction (masks...) beside the results; they pick their stems from a
     set of their own, so an image's files share one stem with its explanation."""
-    taken: set[str] = set()
     todo = [p for p in preds if not (p.skipped or p.error)]
+    taken = _input_stems([p.source for p in preds if not p.skipped], folder)
     try:
         for p in todo:
             p.write_files(folder, taken)
