@@ -405,18 +405,18 @@ def _input_stems(todo: Sequence[str], folder: Path | None) -> set[str]:
         return set()
     try:
         here = folder.resolve()
-    except OSError:
+        return {f.stem.rsplit("_", 1)[0] for f in map(Path, todo)
+                if f.suffix.lower() == ".png" and "_" in f.stem and f.resolve().parent == here}
+    except (OSError, RuntimeError):  # a path that cannot be resolved (a symlink loop): no stem reserved
         return set()
-    return {f.stem.rsplit("_", 1)[0] for f in map(Path, todo)
-            if f.suffix.lower() == ".png" and "_" in f.stem and f.resolve().parent == here}
 
 
-def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, **options: Any) -> list[Prediction]:
+def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, reserved: set[str], **options: Any) -> list[Prediction]:
     """``predictor.predict(todo)``; with ``explain``, each batch's <stem>_why.png written into ``folder``
     as soon as the batch is done and its overlay let go (a long run never holds them all). The stems
     come from a set of their own in the order of the results, as :func:`_write_files`' do, both
-    starting from the stems the inputs hold (:func:`_input_stems`)."""
-    why: set[str] = _input_stems(todo, folder)
+    starting from ``reserved``, the stems the inputs hold (:func:`_input_stems`)."""
+    why = set(reserved)
     written: list[Prediction] = []
 
     def write(batch: list[Prediction]) -> None:
@@ -434,11 +434,11 @@ def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, **o
         raise _stopped_writing(len(written), len(todo), folder) from None
 
 
-def _write_files(preds: Sequence[Prediction], folder: Path) -> None:
+def _write_files(preds: Sequence[Prediction], folder: Path, reserved: set[str]) -> None:
     """The kind's files of each prediction (masks...) beside the results; they pick their stems from a
     set of their own, so an image's files share one stem with its explanation."""
     todo = [p for p in preds if not (p.skipped or p.error)]
-    taken = _input_stems([p.source for p in preds if not p.skipped], folder)
+    taken = set(reserved)
     try:
         for p in todo:
             p.write_files(folder, taken)
@@ -495,10 +495,11 @@ def predict(
         check_writable(mask_dir, "files of the predictions")
     asked, top_k = top_k, DEFAULT_TOP_K if top_k is None else top_k
     todo = [e.path for e in entries if e.skipped is None]
-    done = iter(_predict_explained(predictor, todo, mask_dir, top_k=top_k, batch_size=batch_size, explain=explain))
+    reserved = _input_stems(todo, mask_dir)
+    done = iter(_predict_explained(predictor, todo, mask_dir, reserved, top_k=top_k, batch_size=batch_size, explain=explain))
     preds = [Prediction(e.path, skipped=e.skipped) if e.skipped else next(done) for e in entries]
     if kind.writes_files:
-        _write_files(preds, mask_dir)
+        _write_files(preds, mask_dir, reserved)
     k = min(top_k, len(predictor.classes))
     title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
     show_predictions(preds, kind, title, k, console)
