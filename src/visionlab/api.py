@@ -474,7 +474,7 @@ def predict(
     looked at) beside the CSV/JSON (else in the checkpoint's predictions/ folder), named in its ``explanation`` column."""
     from visionlab import present
     from visionlab.present.messages import show_note
-    from visionlab.present.predictions import check_output_file, check_writable, show_predictions, show_top_k_clipped
+    from visionlab.present.predictions import check_output_file, check_writable
 
     console = present.console(console)
     _check_batch_size(batch_size)
@@ -500,13 +500,20 @@ def predict(
     preds = [Prediction(e.path, skipped=e.skipped) if e.skipped else next(done) for e in entries]
     if kind.writes_files:
         _write_files(preds, mask_dir, reserved)
-    k = min(top_k, len(predictor.classes))
+    _show_table(preds, predictor, asked, top_k, console)
+    _close_predictions(preds, out_path, mask_dir, console)
+    return preds
+
+
+def _show_table(preds: list[Prediction], predictor: Any, asked: int | None, top_k: int, console: Any) -> None:
+    """The predictions' table, and a note when the top-k asked for was more than the classes."""
+    from visionlab.present.predictions import show_predictions, show_top_k_clipped
+
+    kind, k = predictor.kind, min(top_k, len(predictor.classes))
     title = f"{predictor.task} predictions" + (" (model trained on SYNTHETIC DATA)" if predictor.synthetic else "")
     show_predictions(preds, kind, title, k, console)
     if kind.ranks_classes and asked is not None and asked > k:
         show_top_k_clipped(top_k, k, console)
-    _close_predictions(preds, out_path, mask_dir, console)
-    return preds
 
 
 def demo(task: str = "cracks", device: str = "auto", out: str = "runs", console: Any = None) -> dict[str, Any]:
