@@ -145,6 +145,50 @@ def test_exported_file_has_a_dynamic_batch(models) -> None:
     np.testing.assert_allclose(one[0], seven[3], atol=1e-5)
 
 
+def test_a_lite0_classifier_pads_its_same_convolutions_by_constants(models) -> None:
+    """timm's TF-style "same" convolutions (Lite0's stride-2 ones) would compute their padding from
+    the input's shape at every call; a classifier's graph has a fixed height and width, so the export
+    pads by constants, and the model keeps its own modules afterwards."""
+    import collections
+
+    import torch
+    from timm.layers import Conv2dSame
+
+    from visionlab.engine.checkpoint import load_checkpoint, load_model
+    from visionlab.export import _static_same_padding
+
+    ckpt, exported, _ = models("minerals")  # the recipe's Lite0
+    graph = onnx.load(exported.path).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    pads = [n for n in graph.node if n.op_type == "Pad"]
+    assert len(pads) == 5 and not ops["Ceil"], ops  # its five stride-2 convolutions, and no padding arithmetic
+    assert all(p.input[1] in constants or _folded(graph, p.input[1]) for p in pads)
+    model = load_model(load_checkpoint(ckpt), channels_last=False)
+    before = [type(m) for m in model.modules()]
+    with _static_same_padding(model, torch.zeros(1, 3, 32, 32)):
+        assert not any(type(m) is Conv2dSame for m in model.modules())
+    assert [type(m) for m in model.modules()] == before and Conv2dSame in before
+    assert not any("pads" in vars(m) for m in model.modules())
+
+
+def _folded(graph, name: str) -> bool:
+    """``name`` is made only from constants (the exporter's reshaping of a constant padding)."""
+    makers = {o: n for n in graph.node for o in n.output}
+    consts = {i.name for i in graph.initializer}
+    todo, seen = [name], set()
+    while todo:
+        n = todo.pop()
+        if n in consts or n in seen or n == "":
+            continue
+        seen.add(n)
+        node = makers.get(n)
+        if node is None or node.op_type == "Shape":
+            return False
+        todo += list(node.input)
+    return True
+
+
 _BLOCK_TORCH = '''
 import importlib.abc, sys
 

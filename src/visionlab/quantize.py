@@ -8,7 +8,11 @@ then, before anything is written to ``--out``, :class:`Quantizer` rewrites the c
   :func:`visionlab.data.io.load_for_model` (export's :func:`~visionlab.export._sample_images`)
   and normalised by :meth:`visionlab.runtime.Runtime.normalize`: what predict feeds the network.
 * **Quantisation** by ``onnxruntime.quantization.quantize_static``: QDQ format, int8 weights per
-  output channel, int8 activations from min/max calibration.
+  output channel, uint8 activations from min/max calibration. Unsigned activations (U8S8) because
+  onnxruntime's x86 CPU provider fuses a QDQ group into its int8 kernels (``QLinearConv``,
+  ``QLinearAdd``) only for them: with int8 activations it left the Lite0 cracks model's 1x1
+  convolutions and every residual ``Add`` in fp32 between Q/DQ pairs, and ran slower than fp32
+  (``benchmarks/EXPORT_SPEED.md``).
 * **Proof**: the fp32 and the int8 file are both scored on the run's validation split through the
   evaluation the ``evaluate`` command runs on an ``.onnx`` (the kind's runner on an onnxruntime
   session, :class:`visionlab.engine.onnx_model.OnnxModule`). When the kind's primary metric drops
@@ -146,7 +150,7 @@ class Quantizer:
         int8, prepared = staged.with_name("int8-" + staged.name), staged.with_name("prep-" + staged.name)
         quant_pre_process(str(staged), str(prepared), skip_symbolic_shape=kind.outputs[0].dense)  # shapes, fusions
         quantize_static(str(prepared), str(int8), _Batches(INPUT_NAME, x), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=_beside_the_first_output(prepared))
         limit = kind.max_quantization_drop if self.max_drop is None else float(self.max_drop)
         result = Quantization(kind.primary, _score(runner, state, staged), _score(runner, state, int8), limit,
@@ -189,7 +193,7 @@ def _stamp(staged: Path, int8: Path, result: Quantization) -> None:
     # what the quantisation was calibrated on goes inside "quantization": "calibration" is the fp32
     # file's fitted temperature, which the int8 file keeps
     meta.update(precision="int8", quantization=json.dumps({"format": "QDQ", "weights": "int8 per channel",
-                                                           "activations": "int8 per tensor",
+                                                           "activations": "uint8 per tensor",
                                                            "calibrated_on": result.calibration}),
                 quantization_check=json.dumps(result.to_dict()))
     proto = onnx.load(str(int8))
