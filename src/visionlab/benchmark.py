@@ -35,7 +35,8 @@ from visionlab.kinds import get_kind
 __all__ = ["FORMATS", "FormatRow", "BenchmarkResult", "benchmark", "check_formats"]
 
 FORMATS = ("pytorch", "pytorch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")
-LATENCY_CALLS, THROUGHPUT_CALLS, WARMUP_CALLS = 50, 8, 3
+LATENCY_CALLS, THROUGHPUT_CALLS, WARMUP_CALLS = 100, 8, 3
+SLICE_WARMUP_CALLS = 2  # untimed, at the start of each format's loop in each round
 ROUNDS = 4  # interleaved rounds over the formats; each round times a quarter of the calls
 TIME_CAP_S = 10.0  # per loop and format, over all rounds
 THROUGHPUT_BATCH = 16
@@ -135,9 +136,13 @@ class _Timer:
                 call()
 
     def slice(self) -> None:
-        """This round's share of the calls (and of the time cap)."""
-        self.single += _timed(self.calls[0], -(-LATENCY_CALLS // ROUNDS), TIME_CAP_S / ROUNDS)
-        self.batched += _timed(self.calls[1], -(-THROUGHPUT_CALLS // ROUNDS), TIME_CAP_S / ROUNDS)
+        """This round's share of the calls (and of the time cap), each loop after untimed calls: the
+        first calls after another format ran are slower (its threads still spinning, caches cold;
+        3x at batch 1 for a Lite0 .onnx), and would be a share of the timed ones."""
+        for call, n, into in ((self.calls[0], LATENCY_CALLS, self.single), (self.calls[1], THROUGHPUT_CALLS, self.batched)):
+            for _ in range(SLICE_WARMUP_CALLS):
+                call()
+            into += _timed(call, -(-n // ROUNDS), TIME_CAP_S / ROUNDS)
 
     def finish(self) -> None:
         row, single, batched = self.row, self.single[:LATENCY_CALLS], self.batched[:THROUGHPUT_CALLS]
