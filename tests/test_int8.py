@@ -187,6 +187,7 @@ def _table_rows(output: str) -> dict[str, str]:
 
 
 def test_benchmark_prints_a_row_per_format_with_ratios_and_a_pick(tiny_models) -> None:
+    from visionlab import benchmark as b
     from visionlab.benchmark import benchmark
 
     r = invoke("benchmark", tiny_models["cracks"], "--formats", "onnx,onnx-int8,pytorch-bf16", "--images", "6")
@@ -200,7 +201,7 @@ def test_benchmark_prints_a_row_per_format_with_ratios_and_a_pick(tiny_models) -
     for row in result.rows:
         assert row.error is None and row.size_bytes > 0 and 0.0 <= row.metric <= 1.0 and row.throughput > 0
         median, p95 = row.latency_ms
-        assert 0 < median <= p95 and 1 <= row.calls[0] <= 50 and 1 <= row.calls[1] <= 8  # bounded loops
+        assert 0 < median <= p95 and 1 <= row.calls[0] <= b.LATENCY_CALLS and 1 <= row.calls[1] <= b.THROUGHPUT_CALLS  # bounded
     assert result.rows[2].size_bytes < 0.5 * result.rows[1].size_bytes
     best, why = result.choice()
     fine = [row for row in result.rows if result.within_tolerance(row)]
@@ -229,7 +230,7 @@ def test_benchmark_times_the_formats_interleaved_in_rounds_and_a_failing_one_get
                 raise RuntimeError("the runtime lost its device\nsecond line")
             return self.conv(x)
 
-    per_round = -(-b.LATENCY_CALLS // b.ROUNDS) + -(-b.THROUGHPUT_CALLS // b.ROUNDS)
+    per_round = -(-b.LATENCY_CALLS // b.ROUNDS) + -(-b.THROUGHPUT_CALLS // b.ROUNDS) + 2 * b.SLICE_WARMUP_CALLS  # untimed ones too
     warm = 2 * b.WARMUP_CALLS
     rows = [b.FormatRow("a"), b.FormatRow("b"), b.FormatRow("c")]
     b._interleaved([b._Timer(rows[0], Net("a"), contextlib.nullcontext, 8),
