@@ -145,10 +145,11 @@ def test_exported_file_has_a_dynamic_batch(models) -> None:
     np.testing.assert_allclose(one[0], seven[3], atol=1e-5)
 
 
-def test_a_lite0_classifier_pads_its_same_convolutions_by_constants(models) -> None:
+def test_a_lite0_classifier_pads_its_same_convolutions_by_constants_inside_the_convs(models) -> None:
     """timm's TF-style "same" convolutions (Lite0's stride-2 ones) would compute their padding from
-    the input's shape at every call; a classifier's graph has a fixed height and width, so the export
-    pads by constants, and the model keeps its own modules afterwards."""
+    the input's shape at every call and copy the padded tensor; a classifier's graph has a fixed
+    height and width, so the export pads by constants, folded into each Conv's own ``pads``, and
+    the model keeps its own modules afterwards."""
     import collections
 
     import torch
@@ -160,33 +161,18 @@ def test_a_lite0_classifier_pads_its_same_convolutions_by_constants(models) -> N
     ckpt, exported, _ = models("minerals")  # the recipe's Lite0
     graph = onnx.load(exported.path).graph
     ops = collections.Counter(n.op_type for n in graph.node)
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    pads = [n for n in graph.node if n.op_type == "Pad"]
-    assert len(pads) == 5 and not ops["Ceil"], ops  # its five stride-2 convolutions, and no padding arithmetic
-    assert all(p.input[1] in constants or _folded(graph, p.input[1]) for p in pads)
+    # its five stride-2 convolutions pad themselves (TF "same" on even sizes: one more at the end),
+    # with no padding arithmetic and no Pad node
+    assert not ops["Ceil"] and not ops["Pad"], ops
+    asymmetric = [n for n in graph.node if n.op_type == "Conv"
+                  for a in n.attribute if a.name == "pads" and list(a.ints[:2]) != list(a.ints[2:])]
+    assert len(asymmetric) == 5
     model = load_model(load_checkpoint(ckpt), channels_last=False)
     before = [type(m) for m in model.modules()]
     with _static_same_padding(model, torch.zeros(1, 3, 32, 32)):
         assert not any(type(m) is Conv2dSame for m in model.modules())
     assert [type(m) for m in model.modules()] == before and Conv2dSame in before
     assert not any("pads" in vars(m) for m in model.modules())
-
-
-def _folded(graph, name: str) -> bool:
-    """``name`` is made only from constants (the exporter's reshaping of a constant padding)."""
-    makers = {o: n for n in graph.node for o in n.output}
-    consts = {i.name for i in graph.initializer}
-    todo, seen = [name], set()
-    while todo:
-        n = todo.pop()
-        if n in consts or n in seen or n == "":
-            continue
-        seen.add(n)
-        node = makers.get(n)
-        if node is None or node.op_type == "Shape":
-            return False
-        todo += list(node.input)
-    return True
 
 
 _BLOCK_TORCH = '''
@@ -496,3 +482,31 @@ def test_exported_file_carries_no_local_path(tiny_models, tmp_path: Path, sessio
         reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert reports["onnx"]["images"] == reports["pt"]["images"] > 0  # the same test split
     assert reports["onnx"]["metrics"]["accuracy"] == pytest.approx(reports["pt"]["metrics"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["spatial zeros", "reflect", "channels", "value 1", "two readers"])
+def test_only_a_zero_spatial_pad_read_by_one_conv_is_folded_into_it(case: str) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from visionlab.export import _fold_pads_into_convs
+
+    rng = np.random.default_rng(0)
+    pads = [0, 1, 0, 0, 0, 0, 1, 1] if case == "channels" else [0, 0, 0, 1, 0, 0, 1, 2]
+    inits = [numpy_helper.from_array(np.array(pads, dtype=np.int64), "pads"),
+             numpy_helper.from_array(np.array([1.0 if case == "value 1" else 0.0], dtype=np.float32), "value"),
+             numpy_helper.from_array(rng.standard_normal((4, 3 if case != "channels" else 4, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["p"], mode="reflect" if case == "reflect" else "constant"),
+             helper.make_node("Conv", ["p", "w"], ["y"], strides=[2, 2])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if case == "two readers":
+        nodes.append(helper.make_node("Relu", ["p"], ["r"]))
+        outs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    folded = _fold_pads_into_convs(model)
+    assert [n.op_type for n in folded.graph.node].count("Pad") == (0 if case == "spatial zeros" else 1)
+    after = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
