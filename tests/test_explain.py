@@ -167,6 +167,39 @@ def test_predict_explain_into_the_photos_folder_overwrites_no_photo_named_like_i
     assert all(Path(r["explanation"]).is_file() for r in rows.values())
 
 
+def test_predict_explain_replaces_no_user_file_nor_linked_input_and_a_rerun_reads_no_output_back(squares: dict[str, Any],
+                                                                                                 tmp_path: Path):
+    """A user's own b_why.png (not an input), and an input a_why.png that is a link to a photo
+    elsewhere, are never written over; a second run on the same folder skips the explanations the
+    first one wrote (marked in the PNG) and writes its own over them, adding no -2 files."""
+    rng = np.random.default_rng(4)
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    photos.mkdir()
+    elsewhere.mkdir()
+    for name in ("a.png", "b.png"):
+        _photo(rng, (4, 4)).save(photos / name)
+    _photo(rng, None).save(elsewhere / "blank.png")
+    (photos / "a_why.png").symlink_to(elsewhere / "blank.png")
+    (photos / "b_why.png").write_bytes(b"the user's own file, not an image")
+    out = photos / "p.json"
+    args = ("--checkpoint", str(squares["best"]), "--explain", "--out", str(out), "--device", "cpu", "--batch-size", "1")
+    done = _cli("predict", str(photos / "a.png"), str(photos / "a_why.png"), str(photos / "b.png"), *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (photos / "a_why.png").is_symlink() and (photos / "b_why.png").read_bytes() == b"the user's own file, not an image"
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert rows["a.png"]["explanation"] == str(photos / "a-2_why.png") and rows["b.png"]["explanation"] == str(photos / "b-2_why.png")
+    assert rows["a_why.png"]["label"] == "blank"  # the linked photo itself, not an overlay
+    first = sorted(p.name for p in photos.iterdir())
+    again = _cli("predict", str(photos), *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert sorted(p.name for p in photos.iterdir()) == first  # its files over the first run's, none added
+    assert rows["a-2_why.png"]["skipped"] == rows["b-2_why.png"]["skipped"] == "a file visionlab wrote beside earlier predictions"
+    assert {n for n, r in rows.items() if not r.get("skipped") and not r.get("error")} == {"a.png", "a_why.png", "b.png"}
+    assert rows["b_why.png"]["error"]  # the user's non-image: read and reported, not replaced
+    assert (photos / "b_why.png").read_bytes() == b"the user's own file, not an image"
+
+
 def test_an_exported_model_cannot_explain_and_says_so_in_one_line(squares: dict[str, Any], tmp_path: Path):
     from visionlab.errors import VisionlabError
     from visionlab.kinds.classification.explain import target_layer

@@ -154,6 +154,7 @@ def test_bad_int8_options_are_refused_before_any_work(tiny_models, tmp_path: Pat
                           "--calibration-images must be an integer >= 1")
     assert_one_line_error(invoke("export", ckpt, "--int8", "--max-drop", "nan", "--out", tmp_path / "a.onnx"),
                           "--max-drop must be a finite number")
+    assert_one_line_error(invoke("benchmark", ckpt, "--max-drop", "inf"), "--max-drop must be a finite number")
     assert_one_line_error(invoke("export", ckpt, "--int8", "--external-data", "--out", tmp_path / "a.onnx"),
                           "--int8 writes one file")
     assert list(tmp_path.iterdir()) == []

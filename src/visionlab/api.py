@@ -403,12 +403,14 @@ def _input_stems(todo: Sequence[str], folder: Path | None) -> set[str]:
     earlier run's output read back), so ``a.jpg``'s files become ``a-2_mask.png``... and overwrite no input."""
     if folder is None:
         return set()
+    here = {Path(os.path.abspath(folder))}
     try:
-        here = folder.resolve()
-        return {f.stem.rsplit("_", 1)[0] for f in map(Path, todo)
-                if f.suffix.lower() == ".png" and "_" in f.stem and f.resolve().parent == here}
-    except (OSError, RuntimeError):  # a path that cannot be resolved (a symlink loop): no stem reserved
-        return set()
+        here.add(folder.resolve())
+    except (OSError, RuntimeError):  # a folder that cannot be resolved (a symlink loop)
+        pass
+    # the name's own folder (a link there is replaced by a file written there, wherever it points)
+    return {f.stem.rsplit("_", 1)[0] for f in map(Path, todo)
+            if f.suffix.lower() == ".png" and "_" in f.stem and Path(os.path.abspath(f)).parent in here}
 
 
 def _predict_explained(predictor: Any, todo: list[str], folder: Path | None, reserved: set[str], **options: Any) -> list[Prediction]:

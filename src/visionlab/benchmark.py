@@ -234,7 +234,10 @@ def benchmark(checkpoint: str | os.PathLike, formats: str | list[str] | tuple[st
     from visionlab.engine.runner import prepared_runner
     from visionlab.registry import checkpoint_task
 
+    from visionlab.quantize import check_max_drop
+
     names = check_formats(formats)
+    check_max_drop(max_drop)
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise VisionlabError(f"--images must be an integer >= 1, got {images!r}.", "Pass e.g. --images 200.")
     ckpt = Path(checkpoint).expanduser()

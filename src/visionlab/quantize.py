@@ -36,7 +36,7 @@ import numpy as np
 from visionlab.errors import VisionlabError
 from visionlab.kinds import get_kind
 
-__all__ = ["Quantization", "Quantizer", "export_int8", "DEFAULT_CALIBRATION_IMAGES"]
+__all__ = ["Quantization", "Quantizer", "check_max_drop", "export_int8", "DEFAULT_CALIBRATION_IMAGES"]
 
 DEFAULT_CALIBRATION_IMAGES = 300
 CALIBRATION_BATCH = 16
@@ -107,6 +107,14 @@ class _Batches:
         return next(self._feeds, None)
 
 
+def check_max_drop(max_drop: float | None) -> None:
+    """``--max-drop``: None (the kind's tolerance) or a finite number, checked before any work (a
+    negative one asks int8 to beat fp32 by that much: the refusal the tests prove)."""
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
+                                 or not math.isfinite(max_drop)):
+        raise VisionlabError(f"--max-drop must be a finite number, got {max_drop!r}.", "Pass e.g. --max-drop 0.005.")
+
+
 class Quantizer:
     """The ``quantize`` step of :func:`visionlab.export.export_onnx`: calibrate, quantise, score, refuse or stamp."""
 
@@ -115,8 +123,7 @@ class Quantizer:
         if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
             raise VisionlabError(f"--calibration-images must be an integer >= 1, got {calibration_images!r}.",
                                  f"Pass e.g. --calibration-images {DEFAULT_CALIBRATION_IMAGES}.")
-        if max_drop is not None and not math.isfinite(max_drop):
-            raise VisionlabError(f"--max-drop must be a finite number, got {max_drop!r}.", "Pass e.g. --max-drop 0.005.")
+        check_max_drop(max_drop)
         self.calibration_images, self.max_drop, self.console = calibration_images, max_drop, console
 
     def calibration(self, runner: Any, state: dict[str, Any], staged: Path) -> tuple[np.ndarray, int]:

@@ -24,6 +24,9 @@ from visionlab.errors import VisionlabError
 from visionlab.process import LARGE_IMAGE_PIXELS
 
 __all__ = [
+    "OUTPUT_TAG",
+    "output_pnginfo",
+    "is_visionlab_output",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
     "DECODE_FORMATS",
@@ -247,6 +250,33 @@ def _looks_like_an_image(path: str) -> bool:
         return False
 
 
+OUTPUT_TAG = "visionlab"  # the PNG text key of the files predict writes beside its predictions
+OUTPUT_SUFFIXES = ("_why.png", "_mask.png", "_overlay.png", "_confidence.png")
+
+
+def output_pnginfo(what: str) -> Any:
+    """PNG text that marks a file predict wrote (``what``: explanation, mask...): such a file may be
+    written over by a later run, and is not read back as a photo from a folder (:func:`is_visionlab_output`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(OUTPUT_TAG, what)
+    return info
+
+
+def is_visionlab_output(path: str | os.PathLike) -> bool:
+    """``path`` is a regular PNG that predict wrote (named ``*_why.png``, ``*_mask.png``... and marked
+    by :func:`output_pnginfo`); a link, a user's photo of the same name or an unreadable file is not."""
+    p = Path(path)
+    if not p.name.lower().endswith(OUTPUT_SUFFIXES) or p.is_symlink() or not p.is_file():
+        return False
+    try:
+        with Image.open(p) as im:
+            return im.format == "PNG" and OUTPUT_TAG in im.info
+    except Exception:  # noqa: BLE001 (unreadable: a user's file, never ours to replace)
+        return False
+
+
 def _classify(path: str, named: bool) -> InputEntry:
     """What to do with one path found in a folder or a glob (``named=False``) or given as is."""
     p = Path(path)
@@ -260,6 +290,8 @@ def _classify(path: str, named: bool) -> InputEntry:
         return InputEntry(path, "not a regular file")
     if named:
         return InputEntry(path)  # asked for by name: decoding says what is wrong with it
+    if is_visionlab_output(path):
+        return InputEntry(path, "a file visionlab wrote beside earlier predictions")
     return InputEntry(path) if _looks_like_an_image(path) else InputEntry(path, "not an image")
 
 

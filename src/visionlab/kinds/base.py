@@ -18,7 +18,7 @@ from visionlab.data.preprocessing import Preprocessing
 from visionlab.errors import VisionlabError
 
 __all__ = ["Kind", "KindOptions", "Output", "LoadedModel", "ACTIVATIONS", "Prediction", "EvaluationReport", "DEFAULT_TOP_K", "check_top_k",
-           "temperature_of", "free_stem", "unknown_mode", "unknown_threshold", "SIMILARITY"]
+           "temperature_of", "free_stem", "save_output", "unknown_mode", "unknown_threshold", "SIMILARITY"]
 
 #: How an output's scores become probabilities: one class per image or pixel (softmax over the
 #: class axis), each class on its own (sigmoid: several labels at once), or none (a number).
@@ -238,14 +238,8 @@ class Prediction:
         from PIL import Image
 
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{free_stem(self.source, taken)}_why.png"
-        part = path.with_name(f".{path.name}.part")
-        try:
-            Image.fromarray(overlay).save(part, format="PNG")
-            os.replace(part, path)
-        except BaseException:  # Ctrl-C, SIGTERM, a full disk: nothing half-written is left
-            part.unlink(missing_ok=True)
-            raise
+        path = folder / f"{free_stem(self.source, taken, folder, ('_why.png',))}_why.png"
+        save_output(Image.fromarray(overlay), path, "explanation")
         self.files = {**self.files, "explanation": str(path)}
 
     def with_top_k(self, k: int) -> "Prediction":
@@ -257,12 +251,34 @@ class Prediction:
         note them in :attr:`files`; ``taken`` holds the file stems used so far. None by default."""
 
 
-def free_stem(source: str, taken: set[str]) -> str:
+def save_output(image: Any, path: Path, what: str) -> None:
+    """``image`` as the PNG ``path``, marked as visionlab's (:func:`visionlab.data.io.output_pnginfo`),
+    written whole or not at all (a hidden .part file renamed): a stop mid-write leaves no truncated PNG."""
+    from visionlab.data.io import output_pnginfo
+
+    part = path.with_name(f".{path.name}.part")
+    try:
+        image.save(part, format="PNG", pnginfo=output_pnginfo(what))
+        os.replace(part, path)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: nothing half-written is left
+        part.unlink(missing_ok=True)
+        raise
+
+
+def free_stem(source: str, taken: set[str], folder: Path | None = None, suffixes: tuple[str, ...] = ()) -> str:
     """The file stem of ``source`` for the files written beside the predictions, made unique among
-    ``taken`` (same file name from another folder: -2, -3, ...), and added to it."""
+    ``taken`` (same file name from another folder: -2, -3, ...), and added to it. With ``folder``,
+    a stem is also passed over while any ``<stem><suffix>`` there is a file (or link) that visionlab
+    did not write (:func:`visionlab.data.io.is_visionlab_output`): a user's file is never replaced."""
+    from visionlab.data.io import is_visionlab_output
+
+    def occupied(stem: str) -> bool:
+        return folder is not None and any(os.path.lexists(folder / f"{stem}{s}") and not is_visionlab_output(folder / f"{stem}{s}")
+                                          for s in suffixes)
+
     stem = base = Path(source).stem
     n = 1
-    while stem in taken:
+    while stem in taken or occupied(stem):
         n += 1
         stem = f"{base}-{n}"
     taken.add(stem)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from visionlab.data.geometry import TTA_MODES
-from visionlab.kinds.base import Kind, LoadedModel, Output, Prediction, free_stem, image_base64
+from visionlab.kinds.base import Kind, LoadedModel, Output, Prediction, free_stem, image_base64, save_output
 from visionlab.kinds.segmentation.options import SegmentationOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,19 +92,20 @@ class MaskPrediction(Prediction):
         from visionlab.data.io import UnreadableImage
 
         folder.mkdir(parents=True, exist_ok=True)
-        stem = free_stem(self.source, taken)  # same file name from another folder: a mask of its own
+        # same file name from another folder, or a user's file of that name there: a stem of its own
+        stem = free_stem(self.source, taken, folder, ("_mask.png", "_overlay.png", "_confidence.png"))
         mask_path, overlay_path = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
-        Image.fromarray(self.mask).save(mask_path)
+        save_output(Image.fromarray(self.mask), mask_path, "mask")
         try:
             overlay = self.overlay(self.source)
         except UnreadableImage:  # the photo is unreadable now: the mask alone, in colour
             overlay = self.overlay()
-        overlay.save(overlay_path)
+        save_output(overlay, overlay_path, "overlay")
         self.files = {"mask": str(mask_path), "overlay": str(overlay_path)}
         if self.confidence_map is not None:
             from visionlab.kinds.segmentation.confidence import confidence_image
 
-            confidence_image(self.confidence_map).save(folder / f"{stem}_confidence.png")
+            save_output(confidence_image(self.confidence_map), folder / f"{stem}_confidence.png", "confidence")
             self.files["confidence_map"] = str(folder / f"{stem}_confidence.png")
 
 
